@@ -1,0 +1,200 @@
+/* CPU kernels on raw arrays: the reference implementation of every op, forward and backward.
+ *
+ * Every tensor is float32, dense, row-major, NCHW unless said otherwise. Shapes are passed
+ * explicitly; kernels never allocate (callers size scratch with the *_workspace functions and
+ * pass it in). Backward kernels take `accumulate`: 0 overwrites the gradient buffer, 1 adds to
+ * it (fan-out in the graph, gradient accumulation). Any output pointer that is NULL is skipped
+ * (e.g. no dx for the first layer, no db when the layer has no bias).
+ *
+ * Kernels run multi-threaded with OpenMP and call OpenBLAS sgemm outside parallel regions.
+ * Every CUDA kernel in backend/cuda has one of these as its CPU twin, with the same arguments.
+ *
+ * Not for: shape inference, FLOPs or the graph: that is ops/ and graph/.
+ */
+#ifndef LATHE_CPU_KERNELS_H
+#define LATHE_CPU_KERNELS_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+/* ---- matrix products --------------------------------------------------------------------- */
+
+/* C (m,n) = alpha * op(A) op(B) + beta * C, row-major, op = transpose when trans_* != 0. */
+void lt_cpu_gemm(int trans_a, int trans_b, int m, int n, int k, float alpha, const float *a,
+                 int lda, const float *b, int ldb, float beta, float *c, int ldc);
+
+/* ---- convolution --------------------------------------------------------------------------- */
+
+/* Geometry of a 2-D convolution. For conv2d: x (n, c, h, w), w (s, c/groups, kh, kw),
+ * y (n, s, oh, ow). For conv_transpose2d: x (n, c, h, w), w (c, s/groups, kh, kw),
+ * y (n, s, oh, ow) with oh = (h-1)*stride_h - pad_t - pad_b + dil_h*(kh-1) + out_pad_h + 1. */
+typedef struct lt_conv_geom {
+  int n, c, h, w;         /* input */
+  int s, oh, ow;          /* output channels and spatial size (filled by lt_conv_geom_finish) */
+  int kh, kw;
+  int stride_h, stride_w;
+  int pad_t, pad_l, pad_b, pad_r;
+  int dil_h, dil_w;
+  int groups;
+  int out_pad_h, out_pad_w; /* conv_transpose only */
+} lt_conv_geom;
+
+/* Computes oh, ow; returns 0, or -1 when the geometry is impossible (non-positive output,
+ * channels not divisible by groups). transpose selects the conv_transpose formula. */
+int lt_conv_geom_finish(lt_conv_geom *g, int transpose);
+
+size_t lt_cpu_conv2d_workspace(const lt_conv_geom *g); /* bytes of scratch for fwd and bwd */
+void lt_cpu_conv2d_fwd(const lt_conv_geom *g, const float *x, const float *w, const float *b,
+                       float *y, void *ws);
+void lt_cpu_conv2d_bwd_data(const lt_conv_geom *g, const float *dy, const float *w, float *dx,
+                            int accumulate, void *ws);
+void lt_cpu_conv2d_bwd_filter(const lt_conv_geom *g, const float *x, const float *dy, float *dw,
+                              float *db, int accumulate, void *ws);
+
+size_t lt_cpu_conv_transpose2d_workspace(const lt_conv_geom *g);
+void lt_cpu_conv_transpose2d_fwd(const lt_conv_geom *g, const float *x, const float *w,
+                                 const float *b, float *y, void *ws);
+void lt_cpu_conv_transpose2d_bwd_data(const lt_conv_geom *g, const float *dy, const float *w,
+                                      float *dx, int accumulate, void *ws);
+void lt_cpu_conv_transpose2d_bwd_filter(const lt_conv_geom *g, const float *x, const float *dy,
+                                        float *dw, float *db, int accumulate, void *ws);
+
+/* ---- linear: y (n, m) = x (n, k) · wᵀ (w: (m, k)) + b (m) --------------------------------- */
+
+void lt_cpu_linear_fwd(int n, int k, int m, const float *x, const float *w, const float *b,
+                       float *y);
+void lt_cpu_linear_bwd(int n, int k, int m, const float *x, const float *w, const float *dy,
+                       float *dx, float *dw, float *db, int accumulate);
+
+/* ---- batch norm over (n, c, hw) ------------------------------------------------------------ */
+
+/* Training mode: normalises with batch statistics, writes save_mean/save_invstd (c) for backward
+ * and updates running stats as PyTorch does (unbiased variance, running = (1-m)*running + m*batch). */
+void lt_cpu_bn_fwd_train(int n, int c, int hw, const float *x, const float *gamma,
+                         const float *beta, float eps, float momentum, float *y, float *save_mean,
+                         float *save_invstd, float *running_mean, float *running_var);
+void lt_cpu_bn_fwd_infer(int n, int c, int hw, const float *x, const float *gamma,
+                         const float *beta, const float *running_mean, const float *running_var,
+                         float eps, float *y);
+void lt_cpu_bn_bwd(int n, int c, int hw, const float *x, const float *dy, const float *gamma,
+                   const float *save_mean, const float *save_invstd, float *dx, float *dgamma,
+                   float *dbeta, int accumulate);
+
+/* ---- pointwise activations (count elements) ------------------------------------------------ */
+
+void lt_cpu_relu_fwd(size_t count, const float *x, float *y);
+/* dx = dy where y > 0 (y is the forward output, or any tensor with the same sign pattern). */
+void lt_cpu_relu_bwd(size_t count, const float *y, const float *dy, float *dx, int accumulate);
+/* Mask form: bit i of mask (LSB first within each byte) is 1 where the output was positive. */
+void lt_cpu_relu_mask_pack(size_t count, const float *y, uint8_t *mask);
+void lt_cpu_relu_bwd_mask(size_t count, const uint8_t *mask, const float *dy, float *dx,
+                          int accumulate);
+void lt_cpu_leaky_relu_fwd(size_t count, float alpha, const float *x, float *y);
+void lt_cpu_leaky_relu_bwd(size_t count, float alpha, const float *x, const float *dy, float *dx,
+                           int accumulate);
+void lt_cpu_sigmoid_fwd(size_t count, const float *x, float *y);
+void lt_cpu_sigmoid_bwd(size_t count, const float *y, const float *dy, float *dx, int accumulate);
+void lt_cpu_tanh_fwd(size_t count, const float *x, float *y);
+void lt_cpu_tanh_bwd(size_t count, const float *y, const float *dy, float *dx, int accumulate);
+void lt_cpu_clip_fwd(size_t count, float lo, float hi, const float *x, float *y);
+void lt_cpu_clip_bwd(size_t count, float lo, float hi, const float *x, const float *dy, float *dx,
+                     int accumulate);
+
+/* ---- pooling -------------------------------------------------------------------------------- */
+
+typedef struct lt_pool_geom {
+  int n, c, h, w;
+  int oh, ow; /* filled by lt_pool_geom_finish */
+  int kh, kw, stride_h, stride_w, pad_t, pad_l, pad_b, pad_r, dil_h, dil_w;
+  int ceil_mode;
+  int count_include_pad; /* avg pool */
+} lt_pool_geom;
+
+int lt_pool_geom_finish(lt_pool_geom *g); /* 0, or -1 when impossible */
+
+/* argmax (n, c, oh, ow): index within the window, row-major (kh*kw values), or NULL. */
+void lt_cpu_maxpool_fwd(const lt_pool_geom *g, const float *x, float *y, uint8_t *argmax);
+void lt_cpu_maxpool_bwd(const lt_pool_geom *g, const uint8_t *argmax, const float *dy, float *dx,
+                        int accumulate);
+/* 2-bit packed form of the argmax for 2×2 windows: 4 windows per byte, LSB first. */
+void lt_cpu_argmax_pack2(size_t count, const uint8_t *argmax, uint8_t *packed);
+void lt_cpu_argmax_unpack2(size_t count, const uint8_t *packed, uint8_t *argmax);
+void lt_cpu_avgpool_fwd(const lt_pool_geom *g, const float *x, float *y);
+void lt_cpu_avgpool_bwd(const lt_pool_geom *g, const float *dy, float *dx, int accumulate);
+void lt_cpu_global_avgpool_fwd(int n, int c, int hw, const float *x, float *y);
+void lt_cpu_global_avgpool_bwd(int n, int c, int hw, const float *dy, float *dx, int accumulate);
+
+/* ---- elementwise with NumPy broadcasting (up to LT_KMAX_DIMS dims, shapes right-aligned) --- */
+
+#define LT_KMAX_DIMS 6
+typedef enum lt_binary_op { LT_BIN_ADD, LT_BIN_SUB, LT_BIN_MUL, LT_BIN_DIV } lt_binary_op;
+
+/* a, b, y shapes have ndim dims each (callers pad with leading 1s); y's shape is the broadcast. */
+void lt_cpu_binary_fwd(lt_binary_op op, int ndim, const int64_t *ashape, const float *a,
+                       const int64_t *bshape, const float *b, const int64_t *yshape, float *y);
+/* Gradients of a and b, reduced over broadcast dims. Needs a and b for MUL and DIV. */
+void lt_cpu_binary_bwd(lt_binary_op op, int ndim, const int64_t *ashape, const float *a,
+                       const int64_t *bshape, const float *b, const int64_t *yshape,
+                       const float *dy, float *da, float *db, int accumulate);
+
+/* ---- data movement (element size in bytes, so they serve every dtype) ----------------------- */
+
+/* Concatenation along axis: inputs[i] has shape with dim axis = sizes[i]; outer = product of
+ * dims before axis, inner = product after. The backward is lt_cpu_split with the same args. */
+void lt_cpu_concat(int ninputs, const void *const *inputs, const int64_t *sizes, int64_t outer,
+                   int64_t inner, size_t elem, void *y);
+void lt_cpu_split(int noutputs, void *const *outputs, const int64_t *sizes, int64_t outer,
+                  int64_t inner, size_t elem, const void *y, int accumulate_f32);
+/* Strided slice: y[i...] = x[start + i*step ...] per dim (step may be negative). */
+void lt_cpu_slice_fwd(int ndim, const int64_t *xshape, const int64_t *start, const int64_t *step,
+                      const int64_t *yshape, size_t elem, const void *x, void *y);
+void lt_cpu_slice_bwd(int ndim, const int64_t *xshape, const int64_t *start, const int64_t *step,
+                      const int64_t *yshape, const float *dy, float *dx, int accumulate);
+/* Constant pad: pads[2*ndim] = begins then ends (ONNX order); negative pads crop. */
+void lt_cpu_pad_fwd(int ndim, const int64_t *xshape, const int64_t *pads, float value,
+                    const float *x, float *y);
+void lt_cpu_pad_bwd(int ndim, const int64_t *xshape, const int64_t *pads, const float *dy,
+                    float *dx, int accumulate);
+/* Generic transpose by perm; backward is the inverse permutation. */
+void lt_cpu_transpose(int ndim, const int64_t *xshape, const int *perm, size_t elem, const void *x,
+                      void *y);
+
+/* ---- upsampling ----------------------------------------------------------------------------- */
+
+typedef enum lt_upsample_mode { LT_UPSAMPLE_NEAREST, LT_UPSAMPLE_BILINEAR } lt_upsample_mode;
+/* align_corners as in PyTorch; nearest uses PyTorch's 'nearest' (floor(dst * in/out)). */
+void lt_cpu_upsample_fwd(lt_upsample_mode mode, int align_corners, int n, int c, int h, int w,
+                         int oh, int ow, const float *x, float *y);
+void lt_cpu_upsample_bwd(lt_upsample_mode mode, int align_corners, int n, int c, int h, int w,
+                         int oh, int ow, const float *dy, float *dx, int accumulate);
+
+/* ---- dropout: mask bits come from the counter-based RNG keyed by (seed, stream, element) ---- */
+
+void lt_cpu_dropout_fwd(size_t count, float p, uint64_t seed, uint64_t stream, const float *x,
+                        float *y, uint8_t *mask_bits);
+void lt_cpu_dropout_bwd(size_t count, float p, const uint8_t *mask_bits, const float *dy,
+                        float *dx, int accumulate);
+
+/* ---- softmax and losses --------------------------------------------------------------------- */
+
+void lt_cpu_softmax_fwd(int n, int k, const float *x, float *y); /* over the last axis */
+void lt_cpu_softmax_bwd(int n, int k, const float *y, const float *dy, float *dx, int accumulate);
+
+/* Softmax cross-entropy over logits (n, k) and labels (n). Returns the summed loss (double);
+ * writes dlogits = scale * (softmax - onehot) when dlogits != NULL, and the number of correct
+ * argmax predictions into *correct when non-NULL. A label outside [0, k) returns NaN. */
+double lt_cpu_softmax_xent(int n, int k, const float *logits, const int32_t *labels, float scale,
+                           float *dlogits, int64_t *correct);
+/* Sum over elements of (p - t)^2 and |p - t|; gradients scaled by scale. */
+double lt_cpu_mse(size_t count, const float *pred, const float *target, float scale, float *dpred);
+double lt_cpu_l1(size_t count, const float *pred, const float *target, float scale, float *dpred);
+
+/* ---- optimizer updates ---------------------------------------------------------------------- */
+
+void lt_cpu_sgd_step(size_t count, float lr, float momentum, float dampening, float weight_decay,
+                     int nesterov, float *w, const float *g, float *velocity, int first_step);
+void lt_cpu_adamw_step(size_t count, float lr, float beta1, float beta2, float eps,
+                       float weight_decay, int64_t step, float *w, const float *g, float *m,
+                       float *v);
+
+#endif

@@ -1,0 +1,55 @@
+#!/usr/bin/env bash
+# Installs what Lathe needs on a fresh Debian 12 machine (apt and npm packages), then builds.
+#   scripts/setup.sh            install + build build/ (RelWithDebInfo)
+#   scripts/setup.sh --asan     also build build-asan/ (AddressSanitizer + UBSan)
+# Idempotent: packages already present are not touched, builds are incremental.
+set -euo pipefail
+root=$(cd "$(dirname "$0")/.." && pwd)
+cd "$root"
+
+APT_PACKAGES=(
+  build-essential cmake pkg-config git clang libclang-rt-14-dev
+  libmicrohttpd-dev libsqlite3-dev libcjson-dev libcurl4-openssl-dev libssl-dev
+  libhdf5-dev hdf5-tools libopenblas-dev liblapacke-dev libturbojpeg0-dev libzstd-dev libzfp-dev
+  libopenmpi-dev openmpi-bin
+  nodejs npm chromium wrk curl
+  python3-torch python3-h5py python3-numpy python3-onnx
+  dataset-fashion-mnist
+)
+
+missing=()
+for p in "${APT_PACKAGES[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if [ ${#missing[@]} -gt 0 ]; then
+  echo "setup: installing ${missing[*]}"
+  sudo=""
+  [ "$(id -u)" -eq 0 ] || sudo=sudo
+  $sudo apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq "${missing[@]}" >/dev/null
+fi
+
+# onnxruntime-node's install script fetches GPU add-ons from outside; .npmrc skips it.
+if [ ! -d node_modules ] || [ package-lock.json -nt node_modules/.package-lock.json ]; then
+  echo "setup: installing npm packages"
+  ONNXRUNTIME_NODE_INSTALL=skip npm ci --no-audit --no-fund --loglevel=error
+fi
+
+jobs=$(nproc)
+werror=OFF
+[ "${CI:-}" = "true" ] && werror=ON
+build() { # build DIR [cmake args...]
+  local dir=$1; shift
+  mkdir -p "$dir"
+  if ! { cmake -S . -B "$dir" -DLATHE_WERROR=$werror "$@" && cmake --build "$dir" -j"$jobs"; } >"$dir/build.log" 2>&1; then
+    tail -n 60 "$dir/build.log"
+    echo "setup: build of $dir failed (full log: $dir/build.log)"
+    exit 1
+  fi
+  grep -E '^-- (CUDA|MPI|ZFP|libFuzzer):' "$dir/build.log" | sed "s|^-- |setup: $dir: |" || true
+}
+build build -DCMAKE_BUILD_TYPE=RelWithDebInfo
+if [ "${1:-}" = "--asan" ]; then
+  build build-asan -DCMAKE_BUILD_TYPE=Debug -DLATHE_SANITIZE=ON
+fi
+echo "setup: built $root/build/bin: $(ls build/bin | tr '\n' ' ')"

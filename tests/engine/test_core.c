@@ -1,0 +1,81 @@
+/* Core: errors, the counting allocator, the counter-based RNG. */
+#include "lathe/core.h"
+#include "test.h"
+
+TEST_CASE(alloc_counts_current_and_peak_per_category) {
+  lt_mem_reset_peaks();
+  lt_mem_stats before, mid, after;
+  lt_mem_get_stats(&before);
+  lt_err err = {0};
+  void *a = lt_alloc(LT_MEM_SAVED, 1000, &err);
+  void *b = lt_alloc(LT_MEM_SAVED, 500, &err);
+  REQUIRE(a && b);
+  lt_free(LT_MEM_SAVED, a, 1000);
+  lt_mem_get_stats(&mid);
+  CHECK(mid.current[LT_MEM_SAVED] - before.current[LT_MEM_SAVED] == 500);
+  CHECK(mid.peak[LT_MEM_SAVED] - before.current[LT_MEM_SAVED] == 1500);
+  lt_free(LT_MEM_SAVED, b, 500);
+  lt_mem_get_stats(&after);
+  CHECK(after.current[LT_MEM_SAVED] == before.current[LT_MEM_SAVED]);
+}
+
+TEST_CASE(alloc_cap_refused_with_message) {
+  lt_mem_set_cap(4096);
+  lt_err err = {0};
+  void *p = lt_alloc(LT_MEM_WORKSPACE, 1 << 20, &err);
+  CHECK(p == NULL);
+  CHECK(err.status == LT_ERR_NOMEM);
+  CHECK_STR_CONTAINS(err.msg, "memory cap");
+  lt_mem_set_cap(0);
+}
+
+TEST_CASE(philox_matches_published_known_answer) {
+  /* Random123 kat_vectors: philox4x32 10 rounds, counter 0, key 0. */
+  uint32_t o[4];
+  lt_philox(0, 0, 0, o);
+  CHECK(o[0] == 0x6627e8d5u && o[1] == 0xe169c58du && o[2] == 0xbc57ac4cu && o[3] == 0x9b00dbd8u);
+}
+
+TEST_CASE(rng_is_a_function_of_its_key) {
+  lt_rng a = lt_rng_make(42, 7), b = lt_rng_make(42, 7), c = lt_rng_make(42, 8);
+  int same = 1, differ = 0;
+  for (int i = 0; i < 100; i++) {
+    uint64_t x = lt_rng_u64(&a), y = lt_rng_u64(&b), z = lt_rng_u64(&c);
+    same &= x == y;
+    differ |= x != z;
+  }
+  CHECK(same);
+  CHECK(differ);
+}
+
+TEST_CASE(rng_below_is_uniform_enough) {
+  lt_rng r = lt_rng_make(1, 0);
+  int counts[10] = {0};
+  for (int i = 0; i < 100000; i++) counts[lt_rng_below(&r, 10)]++;
+  for (int i = 0; i < 10; i++) CHECK_MSG(counts[i] > 9500 && counts[i] < 10500, "bucket %d has %d", i, counts[i]);
+  double s = 0, s2 = 0;
+  for (int i = 0; i < 100000; i++) {
+    double v = lt_rng_normal(&r);
+    s += v, s2 += v * v;
+  }
+  CHECK_NEAR(s / 100000, 0.0, 0.02);
+  CHECK_NEAR(s2 / 100000, 1.0, 0.02);
+}
+
+TEST_CASE(error_prefix_keeps_status_and_message) {
+  lt_err err = {0};
+  lt_errorf(&err, LT_ERR_FORMAT, "bad magic %x", 0x12);
+  lt_err_prefix(&err, "loading %s", "m.onnx");
+  CHECK(err.status == LT_ERR_FORMAT);
+  CHECK(strcmp(err.msg, "loading m.onnx: bad magic 12") == 0);
+}
+
+int main(void) {
+  RUN(alloc_counts_current_and_peak_per_category);
+  RUN(alloc_cap_refused_with_message);
+  RUN(philox_matches_published_known_answer);
+  RUN(rng_is_a_function_of_its_key);
+  RUN(rng_below_is_uniform_enough);
+  RUN(error_prefix_keeps_status_and_message);
+  return test_summary();
+}
