@@ -1,0 +1,70 @@
+/* lathe/backend.h — compute backends behind one vtable (CPU reference, CUDA when built).
+ *
+ * Usage:
+ *   lt_backend *be = lt_backend_get("cpu", &err);      // or "cuda:0"
+ *   if (!be->vt->supports(be, g, node_id)) ...          // the executor asks before planning
+ *
+ * A backend owns its memory (buffers the executor plans are allocated through it) and runs one
+ * node forward or backward at a time on tensors already in its memory. The CPU backend is the
+ * reference: every other backend is tested op by op against it (tests/engine/test_ops_conformance).
+ *
+ * Not for: planning or scheduling (lathe/exec.h).
+ */
+#ifndef LATHE_BACKEND_H
+#define LATHE_BACKEND_H
+
+#include "lathe/exec.h"
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+/* Everything a kernel needs to run one node: its tensors in backend memory, in the node's
+ * input/output order. Gradient tensors are NULL where no gradient is wanted. */
+typedef struct lt_node_ctx {
+  const lt_graph *g;
+  int node;
+  int batch;
+  lt_mode mode;
+  lt_tensor *in[LT_MAX_IO];    /* forward inputs (params included) */
+  lt_tensor *out[LT_MAX_IO];   /* forward outputs */
+  lt_tensor *dout[LT_MAX_IO];  /* backward: gradients of the outputs */
+  lt_tensor *din[LT_MAX_IO];   /* backward: gradients of the inputs, accumulated into when
+                                  accumulate_in[i] is set */
+  int accumulate_in[LT_MAX_IO];
+  lt_tensor *saved[LT_MAX_IO]; /* backward: restored saved tensors, in the order the op saved */
+  lt_tensor *aux[LT_MAX_IO];   /* op-private state that survives forward → backward (BN batch
+                                  statistics, pool argmax, dropout mask) */
+  void *ws;                    /* scratch of at least workspace_bytes(node) */
+  uint64_t seed, step;
+} lt_node_ctx;
+
+typedef struct lt_backend_vtbl {
+  const char *name; /* "cpu", "cuda" */
+  int (*supports)(lt_backend *be, const lt_graph *g, int node);
+  void *(*alloc)(lt_backend *be, size_t bytes, lt_mem_cat cat, lt_err *err);
+  void (*free)(lt_backend *be, void *p, size_t bytes, lt_mem_cat cat);
+  lt_status (*to_device)(lt_backend *be, void *dst, const void *src, size_t bytes, lt_err *err);
+  lt_status (*to_host)(lt_backend *be, void *dst, const void *src, size_t bytes, lt_err *err);
+  lt_status (*memset0)(lt_backend *be, void *p, size_t bytes, lt_err *err);
+  size_t (*workspace_bytes)(lt_backend *be, const lt_graph *g, int node, int batch);
+  lt_status (*forward)(lt_backend *be, lt_node_ctx *ctx, lt_err *err);
+  lt_status (*backward)(lt_backend *be, lt_node_ctx *ctx, lt_err *err);
+  lt_status (*synchronize)(lt_backend *be, lt_err *err);
+  void (*destroy)(lt_backend *be);
+} lt_backend_vtbl;
+
+struct lt_backend {
+  const lt_backend_vtbl *vt;
+  int device; /* -1 for host backends */
+  char description[256]; /* device fingerprint: CPU model and cores, or GPU name and SM count */
+  void *impl;
+};
+
+/* "cpu", "cuda", "cuda:N". Backends are process-wide singletons; do not free them. */
+lt_backend *lt_backend_get(const char *name, lt_err *err);
+
+#ifdef __cplusplus
+}
+#endif
+#endif

@@ -1,0 +1,97 @@
+/* lathe/exec.h — running a graph forward and backward on a backend, with the saved-tensor stash.
+ *
+ * Usage (one training step):
+ *   lt_backend *be = lt_backend_get("cpu", &err);
+ *   lt_exec *ex = lt_exec_create(g, 128, LT_MODE_TRAIN, be, NULL, &err);
+ *   memcpy(lt_exec_input(ex, 0)->data, batch, bytes);
+ *   lt_exec_forward(ex, &err);
+ *   lt_tensor *logits = lt_exec_output(ex, 0);
+ *   ... write dL/dlogits into lt_exec_output_grad(ex, 0) ...
+ *   lt_exec_zero_grads(ex);            // or skip to accumulate over micro-batches
+ *   lt_exec_backward(ex, &err);        // parameter gradients in lt_exec_param_grad(ex, value_id)
+ *   lt_exec_free(ex);
+ *
+ * All buffers are planned in lt_exec_create (liveness-based reuse); forward and backward
+ * allocate nothing on the CPU backend, except what a stash policy allocates for compressed forms.
+ *
+ * Not for: optimizers, losses or data (lathe/train.h).
+ */
+#ifndef LATHE_EXEC_H
+#define LATHE_EXEC_H
+
+#include "lathe/graph.h"
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+typedef struct lt_backend lt_backend; /* lathe/backend.h */
+typedef struct lt_exec lt_exec;
+
+typedef enum lt_mode { LT_MODE_INFER = 0, LT_MODE_TRAIN } lt_mode;
+
+/* What backward needs from forward, as declared by each op. The kind tells a stash policy what
+ * it may do with the tensor. */
+typedef enum lt_save_kind {
+  LT_SAVE_EXACT = 0,  /* must come back bit-exact */
+  LT_SAVE_WEIGHT_INPUT, /* input of conv/linear: used only for the weight gradient, so a bounded
+                           error stays in that layer's dW (lossy compression allowed) */
+  LT_SAVE_RELU_OUTPUT,  /* only its sign pattern is used: a 1-bit mask is exact */
+  LT_SAVE_POOL_ARGMAX,  /* uint8 window indices: 2 bits each for 2x2 windows */
+  LT_SAVE_BN_INPUT      /* batch-norm input: exact, or lossy under a tighter bound */
+} lt_save_kind;
+
+/* A pluggable policy for the stash (activation compression implements one). With no policy the
+ * executor keeps saved values in their forward buffers until backward (exact, zero-copy). */
+typedef struct lt_stash_policy {
+  void *user;
+  /* Plan time: 1 when the executor must keep this forward buffer alive until backward (the
+   * policy keeps a view), 0 when store() makes its own copy and the buffer can be reused. */
+  int (*keeps_buffer)(void *user, const lt_graph *g, int node, int slot, lt_save_kind kind);
+  /* Forward, right after node ran: keep what backward needs. *handle is the policy's token.
+   * Bytes the policy holds must be counted under LT_MEM_SAVED (lt_alloc does that). */
+  lt_status (*store)(void *user, const lt_graph *g, int node, int slot, lt_save_kind kind,
+                     const lt_tensor *t, void **handle, lt_err *err);
+  /* Backward: reconstruct the saved tensor into dst (shape and dtype already set). */
+  lt_status (*load)(void *user, void *handle, lt_tensor *dst, lt_err *err);
+  void (*release)(void *user, void *handle);
+  /* Backward of a conv/linear node, after its weight gradient is computed: x is the (restored)
+   * saved input, dy the output gradient, dw the weight gradient of this step alone. Optional. */
+  void (*observe)(void *user, const lt_graph *g, int node, const lt_tensor *x,
+                  const lt_tensor *dy, const lt_tensor *dw);
+} lt_stash_policy;
+
+typedef struct lt_exec_opts {
+  const lt_stash_policy *stash; /* NULL: exact, zero-copy */
+  uint64_t seed;                /* dropout masks: keyed by (seed, node, step) */
+} lt_exec_opts;
+
+lt_exec *lt_exec_create(lt_graph *g, int batch, lt_mode mode, lt_backend *be,
+                        const lt_exec_opts *opts, lt_err *err);
+void lt_exec_free(lt_exec *ex);
+
+int lt_exec_batch(const lt_exec *ex);
+lt_tensor *lt_exec_input(lt_exec *ex, int i);       /* (batch, per-sample shape), fill before forward */
+lt_status lt_exec_forward(lt_exec *ex, lt_err *err);
+lt_tensor *lt_exec_output(lt_exec *ex, int i);
+lt_tensor *lt_exec_value(lt_exec *ex, int value_id); /* any activation still live after forward
+                                                        (outputs always are), NULL otherwise */
+lt_tensor *lt_exec_output_grad(lt_exec *ex, int i);  /* dL/d output, fill before backward */
+lt_status lt_exec_backward(lt_exec *ex, lt_err *err);
+void lt_exec_zero_grads(lt_exec *ex);
+lt_tensor *lt_exec_param_grad(lt_exec *ex, int value_id); /* NULL for non-trainable values */
+/* Called after a node's forward (for feature-map losses, latency probes, activation capture). */
+typedef void (*lt_exec_hook)(void *user, lt_exec *ex, int node, const lt_tensor *out);
+void lt_exec_set_forward_hook(lt_exec *ex, lt_exec_hook fn, void *user);
+/* Copies parameters from the graph after an optimizer step on a device backend (no-op on CPU,
+ * where the executor works on the graph's parameter tensors directly). */
+lt_status lt_exec_sync_params(lt_exec *ex, int to_device, lt_err *err);
+
+/* Bytes the stash held at the end of the last forward: dense is what exact storage would take,
+ * held what was actually kept (equal without a policy). */
+void lt_exec_saved_bytes(const lt_exec *ex, int64_t *dense, int64_t *held);
+
+#ifdef __cplusplus
+}
+#endif
+#endif
