@@ -22,8 +22,10 @@
 
 /* Target size of the scratch of one chunk (column matrix + channel-major product). The batch is
  * cut into chunks of whole images so that this bound holds; a single image that needs more gets a
- * chunk of its own, so the workspace is max(LT_CONV_CHUNK_BYTES, one image's scratch). */
-#define LT_CONV_CHUNK_BYTES ((size_t)32 << 20)
+ * chunk of its own. 4 MiB keeps the column matrix in cache between im2col writing it and sgemm
+ * packing it: on the 2-core development machine 4 MiB ran ResNet-20's convs 20-40% faster than
+ * 32 MiB, while N = images*oh*ow stays >= 1,500 for every ResNet-20 layer. */
+#define LT_CONV_CHUNK_BYTES ((size_t)4 << 20)
 
 void lt_cpu_gemm(int trans_a, int trans_b, int m, int n, int k, float alpha, const float *a,
                  int lda, const float *b, int ldb, float beta, float *c, int ldc) {
@@ -155,6 +157,9 @@ static int chunk_images(const lt_conv_geom *g) {
   return (int)nb;
 }
 
+/* Bound: max(LT_CONV_CHUNK_BYTES, 4 * (c*kh*kw + s) * oh*ow) bytes, i.e. 4 MiB unless one image's
+ * column matrix alone is larger; 0 for 1×1 stride-1 unpadded convolutions. The same scratch
+ * serves forward, backward data and backward filter. */
 size_t lt_cpu_conv2d_workspace(const lt_conv_geom *g) {
   if (is_pointwise(g)) return 0;
   return (size_t)chunk_images(g) * floats_per_image(g) * sizeof(float);
