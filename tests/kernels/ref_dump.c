@@ -110,6 +110,7 @@ static void conv_cases(void) {
   conv_case("conv:groups2",          0, 2, 6, 6, 6, 4, 3, 3, 1, 1, 1, 1, 1, 1, 1, 1, 2, 0, 0, 1);
   conv_case("conv:depthwise_s2",     0, 2, 8, 9, 9, 8, 3, 3, 2, 2, 1, 1, 1, 1, 1, 1, 8, 0, 0, 0);
   conv_case("conv:depthwise_mult2",  0, 1, 4, 6, 5, 8, 3, 3, 1, 1, 1, 1, 1, 1, 1, 1, 4, 0, 0, 1);
+  conv_case("conv:single_channel",   0, 2, 1, 7, 6, 5, 3, 3, 2, 1, 1, 1, 1, 1, 1, 1, 1, 0, 0, 1);
   conv_case("conv:1x1_spatial",      0, 3, 7, 1, 1, 9, 3, 3, 1, 1, 1, 1, 1, 1, 1, 1, 1, 0, 0, 1);
   conv_case("conv:rect_kernel",      0, 2, 3, 6, 7, 5, 2, 3, 2, 1, 0, 1, 1, 1, 1, 1, 1, 0, 0, 1);
   /* several chunks: one image's scratch is (144 + 16) * 48*48 floats = 1.47 MB, so the 4 MiB

@@ -200,6 +200,10 @@ TEST_CASE(conv_transpose2d_gradients_match_finite_differences) {
           (lt_conv_geom){.n = 1, .c = 4, .h = 3, .w = 3, .s = 2, .kh = 2, .kw = 3, .stride_h = 1,
                          .stride_w = 2, .pad_t = 0, .pad_l = 1, .pad_b = 1, .pad_r = 1, .dil_h = 2,
                          .dil_w = 1, .groups = 2});
+  conv_fd("convT depthwise s2", 1,
+          (lt_conv_geom){.n = 2, .c = 3, .h = 3, .w = 3, .s = 6, .kh = 3, .kw = 3, .stride_h = 2,
+                         .stride_w = 2, .pad_t = 1, .pad_l = 1, .pad_b = 1, .pad_r = 1, .dil_h = 1,
+                         .dil_w = 1, .groups = 3, .out_pad_h = 1});
 }
 
 /* ---- linear -------------------------------------------------------------------------------- */

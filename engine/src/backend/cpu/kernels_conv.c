@@ -143,6 +143,10 @@ static int is_pointwise(const lt_conv_geom *g) {
          g->pad_l == 0 && g->pad_b == 0 && g->pad_r == 0 && g->oh == g->h && g->ow == g->w;
 }
 
+/* One input channel per group (depthwise, and any conv of a single-channel input): the direct
+ * loops below serve it. */
+static int is_depthwise(const lt_conv_geom *g) { return g->groups == g->c; }
+
 /* Floats of scratch per image: the column block plus the channel-major product block. */
 static size_t floats_per_image(const lt_conv_geom *g) {
   return ((size_t)g->c * g->kh * g->kw + (size_t)g->s) * g->oh * g->ow;
@@ -158,10 +162,10 @@ static int chunk_images(const lt_conv_geom *g) {
 }
 
 /* Bound: max(LT_CONV_CHUNK_BYTES, 4 * (c*kh*kw + s) * oh*ow) bytes, i.e. 4 MiB unless one image's
- * column matrix alone is larger; 0 for 1×1 stride-1 unpadded convolutions. The same scratch
+ * column matrix alone is larger; 0 for 1×1 stride-1 unpadded and for depthwise convolutions. The same scratch
  * serves forward, backward data and backward filter. */
 size_t lt_cpu_conv2d_workspace(const lt_conv_geom *g) {
-  if (is_pointwise(g)) return 0;
+  if (is_pointwise(g) || is_depthwise(g)) return 0;
   return (size_t)chunk_images(g) * floats_per_image(g) * sizeof(float);
 }
 
@@ -210,6 +214,116 @@ static void zero_or_keep(float *p, size_t count, int accumulate) {
   if (!accumulate) memset(p, 0, count * sizeof(float));
 }
 
+/* ---- depthwise (one input channel per group) ------------------------------------------------ */
+
+/* With c/groups = 1 every output plane reads one input plane, and lowering to GEMM would give one
+ * (s/groups × kh*kw)·(kh*kw × N) product per channel: too small for sgemm to pay. These direct
+ * loops run one output plane (forward, backward filter) or one input plane (backward data) per
+ * thread, with the output column range of each tap precomputed so the inner loop has no bounds
+ * checks and vectorises when the stride is 1. */
+
+static int ceil_div(int a, int b) { return a >= 0 ? (a + b - 1) / b : -((-a) / b); }
+
+/* Output columns [*lo, *hi) whose tap at input offset d (= kj*dil - pad) lands inside [0, w). */
+static void tap_range(int d, int w, int stride, int ow, int *lo, int *hi) {
+  *lo = ceil_div(-d, stride);
+  if (*lo < 0) *lo = 0;
+  *hi = ceil_div(w - d, stride);
+  if (*hi > ow) *hi = ow;
+  if (*hi < *lo) *hi = *lo;
+}
+
+/* y [+]= depthwise(x, w) + b. Output channel o reads input channel o / (s/c). */
+static void dw_fwd(const lt_conv_geom *g, const float *x, const float *w, const float *b, float *y,
+                   int accumulate) {
+  const int mult = g->s / g->c, h = g->h, wd = g->w, oh = g->oh, ow = g->ow, sw = g->stride_w;
+#pragma omp parallel for collapse(2) schedule(static)
+  for (int img = 0; img < g->n; img++)
+    for (int o = 0; o < g->s; o++) {
+      const float *restrict xp = x + ((size_t)img * g->c + o / mult) * h * wd; /* (h, w) */
+      const float *restrict wp = w + (size_t)o * g->kh * g->kw;               /* (kh, kw) */
+      float *restrict yp = y + ((size_t)img * g->s + o) * oh * ow;            /* (oh, ow) */
+      const float bias = b ? b[o] : 0.0f;
+      for (size_t i = 0; i < (size_t)oh * ow; i++) yp[i] = (accumulate ? yp[i] : 0.0f) + bias;
+      for (int ki = 0; ki < g->kh; ki++)
+        for (int kj = 0; kj < g->kw; kj++) {
+          const float wv = wp[ki * g->kw + kj];
+          const int dx = kj * g->dil_w - g->pad_l;
+          int lo, hi;
+          tap_range(dx, wd, sw, ow, &lo, &hi);
+          for (int oy = 0; oy < oh; oy++) {
+            const int iy = oy * g->stride_h + ki * g->dil_h - g->pad_t;
+            if (iy < 0 || iy >= h) continue;
+            const float *restrict xr = xp + (size_t)iy * wd + dx;
+            float *restrict yr = yp + (size_t)oy * ow;
+            for (int ox = lo; ox < hi; ox++) yr[ox] += wv * xr[ox * sw];
+          }
+        }
+    }
+}
+
+/* dx [+]= depthwiseᵀ(dy, w): input plane ch gathers from its mult output planes. */
+static void dw_bwd_data(const lt_conv_geom *g, const float *dy, const float *w, float *dx,
+                        int accumulate) {
+  const int mult = g->s / g->c, h = g->h, wd = g->w, oh = g->oh, ow = g->ow, sw = g->stride_w;
+#pragma omp parallel for collapse(2) schedule(static)
+  for (int img = 0; img < g->n; img++)
+    for (int ch = 0; ch < g->c; ch++) {
+      float *restrict xp = dx + ((size_t)img * g->c + ch) * h * wd;
+      if (!accumulate) memset(xp, 0, sizeof(float) * h * wd);
+      for (int o = ch * mult; o < (ch + 1) * mult; o++) {
+        const float *restrict wp = w + (size_t)o * g->kh * g->kw;
+        const float *restrict yp = dy + ((size_t)img * g->s + o) * oh * ow;
+        for (int ki = 0; ki < g->kh; ki++)
+          for (int kj = 0; kj < g->kw; kj++) {
+            const float wv = wp[ki * g->kw + kj];
+            const int dxo = kj * g->dil_w - g->pad_l;
+            int lo, hi;
+            tap_range(dxo, wd, sw, ow, &lo, &hi);
+            for (int oy = 0; oy < oh; oy++) {
+              const int iy = oy * g->stride_h + ki * g->dil_h - g->pad_t;
+              if (iy < 0 || iy >= h) continue;
+              float *restrict xr = xp + (size_t)iy * wd + dxo;
+              const float *restrict yr = yp + (size_t)oy * ow;
+              for (int ox = lo; ox < hi; ox++) xr[ox * sw] += wv * yr[ox];
+            }
+          }
+      }
+    }
+}
+
+/* dw [+]= sum over images of dy ⋆ x, one output channel per thread. */
+static void dw_bwd_filter(const lt_conv_geom *g, const float *x, const float *dy, float *dw,
+                          int accumulate) {
+  const int mult = g->s / g->c, h = g->h, wd = g->w, oh = g->oh, ow = g->ow, sw = g->stride_w;
+#pragma omp parallel for schedule(static)
+  for (int o = 0; o < g->s; o++) {
+    float *restrict wp = dw + (size_t)o * g->kh * g->kw;
+    for (int ki = 0; ki < g->kh; ki++)
+      for (int kj = 0; kj < g->kw; kj++) {
+        const int dx = kj * g->dil_w - g->pad_l;
+        int lo, hi;
+        tap_range(dx, wd, sw, ow, &lo, &hi);
+        double acc = 0.0;
+        for (int img = 0; img < g->n; img++) {
+          const float *restrict xp = x + ((size_t)img * g->c + o / mult) * h * wd;
+          const float *restrict yp = dy + ((size_t)img * g->s + o) * oh * ow;
+          float part = 0.0f;
+          for (int oy = 0; oy < oh; oy++) {
+            const int iy = oy * g->stride_h + ki * g->dil_h - g->pad_t;
+            if (iy < 0 || iy >= h) continue;
+            const float *restrict xr = xp + (size_t)iy * wd + dx;
+            const float *restrict yr = yp + (size_t)oy * ow;
+            for (int ox = lo; ox < hi; ox++) part += yr[ox] * xr[ox * sw];
+          }
+          acc += part;
+        }
+        const int k = ki * g->kw + kj;
+        wp[k] = accumulate ? wp[k] + (float)acc : (float)acc;
+      }
+  }
+}
+
 /* ---- conv2d, shared by conv_transpose2d ---------------------------------------------------- */
 
 /* y [+]= conv(x, w) + b. */
@@ -217,6 +331,10 @@ static void conv_fwd(const lt_conv_geom *g, const float *x, const float *w, cons
                      float *y, int accumulate, void *ws) {
   const int G = g->groups, cg = g->c / G, sg = g->s / G, kk = g->kh * g->kw;
   const size_t hw = (size_t)g->h * g->w, ohw = (size_t)g->oh * g->ow;
+  if (is_depthwise(g)) {
+    dw_fwd(g, x, w, b, y, accumulate);
+    return;
+  }
   if (is_pointwise(g)) {
     /* y[img] (s, hw) = w (s, c) · x[img] (c, hw), per group */
     for (int img = 0; img < g->n; img++)
@@ -253,6 +371,10 @@ static void conv_bwd_data(const lt_conv_geom *g, const float *dy, const float *w
                           int accumulate, void *ws) {
   const int G = g->groups, cg = g->c / G, sg = g->s / G, kk = g->kh * g->kw;
   const size_t hw = (size_t)g->h * g->w, ohw = (size_t)g->oh * g->ow;
+  if (is_depthwise(g)) {
+    dw_bwd_data(g, dy, w, dx, accumulate);
+    return;
+  }
   if (is_pointwise(g)) {
     /* dx[img] (c, hw) = wᵀ (c, s) · dy[img] (s, hw), per group */
     for (int img = 0; img < g->n; img++)
@@ -282,6 +404,10 @@ static void conv_bwd_filter(const lt_conv_geom *g, const float *x, const float *
                             int accumulate, void *ws) {
   const int G = g->groups, cg = g->c / G, sg = g->s / G, kk = g->kh * g->kw;
   const size_t hw = (size_t)g->h * g->w, ohw = (size_t)g->oh * g->ow;
+  if (is_depthwise(g)) {
+    dw_bwd_filter(g, x, dy, dw, accumulate);
+    return;
+  }
   if (is_pointwise(g)) {
     /* dw (s, c) += dy[img] (s, hw) · x[img]ᵀ (hw, c), per group */
     for (int img = 0; img < g->n; img++)
