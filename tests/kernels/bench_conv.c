@@ -84,6 +84,16 @@ static float *filled(size_t n) {
 int main(int argc, char **argv) {
   const int batch = argc > 1 ? atoi(argv[1]) : 128;
   double tot[3] = {0, 0, 0}, tot_flops = 0;
+  const char *wait = getenv("OMP_WAIT_POLICY");
+  /* Spinning OpenMP workers steal the cores from OpenBLAS's threads between regions; the
+   * figures depend on this setting, so say it. */
+  printf("OMP_WAIT_POLICY=%s\n", wait ? wait : "(unset: libgomp spins ~300k iterations after each region)");
+  {
+    ctx sq = {.m = 1024, .n = 1024, .k = 1024};
+    sq.ga = filled(1 << 20), sq.gb = filled(1 << 20), sq.gc = filled(1 << 20);
+    printf("plain sgemm 1024x1024x1024: %.1f GFLOP/s\n", 2.0 * 1024 * 1024 * 1024 / time_median(run_sgemm, &sq) * 1e-9);
+    free(sq.ga), free(sq.gb), free(sq.gc);
+  }
   printf("ResNet-20 conv layers, batch %d (GFLOP/s = 2*MACs/s; median of %d)\n", batch, REPS);
   printf("%-26s %5s %9s | %8s %8s %8s | %8s  (GFLOP/s)  ws MiB\n", "layer", "count", "GFLOP", "fwd",
          "bwd_data", "bwd_filt", "sgemm");

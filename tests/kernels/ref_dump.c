@@ -322,6 +322,7 @@ static void binary_cases(void) {
   binary_case("bin:mul_channel", LT_BIN_MUL, s4, ch);
   binary_case("bin:mul_same", LT_BIN_MUL, s4, s4);
   binary_case("bin:div_scalar", LT_BIN_DIV, s4, sc);
+  binary_case("bin:div_same", LT_BIN_DIV, s4, s4);
   binary_case("bin:div_lhs_bcast", LT_BIN_DIV, ch, s4);
 }
 

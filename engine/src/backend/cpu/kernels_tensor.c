@@ -59,11 +59,43 @@ static inline float bin_apply(lt_binary_op op, float a, float b) {
   }
 }
 
+/* 1 when a, b and y all have the same shape: the flat loops then need no index arithmetic
+ * (residual additions, the common case). */
+static int same_shapes(int ndim, const int64_t *as, const int64_t *bs, const int64_t *ys) {
+  for (int d = 0; d < ndim; d++)
+    if (as[d] != ys[d] || bs[d] != ys[d]) return 0;
+  return 1;
+}
+
 void lt_cpu_binary_fwd(lt_binary_op op, int ndim, const int64_t *ashape, const float *a,
                        const int64_t *bshape, const float *b, const int64_t *yshape, float *y) {
   int64_t as[LT_KMAX_DIMS], bs[LT_KMAX_DIMS];
   if (ndim <= 0) {
     y[0] = bin_apply(op, a[0], b[0]);
+    return;
+  }
+  if (same_shapes(ndim, ashape, bshape, yshape)) {
+    const int64_t total = prod(ndim, yshape);
+    const float *restrict ap = a, *restrict bp = b;
+    float *restrict yp = y;
+    switch (op) {
+    case LT_BIN_ADD:
+#pragma omp parallel for simd schedule(static)
+      for (int64_t i = 0; i < total; i++) yp[i] = ap[i] + bp[i];
+      break;
+    case LT_BIN_SUB:
+#pragma omp parallel for simd schedule(static)
+      for (int64_t i = 0; i < total; i++) yp[i] = ap[i] - bp[i];
+      break;
+    case LT_BIN_MUL:
+#pragma omp parallel for simd schedule(static)
+      for (int64_t i = 0; i < total; i++) yp[i] = ap[i] * bp[i];
+      break;
+    case LT_BIN_DIV:
+#pragma omp parallel for simd schedule(static)
+      for (int64_t i = 0; i < total; i++) yp[i] = ap[i] / bp[i];
+      break;
+    }
     return;
   }
   bcast_strides(ndim, ashape, yshape, as);
@@ -112,19 +144,28 @@ static inline float grad_b(lt_binary_op op, float dy, float a, float b) {
  * serial scatter into the zeroed (or kept) gradient. */
 static void binary_grad(lt_binary_op op, int which, int ndim, const int64_t *as, const float *a,
                         const int64_t *bs, const float *b, const int64_t *yshape, const float *dy,
-                        const int64_t *gshape, float *dg, int accumulate) {
+                        const int64_t *gshape, float *dg, int accumulate, int flat) {
   const int64_t total = prod(ndim, yshape);
-  int same = 1;
-  for (int d = 0; d < ndim; d++) same &= gshape[d] == yshape[d];
-  if (same) {
+  if (flat) { /* a, b and y share one shape: every offset is i */
 #pragma omp parallel for schedule(static)
     for (int64_t i = 0; i < total; i++) {
-      int64_t idx[LT_KMAX_DIMS], ao = 0, bo = 0, r = i;
+      const float av = a ? a[i] : 0.0f, bv = b ? b[i] : 0.0f;
+      const float v = which ? grad_b(op, dy[i], av, bv) : grad_a(op, dy[i], av, bv);
+      dg[i] = accumulate ? dg[i] + v : v;
+    }
+    return;
+  }
+  int same = 1;
+  for (int d = 0; d < ndim; d++) same &= gshape[d] == yshape[d];
+  if (same) { /* one element of the gradient per output element: parallel, no reduction */
+#pragma omp parallel for schedule(static)
+    for (int64_t i = 0; i < total; i++) {
+      int64_t ao = 0, bo = 0, r = i;
       for (int d = ndim - 1; d >= 0; d--) {
-        idx[d] = r % yshape[d];
+        const int64_t id = r % yshape[d];
         r /= yshape[d];
-        ao += idx[d] * as[d];
-        bo += idx[d] * bs[d];
+        ao += id * as[d];
+        bo += id * bs[d];
       }
       const float av = a ? a[ao] : 0.0f, bv = b ? b[bo] : 0.0f;
       const float v = which ? grad_b(op, dy[i], av, bv) : grad_a(op, dy[i], av, bv);
@@ -161,8 +202,9 @@ void lt_cpu_binary_bwd(lt_binary_op op, int ndim, const int64_t *ashape, const f
   }
   bcast_strides(ndim, ashape, yshape, as);
   bcast_strides(ndim, bshape, yshape, bs);
-  if (da) binary_grad(op, 0, ndim, as, a, bs, b, yshape, dy, ashape, da, accumulate);
-  if (db) binary_grad(op, 1, ndim, as, a, bs, b, yshape, dy, bshape, db, accumulate);
+  const int flat = same_shapes(ndim, ashape, bshape, yshape);
+  if (da) binary_grad(op, 0, ndim, as, a, bs, b, yshape, dy, ashape, da, accumulate, flat);
+  if (db) binary_grad(op, 1, ndim, as, a, bs, b, yshape, dy, bshape, db, accumulate, flat);
 }
 
 /* ---- concat / split ------------------------------------------------------------------------ */
