@@ -689,6 +689,23 @@ TEST_CASE(sgd_first_step_seeds_the_velocity) {
   CHECK_NEAR(w1, 0.94, 1e-6);
 }
 
+/* A diverging run must stay visible: NaN passes through as it does in PyTorch. */
+TEST_CASE(nan_propagates_through_relu_clip_and_maxpool) {
+  const float x[4] = {NAN, -1.0f, 2.0f, 0.5f};
+  float y[4];
+  lt_cpu_relu_fwd(4, x, y);
+  CHECK(isnan(y[0]) && y[1] == 0.0f && y[2] == 2.0f);
+  lt_cpu_clip_fwd(4, 0.0f, 1.0f, x, y);
+  CHECK(isnan(y[0]) && y[1] == 0.0f && y[2] == 1.0f);
+  lt_pool_geom g = {.n = 1, .c = 1, .h = 2, .w = 2, .kh = 2, .kw = 2, .stride_h = 2, .stride_w = 2,
+                    .dil_h = 1, .dil_w = 1};
+  REQUIRE(lt_pool_geom_finish(&g) == 0);
+  const float xp[4] = {1.0f, 3.0f, NAN, 2.0f};
+  uint8_t am = 9;
+  lt_cpu_maxpool_fwd(&g, xp, y, &am);
+  CHECK(isnan(y[0]) && am == 2);
+}
+
 int main(void) {
   rng = lt_rng_make(20261126, 1);
   RUN(conv2d_gradients_match_finite_differences);
@@ -707,5 +724,6 @@ int main(void) {
   RUN(loss_gradients_match_finite_differences);
   RUN(xent_counts_correct_argmax);
   RUN(sgd_first_step_seeds_the_velocity);
+  RUN(nan_propagates_through_relu_clip_and_maxpool);
   return test_summary();
 }

@@ -14,8 +14,9 @@
 /* ---- activations --------------------------------------------------------------------------- */
 
 void lt_cpu_relu_fwd(size_t count, const float *restrict x, float *restrict y) {
+  /* written so that NaN passes through, as torch.relu does: a diverging run stays visible */
 #pragma omp parallel for simd schedule(static)
-  for (size_t i = 0; i < count; i++) y[i] = x[i] > 0.0f ? x[i] : 0.0f;
+  for (size_t i = 0; i < count; i++) y[i] = x[i] < 0.0f ? 0.0f : x[i];
 }
 
 void lt_cpu_relu_bwd(size_t count, const float *restrict y, const float *restrict dy,
