@@ -3,7 +3,7 @@
  * plain sgemm of the same lowered size (M = out channels, N = batch*oh*ow, K = in*kh*kw) measured
  * in the same run. Built, not run by ctest:
  *
- *   build/bin/bench_conv [BATCH]
+ *   OMP_WAIT_POLICY=passive build/bin/bench_conv [BATCH [LAYER]]   (LAYER: row index, for profiling)
  *
  * GFLOP/s counts 2 flops per multiply-accumulate, as sgemm figures do (Lathe's reports count
  * MACs; divide by 2 to compare). Times are the median of the repetitions.
@@ -83,6 +83,7 @@ static float *filled(size_t n) {
 
 int main(int argc, char **argv) {
   const int batch = argc > 1 ? atoi(argv[1]) : 128;
+  const int only = argc > 2 ? atoi(argv[2]) : -1;
   double tot[3] = {0, 0, 0}, tot_flops = 0;
   const char *wait = getenv("OMP_WAIT_POLICY");
   /* Spinning OpenMP workers steal the cores from OpenBLAS's threads between regions; the
@@ -98,6 +99,7 @@ int main(int argc, char **argv) {
   printf("%-26s %5s %9s | %8s %8s %8s | %8s  (GFLOP/s)  ws MiB\n", "layer", "count", "GFLOP", "fwd",
          "bwd_data", "bwd_filt", "sgemm");
   for (size_t li = 0; li < sizeof layers / sizeof layers[0]; li++) {
+    if (only >= 0 && (size_t)only != li) continue;
     const layer *L = &layers[li];
     ctx c;
     memset(&c, 0, sizeof c);
