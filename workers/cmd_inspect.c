@@ -31,6 +31,7 @@ int cmd_inspect(int argc, char **argv) {
     fprintf(stderr, "usage: lathe inspect [--exact] FILE\n");
     return JOB_EXIT_BAD_INPUT;
   }
+  inspect_crash_guard(path, 0);
   cJSON *summary = NULL;
   char err[2048];
   int rc = inspect_file_json(path, &o, &summary, err, sizeof err);

@@ -16,6 +16,7 @@
 #include <fcntl.h>
 #include <hdf5.h>
 #include <math.h>
+#include <signal.h>
 #include <stdarg.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -669,6 +670,53 @@ int inspect_hdf5_json(const char *path, const inspect_opts *opts, cJSON **out, c
   cJSON_AddItemToObject(s, "objects", w.objects);
   *out = s;
   return 0;
+}
+
+/* ---- the crash guard ---- */
+
+static char inspect_guard_text[1536];     /* written by the handler: async-signal-safe */
+static size_t inspect_guard_text_len;
+static char inspect_guard_event[1536];
+static size_t inspect_guard_event_len;
+
+static void inspect_guard_on_crash(int sig) {
+  if (inspect_guard_event_len && write(1, inspect_guard_event, inspect_guard_event_len) < 0) _exit(JOB_EXIT_BAD_INPUT);
+  if (write(2, inspect_guard_text, inspect_guard_text_len) < 0) _exit(JOB_EXIT_BAD_INPUT);
+  _exit(JOB_EXIT_BAD_INPUT);
+}
+
+void inspect_crash_guard(const char *path, int json_event) {
+  static char alt_stack[1 << 16]; /* a crash from deep recursion has no stack left of its own */
+  char *clean = inspect_utf8_clean(path, strlen(path), 512);
+  const char *shown = clean ? clean : "the file";
+  char msg[1024];
+  snprintf(msg, sizeof msg,
+           "%s is damaged: reading it crashed the HDF5 library, so it is refused; check the file "
+           "with h5dump or write it again", shown);
+  inspect_guard_text_len = (size_t)snprintf(inspect_guard_text, sizeof inspect_guard_text,
+                                            "lathe: %s\n", msg);
+  inspect_guard_event_len = 0;
+  if (json_event) {
+    cJSON *e = cJSON_CreateObject();
+    cJSON_AddStringToObject(e, "type", "error");
+    cJSON_AddStringToObject(e, "message", msg);
+    cJSON_AddBoolToObject(e, "retryable", 0);
+    char *line = cJSON_PrintUnformatted(e);
+    if (line && strlen(line) + 2 < sizeof inspect_guard_event)
+      inspect_guard_event_len = (size_t)snprintf(inspect_guard_event, sizeof inspect_guard_event, "%s\n", line);
+    free(line);
+    cJSON_Delete(e);
+  }
+  free(clean);
+  stack_t ss = {.ss_sp = alt_stack, .ss_size = sizeof alt_stack, .ss_flags = 0};
+  sigaltstack(&ss, NULL);
+  struct sigaction sa;
+  memset(&sa, 0, sizeof sa);
+  sa.sa_handler = inspect_guard_on_crash;
+  sa.sa_flags = SA_ONSTACK | SA_RESETHAND;
+  sigemptyset(&sa.sa_mask);
+  static const int sigs[] = {SIGSEGV, SIGBUS, SIGFPE, SIGILL};
+  for (size_t i = 0; i < sizeof sigs / sizeof sigs[0]; i++) sigaction(sigs[i], &sa, NULL);
 }
 
 /* ---- format dispatch ---- */

@@ -38,6 +38,7 @@ int job_inspect_run(job_ctx *job, cJSON **result) {
   const char *key = cJSON_GetObjectItemCaseSensitive(job->spec, "model") ? "model" : "dataset";
   const char *path = job_file(job, key);
   if (!path) return JOB_EXIT_BAD_INPUT;
+  inspect_crash_guard(path, 1);
   job_inspect_state st = {job, lt_now(), 0, 0};
   inspect_opts o = {cJSON_IsTrue(cJSON_GetObjectItemCaseSensitive(job->spec, "exact")),
                     job_inspect_should_stop, job_inspect_progress, &st};
