@@ -728,12 +728,11 @@ int server_start(server *s, srv_err *e) {
       {MHD_OPTION_CONNECTION_MEMORY_LIMIT, (intptr_t)s->cfg.conn_memory, NULL},
       {MHD_OPTION_LISTEN_BACKLOG_SIZE, 1024, NULL},
       {MHD_OPTION_NOTIFY_COMPLETED, (intptr_t)http_completed, s},
-      {MHD_OPTION_EXTERNAL_LOGGER, (intptr_t)http_log, NULL},
       {tls ? MHD_OPTION_HTTPS_MEM_CERT : MHD_OPTION_END, 0, s->tls_cert_pem},
       {tls ? MHD_OPTION_HTTPS_MEM_KEY : MHD_OPTION_END, 0, s->tls_key_pem},
       {MHD_OPTION_END, 0, NULL}};
-  s->mhd = MHD_start_daemon(flags, 0, NULL, NULL, http_access, s, MHD_OPTION_ARRAY, opts,
-                            MHD_OPTION_END);
+  s->mhd = MHD_start_daemon(flags, 0, NULL, NULL, http_access, s, MHD_OPTION_EXTERNAL_LOGGER,
+                            http_log, NULL, MHD_OPTION_ARRAY, opts, MHD_OPTION_END);
   if (!s->mhd)
     return srv_err_set(e, 500, "listen_failed",
                        "cannot listen on %s:%d (in use, not permitted, or a bad TLS cert/key)",

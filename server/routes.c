@@ -165,6 +165,9 @@ static void route_upload(http_req *r) {
     http_respond_error(r, &e);
     return;
   }
+  /* The inspector saw the temp file's name; the object carries the client's. */
+  if (cJSON_GetObjectItemCaseSensitive(summary, "file"))
+    cJSON_ReplaceItemInObjectCaseSensitive(summary, "file", cJSON_CreateString(http_req_arg(r, "name")));
   store_meta meta = {.kind = kind, .name = http_req_arg(r, "name"), .owner = r->tok.id};
   cJSON *f = store_upload_commit(&r->srv->files, http_req_db(r), r->upload, &meta, summary, &e);
   cJSON_Delete(summary);
