@@ -661,6 +661,24 @@ static void http_completed(void *cls, struct MHD_Connection *con, void **con_cls
   *con_cls = NULL;
 }
 
+/* URL unescaping as MHD does it, except that %00 stays as the three characters: a decoded NUL
+ * would silently cut the path ("/jobs/ID%00/cancel" read as "/jobs/ID"). Returns the length. */
+static size_t http_unescape(void *cls, struct MHD_Connection *con, char *s) {
+  char *w = s;
+  for (const char *r = s; *r; r++) {
+    int hi, lo;
+    if (r[0] == '%' && (hi = util_hex_digit(r[1])) >= 0 && (lo = util_hex_digit(r[2])) >= 0 &&
+        (hi | lo) != 0) {
+      *w++ = (char)(hi * 16 + lo);
+      r += 2;
+    } else {
+      *w++ = *r;
+    }
+  }
+  *w = '\0';
+  return (size_t)(w - s);
+}
+
 static void http_log(void *cls, const char *fmt, va_list ap) {
   fputs("lathe-server: mhd: ", stderr);
   vfprintf(stderr, fmt, ap);
@@ -728,6 +746,7 @@ int server_start(server *s, srv_err *e) {
       {MHD_OPTION_CONNECTION_MEMORY_LIMIT, (intptr_t)s->cfg.conn_memory, NULL},
       {MHD_OPTION_LISTEN_BACKLOG_SIZE, 1024, NULL},
       {MHD_OPTION_NOTIFY_COMPLETED, (intptr_t)http_completed, s},
+      {MHD_OPTION_UNESCAPE_CALLBACK, (intptr_t)http_unescape, NULL},
       {tls ? MHD_OPTION_HTTPS_MEM_CERT : MHD_OPTION_END, 0, s->tls_cert_pem},
       {tls ? MHD_OPTION_HTTPS_MEM_KEY : MHD_OPTION_END, 0, s->tls_key_pem},
       {MHD_OPTION_END, 0, NULL}};

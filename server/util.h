@@ -43,6 +43,8 @@ int util_id_new(const char *prefix, char *out);
  * so "../", "%2e%2e" (decoded by MHD) and NUL tricks never reach SQL or the file system. */
 int util_id_valid(const char *s, const char *prefix);
 
+/* 0–15 for a hex digit (either case), else -1. */
+int util_hex_digit(char c);
 void util_hex(const unsigned char *in, size_t n, char *out); /* out: 2n+1 bytes */
 void util_sha256_hex(const void *data, size_t n, char out[65]);
 /* Fills buf with n random bytes from the kernel; 0 or -1. */
