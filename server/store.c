@@ -74,7 +74,7 @@ int store_sweep(store *s, db_conn *db) {
   while (top && (de = readdir(top))) {
     if (de->d_name[0] == '.' || strlen(de->d_name) != 2) continue;
     char sub[1200];
-    snprintf(sub, sizeof sub, "%s/store/%s", s->root, de->d_name);
+    snprintf(sub, sizeof sub, "%s/store/%.2s", s->root, de->d_name);
     DIR *sd = opendir(sub);
     struct dirent *be;
     while (sd && (be = readdir(sd))) {

@@ -190,7 +190,7 @@ try {
 } finally {
   const clean = await srv.stop();
   check(clean, 'SIGTERM stops the server');
-  if (/AddressSanitizer|runtime error/.test(srv.log())) check(false, `sanitizer report:\n${srv.log()}`);
+  if (/AddressSanitizer|LeakSanitizer|runtime error/.test(srv.log())) check(false, `sanitizer report:\n${srv.log()}`);
   srv.cleanup();
 }
 finish('server.bad_input');

@@ -36,7 +36,7 @@ export async function startServer(extraArgs = [], env = {}) {
     let log = '';
     proc.stderr.on('data', (d) => { log += d; });
     let exited = false;
-    proc.on('exit', () => { exited = true; });
+    proc.on('close', () => { exited = true; }); // after stderr is drained
     const base = `http://127.0.0.1:${port}`;
     for (let i = 0; i < 100 && !exited; i++) {
       try {

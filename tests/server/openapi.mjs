@@ -184,6 +184,7 @@ try {
   check(validated > 40, `validated ${validated} JSON responses`);
 } finally {
   check(await srv.stop(), 'SIGTERM stops the server');
+  if (/AddressSanitizer|LeakSanitizer|runtime error/.test(srv.log())) check(false, `sanitizer report:\n${srv.log()}`);
   srv.cleanup();
   rmSync(web, { recursive: true, force: true });
 }
