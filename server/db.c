@@ -123,16 +123,36 @@ sqlite3_stmt *db_stmt(db_conn *db, const char *sql, srv_err *e) {
   return NULL;
 }
 
-int db_begin(db_conn *db, srv_err *e) { return db_exec(db, "BEGIN IMMEDIATE", e); }
+static pthread_mutex_t db_write_mu = PTHREAD_MUTEX_INITIALIZER;
+
+static void db_write_release(db_conn *db) {
+  if (!db->writing) return;
+  db->writing = 0;
+  pthread_mutex_unlock(&db_write_mu);
+}
+
+int db_begin(db_conn *db, srv_err *e) {
+  pthread_mutex_lock(&db_write_mu);
+  db->writing = 1;
+  if (db_exec(db, "BEGIN IMMEDIATE", e) != 0) {
+    db_write_release(db);
+    return -1;
+  }
+  return 0;
+}
+
 int db_commit(db_conn *db, srv_err *e) {
   if (db_exec(db, "COMMIT", e) != 0) {
     db_rollback(db);
     return -1;
   }
+  db_write_release(db);
   return 0;
 }
+
 void db_rollback(db_conn *db) {
   if (!sqlite3_get_autocommit(db->db)) sqlite3_exec(db->db, "ROLLBACK", NULL, NULL, NULL);
+  db_write_release(db);
 }
 
 struct db_pool {
