@@ -188,6 +188,56 @@ static void wk_job_queue_log(wk_job *j, const char *level, const char *message) 
   wk_job_queue(j, e);
 }
 
+/* Puts batch (owned) back in front of the pending events, in order. */
+static void wk_job_requeue_front(wk_job *j, cJSON *batch) {
+  cJSON *rest = j->pending;
+  j->pending = batch;
+  while (cJSON_GetArraySize(rest) > 0) wk_job_queue(j, cJSON_DetachItemFromArray(rest, 0));
+  cJSON_Delete(rest);
+}
+
+/* POSTs one batch (owned). 0 when delivered or dropped (stale attempt, refused event), -1 when
+ * the server could not take it now: the batch is back in front of the pending events. */
+static int wk_job_send(wk_job *j, cJSON *batch) {
+  cJSON *body = cJSON_CreateObject();
+  cJSON_AddStringToObject(body, "job", j->id);
+  cJSON_AddNumberToObject(body, "attempt", j->attempt);
+  cJSON_AddItemToObject(body, "events", batch);
+  wk_resp r;
+  int rc = wk_http_json(j->h, "POST", "/api/v1/workers/events", body, 30, 0, &r);
+  long status = r.status;
+  wk_resp_free(&r);
+  batch = cJSON_DetachItemFromObject(body, "events");
+  cJSON_Delete(body);
+  if (rc == 0 && status == 409) {
+    wk_job_set_stale(j);
+  } else if (rc != 0 || status >= 500) {
+    wk_job_requeue_front(j, batch);
+    return -1;
+  } else if (status >= 400 && cJSON_GetArraySize(batch) > 1) {
+    /* one malformed event (a NaN metric, say) must not lose the batch: send the events one by
+     * one, so only the refused ones are dropped */
+    while (cJSON_GetArraySize(batch) > 0) {
+      cJSON *one = cJSON_CreateArray();
+      cJSON_AddItemToArray(one, cJSON_DetachItemFromArray(batch, 0));
+      if (wk_job_send(j, one) != 0) {
+        /* `one` is back in front; the rest of the batch goes right after it */
+        cJSON *first = cJSON_DetachItemFromArray(j->pending, 0);
+        cJSON_InsertItemInArray(batch, 0, first);
+        wk_job_requeue_front(j, batch);
+        return -1;
+      }
+    }
+  } else if (status >= 400) {
+    char *text = cJSON_PrintUnformatted(batch);
+    wk_log("job %s: the server refused an event (HTTP %ld); dropped: %.200s", j->id, status,
+           text ? text : "");
+    free(text);
+  }
+  cJSON_Delete(batch);
+  return 0;
+}
+
 /* Sends pending events in batches. 0 when all were sent (or dropped as stale), -1 when the
  * server could not be reached (they stay pending). */
 static int wk_job_flush(wk_job *j) {
@@ -201,29 +251,7 @@ static int wk_job_flush(wk_job *j) {
     cJSON *batch = cJSON_CreateArray();
     for (int i = 0; i < WK_EVENTS_BATCH && cJSON_GetArraySize(j->pending) > 0; i++)
       cJSON_AddItemToArray(batch, cJSON_DetachItemFromArray(j->pending, 0));
-    cJSON *body = cJSON_CreateObject();
-    cJSON_AddStringToObject(body, "job", j->id);
-    cJSON_AddNumberToObject(body, "attempt", j->attempt);
-    cJSON_AddItemToObject(body, "events", batch);
-    wk_resp r;
-    int rc = wk_http_json(j->h, "POST", "/api/v1/workers/events", body, 30, 0, &r);
-    long status = r.status;
-    wk_resp_free(&r);
-    if (rc == 0 && status == 409) {
-      wk_job_set_stale(j);
-    } else if (rc != 0 || status >= 500) {
-      /* put the batch back in front, in order, for the next try */
-      cJSON *b = cJSON_DetachItemFromObject(body, "events");
-      cJSON *rest = j->pending;
-      j->pending = b;
-      while (cJSON_GetArraySize(rest) > 0) wk_job_queue(j, cJSON_DetachItemFromArray(rest, 0));
-      cJSON_Delete(rest);
-      cJSON_Delete(body);
-      return -1;
-    } else if (status >= 400) {
-      wk_log("job %s: the server refused an event batch (HTTP %ld); dropped", j->id, status);
-    }
-    cJSON_Delete(body);
+    if (wk_job_send(j, batch) != 0) return -1;
   }
   return 0;
 }
@@ -252,6 +280,8 @@ static void wk_job_take_line(wk_job *j, const char *line, size_t len) {
     j->have_error = 1;
     j->error_retryable = cJSON_IsTrue(cJSON_GetObjectItem(e, "retryable"));
   } else if (!strcmp(type, "artifact")) {
+    /* uploaded after the job ends; the server logs the artifact event itself, with its id,
+     * so the worker-local path is not relayed */
     const char *name = cJSON_GetStringValue(cJSON_GetObjectItem(e, "name"));
     const char *path = cJSON_GetStringValue(cJSON_GetObjectItem(e, "path"));
     if (name && path) {
@@ -260,6 +290,8 @@ static void wk_job_take_line(wk_job *j, const char *line, size_t len) {
       cJSON_AddStringToObject(a, "path", path);
       cJSON_AddItemToArray(j->artifacts, a);
     }
+    cJSON_Delete(e);
+    return;
   }
   wk_job_queue(j, e);
 }
