@@ -59,7 +59,7 @@ const call = async (srv, method, url, opts) => conform(method, url, await api(sr
 const web = mkdtempSync(path.join(os.tmpdir(), 'lathe-web-test-'));
 writeFileSync(path.join(web, 'index.html'), '<!doctype html><title>Lathe</title><script type="module" src="app.js"></script>');
 writeFileSync(path.join(web, 'app.js'), 'export {};');
-const srv = await startServer(['--lease-s', '5', '--backoff-ms', '0', '--web', web]);
+const srv = await startServer(['--lease-s', '5', '--backoff-ms', '0', '--web', web, '--vendor', path.join(root, 'node_modules')]);
 const T = srv.tokens;
 try {
   const served = await api(srv, 'GET', '/api/v1/openapi.json', { token: T.read });
@@ -179,6 +179,9 @@ try {
   const js = await api(srv, 'GET', '/app.js');
   check(js.status === 200 && js.headers.get('content-type')?.startsWith('text/javascript'), 'ES modules are served as JavaScript');
   check((await api(srv, 'GET', '/missing.js')).status === 404, 'a missing static file is 404');
+  const chart = await api(srv, 'GET', '/vendor/chart.umd.js');
+  check(chart.status === 200 && chart.headers.get('content-type')?.startsWith('text/javascript') && chart.text.length > 1000,
+    '/vendor/chart.umd.js is served from node_modules/chart.js');
   check(page.headers.get('x-content-type-options') === 'nosniff' && /script-src 'self'/.test(page.headers.get('content-security-policy') ?? ''),
     'nosniff and a strict CSP on every answer');
   check(validated > 40, `validated ${validated} JSON responses`);
