@@ -160,7 +160,7 @@ typedef struct lt_loader_stats {
   int64_t hits;             /* of which from the buffer */
   int64_t storage_bytes;    /* bytes requested from storage by this rank */
   int64_t storage_requests; /* pread calls issued (after merging) */
-  double stall_s;           /* time lt_loader_next waited for reads */
+  double stall_s;           /* time spent inside lt_loader_next (waits for reads and ranks, copies) */
   double total_s;           /* time since open */
 } lt_loader_stats;
 
