@@ -221,6 +221,26 @@ TEST_CASE(loader_delivers_hdf5_bytes_chunked_and_deflate) {
   remove(path);
 }
 
+TEST_CASE(loader_reads_a_chunk_stored_without_its_filter) {
+  /* HDF5 may store a chunk of a deflate dataset raw (filter mask bit 0 set, e.g. when deflate
+   * would not shrink it); the loader must read that chunk as is. Chunk 1 is rewritten so. */
+  const char *path = "loader_mask.h5";
+  REQUIRE(write_file(path, 40, 40, LAYOUT_DEFLATE, 8) == 0);
+  hid_t f = H5Fopen(path, H5F_ACC_RDWR, H5P_DEFAULT);
+  hid_t d = H5Dopen2(f, "/train/x", H5P_DEFAULT);
+  float raw[8 * XS];
+  for (int i = 0; i < 8; i++)
+    for (int k = 0; k < XS; k++) raw[i * XS + k] = x_value(8 + i, k);
+  hsize_t off[4] = {8, 0, 0, 0};
+  REQUIRE(H5Dwrite_chunk(d, H5P_DEFAULT, 1u, off, sizeof raw, raw) >= 0);
+  H5Dclose(d);
+  H5Fclose(f);
+  lt_loader_opts o = base_opts(path, 2);
+  o.global_batch = 5;
+  CHECK(run_and_check(o, 2, NULL) >= 0);
+  remove(path);
+}
+
 TEST_CASE(loader_merges_neighbouring_reads) {
   const char *path = "loader_merge.h5";
   REQUIRE(write_file(path, 256, 256, LAYOUT_CONTIGUOUS, 0) == 0);
@@ -348,6 +368,7 @@ int main(void) {
   RUN(loader_delivers_hdf5_bytes_contiguous_every_policy);
   RUN(loader_simulated_ranks_cover_each_global_batch);
   RUN(loader_delivers_hdf5_bytes_chunked_and_deflate);
+  RUN(loader_reads_a_chunk_stored_without_its_filter);
   RUN(loader_merges_neighbouring_reads);
   RUN(loader_o_direct_reads_same_bytes);
   RUN(loader_mismatched_and_missing_datasets_are_clear_errors);

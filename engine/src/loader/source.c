@@ -5,11 +5,13 @@
 
 #include <string.h>
 
-/* HDF5 prints its own error stack by default; we turn every failure into an lt_err instead. */
+/* HDF5 prints its own error stack by default; we turn every failure into an lt_err that carries
+ * the location, and leave through the cleanup at `done`. */
 #define CHECK_H5(call, ...)                                                                          \
   do {                                                                                               \
     if ((call) < 0) {                                                                                \
       st = lt_errorf(err, LT_ERR_FORMAT, __VA_ARGS__);                                               \
+      lt_err_prefix(err, "%s:%d", __FILE__, __LINE__);                                               \
       goto done;                                                                                     \
     }                                                                                                \
   } while (0)
