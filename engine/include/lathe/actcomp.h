@@ -105,7 +105,7 @@ typedef struct lt_ac_info {
   int64_t shape[LT_MAX_DIMS];
   int64_t n;
   double eb;
-  int predictor;          /* LORENZO: 2 = 2-D Lorenzo */
+  int predictor;          /* LORENZO: 2 = 2-D Lorenzo, 0 = none (q coded directly) */
   int zstd;               /* LORENZO: 1 when the payload went through zstd */
   int64_t n_outliers;     /* values stored raw (non-finite, huge, bound-missing) */
   int64_t n_escapes;      /* residuals beyond the radius, stored as int32 */

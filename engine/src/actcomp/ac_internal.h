@@ -48,13 +48,16 @@ typedef struct ac_kernels {
   /* q[i] = round(x[i]/2eb), 0 where x[i] is an outlier (recorded as base+i with its bits). */
   void (*quant)(const float *x, int64_t n, const ac_qp *p, int32_t *q, ac_list *outl,
                 int64_t base);
-  /* codes[j] = d + R for the 2-D Lorenzo residual d = (c[j]-c[j-1]) - (u[j]-u[j-1]), or 0 with
-   * (base+j, d) pushed to esc. c[-1] and u[-1] must be readable and 0. */
-  void (*predict)(const int32_t *c, const int32_t *u, int64_t w, uint16_t *codes, ac_list *esc,
-                  int64_t base);
+  /* codes[j] = d + R for the residual d = (c[j]-cl[j]) - (u[j]-ul[j]), or 0 with (base+j, d)
+   * pushed to esc. 2-D Lorenzo passes cl = c-1, u = the row above, ul = u-1; no prediction
+   * passes zero rows for cl, u and ul. */
+  void (*predict)(const int32_t *c, const int32_t *cl, const int32_t *u, const int32_t *ul,
+                  int64_t w, uint16_t *codes, ac_list *esc, int64_t base);
   /* Decode of one row in place: row[j] holds residuals on entry; the row's q = prefix sum plus
    * u[j] is written to u (the next row's "up"), and x' = (float)q * twoeb to row as floats. */
   void (*unpredict)(ac_i32a *row, int32_t *u, int64_t w, float twoeb);
+  /* Decode without prediction: row[j] = (float)q[j] * twoeb in place. */
+  void (*dequant)(ac_i32a *row, int64_t n, float twoeb);
 } ac_kernels;
 
 const ac_kernels *ac_kernels_get(lt_ac_simd s);

@@ -2,7 +2,7 @@
  * kind-dispatching entry points shared with the comparison codecs.
  *
  * Stream (little-endian), AC_HEADER_BYTES of header then five sections:
- *   0   "LTAC"             4   u16 version (1)      6   u8 predictor (2)   7   u8 flags (1: zstd)
+ *   0   "LTAC"             4   u16 version (1)      6   u8 predictor       7   u8 flags (1: zstd)
  *   8   u32 ndim           12  u32 radius           16  i64 shape[8] (unused dims 0)
  *   80  f64 eb             88  u32 chunk symbols    92  u32 table entries
  *   96  u64 escapes        104 u64 outliers         112 u64 payload bytes (raw, before zstd)
@@ -14,7 +14,12 @@
  *   outliers  count × (u64 index, u32 float bits), indices increasing
  * The CRC covers every byte but its own four. The decoder parses and checks all of it (sizes
  * against each other and against the element count, table completeness, every chunk ending on
- * its bit count, indices in range and increasing) before a byte of output is trusted. */
+ * its bit count, indices in range and increasing) before a byte of output is trusted.
+ *
+ * Predictor 2 is 2-D Lorenzo on the integers; predictor 0 codes q itself. The encoder picks per
+ * tensor from a sample of planes: on post-ReLU activations at coarse bounds, where most q are 0
+ * or 1, Lorenzo turns every zero/non-zero edge into two non-zero residuals and loses to no
+ * prediction; on smooth inputs (the normalised image) it wins. */
 #include "actcomp/ac_internal.h"
 #include "lathe/config.h"
 
@@ -25,6 +30,7 @@
 
 #define AC_MAGIC "LTAC"
 #define AC_VERSION 1
+#define AC_PREDICTOR_NONE 0
 #define AC_PREDICTOR_LORENZO2D 2
 #define AC_FLAG_ZSTD 1u
 #define AC_MAX_ELEMS ((int64_t)1 << 40) /* keeps every size computation far from overflow */
@@ -245,6 +251,33 @@ static void plane_dims(int ndim, const int64_t *shape, int64_t *h, int64_t *w) {
 
 /* ---- encoder --------------------------------------------------------------------------------- */
 
+/* Codes the first `rows` rows of the plane starting at element base into codes (same offsets)
+ * and adds them to hist. rb holds 3 rows of w+1 ints: a zero row and two working rows, each
+ * with a zero at index 0 for the column left of the plane. */
+static void code_plane(const ac_kernels *k, const float *x, const ac_qp *qp, int pred,
+                       int64_t rows, int64_t w, int64_t base, int32_t *rb, uint16_t *codes,
+                       ac_list *outl, ac_list *esc, uint64_t *hist) {
+  int32_t *zero = rb, *cur = rb + (w + 1), *prev = cur + (w + 1);
+  memset(zero, 0, (size_t)(w + 1) * sizeof *zero);
+  cur[0] = prev[0] = 0;
+  const int32_t *up = zero;
+  for (int64_t r = 0; r < rows; r++) {
+    int64_t off = base + r * w;
+    k->quant(x + off, w, qp, cur + 1, outl, off);
+    if (pred == AC_PREDICTOR_LORENZO2D)
+      k->predict(cur + 1, cur, up + 1, up, w, codes + off, esc, off);
+    else
+      k->predict(cur + 1, zero + 1, zero + 1, zero + 1, w, codes + off, esc, off);
+    int32_t *tmp = prev;
+    prev = cur;
+    cur = tmp;
+    up = prev;
+  }
+  const uint16_t *cp = codes + base;
+  for (int64_t i = 0; i < rows * w; i++) hist[cp[i]]++;
+}
+
+
 static lt_status lorenzo_encode(lt_ac_codec *c, const float *x, int ndim, const int64_t *shape,
                                 double eb, lt_ac_buf *out, lt_err *err) {
   int64_t n, h, w;
@@ -263,38 +296,48 @@ static lt_status lorenzo_encode(lt_ac_codec *c, const float *x, int ndim, const 
   uint16_t *codes = scratch_get(&c->codes, (size_t)n * sizeof *codes, err);
   int32_t *rows = scratch_get(&c->rows, (size_t)t * 3 * (size_t)(w + 1) * sizeof *rows, err);
   uint64_t *hist = scratch_get(&c->hist, (size_t)t * AC_NSYM * sizeof *hist, err);
+  /* the predictor sample uses thread 0's rows, list and histogram */
   /* (nchunks) bit counts, then (nchunks + 1) byte offsets */
   uint64_t *cbits = scratch_get(&c->chunks, (size_t)(2 * nchunks + 1) * sizeof *cbits, err);
   if (!codes || !rows || !hist || !cbits) return err ? err->status : LT_ERR_NOMEM;
   if ((st = lists_reset(c, t, err))) return st;
   memset(hist, 0, (size_t)t * AC_NSYM * sizeof *hist);
 
+  /* Predictor choice on a sample of planes (their leading rows), coded both ways. */
+  int pred = AC_PREDICTOR_LORENZO2D;
+  {
+    const int64_t stride = nplanes > 16 ? nplanes / 16 : 1;
+    const int64_t rows_max = h < 64 ? h : 64;
+    double cost[2];
+    const int preds[2] = {AC_PREDICTOR_LORENZO2D, AC_PREDICTOR_NONE};
+    for (int pi = 0; pi < 2; pi++) {
+      memset(hist, 0, AC_NSYM * sizeof *hist);
+      c->esc[0].n = c->outl[0].n = 0;
+      int64_t total = 0;
+      for (int64_t p = 0; p < nplanes; p += stride) {
+        code_plane(k, x, &qp, preds[pi], rows_max, w, p * plane, rows, codes, &c->outl[0],
+                   &c->esc[0], hist);
+        total += rows_max * w;
+      }
+      cost[pi] = 96.0 * (double)c->esc[0].n;
+      for (int sy = 0; sy < AC_NSYM; sy++)
+        if (hist[sy]) cost[pi] += (double)hist[sy] * log2((double)total / (double)hist[sy]) + 24;
+    }
+    if (cost[1] < cost[0]) pred = AC_PREDICTOR_NONE;
+    if ((st = lists_reset(c, t, err))) return st;
+    memset(hist, 0, (size_t)t * AC_NSYM * sizeof *hist);
+  }
+
   /* Stage 1: prequantise and predict, one plane at a time; static scheduling gives each thread
    * a contiguous run of planes, so concatenating the per-thread lists keeps indices sorted. */
 #pragma omp parallel num_threads(t)
   {
     int tid = omp_get_thread_num();
-    int32_t *zero = rows + (size_t)tid * 3 * (size_t)(w + 1);
-    int32_t *cur = zero + (w + 1), *prev = cur + (w + 1);
-    uint64_t *hi = hist + (size_t)tid * AC_NSYM;
-    memset(zero, 0, (size_t)(w + 1) * sizeof *zero);
-    cur[0] = prev[0] = 0; /* the column left of every row */
+    int32_t *rb = rows + (size_t)tid * 3 * (size_t)(w + 1);
 #pragma omp for schedule(static)
-    for (int64_t p = 0; p < nplanes; p++) {
-      const int64_t base = p * plane;
-      const int32_t *up = zero;
-      for (int64_t r = 0; r < h; r++) {
-        int64_t off = base + r * w;
-        k->quant(x + off, w, &qp, cur + 1, &c->outl[tid], off);
-        k->predict(cur + 1, up + 1, w, codes + off, &c->esc[tid], off);
-        int32_t *tmp = prev;
-        prev = cur;
-        cur = tmp;
-        up = prev;
-      }
-      const uint16_t *cp = codes + base;
-      for (int64_t i = 0; i < plane; i++) hi[cp[i]]++;
-    }
+    for (int64_t p = 0; p < nplanes; p++)
+      code_plane(k, x, &qp, pred, h, w, p * plane, rb, codes, &c->outl[tid], &c->esc[tid],
+                 hist + (size_t)tid * AC_NSYM);
   }
   int64_t nout = 0, nesc = 0;
   for (int i = 0; i < t; i++) {
@@ -393,7 +436,7 @@ static lt_status lorenzo_encode(lt_ac_codec *c, const float *x, int ndim, const 
   memcpy(o, AC_MAGIC, 4);
   o[4] = AC_VERSION;
   o[5] = 0;
-  o[6] = AC_PREDICTOR_LORENZO2D;
+  o[6] = (uint8_t)pred;
   o[7] = flags;
   ac_put_u32(o + 8, (uint32_t)ndim);
   ac_put_u32(o + 12, AC_RADIUS);
@@ -422,7 +465,7 @@ typedef struct ac_hdr {
   int64_t shape[LT_MAX_DIMS];
   int64_t n, h, w, nchunks;
   double eb;
-  int zstd;
+  int zstd, pred;
   int64_t nsym, nesc, nout;
   uint64_t raw_bytes, stored_bytes;
   const uint8_t *table, *chunk_sec, *payload, *esc, *outl;
@@ -438,7 +481,9 @@ static lt_status parse_lorenzo(const uint8_t *s, size_t len, ac_hdr *hd, lt_err 
     return BAD("version %u; this build reads version %d", s[4] | s[5] << 8, AC_VERSION);
   if (ac_get_u32(s + AC_CRC_OFFSET) != ac_stream_checksum(s, len))
     return BAD("checksum mismatch: the stream is corrupt or truncated");
-  if (s[6] != AC_PREDICTOR_LORENZO2D) return BAD("unknown predictor %u", s[6]);
+  if (s[6] != AC_PREDICTOR_LORENZO2D && s[6] != AC_PREDICTOR_NONE)
+    return BAD("unknown predictor %u", s[6]);
+  hd->pred = s[6];
   if (s[7] & ~AC_FLAG_ZSTD) return BAD("unknown flags 0x%x", s[7]);
   if (ac_get_u32(s + 132) != 0) return BAD("reserved field is not zero");
   hd->zstd = s[7] & AC_FLAG_ZSTD;
@@ -524,6 +569,11 @@ static lt_status parse_lorenzo(const uint8_t *s, size_t len, ac_hdr *hd, lt_err 
 /* Prefix sums and dequantisation of whole planes [p0, p1). u is W ints of scratch. */
 static void finish_planes(const ac_kernels *k, const ac_hdr *hd, float twoeb, float *x,
                           int64_t p0, int64_t p1, int32_t *u) {
+  const int64_t plane = hd->h * hd->w;
+  if (hd->pred == AC_PREDICTOR_NONE) {
+    k->dequant((ac_i32a *)(x + p0 * plane), (p1 - p0) * plane, twoeb);
+    return;
+  }
   for (int64_t p = p0; p < p1; p++) {
     memset(u, 0, (size_t)hd->w * sizeof *u);
     for (int64_t r = 0; r < hd->h; r++)
@@ -704,7 +754,7 @@ lt_status lt_ac_stream_info(const uint8_t *src, size_t len, lt_ac_info *info, lt
   memcpy(info->shape, hd.shape, sizeof hd.shape);
   info->n = hd.n;
   info->eb = hd.eb;
-  info->predictor = AC_PREDICTOR_LORENZO2D;
+  info->predictor = hd.pred;
   info->zstd = hd.zstd;
   info->n_outliers = hd.nout;
   info->n_escapes = hd.nesc;

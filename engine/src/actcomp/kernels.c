@@ -3,6 +3,9 @@
  * picked at run time. Every version computes exactly the same integers and floats, so a stream
  * does not depend on the machine that wrote it; the scalar one is the reference.
  *
+ * The prediction kernel takes the four neighbours as separate rows so that one kernel serves
+ * both predictors: 2-D Lorenzo (left, up, up-left) and none (all four rows zero).
+ *
  * Floating-point contraction is off in this file: the encoder's bound check must use the very
  * product (float)q * twoeb that the decoder computes, not a fused multiply-subtract. */
 #if defined(__clang__)
@@ -68,10 +71,11 @@ static inline uint16_t code_one(int32_t d, ac_list *esc, int64_t idx) {
   return 0;
 }
 
-static void predict_scalar(const int32_t *c, const int32_t *u, int64_t w, uint16_t *codes,
-                           ac_list *esc, int64_t base) {
+static void predict_scalar(const int32_t *c, const int32_t *cl, const int32_t *u,
+                           const int32_t *ul, int64_t w, uint16_t *codes, ac_list *esc,
+                           int64_t base) {
   for (int64_t j = 0; j < w; j++) {
-    int32_t d = (c[j] - c[j - 1]) - (u[j] - u[j - 1]);
+    int32_t d = (c[j] - cl[j]) - (u[j] - ul[j]);
     codes[j] = code_one(d, esc, base + j);
   }
 }
@@ -85,6 +89,13 @@ static void unpredict_scalar(ac_i32a *row, int32_t *u, int64_t w, float twoeb) {
     uint32_t q = acc + (uint32_t)u[j];
     u[j] = (int32_t)q;
     float f = (float)(int32_t)q * twoeb;
+    memcpy((void *)&row[j], &f, 4);
+  }
+}
+
+static void dequant_scalar(ac_i32a *row, int64_t n, float twoeb) {
+  for (int64_t j = 0; j < n; j++) {
+    float f = (float)row[j] * twoeb;
     memcpy((void *)&row[j], &f, 4);
   }
 }
@@ -120,16 +131,17 @@ __attribute__((target("avx2"))) static void quant_avx2(const float *x, int64_t n
   quant_scalar(x + i, n - i, p, q + i, outl, base + i);
 }
 
-__attribute__((target("avx2"))) static void predict_avx2(const int32_t *c, const int32_t *u,
+__attribute__((target("avx2"))) static void predict_avx2(const int32_t *c, const int32_t *cl,
+                                                         const int32_t *u, const int32_t *ul,
                                                          int64_t w, uint16_t *codes, ac_list *esc,
                                                          int64_t base) {
   const __m256i r = _mm256_set1_epi32(AC_RADIUS), lo = _mm256_set1_epi32(-AC_RADIUS);
   int64_t j = 0;
   for (; j + 8 <= w; j += 8) {
     __m256i cc = _mm256_loadu_si256((const __m256i *)(c + j));
-    __m256i cw = _mm256_loadu_si256((const __m256i *)(c + j - 1));
+    __m256i cw = _mm256_loadu_si256((const __m256i *)(cl + j));
     __m256i uu = _mm256_loadu_si256((const __m256i *)(u + j));
-    __m256i uw = _mm256_loadu_si256((const __m256i *)(u + j - 1));
+    __m256i uw = _mm256_loadu_si256((const __m256i *)(ul + j));
     __m256i d = _mm256_sub_epi32(_mm256_sub_epi32(cc, cw), _mm256_sub_epi32(uu, uw));
     __m256i inr = _mm256_and_si256(_mm256_cmpgt_epi32(d, lo), _mm256_cmpgt_epi32(r, d));
     __m256i code = _mm256_and_si256(_mm256_add_epi32(d, r), inr);
@@ -145,7 +157,7 @@ __attribute__((target("avx2"))) static void predict_avx2(const int32_t *c, const
         if (!(m >> k & 1)) ac_list_push(esc, base + j + k, (uint32_t)dv[k]);
     }
   }
-  predict_scalar(c + j, u + j, w - j, codes + j, esc, base + j);
+  predict_scalar(c + j, cl + j, u + j, ul + j, w - j, codes + j, esc, base + j);
 }
 
 __attribute__((target("avx2"))) static void unpredict_avx2(ac_i32a *row, int32_t *u, int64_t w,
@@ -173,6 +185,16 @@ __attribute__((target("avx2"))) static void unpredict_avx2(ac_i32a *row, int32_t
     row[j] = (int32_t)((uint32_t)row[j] + (uint32_t)c);
     unpredict_scalar(row + j, u + j, w - j, twoeb);
   }
+}
+
+__attribute__((target("avx2"))) static void dequant_avx2(ac_i32a *row, int64_t n, float twoeb) {
+  const __m256 v2eb = _mm256_set1_ps(twoeb);
+  int64_t j = 0;
+  for (; j + 8 <= n; j += 8) {
+    __m256i q = _mm256_loadu_si256((const __m256i *)(row + j));
+    _mm256_storeu_ps((float *)(row + j), _mm256_mul_ps(_mm256_cvtepi32_ps(q), v2eb));
+  }
+  dequant_scalar(row + j, n - j, twoeb);
 }
 
 /* ---- AVX-512 --------------------------------------------------------------------------------- */
@@ -204,15 +226,16 @@ AVX512_TARGET static void quant_avx512(const float *x, int64_t n, const ac_qp *p
   }
 }
 
-AVX512_TARGET static void predict_avx512(const int32_t *c, const int32_t *u, int64_t w,
-                                         uint16_t *codes, ac_list *esc, int64_t base) {
+AVX512_TARGET static void predict_avx512(const int32_t *c, const int32_t *cl, const int32_t *u,
+                                         const int32_t *ul, int64_t w, uint16_t *codes,
+                                         ac_list *esc, int64_t base) {
   const __m512i r = _mm512_set1_epi32(AC_RADIUS), lo = _mm512_set1_epi32(-AC_RADIUS);
   for (int64_t j = 0; j < w; j += 16) {
     __mmask16 live = w - j >= 16 ? (__mmask16)0xffff : (__mmask16)((1u << (w - j)) - 1);
     __m512i cc = _mm512_maskz_loadu_epi32(live, c + j);
-    __m512i cw = _mm512_maskz_loadu_epi32(live, c + j - 1);
+    __m512i cw = _mm512_maskz_loadu_epi32(live, cl + j);
     __m512i uu = _mm512_maskz_loadu_epi32(live, u + j);
-    __m512i uw = _mm512_maskz_loadu_epi32(live, u + j - 1);
+    __m512i uw = _mm512_maskz_loadu_epi32(live, ul + j);
     __m512i d = _mm512_sub_epi32(_mm512_sub_epi32(cc, cw), _mm512_sub_epi32(uu, uw));
     __mmask16 inr = _mm512_mask_cmpgt_epi32_mask(live, d, lo) & _mm512_cmpgt_epi32_mask(r, d);
     __m512i code = _mm512_maskz_add_epi32(inr, d, r);
@@ -250,13 +273,23 @@ AVX512_TARGET static void unpredict_avx512(ac_i32a *row, int32_t *u, int64_t w, 
   }
 }
 
+AVX512_TARGET static void dequant_avx512(ac_i32a *row, int64_t n, float twoeb) {
+  const __m512 v2eb = _mm512_set1_ps(twoeb);
+  for (int64_t j = 0; j < n; j += 16) {
+    __mmask16 live = n - j >= 16 ? (__mmask16)0xffff : (__mmask16)((1u << (n - j)) - 1);
+    __m512i q = _mm512_maskz_loadu_epi32(live, (const void *)(row + j));
+    _mm512_mask_storeu_ps((void *)(row + j), live, _mm512_mul_ps(_mm512_cvtepi32_ps(q), v2eb));
+  }
+}
+
 /* ---- dispatch -------------------------------------------------------------------------------- */
 
 static const ac_kernels k_scalar = {LT_AC_SIMD_SCALAR, quant_scalar, predict_scalar,
-                                    unpredict_scalar};
-static const ac_kernels k_avx2 = {LT_AC_SIMD_AVX2, quant_avx2, predict_avx2, unpredict_avx2};
+                                    unpredict_scalar, dequant_scalar};
+static const ac_kernels k_avx2 = {LT_AC_SIMD_AVX2, quant_avx2, predict_avx2, unpredict_avx2,
+                                  dequant_avx2};
 static const ac_kernels k_avx512 = {LT_AC_SIMD_AVX512, quant_avx512, predict_avx512,
-                                    unpredict_avx512};
+                                    unpredict_avx512, dequant_avx512};
 
 static int cpu_has_avx512(void) {
   __builtin_cpu_init();
