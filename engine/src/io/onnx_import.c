@@ -972,15 +972,17 @@ static lt_status map_gemm(imp *im, ent *x, int matmul) {
   const ox_node *n = im->node;
   ent *w = input(im, 1), *c = matmul ? NULL : input(im, 2);
   lt_status st;
-  if ((st = need_rank(im, x, 1, "Lathe maps Gemm/MatMul on (N, K) inputs to a linear layer")))
-    return st;
+  /* The linear layer acts on the last axis, which is MatMul's semantics with a 2-D weight;
+   * Gemm is defined on (N, K) only. */
+  if (!matmul && (st = need_rank(im, x, 1, "Gemm takes (N, K) inputs"))) return st;
+  if (val(im, x)->ndim < 1) return node_err(im, LT_ERR_UNSUPPORTED, "MatMul on a per-sample scalar");
   if (!w || w->kind != ENT_CONST || w->c->ndim != 2 || w->c->dtype != LT_F32)
     return node_err(im, LT_ERR_UNSUPPORTED, "the second input must be a constant float 2-D weight");
   if (!matmul && attr_i(n, "transA", 0))
     return node_err(im, LT_ERR_UNSUPPORTED, "transA = 1 is not supported");
   int transb = matmul ? 0 : (int)attr_i(n, "transB", 0);
   float alpha = matmul ? 1.f : attr_f(n, "alpha", 1.f), beta = matmul ? 1.f : attr_f(n, "beta", 1.f);
-  int64_t K = val(im, x)->shape[0];
+  int64_t K = val(im, x)->shape[val(im, x)->ndim - 1];
   int64_t M = transb ? w->c->shape[0] : w->c->shape[1];
   if ((transb ? w->c->shape[1] : w->c->shape[0]) != K)
     return node_err(im, LT_ERR_FORMAT, "weight shape does not match input width %lld", (long long)K);
@@ -1108,7 +1110,9 @@ static lt_status map_slice(imp *im, ent *x) {
   a.n_ints = 3 * nd;
   for (int i = 0; i < nd; i++) {
     a.ints[i] = st[i + 1];
-    a.ints[nd + i] = en[i + 1];
+    /* The graph's Slice reads ONNX semantics again, where -1 would mean "last": "before the
+     * first element" of a backward slice is INT64_MIN there. */
+    a.ints[nd + i] = sp[i + 1] < 0 && en[i + 1] < 0 ? INT64_MIN : en[i + 1];
     a.ints[2 * nd + i] = sp[i + 1];
   }
   return emit(im, LT_OP_SLICE, &x->vid, 1, &a);
