@@ -28,7 +28,6 @@ typedef struct ent {
   const char *name; /* borrowed from the ox_model */
   int producer;     /* node index, -1 for initializers, graph inputs, and unknown names */
   int kind;         /* ENT_* */
-  int from_init;    /* the constant is an initializer (a weight) rather than a folded value */
   lt_tensor *c;     /* ENT_CONST: owned, full shape */
   uint8_t *dyn;     /* ENT_CONST: (numel) 1 where the element is the batch size; NULL if none */
   int vid;          /* ENT_VALUE: value id; ENT_CONST: value id once added to the graph, or -1 */
@@ -176,10 +175,14 @@ static lt_status def_const(imp *im, lt_tensor *t, uint8_t *dyn) {
   return LT_OK;
 }
 
+/* Folded constants are shape vectors and the odd transposed weight; this cap keeps a hostile
+ * ConstantOfShape from allocating gigabytes. */
+#define MAX_FOLDED_ELEMS ((int64_t)1 << 26)
+
 static lt_tensor *new_tensor(imp *im, lt_dtype dt, int ndim, const int64_t *shape) {
   int64_t numel = 1;
   for (int i = 0; i < ndim; i++) {
-    if (shape[i] < 0 || (shape[i] > 0 && numel > OX_MAX_TENSOR_ELEMS / shape[i])) {
+    if (shape[i] < 0 || (shape[i] > 0 && numel > MAX_FOLDED_ELEMS / shape[i])) {
       node_err(im, LT_ERR_FORMAT, "a folded constant would have an absurd shape");
       return NULL;
     }
@@ -188,10 +191,13 @@ static lt_tensor *new_tensor(imp *im, lt_dtype dt, int ndim, const int64_t *shap
   return lt_tensor_new(dt, ndim, shape, LT_MEM_WEIGHTS, im->err);
 }
 
-/* Adds a constant entry to the graph as a parameter (initializers: weights) or a constant, once.
+/* Adds a constant entry to the graph once: as a parameter when it is a weight by role (conv,
+ * linear and batch-norm inputs), else as a constant. ONNX does not say
+ * which tensors are trained; deciding by role keeps parameter counts stable through an
+ * export → import round trip (where every constant becomes an initializer).
  * Leading 1-dims are dropped first, which NumPy broadcasting ignores, so a (1, C, 1, 1) bias
  * meets a per-sample (C, H, W) activation as (C, 1, 1). */
-static int graph_const(imp *im, ent *e, int trainable, int squeeze) {
+static int graph_const(imp *im, ent *e, int role_param, int trainable, int squeeze) {
   if (e->vid >= 0) return e->vid;
   if (const_has_dyn(e)) {
     node_err(im, LT_ERR_UNSUPPORTED, "input '%s' depends on the batch size; Lathe graphs cannot "
@@ -212,7 +218,7 @@ static int graph_const(imp *im, ent *e, int trainable, int squeeze) {
              lt_dtype_name(e->c->dtype));
     return -1;
   }
-  int id = e->from_init ? lt_graph_add_param(im->g, e->name, t, trainable)
+  int id = role_param ? lt_graph_add_param(im->g, e->name, t, trainable)
                         : lt_graph_add_const(im->g, e->name, t);
   if (id < 0) node_err(im, LT_ERR_NOMEM, "adding '%s' to the graph failed", e->name);
   e->vid = id;
@@ -226,6 +232,14 @@ static lt_status emit(imp *im, lt_op_type op, const int *ins, int n_in, const lt
   const ox_node *n = im->node;
   int vid = lt_graph_add_node(im->g, op, n->out[0], ins, n_in, a, im->err);
   if (vid < 0) return lt_err_prefix(im->err, "node '%s' (%s, opset %lld)", n->name, n->op, (long long)im->opset);
+  const lt_value *ov = &im->g->values[vid];
+  /* Capping every activation keeps sizes and MAC counts far from int64 overflow downstream. */
+  int64_t numel = 1;
+  for (int d = 0; d < ov->ndim; d++) {
+    numel *= ov->shape[d] > 0 ? ov->shape[d] : 1;
+    if (ov->shape[d] > ((int64_t)1 << 31) || numel > ((int64_t)1 << 31))
+      return node_err(im, LT_ERR_UNSUPPORTED, "the output has more than 2^31 elements per sample");
+  }
   lt_node *gn = &im->g->nodes[im->g->n_nodes - 1];
   char fallback[64];
   snprintf(fallback, sizeof fallback, "%s_%d", n->op, (int)(n - im->m->nodes));
@@ -911,9 +925,9 @@ static lt_status map_conv(imp *im, ent *x, int transpose) {
       return node_err(im, LT_ERR_UNSUPPORTED, "ConvTranspose output_shape is not supported; export with explicit pads");
     if (attr_ints(im->node, "output_padding", op, 4) == 2) a.out_pad[0] = (int)op[0], a.out_pad[1] = (int)op[1];
   }
-  int ins[3] = {x->vid, graph_const(im, w, 1, 0), -1};
+  int ins[3] = {x->vid, graph_const(im, w, 1, 1, 0), -1};
   if (ins[1] < 0) return im->err->status;
-  if (b && (ins[2] = graph_const(im, b, 1, 0)) < 0) return im->err->status;
+  if (b && (ins[2] = graph_const(im, b, 1, 1, 0)) < 0) return im->err->status;
   return emit(im, transpose ? LT_OP_CONV_TRANSPOSE2D : LT_OP_CONV2D, ins, b ? 3 : 2, &a);
 }
 
@@ -944,7 +958,7 @@ static lt_status map_batchnorm(imp *im, ent *x) {
     ent *p = input(im, i);
     if (!p || p->kind != ENT_CONST || p->c->ndim != 1)
       return node_err(im, LT_ERR_UNSUPPORTED, "scale, bias, mean and var must be constant vectors");
-    if ((ins[i] = graph_const(im, p, i <= 2, 0)) < 0) return im->err->status;
+    if ((ins[i] = graph_const(im, p, 1, i <= 2, 0)) < 0) return im->err->status;
   }
   return emit(im, LT_OP_BATCHNORM, ins, 5, &a);
 }
@@ -957,7 +971,7 @@ static lt_status map_binary(imp *im, ent *a_, ent *b_, lt_op_type op) {
     if (e[i]->kind == ENT_VALUE) {
       ins[i] = e[i]->vid;
     } else {
-      if ((ins[i] = graph_const(im, e[i], 1, 1)) < 0) return im->err->status;
+      if ((ins[i] = graph_const(im, e[i], 0, 0, 1)) < 0) return im->err->status;
       const lt_value *other = val(im, e[1 - i]);
       if (im->g->values[ins[i]].ndim > other->ndim)
         return node_err(im, LT_ERR_UNSUPPORTED, "constant '%s' has more dims than the per-sample "
@@ -998,7 +1012,7 @@ static lt_status map_gemm(imp *im, ent *x, int matmul) {
   int ins[3] = {x->vid, -1, -1};
   if (simple_w) {
     lt_tensor_free(W);
-    if ((ins[1] = graph_const(im, w, 1, 0)) < 0) return im->err->status;
+    if ((ins[1] = graph_const(im, w, 1, 1, 0)) < 0) return im->err->status;
   } else {
     char name[OX_MAX_NAME + 16];
     snprintf(name, sizeof name, "%s%s", w->name, transb ? ".scaled" : ".T");
@@ -1011,7 +1025,7 @@ static lt_status map_gemm(imp *im, ent *x, int matmul) {
     int ok = cn == 1 || (cn == M && c->c->shape[c->c->ndim - 1] == M);
     if (!ok) return node_err(im, LT_ERR_UNSUPPORTED, "bias C must broadcast as (M) over the batch");
     if (cn == M && c->c->ndim == 1 && beta == 1.f) {
-      if ((ins[2] = graph_const(im, c, 1, 0)) < 0) return im->err->status;
+      if ((ins[2] = graph_const(im, c, 1, 1, 0)) < 0) return im->err->status;
     } else {
       lt_tensor *B = lt_tensor_new(LT_F32, 1, &M, LT_MEM_WEIGHTS, im->err);
       if (!B) return im->err->status;
@@ -1133,6 +1147,8 @@ static lt_status map_resize(imp *im, ent *x) {
   lt_node_attrs a = lt_attrs_default();
   if (sizes && sizes->kind == ENT_CONST && lt_tensor_numel(sizes->c) == 4 && const_ints(sizes, sz, 4) == 4) {
     if (sz[1] != v->shape[0]) return node_err(im, LT_ERR_UNSUPPORTED, "resizing the channel dimension");
+    if (sz[2] < 1 || sz[3] < 1 || sz[2] > (1 << 20) || sz[3] > (1 << 20))
+      return node_err(im, LT_ERR_FORMAT, "sizes are out of range");
     a.out_h = (int)sz[2], a.out_w = (int)sz[3];
     sc[2] = (double)sz[2] / (double)v->shape[1];
     sc[3] = (double)sz[3] / (double)v->shape[2];
@@ -1146,8 +1162,11 @@ static lt_status map_resize(imp *im, ent *x) {
   if (sc[0] != 1 || sc[1] != 1) return node_err(im, LT_ERR_UNSUPPORTED, "resizing batch or channels");
   if (!(sc[2] > 0 && sc[3] > 0 && sc[2] < 65536 && sc[3] < 65536)) return node_err(im, LT_ERR_FORMAT, "bad scales");
   if (!a.out_h) {
-    a.out_h = (int)floor((double)v->shape[1] * sc[2]);
-    a.out_w = (int)floor((double)v->shape[2] * sc[3]);
+    double oh = floor((double)v->shape[1] * sc[2]), ow = floor((double)v->shape[2] * sc[3]);
+    if (!(oh >= 1 && ow >= 1 && oh <= (1 << 20) && ow <= (1 << 20)))
+      return node_err(im, LT_ERR_FORMAT, "output size %gx%g is out of range", oh, ow);
+    a.out_h = (int)oh;
+    a.out_w = (int)ow;
   }
   const char *mode = attr_s(n, "mode", "nearest");
   const char *ctm = im->opset < 11 ? "asymmetric" : attr_s(n, "coordinate_transformation_mode", "half_pixel");
@@ -1360,10 +1379,17 @@ static lt_status add_inputs(imp *im) {
           return lt_errorf(im->err, LT_ERR_INVALID, "input '%s' dim %d is %lld in the file, %lld given",
                            vi->name, d + 1, (long long)shape[d], (long long)im->opts->in_shape[d]);
     }
-    for (int d = 0; d < nd; d++)
+    int64_t numel = 1;
+    for (int d = 0; d < nd; d++) {
       if (shape[d] <= 0 || shape[d] > (1 << 24))
         return lt_errorf(im->err, LT_ERR_INVALID, "graph input '%s' dim %d is symbolic or absurd (%lld); "
                          "pass the per-sample input shape in lt_onnx_load_opts", vi->name, d + 1, (long long)shape[d]);
+      numel *= shape[d];
+      /* Bounds every activation's size, so MAC counts and buffer sizes cannot overflow. */
+      if (numel > ((int64_t)1 << 28))
+        return lt_errorf(im->err, LT_ERR_UNSUPPORTED, "graph input '%s' has more than 2^28 elements "
+                         "per sample", vi->name);
+    }
     if (im->g->n_inputs >= LT_MAX_IO) return lt_errorf(im->err, LT_ERR_UNSUPPORTED, "more than %d graph inputs", LT_MAX_IO);
     e->kind = ENT_VALUE;
     e->vid = lt_graph_add_input(im->g, vi->name, LT_F32, nd, shape);
@@ -1494,7 +1520,6 @@ static lt_graph *import_model(ox_model *m, const lt_onnx_load_opts *opts, lt_err
       goto done;
     }
     e->kind = ENT_CONST;
-    e->from_init = 1;
     e->c = m->inits[i].t; /* moved: the model no longer owns it */
     m->inits[i].t = NULL;
   }

@@ -108,7 +108,7 @@ static lt_status read_external(const char *dir, const char *location, int64_t of
   lt_status st = LT_OK;
   if (fstat(fd, &sb) != 0 || !S_ISREG(sb.st_mode)) {
     st = lt_errorf(err, LT_ERR_INVALID, "external data '%s' is not a regular file", location);
-  } else if (offset < 0 || length < 0 || (length && (size_t)length != want) ||
+  } else if (offset < 0 || (length >= 0 && (uint64_t)length != (uint64_t)want) || /* -1: absent */
              offset > sb.st_size || (int64_t)want > sb.st_size - offset) {
     st = FAIL("external data '%s' (offset %lld, length %lld) does not hold the %zu bytes the "
               "tensor needs (file has %lld bytes)", location, (long long)offset, (long long)length,
@@ -217,19 +217,24 @@ static lt_status parse_tensor(const uint8_t *buf, size_t len, const char *dir, l
     if ((st = read_external(dir, ext_loc, ext_off, ext_len, &ext, want, err))) goto done;
     raw = ext; raw_len = want; has_raw = 1;
   }
+  /* The data must be present before anything is allocated for it: absurd dims with a few bytes
+   * of data fail here instead of allocating gigabytes. */
+  if (has_raw && raw_len != want) {
+    st = FAIL("tensor '%s' has %zu bytes of raw data, but its shape and type need %zu",
+              my_name ? my_name : "", raw_len, want);
+    free(ext);
+    goto done;
+  }
+  if (!has_raw && n_typed != (size_t)numel) {
+    st = FAIL("tensor '%s' holds %zu values, but its shape needs %lld", my_name ? my_name : "",
+              n_typed, (long long)numel);
+    goto done;
+  }
   t = lt_tensor_new(lt, (int)ndim, dims, LT_MEM_WEIGHTS, err);
   if (!t) { st = err ? err->status : LT_ERR_NOMEM; free(ext); goto done; }
   if (has_raw) {
-    if (raw_len != want) {
-      st = FAIL("tensor '%s' has %zu bytes of raw data, but its shape and type need %zu",
-                my_name ? my_name : "", raw_len, want);
-    } else {
-      for (int64_t i = 0; i < numel; i++) store_elem(t, i, (int)dtype, raw + (size_t)i * esz);
-    }
+    for (int64_t i = 0; i < numel; i++) store_elem(t, i, (int)dtype, raw + (size_t)i * esz);
     free(ext);
-  } else if (n_typed != (size_t)numel) {
-    st = FAIL("tensor '%s' holds %zu values, but its shape needs %lld", my_name ? my_name : "",
-              n_typed, (long long)numel);
   } else if (numel > 0) {
     /* Pass 2: typed fields. Which field carries the data depends on the type (onnx.proto). */
     int64_t *tmp = malloc((size_t)numel * 8);
