@@ -29,6 +29,7 @@
 
 #include "lathe/data.h"
 #include "lathe/exec.h"
+#include "lathe/zoo.h"
 
 #ifdef __cplusplus
 extern "C" {
@@ -123,6 +124,18 @@ lt_status lt_ckpt_read_meta(const char *path, lt_ckpt_meta *m, lt_err *err);
 /* The trainable parameters of g in value order (the order optimizers and checkpoints use):
  * fills up to cap value ids into ids (may be NULL) and returns how many there are. */
 int lt_train_params(const lt_graph *g, int *ids, int cap);
+
+/* ---- models by reference ----------------------------------------------------------------- */
+
+/* The one place that turns a model reference into a graph, for `lathe eval` and the train job:
+ *   a zoo name ("resnet20")  built with zoo (seed, sizes, classes), then weights from
+ *                            checkpoint when that is non-NULL;
+ *   a checkpoint file        its recorded zoo model rebuilt (zoo supplies the input size,
+ *                            num_classes comes from the checkpoint) and its weights loaded.
+ * ONNX files become one more case here once lathe/onnx.h exists. meta (may be NULL) receives the
+ * checkpoint's metadata, zeroed when no checkpoint was read. */
+lt_graph *lt_model_load(const char *ref, const lt_zoo_opts *zoo, const char *checkpoint,
+                        lt_ckpt_meta *meta, lt_err *err);
 
 /* ---- loops --------------------------------------------------------------------------------- */
 
