@@ -34,8 +34,9 @@ static int add_factor_param(lt_graph *g, const char *base, const char *suffix, l
  * topological order (the factors were appended at the end). */
 static lt_status finish_rewrite(lt_graph *g, int old_out, int new_out, lt_err *err) {
   graph_replace_uses(g, old_out, new_out);
-  lt_graph_prune(g);
-  return lt_graph_toposort(g, err);
+  lt_status st = lt_graph_toposort(g, err); /* prune needs topological order */
+  if (st == LT_OK) lt_graph_prune(g);
+  return st;
 }
 
 lt_status lt_compress_factorize_conv(lt_graph *g, int node, int rank, lt_err *err) {
