@@ -415,6 +415,11 @@ TEST_CASE(pooling_gradients_match_finite_differences) {
           (lt_pool_geom){.n = 2, .c = 2, .h = 7, .w = 6, .kh = 3, .kw = 3, .stride_h = 2, .stride_w = 2,
                          .pad_t = 1, .pad_l = 1, .pad_b = 1, .pad_r = 1, .dil_h = 1, .dil_w = 1,
                          .ceil_mode = 1, .count_include_pad = 1});
+  /* PyTorch has no dilated average pooling (ONNX does): only this gradient check covers it */
+  pool_fd("avgpool dil2 incl-pad", 1,
+          (lt_pool_geom){.n = 1, .c = 2, .h = 7, .w = 6, .kh = 2, .kw = 3, .stride_h = 2, .stride_w = 1,
+                         .pad_t = 1, .pad_l = 1, .pad_b = 1, .pad_r = 1, .dil_h = 2, .dil_w = 2,
+                         .count_include_pad = 1});
   pool_fd("avgpool excl-pad", 1,
           (lt_pool_geom){.n = 1, .c = 3, .h = 5, .w = 5, .kh = 2, .kw = 3, .stride_h = 1, .stride_w = 2,
                          .pad_t = 1, .pad_l = 1, .pad_b = 1, .pad_r = 1, .dil_h = 1, .dil_w = 1});
