@@ -116,6 +116,10 @@ static void conv_cases(void) {
   /* several chunks: one image's scratch is (144 + 16) * 48*48 floats = 1.47 MB, so the 4 MiB
    * chunk of kernels_conv.c holds two images and the batch of three runs as 2 + 1 */
   conv_case("conv:chunked",          0, 3, 16, 48, 48, 16, 3, 3, 1, 1, 1, 1, 1, 1, 1, 1, 1, 0, 0, 1);
+  /* stride 1 with odd output sizes, asymmetric pads, a pad wider than the kernel's reach */
+  conv_case("conv:s1_odd_asym",      0, 2, 5, 7, 6, 3, 3, 3, 1, 1, 2, 0, 1, 1, 1, 1, 1, 0, 0, 1);
+  conv_case("conv:s1_pad3",          0, 1, 4, 5, 5, 6, 3, 3, 1, 1, 3, 1, 0, 1, 1, 1, 1, 0, 0, 0);
+  conv_case("convT:stride1_3x3",     1, 2, 4, 5, 6, 5, 3, 3, 1, 1, 1, 1, 1, 1, 1, 1, 1, 0, 0, 1);
   conv_case("convT:stride2_outpad",  1, 2, 4, 5, 5, 6, 3, 3, 2, 2, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1);
   conv_case("convT:groups2_dil2",    1, 2, 6, 4, 5, 4, 3, 3, 1, 2, 1, 0, 1, 0, 2, 2, 2, 0, 1, 1);
   conv_case("convT:batch1_asym",     1, 1, 3, 4, 4, 5, 4, 4, 2, 2, 1, 2, 2, 1, 1, 1, 1, 0, 0, 0);

@@ -182,6 +182,10 @@ TEST_CASE(conv2d_gradients_match_finite_differences) {
           (lt_conv_geom){.n = 2, .c = 4, .h = 5, .w = 6, .s = 6, .kh = 3, .kw = 3, .stride_h = 2,
                          .stride_w = 2, .pad_t = 1, .pad_l = 0, .pad_b = 1, .pad_r = 2, .dil_h = 1,
                          .dil_w = 1, .groups = 2});
+  conv_fd("conv 3x3 s1 odd asym-pad", 0,
+          (lt_conv_geom){.n = 2, .c = 3, .h = 5, .w = 6, .s = 4, .kh = 3, .kw = 3, .stride_h = 1,
+                         .stride_w = 1, .pad_t = 1, .pad_l = 0, .pad_b = 2, .pad_r = 1, .dil_h = 1,
+                         .dil_w = 1, .groups = 1});
   conv_fd("conv 1x1 pointwise", 0,
           (lt_conv_geom){.n = 2, .c = 3, .h = 3, .w = 4, .s = 5, .kh = 1, .kw = 1, .stride_h = 1,
                          .stride_w = 1, .dil_h = 1, .dil_w = 1, .groups = 1});

@@ -24,9 +24,9 @@
 /* Target size of the scratch of one chunk (column matrix + channel-major product). The batch is
  * cut into chunks of whole images so that this bound holds; a single image that needs more gets a
  * chunk of its own. 4 MiB keeps the column matrix in cache between im2col writing it and sgemm
- * packing it: single-threaded on the development machine, ResNet-20's convs ran about 10-20%
- * faster with 4 MiB chunks than with 32 MiB (noisy figures: the machine is shared), while
- * N = images*oh*ow stays >= 1,500 for every ResNet-20 layer. */
+ * packing it. Measured on ResNet-20's convs at batch 128, single-threaded by process CPU time
+ * (bench_conv --cpu): 1, 2 and 4 MiB within 3% of each other, 8 MiB 10% slower, 32 MiB 30-40%
+ * slower. N = images*oh*ow stays >= 1,500 for every ResNet-20 layer. */
 #define LT_CONV_CHUNK_BYTES ((size_t)4 << 20)
 
 void lt_cpu_gemm(int trans_a, int trans_b, int m, int n, int k, float alpha, const float *a,

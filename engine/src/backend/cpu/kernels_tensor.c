@@ -5,6 +5,7 @@
  */
 #include "backend/cpu/kernels.h"
 
+#include <assert.h>
 #include <string.h>
 
 /* Decodes row r of a tensor of shape (ndim) into idx[0..ndim-1) (the last dim is the row). */
@@ -71,6 +72,7 @@ static int same_shapes(int ndim, const int64_t *as, const int64_t *bs, const int
 void lt_cpu_binary_fwd(lt_binary_op op, int ndim, const int64_t *ashape, const float *a,
                        const int64_t *bshape, const float *b, const int64_t *yshape, float *y) {
   int64_t as[LT_KMAX_DIMS], bs[LT_KMAX_DIMS];
+  assert(ndim <= LT_KMAX_DIMS);
   if (ndim <= 0) {
     y[0] = bin_apply(op, a[0], b[0]);
     return;
@@ -214,6 +216,7 @@ void lt_cpu_binary_bwd(lt_binary_op op, int ndim, const int64_t *ashape, const f
                        const float *dy, float *da, float *db, int accumulate) {
   int64_t as[LT_KMAX_DIMS], bs[LT_KMAX_DIMS];
   static const int64_t one[1] = {1};
+  assert(ndim <= LT_KMAX_DIMS);
   if (ndim <= 0) {
     ndim = 1;
     ashape = bshape = yshape = one;
@@ -285,6 +288,7 @@ static int64_t slice_row_offset(int ndim, const int64_t *xst, const int64_t *sta
 
 void lt_cpu_slice_fwd(int ndim, const int64_t *xshape, const int64_t *start, const int64_t *step,
                       const int64_t *yshape, size_t elem, const void *x, void *y) {
+  assert(ndim >= 1 && ndim <= LT_KMAX_DIMS); /* a slice or pad of a 0-d tensor has no axis */
   int64_t xst[LT_KMAX_DIMS];
   strides_of(ndim, xshape, xst);
   const int64_t inner = yshape[ndim - 1], rows = prod(ndim - 1, yshape);
@@ -304,6 +308,7 @@ void lt_cpu_slice_fwd(int ndim, const int64_t *xshape, const int64_t *start, con
 
 void lt_cpu_slice_bwd(int ndim, const int64_t *xshape, const int64_t *start, const int64_t *step,
                       const int64_t *yshape, const float *dy, float *dx, int accumulate) {
+  assert(ndim >= 1 && ndim <= LT_KMAX_DIMS); /* a slice or pad of a 0-d tensor has no axis */
   if (!dx) return;
   int64_t xst[LT_KMAX_DIMS];
   strides_of(ndim, xshape, xst);
@@ -342,6 +347,7 @@ static void pad_yshape(int ndim, const int64_t *xshape, const int64_t *pads, int
 
 void lt_cpu_pad_fwd(int ndim, const int64_t *xshape, const int64_t *pads, float value,
                     const float *x, float *y) {
+  assert(ndim >= 1 && ndim <= LT_KMAX_DIMS); /* a slice or pad of a 0-d tensor has no axis */
   int64_t xst[LT_KMAX_DIMS] = {0}, yshape[LT_KMAX_DIMS] = {0};
   strides_of(ndim, xshape, xst);
   pad_yshape(ndim, xshape, pads, yshape);
@@ -360,6 +366,7 @@ void lt_cpu_pad_fwd(int ndim, const int64_t *xshape, const int64_t *pads, float 
 
 void lt_cpu_pad_bwd(int ndim, const int64_t *xshape, const int64_t *pads, const float *dy,
                     float *dx, int accumulate) {
+  assert(ndim >= 1 && ndim <= LT_KMAX_DIMS); /* a slice or pad of a 0-d tensor has no axis */
   if (!dx) return;
   int64_t xst[LT_KMAX_DIMS] = {0}, yshape[LT_KMAX_DIMS] = {0};
   strides_of(ndim, xshape, xst);
@@ -384,6 +391,11 @@ void lt_cpu_pad_bwd(int ndim, const int64_t *xshape, const int64_t *pads, const 
 
 void lt_cpu_transpose(int ndim, const int64_t *xshape, const int *perm, size_t elem, const void *x,
                       void *y) {
+  assert(ndim <= LT_KMAX_DIMS);
+  if (ndim <= 0) { /* a 0-d tensor is its own transpose */
+    memcpy(y, x, elem);
+    return;
+  }
   int64_t xst[LT_KMAX_DIMS] = {0}, yshape[LT_KMAX_DIMS] = {0}, pst[LT_KMAX_DIMS] = {0};
   strides_of(ndim, xshape, xst);
   for (int d = 0; d < ndim; d++) {
