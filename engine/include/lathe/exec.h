@@ -96,10 +96,14 @@ lt_status lt_exec_forward(lt_exec *ex, lt_err *err);
 lt_tensor *lt_exec_output(lt_exec *ex, int i);
 lt_tensor *lt_exec_value(lt_exec *ex, int value_id); /* any activation still live after forward
                                                         (outputs always are), NULL otherwise */
-lt_tensor *lt_exec_output_grad(lt_exec *ex, int i);  /* dL/d output, fill before backward */
+lt_tensor *lt_exec_output_grad(lt_exec *ex, int i);  /* dL/d output, fill before backward; NULL
+                                                        in inference mode or when no trainable
+                                                        parameter reaches it. Backward adds into
+                                                        it when the output also feeds other nodes */
 lt_status lt_exec_backward(lt_exec *ex, lt_err *err);
 void lt_exec_zero_grads(lt_exec *ex);
-lt_tensor *lt_exec_param_grad(lt_exec *ex, int value_id); /* NULL for non-trainable values */
+lt_tensor *lt_exec_param_grad(lt_exec *ex, int value_id); /* NULL for non-trainable values and
+                                                             parameters no output depends on */
 /* Called after a node's forward (for feature-map losses, latency probes, activation capture). */
 typedef void (*lt_exec_hook)(void *user, lt_exec *ex, int node, const lt_tensor *out);
 void lt_exec_set_forward_hook(lt_exec *ex, lt_exec_hook fn, void *user);
