@@ -535,9 +535,14 @@ static void http_req_begin(http_req *r, const char *url) {
   http_req_db_release(r);
 }
 
-/* Takes a chunk of body. Past a limit the rest is dropped and 413 is answered at the end. */
+/* Takes a chunk of body. Past a limit the rest is dropped and 413 is answered at the end, unless
+ * the client keeps sending (chunked, so no Content-Length said how much): then the connection is
+ * closed rather than read forever. */
 static int http_req_take(http_req *r, const char *data, size_t n) {
-  if (r->body_too_large) return 0;
+  if (r->body_too_large) {
+    r->dropped += (int64_t)n;
+    return r->dropped > HTTP_DROP_MAX ? -1 : 0;
+  }
   if (r->rt->body == HTTP_BODY_UPLOAD) {
     if (store_upload_size(r->upload) + (int64_t)n > r->srv->cfg.upload_max) {
       r->body_too_large = 1;
@@ -641,9 +646,11 @@ static enum MHD_Result http_access(void *cls, struct MHD_Connection *con, const 
     if (r->responded) return MHD_YES; /* answered early; the rest of the body is dropped */
     return http_req_take(r, upload_data, n) == 0 ? MHD_YES : MHD_NO;
   }
+  /* No route and no answer means a response could not even be allocated: close. */
+  if (!r->responded && !r->rt) return MHD_NO;
   if (!r->responded) http_req_dispatch(r);
   http_req_db_release(r);
-  return MHD_YES;
+  return r->responded ? MHD_YES : MHD_NO;
 }
 
 static void http_completed(void *cls, struct MHD_Connection *con, void **con_cls,

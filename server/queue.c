@@ -67,13 +67,6 @@ void queue_notify_shutdown(void) {
   pthread_mutex_unlock(&queue_notify_mu);
 }
 
-int queue_notify_stopping(void) {
-  pthread_mutex_lock(&queue_notify_mu);
-  int s = queue_notify_stopped;
-  pthread_mutex_unlock(&queue_notify_mu);
-  return s;
-}
-
 /* ---- the job object ---------------------------------------------------------------------- */
 
 /* Column order of every query that builds a job object; queue_job_from_row reads by index. */

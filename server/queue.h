@@ -98,6 +98,5 @@ void queue_notify_bump(void);
 /* Returns 1 when the generation moved past seen, 0 on timeout, -1 after shutdown. */
 int queue_notify_wait(uint64_t seen, int64_t deadline_ms);
 void queue_notify_shutdown(void);
-int queue_notify_stopping(void);
 
 #endif

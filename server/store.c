@@ -128,7 +128,6 @@ int store_upload_write(store_upload *up, const void *data, size_t n, srv_err *e)
 }
 
 int64_t store_upload_size(const store_upload *up) { return up->size; }
-const char *store_upload_tmp_path(const store_upload *up) { return up->tmp; }
 
 int store_upload_finish(store_upload *up, srv_err *e) {
   unsigned char md[32];
