@@ -65,7 +65,13 @@ static int db_migrate(db_conn *db, srv_err *e) {
   return db_commit(db, e);
 }
 
+/* SQLite's memory statistics take a process-wide mutex on every allocation, which serialises
+ * the server's threads; they are not used, so they are switched off before the first open. */
+static pthread_once_t db_config_once = PTHREAD_ONCE_INIT;
+static void db_config(void) { sqlite3_config(SQLITE_CONFIG_MEMSTATUS, 0); }
+
 db_conn *db_open(const char *path, srv_err *e) {
+  pthread_once(&db_config_once, db_config);
   db_conn *db = calloc(1, sizeof *db);
   if (!db) {
     srv_err_set(e, 500, "internal", "out of memory");

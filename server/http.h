@@ -91,6 +91,7 @@ struct http_req {
   int64_t dropped;          /* bytes dropped so far; past HTTP_DROP_MAX the connection closes */
   store_upload *upload;     /* HTTP_BODY_UPLOAD, owned */
   int responded;
+  int deferred;             /* bodiless: routed on the final call (keeps the connection alive) */
   int status;               /* of the queued response */
   int64_t start_ns;         /* monotonic, for latency */
   db_conn *db;              /* lazily borrowed from the pool */
