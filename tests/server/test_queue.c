@@ -103,6 +103,11 @@ TEST_CASE(queue_claims_by_priority_then_age_and_kind) {
   CHECK(strcmp(got, high2) == 0);
   test_claim(db, &cfg, "[\"inspect\"]", got);
   CHECK(strcmp(got, low) == 0);
+  srv_err e = {0};
+  cJSON *only_inspect = cJSON_Parse("[\"inspect\"]");
+  CHECK(queue_claimable(db, only_inspect, &e) == 0);
+  CHECK(queue_claimable(db, NULL, &e) == 1);
+  cJSON_Delete(only_inspect);
   CHECK(test_claim(db, &cfg, "[\"inspect\"]", got) == 0); /* the train job is not offered */
   test_claim(db, &cfg, NULL, got);
   CHECK(strcmp(got, train) == 0);
