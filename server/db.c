@@ -220,7 +220,8 @@ void db_pool_release(db_pool *p, db_conn *db) {
   /* A handler that bailed out mid-transaction must not leak its lock, and a statement left
    * mid-step would pin an old WAL snapshot and block checkpoints. */
   db_rollback(db);
-  for (int i = 0; i < db->n_cached; i++) sqlite3_reset(db->cache[i].st);
+  for (int i = 0; i < db->n_cached; i++)
+    if (sqlite3_stmt_busy(db->cache[i].st)) sqlite3_reset(db->cache[i].st);
   pthread_mutex_lock(&p->mu);
   p->free_list[p->n_free++] = db;
   pthread_cond_signal(&p->freed);

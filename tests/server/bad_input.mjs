@@ -185,6 +185,8 @@ try {
   check(r.status === 200 && r.json?.cancel === false, `heartbeat of attempt 2 -> 200`);
   r = await api(srv, 'GET', `/api/v1/jobs/${job}/artifacts`, { token: T.read });
   check(r.status === 200 && r.json.items.length === 0, `the stale artifact was not stored`);
+  r = await api(srv, 'DELETE', `/api/v1/datasets/${ds}`, { token: T.submit });
+  check(r.status === 409 && r.json?.code === 'file_in_use', `deleting a dataset a running job needs -> 409 (got ${r.status})`);
   r = await wpost('/api/v1/workers/complete', { job, attempt: 2, state: 'exploded' });
   check(r.status === 400 && r.json?.path === '$.state', `complete with a bad state -> 400`);
   r = await api(srv, 'POST', `/api/v1/jobs/${job}/retry`, { token: T.submit });
