@@ -775,7 +775,9 @@ cJSON *queue_complete(db_conn *db, const queue_cfg *cfg, const char *id, int64_t
 int queue_reap(db_conn *db, const queue_cfg *cfg, int64_t now_ms, srv_err *e) {
   if (db_begin(db, e) != 0) return -1;
   /* The expired attempt counts as a retryable failure: back to queued with backoff while
-   * attempts remain, else dead; a cancel that was waiting for the worker completes here. */
+   * attempts remain, else dead; a cancel that was waiting for the worker completes here. The
+   * backoff expression is queue_backoff_ms written set-wise, so one statement handles every
+   * expired job (test_queue checks both give the same delays). */
   sqlite3_stmt *st = db_stmt(
       db,
       "UPDATE jobs SET state = CASE WHEN cancel_requested THEN 'cancelled' "
