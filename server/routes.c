@@ -120,6 +120,7 @@ static void route_metrics(http_req *r) {
 static void route_openapi(http_req *r) {
   struct MHD_Response *resp = MHD_create_response_from_buffer(
       strlen(embed_openapi_json), (void *)embed_openapi_json, MHD_RESPMEM_PERSISTENT);
+  if (!resp) return;
   http_response_add_common(resp, "application/json");
   http_respond_response(r, 200, resp);
 }
@@ -132,6 +133,7 @@ static void route_schema_kind(http_req *r) {
   }
   struct MHD_Response *resp =
       MHD_create_response_from_buffer(strlen(text), (void *)text, MHD_RESPMEM_PERSISTENT);
+  if (!resp) return;
   http_response_add_common(resp, "application/schema+json");
   http_respond_response(r, 200, resp);
 }
