@@ -88,7 +88,8 @@ db_conn *db_open(const char *path, srv_err *e) {
   sqlite3_busy_timeout(db->db, 5000);
   if (db_exec(db,
               "PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL; "
-              "PRAGMA foreign_keys = OFF; PRAGMA temp_store = MEMORY;",
+              "PRAGMA foreign_keys = OFF; PRAGMA temp_store = MEMORY; "
+              "PRAGMA wal_autocheckpoint = 0;",
               e) != 0 ||
       db_migrate(db, e) != 0) {
     db_close(db);
@@ -135,6 +136,10 @@ static void db_write_release(db_conn *db) {
   if (!db->writing) return;
   db->writing = 0;
   pthread_mutex_unlock(&db_write_mu);
+}
+
+void db_checkpoint(db_conn *db) {
+  sqlite3_wal_checkpoint_v2(db->db, NULL, SQLITE_CHECKPOINT_PASSIVE, NULL, NULL);
 }
 
 int db_begin(db_conn *db, srv_err *e) {
