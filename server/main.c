@@ -212,7 +212,9 @@ static int main_parse_options(int argc, char **argv, server *s) {
   s->files.inspect_mem_bytes = 0;
 #endif
   c->db_connections = (int)vals[8];
-  c->conn_memory = 256 * 1024;
+  /* MHD zeroes a connection's whole memory pool before each keep-alive request, so this is a
+   * per-request cost as well as a cap on header size and upload chunk size. */
+  c->conn_memory = 64 * 1024;
   if (main_parse_listen(listen, c) != 0) {
     fprintf(stderr, "lathe-server: --listen wants HOST:PORT (e.g. 127.0.0.1:8080), got \"%s\"\n",
             listen);
