@@ -128,7 +128,6 @@ int store_upload_write(store_upload *up, const void *data, size_t n, srv_err *e)
 }
 
 int64_t store_upload_size(const store_upload *up) { return up->size; }
-const char *store_upload_tmp_path(const store_upload *up) { return up->tmp; }
 
 int store_upload_finish(store_upload *up, srv_err *e) {
   unsigned char md[32];
@@ -492,6 +491,26 @@ cJSON *store_file_list(db_conn *db, const char *kind, const char *job_id, int li
   return out;
 }
 
+/* 1 when a queued or running job's spec names id (or on error, with e set): deleting the file
+ * would fail that job's download. Ids are 16 random hex digits, so a substring match is exact in
+ * practice. */
+static int store_file_in_use(db_conn *db, const char *id, srv_err *e) {
+  sqlite3_stmt *st = db_stmt(db,
+                             "SELECT 1 FROM jobs WHERE state IN ('queued', 'running') "
+                             "AND instr(spec, ?1) > 0 LIMIT 1",
+                             e);
+  if (!st) return 1;
+  sqlite3_bind_text(st, 1, id, -1, SQLITE_STATIC);
+  int rc = sqlite3_step(st);
+  sqlite3_reset(st);
+  if (rc == SQLITE_ROW) return 1;
+  if (rc != SQLITE_DONE) {
+    DB_FAIL(db, e);
+    return 1;
+  }
+  return 0;
+}
+
 int store_file_delete(store *s, db_conn *db, const char *kind, const char *id, const char *owner,
                       srv_err *e) {
   pthread_mutex_lock(&s->mu);
@@ -515,6 +534,10 @@ int store_file_delete(store *s, db_conn *db, const char *kind, const char *id, c
       else if (rc != SQLITE_ROW) DB_FAIL(db, e);
       else if (owner && strcmp(owner, row_owner) != 0)
         srv_err_set(e, 403, "forbidden", "%s %s was uploaded by another token; ask an admin", kind,
+                    id);
+      else if (store_file_in_use(db, id, e))
+        srv_err_set(e, 409, "file_in_use",
+                    "%s %s is named by a queued or running job; cancel the job or wait for it", kind,
                     id);
       else if (db_commit(db, e) == 0) {
         ret = 0;

@@ -47,7 +47,6 @@ store_upload *store_upload_begin(store *s, srv_err *e);
 int store_upload_write(store_upload *up, const void *data, size_t n, srv_err *e);
 int64_t store_upload_size(const store_upload *up);
 int store_upload_finish(store_upload *up, srv_err *e);
-const char *store_upload_tmp_path(const store_upload *up);
 /* Runs `lathe inspect` on the finished temp file (models and datasets): the summary JSON, or
  * NULL with e = 400/415 (the file is refused) or 503 (the checker is missing). */
 cJSON *store_upload_inspect(store *s, store_upload *up, const char *kind, srv_err *e);
