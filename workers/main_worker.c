@@ -112,9 +112,9 @@ int main(int argc, char **argv) {
     fprintf(stderr, "lathe-worker: --server must be an http:// or https:// URL, got %s\n", c.server);
     return 2;
   }
-  if (strcmp(c.device, "cpu") && (strncmp(c.device, "cuda:", 5) || !c.device[5] ||
-                                  strspn(c.device + 5, "0123456789") != strlen(c.device + 5))) {
-    fprintf(stderr, "lathe-worker: --device must be cpu or cuda:N, got %s\n", c.device);
+  char why[256];
+  if (job_device_check(c.device, why, sizeof why) != 0) {
+    fprintf(stderr, "lathe-worker: --device: %s\n", why);
     return 2;
   }
   if (c.wait_s < 1 || c.wait_s > 30) c.wait_s = 20;

@@ -366,8 +366,7 @@ static int wk_job_fetch_ref(void *user, const char *file_kind, const char *ref, 
   wk_refs *r = user;
   const char *prefix = !strcmp(file_kind, "model") ? "mdl_" : "ds_";
   /* the server hands out ids only; a path from the network is never read on this host */
-  if (strncmp(ref, prefix, strlen(prefix)) || strlen(ref) != strlen(prefix) + 16 ||
-      strspn(ref + strlen(prefix), "0123456789abcdef") != 16) {
+  if (!job_ref_is_upload_id(ref, file_kind)) {
     snprintf(r->why, sizeof r->why, "%s must be a %s id (%s…), got \"%.64s\"", path, file_kind, prefix, ref);
     r->rc = JOB_EXIT_BAD_INPUT;
     return 1;
@@ -381,18 +380,6 @@ static int wk_job_fetch_ref(void *user, const char *file_kind, const char *ref, 
   }
   cJSON_AddStringToObject(r->files, ref, local);
   return 0;
-}
-
-static int wk_mkdirs(const char *dir) {
-  char p[8192];
-  snprintf(p, sizeof p, "%s", dir);
-  for (char *c = p + 1; *c; c++) {
-    if (*c != '/') continue;
-    *c = 0;
-    if (mkdir(p, 0700) != 0 && errno != EEXIST) return -1;
-    *c = '/';
-  }
-  return mkdir(p, 0700) == 0 || errno == EEXIST ? 0 : -1;
 }
 
 static int wk_rm_entry(const char *path, const struct stat *st, int flag, struct FTW *ftw) {
@@ -682,7 +669,7 @@ void wk_job_serve(const wk_config *c, wk_http *h, const cJSON *claim) {
   }
   char out_dir[4200], job_file[4200];
   snprintf(out_dir, sizeof out_dir, "%s/out", j.dir);
-  if (!rc && (wk_mkdirs(out_dir) != 0 || wk_job_write_file(&j, spec, files, job_file, sizeof job_file) != 0)) {
+  if (!rc && (job_dir_make(out_dir, 0700) != 0 || wk_job_write_file(&j, spec, files, job_file, sizeof job_file) != 0)) {
     snprintf(why, sizeof why, "cannot prepare the job folder %.1000s: %s", j.dir, strerror(errno));
     rc = JOB_EXIT_FAILED;
   }
