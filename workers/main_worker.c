@@ -188,12 +188,13 @@ int main(int argc, char **argv) {
       curl_global_cleanup();
       return 2;
     }
-    fprintf(stderr, "lathe-worker: claim failed (%s%.*s); retrying in %.1f s\n",
-            rc ? r.error : "HTTP ", rc ? 0 : 16, rc ? "" : (r.body ? r.body : ""), backoff);
-    if (rc == 0) fprintf(stderr, "lathe-worker: (HTTP %ld)\n", r.status);
+    if (rc)
+      fprintf(stderr, "lathe-worker: claim failed (%s); retrying in %.1f s\n", r.error, backoff);
+    else
+      fprintf(stderr, "lathe-worker: claim answered HTTP %ld (%.200s); retrying in %.1f s\n",
+              r.status, r.body ? r.body : "", backoff);
     wk_resp_free(&r);
-    wk_sleep(backoff);
-    backoff = backoff * 2 > 30 ? 30 : backoff * 2;
+    wk_sleep(wk_backoff_step(&backoff));
   }
   fprintf(stderr, "lathe-worker: stopping on %s\n", wk_shutdown == SIGINT ? "SIGINT" : "SIGTERM");
   cJSON_Delete(claim_body);

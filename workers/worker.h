@@ -76,6 +76,10 @@ int wk_cache_fetch(const wk_config *c, wk_http *h, const char *file_kind, const 
  * claim is the 200 body of /workers/claim. Never exits the process. */
 void wk_job_serve(const wk_config *c, wk_http *h, const cJSON *claim);
 
+/* Capped exponential backoff for calls that ride out a server restart: *next starts at 0.5;
+ * returns the delay to wait now and doubles *next, up to 30 s. */
+double wk_backoff_step(double *next);
+
 /* Sleeps up to seconds, returning early on wk_shutdown. */
 void wk_sleep(double seconds);
 double wk_now(void);

@@ -90,6 +90,12 @@ double wk_now(void) {
   return (double)ts.tv_sec + ts.tv_nsec * 1e-9;
 }
 
+double wk_backoff_step(double *next) {
+  double now = *next;
+  *next = now * 2 > 30 ? 30 : now * 2;
+  return now;
+}
+
 void wk_sleep(double seconds) {
   double end = wk_now() + seconds;
   while (!wk_shutdown) {
@@ -534,14 +540,10 @@ static long wk_job_post_retrying(wk_job *j, const char *path, const cJSON *body)
     /* when shutting down, a few tries only: the lease expiring requeues the job anyway */
     if (wk_shutdown && tries >= 3) return 0;
     if (wk_job_is_stale(j)) return 409;
+    double delay = wk_backoff_step(&backoff);
     wk_log("job %s: %s failed (%s); retrying in %.1f s", j->id, path,
-           rc ? "server unreachable" : "server error", backoff);
-    double end = wk_now() + backoff;
-    while (wk_now() < end && !(wk_shutdown && tries >= 3)) {
-      struct timespec ts = {0, 100000000};
-      nanosleep(&ts, NULL);
-    }
-    backoff = backoff * 2 > 30 ? 30 : backoff * 2;
+           rc ? "server unreachable" : "server error", delay);
+    wk_sleep(delay);
   }
 }
 
@@ -575,8 +577,7 @@ static void wk_job_upload_artifacts(wk_job *j, const char *out_dir) {
         if (status >= 300) wk_log("job %s: artifact %s refused (HTTP %ld)", j->id, name, status);
         break;
       }
-      wk_sleep(backoff);
-      backoff = backoff * 2 > 30 ? 30 : backoff * 2;
+      wk_sleep(wk_backoff_step(&backoff));
     }
   }
 }
