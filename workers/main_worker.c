@@ -145,6 +145,7 @@ int main(int argc, char **argv) {
   signal(SIGPIPE, SIG_IGN);
   curl_global_init(CURL_GLOBAL_DEFAULT);
 
+  wk_cache_sweep(&c);
   wk_http *h = wk_http_open(&c);
   if (!h) {
     fprintf(stderr, "lathe-worker: cannot start the HTTP client\n");

@@ -70,6 +70,10 @@ int wk_sha256_file(const char *path, char out[65]);
 int wk_cache_fetch(const wk_config *c, wk_http *h, const char *file_kind, const char *id,
                    char *path, size_t pathcap, char *why, size_t whycap);
 
+/* Removes downloads that a killed worker left half done (.partial-* not written to for ten
+ * minutes); a download in progress keeps its file's mtime fresh. */
+void wk_cache_sweep(const wk_config *c);
+
 /* ---- one job (worker_job.c) ---- */
 
 /* Runs one claimed job to its end: inputs, child, events, heartbeats, artifacts, complete.

@@ -11,7 +11,9 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <dirent.h>
 #include <sys/stat.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "job.h"
@@ -108,4 +110,21 @@ int wk_cache_fetch(const wk_config *c, wk_http *h, const char *file_kind, const 
   wk_resp_free(&r);
   if (rc) unlink(tmp);
   return rc;
+}
+
+void wk_cache_sweep(const wk_config *c) {
+  char files[4096];
+  snprintf(files, sizeof files, "%s/files", c->cache_dir);
+  DIR *d = opendir(files);
+  if (!d) return;
+  struct dirent *e;
+  time_t now = time(NULL);
+  while ((e = readdir(d))) {
+    if (strncmp(e->d_name, ".partial-", 9)) continue;
+    struct stat st;
+    if (fstatat(dirfd(d), e->d_name, &st, AT_SYMLINK_NOFOLLOW) == 0 && S_ISREG(st.st_mode) &&
+        now - st.st_mtime > 600)
+      unlinkat(dirfd(d), e->d_name, 0);
+  }
+  closedir(d);
 }

@@ -675,6 +675,14 @@ void wk_job_serve(const wk_config *c, wk_http *h, const cJSON *claim) {
     rc = JOB_EXIT_FAILED;
   }
   int status = 0, ran = 0;
+  pthread_mutex_lock(&j.mu);
+  int cancelled_early = j.cancel;
+  pthread_mutex_unlock(&j.mu);
+  if (!rc && (cancelled_early || wk_shutdown)) {
+    /* asked to stop while the inputs were downloading: no point starting the job */
+    snprintf(why, sizeof why, "%s", cancelled_early ? "cancelled" : "the worker is shutting down");
+    rc = cancelled_early ? JOB_EXIT_BAD_INPUT : JOB_EXIT_FAILED;
+  }
   if (!rc && !wk_job_is_stale(&j)) {
     int out_fd, err_fd;
     j.pid = wk_job_spawn(&j, spec, job_file, out_dir, &out_fd, &err_fd);

@@ -58,6 +58,7 @@ function addFile(id, name, bytes) {
 addFile('ds_00000000000000a1', 'small.h5', fs.readFileSync(path.join(tmp, 'small.h5')));
 addFile('ds_00000000000000b2', 'big.h5', fs.readFileSync(path.join(tmp, 'big.h5')));
 addFile('ds_00000000000000c3', 'text.h5', fs.readFileSync(path.join(tmp, 'text.h5')));
+addFile('ds_00000000000000d4', 'slow.bin', Buffer.from('served slowly, never run'));
 
 function note(entry) {
   log.push(entry);
@@ -118,8 +119,10 @@ function handler(req, res) {
       if (!m[3]) return send(200, { id: m[2], sha256: f.sha256, size: f.bytes.length });
       f.served++;
       const bytes = script.content ? script.content(m[2], f.bytes) : f.bytes;
-      res.writeHead(200, { 'content-type': 'application/octet-stream', etag: '"' + f.sha256 + '"' });
-      return res.end(bytes);
+      return setTimeout(() => {
+        res.writeHead(200, { 'content-type': 'application/octet-stream', etag: '"' + f.sha256 + '"' });
+        res.end(bytes);
+      }, script.contentDelay ?? 0);
     }
     if (m) return send(404, { code: 'not_found', message: 'no such upload' });
     send(404, { code: 'not_found', message: p });
@@ -189,6 +192,13 @@ async function test(name, fn) {
 }
 
 await startServer();
+// leftovers of a killed worker's downloads: an abandoned one and one still being written
+fs.mkdirSync(path.join(tmp, 'cache', 'files'), { recursive: true });
+const partialOld = path.join(tmp, 'cache', 'files', '.partial-abandoned'), partialNew = path.join(tmp, 'cache', 'files', '.partial-fresh');
+fs.writeFileSync(partialOld, 'x');
+fs.writeFileSync(partialNew, 'x');
+const hourAgo = new Date(Date.now() - 3600e3);
+fs.utimesSync(partialOld, hourAgo, hourAgo);
 let w = startWorker();
 
 await test('worker: claims, downloads by SHA-256, runs, relays events, uploads artifacts, completes', async () => {
@@ -207,6 +217,8 @@ await test('worker: claims, downloads by SHA-256, runs, relays events, uploads a
   const art = log.find(e => e.path === '/api/v1/workers/artifacts' && e.query.job === id);
   check(art && art.query.name === 'inspect.json' && art.query.attempt === '1', 'artifact uploaded with job/attempt/name');
   check(art && JSON.parse(art.raw).format === 'hdf5', 'artifact body is the summary');
+  check(!fs.existsSync(partialOld) && fs.existsSync(partialNew), 'an abandoned partial download is swept at start, a fresh one kept');
+  fs.rmSync(partialNew);
   const cached = path.join(tmp, 'cache', 'files', files.ds_00000000000000a1.sha256);
   check(fs.existsSync(cached), 'input cached under its SHA-256');
   await waitFor(e => e.path === '/api/v1/workers/claim' && log.indexOf(e) > log.indexOf(done), 'the next claim');
@@ -275,6 +287,15 @@ await test('worker: cancel from a heartbeat stops the job (SIGTERM) and reports 
   check(done.body.state === 'failed' && done.body.error === 'cancelled' && done.body.retryable === false, 'reported cancelled: ' + JSON.stringify(done.body));
   check(Date.now() - t0 < 6000, `stopped within a heartbeat + grace (${Date.now() - t0} ms)`);
   check(eventsOf(id).some(e => e.type === 'error' && /SIGTERM/.test(e.message)), 'the job stopped on SIGTERM and said so');
+});
+
+await test('worker: a cancel that arrives while inputs download stops the job before it starts', async () => {
+  const id = queueJob({ dataset: 'ds_00000000000000d4' });
+  script.contentDelay = 2500;
+  script.heartbeat = b => (b.job === id ? { cancel: true } : null);
+  const done = await completeOf(id);
+  check(done.body.state === 'failed' && done.body.error === 'cancelled' && done.body.retryable === false, 'reported cancelled: ' + JSON.stringify(done.body));
+  check(eventsOf(id).length === 0, 'the job never ran (no events)');
 });
 
 await test('worker: a 409 from a heartbeat kills the job and drops it without a report', async () => {
