@@ -131,6 +131,13 @@ int main(int argc, char **argv) {
     gethostname(host, sizeof host - 1);
     snprintf(c.name, sizeof c.name, "%s:%d:%s", host, (int)getpid(), c.device);
   }
+  /* absolute: jobs run with their own folder as working directory */
+  static char cache_abs[PATH_MAX];
+  if (job_dir_make(c.cache_dir, 0700) != 0 || !realpath(c.cache_dir, cache_abs)) {
+    fprintf(stderr, "lathe-worker: cannot create the cache folder %s: %s\n", c.cache_dir, strerror(errno));
+    return 2;
+  }
+  c.cache_dir = cache_abs;
   if (wk_find_lathe(c.lathe_bin, sizeof c.lathe_bin) != 0) {
     fprintf(stderr, "lathe-worker: cannot find the lathe binary beside lathe-worker (%s)\n", c.lathe_bin);
     return 2;

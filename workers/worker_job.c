@@ -451,13 +451,16 @@ static pid_t wk_job_spawn(wk_job *j, const cJSON *spec, const char *job_file, co
     signal(SIGPIPE, SIG_DFL);
     signal(SIGTERM, SIG_DFL);
     signal(SIGINT, SIG_DFL);
-    int devnull = open("/dev/null", O_RDONLY);
+    /* only async-signal-safe calls from here: the heartbeat thread may hold any lock */
+    int devnull = open("/dev/null", O_RDONLY | O_CLOEXEC);
     if (devnull >= 0) dup2(devnull, 0);
     dup2(o[1], 1);
     dup2(e[1], 2);
+    close_range(3, ~0u, 0); /* the worker's sockets and files are not the job's business */
     if (chdir(j->dir) != 0) _exit(127);
     execvp(argv[0], (char *const *)argv);
-    fprintf(stderr, "cannot start %s: %s\n", argv[0], strerror(errno));
+    static const char msg[] = "lathe-worker: cannot exec the job (lathe or mpirun missing?)\n";
+    if (write(2, msg, sizeof msg - 1) < 0) _exit(127);
     _exit(127);
   }
   close(o[1]);

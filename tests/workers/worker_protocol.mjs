@@ -148,9 +148,9 @@ async function stopServer() {
   await new Promise(r => { server.close(r); server.closeAllConnections(); });
 }
 
-function startWorker(extra = []) {
+function startWorker(extra = [], cwd = undefined) {
   const w = spawn(worker_bin, ['--server', `http://127.0.0.1:${port}`, '--token', TOKEN, '--device', 'cpu',
-    '--cache', path.join(tmp, 'cache'), '--grace', '2', '--wait', '1', ...extra], { stdio: ['ignore', 'ignore', 'pipe'], detached: true });
+    '--cache', path.join(tmp, 'cache'), '--grace', '2', '--wait', '1', ...extra], { stdio: ['ignore', 'ignore', 'pipe'], detached: true, cwd });
   w.stderrText = '';
   w.stderr.on('data', d => { w.stderrText += d; });
   w.exited = new Promise(r => w.on('exit', (code, signal) => { children.delete(w); r({ code, signal }); }));
@@ -349,15 +349,16 @@ await test('worker: SIGTERM stops the running job, reports it retryable, exits 0
   check(spawnSync('pgrep', ['-f', path.join(tmp, 'cache', 'jobs')]).stdout.toString().trim() === '', 'no job process left');
 });
 
-await test('worker: starts while the server is down and claims once it is up', async () => {
+await test('worker: starts while the server is down and claims once it is up (relative --cache)', async () => {
   await stopServer();
-  w = startWorker();
+  w = startWorker(['--cache', 'cache-rel'], tmp);
   await new Promise(r => setTimeout(r, 1500));
   check(w.exitCode === null, 'still running while the server is down');
   await startServer(port);
   const id = queueJob({ dataset: 'ds_00000000000000a1' });
   const done = await completeOf(id);
-  check(done.body.state === 'succeeded', 'succeeded');
+  check(done.body.state === 'succeeded', 'succeeded: ' + JSON.stringify(done.body).slice(0, 300));
+  check(fs.existsSync(path.join(tmp, 'cache-rel', 'files', files.ds_00000000000000a1.sha256)), 'cached under the relative folder');
   const r = await stopWorker(w);
   check(r.code === 0, 'clean exit when idle');
 });
