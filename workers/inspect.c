@@ -707,8 +707,9 @@ void inspect_crash_guard(const char *path, int json_event) {
   const char *shown = clean ? clean : "the file";
   char msg[1024];
   snprintf(msg, sizeof msg,
-           "%s is damaged: reading it crashed the HDF5 library, so it is refused; check the file "
-           "with h5dump or write it again", shown);
+           "%s is damaged: reading it crashed the file reader (HDF5 1.10 itself crashes on some "
+           "damaged files), so it is refused; check the file (h5dump for HDF5) or write it again",
+           shown);
   inspect_guard_text_len = (size_t)snprintf(inspect_guard_text, sizeof inspect_guard_text,
                                             "lathe: %s\n", msg);
   inspect_guard_event_len = 0;
