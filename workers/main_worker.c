@@ -29,11 +29,13 @@ static void wk_on_signal(int sig) { wk_shutdown = sig; }
 static void wk_usage(FILE *to) {
   fprintf(to,
           "usage: lathe-worker --server URL --token TOKEN [--device cpu|cuda:N] [--cache DIR]\n"
-          "                    [--name NAME] [--grace SECONDS] [--wait SECONDS]\n"
+          "                    [--cache-max-gb GB] [--name NAME] [--grace SECONDS] [--wait SECONDS]\n"
           "  --server  LATHE_SERVER  default http://127.0.0.1:8080\n"
           "  --token   LATHE_TOKEN   a token with scope \"worker\" (lathe-server token create --scope worker)\n"
           "  --device  LATHE_DEVICE  default cpu\n"
           "  --cache   LATHE_CACHE   inputs by SHA-256 and job folders; default ~/.cache/lathe\n"
+          "  --cache-max-gb LATHE_CACHE_MAX_GB  inputs kept, least recently used dropped first;\n"
+          "            default 100, 0 = no limit\n"
           "  --name    LATHE_WORKER_NAME  default host:pid:device\n"
           "  --grace   seconds between SIGTERM and SIGKILL for a cancelled job; default 10\n"
           "  --wait    long-poll seconds per claim, 1..30; default 20\n");
@@ -71,6 +73,7 @@ int main(int argc, char **argv) {
   c.token = wk_env("LATHE_TOKEN", NULL);
   c.device = wk_env("LATHE_DEVICE", "cpu");
   c.grace_s = 10;
+  c.cache_max_bytes = atof(wk_env("LATHE_CACHE_MAX_GB", "100")) * 1e9;
   c.wait_s = 20;
   const char *name = wk_env("LATHE_WORKER_NAME", NULL);
   char cache_default[PATH_MAX];
@@ -96,6 +99,7 @@ int main(int argc, char **argv) {
     else if (!strcmp(a, "--cache")) c.cache_dir = v;
     else if (!strcmp(a, "--name")) name = v;
     else if (!strcmp(a, "--grace")) c.grace_s = atof(v);
+    else if (!strcmp(a, "--cache-max-gb")) c.cache_max_bytes = atof(v) * 1e9;
     else if (!strcmp(a, "--wait")) c.wait_s = atoi(v);
     else {
       fprintf(stderr, "lathe-worker: unknown option %s\n", a);
@@ -119,6 +123,7 @@ int main(int argc, char **argv) {
   }
   if (c.wait_s < 1 || c.wait_s > 30) c.wait_s = 20;
   if (!(c.grace_s >= 0)) c.grace_s = 10;
+  if (!(c.cache_max_bytes >= 0)) c.cache_max_bytes = 100e9;
   static char server[1024];
   snprintf(server, sizeof server, "%s", c.server);
   size_t sl = strlen(server);

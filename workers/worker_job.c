@@ -671,6 +671,7 @@ void wk_job_serve(const wk_config *c, wk_http *h, const cJSON *claim) {
       snprintf(why, sizeof why, "%s", refs.why);
     }
   }
+  if (!rc) wk_cache_trim(c, files);
   char out_dir[4200], job_file[4200];
   snprintf(out_dir, sizeof out_dir, "%s/out", j.dir);
   if (!rc && (job_dir_make(out_dir, 0700) != 0 || wk_job_write_file(&j, spec, files, job_file, sizeof job_file) != 0)) {

@@ -349,9 +349,9 @@ await test('worker: SIGTERM stops the running job, reports it retryable, exits 0
   check(spawnSync('pgrep', ['-f', path.join(tmp, 'cache', 'jobs')]).stdout.toString().trim() === '', 'no job process left');
 });
 
-await test('worker: starts while the server is down and claims once it is up (relative --cache)', async () => {
+await test('worker: starts while the server is down and claims once it is up (relative --cache, size cap)', async () => {
   await stopServer();
-  w = startWorker(['--cache', 'cache-rel'], tmp);
+  w = startWorker(['--cache', 'cache-rel', '--cache-max-gb', '1e-9'], tmp); // a 1-byte cap
   await new Promise(r => setTimeout(r, 1500));
   check(w.exitCode === null, 'still running while the server is down');
   await startServer(port);
@@ -359,6 +359,11 @@ await test('worker: starts while the server is down and claims once it is up (re
   const done = await completeOf(id);
   check(done.body.state === 'succeeded', 'succeeded: ' + JSON.stringify(done.body).slice(0, 300));
   check(fs.existsSync(path.join(tmp, 'cache-rel', 'files', files.ds_00000000000000a1.sha256)), 'cached under the relative folder');
+  // the next job's input pushes the least recently used one out, never its own
+  const next = queueJob({ dataset: 'ds_00000000000000c3' });
+  await completeOf(next);
+  const left = fs.readdirSync(path.join(tmp, 'cache-rel', 'files'));
+  check(left.length === 1 && left[0] === files.ds_00000000000000c3.sha256, 'only the running job\'s input kept: ' + left);
   const r = await stopWorker(w);
   check(r.code === 0, 'clean exit when idle');
 });
