@@ -4,10 +4,10 @@
 // cancel, to 409 (stale attempt), to a server that is down or restarting, to a corrupt download,
 // to SIGTERM — with every answer under the test's control. The end-to-end tests against the real
 // lathe-server live in tests/integration/. Jobs are real `lathe run` inspect jobs over HDF5 files
-// the test writes with h5py; the long ones read a 2^31-element dataset exactly.
+// the test writes with make_test_h5; the long ones read a 2^31-element dataset exactly.
 //
 //   node tests/workers/worker_protocol.mjs BUILD/bin
-// Exit 0 all passed, 1 a failure, 77 skipped (no h5py).
+// Exit 0 all passed, 1 a failure.
 import { spawn, spawnSync } from 'node:child_process';
 import { createHash } from 'node:crypto';
 import fs from 'node:fs';
@@ -17,6 +17,7 @@ import path from 'node:path';
 
 const bin = path.resolve(process.argv[2] || 'build/bin');
 const worker_bin = path.join(bin, 'lathe-worker');
+const make_h5 = path.join(bin, 'make_test_h5');
 const TOKEN = 'wrk-test-token';
 const tmp = fs.mkdtempSync(path.join(os.tmpdir(), 'lathe-worker-proto-'));
 const children = new Set();
@@ -30,20 +31,12 @@ process.on('exit', cleanup);
 process.on('SIGINT', () => process.exit(1));
 process.on('SIGTERM', () => process.exit(1));
 
-const py = spawnSync('/usr/bin/python3', ['-c', `
-import h5py, numpy as np, sys
-d = sys.argv[1]
-with h5py.File(d + '/small.h5', 'w') as f:
-    f['train/x'] = np.arange(2*3*4*4, dtype='u1').reshape(2, 3, 4, 4)
-    f['train/y'] = np.array([1, 2], dtype='u1')
-with h5py.File(d + '/big.h5', 'w') as f:
-    f.create_dataset('big', shape=(2**31,), dtype='u1', chunks=(2**20,), fillvalue=7)
-open(d + '/text.h5', 'w').write('not hdf5\\n')
-`, tmp]);
-if (py.status !== 0) {
-  console.log('skip: /usr/bin/python3 with h5py is needed to write the test files:', String(py.stderr).slice(-200));
-  process.exit(77);
+const make = (...args) => spawnSync(make_h5, args).status === 0;
+if (!make('small', path.join(tmp, 'small.h5')) || !make('long', path.join(tmp, 'big.h5'), '31')) {
+  console.error('make_test_h5 failed');
+  process.exit(1);
 }
+fs.writeFileSync(path.join(tmp, 'text.h5'), 'not hdf5\n');
 
 // ---- the scripted server ----
 const files = {};   // id -> {bytes, sha256, served}
@@ -207,7 +200,7 @@ await test('worker: claims, downloads by SHA-256, runs, relays events, uploads a
   check(done.body.state === 'succeeded', 'state succeeded: ' + JSON.stringify(done.body).slice(0, 300));
   check(done.body.attempt === 1, 'attempt echoed');
   check(done.body.result?.format === 'hdf5', 'result is the inspect summary');
-  check(done.body.result?.splits?.train?.samples === 2, 'summary has the split');
+  check(done.body.result?.splits?.train?.samples === 4, 'summary has the split');
   const claim = log.find(e => e.path === '/api/v1/workers/claim');
   check(claim.body.device === 'cpu' && claim.body.kinds.includes('inspect') && /:cpu$/.test(claim.body.worker), 'claim body ' + JSON.stringify(claim.body));
   check(log.every(e => e.auth === 'Bearer ' + TOKEN), 'every request carries the token');
