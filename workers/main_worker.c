@@ -29,11 +29,13 @@ static void wk_on_signal(int sig) { wk_shutdown = sig; }
 static void wk_usage(FILE *to) {
   fprintf(to,
           "usage: lathe-worker --server URL --token TOKEN [--device cpu|cuda:N] [--cache DIR]\n"
-          "                    [--name NAME] [--grace SECONDS] [--wait SECONDS]\n"
+          "                    [--cache-max-gb GB] [--name NAME] [--grace SECONDS] [--wait SECONDS]\n"
           "  --server  LATHE_SERVER  default http://127.0.0.1:8080\n"
           "  --token   LATHE_TOKEN   a token with scope \"worker\" (lathe-server token create --scope worker)\n"
           "  --device  LATHE_DEVICE  default cpu\n"
           "  --cache   LATHE_CACHE   inputs by SHA-256 and job folders; default ~/.cache/lathe\n"
+          "  --cache-max-gb LATHE_CACHE_MAX_GB  inputs kept, least recently used dropped first;\n"
+          "            default 100, 0 = no limit\n"
           "  --name    LATHE_WORKER_NAME  default host:pid:device\n"
           "  --grace   seconds between SIGTERM and SIGKILL for a cancelled job; default 10\n"
           "  --wait    long-poll seconds per claim, 1..30; default 20\n");
@@ -71,6 +73,7 @@ int main(int argc, char **argv) {
   c.token = wk_env("LATHE_TOKEN", NULL);
   c.device = wk_env("LATHE_DEVICE", "cpu");
   c.grace_s = 10;
+  c.cache_max_bytes = atof(wk_env("LATHE_CACHE_MAX_GB", "100")) * 1e9;
   c.wait_s = 20;
   const char *name = wk_env("LATHE_WORKER_NAME", NULL);
   char cache_default[PATH_MAX];
@@ -96,6 +99,7 @@ int main(int argc, char **argv) {
     else if (!strcmp(a, "--cache")) c.cache_dir = v;
     else if (!strcmp(a, "--name")) name = v;
     else if (!strcmp(a, "--grace")) c.grace_s = atof(v);
+    else if (!strcmp(a, "--cache-max-gb")) c.cache_max_bytes = atof(v) * 1e9;
     else if (!strcmp(a, "--wait")) c.wait_s = atoi(v);
     else {
       fprintf(stderr, "lathe-worker: unknown option %s\n", a);
@@ -112,13 +116,14 @@ int main(int argc, char **argv) {
     fprintf(stderr, "lathe-worker: --server must be an http:// or https:// URL, got %s\n", c.server);
     return 2;
   }
-  if (strcmp(c.device, "cpu") && (strncmp(c.device, "cuda:", 5) || !c.device[5] ||
-                                  strspn(c.device + 5, "0123456789") != strlen(c.device + 5))) {
-    fprintf(stderr, "lathe-worker: --device must be cpu or cuda:N, got %s\n", c.device);
+  char why[256];
+  if (job_device_check(c.device, why, sizeof why) != 0) {
+    fprintf(stderr, "lathe-worker: --device: %s\n", why);
     return 2;
   }
   if (c.wait_s < 1 || c.wait_s > 30) c.wait_s = 20;
   if (!(c.grace_s >= 0)) c.grace_s = 10;
+  if (!(c.cache_max_bytes >= 0)) c.cache_max_bytes = 100e9;
   static char server[1024];
   snprintf(server, sizeof server, "%s", c.server);
   size_t sl = strlen(server);
@@ -131,6 +136,13 @@ int main(int argc, char **argv) {
     gethostname(host, sizeof host - 1);
     snprintf(c.name, sizeof c.name, "%s:%d:%s", host, (int)getpid(), c.device);
   }
+  /* absolute: jobs run with their own folder as working directory */
+  static char cache_abs[PATH_MAX];
+  if (job_dir_make(c.cache_dir, 0700) != 0 || !realpath(c.cache_dir, cache_abs)) {
+    fprintf(stderr, "lathe-worker: cannot create the cache folder %s: %s\n", c.cache_dir, strerror(errno));
+    return 2;
+  }
+  c.cache_dir = cache_abs;
   if (wk_find_lathe(c.lathe_bin, sizeof c.lathe_bin) != 0) {
     fprintf(stderr, "lathe-worker: cannot find the lathe binary beside lathe-worker (%s)\n", c.lathe_bin);
     return 2;
@@ -145,6 +157,7 @@ int main(int argc, char **argv) {
   signal(SIGPIPE, SIG_IGN);
   curl_global_init(CURL_GLOBAL_DEFAULT);
 
+  wk_cache_sweep(&c);
   wk_http *h = wk_http_open(&c);
   if (!h) {
     fprintf(stderr, "lathe-worker: cannot start the HTTP client\n");
@@ -188,12 +201,13 @@ int main(int argc, char **argv) {
       curl_global_cleanup();
       return 2;
     }
-    fprintf(stderr, "lathe-worker: claim failed (%s%.*s); retrying in %.1f s\n",
-            rc ? r.error : "HTTP ", rc ? 0 : 16, rc ? "" : (r.body ? r.body : ""), backoff);
-    if (rc == 0) fprintf(stderr, "lathe-worker: (HTTP %ld)\n", r.status);
+    if (rc)
+      fprintf(stderr, "lathe-worker: claim failed (%s); retrying in %.1f s\n", r.error, backoff);
+    else
+      fprintf(stderr, "lathe-worker: claim answered HTTP %ld (%.200s); retrying in %.1f s\n",
+              r.status, r.body ? r.body : "", backoff);
     wk_resp_free(&r);
-    wk_sleep(backoff);
-    backoff = backoff * 2 > 30 ? 30 : backoff * 2;
+    wk_sleep(wk_backoff_step(&backoff));
   }
   fprintf(stderr, "lathe-worker: stopping on %s\n", wk_shutdown == SIGINT ? "SIGINT" : "SIGTERM");
   cJSON_Delete(claim_body);

@@ -21,7 +21,8 @@ typedef struct wk_config {
   const char *server;    /* base URL, no trailing slash: "http://127.0.0.1:8080" */
   const char *token;     /* bearer token with scope "worker" */
   const char *device;    /* "cpu", "cuda:0" */
-  const char *cache_dir; /* inputs by SHA-256, job folders */
+  const char *cache_dir; /* inputs by SHA-256, job folders; absolute */
+  double cache_max_bytes; /* inputs kept at most (least recently used go first); 0 = no limit */
   char name[256];        /* "host:pid:device" unless --name */
   char lathe_bin[4096];  /* the `lathe` beside lathe-worker */
   double grace_s;        /* SIGTERM → SIGKILL delay for a cancelled or abandoned job */
@@ -70,11 +71,23 @@ int wk_sha256_file(const char *path, char out[65]);
 int wk_cache_fetch(const wk_config *c, wk_http *h, const char *file_kind, const char *id,
                    char *path, size_t pathcap, char *why, size_t whycap);
 
+/* Deletes the least recently used inputs until the cache holds at most cache_max_bytes, never
+ * one of the paths in keep (the {"id": "/path"} map of the job about to run). */
+void wk_cache_trim(const wk_config *c, const cJSON *keep);
+
+/* Removes downloads that a killed worker left half done (.partial-* not written to for ten
+ * minutes); a download in progress keeps its file's mtime fresh. */
+void wk_cache_sweep(const wk_config *c);
+
 /* ---- one job (worker_job.c) ---- */
 
 /* Runs one claimed job to its end: inputs, child, events, heartbeats, artifacts, complete.
  * claim is the 200 body of /workers/claim. Never exits the process. */
 void wk_job_serve(const wk_config *c, wk_http *h, const cJSON *claim);
+
+/* Capped exponential backoff for calls that ride out a server restart: *next starts at 0.5;
+ * returns the delay to wait now and doubles *next, up to 30 s. */
+double wk_backoff_step(double *next);
 
 /* Sleeps up to seconds, returning early on wk_shutdown. */
 void wk_sleep(double seconds);

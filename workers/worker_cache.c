@@ -4,14 +4,17 @@
  * under, so re-uploads and several jobs over one dataset download it once. A download goes to a
  * temporary file in the same folder, is hashed while it streams, and is renamed into place only
  * when its SHA-256 matches what the server says the upload is; a cached copy is re-hashed before
- * every use, so a file damaged on disk is fetched again rather than fed to a job.
+ * every use, so a file damaged on disk is fetched again rather than fed to a job. A file's mtime
+ * is its last use; past --cache-max-gb the least recently used go first.
  */
 #include <errno.h>
 #include <fcntl.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <dirent.h>
 #include <sys/stat.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "job.h"
@@ -71,7 +74,10 @@ int wk_cache_fetch(const wk_config *c, wk_http *h, const char *file_kind, const 
   snprintf(path, pathcap, "%s/%s", files, sha);
   char have[65];
   if (wk_sha256_file(path, have) == 0) {
-    if (!strcmp(have, sha)) return 0; /* a verified hit */
+    if (!strcmp(have, sha)) {
+      utimensat(AT_FDCWD, path, NULL, 0); /* mtime = last use, for wk_cache_trim */
+      return 0;                           /* a verified hit */
+    }
     unlink(path);                     /* damaged on disk: fetch it again */
   }
   char tmp[4200];
@@ -108,4 +114,73 @@ int wk_cache_fetch(const wk_config *c, wk_http *h, const char *file_kind, const 
   wk_resp_free(&r);
   if (rc) unlink(tmp);
   return rc;
+}
+
+void wk_cache_sweep(const wk_config *c) {
+  char files[4096];
+  snprintf(files, sizeof files, "%s/files", c->cache_dir);
+  DIR *d = opendir(files);
+  if (!d) return;
+  struct dirent *e;
+  time_t now = time(NULL);
+  while ((e = readdir(d))) {
+    if (strncmp(e->d_name, ".partial-", 9)) continue;
+    struct stat st;
+    if (fstatat(dirfd(d), e->d_name, &st, AT_SYMLINK_NOFOLLOW) == 0 && S_ISREG(st.st_mode) &&
+        now - st.st_mtime > 600)
+      unlinkat(dirfd(d), e->d_name, 0);
+  }
+  closedir(d);
+}
+
+typedef struct wk_cached {
+  char name[65];
+  off_t size;
+  time_t used;
+} wk_cached;
+
+static int wk_cached_older(const void *a, const void *b) {
+  const wk_cached *x = a, *y = b;
+  return x->used < y->used ? -1 : x->used > y->used;
+}
+
+void wk_cache_trim(const wk_config *c, const cJSON *keep) {
+  if (c->cache_max_bytes <= 0) return;
+  char files[4096];
+  snprintf(files, sizeof files, "%s/files", c->cache_dir);
+  DIR *d = opendir(files);
+  if (!d) return;
+  wk_cached *list = NULL;
+  size_t n = 0, cap = 0;
+  double total = 0;
+  struct dirent *e;
+  while ((e = readdir(d))) {
+    struct stat st;
+    if (!wk_cache_is_sha256(e->d_name) || fstatat(dirfd(d), e->d_name, &st, AT_SYMLINK_NOFOLLOW) != 0 ||
+        !S_ISREG(st.st_mode))
+      continue;
+    if (n == cap) {
+      cap = cap ? cap * 2 : 64;
+      wk_cached *grown = realloc(list, cap * sizeof *list);
+      if (!grown) break;
+      list = grown;
+    }
+    memcpy(list[n].name, e->d_name, 65);
+    list[n].size = st.st_size;
+    list[n].used = st.st_mtime;
+    total += (double)st.st_size;
+    n++;
+  }
+  qsort(list, n, sizeof *list, wk_cached_older);
+  for (size_t i = 0; i < n && total > c->cache_max_bytes; i++) {
+    char path[4200];
+    snprintf(path, sizeof path, "%s/%s", files, list[i].name);
+    int kept = 0;
+    const cJSON *k;
+    cJSON_ArrayForEach(k, keep) kept |= cJSON_IsString(k) && !strcmp(k->valuestring, path);
+    if (kept) continue;
+    if (unlinkat(dirfd(d), list[i].name, 0) == 0) total -= (double)list[i].size;
+  }
+  free(list);
+  closedir(d);
 }

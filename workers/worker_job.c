@@ -90,6 +90,12 @@ double wk_now(void) {
   return (double)ts.tv_sec + ts.tv_nsec * 1e-9;
 }
 
+double wk_backoff_step(double *next) {
+  double now = *next;
+  *next = now * 2 > 30 ? 30 : now * 2;
+  return now;
+}
+
 void wk_sleep(double seconds) {
   double end = wk_now() + seconds;
   while (!wk_shutdown) {
@@ -366,8 +372,7 @@ static int wk_job_fetch_ref(void *user, const char *file_kind, const char *ref, 
   wk_refs *r = user;
   const char *prefix = !strcmp(file_kind, "model") ? "mdl_" : "ds_";
   /* the server hands out ids only; a path from the network is never read on this host */
-  if (strncmp(ref, prefix, strlen(prefix)) || strlen(ref) != strlen(prefix) + 16 ||
-      strspn(ref + strlen(prefix), "0123456789abcdef") != 16) {
+  if (!job_ref_is_upload_id(ref, file_kind)) {
     snprintf(r->why, sizeof r->why, "%s must be a %s id (%s…), got \"%.64s\"", path, file_kind, prefix, ref);
     r->rc = JOB_EXIT_BAD_INPUT;
     return 1;
@@ -381,18 +386,6 @@ static int wk_job_fetch_ref(void *user, const char *file_kind, const char *ref, 
   }
   cJSON_AddStringToObject(r->files, ref, local);
   return 0;
-}
-
-static int wk_mkdirs(const char *dir) {
-  char p[8192];
-  snprintf(p, sizeof p, "%s", dir);
-  for (char *c = p + 1; *c; c++) {
-    if (*c != '/') continue;
-    *c = 0;
-    if (mkdir(p, 0700) != 0 && errno != EEXIST) return -1;
-    *c = '/';
-  }
-  return mkdir(p, 0700) == 0 || errno == EEXIST ? 0 : -1;
 }
 
 static int wk_rm_entry(const char *path, const struct stat *st, int flag, struct FTW *ftw) {
@@ -458,13 +451,16 @@ static pid_t wk_job_spawn(wk_job *j, const cJSON *spec, const char *job_file, co
     signal(SIGPIPE, SIG_DFL);
     signal(SIGTERM, SIG_DFL);
     signal(SIGINT, SIG_DFL);
-    int devnull = open("/dev/null", O_RDONLY);
+    /* only async-signal-safe calls from here: the heartbeat thread may hold any lock */
+    int devnull = open("/dev/null", O_RDONLY | O_CLOEXEC);
     if (devnull >= 0) dup2(devnull, 0);
     dup2(o[1], 1);
     dup2(e[1], 2);
+    close_range(3, ~0u, 0); /* the worker's sockets and files are not the job's business */
     if (chdir(j->dir) != 0) _exit(127);
     execvp(argv[0], (char *const *)argv);
-    fprintf(stderr, "cannot start %s: %s\n", argv[0], strerror(errno));
+    static const char msg[] = "lathe-worker: cannot exec the job (lathe or mpirun missing?)\n";
+    if (write(2, msg, sizeof msg - 1) < 0) _exit(127);
     _exit(127);
   }
   close(o[1]);
@@ -547,14 +543,10 @@ static long wk_job_post_retrying(wk_job *j, const char *path, const cJSON *body)
     /* when shutting down, a few tries only: the lease expiring requeues the job anyway */
     if (wk_shutdown && tries >= 3) return 0;
     if (wk_job_is_stale(j)) return 409;
+    double delay = wk_backoff_step(&backoff);
     wk_log("job %s: %s failed (%s); retrying in %.1f s", j->id, path,
-           rc ? "server unreachable" : "server error", backoff);
-    double end = wk_now() + backoff;
-    while (wk_now() < end && !(wk_shutdown && tries >= 3)) {
-      struct timespec ts = {0, 100000000};
-      nanosleep(&ts, NULL);
-    }
-    backoff = backoff * 2 > 30 ? 30 : backoff * 2;
+           rc ? "server unreachable" : "server error", delay);
+    wk_sleep(delay);
   }
 }
 
@@ -588,8 +580,7 @@ static void wk_job_upload_artifacts(wk_job *j, const char *out_dir) {
         if (status >= 300) wk_log("job %s: artifact %s refused (HTTP %ld)", j->id, name, status);
         break;
       }
-      wk_sleep(backoff);
-      backoff = backoff * 2 > 30 ? 30 : backoff * 2;
+      wk_sleep(wk_backoff_step(&backoff));
     }
   }
 }
@@ -680,13 +671,22 @@ void wk_job_serve(const wk_config *c, wk_http *h, const cJSON *claim) {
       snprintf(why, sizeof why, "%s", refs.why);
     }
   }
+  if (!rc) wk_cache_trim(c, files);
   char out_dir[4200], job_file[4200];
   snprintf(out_dir, sizeof out_dir, "%s/out", j.dir);
-  if (!rc && (wk_mkdirs(out_dir) != 0 || wk_job_write_file(&j, spec, files, job_file, sizeof job_file) != 0)) {
+  if (!rc && (job_dir_make(out_dir, 0700) != 0 || wk_job_write_file(&j, spec, files, job_file, sizeof job_file) != 0)) {
     snprintf(why, sizeof why, "cannot prepare the job folder %.1000s: %s", j.dir, strerror(errno));
     rc = JOB_EXIT_FAILED;
   }
   int status = 0, ran = 0;
+  pthread_mutex_lock(&j.mu);
+  int cancelled_early = j.cancel;
+  pthread_mutex_unlock(&j.mu);
+  if (!rc && (cancelled_early || wk_shutdown)) {
+    /* asked to stop while the inputs were downloading: no point starting the job */
+    snprintf(why, sizeof why, "%s", cancelled_early ? "cancelled" : "the worker is shutting down");
+    rc = cancelled_early ? JOB_EXIT_BAD_INPUT : JOB_EXIT_FAILED;
+  }
   if (!rc && !wk_job_is_stale(&j)) {
     int out_fd, err_fd;
     j.pid = wk_job_spawn(&j, spec, job_file, out_dir, &out_fd, &err_fd);

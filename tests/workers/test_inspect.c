@@ -281,6 +281,49 @@ TEST_CASE(lathe_inspect_cli_exit_codes) {
   CHECK(run_cli("frobnicate", out, sizeof out) == 2);
 }
 
+/* A hostile but valid file cannot make the summary huge: objects and attribute bytes are capped
+ * and the summary says so. */
+TEST_CASE(inspect_summary_size_is_bounded) {
+  char p[512];
+  path_in_dir(p, sizeof p, "many.h5");
+  hid_t f = H5Fcreate(p, H5F_ACC_TRUNC, H5P_DEFAULT, H5P_DEFAULT);
+  for (int i = 0; i < 5000; i++) {
+    char name[32];
+    snprintf(name, sizeof name, "g%05d", i);
+    H5Gclose(H5Gcreate2(f, name, H5P_DEFAULT, H5P_DEFAULT, H5P_DEFAULT));
+  }
+  /* 300 attributes of 4096 bytes each on the root: 1.2 MB of values */
+  static char text[4097];
+  memset(text, 'a', 4096);
+  hid_t st = H5Tcopy(H5T_C_S1);
+  H5Tset_size(st, 4096);
+  hid_t as = H5Screate(H5S_SCALAR);
+  for (int i = 0; i < 300; i++) {
+    char name[32];
+    snprintf(name, sizeof name, "a%03d", i);
+    hid_t a = H5Acreate2(f, name, st, as, H5P_DEFAULT, H5P_DEFAULT);
+    H5Awrite(a, st, text);
+    H5Aclose(a);
+  }
+  H5Sclose(as);
+  H5Tclose(st);
+  H5Fclose(f);
+  cJSON *s = NULL;
+  char err[1024];
+  REQUIRE(inspect_file_json(p, NULL, &s, err, sizeof err) == 0);
+  CHECK(cJSON_IsTrue(cJSON_GetObjectItem(s, "objects_truncated")));
+  CHECK(cJSON_GetArraySize(cJSON_GetObjectItem(s, "objects")) == 4096);
+  const cJSON *attrs = cJSON_GetObjectItem(object_at(s, "/"), "attributes");
+  CHECK(cJSON_GetArraySize(attrs) == 256 + 1); /* 256 listed, then "..." */
+  CHECK(cJSON_IsString(cJSON_GetObjectItem(attrs, "a000")));
+  const cJSON *late = cJSON_GetObjectItem(attrs, "a255");
+  CHECK(cJSON_IsObject(late) && !strcmp(cJSON_GetStringValue(cJSON_GetObjectItem(late, "dtype")), "string"));
+  char *all = cJSON_PrintUnformatted(s);
+  CHECK(strlen(all) < (2u << 20));
+  free(all);
+  cJSON_Delete(s);
+}
+
 /* Regression: a file whose variable-length string attribute points into a damaged global heap
  * crashed HDF5 1.10.8 inside H5Aread (found by byte-flip fuzzing); lathe inspect must refuse it
  * with exit 2 and a message, not die by SIGSEGV. */
@@ -298,6 +341,7 @@ int main(void) {
   RUN(inspect_hdf5_samples_large_datasets_exact_reads_all);
   RUN(inspect_exact_stops_when_asked);
   RUN(inspect_refuses_bad_files_with_a_message);
+  RUN(inspect_summary_size_is_bounded);
   RUN(lathe_inspect_cli_exit_codes);
   RUN(lathe_inspect_refuses_file_that_crashes_hdf5);
   char cmd[512];

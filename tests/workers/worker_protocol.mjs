@@ -4,10 +4,10 @@
 // cancel, to 409 (stale attempt), to a server that is down or restarting, to a corrupt download,
 // to SIGTERM — with every answer under the test's control. The end-to-end tests against the real
 // lathe-server live in tests/integration/. Jobs are real `lathe run` inspect jobs over HDF5 files
-// the test writes with h5py; the long ones read a 2^31-element dataset exactly.
+// the test writes with make_test_h5; the long ones read a 2^31-element dataset exactly.
 //
 //   node tests/workers/worker_protocol.mjs BUILD/bin
-// Exit 0 all passed, 1 a failure, 77 skipped (no h5py).
+// Exit 0 all passed, 1 a failure.
 import { spawn, spawnSync } from 'node:child_process';
 import { createHash } from 'node:crypto';
 import fs from 'node:fs';
@@ -17,6 +17,7 @@ import path from 'node:path';
 
 const bin = path.resolve(process.argv[2] || 'build/bin');
 const worker_bin = path.join(bin, 'lathe-worker');
+const make_h5 = path.join(bin, 'make_test_h5');
 const TOKEN = 'wrk-test-token';
 const tmp = fs.mkdtempSync(path.join(os.tmpdir(), 'lathe-worker-proto-'));
 const children = new Set();
@@ -30,20 +31,12 @@ process.on('exit', cleanup);
 process.on('SIGINT', () => process.exit(1));
 process.on('SIGTERM', () => process.exit(1));
 
-const py = spawnSync('/usr/bin/python3', ['-c', `
-import h5py, numpy as np, sys
-d = sys.argv[1]
-with h5py.File(d + '/small.h5', 'w') as f:
-    f['train/x'] = np.arange(2*3*4*4, dtype='u1').reshape(2, 3, 4, 4)
-    f['train/y'] = np.array([1, 2], dtype='u1')
-with h5py.File(d + '/big.h5', 'w') as f:
-    f.create_dataset('big', shape=(2**31,), dtype='u1', chunks=(2**20,), fillvalue=7)
-open(d + '/text.h5', 'w').write('not hdf5\\n')
-`, tmp]);
-if (py.status !== 0) {
-  console.log('skip: /usr/bin/python3 with h5py is needed to write the test files:', String(py.stderr).slice(-200));
-  process.exit(77);
+const make = (...args) => spawnSync(make_h5, args).status === 0;
+if (!make('small', path.join(tmp, 'small.h5')) || !make('long', path.join(tmp, 'big.h5'), '31')) {
+  console.error('make_test_h5 failed');
+  process.exit(1);
 }
+fs.writeFileSync(path.join(tmp, 'text.h5'), 'not hdf5\n');
 
 // ---- the scripted server ----
 const files = {};   // id -> {bytes, sha256, served}
@@ -58,6 +51,7 @@ function addFile(id, name, bytes) {
 addFile('ds_00000000000000a1', 'small.h5', fs.readFileSync(path.join(tmp, 'small.h5')));
 addFile('ds_00000000000000b2', 'big.h5', fs.readFileSync(path.join(tmp, 'big.h5')));
 addFile('ds_00000000000000c3', 'text.h5', fs.readFileSync(path.join(tmp, 'text.h5')));
+addFile('ds_00000000000000d4', 'slow.bin', Buffer.from('served slowly, never run'));
 
 function note(entry) {
   log.push(entry);
@@ -118,8 +112,10 @@ function handler(req, res) {
       if (!m[3]) return send(200, { id: m[2], sha256: f.sha256, size: f.bytes.length });
       f.served++;
       const bytes = script.content ? script.content(m[2], f.bytes) : f.bytes;
-      res.writeHead(200, { 'content-type': 'application/octet-stream', etag: '"' + f.sha256 + '"' });
-      return res.end(bytes);
+      return setTimeout(() => {
+        res.writeHead(200, { 'content-type': 'application/octet-stream', etag: '"' + f.sha256 + '"' });
+        res.end(bytes);
+      }, script.contentDelay ?? 0);
     }
     if (m) return send(404, { code: 'not_found', message: 'no such upload' });
     send(404, { code: 'not_found', message: p });
@@ -145,9 +141,9 @@ async function stopServer() {
   await new Promise(r => { server.close(r); server.closeAllConnections(); });
 }
 
-function startWorker(extra = []) {
+function startWorker(extra = [], cwd = undefined) {
   const w = spawn(worker_bin, ['--server', `http://127.0.0.1:${port}`, '--token', TOKEN, '--device', 'cpu',
-    '--cache', path.join(tmp, 'cache'), '--grace', '2', '--wait', '1', ...extra], { stdio: ['ignore', 'ignore', 'pipe'], detached: true });
+    '--cache', path.join(tmp, 'cache'), '--grace', '2', '--wait', '1', ...extra], { stdio: ['ignore', 'ignore', 'pipe'], detached: true, cwd });
   w.stderrText = '';
   w.stderr.on('data', d => { w.stderrText += d; });
   w.exited = new Promise(r => w.on('exit', (code, signal) => { children.delete(w); r({ code, signal }); }));
@@ -189,6 +185,13 @@ async function test(name, fn) {
 }
 
 await startServer();
+// leftovers of a killed worker's downloads: an abandoned one and one still being written
+fs.mkdirSync(path.join(tmp, 'cache', 'files'), { recursive: true });
+const partialOld = path.join(tmp, 'cache', 'files', '.partial-abandoned'), partialNew = path.join(tmp, 'cache', 'files', '.partial-fresh');
+fs.writeFileSync(partialOld, 'x');
+fs.writeFileSync(partialNew, 'x');
+const hourAgo = new Date(Date.now() - 3600e3);
+fs.utimesSync(partialOld, hourAgo, hourAgo);
 let w = startWorker();
 
 await test('worker: claims, downloads by SHA-256, runs, relays events, uploads artifacts, completes', async () => {
@@ -197,7 +200,7 @@ await test('worker: claims, downloads by SHA-256, runs, relays events, uploads a
   check(done.body.state === 'succeeded', 'state succeeded: ' + JSON.stringify(done.body).slice(0, 300));
   check(done.body.attempt === 1, 'attempt echoed');
   check(done.body.result?.format === 'hdf5', 'result is the inspect summary');
-  check(done.body.result?.splits?.train?.samples === 2, 'summary has the split');
+  check(done.body.result?.splits?.train?.samples === 4, 'summary has the split');
   const claim = log.find(e => e.path === '/api/v1/workers/claim');
   check(claim.body.device === 'cpu' && claim.body.kinds.includes('inspect') && /:cpu$/.test(claim.body.worker), 'claim body ' + JSON.stringify(claim.body));
   check(log.every(e => e.auth === 'Bearer ' + TOKEN), 'every request carries the token');
@@ -207,6 +210,8 @@ await test('worker: claims, downloads by SHA-256, runs, relays events, uploads a
   const art = log.find(e => e.path === '/api/v1/workers/artifacts' && e.query.job === id);
   check(art && art.query.name === 'inspect.json' && art.query.attempt === '1', 'artifact uploaded with job/attempt/name');
   check(art && JSON.parse(art.raw).format === 'hdf5', 'artifact body is the summary');
+  check(!fs.existsSync(partialOld) && fs.existsSync(partialNew), 'an abandoned partial download is swept at start, a fresh one kept');
+  fs.rmSync(partialNew);
   const cached = path.join(tmp, 'cache', 'files', files.ds_00000000000000a1.sha256);
   check(fs.existsSync(cached), 'input cached under its SHA-256');
   await waitFor(e => e.path === '/api/v1/workers/claim' && log.indexOf(e) > log.indexOf(done), 'the next claim');
@@ -277,6 +282,15 @@ await test('worker: cancel from a heartbeat stops the job (SIGTERM) and reports 
   check(eventsOf(id).some(e => e.type === 'error' && /SIGTERM/.test(e.message)), 'the job stopped on SIGTERM and said so');
 });
 
+await test('worker: a cancel that arrives while inputs download stops the job before it starts', async () => {
+  const id = queueJob({ dataset: 'ds_00000000000000d4' });
+  script.contentDelay = 2500;
+  script.heartbeat = b => (b.job === id ? { cancel: true } : null);
+  const done = await completeOf(id);
+  check(done.body.state === 'failed' && done.body.error === 'cancelled' && done.body.retryable === false, 'reported cancelled: ' + JSON.stringify(done.body));
+  check(eventsOf(id).length === 0, 'the job never ran (no events)');
+});
+
 await test('worker: a 409 from a heartbeat kills the job and drops it without a report', async () => {
   const id = queueJob({ dataset: 'ds_00000000000000b2', exact: true });
   let stale = false;
@@ -328,15 +342,21 @@ await test('worker: SIGTERM stops the running job, reports it retryable, exits 0
   check(spawnSync('pgrep', ['-f', path.join(tmp, 'cache', 'jobs')]).stdout.toString().trim() === '', 'no job process left');
 });
 
-await test('worker: starts while the server is down and claims once it is up', async () => {
+await test('worker: starts while the server is down and claims once it is up (relative --cache, size cap)', async () => {
   await stopServer();
-  w = startWorker();
+  w = startWorker(['--cache', 'cache-rel', '--cache-max-gb', '1e-9'], tmp); // a 1-byte cap
   await new Promise(r => setTimeout(r, 1500));
   check(w.exitCode === null, 'still running while the server is down');
   await startServer(port);
   const id = queueJob({ dataset: 'ds_00000000000000a1' });
   const done = await completeOf(id);
-  check(done.body.state === 'succeeded', 'succeeded');
+  check(done.body.state === 'succeeded', 'succeeded: ' + JSON.stringify(done.body).slice(0, 300));
+  check(fs.existsSync(path.join(tmp, 'cache-rel', 'files', files.ds_00000000000000a1.sha256)), 'cached under the relative folder');
+  // the next job's input pushes the least recently used one out, never its own
+  const next = queueJob({ dataset: 'ds_00000000000000c3' });
+  await completeOf(next);
+  const left = fs.readdirSync(path.join(tmp, 'cache-rel', 'files'));
+  check(left.length === 1 && left[0] === files.ds_00000000000000c3.sha256, 'only the running job\'s input kept: ' + left);
   const r = await stopWorker(w);
   check(r.code === 0, 'clean exit when idle');
 });
