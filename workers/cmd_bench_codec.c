@@ -4,7 +4,8 @@
  * tests/actcomp/capture_activations.py or by a training run's activation capture).
  *
  *   lathe bench codec [--input FILE.h5] [--eb 0.01,0.05,0.1,0.3] [--threads 1] [--repeat 3]
- *                     [--zstd-level 1] [--codecs lorenzo,zfp,zstd] [--clock wall|cpu] [--json]
+ *                     [--zstd-level 1] [--codecs lorenzo,zfp,zstd] [--clock wall|cpu]
+ *                     [--simd auto|scalar|avx2|avx512] [--json]
  *
  * Speed is input bytes (float32) over the best of --repeat times, compress and decompress
  * separately, summed over all tensors. Times are wall-clock by default; --clock cpu uses the
@@ -178,6 +179,7 @@ int cmd_bench_codec(int argc, char **argv) {
   const char *input = "build/actcomp/resnet20_acts.h5", *codecs = "lorenzo,zfp,zstd";
   double ebs[16] = {0.01, 0.05, 0.1, 0.3};
   int n_eb = 4, threads = 1, repeat = 3, zlevel = 1, json = 0;
+  lt_ac_simd simd = LT_AC_SIMD_AUTO;
   for (int i = 1; i < argc; i++) {
     const char *a = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
     if (!strcmp(a, "--input") && v) input = argv[++i];
@@ -193,11 +195,19 @@ int cmd_bench_codec(int argc, char **argv) {
     else if (!strcmp(a, "--codecs") && v) codecs = argv[++i];
     else if (!strcmp(a, "--json")) json = 1;
     else if (!strcmp(a, "--clock") && v) use_cpu_clock = !strcmp(argv[++i], "cpu");
+    else if (!strcmp(a, "--simd") && v) {
+      const char *sv = argv[++i];
+      simd = !strcmp(sv, "scalar") ? LT_AC_SIMD_SCALAR
+             : !strcmp(sv, "avx2") ? LT_AC_SIMD_AVX2
+             : !strcmp(sv, "avx512") ? LT_AC_SIMD_AVX512
+                                     : LT_AC_SIMD_AUTO;
+    }
     else {
       fprintf(stderr,
               "usage: lathe bench codec [--input FILE.h5] [--eb 0.01,0.05,0.1,0.3] [--threads N]\n"
               "                         [--repeat R] [--zstd-level L] [--codecs lorenzo,zfp,zstd]"
-              " [--clock wall|cpu] [--json]\n");
+              " [--clock wall|cpu]\n"
+              "                         [--simd auto|scalar|avx2|avx512] [--json]\n");
       return 2;
     }
   }
@@ -211,7 +221,7 @@ int cmd_bench_codec(int argc, char **argv) {
   }
   float *y = malloc((size_t)maxn * sizeof *y);
   lt_err err = {0};
-  lt_ac_opts o = {.threads = threads, .zstd_level = zlevel, .simd = LT_AC_SIMD_AUTO};
+  lt_ac_opts o = {.threads = threads, .zstd_level = zlevel, .simd = simd};
   lt_ac_codec *c = lt_ac_codec_new(&o, &err);
   if (!c || !y) {
     fprintf(stderr, "bench codec: %s\n", c ? "out of memory" : err.msg);
@@ -221,7 +231,7 @@ int cmd_bench_codec(int argc, char **argv) {
     printf("%d tensors, %.1f MB float32, threads %d, simd %s, %s clock\n"
            "%-8s %6s %8s %10s %10s %10s %s\n",
            s.count, (double)total * 4 / 1e6, threads,
-           lt_ac_simd_name(lt_ac_simd_resolve(LT_AC_SIMD_AUTO)), use_cpu_clock ? "cpu" : "wall",
+           lt_ac_simd_name(lt_ac_simd_resolve(simd)), use_cpu_clock ? "cpu" : "wall",
            "codec", "eb", "ratio",
            "comp GB/s", "dec GB/s", "max err", "zeros kept");
   else

@@ -317,14 +317,15 @@ static lt_status lorenzo_encode(lt_ac_codec *c, const float *x, int ndim, const 
   uint16_t *codes = scratch_get(&c->codes, (size_t)n * sizeof *codes, err);
   int32_t *rows = scratch_get(&c->rows, (size_t)t * 3 * (size_t)(w + 1) * sizeof *rows, err);
   uint64_t *hist = scratch_get(&c->hist, (size_t)t * AC_NSYM * sizeof *hist, err);
-  /* the predictor sample uses thread 0's rows, list and histogram */
   /* (nchunks) bit counts, then (nchunks + 1) byte offsets */
   uint64_t *cbits = scratch_get(&c->chunks, (size_t)(2 * nchunks + 1) * sizeof *cbits, err);
   if (!codes || !rows || !hist || !cbits) return err ? err->status : LT_ERR_NOMEM;
   if ((st = lists_reset(c, t, err))) return st;
   memset(hist, 0, (size_t)t * AC_NSYM * sizeof *hist);
 
-  /* Predictor choice on a sample of planes (their leading rows), coded both ways. */
+  /* Predictor choice on a sample of planes (their leading rows), coded both ways with thread
+   * 0's rows, lists and histogram; the cost estimate is the order-0 entropy of the codes plus
+   * escapes and table entries. */
   int pred = AC_PREDICTOR_LORENZO2D;
   {
     const int64_t stride = nplanes > 16 ? nplanes / 16 : 1;
