@@ -269,6 +269,27 @@ TEST_CASE(codec_picks_lorenzo_on_smooth_data_and_no_prediction_on_sparse_relu) {
   free(x);
 }
 
+TEST_CASE(codec_scratch_is_counted_and_returned) {
+  lt_mem_stats m0, m1, m2;
+  lt_mem_get_stats(&m0);
+  enum { N = 100000 };
+  float *x = malloc(N * sizeof *x);
+  for (int i = 0; i < N; i++) x[i] = lt_rng_normal(&rng);
+  int64_t shape[2] = {100, 1000};
+  lt_err err = {0};
+  lt_ac_codec *c = lt_ac_codec_new(NULL, &err);
+  lt_ac_buf out = {0};
+  REQUIRE(lt_ac_encode(c, LT_AC_KIND_LORENZO, x, 2, shape, 0.01, &out, &err) == LT_OK);
+  REQUIRE(lt_ac_decode(c, out.data, out.len, x, N, &err) == LT_OK);
+  lt_mem_get_stats(&m1);
+  CHECK(m1.current[LT_MEM_WORKSPACE] > m0.current[LT_MEM_WORKSPACE]); /* scratch is counted */
+  lt_ac_buf_free(&out);
+  lt_ac_codec_free(c);
+  lt_mem_get_stats(&m2);
+  CHECK(m2.current[LT_MEM_WORKSPACE] == m0.current[LT_MEM_WORKSPACE]);
+  free(x);
+}
+
 int main(void) {
   rng = lt_rng_make(8, 1);
   RUN(codec_bound_holds_on_random_tensors_every_simd_level);
@@ -279,5 +300,6 @@ int main(void) {
   RUN(comparison_codecs_round_trip);
   RUN(codec_post_relu_ratio_beats_plain_quantisation);
   RUN(codec_picks_lorenzo_on_smooth_data_and_no_prediction_on_sparse_relu);
+  RUN(codec_scratch_is_counted_and_returned);
   return test_summary();
 }
