@@ -1,0 +1,409 @@
+/* Broadcasting arithmetic and data movement on the CPU: binary ops with NumPy broadcasting,
+ * concat/split, strided slice, constant pad and transpose. All of them walk the output as rows of
+ * its last dimension: a row's multi-index is decoded once (ndim <= LT_KMAX_DIMS), then the inner
+ * loop runs with one stride per operand. Rows are independent, so the walks run in parallel.
+ */
+#include "backend/cpu/kernels.h"
+
+#include <string.h>
+
+/* Decodes row r of a tensor of shape (ndim) into idx[0..ndim-1) (the last dim is the row). */
+static void row_index(int ndim, const int64_t *shape, int64_t r, int64_t *idx) {
+  for (int d = ndim - 2; d >= 0; d--) {
+    idx[d] = r % shape[d];
+    r /= shape[d];
+  }
+}
+
+static int64_t prod(int n, const int64_t *shape) {
+  int64_t p = 1;
+  for (int d = 0; d < n; d++)
+    p *= shape[d];
+  return p;
+}
+
+/* Row-major strides of shape, in elements. */
+static void strides_of(int ndim, const int64_t *shape, int64_t *st) {
+  int64_t s = 1;
+  for (int d = ndim - 1; d >= 0; d--) {
+    st[d] = s;
+    s *= shape[d];
+  }
+}
+
+/* Copies one element of `elem` bytes; the common sizes avoid a memcpy call per element. */
+static inline void copy_elem(void *dst, const void *src, size_t elem) {
+  switch (elem) {
+  case 4: *(uint32_t *)dst = *(const uint32_t *)src; break;
+  case 1: *(uint8_t *)dst = *(const uint8_t *)src; break;
+  case 2: *(uint16_t *)dst = *(const uint16_t *)src; break;
+  case 8: *(uint64_t *)dst = *(const uint64_t *)src; break;
+  default: memcpy(dst, src, elem);
+  }
+}
+
+/* ---- binary ops with broadcasting ---------------------------------------------------------- */
+
+/* Strides of an operand in the output's index space: 0 along broadcast dims. */
+static void bcast_strides(int ndim, const int64_t *shape, const int64_t *yshape, int64_t *st) {
+  strides_of(ndim, shape, st);
+  for (int d = 0; d < ndim; d++)
+    if (shape[d] == 1 && yshape[d] != 1) st[d] = 0;
+}
+
+static inline float bin_apply(lt_binary_op op, float a, float b) {
+  switch (op) {
+  case LT_BIN_ADD: return a + b;
+  case LT_BIN_SUB: return a - b;
+  case LT_BIN_MUL: return a * b;
+  default: return a / b;
+  }
+}
+
+/* 1 when a, b and y all have the same shape: the flat loops then need no index arithmetic
+ * (residual additions, the common case). */
+static int same_shapes(int ndim, const int64_t *as, const int64_t *bs, const int64_t *ys) {
+  for (int d = 0; d < ndim; d++)
+    if (as[d] != ys[d] || bs[d] != ys[d]) return 0;
+  return 1;
+}
+
+void lt_cpu_binary_fwd(lt_binary_op op, int ndim, const int64_t *ashape, const float *a,
+                       const int64_t *bshape, const float *b, const int64_t *yshape, float *y) {
+  int64_t as[LT_KMAX_DIMS], bs[LT_KMAX_DIMS];
+  if (ndim <= 0) {
+    y[0] = bin_apply(op, a[0], b[0]);
+    return;
+  }
+  if (same_shapes(ndim, ashape, bshape, yshape)) {
+    const int64_t total = prod(ndim, yshape);
+    const float *restrict ap = a, *restrict bp = b;
+    float *restrict yp = y;
+    switch (op) {
+    case LT_BIN_ADD:
+#pragma omp parallel for simd schedule(static)
+      for (int64_t i = 0; i < total; i++)
+        yp[i] = ap[i] + bp[i];
+      break;
+    case LT_BIN_SUB:
+#pragma omp parallel for simd schedule(static)
+      for (int64_t i = 0; i < total; i++)
+        yp[i] = ap[i] - bp[i];
+      break;
+    case LT_BIN_MUL:
+#pragma omp parallel for simd schedule(static)
+      for (int64_t i = 0; i < total; i++)
+        yp[i] = ap[i] * bp[i];
+      break;
+    case LT_BIN_DIV:
+#pragma omp parallel for simd schedule(static)
+      for (int64_t i = 0; i < total; i++)
+        yp[i] = ap[i] / bp[i];
+      break;
+    }
+    return;
+  }
+  bcast_strides(ndim, ashape, yshape, as);
+  bcast_strides(ndim, bshape, yshape, bs);
+  const int64_t inner = yshape[ndim - 1], rows = prod(ndim - 1, yshape);
+  const int64_t ai = as[ndim - 1], bi = bs[ndim - 1];
+#pragma omp parallel for schedule(static)
+  for (int64_t r = 0; r < rows; r++) {
+    int64_t idx[LT_KMAX_DIMS], ao = 0, bo = 0;
+    row_index(ndim, yshape, r, idx);
+    for (int d = 0; d < ndim - 1; d++) {
+      ao += idx[d] * as[d];
+      bo += idx[d] * bs[d];
+    }
+    const float *restrict ap = a + ao, *restrict bp = b + bo;
+    float *restrict yp = y + r * inner;
+    switch (op) { /* one loop per op so each vectorises */
+    case LT_BIN_ADD:
+      for (int64_t j = 0; j < inner; j++)
+        yp[j] = ap[j * ai] + bp[j * bi];
+      break;
+    case LT_BIN_SUB:
+      for (int64_t j = 0; j < inner; j++)
+        yp[j] = ap[j * ai] - bp[j * bi];
+      break;
+    case LT_BIN_MUL:
+      for (int64_t j = 0; j < inner; j++)
+        yp[j] = ap[j * ai] * bp[j * bi];
+      break;
+    case LT_BIN_DIV:
+      for (int64_t j = 0; j < inner; j++)
+        yp[j] = ap[j * ai] / bp[j * bi];
+      break;
+    }
+  }
+}
+
+/* d(out)/d(a) and d(out)/d(b) at one element, times dy. */
+static inline float grad_a(lt_binary_op op, float dy, float a, float b) {
+  switch (op) {
+  case LT_BIN_ADD:
+  case LT_BIN_SUB: return dy;
+  case LT_BIN_MUL: return dy * b;
+  default: return dy / b;
+  }
+}
+static inline float grad_b(lt_binary_op op, float dy, float a, float b) {
+  switch (op) {
+  case LT_BIN_ADD: return dy;
+  case LT_BIN_SUB: return -dy;
+  case LT_BIN_MUL: return dy * a;
+  default: return -dy * a / (b * b);
+  }
+}
+
+/* The gradient of one operand (which = 0 for a, 1 for b). When the operand has the output's
+ * shape every element is written once (parallel); otherwise the broadcast dims are summed by a
+ * serial scatter into the zeroed (or kept) gradient. */
+static void binary_grad(lt_binary_op op, int which, int ndim, const int64_t *as, const float *a,
+                        const int64_t *bs, const float *b, const int64_t *yshape, const float *dy,
+                        const int64_t *gshape, float *dg, int accumulate, int flat) {
+  const int64_t total = prod(ndim, yshape);
+  if (flat) { /* a, b and y share one shape: every offset is i */
+#pragma omp parallel for schedule(static)
+    for (int64_t i = 0; i < total; i++) {
+      const float av = a ? a[i] : 0.0f, bv = b ? b[i] : 0.0f;
+      const float v = which ? grad_b(op, dy[i], av, bv) : grad_a(op, dy[i], av, bv);
+      dg[i] = accumulate ? dg[i] + v : v;
+    }
+    return;
+  }
+  int same = 1;
+  for (int d = 0; d < ndim; d++)
+    same &= gshape[d] == yshape[d];
+  if (same) { /* one element of the gradient per output element: parallel, no reduction */
+#pragma omp parallel for schedule(static)
+    for (int64_t i = 0; i < total; i++) {
+      int64_t ao = 0, bo = 0, r = i;
+      for (int d = ndim - 1; d >= 0; d--) {
+        const int64_t id = r % yshape[d];
+        r /= yshape[d];
+        ao += id * as[d];
+        bo += id * bs[d];
+      }
+      const float av = a ? a[ao] : 0.0f, bv = b ? b[bo] : 0.0f;
+      const float v = which ? grad_b(op, dy[i], av, bv) : grad_a(op, dy[i], av, bv);
+      dg[i] = accumulate ? dg[i] + v : v;
+    }
+    return;
+  }
+  if (!accumulate) memset(dg, 0, sizeof(float) * (size_t)prod(ndim, gshape));
+  int64_t idx[LT_KMAX_DIMS];
+  memset(idx, 0, sizeof idx);
+  for (int64_t i = 0; i < total; i++) {
+    int64_t ao = 0, bo = 0;
+    for (int d = 0; d < ndim; d++) {
+      ao += idx[d] * as[d];
+      bo += idx[d] * bs[d];
+    }
+    const float av = a ? a[ao] : 0.0f, bv = b ? b[bo] : 0.0f;
+    dg[which ? bo : ao] += which ? grad_b(op, dy[i], av, bv) : grad_a(op, dy[i], av, bv);
+    for (int d = ndim - 1; d >= 0; d--) { /* odometer step */
+      if (++idx[d] < yshape[d]) break;
+      idx[d] = 0;
+    }
+  }
+}
+
+void lt_cpu_binary_bwd(lt_binary_op op, int ndim, const int64_t *ashape, const float *a,
+                       const int64_t *bshape, const float *b, const int64_t *yshape,
+                       const float *dy, float *da, float *db, int accumulate) {
+  int64_t as[LT_KMAX_DIMS], bs[LT_KMAX_DIMS];
+  static const int64_t one[1] = {1};
+  if (ndim <= 0) {
+    ndim = 1;
+    ashape = bshape = yshape = one;
+  }
+  bcast_strides(ndim, ashape, yshape, as);
+  bcast_strides(ndim, bshape, yshape, bs);
+  const int flat = same_shapes(ndim, ashape, bshape, yshape);
+  if (da) binary_grad(op, 0, ndim, as, a, bs, b, yshape, dy, ashape, da, accumulate, flat);
+  if (db) binary_grad(op, 1, ndim, as, a, bs, b, yshape, dy, bshape, db, accumulate, flat);
+}
+
+/* ---- concat / split ------------------------------------------------------------------------ */
+
+void lt_cpu_concat(int ninputs, const void *const *inputs, const int64_t *sizes, int64_t outer,
+                   int64_t inner, size_t elem, void *y) {
+  int64_t total = 0;
+  for (int i = 0; i < ninputs; i++)
+    total += sizes[i];
+  const size_t yrow = (size_t)total * inner * elem;
+#pragma omp parallel for schedule(static)
+  for (int64_t o = 0; o < outer; o++) {
+    char *dst = (char *)y + o * yrow;
+    for (int i = 0; i < ninputs; i++) {
+      const size_t seg = (size_t)sizes[i] * inner * elem;
+      memcpy(dst, (const char *)inputs[i] + o * seg, seg);
+      dst += seg;
+    }
+  }
+}
+
+void lt_cpu_split(int noutputs, void *const *outputs, const int64_t *sizes, int64_t outer,
+                  int64_t inner, size_t elem, const void *y, int accumulate_f32) {
+  int64_t total = 0;
+  for (int i = 0; i < noutputs; i++)
+    total += sizes[i];
+  const size_t yrow = (size_t)total * inner * elem;
+#pragma omp parallel for schedule(static)
+  for (int64_t o = 0; o < outer; o++) {
+    const char *src = (const char *)y + o * yrow;
+    for (int i = 0; i < noutputs; i++) {
+      const size_t seg = (size_t)sizes[i] * inner * elem;
+      if (outputs[i]) {
+        char *dst = (char *)outputs[i] + o * seg;
+        if (accumulate_f32) {
+          float *restrict d = (float *)dst;
+          const float *restrict s = (const float *)src;
+          for (size_t j = 0; j < seg / sizeof(float); j++)
+            d[j] += s[j];
+        } else {
+          memcpy(dst, src, seg);
+        }
+      }
+      src += seg;
+    }
+  }
+}
+
+/* ---- slice --------------------------------------------------------------------------------- */
+
+/* Element offset in x of y row r, and the x stride along the last dim. */
+static int64_t slice_row_offset(int ndim, const int64_t *xst, const int64_t *start,
+                                const int64_t *step, const int64_t *yshape, int64_t r) {
+  int64_t idx[LT_KMAX_DIMS], off = start[ndim - 1] * xst[ndim - 1];
+  row_index(ndim, yshape, r, idx);
+  for (int d = 0; d < ndim - 1; d++)
+    off += (start[d] + idx[d] * step[d]) * xst[d];
+  return off;
+}
+
+void lt_cpu_slice_fwd(int ndim, const int64_t *xshape, const int64_t *start, const int64_t *step,
+                      const int64_t *yshape, size_t elem, const void *x, void *y) {
+  int64_t xst[LT_KMAX_DIMS];
+  strides_of(ndim, xshape, xst);
+  const int64_t inner = yshape[ndim - 1], rows = prod(ndim - 1, yshape);
+  const int64_t is = step[ndim - 1] * xst[ndim - 1];
+#pragma omp parallel for schedule(static)
+  for (int64_t r = 0; r < rows; r++) {
+    const char *src =
+        (const char *)x + slice_row_offset(ndim, xst, start, step, yshape, r) * (int64_t)elem;
+    char *dst = (char *)y + r * inner * (int64_t)elem;
+    if (is == 1)
+      memcpy(dst, src, (size_t)inner * elem);
+    else
+      for (int64_t j = 0; j < inner; j++)
+        copy_elem(dst + j * (int64_t)elem, src + j * is * (int64_t)elem, elem);
+  }
+}
+
+void lt_cpu_slice_bwd(int ndim, const int64_t *xshape, const int64_t *start, const int64_t *step,
+                      const int64_t *yshape, const float *dy, float *dx, int accumulate) {
+  if (!dx) return;
+  int64_t xst[LT_KMAX_DIMS];
+  strides_of(ndim, xshape, xst);
+  if (!accumulate) memset(dx, 0, sizeof(float) * (size_t)prod(ndim, xshape));
+  const int64_t inner = yshape[ndim - 1], rows = prod(ndim - 1, yshape);
+  const int64_t is = step[ndim - 1] * xst[ndim - 1];
+  /* a slice maps distinct y elements to distinct x elements, so rows scatter without races */
+#pragma omp parallel for schedule(static)
+  for (int64_t r = 0; r < rows; r++) {
+    float *dst = dx + slice_row_offset(ndim, xst, start, step, yshape, r);
+    const float *restrict src = dy + r * inner;
+    for (int64_t j = 0; j < inner; j++)
+      dst[j * is] += src[j];
+  }
+}
+
+/* ---- constant pad -------------------------------------------------------------------------- */
+
+/* For y row r: the x row offset, or -1 when the row lies in the padding of an outer dim. */
+static int64_t pad_row_offset(int ndim, const int64_t *xshape, const int64_t *xst,
+                              const int64_t *pads, const int64_t *yshape, int64_t r) {
+  int64_t idx[LT_KMAX_DIMS], off = 0;
+  row_index(ndim, yshape, r, idx);
+  for (int d = 0; d < ndim - 1; d++) {
+    const int64_t xi = idx[d] - pads[d];
+    if (xi < 0 || xi >= xshape[d]) return -1;
+    off += xi * xst[d];
+  }
+  return off;
+}
+
+static void pad_yshape(int ndim, const int64_t *xshape, const int64_t *pads, int64_t *yshape) {
+  for (int d = 0; d < ndim; d++)
+    yshape[d] = xshape[d] + pads[d] + pads[ndim + d];
+}
+
+void lt_cpu_pad_fwd(int ndim, const int64_t *xshape, const int64_t *pads, float value,
+                    const float *x, float *y) {
+  int64_t xst[LT_KMAX_DIMS] = {0}, yshape[LT_KMAX_DIMS] = {0};
+  strides_of(ndim, xshape, xst);
+  pad_yshape(ndim, xshape, pads, yshape);
+  const int64_t inner = yshape[ndim - 1], rows = prod(ndim - 1, yshape);
+  const int64_t b = pads[ndim - 1], xw = xshape[ndim - 1];
+#pragma omp parallel for schedule(static)
+  for (int64_t r = 0; r < rows; r++) {
+    const int64_t off = pad_row_offset(ndim, xshape, xst, pads, yshape, r);
+    float *restrict yp = y + r * inner;
+    for (int64_t j = 0; j < inner; j++) {
+      const int64_t xj = j - b;
+      yp[j] = (off >= 0 && xj >= 0 && xj < xw) ? x[off + xj] : value;
+    }
+  }
+}
+
+void lt_cpu_pad_bwd(int ndim, const int64_t *xshape, const int64_t *pads, const float *dy,
+                    float *dx, int accumulate) {
+  if (!dx) return;
+  int64_t xst[LT_KMAX_DIMS] = {0}, yshape[LT_KMAX_DIMS] = {0};
+  strides_of(ndim, xshape, xst);
+  pad_yshape(ndim, xshape, pads, yshape);
+  if (!accumulate) memset(dx, 0, sizeof(float) * (size_t)prod(ndim, xshape));
+  const int64_t inner = yshape[ndim - 1], rows = prod(ndim - 1, yshape);
+  const int64_t b = pads[ndim - 1], xw = xshape[ndim - 1];
+  /* the pad map is injective: each y row adds into its own x row */
+#pragma omp parallel for schedule(static)
+  for (int64_t r = 0; r < rows; r++) {
+    const int64_t off = pad_row_offset(ndim, xshape, xst, pads, yshape, r);
+    if (off < 0) continue;
+    const float *restrict dyp = dy + r * inner;
+    for (int64_t j = 0; j < inner; j++) {
+      const int64_t xj = j - b;
+      if (xj >= 0 && xj < xw) dx[off + xj] += dyp[j];
+    }
+  }
+}
+
+/* ---- transpose ----------------------------------------------------------------------------- */
+
+void lt_cpu_transpose(int ndim, const int64_t *xshape, const int *perm, size_t elem, const void *x,
+                      void *y) {
+  int64_t xst[LT_KMAX_DIMS] = {0}, yshape[LT_KMAX_DIMS] = {0}, pst[LT_KMAX_DIMS] = {0};
+  strides_of(ndim, xshape, xst);
+  for (int d = 0; d < ndim; d++) {
+    yshape[d] = xshape[perm[d]];
+    pst[d] = xst[perm[d]]; /* x stride of y's dim d */
+  }
+  const int64_t inner = yshape[ndim - 1], rows = prod(ndim - 1, yshape), is = pst[ndim - 1];
+  const int64_t e = (int64_t)elem;
+#pragma omp parallel for schedule(static)
+  for (int64_t r = 0; r < rows; r++) {
+    int64_t idx[LT_KMAX_DIMS], off = 0;
+    row_index(ndim, yshape, r, idx);
+    for (int d = 0; d < ndim - 1; d++)
+      off += idx[d] * pst[d];
+    const char *src = (const char *)x + off * e;
+    char *dst = (char *)y + r * inner * e;
+    if (is == 1)
+      memcpy(dst, src, (size_t)(inner * e));
+    else
+      for (int64_t j = 0; j < inner; j++)
+        copy_elem(dst + j * e, src + j * is * e, elem);
+  }
+}
