@@ -419,7 +419,11 @@ static void st_observe(void *user, const lt_graph *g, int node, const lt_tensor 
   for (int64_t i = 0; i < nw; i++) sum_g += fabs((double)pw[i]);
   for (int64_t i = 0; i < ndy; i++) sum_d2 += (double)pd[i] * pd[i];
   const double mean_g = sum_g / (double)nw, drms = sqrt(sum_d2 / (double)ndy);
-  const double nterms = (double)ndy / (double)dw->shape[0]; /* batch × output positions */
+  /* Terms in each dW element: batch × output positions for conv and linear (dW is (S, ...)),
+   * batch × input positions for a transposed conv (dW is (C, ...), one term per input). */
+  const double nterms = g->nodes[node].op == LT_OP_CONV_TRANSPOSE2D && x->ndim > 1
+                            ? (double)lt_tensor_numel(x) / (double)x->shape[1]
+                            : (double)ndy / (double)dw->shape[0];
   l->acc_mean_g += mean_g;
   l->acc_drms += drms;
   l->acc_n += nterms;
