@@ -241,6 +241,55 @@ TEST_CASE(codec_post_relu_ratio_beats_plain_quantisation) {
   free(x);
 }
 
+TEST_CASE(codec_picks_lorenzo_on_smooth_data_and_no_prediction_on_sparse_relu) {
+  enum { P = 4, H = 64, W = 64 };
+  float *x = malloc(P * H * W * sizeof *x);
+  int64_t shape[3] = {P, H, W};
+  lt_err err = {0};
+  lt_ac_codec *c = lt_ac_codec_new(NULL, &err);
+  lt_ac_buf out = {0};
+  lt_ac_info info;
+  for (int p = 0; p < P; p++)
+    for (int i = 0; i < H; i++)
+      for (int j = 0; j < W; j++) x[(p * H + i) * W + j] = 3 * sinf(0.05f * i) + 2 * cosf(0.07f * j) + p;
+  REQUIRE(lt_ac_encode(c, LT_AC_KIND_LORENZO, x, 3, shape, 0.01, &out, &err) == LT_OK);
+  REQUIRE(lt_ac_stream_info(out.data, out.len, &info, &err) == LT_OK);
+  CHECK(info.predictor == 2);
+  roundtrip_all(x, 3, shape, 0.01);
+  for (int i = 0; i < P * H * W; i++) {
+    float v = lt_rng_normal(&rng);
+    x[i] = v > 0 ? v : 0;
+  }
+  REQUIRE(lt_ac_encode(c, LT_AC_KIND_LORENZO, x, 3, shape, 0.3, &out, &err) == LT_OK);
+  REQUIRE(lt_ac_stream_info(out.data, out.len, &info, &err) == LT_OK);
+  CHECK(info.predictor == 0);
+  roundtrip_all(x, 3, shape, 0.3);
+  lt_ac_buf_free(&out);
+  lt_ac_codec_free(c);
+  free(x);
+}
+
+TEST_CASE(codec_scratch_is_counted_and_returned) {
+  lt_mem_stats m0, m1, m2;
+  lt_mem_get_stats(&m0);
+  enum { N = 100000 };
+  float *x = malloc(N * sizeof *x);
+  for (int i = 0; i < N; i++) x[i] = lt_rng_normal(&rng);
+  int64_t shape[2] = {100, 1000};
+  lt_err err = {0};
+  lt_ac_codec *c = lt_ac_codec_new(NULL, &err);
+  lt_ac_buf out = {0};
+  REQUIRE(lt_ac_encode(c, LT_AC_KIND_LORENZO, x, 2, shape, 0.01, &out, &err) == LT_OK);
+  REQUIRE(lt_ac_decode(c, out.data, out.len, x, N, &err) == LT_OK);
+  lt_mem_get_stats(&m1);
+  CHECK(m1.current[LT_MEM_WORKSPACE] > m0.current[LT_MEM_WORKSPACE]); /* scratch is counted */
+  lt_ac_buf_free(&out);
+  lt_ac_codec_free(c);
+  lt_mem_get_stats(&m2);
+  CHECK(m2.current[LT_MEM_WORKSPACE] == m0.current[LT_MEM_WORKSPACE]);
+  free(x);
+}
+
 int main(void) {
   rng = lt_rng_make(8, 1);
   RUN(codec_bound_holds_on_random_tensors_every_simd_level);
@@ -250,5 +299,7 @@ int main(void) {
   RUN(codec_every_truncation_and_bit_flip_is_rejected_or_bounded);
   RUN(comparison_codecs_round_trip);
   RUN(codec_post_relu_ratio_beats_plain_quantisation);
+  RUN(codec_picks_lorenzo_on_smooth_data_and_no_prediction_on_sparse_relu);
+  RUN(codec_scratch_is_counted_and_returned);
   return test_summary();
 }

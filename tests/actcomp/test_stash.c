@@ -173,6 +173,17 @@ TEST_CASE(stash_argmax_beyond_2x2_stays_exact_and_off_mode_keeps_everything) {
   REQUIRE(p->load(p->user, h, &da, &err) == LT_OK);
   CHECK(!memcmp(am, am2, 9));
   p->release(p->user, h);
+  /* ReLU masks of an odd length (vector body plus scalar tail): the sign pattern survives. */
+  float r[1001], r2[1001];
+  for (int i = 0; i < 1001; i++) r[i] = i % 7 == 0 ? NAN : lt_rng_normal(&rng);
+  int64_t rs[1] = {1001};
+  lt_tensor tr = lt_tensor_wrap(LT_F32, 1, rs, r), dr = lt_tensor_wrap(LT_F32, 1, rs, r2);
+  REQUIRE(p->store(p->user, &g, 1, 0, LT_SAVE_RELU_OUTPUT, &tr, &h, &err) == LT_OK);
+  REQUIRE(p->load(p->user, h, &dr, &err) == LT_OK);
+  int wrong = 0;
+  for (int i = 0; i < 1001; i++) wrong += (r[i] > 0) != (r2[i] > 0);
+  CHECK(wrong == 0);
+  p->release(p->user, h);
   lt_ac_stash_free(st);
   /* Bad configurations are refused with a message. */
   cfg.mode = LT_AC_ADAPTIVE;

@@ -33,7 +33,11 @@
 #define AC_PREDICTOR_NONE 0
 #define AC_PREDICTOR_LORENZO2D 2
 #define AC_FLAG_ZSTD 1u
-#define AC_MAX_ELEMS ((int64_t)1 << 40) /* keeps every size computation far from overflow */
+#define AC_MAX_ELEMS ((int64_t)1 << 33) /* keeps the 4-way uint32 histograms from overflowing
+                                            (each sees at most a quarter) and every size far
+                                            from overflow */
+#define AC_HIST4_MIN ((int64_t)1 << 18) /* a thread with this many elements counts into 4
+                                            interleaved histograms (zeroed per call) */
 #define AC_PAR_MIN 65536                 /* below this many elements threads cost more than
                                             they save */
 
@@ -59,10 +63,10 @@ lt_status ac_check_shape(int ndim, const int64_t *shape, int64_t *n, lt_err *err
   int64_t total = 1;
   for (int i = 0; i < ndim; i++) {
     if (shape[i] < 1 || shape[i] > AC_MAX_ELEMS)
-      return lt_errorf(err, LT_ERR_INVALID, "dim %d is %lld; every dim must be in 1..2^40", i,
+      return lt_errorf(err, LT_ERR_INVALID, "dim %d is %lld; every dim must be in 1..2^33", i,
                        (long long)shape[i]);
     if (total > AC_MAX_ELEMS / shape[i])
-      return lt_errorf(err, LT_ERR_INVALID, "tensor has more than 2^40 elements; split it");
+      return lt_errorf(err, LT_ERR_INVALID, "tensor has more than 2^33 elements; split it");
     total *= shape[i];
   }
   *n = total;
@@ -135,6 +139,7 @@ struct lt_ac_codec {
   ac_scratch codes;   /* uint16 (n): residual codes */
   ac_scratch rows;    /* int32 per thread: 3 rows of W+1 (zero row, current, previous) */
   ac_scratch hist;    /* uint64 (threads, AC_NSYM) */
+  ac_scratch sub;     /* uint32 (threads, 4, AC_NSYM): see hist_add */
   ac_scratch chunks;  /* uint64 (n_chunks): bit counts, then byte offsets */
   ac_scratch payload; /* raw Huffman payload when a zstd pass runs, either direction */
   ac_list *outl, *esc; /* (n_lists) per-thread lists */
@@ -208,6 +213,7 @@ void lt_ac_codec_free(lt_ac_codec *c) {
   scratch_free(&c->codes);
   scratch_free(&c->rows);
   scratch_free(&c->hist);
+  scratch_free(&c->sub);
   scratch_free(&c->chunks);
   scratch_free(&c->payload);
   free_lists(c);
@@ -251,12 +257,28 @@ static void plane_dims(int ndim, const int64_t *shape, int64_t *h, int64_t *w) {
 
 /* ---- encoder --------------------------------------------------------------------------------- */
 
+/* Histogram of codes: straight into hist, or, with sub (4 × AC_NSYM uint32), round-robin into
+ * four counters so that runs of one code do not serialise on one memory location. */
+static void hist_add(const uint16_t *cp, int64_t m, uint64_t *hist, uint32_t *sub) {
+  int64_t i = 0;
+  if (sub) {
+    uint32_t *s0 = sub, *s1 = sub + AC_NSYM, *s2 = sub + 2 * AC_NSYM, *s3 = sub + 3 * AC_NSYM;
+    for (; i + 4 <= m; i += 4) {
+      s0[cp[i]]++;
+      s1[cp[i + 1]]++;
+      s2[cp[i + 2]]++;
+      s3[cp[i + 3]]++;
+    }
+  }
+  for (; i < m; i++) hist[cp[i]]++;
+}
+
 /* Codes the first `rows` rows of the plane starting at element base into codes (same offsets)
- * and adds them to hist. rb holds 3 rows of w+1 ints: a zero row and two working rows, each
- * with a zero at index 0 for the column left of the plane. */
+ * and adds them to hist (or sub, see hist_add). rb holds 3 rows of w+1 ints: a zero row and two
+ * working rows, each with a zero at index 0 for the column left of the plane. */
 static void code_plane(const ac_kernels *k, const float *x, const ac_qp *qp, int pred,
                        int64_t rows, int64_t w, int64_t base, int32_t *rb, uint16_t *codes,
-                       ac_list *outl, ac_list *esc, uint64_t *hist) {
+                       ac_list *outl, ac_list *esc, uint64_t *hist, uint32_t *sub) {
   int32_t *zero = rb, *cur = rb + (w + 1), *prev = cur + (w + 1);
   memset(zero, 0, (size_t)(w + 1) * sizeof *zero);
   cur[0] = prev[0] = 0;
@@ -273,8 +295,7 @@ static void code_plane(const ac_kernels *k, const float *x, const ac_qp *qp, int
     cur = tmp;
     up = prev;
   }
-  const uint16_t *cp = codes + base;
-  for (int64_t i = 0; i < rows * w; i++) hist[cp[i]]++;
+  hist_add(codes + base, rows * w, hist, sub);
 }
 
 
@@ -296,14 +317,15 @@ static lt_status lorenzo_encode(lt_ac_codec *c, const float *x, int ndim, const 
   uint16_t *codes = scratch_get(&c->codes, (size_t)n * sizeof *codes, err);
   int32_t *rows = scratch_get(&c->rows, (size_t)t * 3 * (size_t)(w + 1) * sizeof *rows, err);
   uint64_t *hist = scratch_get(&c->hist, (size_t)t * AC_NSYM * sizeof *hist, err);
-  /* the predictor sample uses thread 0's rows, list and histogram */
   /* (nchunks) bit counts, then (nchunks + 1) byte offsets */
   uint64_t *cbits = scratch_get(&c->chunks, (size_t)(2 * nchunks + 1) * sizeof *cbits, err);
   if (!codes || !rows || !hist || !cbits) return err ? err->status : LT_ERR_NOMEM;
   if ((st = lists_reset(c, t, err))) return st;
   memset(hist, 0, (size_t)t * AC_NSYM * sizeof *hist);
 
-  /* Predictor choice on a sample of planes (their leading rows), coded both ways. */
+  /* Predictor choice on a sample of planes (their leading rows), coded both ways with thread
+   * 0's rows, lists and histogram; the cost estimate is the order-0 entropy of the codes plus
+   * escapes and table entries. */
   int pred = AC_PREDICTOR_LORENZO2D;
   {
     const int64_t stride = nplanes > 16 ? nplanes / 16 : 1;
@@ -316,7 +338,7 @@ static lt_status lorenzo_encode(lt_ac_codec *c, const float *x, int ndim, const 
       int64_t total = 0;
       for (int64_t p = 0; p < nplanes; p += stride) {
         code_plane(k, x, &qp, preds[pi], rows_max, w, p * plane, rows, codes, &c->outl[0],
-                   &c->esc[0], hist);
+                   &c->esc[0], hist, NULL);
         total += rows_max * w;
       }
       cost[pi] = 96.0 * (double)c->esc[0].n;
@@ -330,14 +352,26 @@ static lt_status lorenzo_encode(lt_ac_codec *c, const float *x, int ndim, const 
 
   /* Stage 1: prequantise and predict, one plane at a time; static scheduling gives each thread
    * a contiguous run of planes, so concatenating the per-thread lists keeps indices sorted. */
+  const int use_sub = n / t >= AC_HIST4_MIN;
+  uint32_t *subs = NULL;
+  if (use_sub &&
+      !(subs = scratch_get(&c->sub, (size_t)t * 4 * AC_NSYM * sizeof *subs, err)))
+    return err ? err->status : LT_ERR_NOMEM;
 #pragma omp parallel num_threads(t)
   {
     int tid = omp_get_thread_num();
     int32_t *rb = rows + (size_t)tid * 3 * (size_t)(w + 1);
-#pragma omp for schedule(static)
+    uint64_t *hi = hist + (size_t)tid * AC_NSYM;
+    uint32_t *sub = use_sub ? subs + (size_t)tid * 4 * AC_NSYM : NULL;
+    if (sub) memset(sub, 0, 4 * AC_NSYM * sizeof *sub);
+#pragma omp for schedule(static) nowait
     for (int64_t p = 0; p < nplanes; p++)
-      code_plane(k, x, &qp, pred, h, w, p * plane, rb, codes, &c->outl[tid], &c->esc[tid],
-                 hist + (size_t)tid * AC_NSYM);
+      code_plane(k, x, &qp, pred, h, w, p * plane, rb, codes, &c->outl[tid], &c->esc[tid], hi,
+                 sub);
+    if (sub)
+      for (int sy = 0; sy < AC_NSYM; sy++)
+        hi[sy] += (uint64_t)sub[sy] + sub[AC_NSYM + sy] + sub[2 * AC_NSYM + sy] +
+                  sub[3 * AC_NSYM + sy];
   }
   int64_t nout = 0, nesc = 0;
   for (int i = 0; i < t; i++) {
@@ -500,7 +534,7 @@ static lt_status parse_lorenzo(const uint8_t *s, size_t len, ac_hdr *hd, lt_err 
       hd->shape[i] = (int64_t)v;
     }
   }
-  if (ac_check_shape(hd->ndim, hd->shape, &hd->n, NULL)) return BAD("more than 2^40 elements");
+  if (ac_check_shape(hd->ndim, hd->shape, &hd->n, NULL)) return BAD("more than 2^33 elements");
   if (ac_get_u32(s + 12) != AC_RADIUS) return BAD("radius %u (expected %d)", ac_get_u32(s + 12),
                                                   AC_RADIUS);
   memcpy(&hd->eb, s + 80, 8);

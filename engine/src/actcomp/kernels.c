@@ -200,28 +200,75 @@ __attribute__((target("avx2"))) static void dequant_avx2(ac_i32a *row, int64_t n
 /* ---- AVX-512 --------------------------------------------------------------------------------- */
 
 #define AVX512_TARGET __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq")))
+#define AVX512_INLINE AVX512_TARGET static inline __attribute__((always_inline))
+
+/* Each AVX-512 kernel handles 16 lanes in a body that is inlined twice: with full = 1 for the
+ * main loop (plain loads and stores) and with full = 0 and a lane mask for the tail. Masked
+ * stores are slow on some cores, so the main loop must not use them. */
+static inline __mmask16 tail_mask(int64_t left) {
+  return left >= 16 ? (__mmask16)0xffff : (__mmask16)((1u << left) - 1);
+}
+
+AVX512_INLINE void quant16(const float *x, const ac_qp *p, int32_t *q, ac_list *outl,
+                           int64_t base, __mmask16 live, int full) {
+  const __m512 vinv = _mm512_set1_ps(p->inv2eb), v2eb = _mm512_set1_ps(p->twoeb);
+  const __m512 veb = _mm512_set1_ps(p->eb), vlim = _mm512_set1_ps(AC_QLIMIT);
+  __m512 v = full ? _mm512_loadu_ps(x) : _mm512_maskz_loadu_ps(live, x);
+  __m512 t = _mm512_mul_ps(v, vinv);
+  __mmask16 inr = _mm512_mask_cmp_ps_mask(live, _mm512_abs_ps(t), vlim, _CMP_LT_OQ);
+  __m512i qi = _mm512_maskz_cvtps_epi32(inr, t);
+  __m512 xr = _mm512_mul_ps(_mm512_cvtepi32_ps(qi), v2eb);
+  __mmask16 ok =
+      _mm512_mask_cmp_ps_mask(inr, _mm512_abs_ps(_mm512_sub_ps(v, xr)), veb, _CMP_LE_OQ);
+  qi = _mm512_maskz_mov_epi32(ok, qi);
+  if (full) _mm512_storeu_si512(q, qi);
+  else _mm512_mask_storeu_epi32(q, live, qi);
+  unsigned bad = (unsigned)live & ~(unsigned)ok;
+  while (bad) {
+    int k = __builtin_ctz(bad);
+    bad &= bad - 1;
+    uint32_t bits;
+    memcpy(&bits, &x[k], 4);
+    ac_list_push(outl, base + k, bits);
+  }
+}
 
 AVX512_TARGET static void quant_avx512(const float *x, int64_t n, const ac_qp *p, int32_t *q,
                                        ac_list *outl, int64_t base) {
-  const __m512 vinv = _mm512_set1_ps(p->inv2eb), v2eb = _mm512_set1_ps(p->twoeb);
-  const __m512 veb = _mm512_set1_ps(p->eb), vlim = _mm512_set1_ps(AC_QLIMIT);
-  for (int64_t i = 0; i < n; i += 16) {
-    __mmask16 live = n - i >= 16 ? (__mmask16)0xffff : (__mmask16)((1u << (n - i)) - 1);
-    __m512 v = _mm512_maskz_loadu_ps(live, x + i);
-    __m512 t = _mm512_mul_ps(v, vinv);
-    __mmask16 inr = _mm512_mask_cmp_ps_mask(live, _mm512_abs_ps(t), vlim, _CMP_LT_OQ);
-    __m512i qi = _mm512_maskz_cvtps_epi32(inr, t);
-    __m512 xr = _mm512_mul_ps(_mm512_cvtepi32_ps(qi), v2eb);
-    __mmask16 ok =
-        _mm512_mask_cmp_ps_mask(inr, _mm512_abs_ps(_mm512_sub_ps(v, xr)), veb, _CMP_LE_OQ);
-    _mm512_mask_storeu_epi32(q + i, live, _mm512_maskz_mov_epi32(ok, qi));
-    unsigned bad = (unsigned)live & ~(unsigned)ok;
+  int64_t i = 0;
+  for (; i + 16 <= n; i += 16) quant16(x + i, p, q + i, outl, base + i, 0xffff, 1);
+  if (i < n) quant16(x + i, p, q + i, outl, base + i, tail_mask(n - i), 0);
+}
+
+AVX512_INLINE void predict16(const int32_t *c, const int32_t *cl, const int32_t *u,
+                             const int32_t *ul, uint16_t *codes, ac_list *esc, int64_t base,
+                             __mmask16 live, int full) {
+  const __m512i r = _mm512_set1_epi32(AC_RADIUS), lo = _mm512_set1_epi32(-AC_RADIUS);
+  __m512i cc, cw, uu, uw;
+  if (full) {
+    cc = _mm512_loadu_si512(c);
+    cw = _mm512_loadu_si512(cl);
+    uu = _mm512_loadu_si512(u);
+    uw = _mm512_loadu_si512(ul);
+  } else {
+    cc = _mm512_maskz_loadu_epi32(live, c);
+    cw = _mm512_maskz_loadu_epi32(live, cl);
+    uu = _mm512_maskz_loadu_epi32(live, u);
+    uw = _mm512_maskz_loadu_epi32(live, ul);
+  }
+  __m512i d = _mm512_sub_epi32(_mm512_sub_epi32(cc, cw), _mm512_sub_epi32(uu, uw));
+  __mmask16 inr = _mm512_mask_cmpgt_epi32_mask(live, d, lo) & _mm512_cmpgt_epi32_mask(r, d);
+  __m256i code = _mm512_cvtepi32_epi16(_mm512_maskz_add_epi32(inr, d, r));
+  if (full) _mm256_storeu_si256((__m256i *)codes, code);
+  else _mm256_mask_storeu_epi16(codes, live, code);
+  unsigned bad = (unsigned)live & ~(unsigned)inr;
+  if (bad) {
+    int32_t dv[16];
+    _mm512_storeu_si512(dv, d);
     while (bad) {
       int k = __builtin_ctz(bad);
       bad &= bad - 1;
-      uint32_t bits;
-      memcpy(&bits, &x[i + k], 4);
-      ac_list_push(outl, base + i + k, bits);
+      ac_list_push(esc, base + k, (uint32_t)dv[k]);
     }
   }
 }
@@ -229,54 +276,53 @@ AVX512_TARGET static void quant_avx512(const float *x, int64_t n, const ac_qp *p
 AVX512_TARGET static void predict_avx512(const int32_t *c, const int32_t *cl, const int32_t *u,
                                          const int32_t *ul, int64_t w, uint16_t *codes,
                                          ac_list *esc, int64_t base) {
-  const __m512i r = _mm512_set1_epi32(AC_RADIUS), lo = _mm512_set1_epi32(-AC_RADIUS);
-  for (int64_t j = 0; j < w; j += 16) {
-    __mmask16 live = w - j >= 16 ? (__mmask16)0xffff : (__mmask16)((1u << (w - j)) - 1);
-    __m512i cc = _mm512_maskz_loadu_epi32(live, c + j);
-    __m512i cw = _mm512_maskz_loadu_epi32(live, cl + j);
-    __m512i uu = _mm512_maskz_loadu_epi32(live, u + j);
-    __m512i uw = _mm512_maskz_loadu_epi32(live, ul + j);
-    __m512i d = _mm512_sub_epi32(_mm512_sub_epi32(cc, cw), _mm512_sub_epi32(uu, uw));
-    __mmask16 inr = _mm512_mask_cmpgt_epi32_mask(live, d, lo) & _mm512_cmpgt_epi32_mask(r, d);
-    __m512i code = _mm512_maskz_add_epi32(inr, d, r);
-    _mm256_mask_storeu_epi16(codes + j, live, _mm512_cvtepi32_epi16(code));
-    unsigned bad = (unsigned)live & ~(unsigned)inr;
-    if (bad) {
-      int32_t dv[16];
-      _mm512_storeu_si512(dv, d);
-      while (bad) {
-        int k = __builtin_ctz(bad);
-        bad &= bad - 1;
-        ac_list_push(esc, base + j + k, (uint32_t)dv[k]);
-      }
-    }
+  int64_t j = 0;
+  for (; j + 16 <= w; j += 16)
+    predict16(c + j, cl + j, u + j, ul + j, codes + j, esc, base + j, 0xffff, 1);
+  if (j < w)
+    predict16(c + j, cl + j, u + j, ul + j, codes + j, esc, base + j, tail_mask(w - j), 0);
+}
+
+AVX512_INLINE __m512i unpredict16(ac_i32a *row, int32_t *u, float twoeb, __m512i carry,
+                                  __mmask16 live, int full) {
+  const __m512i zero = _mm512_setzero_si512(), last = _mm512_set1_epi32(15);
+  __m512i d = full ? _mm512_loadu_si512((const void *)row)
+                   : _mm512_maskz_loadu_epi32(live, (const void *)row);
+  /* Inclusive scan in log steps: alignr(d, 0, 16-k) shifts d up by k lanes. */
+  d = _mm512_add_epi32(d, _mm512_alignr_epi32(d, zero, 15));
+  d = _mm512_add_epi32(d, _mm512_alignr_epi32(d, zero, 14));
+  d = _mm512_add_epi32(d, _mm512_alignr_epi32(d, zero, 12));
+  d = _mm512_add_epi32(d, _mm512_alignr_epi32(d, zero, 8));
+  d = _mm512_add_epi32(d, carry);
+  __m512i uu = full ? _mm512_loadu_si512(u) : _mm512_maskz_loadu_epi32(live, u);
+  __m512i qv = _mm512_add_epi32(d, uu);
+  __m512 f = _mm512_mul_ps(_mm512_cvtepi32_ps(qv), _mm512_set1_ps(twoeb));
+  if (full) {
+    _mm512_storeu_si512(u, qv);
+    _mm512_storeu_ps((void *)row, f);
+  } else {
+    _mm512_mask_storeu_epi32(u, live, qv);
+    _mm512_mask_storeu_ps((void *)row, live, f);
   }
+  return _mm512_permutexvar_epi32(last, d);
 }
 
 AVX512_TARGET static void unpredict_avx512(ac_i32a *row, int32_t *u, int64_t w, float twoeb) {
-  const __m512 v2eb = _mm512_set1_ps(twoeb);
-  const __m512i zero = _mm512_setzero_si512(), last = _mm512_set1_epi32(15);
-  __m512i carry = zero;
-  for (int64_t j = 0; j < w; j += 16) {
-    __mmask16 live = w - j >= 16 ? (__mmask16)0xffff : (__mmask16)((1u << (w - j)) - 1);
-    __m512i d = _mm512_maskz_loadu_epi32(live, (const void *)(row + j));
-    /* Inclusive scan in log steps: alignr(d, 0, 16-k) shifts d up by k lanes. */
-    d = _mm512_add_epi32(d, _mm512_alignr_epi32(d, zero, 15));
-    d = _mm512_add_epi32(d, _mm512_alignr_epi32(d, zero, 14));
-    d = _mm512_add_epi32(d, _mm512_alignr_epi32(d, zero, 12));
-    d = _mm512_add_epi32(d, _mm512_alignr_epi32(d, zero, 8));
-    d = _mm512_add_epi32(d, carry);
-    carry = _mm512_permutexvar_epi32(last, d);
-    __m512i qv = _mm512_add_epi32(d, _mm512_maskz_loadu_epi32(live, u + j));
-    _mm512_mask_storeu_epi32(u + j, live, qv);
-    _mm512_mask_storeu_ps((void *)(row + j), live, _mm512_mul_ps(_mm512_cvtepi32_ps(qv), v2eb));
-  }
+  __m512i carry = _mm512_setzero_si512();
+  int64_t j = 0;
+  for (; j + 16 <= w; j += 16) carry = unpredict16(row + j, u + j, twoeb, carry, 0xffff, 1);
+  if (j < w) unpredict16(row + j, u + j, twoeb, carry, tail_mask(w - j), 0);
 }
 
 AVX512_TARGET static void dequant_avx512(ac_i32a *row, int64_t n, float twoeb) {
   const __m512 v2eb = _mm512_set1_ps(twoeb);
-  for (int64_t j = 0; j < n; j += 16) {
-    __mmask16 live = n - j >= 16 ? (__mmask16)0xffff : (__mmask16)((1u << (n - j)) - 1);
+  int64_t j = 0;
+  for (; j + 16 <= n; j += 16) {
+    __m512i q = _mm512_loadu_si512((const void *)(row + j));
+    _mm512_storeu_ps((void *)(row + j), _mm512_mul_ps(_mm512_cvtepi32_ps(q), v2eb));
+  }
+  if (j < n) {
+    __mmask16 live = tail_mask(n - j);
     __m512i q = _mm512_maskz_loadu_epi32(live, (const void *)(row + j));
     _mm512_mask_storeu_ps((void *)(row + j), live, _mm512_mul_ps(_mm512_cvtepi32_ps(q), v2eb));
   }

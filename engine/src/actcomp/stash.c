@@ -22,6 +22,7 @@
 #include "actcomp/ac_internal.h"
 
 #include <cblas.h>
+#include <immintrin.h>
 #include <math.h>
 
 enum { FORM_EXACT = 0, FORM_CODEC, FORM_MASK1, FORM_PACK2 };
@@ -173,13 +174,44 @@ static int st_keeps_buffer(void *user, const lt_graph *g, int node, int slot, lt
   return 0; /* store() always makes its own copy */
 }
 
+/* 1-bit ReLU masks, LSB first within each byte (the layout of lt_cpu_relu_mask_pack in
+ * backend/cpu/kernels.h, whose implementation lives on another branch): AVX-512 compares write
+ * 16 bits at a time, the scalar loop is the fallback and the tail. */
+__attribute__((target("avx512f"))) static int64_t pack_mask1_avx512(const float *y, int64_t n,
+                                                                   uint8_t *mask) {
+  int64_t i = 0;
+  for (; i + 16 <= n; i += 16) {
+    uint16_t m = _mm512_cmp_ps_mask(_mm512_loadu_ps(y + i), _mm512_setzero_ps(), _CMP_GT_OQ);
+    memcpy(mask + i / 8, &m, 2);
+  }
+  return i;
+}
+
+__attribute__((target("avx512f"))) static int64_t unpack_mask1_avx512(const uint8_t *mask,
+                                                                     int64_t n, float *y) {
+  int64_t i = 0;
+  for (; i + 16 <= n; i += 16) {
+    uint16_t m;
+    memcpy(&m, mask + i / 8, 2);
+    _mm512_storeu_ps(y + i, _mm512_maskz_mov_ps(m, _mm512_set1_ps(1.0f)));
+  }
+  return i;
+}
+
+static int have_avx512(void) {
+  __builtin_cpu_init();
+  return __builtin_cpu_supports("avx512f");
+}
+
 static void pack_mask1(const float *y, int64_t n, uint8_t *mask) {
-  memset(mask, 0, (size_t)(n + 7) / 8);
-  for (int64_t i = 0; i < n; i++) mask[i >> 3] |= (uint8_t)((y[i] > 0.0f) << (i & 7));
+  int64_t i = have_avx512() ? pack_mask1_avx512(y, n, mask) : 0;
+  memset(mask + i / 8, 0, (size_t)((n + 7) / 8 - i / 8));
+  for (; i < n; i++) mask[i >> 3] |= (uint8_t)((y[i] > 0.0f) << (i & 7));
 }
 
 static void unpack_mask1(const uint8_t *mask, int64_t n, float *y) {
-  for (int64_t i = 0; i < n; i++) y[i] = (mask[i >> 3] >> (i & 7)) & 1 ? 1.0f : 0.0f;
+  int64_t i = have_avx512() ? unpack_mask1_avx512(mask, n, y) : 0;
+  for (; i < n; i++) y[i] = (mask[i >> 3] >> (i & 7)) & 1 ? 1.0f : 0.0f;
 }
 
 /* 2-bit packing of 2×2 window indices, 4 per byte LSB first; -1 when an index exceeds 3. */
@@ -387,7 +419,11 @@ static void st_observe(void *user, const lt_graph *g, int node, const lt_tensor 
   for (int64_t i = 0; i < nw; i++) sum_g += fabs((double)pw[i]);
   for (int64_t i = 0; i < ndy; i++) sum_d2 += (double)pd[i] * pd[i];
   const double mean_g = sum_g / (double)nw, drms = sqrt(sum_d2 / (double)ndy);
-  const double nterms = (double)ndy / (double)dw->shape[0]; /* batch × output positions */
+  /* Terms in each dW element: batch × output positions for conv and linear (dW is (S, ...)),
+   * batch × input positions for a transposed conv (dW is (C, ...), one term per input). */
+  const double nterms = g->nodes[node].op == LT_OP_CONV_TRANSPOSE2D && x->ndim > 1
+                            ? (double)lt_tensor_numel(x) / (double)x->shape[1]
+                            : (double)ndy / (double)dw->shape[0];
   l->acc_mean_g += mean_g;
   l->acc_drms += drms;
   l->acc_n += nterms;
