@@ -4,6 +4,8 @@
  *   test_onnx_reference shared DATA_DIR ORT_RUN.cjs   ResNet-20 files vs onnxruntime-node
  *   test_onnx_reference torch MODELS_DIR ORT_RUN.cjs  torch 1.13 exports (opsets 9-17, BN folded
  *                                                     and kept) vs PyTorch and onnxruntime
+ *   test_onnx_reference zoo - ORT_RUN.cjs             every zoo model, exported, run by
+ *                                                     onnxruntime vs Lathe
  *
  * Tolerance: max |lathe - reference| <= 1e-4 * max(1, max |reference|), i.e. float32 rounding
  * through ~20 layers of accumulation; measured differences are printed. Exits 77 (skipped) when
@@ -16,6 +18,7 @@
 
 #include "forward.h"
 #include "lathe/onnx.h"
+#include "lathe/zoo.h"
 #include "test.h"
 
 static const char *ort_script;
@@ -166,9 +169,48 @@ TEST_CASE(torch_exports_match_pytorch) {
   CHECK(cnt >= 8);
 }
 
+/* Graphs built by Lathe (as train and compress produce them) export to ONNX that onnxruntime
+ * runs to the same outputs as Lathe. */
+TEST_CASE(zoo_models_export_and_match_onnxruntime) {
+  for (const char *const *name = lt_zoo_names(); *name; name++) {
+    lt_err err = {0};
+    lt_zoo_opts o = {.seed = 7};
+    lt_graph *g = lt_zoo_build(*name, &o, &err);
+    CHECK_MSG(g != NULL, "%s: %s", *name, err.msg);
+    if (!g) continue;
+    const lt_value *in = &g->values[g->inputs[0]];
+    const int batch = 2;
+    int c = (int)in->shape[0], h = (int)in->shape[1], w = (int)in->shape[2];
+    float *x = random_input(batch * c * h * w, 3);
+    lt_tensor *y = test_forward(g, batch, x, &err);
+    CHECK_MSG(y != NULL, "%s: forward: %s", *name, err.msg);
+    char exported[512];
+    snprintf(exported, sizeof exported, "%s/zoo.onnx", tmpdir);
+    CHECK_MSG(lt_onnx_save(g, exported, &err) == LT_OK, "%s: export: %s", *name, err.msg);
+    size_t n = 0;
+    float *o_ort = ort(exported, x, batch, c, h, w, &n);
+    CHECK_MSG(o_ort != NULL, "%s: onnxruntime failed on the exported model", *name);
+    if (y && o_ort) {
+      CHECK(n == (size_t)lt_tensor_numel(y));
+      char what[256];
+      snprintf(what, sizeof what, "zoo %s: Lathe vs onnxruntime on the export", *name);
+      if (n == (size_t)lt_tensor_numel(y)) compare(what, lt_tensor_f32(y), o_ort, n);
+    }
+    lt_graph *h2 = lt_onnx_load(exported, NULL, &err);
+    CHECK_MSG(h2 != NULL, "%s: re-import: %s", *name, err.msg);
+    if (h2) CHECK(h2->n_nodes == g->n_nodes && lt_graph_params(h2) == lt_graph_params(g) &&
+                  lt_graph_macs(h2) == lt_graph_macs(g));
+    lt_graph_free(h2);
+    free(o_ort);
+    lt_tensor_free(y);
+    free(x);
+    lt_graph_free(g);
+  }
+}
+
 int main(int argc, char **argv) {
   if (argc != 4) {
-    fprintf(stderr, "usage: %s shared|torch DIR ORT_RUN.cjs\n", argv[0]);
+    fprintf(stderr, "usage: %s shared|torch|zoo DIR ORT_RUN.cjs\n", argv[0]);
     return 2;
   }
   data_dir = argv[2];
@@ -177,13 +219,14 @@ int main(int argc, char **argv) {
     printf("skipped: node or onnxruntime-node not found (set NODE_PATH to <repo>/node_modules)\n");
     return 77;
   }
-  if (access(data_dir, R_OK) != 0) {
+  if (strcmp(argv[1], "zoo") && access(data_dir, R_OK) != 0) {
     printf("skipped: %s is absent\n", data_dir);
     return 77;
   }
   snprintf(tmpdir, sizeof tmpdir, "/tmp/lathe-onnx-ref-XXXXXX");
   if (!mkdtemp(tmpdir)) return 1;
   if (!strcmp(argv[1], "shared")) RUN(resnet20_files_match_onnxruntime);
+  else if (!strcmp(argv[1], "zoo")) RUN(zoo_models_export_and_match_onnxruntime);
   else RUN(torch_exports_match_pytorch);
   char cmd[512];
   snprintf(cmd, sizeof cmd, "rm -rf '%s'", tmpdir);

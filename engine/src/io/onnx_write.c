@@ -119,9 +119,11 @@ static void attr_pair(pb_buf *node, const char *name, const int *v) {
   attr_ints(node, name, x, 2);
 }
 
-static void window_attrs(pb_buf *nb, const lt_node_attrs *a, int dilation) {
+/* kernel: (kh, kw); graphs built in code may leave a conv's kernel attribute 0 (taken from the
+ * weight), so the caller passes the effective one. */
+static void window_attrs(pb_buf *nb, const lt_node_attrs *a, const int *kernel, int dilation) {
   int64_t pads[4] = {a->pads[0], a->pads[1], a->pads[2], a->pads[3]};
-  attr_pair(nb, "kernel_shape", a->kernel);
+  attr_pair(nb, "kernel_shape", kernel);
   attr_pair(nb, "strides", a->stride);
   attr_ints(nb, "pads", pads, 4);
   if (dilation) attr_pair(nb, "dilations", a->dilation);
@@ -141,11 +143,15 @@ static lt_status write_node(wr *w, const lt_node *n) {
   switch (n->op) {
   case LT_OP_CONV2D:
   case LT_OP_CONV_TRANSPOSE2D:
+  {
+    const lt_value *wv = &g->values[n->in[1]];
+    int k[2] = {(int)wv->shape[2], (int)wv->shape[3]};
     op = n->op == LT_OP_CONV2D ? "Conv" : "ConvTranspose";
-    window_attrs(&nb, a, 1);
+    window_attrs(&nb, a, k, 1);
     attr_int(&nb, "group", a->groups);
     if (n->op == LT_OP_CONV_TRANSPOSE2D) attr_pair(&nb, "output_padding", a->out_pad);
     break;
+  }
   case LT_OP_BATCHNORM:
     op = "BatchNormalization";
     attr_float(&nb, "epsilon", a->eps);
@@ -174,7 +180,7 @@ static lt_status write_node(wr *w, const lt_node *n) {
   case LT_OP_MAXPOOL:
   case LT_OP_AVGPOOL:
     op = n->op == LT_OP_MAXPOOL ? "MaxPool" : "AveragePool";
-    window_attrs(&nb, a, n->op == LT_OP_MAXPOOL);
+    window_attrs(&nb, a, a->kernel, n->op == LT_OP_MAXPOOL);
     attr_int(&nb, "ceil_mode", a->ceil_mode);
     if (n->op == LT_OP_AVGPOOL) attr_int(&nb, "count_include_pad", a->count_include_pad);
     break;
