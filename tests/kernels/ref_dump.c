@@ -30,7 +30,7 @@ static void put_str(const char *s) {
 static void case_begin(const char *name, int np, const double *p) {
   put_str(name);
   put_u32((uint32_t)np);
-  fwrite(p, sizeof(double), (size_t)np, out);
+  if (np > 0) fwrite(p, sizeof(double), (size_t)np, out);
 }
 static void case_end(void) { put_u32(0); }
 
@@ -110,10 +110,12 @@ static void conv_cases(void) {
   conv_case("conv:groups2",          0, 2, 6, 6, 6, 4, 3, 3, 1, 1, 1, 1, 1, 1, 1, 1, 2, 0, 0, 1);
   conv_case("conv:depthwise_s2",     0, 2, 8, 9, 9, 8, 3, 3, 2, 2, 1, 1, 1, 1, 1, 1, 8, 0, 0, 0);
   conv_case("conv:depthwise_mult2",  0, 1, 4, 6, 5, 8, 3, 3, 1, 1, 1, 1, 1, 1, 1, 1, 4, 0, 0, 1);
+  conv_case("conv:single_channel",   0, 2, 1, 7, 6, 5, 3, 3, 2, 1, 1, 1, 1, 1, 1, 1, 1, 0, 0, 1);
   conv_case("conv:1x1_spatial",      0, 3, 7, 1, 1, 9, 3, 3, 1, 1, 1, 1, 1, 1, 1, 1, 1, 0, 0, 1);
   conv_case("conv:rect_kernel",      0, 2, 3, 6, 7, 5, 2, 3, 2, 1, 0, 1, 1, 1, 1, 1, 1, 0, 0, 1);
-  /* several chunks: one image's scratch is ~11.8 MB, so a 32 MiB chunk holds two of the three */
-  conv_case("conv:chunked",          0, 3, 32, 96, 96, 32, 3, 3, 1, 1, 1, 1, 1, 1, 1, 1, 1, 0, 0, 1);
+  /* several chunks: one image's scratch is (144 + 16) * 48*48 floats = 1.47 MB, so the 4 MiB
+   * chunk of kernels_conv.c holds two images and the batch of three runs as 2 + 1 */
+  conv_case("conv:chunked",          0, 3, 16, 48, 48, 16, 3, 3, 1, 1, 1, 1, 1, 1, 1, 1, 1, 0, 0, 1);
   conv_case("convT:stride2_outpad",  1, 2, 4, 5, 5, 6, 3, 3, 2, 2, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1);
   conv_case("convT:groups2_dil2",    1, 2, 6, 4, 5, 4, 3, 3, 1, 2, 1, 0, 1, 0, 2, 2, 2, 0, 1, 1);
   conv_case("convT:batch1_asym",     1, 1, 3, 4, 4, 5, 4, 4, 2, 2, 1, 2, 2, 1, 1, 1, 1, 0, 0, 0);
@@ -320,6 +322,7 @@ static void binary_cases(void) {
   binary_case("bin:mul_channel", LT_BIN_MUL, s4, ch);
   binary_case("bin:mul_same", LT_BIN_MUL, s4, s4);
   binary_case("bin:div_scalar", LT_BIN_DIV, s4, sc);
+  binary_case("bin:div_same", LT_BIN_DIV, s4, s4);
   binary_case("bin:div_lhs_bcast", LT_BIN_DIV, ch, s4);
 }
 
@@ -452,7 +455,8 @@ int main(int argc, char **argv) {
   linear_case("linear:basic", 5, 7, 3);
   linear_case("linear:batch1", 1, 9, 4);
   bn_case("bn:basic", 4, 5, 3, 3);
-  bn_case("bn:batch1_1x1", 1, 3, 1, 2);
+  bn_case("bn:batch1", 1, 3, 1, 7);
+  bn_case("bn:1x1_spatial", 5, 3, 1, 1);
   act_cases();
   pool_cases();
   upsample_cases();

@@ -42,7 +42,14 @@ typedef enum lt_save_kind {
 } lt_save_kind;
 
 /* A pluggable policy for the stash (activation compression implements one). With no policy the
- * executor keeps saved values in their forward buffers until backward (exact, zero-copy). */
+ * executor keeps saved values in their forward buffers until backward (exact, zero-copy).
+ * `slot` is the index of the tensor in the op's saved order (ctx->saved[slot] in backward).
+ * Tensors that are parameters or constants are never offered (they outlive the step anyway).
+ * A value saved by two nodes (a ReLU output read by the ReLU and the next conv) is offered once
+ * per node, with each node's kind. For a slot where keeps_buffer() said 1, store() is still
+ * called (the policy may keep a view or gather statistics), backward reads the forward buffer
+ * directly without load(), and release() follows; for the other slots backward calls load()
+ * into a planned buffer, then release(). */
 typedef struct lt_stash_policy {
   void *user;
   /* Plan time: 1 when the executor must keep this forward buffer alive until backward (the
@@ -64,7 +71,20 @@ typedef struct lt_stash_policy {
 typedef struct lt_exec_opts {
   const lt_stash_policy *stash; /* NULL: exact, zero-copy */
   uint64_t seed;                /* dropout masks: keyed by (seed, node, step) */
+  int no_reuse; /* 1: every buffer gets its own memory (measuring what reuse saves, debugging:
+                   every activation stays readable through lt_exec_value) */
 } lt_exec_opts;
+
+/* Bytes of the executor's planned memory, by what it holds. */
+typedef struct lt_exec_plan_stats {
+  int64_t activations; /* arena of forward values not kept for backward (+ restored stash) */
+  int64_t saved;       /* arena of values kept for backward in their forward buffers */
+  int64_t gradients;   /* arena of activation gradients (parameter gradients excluded) */
+  int64_t param_grads; /* one buffer per trainable parameter */
+  int64_t dedicated;   /* graph inputs, outputs and output gradients */
+  int64_t workspace;   /* max over nodes, plus the observe() scratch */
+} lt_exec_plan_stats;
+void lt_exec_plan_stats_get(const lt_exec *ex, lt_exec_plan_stats *out);
 
 lt_exec *lt_exec_create(lt_graph *g, int batch, lt_mode mode, lt_backend *be,
                         const lt_exec_opts *opts, lt_err *err);
@@ -76,10 +96,14 @@ lt_status lt_exec_forward(lt_exec *ex, lt_err *err);
 lt_tensor *lt_exec_output(lt_exec *ex, int i);
 lt_tensor *lt_exec_value(lt_exec *ex, int value_id); /* any activation still live after forward
                                                         (outputs always are), NULL otherwise */
-lt_tensor *lt_exec_output_grad(lt_exec *ex, int i);  /* dL/d output, fill before backward */
+lt_tensor *lt_exec_output_grad(lt_exec *ex, int i);  /* dL/d output, fill before backward; NULL
+                                                        in inference mode or when no trainable
+                                                        parameter reaches it. Backward adds into
+                                                        it when the output also feeds other nodes */
 lt_status lt_exec_backward(lt_exec *ex, lt_err *err);
 void lt_exec_zero_grads(lt_exec *ex);
-lt_tensor *lt_exec_param_grad(lt_exec *ex, int value_id); /* NULL for non-trainable values */
+lt_tensor *lt_exec_param_grad(lt_exec *ex, int value_id); /* NULL for non-trainable values and
+                                                             parameters no output depends on */
 /* Called after a node's forward (for feature-map losses, latency probes, activation capture). */
 typedef void (*lt_exec_hook)(void *user, lt_exec *ex, int node, const lt_tensor *out);
 void lt_exec_set_forward_hook(lt_exec *ex, lt_exec_hook fn, void *user);

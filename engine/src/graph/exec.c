@@ -1,0 +1,748 @@
+/* The executor: plans every buffer of a graph at one batch size before the first step, then runs
+ * forward and backward through a backend without allocating.
+ *
+ * Planning works on a timeline of 2F steps for F nodes: node i runs forward at step i and
+ * backward at step 2F-1-i. Every buffer gets a lifetime on it: an activation from its producer to
+ * its last consumer, extended to the backward step of each node that saves it in place; an
+ * activation gradient from its first writer in backward to its producer's backward. Buffers are
+ * then packed into three arenas (activations, saved, activation gradients, each counted under its
+ * own lt_mem_cat) by greedy best-offset placement, largest first; buffers whose lifetimes do not
+ * overlap share memory. Saved buffers all cross the forward/backward turn, so the saved arena is
+ * exactly the dense stash. Graph inputs, outputs, output gradients and parameter gradients get
+ * dedicated memory: callers read and write them between steps.
+ */
+#include <limits.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "ops/ops.h"
+
+enum { ARENA_ACT = 0, ARENA_SAVED, ARENA_GRAD, ARENA_COUNT, ARENA_DEDICATED = ARENA_COUNT };
+
+static const lt_mem_cat arena_cat[ARENA_COUNT] = {LT_MEM_ACTIVATIONS, LT_MEM_SAVED,
+                                                  LT_MEM_GRADIENTS};
+
+/* One planned buffer: the tensor whose data it becomes, its size and lifetime. */
+typedef struct exec_buf {
+  lt_tensor *t;
+  int64_t bytes;
+  int start, end; /* timeline steps, inclusive */
+  int arena;      /* ARENA_* */
+  lt_mem_cat cat; /* dedicated buffers only */
+  int64_t offset; /* within the arena */
+} exec_buf;
+
+/* One tensor backward needs from forward. */
+typedef struct exec_save {
+  lt_save_kind kind;
+  int value;       /* value id for IN/OUT sources, -1 for aux */
+  lt_tensor *src;  /* the forward tensor (a value, a parameter or an aux buffer) */
+  int is_param;    /* parameters and constants: read in place, never offered to the policy */
+  int kept;        /* the forward buffer lives until backward */
+  void *handle;    /* policy token between store() and release() */
+  lt_tensor restore; /* load() target when not kept */
+} exec_save;
+
+typedef struct exec_node {
+  int backward; /* runs in backward (its output needs a gradient) */
+  int n_aux;
+  lt_tensor aux[LT_MAX_IO];
+  int n_saves;
+  exec_save saves[LT_MAX_IO];
+  int acc[LT_MAX_IO];     /* accumulate flag per input slot in backward */
+  int observed;           /* din[1]/din[2] go to the observe() scratch */
+} exec_node;
+
+struct lt_exec {
+  lt_graph *g;
+  lt_backend *be;
+  int batch;
+  lt_mode mode;
+  lt_exec_opts opts;
+  int F;             /* nodes */
+  lt_tensor *val;    /* (n_values) activations and inputs (batch, ...); device copies of params */
+  lt_tensor *grad;   /* (n_values) gradients; data NULL where none */
+  char *need_grad;   /* (n_values) */
+  int *live_end;     /* (n_values) last step the value's buffer holds it; INT_MAX: dedicated */
+  exec_node *nodes;  /* (F) */
+  exec_buf *bufs;    /* (n_bufs) */
+  int n_bufs, cap_bufs;
+  void *arena[ARENA_COUNT];
+  int64_t arena_bytes[ARENA_COUNT];
+  int64_t dedicated_bytes, param_grad_bytes;
+  void *ws;          /* max workspace over nodes */
+  size_t ws_bytes;
+  void *obs;         /* observe() scratch: dW then db of one node */
+  size_t obs_bytes;
+  int64_t saved_dense, saved_kept, saved_held;
+  uint64_t step;
+  lt_exec_hook hook;
+  void *hook_user;
+};
+
+/* ---- arena packing ------------------------------------------------------------------------- */
+
+static int64_t align64(int64_t x) { return (x + 63) & ~(int64_t)63; }
+
+static int buf_by_size(const void *a, const void *b) {
+  const exec_buf *x = *(exec_buf *const *)a, *y = *(exec_buf *const *)b;
+  if (x->bytes != y->bytes) return x->bytes < y->bytes ? 1 : -1;
+  return x->start - y->start;
+}
+static int buf_by_offset(const void *a, const void *b) {
+  const exec_buf *x = *(exec_buf *const *)a, *y = *(exec_buf *const *)b;
+  return x->offset < y->offset ? -1 : x->offset > y->offset;
+}
+
+/* Places the arena's buffers; returns its size in bytes, or -1 when out of memory. Largest
+ * first, each at the lowest offset where it fits between buffers alive at the same time. */
+static int64_t arena_pack(exec_buf *bufs, int n, int arena, int reuse) {
+  exec_buf **mine = malloc(sizeof *mine * ((size_t)n + 1));
+  exec_buf **overlap = malloc(sizeof *overlap * ((size_t)n + 1));
+  int64_t total = -1;
+  if (!mine || !overlap) goto done;
+  int m = 0;
+  for (int i = 0; i < n; i++)
+    if (bufs[i].arena == arena) mine[m++] = &bufs[i];
+  qsort(mine, (size_t)m, sizeof *mine, buf_by_size);
+  total = 0;
+  for (int i = 0; i < m; i++) {
+    exec_buf *b = mine[i];
+    int64_t size = align64(b->bytes), at = 0;
+    if (reuse) {
+      int k = 0;
+      for (int j = 0; j < i; j++)
+        if (mine[j]->start <= b->end && b->start <= mine[j]->end) overlap[k++] = mine[j];
+      qsort(overlap, (size_t)k, sizeof *overlap, buf_by_offset);
+      for (int j = 0; j < k; j++) {
+        if (overlap[j]->offset >= at + size) break;
+        int64_t end = overlap[j]->offset + align64(overlap[j]->bytes);
+        if (end > at) at = end;
+      }
+    } else {
+      at = total;
+    }
+    b->offset = at;
+    if (at + size > total) total = at + size;
+  }
+done:
+  free(mine);
+  free(overlap);
+  return total;
+}
+
+/* ---- planning helpers ------------------------------------------------------------------------ */
+
+static lt_status exec_add_buf(lt_exec *ex, lt_tensor *t, int start, int end, int arena,
+                              lt_mem_cat cat, lt_err *err) {
+  if (ex->n_bufs == ex->cap_bufs) {
+    int cap = ex->cap_bufs ? 2 * ex->cap_bufs : 256;
+    exec_buf *nb = realloc(ex->bufs, sizeof *nb * (size_t)cap);
+    if (!nb) return lt_errorf(err, LT_ERR_NOMEM, "out of memory planning %d buffers", cap);
+    ex->bufs = nb;
+    ex->cap_bufs = cap;
+  }
+  ex->bufs[ex->n_bufs++] = (exec_buf){.t = t, .bytes = (int64_t)lt_tensor_nbytes(t),
+                                      .start = start, .end = end, .arena = arena, .cat = cat};
+  return LT_OK;
+}
+
+static void tensor_header(lt_tensor *t, lt_dtype dtype, int ndim, const int64_t *shape,
+                          int device, lt_mem_cat cat) {
+  memset(t, 0, sizeof *t);
+  t->dtype = dtype;
+  t->ndim = ndim;
+  memcpy(t->shape, shape, sizeof(int64_t) * (size_t)ndim);
+  t->device = device;
+  t->cat = cat;
+}
+
+/* The tensor a node input reads: a batched value, or a parameter (graph memory on host
+ * backends, the executor's device copy otherwise). */
+static lt_tensor *exec_tensor(lt_exec *ex, int v) {
+  const lt_value *val = &ex->g->values[v];
+  if (!lt_value_batched(val) && ex->be->device < 0) return val->data;
+  return &ex->val[v];
+}
+
+static int fwd_step(const lt_exec *ex, int i) { return i; }
+static int bwd_step(const lt_exec *ex, int i) { return 2 * ex->F - 1 - i; }
+
+static int is_output(const lt_graph *g, int v) {
+  for (int i = 0; i < g->n_outputs; i++)
+    if (g->outputs[i] == v) return 1;
+  return 0;
+}
+
+/* Which values need a gradient: those that depend on a trainable parameter and reach an
+ * output. Graph inputs never get one. */
+static void plan_need_grad(lt_exec *ex) {
+  const lt_graph *g = ex->g;
+  char *dep = calloc((size_t)g->n_values + 1, 1), *reach = calloc((size_t)g->n_values + 1, 1);
+  if (!dep || !reach) goto done; /* caller checks need_grad stays all-zero only on NOMEM */
+  for (int v = 0; v < g->n_values; v++) dep[v] = g->values[v].kind == LT_VALUE_PARAM && g->values[v].trainable;
+  for (int i = 0; i < g->n_nodes; i++) {
+    const lt_node *n = &g->nodes[i];
+    for (int k = 0; k < n->n_in; k++) dep[n->out[0]] |= dep[n->in[k]];
+  }
+  for (int i = 0; i < g->n_outputs; i++) reach[g->outputs[i]] = 1;
+  for (int i = g->n_nodes - 1; i >= 0; i--) {
+    const lt_node *n = &g->nodes[i];
+    if (!reach[n->out[0]]) continue;
+    for (int k = 0; k < n->n_in; k++) reach[n->in[k]] = 1;
+  }
+  for (int v = 0; v < g->n_values; v++) {
+    const lt_value *val = &g->values[v];
+    ex->need_grad[v] = dep[v] && reach[v] && (val->kind == LT_VALUE_ACT || val->trainable);
+  }
+done:
+  free(dep);
+  free(reach);
+}
+
+/* Value and aux tensors, with the lifetimes forward alone gives them. */
+static lt_status plan_forward(lt_exec *ex, int *first, int *last, lt_err *err) {
+  lt_graph *g = ex->g;
+  for (int v = 0; v < g->n_values; v++) {
+    const lt_value *val = &g->values[v];
+    first[v] = INT_MAX;
+    last[v] = -1;
+    if (lt_value_batched(val)) {
+      int64_t shape[LT_MAX_DIMS];
+      shape[0] = ex->batch;
+      memcpy(shape + 1, val->shape, sizeof(int64_t) * (size_t)val->ndim);
+      tensor_header(&ex->val[v], val->dtype, val->ndim + 1, shape, ex->be->device,
+                    LT_MEM_ACTIVATIONS);
+      if (val->kind == LT_VALUE_ACT) first[v] = last[v] = val->producer;
+    } else if (val->data) {
+      tensor_header(&ex->val[v], val->dtype, val->ndim, val->shape, ex->be->device,
+                    LT_MEM_WEIGHTS);
+    }
+  }
+  for (int i = 0; i < ex->F; i++) {
+    const lt_node *n = &g->nodes[i];
+    if (n->n_out != 1)
+      return lt_op_fail(err, LT_ERR_UNSUPPORTED, n, "has %d outputs; the executor runs "
+                        "single-output nodes", n->n_out);
+    if (!ex->be->vt->supports(ex->be, g, i))
+      return lt_op_fail(err, LT_ERR_UNSUPPORTED, n, "backend '%s' cannot run this op",
+                        ex->be->vt->name);
+    for (int k = 0; k < n->n_in; k++)
+      if (last[n->in[k]] < i) last[n->in[k]] = i;
+    const lt_op_desc *d = lt_op_get(n->op);
+    exec_node *en = &ex->nodes[i];
+    lt_op_aux aux[LT_MAX_IO];
+    en->n_aux = d->aux ? d->aux(g, n, ex->mode, ex->batch, aux) : 0;
+    for (int k = 0; k < en->n_aux; k++)
+      tensor_header(&en->aux[k], aux[k].dtype, aux[k].ndim, aux[k].shape, ex->be->device,
+                    LT_MEM_ACTIVATIONS);
+    size_t ws = ex->be->vt->workspace_bytes(ex->be, g, i, ex->batch);
+    if (ws > ex->ws_bytes) ex->ws_bytes = ws;
+  }
+  return LT_OK;
+}
+
+/* What each backward-running node saves, kept in place or offered to the policy. */
+static lt_status plan_saves(lt_exec *ex, int *last, int *aux_last, lt_err *err) {
+  lt_graph *g = ex->g;
+  const lt_stash_policy *pol = ex->opts.stash;
+  char *counted = calloc((size_t)g->n_values + 1, 1); /* dense bytes count each value once */
+  if (!counted) return lt_errorf(err, LT_ERR_NOMEM, "out of memory planning the stash");
+  for (int i = 0; i < ex->F; i++) {
+    const lt_node *n = &g->nodes[i];
+    const lt_op_desc *d = lt_op_get(n->op);
+    exec_node *en = &ex->nodes[i];
+    for (int k = 0; k < en->n_aux; k++) aux_last[i * LT_MAX_IO + k] = fwd_step(ex, i);
+    if (!en->backward) continue;
+    /* Aux that the op reads in backward without saving it (BN batch statistics) stays. */
+    for (int k = 0; k < en->n_aux; k++) aux_last[i * LT_MAX_IO + k] = bwd_step(ex, i);
+    lt_op_save sv[LT_MAX_IO];
+    en->n_saves = d->saves ? d->saves(g, n, sv) : 0;
+    for (int s = 0; s < en->n_saves; s++) {
+      exec_save *es = &en->saves[s];
+      es->kind = sv[s].kind;
+      es->value = sv[s].src == LT_SAVE_SRC_IN ? n->in[sv[s].idx]
+                  : sv[s].src == LT_SAVE_SRC_OUT ? n->out[sv[s].idx] : -1;
+      es->src = es->value >= 0 ? exec_tensor(ex, es->value) : &en->aux[sv[s].idx];
+      es->is_param = es->value >= 0 && !lt_value_batched(&g->values[es->value]);
+      if (es->is_param) continue;
+      es->kept = pol ? pol->keeps_buffer(pol->user, g, i, s, es->kind) : 1;
+      int64_t bytes = (int64_t)lt_tensor_nbytes(es->src);
+      if (es->value < 0 || !counted[es->value]) ex->saved_dense += bytes;
+      if (es->value >= 0) counted[es->value] = 1;
+      if (es->kept) {
+        if (es->value >= 0) {
+          if (last[es->value] < bwd_step(ex, i)) last[es->value] = bwd_step(ex, i);
+        } else {
+          aux_last[i * LT_MAX_IO + sv[s].idx] = bwd_step(ex, i);
+        }
+      } else {
+        if (es->value < 0) aux_last[i * LT_MAX_IO + sv[s].idx] = fwd_step(ex, i);
+        es->restore = *es->src;
+        es->restore.cat = LT_MEM_ACTIVATIONS;
+        lt_status st = exec_add_buf(ex, &es->restore, bwd_step(ex, i), bwd_step(ex, i),
+                                    ARENA_ACT, LT_MEM_ACTIVATIONS, err);
+        if (st) {
+          free(counted);
+          return st;
+        }
+      }
+    }
+  }
+  /* Kept bytes: each distinct buffer once (a value saved by two nodes is held once). */
+  memset(counted, 0, (size_t)g->n_values + 1);
+  for (int i = 0; i < ex->F; i++) {
+    exec_node *en = &ex->nodes[i];
+    for (int k = 0; k < en->n_aux; k++)
+      if (en->backward) {
+        int stashed = 0;
+        for (int s = 0; s < en->n_saves; s++) stashed |= en->saves[s].src == &en->aux[k];
+        if (!stashed) ex->saved_dense += (int64_t)lt_tensor_nbytes(&en->aux[k]);
+        if (aux_last[i * LT_MAX_IO + k] > fwd_step(ex, i))
+          ex->saved_kept += (int64_t)lt_tensor_nbytes(&en->aux[k]);
+      }
+    for (int s = 0; s < en->n_saves; s++) {
+      exec_save *es = &en->saves[s];
+      if (es->is_param || !es->kept || es->value < 0 || counted[es->value]) continue;
+      counted[es->value] = 1;
+      ex->saved_kept += (int64_t)lt_tensor_nbytes(es->src);
+    }
+  }
+  free(counted);
+  return LT_OK;
+}
+
+/* Gradient tensors, accumulate flags, and which input slots each backward node writes. */
+static lt_status plan_backward(lt_exec *ex, lt_err *err) {
+  lt_graph *g = ex->g;
+  const lt_stash_policy *pol = ex->opts.stash;
+  char *written = calloc((size_t)g->n_values + 1, 1);
+  int *gfirst = malloc(sizeof(int) * ((size_t)g->n_values + 1));
+  lt_status st = LT_OK;
+  if (!written || !gfirst) {
+    st = lt_errorf(err, LT_ERR_NOMEM, "out of memory planning gradients");
+    goto done;
+  }
+  for (int v = 0; v < g->n_values; v++) {
+    gfirst[v] = INT_MAX;
+    if (!ex->need_grad[v]) continue;
+    ex->grad[v] = ex->val[v];
+    ex->grad[v].cat = LT_MEM_GRADIENTS;
+    /* Output gradients are filled by the caller; parameter gradients persist across steps. */
+    if (is_output(g, v) || g->values[v].kind == LT_VALUE_PARAM) written[v] = 1;
+  }
+  for (int i = ex->F - 1; i >= 0; i--) {
+    const lt_node *n = &g->nodes[i];
+    exec_node *en = &ex->nodes[i];
+    if (!en->backward) continue;
+    const lt_op_desc *d = lt_op_get(n->op);
+    en->observed = pol && pol->observe && d->weight_grad && n->n_in > 1 &&
+                   ex->need_grad[n->in[1]];
+    for (int k = 0; k < n->n_in; k++) {
+      int v = n->in[k];
+      if (!ex->need_grad[v]) continue;
+      if (en->observed && (k == 1 || k == 2)) {
+        en->acc[k] = 0; /* this step's dW alone, added to the parameter gradient after observe */
+        continue;
+      }
+      en->acc[k] = written[v];
+      written[v] = 1;
+      if (gfirst[v] > bwd_step(ex, i)) gfirst[v] = bwd_step(ex, i);
+    }
+    if (en->observed) {
+      size_t bytes = lt_tensor_nbytes(&ex->val[n->in[1]]);
+      if (n->n_in > 2) bytes += lt_tensor_nbytes(&ex->val[n->in[2]]);
+      if (bytes > ex->obs_bytes) ex->obs_bytes = bytes;
+    }
+  }
+  for (int v = 0; v < g->n_values; v++) {
+    if (!ex->need_grad[v] || g->values[v].kind != LT_VALUE_ACT) continue;
+    if (is_output(g, v)) {
+      st = exec_add_buf(ex, &ex->grad[v], 0, INT_MAX, ARENA_DEDICATED, LT_MEM_GRADIENTS, err);
+    } else if (gfirst[v] == INT_MAX) {
+      continue; /* no consumer writes it: the producer's backward gets no dout (cannot happen
+                   for values that reach an output) */
+    } else {
+      st = exec_add_buf(ex, &ex->grad[v], gfirst[v], bwd_step(ex, g->values[v].producer),
+                        ARENA_GRAD, LT_MEM_GRADIENTS, err);
+    }
+    if (st) goto done;
+  }
+done:
+  free(written);
+  free(gfirst);
+  return st;
+}
+
+static lt_status exec_plan(lt_exec *ex, lt_err *err) {
+  lt_graph *g = ex->g;
+  int *first = malloc(sizeof(int) * ((size_t)g->n_values + 1));
+  int *last = malloc(sizeof(int) * ((size_t)g->n_values + 1));
+  int *aux_last = malloc(sizeof(int) * ((size_t)ex->F * LT_MAX_IO + 1));
+  lt_status st = LT_OK;
+  if (!first || !last || !aux_last) {
+    st = lt_errorf(err, LT_ERR_NOMEM, "out of memory planning %d values", g->n_values);
+    goto done;
+  }
+  if ((st = plan_forward(ex, first, last, err))) goto done;
+  if (ex->mode == LT_MODE_TRAIN) {
+    plan_need_grad(ex);
+    for (int i = 0; i < ex->F; i++) ex->nodes[i].backward = ex->need_grad[g->nodes[i].out[0]];
+  }
+  if ((st = plan_saves(ex, last, aux_last, err))) goto done;
+  if (ex->mode == LT_MODE_TRAIN && (st = plan_backward(ex, err))) goto done;
+  /* Values: inputs and outputs dedicated, the rest in the activation or saved arena. */
+  for (int v = 0; v < g->n_values; v++) {
+    const lt_value *val = &g->values[v];
+    if (!lt_value_batched(val)) continue;
+    if (val->kind == LT_VALUE_INPUT || is_output(g, v)) {
+      ex->live_end[v] = INT_MAX;
+      st = exec_add_buf(ex, &ex->val[v], 0, INT_MAX, ARENA_DEDICATED,
+                        val->kind == LT_VALUE_INPUT ? LT_MEM_DATA : LT_MEM_ACTIVATIONS, err);
+    } else {
+      int end = last[v] < first[v] ? first[v] : last[v];
+      ex->live_end[v] = ex->opts.no_reuse ? INT_MAX : end;
+      st = exec_add_buf(ex, &ex->val[v], first[v], end,
+                        end >= ex->F ? ARENA_SAVED : ARENA_ACT, LT_MEM_ACTIVATIONS, err);
+    }
+    if (st) goto done;
+  }
+  for (int i = 0; i < ex->F; i++)
+    for (int k = 0; k < ex->nodes[i].n_aux; k++) {
+      int end = aux_last[i * LT_MAX_IO + k];
+      st = exec_add_buf(ex, &ex->nodes[i].aux[k], fwd_step(ex, i), end,
+                        end >= ex->F ? ARENA_SAVED : ARENA_ACT, LT_MEM_ACTIVATIONS, err);
+      if (st) goto done;
+    }
+done:
+  free(first);
+  free(last);
+  free(aux_last);
+  return st;
+}
+
+/* ---- memory ---------------------------------------------------------------------------------- */
+
+static void *exec_alloc(lt_exec *ex, size_t bytes, lt_mem_cat cat, lt_err *err) {
+  return ex->be->vt->alloc(ex->be, bytes ? bytes : 1, cat, err);
+}
+
+static lt_status exec_allocate(lt_exec *ex, lt_err *err) {
+  lt_backend *be = ex->be;
+  for (int a = 0; a < ARENA_COUNT; a++) {
+    int64_t size = arena_pack(ex->bufs, ex->n_bufs, a, !ex->opts.no_reuse);
+    if (size < 0) return lt_errorf(err, LT_ERR_NOMEM, "out of memory packing buffers");
+    ex->arena_bytes[a] = size;
+    if (!(ex->arena[a] = exec_alloc(ex, (size_t)size, arena_cat[a], err)))
+      return lt_err_prefix(err, "allocating %lld bytes of %s for batch %d", (long long)size,
+                           lt_mem_cat_name(arena_cat[a]), ex->batch);
+  }
+  for (int b = 0; b < ex->n_bufs; b++) {
+    exec_buf *eb = &ex->bufs[b];
+    if (eb->arena == ARENA_DEDICATED) {
+      if (!(eb->t->data = exec_alloc(ex, (size_t)eb->bytes, eb->cat, err)))
+        return lt_err_prefix(err, "allocating a %s buffer", lt_mem_cat_name(eb->cat));
+      eb->t->owned = 1;
+      ex->dedicated_bytes += eb->bytes;
+      lt_status st = be->vt->memset0(be, eb->t->data, (size_t)eb->bytes, err);
+      if (st) return st;
+    } else {
+      eb->t->data = (char *)ex->arena[eb->arena] + eb->offset;
+    }
+  }
+  if (ex->ws_bytes && !(ex->ws = exec_alloc(ex, ex->ws_bytes, LT_MEM_WORKSPACE, err)))
+    return lt_err_prefix(err, "allocating %zu bytes of workspace", ex->ws_bytes);
+  if (ex->obs_bytes && !(ex->obs = exec_alloc(ex, ex->obs_bytes, LT_MEM_WORKSPACE, err)))
+    return lt_err_prefix(err, "allocating the observe() scratch");
+  /* Parameters: device copies on device backends, gradients for trainable ones. */
+  for (int v = 0; v < ex->g->n_values; v++) {
+    const lt_value *val = &ex->g->values[v];
+    if (lt_value_batched(val) || !val->data) continue;
+    size_t bytes = lt_tensor_nbytes(val->data);
+    if (be->device >= 0) {
+      if (!(ex->val[v].data = exec_alloc(ex, bytes, LT_MEM_WEIGHTS, err)))
+        return lt_err_prefix(err, "allocating parameter '%s'", val->name);
+      ex->val[v].owned = 1;
+      lt_status st = be->vt->to_device(be, ex->val[v].data, val->data->data, bytes, err);
+      if (st) return st;
+    }
+    if (ex->need_grad[v]) {
+      if (!(ex->grad[v].data = exec_alloc(ex, bytes, LT_MEM_GRADIENTS, err)))
+        return lt_err_prefix(err, "allocating the gradient of '%s'", val->name);
+      ex->grad[v].owned = 1;
+      ex->param_grad_bytes += (int64_t)bytes;
+      lt_status st = be->vt->memset0(be, ex->grad[v].data, bytes, err);
+      if (st) return st;
+    }
+  }
+  return LT_OK;
+}
+
+void lt_exec_free(lt_exec *ex) {
+  if (!ex) return;
+  lt_backend *be = ex->be;
+  if (ex->opts.stash && ex->nodes)
+    for (int i = 0; i < ex->F; i++)
+      for (int s = 0; s < ex->nodes[i].n_saves; s++)
+        if (ex->nodes[i].saves[s].handle) {
+          ex->opts.stash->release(ex->opts.stash->user, ex->nodes[i].saves[s].handle);
+          ex->nodes[i].saves[s].handle = NULL;
+        }
+  for (int a = 0; a < ARENA_COUNT; a++)
+    if (ex->arena[a])
+      be->vt->free(be, ex->arena[a], (size_t)(ex->arena_bytes[a] ? ex->arena_bytes[a] : 1),
+                   arena_cat[a]);
+  for (int b = 0; b < ex->n_bufs; b++) {
+    exec_buf *eb = &ex->bufs[b];
+    if (eb->arena == ARENA_DEDICATED && eb->t->owned && eb->t->data)
+      be->vt->free(be, eb->t->data, (size_t)(eb->bytes ? eb->bytes : 1), eb->cat);
+  }
+  if (ex->val && ex->grad)
+    for (int v = 0; v < ex->g->n_values; v++) {
+      const lt_value *val = &ex->g->values[v];
+      if (lt_value_batched(val) || !val->data) continue;
+      size_t bytes = lt_tensor_nbytes(val->data);
+      if (ex->val[v].owned && ex->val[v].data)
+        be->vt->free(be, ex->val[v].data, bytes ? bytes : 1, LT_MEM_WEIGHTS);
+      if (ex->grad[v].owned && ex->grad[v].data)
+        be->vt->free(be, ex->grad[v].data, bytes ? bytes : 1, LT_MEM_GRADIENTS);
+    }
+  if (ex->ws) be->vt->free(be, ex->ws, ex->ws_bytes, LT_MEM_WORKSPACE);
+  if (ex->obs) be->vt->free(be, ex->obs, ex->obs_bytes, LT_MEM_WORKSPACE);
+  free(ex->val);
+  free(ex->grad);
+  free(ex->need_grad);
+  free(ex->live_end);
+  free(ex->nodes);
+  free(ex->bufs);
+  free(ex);
+}
+
+lt_exec *lt_exec_create(lt_graph *g, int batch, lt_mode mode, lt_backend *be,
+                        const lt_exec_opts *opts, lt_err *err) {
+  if (!g || !be || batch < 1) {
+    lt_errorf(err, LT_ERR_INVALID, "lt_exec_create needs a graph, a backend and a batch >= 1 "
+              "(got batch %d)", batch);
+    return NULL;
+  }
+  if (g->n_outputs < 1) {
+    lt_errorf(err, LT_ERR_INVALID, "the graph has no output; call lt_graph_set_output");
+    return NULL;
+  }
+  const lt_stash_policy *pol = opts ? opts->stash : NULL;
+  if (pol && (!pol->keeps_buffer || !pol->store || !pol->load || !pol->release)) {
+    lt_errorf(err, LT_ERR_INVALID, "a stash policy needs keeps_buffer, store, load and release");
+    return NULL;
+  }
+  if (pol && pol->observe && be->device >= 0) {
+    lt_errorf(err, LT_ERR_UNSUPPORTED, "stash observe() runs on host backends only for now");
+    return NULL;
+  }
+  lt_exec *ex = calloc(1, sizeof *ex);
+  if (!ex) {
+    lt_errorf(err, LT_ERR_NOMEM, "out of memory for an executor");
+    return NULL;
+  }
+  ex->g = g;
+  ex->be = be;
+  ex->batch = batch;
+  ex->mode = mode;
+  if (opts) ex->opts = *opts;
+  ex->F = g->n_nodes;
+  size_t nv = (size_t)g->n_values + 1;
+  ex->val = calloc(nv, sizeof *ex->val);
+  ex->grad = calloc(nv, sizeof *ex->grad);
+  ex->need_grad = calloc(nv, 1);
+  ex->live_end = calloc(nv, sizeof *ex->live_end);
+  ex->nodes = calloc((size_t)ex->F + 1, sizeof *ex->nodes);
+  if (!ex->val || !ex->grad || !ex->need_grad || !ex->live_end || !ex->nodes) {
+    lt_errorf(err, LT_ERR_NOMEM, "out of memory for an executor of %d values", g->n_values);
+    goto fail;
+  }
+  if (lt_graph_toposort(g, err) || lt_graph_infer_shapes(g, err) || exec_plan(ex, err) ||
+      exec_allocate(ex, err))
+    goto fail;
+  return ex;
+fail:
+  lt_exec_free(ex);
+  return NULL;
+}
+
+/* ---- running ----------------------------------------------------------------------------------- */
+
+static void exec_ctx_init(lt_exec *ex, int i, lt_node_ctx *ctx) {
+  const lt_node *n = &ex->g->nodes[i];
+  memset(ctx, 0, sizeof *ctx);
+  ctx->g = ex->g;
+  ctx->node = i;
+  ctx->batch = ex->batch;
+  ctx->mode = ex->mode;
+  for (int k = 0; k < n->n_in; k++) ctx->in[k] = exec_tensor(ex, n->in[k]);
+  ctx->out[0] = &ex->val[n->out[0]];
+  for (int k = 0; k < ex->nodes[i].n_aux; k++) ctx->aux[k] = &ex->nodes[i].aux[k];
+  ctx->ws = ex->ws;
+  ctx->seed = ex->opts.seed;
+  ctx->step = ex->step;
+}
+
+static void exec_release_handles(lt_exec *ex, int i) {
+  const lt_stash_policy *pol = ex->opts.stash;
+  for (int s = 0; s < ex->nodes[i].n_saves; s++) {
+    exec_save *es = &ex->nodes[i].saves[s];
+    if (es->handle) pol->release(pol->user, es->handle);
+    es->handle = NULL;
+  }
+}
+
+lt_status lt_exec_forward(lt_exec *ex, lt_err *err) {
+  const lt_stash_policy *pol = ex->opts.stash;
+  if (pol)
+    for (int i = 0; i < ex->F; i++) exec_release_handles(ex, i); /* a forward without backward */
+  lt_mem_stats before, after;
+  lt_mem_get_stats(&before);
+  for (int i = 0; i < ex->F; i++) {
+    lt_node_ctx ctx;
+    exec_ctx_init(ex, i, &ctx);
+    lt_status st = ex->be->vt->forward(ex->be, &ctx, err);
+    if (st) return lt_err_prefix(err, "forward of node '%s'", ex->g->nodes[i].name);
+    if (ex->hook) ex->hook(ex->hook_user, ex, i, ctx.out[0]);
+    if (!pol) continue;
+    exec_node *en = &ex->nodes[i];
+    for (int s = 0; s < en->n_saves; s++) {
+      exec_save *es = &en->saves[s];
+      if (es->is_param) continue;
+      st = pol->store(pol->user, ex->g, i, s, es->kind, es->src, &es->handle, err);
+      if (st) return lt_err_prefix(err, "stashing input of node '%s'", ex->g->nodes[i].name);
+    }
+  }
+  ex->step++;
+  lt_mem_get_stats(&after);
+  /* The policy's bytes are what it allocated under LT_MEM_SAVED during this forward. */
+  ex->saved_held = ex->saved_kept + (pol ? after.current[LT_MEM_SAVED] -
+                                               before.current[LT_MEM_SAVED] : 0);
+  return LT_OK;
+}
+
+/* dW (and db) of an observed node went to scratch: show it to the policy, then add it to the
+ * parameter gradients. Host memory only (checked at create). */
+static void exec_observe(lt_exec *ex, int i, lt_node_ctx *ctx) {
+  const lt_stash_policy *pol = ex->opts.stash;
+  const lt_node *n = &ex->g->nodes[i];
+  pol->observe(pol->user, ex->g, i, ctx->saved[0], ctx->dout[0], ctx->din[1]);
+  for (int k = 1; k < n->n_in && k < 3; k++)
+    if (ctx->din[k])
+      lt_op_cpu_pass_grad((size_t)lt_tensor_numel(ctx->din[k]), lt_tensor_f32(ctx->din[k]),
+                          lt_tensor_f32(&ex->grad[n->in[k]]), 1);
+}
+
+lt_status lt_exec_backward(lt_exec *ex, lt_err *err) {
+  if (ex->mode != LT_MODE_TRAIN)
+    return lt_errorf(err, LT_ERR_INVALID, "this executor was created in inference mode; create "
+                     "it with LT_MODE_TRAIN to run backward");
+  const lt_stash_policy *pol = ex->opts.stash;
+  for (int i = ex->F - 1; i >= 0; i--) {
+    exec_node *en = &ex->nodes[i];
+    if (!en->backward) continue;
+    const lt_node *n = &ex->g->nodes[i];
+    lt_node_ctx ctx;
+    exec_ctx_init(ex, i, &ctx);
+    ctx.step = ex->step ? ex->step - 1 : 0; /* the step whose forward this undoes */
+    ctx.dout[0] = &ex->grad[n->out[0]];
+    lt_tensor obs[2];
+    char *scratch = ex->obs;
+    for (int k = 0; k < n->n_in; k++) {
+      if (!ex->need_grad[n->in[k]]) continue;
+      ctx.accumulate_in[k] = en->acc[k];
+      ctx.din[k] = &ex->grad[n->in[k]];
+      if (en->observed && (k == 1 || k == 2)) {
+        obs[k - 1] = ex->grad[n->in[k]];
+        obs[k - 1].data = scratch;
+        scratch += lt_tensor_nbytes(&obs[k - 1]);
+        ctx.din[k] = &obs[k - 1];
+      }
+    }
+    for (int s = 0; s < en->n_saves; s++) {
+      exec_save *es = &en->saves[s];
+      if (es->is_param || es->kept) {
+        ctx.saved[s] = es->src;
+        continue;
+      }
+      lt_status st = pol->load(pol->user, es->handle, &es->restore, err);
+      if (st) return lt_err_prefix(err, "restoring the stash of node '%s'", n->name);
+      ctx.saved[s] = &es->restore;
+    }
+    lt_status st = ex->be->vt->backward(ex->be, &ctx, err);
+    if (st) return lt_err_prefix(err, "backward of node '%s'", n->name);
+    if (en->observed) exec_observe(ex, i, &ctx);
+    if (pol) exec_release_handles(ex, i);
+  }
+  return LT_OK;
+}
+
+/* ---- accessors ------------------------------------------------------------------------------------ */
+
+int lt_exec_batch(const lt_exec *ex) { return ex->batch; }
+
+lt_tensor *lt_exec_input(lt_exec *ex, int i) {
+  return i >= 0 && i < ex->g->n_inputs ? &ex->val[ex->g->inputs[i]] : NULL;
+}
+
+lt_tensor *lt_exec_output(lt_exec *ex, int i) {
+  return i >= 0 && i < ex->g->n_outputs ? &ex->val[ex->g->outputs[i]] : NULL;
+}
+
+lt_tensor *lt_exec_value(lt_exec *ex, int v) {
+  if (v < 0 || v >= ex->g->n_values || !lt_value_batched(&ex->g->values[v])) return NULL;
+  /* Alive after forward: dedicated, or kept into backward, or never reused. */
+  return ex->live_end[v] >= ex->F - 1 ? &ex->val[v] : NULL;
+}
+
+lt_tensor *lt_exec_output_grad(lt_exec *ex, int i) {
+  if (i < 0 || i >= ex->g->n_outputs) return NULL;
+  lt_tensor *t = &ex->grad[ex->g->outputs[i]];
+  return t->data ? t : NULL;
+}
+
+lt_tensor *lt_exec_param_grad(lt_exec *ex, int v) {
+  if (v < 0 || v >= ex->g->n_values || ex->g->values[v].kind != LT_VALUE_PARAM) return NULL;
+  return ex->grad[v].data ? &ex->grad[v] : NULL;
+}
+
+void lt_exec_zero_grads(lt_exec *ex) {
+  for (int v = 0; v < ex->g->n_values; v++)
+    if (ex->g->values[v].kind == LT_VALUE_PARAM && ex->grad[v].data)
+      ex->be->vt->memset0(ex->be, ex->grad[v].data, lt_tensor_nbytes(&ex->grad[v]), NULL);
+}
+
+void lt_exec_set_forward_hook(lt_exec *ex, lt_exec_hook fn, void *user) {
+  ex->hook = fn;
+  ex->hook_user = user;
+}
+
+lt_status lt_exec_sync_params(lt_exec *ex, int to_device, lt_err *err) {
+  if (ex->be->device < 0) return LT_OK;
+  for (int v = 0; v < ex->g->n_values; v++) {
+    const lt_value *val = &ex->g->values[v];
+    if (lt_value_batched(val) || !val->data) continue;
+    size_t bytes = lt_tensor_nbytes(val->data);
+    lt_status st = to_device
+                       ? ex->be->vt->to_device(ex->be, ex->val[v].data, val->data->data, bytes, err)
+                       : ex->be->vt->to_host(ex->be, val->data->data, ex->val[v].data, bytes, err);
+    if (st) return lt_err_prefix(err, "syncing parameter '%s'", val->name);
+  }
+  return LT_OK;
+}
+
+void lt_exec_saved_bytes(const lt_exec *ex, int64_t *dense, int64_t *held) {
+  if (dense) *dense = ex->saved_dense;
+  if (held) *held = ex->opts.stash ? ex->saved_held : ex->saved_kept;
+}
+
+void lt_exec_plan_stats_get(const lt_exec *ex, lt_exec_plan_stats *out) {
+  out->activations = ex->arena_bytes[ARENA_ACT];
+  out->saved = ex->arena_bytes[ARENA_SAVED];
+  out->gradients = ex->arena_bytes[ARENA_GRAD];
+  out->param_grads = ex->param_grad_bytes;
+  out->dedicated = ex->dedicated_bytes;
+  out->workspace = (int64_t)(ex->ws_bytes + ex->obs_bytes);
+}

@@ -1,0 +1,137 @@
+/* Micro-benchmark of the CPU convolution kernels on ResNet-20's conv layers (CIFAR, 32×32) at
+ * batch 128: forward, backward data and backward filter per distinct layer shape, each next to a
+ * plain sgemm of the same lowered size (M = out channels, N = batch*oh*ow, K = in*kh*kw) measured
+ * in the same run. Built, not run by ctest:
+ *
+ *   OMP_WAIT_POLICY=passive build/bin/bench_conv [BATCH [LAYER]]   (LAYER: row index, for profiling)
+ *
+ * GFLOP/s counts 2 flops per multiply-accumulate, as sgemm figures do (Lathe's reports count
+ * MACs; divide by 2 to compare). Times are the median of the repetitions.
+ */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "backend/cpu/kernels.h"
+#include "lathe/core.h"
+
+typedef struct layer {
+  const char *name;
+  int c, h, s, stride, count; /* count: how many such convs ResNet-20 has */
+} layer;
+
+static const layer layers[] = {
+    {"conv1 3->16 32x32", 3, 32, 16, 1, 1},
+    {"stage1 16->16 32x32", 16, 32, 16, 1, 6},
+    {"stage2 16->32 s2 ->16x16", 16, 32, 32, 2, 1},
+    {"stage2 32->32 16x16", 32, 16, 32, 1, 5},
+    {"stage3 32->64 s2 ->8x8", 32, 16, 64, 2, 1},
+    {"stage3 64->64 8x8", 64, 8, 64, 1, 5},
+};
+
+static int cmp_double(const void *a, const void *b) {
+  double x = *(const double *)a, y = *(const double *)b;
+  return x < y ? -1 : x > y;
+}
+
+enum { REPS = 5 };
+typedef void (*bench_fn)(void *ctx);
+
+/* Median seconds of REPS calls after one warm-up call. */
+static double time_median(bench_fn f, void *ctx) {
+  double t[REPS];
+  f(ctx);
+  for (int i = 0; i < REPS; i++) {
+    double t0 = lt_now();
+    f(ctx);
+    t[i] = lt_now() - t0;
+  }
+  qsort(t, REPS, sizeof(double), cmp_double);
+  return t[REPS / 2];
+}
+
+typedef struct ctx {
+  lt_conv_geom g;
+  float *x, *w, *b, *y, *dy, *dx, *dw, *db;
+  void *ws;
+  int m, n, k; /* the plain sgemm */
+  float *ga, *gb, *gc;
+} ctx;
+
+static void run_fwd(void *p) {
+  ctx *c = p;
+  lt_cpu_conv2d_fwd(&c->g, c->x, c->w, NULL, c->y, c->ws);
+}
+static void run_bwd_data(void *p) {
+  ctx *c = p;
+  lt_cpu_conv2d_bwd_data(&c->g, c->dy, c->w, c->dx, 0, c->ws);
+}
+static void run_bwd_filter(void *p) {
+  ctx *c = p;
+  lt_cpu_conv2d_bwd_filter(&c->g, c->x, c->dy, c->dw, NULL, 0, c->ws);
+}
+static void run_sgemm(void *p) {
+  ctx *c = p;
+  lt_cpu_gemm(0, 0, c->m, c->n, c->k, 1.0f, c->ga, c->k, c->gb, c->n, 0.0f, c->gc, c->n);
+}
+
+static float *filled(size_t n) {
+  float *p = malloc(n * sizeof(float));
+  for (size_t i = 0; i < n; i++) p[i] = (float)((i * 2654435761u) % 1000) * 1e-3f - 0.5f;
+  return p;
+}
+
+int main(int argc, char **argv) {
+  const int batch = argc > 1 ? atoi(argv[1]) : 128;
+  const int only = argc > 2 ? atoi(argv[2]) : -1;
+  double tot[3] = {0, 0, 0}, tot_flops = 0;
+  const char *wait = getenv("OMP_WAIT_POLICY");
+  /* Spinning OpenMP workers steal the cores from OpenBLAS's threads between regions; the
+   * figures depend on this setting, so say it. */
+  printf("OMP_WAIT_POLICY=%s\n", wait ? wait : "(unset: libgomp spins ~300k iterations after each region)");
+  {
+    ctx sq = {.m = 1024, .n = 1024, .k = 1024};
+    sq.ga = filled(1 << 20), sq.gb = filled(1 << 20), sq.gc = filled(1 << 20);
+    printf("plain sgemm 1024x1024x1024: %.1f GFLOP/s\n", 2.0 * 1024 * 1024 * 1024 / time_median(run_sgemm, &sq) * 1e-9);
+    free(sq.ga), free(sq.gb), free(sq.gc);
+  }
+  printf("ResNet-20 conv layers, batch %d (GFLOP/s = 2*MACs/s; median of %d)\n", batch, REPS);
+  printf("%-26s %5s %9s | %8s %8s %8s | %8s  (GFLOP/s)  ws MiB\n", "layer", "count", "GFLOP", "fwd",
+         "bwd_data", "bwd_filt", "sgemm");
+  for (size_t li = 0; li < sizeof layers / sizeof layers[0]; li++) {
+    if (only >= 0 && (size_t)only != li) continue;
+    const layer *L = &layers[li];
+    ctx c;
+    memset(&c, 0, sizeof c);
+    c.g = (lt_conv_geom){.n = batch, .c = L->c, .h = L->h, .w = L->h, .s = L->s, .kh = 3, .kw = 3,
+                         .stride_h = L->stride, .stride_w = L->stride, .pad_t = 1, .pad_l = 1,
+                         .pad_b = 1, .pad_r = 1, .dil_h = 1, .dil_w = 1, .groups = 1};
+    if (lt_conv_geom_finish(&c.g, 0)) return 1;
+    const size_t nx = (size_t)batch * L->c * L->h * L->h, ny = (size_t)batch * L->s * c.g.oh * c.g.ow;
+    const size_t nw = (size_t)L->s * L->c * 9;
+    c.x = filled(nx), c.w = filled(nw), c.y = filled(ny), c.dy = filled(ny), c.dx = filled(nx), c.dw = filled(nw);
+    const size_t wsb = lt_cpu_conv2d_workspace(&c.g);
+    c.ws = malloc(wsb + 64);
+    c.m = L->s, c.n = batch * c.g.oh * c.g.ow, c.k = L->c * 9;
+    c.ga = filled((size_t)c.m * c.k), c.gb = filled((size_t)c.k * c.n), c.gc = filled((size_t)c.m * c.n);
+    const double flops = 2.0 * c.m * (double)c.n * c.k;
+    const double tf = time_median(run_fwd, &c), tbd = time_median(run_bwd_data, &c);
+    const double tbf = time_median(run_bwd_filter, &c), tg = time_median(run_sgemm, &c);
+    printf("%-26s %5d %9.3f | %8.1f %8.1f %8.1f | %8.1f  %9.1f\n", L->name, L->count, flops * 1e-9,
+           flops / tf * 1e-9, flops / tbd * 1e-9, flops / tbf * 1e-9, flops / tg * 1e-9,
+           (double)wsb / (1 << 20));
+    tot[0] += L->count * tf;
+    /* conv1 needs no dx in training; count it anyway as a bound */
+    tot[1] += L->count * tbd;
+    tot[2] += L->count * tbf;
+    tot_flops += L->count * flops;
+    free(c.x), free(c.w), free(c.y), free(c.dy), free(c.dx), free(c.dw), free(c.ws);
+    free(c.ga), free(c.gb), free(c.gc);
+  }
+  const double train = tot[0] + tot[1] + tot[2];
+  printf("all 19 convs: fwd %.3f s (%.1f GFLOP/s), bwd_data %.3f s, bwd_filter %.3f s\n", tot[0],
+         tot_flops / tot[0] * 1e-9, tot[1], tot[2]);
+  printf("conv-only bound: inference %.0f img/s, training (fwd+bwd) %.0f img/s at %.1f GFLOP/s\n",
+         batch / tot[0], batch / train, 3 * tot_flops / train * 1e-9);
+  return 0;
+}
