@@ -16,7 +16,8 @@
 #include <string.h>
 #include <unistd.h>
 
-#include "forward.h"
+#include "lathe/backend.h"
+#include "lathe/exec.h"
 #include "lathe/onnx.h"
 #include "lathe/zoo.h"
 #include "test.h"
@@ -111,6 +112,18 @@ static void ort_flush(void) {
   n_jobs = 0;
 }
 
+/* Runs g for one batch on the CPU executor; returns output 0 (a new tensor) or NULL. */
+static lt_tensor *lathe_forward(lt_graph *g, int batch, const float *x, lt_err *err) {
+  lt_backend *be = lt_backend_get("cpu", err);
+  lt_exec *ex = be ? lt_exec_create(g, batch, LT_MODE_INFER, be, NULL, err) : NULL;
+  if (!ex) return NULL;
+  lt_tensor *in = lt_exec_input(ex, 0), *y = NULL;
+  memcpy(in->data, x, lt_tensor_nbytes(in));
+  if (lt_exec_forward(ex, err) == LT_OK) y = lt_tensor_clone(lt_exec_output(ex, 0), LT_MEM_DATA, err);
+  lt_exec_free(ex);
+  return y;
+}
+
 static float *random_input(int n, uint64_t seed) {
   float *x = malloc(sizeof(float) * (size_t)n);
   lt_rng r = lt_rng_make(seed, 0);
@@ -130,7 +143,7 @@ static void check_model(const char *path, const char *label, const float *x, int
   const lt_value *in = &g->values[g->inputs[0]];
   int dims[4] = {batch, (int)in->shape[0], (int)in->shape[1], (int)in->shape[2]};
   char what[512];
-  lt_tensor *y = test_forward(g, batch, x, &err);
+  lt_tensor *y = lathe_forward(g, batch, x, &err);
   CHECK_MSG(y != NULL, "%s: forward: %s", label, err.msg);
   if (!y) {
     lt_graph_free(g);
@@ -156,7 +169,7 @@ static void check_model(const char *path, const char *label, const float *x, int
   if (h) {
     CHECK(h->n_nodes == g->n_nodes);
     CHECK(lt_graph_params(h) == lt_graph_params(g) && lt_graph_macs(h) == lt_graph_macs(g));
-    lt_tensor *y2 = test_forward(h, batch, x, &err);
+    lt_tensor *y2 = lathe_forward(h, batch, x, &err);
     CHECK_MSG(y2 != NULL, "%s: forward after round trip: %s", label, err.msg);
     snprintf(what, sizeof what, "%s: export -> re-import vs import", label);
     if (y2 && (size_t)lt_tensor_numel(y2) == ny) compare(what, lt_tensor_f32(y2), lt_tensor_f32(y), ny);
