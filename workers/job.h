@@ -59,6 +59,11 @@ void job_emit_log(job_ctx *job, const char *level, const char *fmt, ...)
     __attribute__((format(printf, 3, 4)));
 void job_emit_artifact(job_ctx *job, const char *name, const char *path);
 
+/* True once `lathe run` has been asked to stop (SIGTERM/SIGINT: a cancel, or the worker shutting
+ * down). A long-running kind polls it between steps and returns job_fail(job, JOB_EXIT_FAILED,
+ * ...) promptly; the runner then reports the stop as a retryable error. */
+int job_should_stop(const job_ctx *job);
+
 /* Fills job->error and returns code, so a failure is one line. */
 int job_fail(job_ctx *job, int code, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
 

@@ -30,6 +30,11 @@ const char *spec_schema_text(const char *kind);
  * refuses unknown kinds, unknown properties, nesting deeper than 32 and strings over 4 KiB. */
 int spec_validate(const char *kind, cJSON *spec, spec_fault *fault);
 
+/* The same checks against a schema given as a parsed cJSON tree (not one of the embedded
+ * kinds): for tests of the keyword subset and for tools that check ad-hoc documents. The schema
+ * is checked first; a keyword outside the subset is a fault at "$.spec". */
+int spec_validate_schema(const cJSON *schema, cJSON *spec, spec_fault *fault);
+
 /* Calls fn for every string in spec that the schema marks with "x-lathe-file" (after a
  * successful spec_validate): file_kind is "model" or "dataset", ref the string, path its JSON
  * path. Stops and returns fn's value when it is non-zero. */

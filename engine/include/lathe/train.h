@@ -1,0 +1,205 @@
+/* lathe/train.h — optimizers, learning-rate schedules, checkpoints, and the training and
+ * evaluation loops.
+ *
+ * Usage (the pieces on their own):
+ *   lt_optim_config oc = lt_optim_config_default(LT_OPTIM_SGD);
+ *   oc.momentum = 0.9f; oc.weight_decay = 5e-4f;
+ *   lt_optim *opt = lt_optim_create(&oc, n, params, &err);       // state under LT_MEM_OPTIMIZER
+ *   lt_schedule s = {.kind = LT_SCHED_COSINE, .lr = 0.1, .total_steps = 1000, .warmup_steps = 50};
+ *   for (int64_t t = 0; t < 1000; t++) { ...; lt_optim_step(opt, grads, lt_schedule_lr(&s, t), &err); }
+ *   lt_ckpt_save("out/ckpt.h5", g, opt, &meta, &err);            // atomic: temp, fsync, rename
+ *   lt_optim_free(opt);
+ *
+ * Usage (the loop):
+ *   lt_train_config c = lt_train_config_default();
+ *   c.train = train_split; c.val = test_split; c.epochs = 5; c.batch_size = 128; ...
+ *   lt_train_result r;
+ *   lt_train_run(g, lt_backend_get("cpu", &err), &c, &r, &err);
+ *
+ * Determinism: the shuffle of an epoch and the augmentation of a sample are pure functions of
+ * (seed, epoch, index) (lathe/data.h), schedules are closed-form functions of the step, and a
+ * checkpoint holds every parameter (batch-norm running statistics included), the optimizer state
+ * and the position (epoch, step, epoch accumulators). A run resumed from a checkpoint therefore
+ * ends bitwise identical to an uninterrupted one on the CPU at the same thread count.
+ *
+ * Not for: data files (lathe/data.h) or graph execution (lathe/exec.h).
+ */
+#ifndef LATHE_TRAIN_H
+#define LATHE_TRAIN_H
+
+#include "lathe/data.h"
+#include "lathe/exec.h"
+#include "lathe/zoo.h"
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+/* ---- optimizers ---------------------------------------------------------------------------- */
+
+typedef enum lt_optim_kind { LT_OPTIM_SGD = 0, LT_OPTIM_ADAMW } lt_optim_kind;
+
+typedef struct lt_optim_config {
+  lt_optim_kind kind;
+  float weight_decay; /* SGD: L2 added to the gradient; AdamW: decoupled, w *= 1 - lr*wd */
+  float momentum, dampening; /* SGD */
+  int nesterov;              /* SGD, needs momentum > 0 and dampening 0 (as torch.optim.SGD) */
+  float beta1, beta2, eps;   /* AdamW */
+} lt_optim_config;
+
+/* torch.optim defaults: SGD momentum 0; AdamW betas (0.9, 0.999), eps 1e-8, weight decay 0.01. */
+lt_optim_config lt_optim_config_default(lt_optim_kind kind);
+lt_status lt_optim_config_check(const lt_optim_config *c, lt_err *err);
+
+/* An optimizer over a fixed list of float32 parameter tensors (host memory). */
+typedef struct lt_optim {
+  lt_optim_config cfg;
+  int n;                /* parameters */
+  lt_tensor **params;   /* (n) borrowed; updated in place */
+  int n_slots;          /* state tensors per parameter: 0 (plain SGD), 1 (velocity), 2 (m, v) */
+  float **state;        /* (n * n_slots) each numel(params[i]) floats, owned, LT_MEM_OPTIMIZER */
+  int64_t step;         /* updates taken so far */
+} lt_optim;
+
+lt_optim *lt_optim_create(const lt_optim_config *c, int n, lt_tensor *const *params, lt_err *err);
+void lt_optim_free(lt_optim *o); /* accepts NULL and half-built optimizers */
+/* One update of every parameter with grads[i] (same shapes as params[i]) at learning rate lr. */
+lt_status lt_optim_step(lt_optim *o, lt_tensor *const *grads, float lr, lt_err *err);
+
+/* ---- schedules ----------------------------------------------------------------------------- */
+
+typedef enum lt_sched_kind {
+  LT_SCHED_CONSTANT = 0,
+  LT_SCHED_STEP,    /* lr * gamma^floor(t / step_size)            (torch StepLR) */
+  LT_SCHED_COSINE,  /* min_lr + (lr - min_lr)(1 + cos(pi t / T))/2 (torch CosineAnnealingLR) */
+  LT_SCHED_ONECYCLE /* torch OneCycleLR, cosine annealing, two phases, lr is the peak */
+} lt_sched_kind;
+
+/* The learning rate as a closed-form function of the optimizer step, so that a resumed run needs
+ * no scheduler state. A linear warm-up (torch LinearLR from warmup_start_factor to 1) may precede
+ * constant, step and cosine; the schedule after it then counts from the end of the warm-up and
+ * spans total_steps - warmup_steps (torch SequentialLR). */
+typedef struct lt_schedule {
+  lt_sched_kind kind;
+  double lr;                  /* base rate (one-cycle: the peak, max_lr) */
+  int64_t total_steps;        /* cosine and one-cycle horizon, warm-up included */
+  int64_t warmup_steps;       /* 0: none */
+  double warmup_start_factor; /* first warm-up step runs at lr * this; in (0, 1] */
+  int64_t step_size;          /* step: decay every step_size steps */
+  double gamma;               /* step: decay factor */
+  double min_lr;              /* cosine: eta_min */
+  double pct_start;           /* one-cycle: fraction of steps rising (torch default 0.3) */
+  double div_factor;          /* one-cycle: initial lr = lr / div_factor (torch 25) */
+  double final_div_factor;    /* one-cycle: final lr = initial / final_div_factor (torch 1e4) */
+} lt_schedule;
+
+lt_status lt_schedule_check(const lt_schedule *s, lt_err *err);
+double lt_schedule_lr(const lt_schedule *s, int64_t step);
+
+/* ---- checkpoints --------------------------------------------------------------------------- */
+
+/* Where a run stands. Everything a resumed run needs beyond the tensors. */
+typedef struct lt_ckpt_meta {
+  char model[64];          /* zoo name the graph was built from, "" when unknown */
+  int num_classes;         /* classifier width the graph was built with, 0 when unknown */
+  int64_t epoch;           /* current epoch (0-based) */
+  int64_t step;            /* optimizer steps taken in total */
+  int64_t epoch_step;      /* steps taken within the current epoch */
+  uint64_t seed;           /* the run's seed (shuffle, augmentation, dropout) */
+  double epoch_loss_sum;   /* sum of per-sample losses so far in the current epoch */
+  int64_t epoch_correct;   /* correct predictions so far in the current epoch */
+  int64_t epoch_seen;      /* samples so far in the current epoch */
+} lt_ckpt_meta;
+
+/* Writes every parameter of g (trainable or not) and, when o is non-NULL, its state: o must have
+ * been created over lt_train_params(g) in that order. Atomic (temp file, fsync, rename). */
+lt_status lt_ckpt_save(const char *path, const lt_graph *g, const lt_optim *o,
+                       const lt_ckpt_meta *m, lt_err *err);
+/* Reads a checkpoint into g (every parameter must be present with its shape) and, when o is
+ * non-NULL, its optimizer state (the optimizer kind must match). m may be NULL. */
+lt_status lt_ckpt_load(const char *path, lt_graph *g, lt_optim *o, lt_ckpt_meta *m, lt_err *err);
+/* Only the metadata: which model to build before lt_ckpt_load. */
+lt_status lt_ckpt_read_meta(const char *path, lt_ckpt_meta *m, lt_err *err);
+
+/* The trainable parameters of g in value order (the order optimizers and checkpoints use):
+ * fills up to cap value ids into ids (may be NULL) and returns how many there are. */
+int lt_train_params(const lt_graph *g, int *ids, int cap);
+
+/* Threads for the CPU backend: OpenMP and OpenBLAS both (0 leaves the defaults: all cores). */
+void lt_train_set_threads(int n);
+
+/* ---- models by reference ----------------------------------------------------------------- */
+
+/* The one place that turns a model reference into a graph, for `lathe eval` and the train job:
+ *   a zoo name ("resnet20")  built with zoo (seed, sizes, classes), then weights from
+ *                            checkpoint when that is non-NULL;
+ *   a checkpoint file        its recorded zoo model rebuilt (zoo supplies the input size,
+ *                            num_classes comes from the checkpoint) and its weights loaded.
+ * ONNX files become one more case here once lathe/onnx.h exists. meta (may be NULL) receives the
+ * checkpoint's metadata, zeroed when no checkpoint was read. */
+lt_graph *lt_model_load(const char *ref, const lt_zoo_opts *zoo, const char *checkpoint,
+                        lt_ckpt_meta *meta, lt_err *err);
+
+/* ---- loops --------------------------------------------------------------------------------- */
+
+typedef struct lt_train_progress {
+  int64_t epoch, epochs;       /* current epoch (0-based) and the total */
+  int64_t step, total_steps;   /* optimizer steps taken (after this one) and planned */
+  int64_t epoch_step, steps_per_epoch;
+  double loss;                 /* this step's mean loss, or the epoch's mean on epoch ends */
+  double accuracy;             /* classification only; NaN for regression */
+  double lr;
+  double samples_per_s;        /* over the last step, or over the epoch on epoch ends */
+  double val_loss, val_accuracy; /* epoch ends with a validation split; NaN otherwise */
+  lt_mem_stats mem;
+} lt_train_progress;
+
+/* Callbacks return 0 to go on, non-zero to stop the run with LT_ERR_CANCELLED (after a
+ * checkpoint when one is configured). */
+typedef int (*lt_train_cb)(void *user, const lt_train_progress *p);
+
+typedef struct lt_train_config {
+  lt_dataset *train;        /* required */
+  lt_dataset *val;          /* optional: evaluated at each epoch end */
+  int batch_size;
+  int64_t epochs;
+  int64_t max_steps;        /* > 0: stop after this many optimizer steps in total */
+  lt_optim_config optim;
+  lt_schedule sched;        /* total_steps is filled by the loop when 0 */
+  lt_batch_opts batch;      /* normalisation and augmentation for training batches */
+  uint64_t seed;
+  int64_t checkpoint_every; /* > 0: write checkpoint_path every this many steps */
+  const char *checkpoint_path; /* also written at each epoch end and at the end, when set */
+  const char *resume_from;  /* checkpoint to resume from, or NULL */
+  lt_ckpt_meta meta;        /* model and num_classes recorded in checkpoints */
+  lt_train_cb on_step, on_epoch;
+  void *user;
+} lt_train_config;
+
+lt_train_config lt_train_config_default(void);
+
+typedef struct lt_train_result {
+  int64_t epochs, steps;
+  double train_loss, train_accuracy; /* last epoch's means */
+  double val_loss, val_accuracy;     /* NaN without a validation split */
+  double samples_per_s;              /* training samples over training time (evaluation excluded) */
+  lt_mem_stats mem;                  /* peaks over the run */
+} lt_train_result;
+
+lt_status lt_train_run(lt_graph *g, lt_backend *be, const lt_train_config *c, lt_train_result *r,
+                       lt_err *err);
+
+typedef struct lt_eval_result {
+  double loss;     /* mean per sample */
+  double accuracy; /* NaN for regression targets */
+  int64_t samples;
+} lt_eval_result;
+
+/* Evaluates g in inference mode over all of ds with normalisation only. */
+lt_status lt_evaluate(lt_graph *g, lt_backend *be, const lt_dataset *ds, const lt_norm *norm,
+                      int batch_size, lt_eval_result *r, lt_err *err);
+
+#ifdef __cplusplus
+}
+#endif
+#endif

@@ -1,0 +1,137 @@
+/* Optimizers over lists of parameter tensors: SGD (momentum, dampening, Nesterov, L2 weight
+ * decay) and AdamW (decoupled weight decay), with the update arithmetic of torch.optim. The
+ * per-element updates are the CPU kernels lt_cpu_sgd_step / lt_cpu_adamw_step; this file owns
+ * the state buffers and the step count that checkpoints save. */
+#include "lathe/train.h"
+#include "backend/cpu/kernels.h"
+
+#include <math.h>
+#include <string.h>
+
+lt_optim_config lt_optim_config_default(lt_optim_kind kind) {
+  lt_optim_config c = {.kind = kind};
+  if (kind == LT_OPTIM_ADAMW) {
+    c.beta1 = 0.9f;
+    c.beta2 = 0.999f;
+    c.eps = 1e-8f;
+    c.weight_decay = 0.01f;
+  }
+  return c;
+}
+
+lt_status lt_optim_config_check(const lt_optim_config *c, lt_err *err) {
+  if (c->kind != LT_OPTIM_SGD && c->kind != LT_OPTIM_ADAMW)
+    return lt_errorf(err, LT_ERR_INVALID, "unknown optimizer kind %d; use sgd or adamw", c->kind);
+  if (!(c->weight_decay >= 0) || !isfinite(c->weight_decay))
+    return lt_errorf(err, LT_ERR_INVALID, "weight decay %g must be a finite value >= 0",
+                     (double)c->weight_decay);
+  if (c->kind == LT_OPTIM_SGD) {
+    if (!(c->momentum >= 0 && c->momentum < 1))
+      return lt_errorf(err, LT_ERR_INVALID, "SGD momentum %g must lie in [0, 1)",
+                       (double)c->momentum);
+    if (!(c->dampening >= 0 && c->dampening <= 1))
+      return lt_errorf(err, LT_ERR_INVALID, "SGD dampening %g must lie in [0, 1]",
+                       (double)c->dampening);
+    if (c->nesterov && (c->momentum <= 0 || c->dampening != 0))
+      return lt_errorf(err, LT_ERR_INVALID,
+                       "Nesterov momentum needs momentum > 0 and dampening 0 (got %g and %g)",
+                       (double)c->momentum, (double)c->dampening);
+  } else {
+    if (!(c->beta1 >= 0 && c->beta1 < 1) || !(c->beta2 >= 0 && c->beta2 < 1))
+      return lt_errorf(err, LT_ERR_INVALID, "AdamW betas (%g, %g) must lie in [0, 1)",
+                       (double)c->beta1, (double)c->beta2);
+    if (!(c->eps > 0) || !isfinite(c->eps))
+      return lt_errorf(err, LT_ERR_INVALID, "AdamW eps %g must be a finite value > 0",
+                       (double)c->eps);
+  }
+  return LT_OK;
+}
+
+static int optim_slots(const lt_optim_config *c) {
+  if (c->kind == LT_OPTIM_ADAMW) return 2;
+  return c->momentum != 0 ? 1 : 0;
+}
+
+/* Entries of the params and state arrays, never 0 so that an empty model still allocates. */
+static size_t optim_count(int n, int slots) {
+  size_t k = (size_t)n * (size_t)slots;
+  return k ? k : 1;
+}
+
+lt_optim *lt_optim_create(const lt_optim_config *c, int n, lt_tensor *const *params, lt_err *err) {
+  if (lt_optim_config_check(c, err)) return NULL;
+  if (n < 0) {
+    lt_errorf(err, LT_ERR_INVALID, "optimizer over %d parameters", n);
+    return NULL;
+  }
+  for (int i = 0; i < n; i++) {
+    if (params[i]->dtype != LT_F32 || params[i]->device >= 0) {
+      lt_errorf(err, LT_ERR_UNSUPPORTED,
+                "parameter %d is %s in %s memory; optimizers update float32 host tensors", i,
+                lt_dtype_name(params[i]->dtype), params[i]->device >= 0 ? "device" : "host");
+      return NULL;
+    }
+  }
+  lt_optim *o = lt_calloc(LT_MEM_OTHER, sizeof *o, err);
+  if (!o) return NULL;
+  o->cfg = *c;
+  o->n = n;
+  o->n_slots = optim_slots(c);
+  o->params = lt_calloc(LT_MEM_OTHER, optim_count(n, 1) * sizeof *o->params, err);
+  o->state = lt_calloc(LT_MEM_OTHER, optim_count(n, o->n_slots) * sizeof *o->state, err);
+  if (!o->params || !o->state) {
+    lt_optim_free(o);
+    return NULL;
+  }
+  for (int i = 0; i < n; i++) {
+    o->params[i] = params[i];
+    for (int s = 0; s < o->n_slots; s++) {
+      o->state[i * o->n_slots + s] = lt_calloc(LT_MEM_OPTIMIZER, lt_tensor_nbytes(params[i]), err);
+      if (!o->state[i * o->n_slots + s]) {
+        lt_optim_free(o);
+        return NULL;
+      }
+    }
+  }
+  return o;
+}
+
+void lt_optim_free(lt_optim *o) {
+  if (!o) return;
+  if (o->state && o->params) {
+    for (int i = 0; i < o->n; i++)
+      for (int s = 0; s < o->n_slots; s++)
+        if (o->params[i])
+          lt_free(LT_MEM_OPTIMIZER, o->state[i * o->n_slots + s], lt_tensor_nbytes(o->params[i]));
+  }
+  lt_free(LT_MEM_OTHER, o->state, optim_count(o->n, o->n_slots) * sizeof *o->state);
+  lt_free(LT_MEM_OTHER, o->params, optim_count(o->n, 1) * sizeof *o->params);
+  lt_free(LT_MEM_OTHER, o, sizeof *o);
+}
+
+lt_status lt_optim_step(lt_optim *o, lt_tensor *const *grads, float lr, lt_err *err) {
+  if (!isfinite(lr) || lr < 0)
+    return lt_errorf(err, LT_ERR_INVALID, "learning rate %g must be a finite value >= 0",
+                     (double)lr);
+  for (int i = 0; i < o->n; i++) {
+    if (!grads[i] || !lt_shape_equal(grads[i]->ndim, grads[i]->shape, o->params[i]->ndim,
+                                     o->params[i]->shape) || grads[i]->dtype != LT_F32)
+      return lt_errorf(err, LT_ERR_INTERNAL,
+                       "gradient %d is missing or does not match its parameter's shape", i);
+  }
+  const lt_optim_config *c = &o->cfg;
+  o->step++;
+  for (int i = 0; i < o->n; i++) {
+    size_t count = (size_t)lt_tensor_numel(o->params[i]);
+    float *w = lt_tensor_f32(o->params[i]);
+    const float *g = lt_tensor_f32(grads[i]);
+    if (c->kind == LT_OPTIM_SGD) {
+      lt_cpu_sgd_step(count, lr, c->momentum, c->dampening, c->weight_decay, c->nesterov, w, g,
+                      o->n_slots ? o->state[i] : NULL, o->step == 1);
+    } else {
+      lt_cpu_adamw_step(count, lr, c->beta1, c->beta2, c->eps, c->weight_decay, o->step, w, g,
+                        o->state[2 * i], o->state[2 * i + 1]);
+    }
+  }
+  return LT_OK;
+}
