@@ -1,5 +1,5 @@
-"""Exports small CNNs from PyTorch (torch 1.13) to ONNX at several opsets, with batch-norm folded
-and kept, plus a random input and PyTorch's output for each, for test_onnx_reference.
+"""Exports a small CNN from PyTorch (torch 1.13) to ONNX at every opset from 9 to 17, with
+batch-norm folded and kept, plus a random input and PyTorch's output for each, for test_onnx_reference.
 
     /usr/bin/python3 make_torch_models.py OUTDIR
 
@@ -70,7 +70,7 @@ def main():
     net = Net().eval()
     x = torch.randn(3, 3, 16, 16)
     lines = []
-    for opset in (9, 11, 13, 17):
+    for opset in range(9, 18):
         net.bilinear = opset >= 11
         with torch.no_grad():
             ref = net(x)

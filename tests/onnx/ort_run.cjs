@@ -1,5 +1,7 @@
-// Runs an ONNX model in onnxruntime-node (the reference for Lathe's importer and exporter).
+// Runs ONNX models in onnxruntime-node (the reference for Lathe's importer and exporter).
 //   node ort_run.cjs MODEL.onnx INPUT.f32 N,C,H,W OUTPUT.f32
+//   node ort_run.cjs --jobs JOBS.txt      one "MODEL INPUT N,C,H,W OUTPUT" per line (one node
+//                                         start for many models)
 // INPUT.f32 holds the first graph input as raw little-endian float32; OUTPUT.f32 receives the
 // first graph output the same way. onnxruntime-node is found through NODE_PATH or the
 // node_modules of the repository root.
@@ -7,9 +9,7 @@
 const fs = require('fs');
 const ort = require('onnxruntime-node');
 
-async function main() {
-  const [model, inPath, shapeArg, outPath] = process.argv.slice(2);
-  if (!outPath) throw new Error('usage: node ort_run.cjs MODEL.onnx INPUT.f32 N,C,H,W OUTPUT.f32');
+async function run(model, inPath, shapeArg, outPath) {
   const dims = shapeArg.split(',').map(Number);
   const buf = fs.readFileSync(inPath);
   const data = new Float32Array(buf.buffer, buf.byteOffset, buf.length / 4);
@@ -19,6 +19,17 @@ async function main() {
   const result = await session.run(feeds);
   const out = result[session.outputNames[0]];
   fs.writeFileSync(outPath, Buffer.from(out.data.buffer, out.data.byteOffset, out.data.byteLength));
-  console.log(JSON.stringify({ output: session.outputNames[0], dims: out.dims }));
+  console.log(JSON.stringify({ model, output: session.outputNames[0], dims: out.dims }));
+}
+
+async function main() {
+  const args = process.argv.slice(2);
+  if (args[0] === '--jobs') {
+    const lines = fs.readFileSync(args[1], 'utf8').split('\n').filter((l) => l.trim());
+    for (const line of lines) await run(...line.split('\t'));
+    return;
+  }
+  if (args.length !== 4) throw new Error('usage: node ort_run.cjs MODEL.onnx INPUT.f32 N,C,H,W OUTPUT.f32');
+  await run(...args);
 }
 main().catch((e) => { console.error(String(e && e.stack || e)); process.exit(1); });

@@ -246,6 +246,36 @@ TEST_CASE(onnx_export_reimport_keeps_graph) {
   lt_graph_free(g);
 }
 
+/* Regression (fuzz crash e9ce3c12): two nodes with the same name, each exported with attribute
+ * initializers ("<node>.min"), made the export define an initializer twice. */
+TEST_CASE(onnx_export_with_duplicate_node_names_reimports) {
+  pb_buf g = {0}, m = {0};
+  int64_t none[1] = {0};
+  float lo = -0.5f, hi = 0.5f;
+  ob_tensor(&g, 5, "lo", 0, none, &lo, 1);
+  ob_tensor(&g, 5, "hi", 0, none, &hi, 1);
+  ob_node(&g, "Clip", "dup", OB_LIST("x", "lo", "hi"), OB_LIST("a"), NULL);
+  ob_node(&g, "Clip", "dup", OB_LIST("a", "lo", "hi"), OB_LIST("y"), NULL);
+  int64_t xd[4] = {-1, 2, 4, 4};
+  ob_valinfo(&g, 11, "x", 4, xd);
+  ob_valinfo(&g, 12, "y", 4, xd);
+  ob_model(&m, &g, 13);
+  lt_err err = {0};
+  lt_graph *gr = lt_onnx_load_buffer(m.data, m.len, NULL, &err);
+  CHECK_MSG(gr != NULL, "%s", err.msg);
+  uint8_t *buf = NULL;
+  size_t len = 0;
+  CHECK(gr && lt_onnx_save_buffer(gr, &buf, &len, &err) == LT_OK);
+  lt_graph *h = buf ? lt_onnx_load_buffer(buf, len, NULL, &err) : NULL;
+  CHECK_MSG(h != NULL, "%s", err.msg);
+  if (h) CHECK(h->n_nodes == 2 && h->nodes[1].op == LT_OP_CLIP && h->nodes[1].a.hi == 0.5f);
+  free(buf);
+  lt_graph_free(h);
+  lt_graph_free(gr);
+  pb_buf_free(&g);
+  pb_buf_free(&m);
+}
+
 static const char *data_dir;
 
 TEST_CASE(onnx_shared_resnet20_files_import) {
@@ -304,6 +334,7 @@ int main(int argc, char **argv) {
   RUN(onnx_unsupported_op_names_op_node_and_opset);
   RUN(onnx_external_data_only_beside_the_model);
   RUN(onnx_export_reimport_keeps_graph);
+  RUN(onnx_export_with_duplicate_node_names_reimports);
   if (data_dir && access(data_dir, R_OK) == 0) {
     RUN(onnx_shared_resnet20_files_import);
     RUN(onnx_truncated_real_model_is_a_clear_error);

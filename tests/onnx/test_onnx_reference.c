@@ -4,6 +4,8 @@
  *   test_onnx_reference shared DATA_DIR ORT_RUN.cjs   ResNet-20 files vs onnxruntime-node
  *   test_onnx_reference torch MODELS_DIR ORT_RUN.cjs  torch 1.13 exports (opsets 9-17, BN folded
  *                                                     and kept) vs PyTorch and onnxruntime
+ *   test_onnx_reference zoo - ORT_RUN.cjs             every zoo model, exported, run by
+ *                                                     onnxruntime vs Lathe
  *
  * Tolerance: max |lathe - reference| <= 1e-4 * max(1, max |reference|), i.e. float32 rounding
  * through ~20 layers of accumulation; measured differences are printed. Exits 77 (skipped) when
@@ -14,8 +16,10 @@
 #include <string.h>
 #include <unistd.h>
 
-#include "forward.h"
+#include "lathe/backend.h"
+#include "lathe/exec.h"
 #include "lathe/onnx.h"
+#include "lathe/zoo.h"
 #include "test.h"
 
 static const char *ort_script;
@@ -46,18 +50,6 @@ static int write_f32(const char *path, const float *p, size_t n) {
   return fclose(f) == 0 && ok ? 0 : -1;
 }
 
-/* Runs onnxruntime on model with input x (batch, 3, h, w); returns the output or NULL. */
-static float *ort(const char *model, const float *x, int batch, int c, int h, int w, size_t *n) {
-  char in[512], out[512], cmd[2048];
-  snprintf(in, sizeof in, "%s/in.f32", tmpdir);
-  snprintf(out, sizeof out, "%s/out.f32", tmpdir);
-  if (write_f32(in, x, (size_t)batch * c * h * w)) return NULL;
-  snprintf(cmd, sizeof cmd, "node '%s' '%s' '%s' %d,%d,%d,%d '%s' >/dev/null", ort_script, model, in,
-           batch, c, h, w, out);
-  if (system(cmd) != 0) return NULL;
-  return read_f32(out, n);
-}
-
 /* max |a - b| against the tolerance; prints the figure. */
 static void compare(const char *what, const float *a, const float *ref, size_t n) {
   double maxd = 0, maxr = 0;
@@ -70,6 +62,68 @@ static void compare(const char *what, const float *a, const float *ref, size_t n
   CHECK_MSG(maxd <= tol && !isnan(maxd), "%s: max |diff| %g exceeds %g", what, maxd, tol);
 }
 
+/* onnxruntime runs are queued and done by one node process per test case (starting node and
+ * onnxruntime takes longer than running these models). Each job compares onnxruntime's output
+ * for (model, x) with Lathe's output `lathe`. */
+typedef struct ort_job {
+  char model[512], in[512], out[512], label[256];
+  int dims[4];
+  float *lathe; /* (n) owned */
+  size_t n;
+} ort_job;
+static ort_job jobs[64];
+static int n_jobs;
+
+static void ort_defer(const char *model, const float *x, const int *dims, const float *lathe,
+                      size_t n, const char *label) {
+  REQUIRE(n_jobs < 64);
+  ort_job *j = &jobs[n_jobs];
+  snprintf(j->model, sizeof j->model, "%s", model);
+  snprintf(j->in, sizeof j->in, "%s/in%d.f32", tmpdir, n_jobs);
+  snprintf(j->out, sizeof j->out, "%s/out%d.f32", tmpdir, n_jobs);
+  snprintf(j->label, sizeof j->label, "%s", label);
+  memcpy(j->dims, dims, sizeof j->dims);
+  j->n = n;
+  j->lathe = malloc(n * sizeof(float));
+  REQUIRE(j->lathe && write_f32(j->in, x, (size_t)dims[0] * dims[1] * dims[2] * dims[3]) == 0);
+  memcpy(j->lathe, lathe, n * sizeof(float));
+  n_jobs++;
+}
+
+static void ort_flush(void) {
+  char list[512], cmd[2048];
+  snprintf(list, sizeof list, "%s/jobs.txt", tmpdir);
+  FILE *f = fopen(list, "w");
+  REQUIRE(f != NULL);
+  for (int i = 0; i < n_jobs; i++)
+    fprintf(f, "%s\t%s\t%d,%d,%d,%d\t%s\n", jobs[i].model, jobs[i].in, jobs[i].dims[0], jobs[i].dims[1],
+            jobs[i].dims[2], jobs[i].dims[3], jobs[i].out);
+  fclose(f);
+  snprintf(cmd, sizeof cmd, "node '%s' --jobs '%s' >/dev/null", ort_script, list);
+  CHECK_MSG(system(cmd) == 0, "onnxruntime-node failed on one of the models (see stderr)");
+  for (int i = 0; i < n_jobs; i++) {
+    size_t n = 0;
+    float *o = read_f32(jobs[i].out, &n);
+    CHECK_MSG(o && n == jobs[i].n, "%s: no or wrong-sized onnxruntime output", jobs[i].label);
+    if (o && n == jobs[i].n) compare(jobs[i].label, jobs[i].lathe, o, n);
+    free(o);
+    free(jobs[i].lathe);
+  }
+  n_jobs = 0;
+}
+
+/* Runs g for one batch on the CPU executor; returns output 0 (a new tensor) or NULL. */
+static lt_tensor *lathe_forward(lt_graph *g, int batch, const float *x, lt_err *err) {
+  lt_backend *be = lt_backend_get("cpu", err);
+  lt_exec *ex = be ? lt_exec_create(g, batch, LT_MODE_INFER, be, NULL, err) : NULL;
+  if (!ex) return NULL;
+  lt_tensor *in = lt_exec_input(ex, 0), *y = NULL;
+  memcpy(in->data, x, lt_tensor_nbytes(in));
+  if (lt_exec_forward(ex, err) == LT_OK) y = lt_tensor_clone(lt_exec_output(ex, 0), LT_MEM_DATA, err);
+  lt_exec_free(ex);
+  return y;
+}
+
 static float *random_input(int n, uint64_t seed) {
   float *x = malloc(sizeof(float) * (size_t)n);
   lt_rng r = lt_rng_make(seed, 0);
@@ -77,48 +131,51 @@ static float *random_input(int n, uint64_t seed) {
   return x;
 }
 
-/* Imports model, runs it on x, compares with ref; then exports, re-imports, compares again. */
+/* Imports model and runs it on x; compares with ref when given (PyTorch's output), and queues
+ * onnxruntime on the original (with_original) and on Lathe's export, both against Lathe's
+ * output. The export is re-imported and must compute the same. */
 static void check_model(const char *path, const char *label, const float *x, int batch, const float *ref,
-                        size_t nref) {
+                        size_t nref, int with_original) {
   lt_err err = {0};
   lt_graph *g = lt_onnx_load(path, NULL, &err);
   CHECK_MSG(g != NULL, "%s: %s", label, err.msg);
   if (!g) return;
-  lt_tensor *y = test_forward(g, batch, x, &err);
+  const lt_value *in = &g->values[g->inputs[0]];
+  int dims[4] = {batch, (int)in->shape[0], (int)in->shape[1], (int)in->shape[2]};
+  char what[512];
+  lt_tensor *y = lathe_forward(g, batch, x, &err);
   CHECK_MSG(y != NULL, "%s: forward: %s", label, err.msg);
-  if (y) {
-    CHECK((size_t)lt_tensor_numel(y) == nref);
-    char what[256];
-    snprintf(what, sizeof what, "%s import", label);
-    if ((size_t)lt_tensor_numel(y) == nref) compare(what, lt_tensor_f32(y), ref, nref);
+  if (!y) {
+    lt_graph_free(g);
+    return;
   }
-  lt_tensor_free(y);
+  size_t ny = (size_t)lt_tensor_numel(y);
+  if (ref) {
+    snprintf(what, sizeof what, "%s: Lathe import vs PyTorch", label);
+    CHECK(ny == nref);
+    if (ny == nref) compare(what, lt_tensor_f32(y), ref, nref);
+  }
+  if (with_original) {
+    snprintf(what, sizeof what, "%s: Lathe import vs onnxruntime", label);
+    ort_defer(path, x, dims, lt_tensor_f32(y), ny, what);
+  }
   char exported[512];
-  snprintf(exported, sizeof exported, "%s/export.onnx", tmpdir);
+  snprintf(exported, sizeof exported, "%s/export%d.onnx", tmpdir, n_jobs);
   CHECK_MSG(lt_onnx_save(g, exported, &err) == LT_OK, "%s: export: %s", label, err.msg);
+  snprintf(what, sizeof what, "%s: Lathe vs onnxruntime on Lathe's export", label);
+  ort_defer(exported, x, dims, lt_tensor_f32(y), ny, what);
   lt_graph *h = lt_onnx_load(exported, NULL, &err);
   CHECK_MSG(h != NULL, "%s: re-import: %s", label, err.msg);
   if (h) {
     CHECK(h->n_nodes == g->n_nodes);
-    CHECK(lt_graph_params(h) == lt_graph_params(g));
-    y = test_forward(h, batch, x, &err);
-    CHECK_MSG(y != NULL, "%s: forward after round trip: %s", label, err.msg);
-    char what[256];
-    snprintf(what, sizeof what, "%s export -> re-import", label);
-    if (y && (size_t)lt_tensor_numel(y) == nref) compare(what, lt_tensor_f32(y), ref, nref);
-    lt_tensor_free(y);
+    CHECK(lt_graph_params(h) == lt_graph_params(g) && lt_graph_macs(h) == lt_graph_macs(g));
+    lt_tensor *y2 = lathe_forward(h, batch, x, &err);
+    CHECK_MSG(y2 != NULL, "%s: forward after round trip: %s", label, err.msg);
+    snprintf(what, sizeof what, "%s: export -> re-import vs import", label);
+    if (y2 && (size_t)lt_tensor_numel(y2) == ny) compare(what, lt_tensor_f32(y2), lt_tensor_f32(y), ny);
+    lt_tensor_free(y2);
   }
-  /* The exported file itself, run by onnxruntime. */
-  const lt_value *in = &g->values[g->inputs[0]];
-  size_t n = 0;
-  float *o = ort(exported, x, batch, (int)in->shape[0], (int)in->shape[1], (int)in->shape[2], &n);
-  CHECK_MSG(o != NULL, "%s: onnxruntime failed on the exported model", label);
-  if (o && n == nref) {
-    char what[256];
-    snprintf(what, sizeof what, "%s export, run by onnxruntime", label);
-    compare(what, o, ref, nref);
-  }
-  free(o);
+  lt_tensor_free(y);
   lt_graph_free(h);
   lt_graph_free(g);
 }
@@ -132,12 +189,9 @@ TEST_CASE(resnet20_files_match_onnxruntime) {
   for (int i = 0; i < 2; i++) {
     char path[1024];
     snprintf(path, sizeof path, "%s/models/%s", data_dir, files[i]);
-    size_t n = 0;
-    float *ref = ort(path, x, batch, 3, 32, 32, &n);
-    CHECK_MSG(ref && n == (size_t)batch * 10, "onnxruntime failed on %s", path);
-    if (ref) check_model(path, files[i], x, batch, ref, n);
-    free(ref);
+    check_model(path, files[i], x, batch, NULL, 0, 1);
   }
+  ort_flush();
   free(x);
 }
 
@@ -157,18 +211,42 @@ TEST_CASE(torch_exports_match_pytorch) {
     float *ref = read_f32(path, &nr);
     snprintf(path, sizeof path, "%s/%s.onnx", data_dir, name);
     CHECK(x && ref && nx == (size_t)b * c * h * w && nr == nout);
-    if (x && ref) check_model(path, name, x, b, ref, nr);
+    if (x && ref) check_model(path, name, x, b, ref, nr, 0);
     free(x);
     free(ref);
     cnt++;
   }
   fclose(f);
-  CHECK(cnt >= 8);
+  ort_flush();
+  CHECK(cnt == 18); /* opsets 9..17, BN folded and kept */
+}
+
+/* Graphs built by Lathe (as train and compress produce them) export to ONNX that onnxruntime
+ * runs to the same outputs as Lathe. */
+TEST_CASE(zoo_models_export_and_match_onnxruntime) {
+  for (const char *const *name = lt_zoo_names(); *name; name++) {
+    lt_err err = {0};
+    lt_zoo_opts o = {.seed = 7};
+    lt_graph *g = lt_zoo_build(*name, &o, &err);
+    CHECK_MSG(g != NULL, "%s: %s", *name, err.msg);
+    if (!g) continue;
+    char path[512], label[128];
+    snprintf(path, sizeof path, "%s/zoo-%s.onnx", tmpdir, *name);
+    snprintf(label, sizeof label, "zoo %s", *name);
+    CHECK_MSG(lt_onnx_save(g, path, &err) == LT_OK, "%s: export: %s", *name, err.msg);
+    const lt_value *in = &g->values[g->inputs[0]];
+    int n = 2 * (int)lt_shape_numel(in->ndim, in->shape);
+    float *x = random_input(n, 3);
+    check_model(path, label, x, 2, NULL, 0, 0); /* the export is what check_model imports */
+    free(x);
+    lt_graph_free(g);
+  }
+  ort_flush();
 }
 
 int main(int argc, char **argv) {
   if (argc != 4) {
-    fprintf(stderr, "usage: %s shared|torch DIR ORT_RUN.cjs\n", argv[0]);
+    fprintf(stderr, "usage: %s shared|torch|zoo DIR ORT_RUN.cjs\n", argv[0]);
     return 2;
   }
   data_dir = argv[2];
@@ -177,13 +255,14 @@ int main(int argc, char **argv) {
     printf("skipped: node or onnxruntime-node not found (set NODE_PATH to <repo>/node_modules)\n");
     return 77;
   }
-  if (access(data_dir, R_OK) != 0) {
+  if (strcmp(argv[1], "zoo") && access(data_dir, R_OK) != 0) {
     printf("skipped: %s is absent\n", data_dir);
     return 77;
   }
   snprintf(tmpdir, sizeof tmpdir, "/tmp/lathe-onnx-ref-XXXXXX");
   if (!mkdtemp(tmpdir)) return 1;
   if (!strcmp(argv[1], "shared")) RUN(resnet20_files_match_onnxruntime);
+  else if (!strcmp(argv[1], "zoo")) RUN(zoo_models_export_and_match_onnxruntime);
   else RUN(torch_exports_match_pytorch);
   char cmd[512];
   snprintf(cmd, sizeof cmd, "rm -rf '%s'", tmpdir);

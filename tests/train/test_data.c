@@ -250,6 +250,19 @@ TEST_CASE(data_jpeg_container_decodes_planar_rgb) {
   lt_dataset_free(ds);
 }
 
+TEST_CASE(data_jpeg_container_converts_to_plain) {
+  const char *in = write_jpeg_file("jpgconv-in.h5", 5, -1, 0), *out = tpath("jpgconv-out.h5");
+  lt_err err = {0};
+  REQUIRE(lt_data_convert_jpeg(in, out, 2, &err) == LT_OK);
+  lt_dataset *a = lt_dataset_load(in, "test", NULL, &err), *b = lt_dataset_load(out, "test", NULL, &err);
+  REQUIRE(a && b);
+  CHECK(!b->from_jpeg && b->x_dtype == LT_U8 && b->n == 5 && b->c == 3);
+  CHECK(memcmp(a->x, b->x, 5 * 192) == 0);
+  CHECK(memcmp(a->labels, b->labels, 5 * sizeof(int32_t)) == 0);
+  lt_dataset_free(a);
+  lt_dataset_free(b);
+}
+
 TEST_CASE(data_jpeg_corrupt_image_is_named) {
   const char *m = load_fails(write_jpeg_file("jpgbad.h5", 9, 5, 0), "test", 0, LT_ERR_FORMAT);
   CHECK_STR_CONTAINS(m, "/test/jpeg: image 5");
@@ -453,6 +466,7 @@ int main(void) {
   RUN(data_nan_and_inf_in_float_inputs);
   RUN(data_missing_split_lists_present_groups);
   RUN(data_jpeg_container_decodes_planar_rgb);
+  RUN(data_jpeg_container_converts_to_plain);
   RUN(data_jpeg_corrupt_image_is_named);
   RUN(data_jpeg_offsets_must_increase);
   RUN(data_cifar_container_loads);

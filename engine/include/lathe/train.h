@@ -125,6 +125,9 @@ lt_status lt_ckpt_read_meta(const char *path, lt_ckpt_meta *m, lt_err *err);
  * fills up to cap value ids into ids (may be NULL) and returns how many there are. */
 int lt_train_params(const lt_graph *g, int *ids, int cap);
 
+/* Threads for the CPU backend: OpenMP and OpenBLAS both (0 leaves the defaults: all cores). */
+void lt_train_set_threads(int n);
+
 /* ---- models by reference ----------------------------------------------------------------- */
 
 /* The one place that turns a model reference into a graph, for `lathe eval` and the train job:

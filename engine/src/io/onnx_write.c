@@ -25,7 +25,8 @@ enum {
 typedef struct wr {
   const lt_graph *g;
   pb_buf graph;   /* GraphProto being built */
-  int n_extra;    /* initializers added for attribute inputs */
+  char **extra;  /* (n_extra) owned: names of initializers added for attribute inputs */
+  int n_extra, cap_extra;
   lt_err *err;
 } wr;
 
@@ -50,14 +51,30 @@ static void put_tensor(pb_buf *b, const char *name, lt_dtype dt, int ndim, const
   pb_buf_free(&t);
 }
 
-/* A fresh initializer for an attribute input; writes its name into name (cap 512+). */
-static void extra_init(wr *w, const lt_node *n, const char *what, lt_dtype dt, int ndim,
-                       const int64_t *shape, const void *data, char *name, size_t cap) {
+static int name_taken(const wr *w, const char *name) {
+  if (lt_graph_find_value(w->g, name) >= 0) return 1;
+  for (int i = 0; i < w->n_extra; i++)
+    if (!strcmp(w->extra[i], name)) return 1;
+  return 0;
+}
+
+/* A fresh initializer for an attribute input, named "<node>.<what>"; node names need not be
+ * unique, so a taken name gets a counter. Writes the name into name (cap 512+). */
+static lt_status extra_init(wr *w, const lt_node *n, const char *what, lt_dtype dt, int ndim,
+                            const int64_t *shape, const void *data, char *name, size_t cap) {
   snprintf(name, cap, "%s.%s", n->name, what);
-  /* Value names are unique in the graph, but one could collide with ours. */
-  if (lt_graph_find_value(w->g, name) >= 0) snprintf(name, cap, "%s.%s.%d", n->name, what, w->n_extra);
+  for (int k = 1; name_taken(w, name); k++) snprintf(name, cap, "%s.%s.%d", n->name, what, k);
+  if (w->n_extra == w->cap_extra) {
+    int c = w->cap_extra ? 2 * w->cap_extra : 16;
+    char **e = realloc(w->extra, sizeof *e * (size_t)c);
+    if (!e) return lt_errorf(w->err, LT_ERR_NOMEM, "out of memory exporting");
+    w->extra = e;
+    w->cap_extra = c;
+  }
+  if (!(w->extra[w->n_extra] = strdup(name))) return lt_errorf(w->err, LT_ERR_NOMEM, "out of memory exporting");
   w->n_extra++;
   put_tensor(&w->graph, name, dt, ndim, shape, data);
+  return LT_OK;
 }
 
 static void put_valinfo(pb_buf *b, uint32_t field, const lt_value *v) {
@@ -119,9 +136,11 @@ static void attr_pair(pb_buf *node, const char *name, const int *v) {
   attr_ints(node, name, x, 2);
 }
 
-static void window_attrs(pb_buf *nb, const lt_node_attrs *a, int dilation) {
+/* kernel: (kh, kw); graphs built in code may leave a conv's kernel attribute 0 (taken from the
+ * weight), so the caller passes the effective one. */
+static void window_attrs(pb_buf *nb, const lt_node_attrs *a, const int *kernel, int dilation) {
   int64_t pads[4] = {a->pads[0], a->pads[1], a->pads[2], a->pads[3]};
-  attr_pair(nb, "kernel_shape", a->kernel);
+  attr_pair(nb, "kernel_shape", kernel);
   attr_pair(nb, "strides", a->stride);
   attr_ints(nb, "pads", pads, 4);
   if (dilation) attr_pair(nb, "dilations", a->dilation);
@@ -138,14 +157,19 @@ static lt_status write_node(wr *w, const lt_node *n) {
   const char *extra_in[4] = {0};
   char names[4][1200];
   int n_extra = 0, n_graph_in = n->n_in;
+  lt_status st = LT_OK;
   switch (n->op) {
   case LT_OP_CONV2D:
   case LT_OP_CONV_TRANSPOSE2D:
+  {
+    const lt_value *wv = &g->values[n->in[1]];
+    int k[2] = {(int)wv->shape[2], (int)wv->shape[3]};
     op = n->op == LT_OP_CONV2D ? "Conv" : "ConvTranspose";
-    window_attrs(&nb, a, 1);
+    window_attrs(&nb, a, k, 1);
     attr_int(&nb, "group", a->groups);
     if (n->op == LT_OP_CONV_TRANSPOSE2D) attr_pair(&nb, "output_padding", a->out_pad);
     break;
+  }
   case LT_OP_BATCHNORM:
     op = "BatchNormalization";
     attr_float(&nb, "epsilon", a->eps);
@@ -165,8 +189,8 @@ static lt_status write_node(wr *w, const lt_node *n) {
   case LT_OP_LEAKY_RELU: op = "LeakyRelu"; attr_float(&nb, "alpha", a->alpha); break;
   case LT_OP_CLIP: {
     op = "Clip";
-    extra_init(w, n, "min", LT_F32, 0, NULL, &a->lo, names[0], sizeof names[0]);
-    extra_init(w, n, "max", LT_F32, 0, NULL, &a->hi, names[1], sizeof names[1]);
+    if ((st = extra_init(w, n, "min", LT_F32, 0, NULL, &a->lo, names[0], sizeof names[0]))) goto fail;
+    if ((st = extra_init(w, n, "max", LT_F32, 0, NULL, &a->hi, names[1], sizeof names[1]))) goto fail;
     extra_in[n_extra++] = names[0];
     extra_in[n_extra++] = names[1];
     break;
@@ -174,7 +198,7 @@ static lt_status write_node(wr *w, const lt_node *n) {
   case LT_OP_MAXPOOL:
   case LT_OP_AVGPOOL:
     op = n->op == LT_OP_MAXPOOL ? "MaxPool" : "AveragePool";
-    window_attrs(&nb, a, n->op == LT_OP_MAXPOOL);
+    window_attrs(&nb, a, a->kernel, n->op == LT_OP_MAXPOOL);
     attr_int(&nb, "ceil_mode", a->ceil_mode);
     if (n->op == LT_OP_AVGPOOL) attr_int(&nb, "count_include_pad", a->count_include_pad);
     break;
@@ -191,7 +215,7 @@ static lt_status write_node(wr *w, const lt_node *n) {
     int64_t shape[LT_MAX_DIMS + 1], len = y->ndim + 1;
     shape[0] = -1; /* the batch: every other dim is concrete */
     memcpy(shape + 1, y->shape, sizeof(int64_t) * (size_t)y->ndim);
-    extra_init(w, n, "shape", LT_I64, 1, &len, shape, names[0], sizeof names[0]);
+    if ((st = extra_init(w, n, "shape", LT_I64, 1, &len, shape, names[0], sizeof names[0]))) goto fail;
     extra_in[n_extra++] = names[0];
     break;
   }
@@ -206,7 +230,7 @@ static lt_status write_node(wr *w, const lt_node *n) {
       v[3][i] = a->ints[2 * r + i];
     }
     for (int k = 0; k < 4; k++) {
-      extra_init(w, n, what[k], LT_I64, 1, &len, v[k], names[k], sizeof names[k]);
+      if ((st = extra_init(w, n, what[k], LT_I64, 1, &len, v[k], names[k], sizeof names[k]))) goto fail;
       extra_in[n_extra++] = names[k];
     }
     break;
@@ -218,17 +242,19 @@ static lt_status write_node(wr *w, const lt_node *n) {
       pads[1 + i] = a->ints[i];
       pads[r + 2 + i] = a->ints[r + i];
     }
-    extra_init(w, n, "pads", LT_I64, 1, &len, pads, names[0], sizeof names[0]);
-    extra_init(w, n, "value", LT_F32, 0, NULL, &a->value, names[1], sizeof names[1]);
+    if ((st = extra_init(w, n, "pads", LT_I64, 1, &len, pads, names[0], sizeof names[0]))) goto fail;
+    if ((st = extra_init(w, n, "value", LT_F32, 0, NULL, &a->value, names[1], sizeof names[1]))) goto fail;
     extra_in[n_extra++] = names[0];
     extra_in[n_extra++] = names[1];
     attr_str(&nb, "mode", "constant");
     break;
   }
   case LT_OP_LINEAR:
-    if (r != 1)
-      return lt_errorf(w->err, LT_ERR_UNSUPPORTED, "node '%s': exporting a linear layer over a "
-                       "per-sample rank-%d input is not supported (Gemm takes (N, K))", n->name, r);
+    if (r != 1) {
+      st = lt_errorf(w->err, LT_ERR_UNSUPPORTED, "node '%s': exporting a linear layer over a "
+                     "per-sample rank-%d input is not supported (Gemm takes (N, K))", n->name, r);
+      goto fail;
+    }
     op = "Gemm";
     attr_int(&nb, "transB", 1);
     break;
@@ -236,7 +262,7 @@ static lt_status write_node(wr *w, const lt_node *n) {
     op = "Resize";
     float scales[4] = {1, 1, (float)a->out_h / (float)x->shape[1], (float)a->out_w / (float)x->shape[2]};
     int64_t len = 4;
-    extra_init(w, n, "scales", LT_F32, 1, &len, scales, names[1], sizeof names[1]);
+    if ((st = extra_init(w, n, "scales", LT_F32, 1, &len, scales, names[1], sizeof names[1]))) goto fail;
     names[0][0] = '\0'; /* roi: omitted */
     extra_in[n_extra++] = names[0];
     extra_in[n_extra++] = names[1];
@@ -252,14 +278,14 @@ static lt_status write_node(wr *w, const lt_node *n) {
   }
   case LT_OP_DROPOUT: {
     op = "Dropout";
-    extra_init(w, n, "ratio", LT_F32, 0, NULL, &a->p, names[0], sizeof names[0]);
+    if ((st = extra_init(w, n, "ratio", LT_F32, 0, NULL, &a->p, names[0], sizeof names[0]))) goto fail;
     extra_in[n_extra++] = names[0];
     break;
   }
   default:
-    pb_buf_free(&nb);
-    return lt_errorf(w->err, LT_ERR_UNSUPPORTED, "node '%s': op %s has no ONNX export", n->name,
-                     lt_op_name(n->op));
+    st = lt_errorf(w->err, LT_ERR_UNSUPPORTED, "node '%s': op %s has no ONNX export", n->name,
+                   lt_op_name(n->op));
+    goto fail;
   }
   for (int i = 0; i < n_graph_in; i++) pb_put_str(&nb, NODE_INPUT, g->values[n->in[i]].name);
   for (int i = 0; i < n_extra; i++) pb_put_str(&nb, NODE_INPUT, extra_in[i]);
@@ -267,8 +293,9 @@ static lt_status write_node(wr *w, const lt_node *n) {
   pb_put_str(&nb, NODE_NAME, n->name);
   pb_put_str(&nb, NODE_OP, op);
   pb_put_msg(&w->graph, GRAPH_NODE, &nb);
+fail:
   pb_buf_free(&nb);
-  return LT_OK;
+  return st;
 }
 
 lt_status lt_onnx_save_buffer(const lt_graph *g, uint8_t **out, size_t *len, lt_err *err) {
@@ -309,6 +336,8 @@ lt_status lt_onnx_save_buffer(const lt_graph *g, uint8_t **out, size_t *len, lt_
   }
   pb_buf_free(&w.graph);
   pb_buf_free(&opset);
+  for (int i = 0; i < w.n_extra; i++) free(w.extra[i]);
+  free(w.extra);
   if (st) {
     pb_buf_free(&model);
     return st;

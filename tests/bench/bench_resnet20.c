@@ -1,0 +1,114 @@
+/* ResNet-20 (CIFAR, 32x32) at batch 128 through the whole engine: training steps (forward,
+ * softmax cross-entropy, backward, SGD with momentum) and inference forwards, plus OpenBLAS sgemm
+ * measured in the same process at the same thread count. Prints one JSON line for resnet20.sh,
+ * which puts PyTorch 1.13's figures beside it.
+ *
+ *   bench_resnet20 [BATCH] [TRAIN_STEPS] [INFER_STEPS]
+ *
+ * GFLOP/s counts 2 flops per multiply-accumulate and a training step as 3 forward passes, the
+ * usual convention (and the one resnet20.py uses for PyTorch). Random inputs: throughput does
+ * not depend on the pixel values. */
+#include <cblas.h>
+#include <omp.h>
+#include <stdio.h>
+#include <stdlib.h>
+
+#include "backend/cpu/kernels.h"
+#include "lathe/backend.h"
+#include "lathe/train.h"
+
+static double bench_sgemm(int n, int reps) {
+  float *a = malloc(sizeof(float) * n * n), *b = malloc(sizeof(float) * n * n),
+        *c = malloc(sizeof(float) * n * n);
+  for (int i = 0; i < n * n; i++) a[i] = b[i] = (float)(i % 13) * 0.01f;
+  cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, n, n, n, 1, a, n, b, n, 0, c, n);
+  double best = 1e30;
+  for (int r = 0; r < reps; r++) {
+    double t0 = lt_now();
+    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, n, n, n, 1, a, n, b, n, 0, c, n);
+    double t = lt_now() - t0;
+    if (t < best) best = t;
+  }
+  free(a), free(b), free(c);
+  return 2.0 * n * (double)n * n / best / 1e9;
+}
+
+int main(int argc, char **argv) {
+  int batch = argc > 1 ? atoi(argv[1]) : 128;
+  int train_steps = argc > 2 ? atoi(argv[2]) : 10;
+  int infer_steps = argc > 3 ? atoi(argv[3]) : 20;
+  lt_err err = {0};
+  lt_zoo_opts zo = {.seed = 1};
+  lt_graph *g = lt_zoo_build("resnet20", &zo, &err);
+  lt_backend *be = g ? lt_backend_get("cpu", &err) : NULL;
+  if (!be) {
+    fprintf(stderr, "bench_resnet20: %s\n", err.msg);
+    return 1;
+  }
+  int np = lt_train_params(g, NULL, 0);
+  int *ids = malloc(sizeof(int) * np);
+  lt_tensor **params = malloc(sizeof *params * np), **grads = malloc(sizeof *grads * np);
+  lt_train_params(g, ids, np);
+  for (int i = 0; i < np; i++) params[i] = g->values[ids[i]].data;
+  lt_optim_config oc = lt_optim_config_default(LT_OPTIM_SGD);
+  oc.momentum = 0.9f;
+  oc.weight_decay = 5e-4f;
+  lt_optim *opt = lt_optim_create(&oc, np, params, &err);
+  lt_exec *ex = lt_exec_create(g, batch, LT_MODE_TRAIN, be, NULL, &err);
+  if (!opt || !ex) {
+    fprintf(stderr, "bench_resnet20: %s\n", err.msg);
+    return 1;
+  }
+  for (int i = 0; i < np; i++) grads[i] = lt_exec_param_grad(ex, ids[i]);
+  lt_rng r = lt_rng_make(3, 0);
+  float *x = lt_tensor_f32(lt_exec_input(ex, 0));
+  size_t nx = (size_t)batch * 3 * 32 * 32;
+  for (size_t i = 0; i < nx; i++) x[i] = lt_rng_normal(&r);
+  int32_t *labels = malloc(sizeof(int32_t) * batch);
+  for (int i = 0; i < batch; i++) labels[i] = (int32_t)lt_rng_below(&r, 10);
+
+  double t_train = 0, loss = 0;
+  for (int s = -1; s < train_steps; s++) { /* step -1 warms up */
+    double t0 = lt_now();
+    lt_exec_forward(ex, &err);
+    loss = lt_cpu_softmax_xent(batch, 10, lt_tensor_f32(lt_exec_output(ex, 0)), labels,
+                               1.0f / batch, lt_tensor_f32(lt_exec_output_grad(ex, 0)), NULL);
+    lt_exec_zero_grads(ex);
+    lt_exec_backward(ex, &err);
+    lt_optim_step(opt, grads, 0.01f, &err);
+    if (s >= 0) t_train += lt_now() - t0;
+  }
+  lt_mem_stats mem;
+  lt_mem_get_stats(&mem);
+  lt_exec_free(ex);
+  lt_exec *inf = lt_exec_create(g, batch, LT_MODE_INFER, be, NULL, &err);
+  if (!inf) {
+    fprintf(stderr, "bench_resnet20: %s\n", err.msg);
+    return 1;
+  }
+  float *xi = lt_tensor_f32(lt_exec_input(inf, 0));
+  for (size_t i = 0; i < nx; i++) xi[i] = lt_rng_normal(&r);
+  double t_inf = 0;
+  for (int s = -1; s < infer_steps; s++) {
+    double t0 = lt_now();
+    lt_exec_forward(inf, &err);
+    if (s >= 0) t_inf += lt_now() - t0;
+  }
+  double macs = (double)lt_graph_macs(g);
+  double train_ips = train_steps * (double)batch / t_train, infer_ips = infer_steps * (double)batch / t_inf;
+  double sgemm = bench_sgemm(1024, 5);
+  printf("{\"engine\":\"lathe\",\"threads\":%d,\"batch\":%d,\"macs_per_image\":%.0f,"
+         "\"train_images_per_s\":%.2f,\"infer_images_per_s\":%.2f,"
+         "\"train_gflops\":%.2f,\"infer_gflops\":%.2f,\"sgemm_gflops\":%.2f,\"last_loss\":%.4f,"
+         "\"peak_bytes\":{\"weights\":%lld,\"gradients\":%lld,\"optimizer\":%lld,"
+         "\"activations_saved\":%lld,\"workspace\":%lld}}\n",
+         omp_get_max_threads(), batch, macs, train_ips, infer_ips, train_ips * 6 * macs / 1e9,
+         infer_ips * 2 * macs / 1e9, sgemm, loss, (long long)mem.peak[LT_MEM_WEIGHTS],
+         (long long)mem.peak[LT_MEM_GRADIENTS], (long long)mem.peak[LT_MEM_OPTIMIZER],
+         (long long)mem.peak[LT_MEM_SAVED], (long long)mem.peak[LT_MEM_WORKSPACE]);
+  lt_exec_free(inf);
+  lt_optim_free(opt);
+  lt_graph_free(g);
+  free(ids), free(params), free(grads), free(labels);
+  return 0;
+}

@@ -1,0 +1,262 @@
+/* workers/job_train.c — the `train` job kind: reads the spec (schema/jobs/train.json), builds or
+ * loads the model, loads the splits, runs lt_train_run with events per step and per epoch, and
+ * returns the result summary. Checkpoints go to OUT/checkpoint.h5; when that file already exists
+ * (the same job run again after a crash or kill -9) the run resumes from it and ends where an
+ * uninterrupted run ends. The final checkpoint is the artifact (plus model.onnx once the ONNX
+ * writer exists).
+ *
+ * The spec objects `loader` and `activation_compression` belong to other issues; they slot in as
+ * lt_train_config fields read here. */
+#include <math.h>
+#include <stdio.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "job.h"
+#include "lathe/backend.h"
+#include "lathe/train.h"
+
+/* Spec accessors: the validator has filled defaults, so a missing value is a schema bug; the
+ * fallback keeps the job safe if it ever happens. */
+static double jt_num(const cJSON *obj, const char *key, double fallback) {
+  const cJSON *v = obj ? cJSON_GetObjectItemCaseSensitive(obj, key) : NULL;
+  return cJSON_IsNumber(v) ? v->valuedouble : fallback;
+}
+
+static const char *jt_str(const cJSON *obj, const char *key, const char *fallback) {
+  const cJSON *v = obj ? cJSON_GetObjectItemCaseSensitive(obj, key) : NULL;
+  return cJSON_IsString(v) ? v->valuestring : fallback;
+}
+
+static const cJSON *jt_obj(const cJSON *obj, const char *key) {
+  return cJSON_GetObjectItemCaseSensitive(obj, key);
+}
+
+/* What the callbacks need. */
+typedef struct jt_state {
+  job_ctx *job;
+  double started;
+  int64_t last_progress_step;
+} jt_state;
+
+static void jt_emit_memory(job_ctx *job, int64_t step, const lt_mem_stats *mem) {
+  static const lt_mem_cat cats[] = {LT_MEM_WEIGHTS, LT_MEM_GRADIENTS, LT_MEM_OPTIMIZER,
+                                    LT_MEM_SAVED, LT_MEM_WORKSPACE, LT_MEM_ACTIVATIONS,
+                                    LT_MEM_DATA};
+  for (size_t i = 0; i < sizeof cats / sizeof cats[0]; i++) {
+    char key[64];
+    snprintf(key, sizeof key, "memory.%s", lt_mem_cat_name(cats[i]));
+    job_emit_metric(job, key, step, (double)mem->current[cats[i]]);
+  }
+}
+
+static int jt_on_step(void *user, const lt_train_progress *p) {
+  jt_state *s = user;
+  job_emit_metric(s->job, "train.loss", p->step, p->loss);
+  if (!isnan(p->accuracy)) job_emit_metric(s->job, "train.accuracy", p->step, p->accuracy);
+  job_emit_metric(s->job, "lr", p->step, p->lr);
+  job_emit_metric(s->job, "throughput.samples_per_s", p->step, p->samples_per_s);
+  if (p->step == 1 || p->step % 50 == 0) jt_emit_memory(s->job, p->step, &p->mem);
+  /* Progress a few times per epoch, not every step. */
+  int64_t every = p->total_steps / 100 > 1 ? p->total_steps / 100 : 1;
+  if (p->step - s->last_progress_step >= every) {
+    s->last_progress_step = p->step;
+    double f = (double)p->step / (double)p->total_steps, el = lt_now() - s->started;
+    char msg[128];
+    snprintf(msg, sizeof msg, "epoch %lld/%lld, step %lld/%lld", (long long)p->epoch + 1,
+             (long long)p->epochs, (long long)p->step, (long long)p->total_steps);
+    job_emit_progress(s->job, f, msg, f > 0 ? el / f * (1 - f) : -1);
+  }
+  return job_should_stop(s->job);
+}
+
+static int jt_on_epoch(void *user, const lt_train_progress *p) {
+  jt_state *s = user;
+  int64_t e = p->epoch + 1;
+  if (!isnan(p->val_loss)) job_emit_metric(s->job, "val.loss", e, p->val_loss);
+  if (!isnan(p->val_accuracy)) job_emit_metric(s->job, "val.accuracy", e, p->val_accuracy);
+  jt_emit_memory(s->job, p->step, &p->mem);
+  job_emit_log(s->job, "info",
+               "epoch %lld/%lld: train loss %.4f acc %.4f, val loss %.4f acc %.4f, %.0f samples/s",
+               (long long)e, (long long)p->epochs, p->loss, p->accuracy, p->val_loss,
+               p->val_accuracy, p->samples_per_s);
+  return job_should_stop(s->job);
+}
+
+/* Spec → optimizer, schedule (epoch counts turned into steps) and batch options. */
+static int jt_config(job_ctx *job, const cJSON *spec, const lt_dataset *train,
+                     lt_train_config *c) {
+  c->epochs = (int64_t)jt_num(spec, "epochs", 10);
+  c->batch_size = (int)jt_num(spec, "batch_size", 128);
+  c->max_steps = (int64_t)jt_num(spec, "max_steps", 0);
+  c->checkpoint_every = (int64_t)jt_num(spec, "checkpoint_every", 0);
+  c->seed = (uint64_t)jt_num(spec, "seed", 1);
+  if (c->batch_size > train->n)
+    return job_fail(job, JOB_EXIT_BAD_INPUT,
+                    "$.spec.batch_size %d exceeds the %lld samples of split %s", c->batch_size,
+                    (long long)train->n, train->split);
+  const int64_t spe = train->n / c->batch_size;
+
+  const cJSON *o = jt_obj(spec, "optimizer");
+  int adamw = !strcmp(jt_str(o, "kind", "sgd"), "adamw");
+  c->optim = lt_optim_config_default(adamw ? LT_OPTIM_ADAMW : LT_OPTIM_SGD);
+  c->optim.weight_decay = (float)jt_num(spec, "weight_decay", 5e-4);
+  c->optim.momentum = adamw ? 0.0f : (float)jt_num(o, "momentum", 0.9);
+  c->optim.dampening = adamw ? 0.0f : (float)jt_num(o, "dampening", 0);
+  c->optim.nesterov = !adamw && cJSON_IsTrue(jt_obj(o, "nesterov"));
+  c->optim.beta1 = (float)jt_num(o, "beta1", 0.9);
+  c->optim.beta2 = (float)jt_num(o, "beta2", 0.999);
+  c->optim.eps = (float)jt_num(o, "eps", 1e-8);
+
+  const cJSON *s = jt_obj(spec, "schedule");
+  const char *kind = jt_str(s, "kind", "cosine");
+  lt_schedule *sc = &c->sched;
+  sc->kind = !strcmp(kind, "step")       ? LT_SCHED_STEP
+             : !strcmp(kind, "cosine")   ? LT_SCHED_COSINE
+             : !strcmp(kind, "onecycle") ? LT_SCHED_ONECYCLE
+                                         : LT_SCHED_CONSTANT;
+  sc->lr = jt_num(spec, "lr", 0.1);
+  sc->warmup_steps = (int64_t)llround(jt_num(s, "warmup_epochs", 0) * (double)spe);
+  sc->warmup_start_factor = jt_num(s, "warmup_start_factor", 0.1);
+  sc->step_size = (int64_t)llround(jt_num(s, "step_epochs", 30) * (double)spe);
+  if (sc->step_size < 1) sc->step_size = 1;
+  sc->gamma = jt_num(s, "gamma", 0.1);
+  sc->min_lr = jt_num(s, "min_lr", 0);
+  sc->pct_start = jt_num(s, "pct_start", 0.3);
+  sc->div_factor = jt_num(s, "div_factor", 25);
+  sc->final_div_factor = jt_num(s, "final_div_factor", 1e4);
+  sc->total_steps = 0; /* the loop fills in epochs * steps per epoch, or max_steps */
+
+  const cJSON *a = jt_obj(spec, "augmentation");
+  c->batch.pad = (int)jt_num(a, "crop_padding", 0);
+  c->batch.flip = cJSON_IsTrue(jt_obj(a, "flip"));
+  const cJSON *nm = jt_obj(spec, "normalisation");
+  if (nm) {
+    const cJSON *mean = jt_obj(nm, "mean"), *sd = jt_obj(nm, "std");
+    int n = cJSON_GetArraySize(mean);
+    if (n != cJSON_GetArraySize(sd) || n > LT_DATA_MAX_CH)
+      return job_fail(job, JOB_EXIT_BAD_INPUT,
+                      "$.spec.normalisation: mean and std need the same number of values");
+    c->batch.norm.n = n;
+    for (int i = 0; i < n; i++) {
+      c->batch.norm.mean[i] = (float)cJSON_GetArrayItem(mean, i)->valuedouble;
+      c->batch.norm.std[i] = (float)cJSON_GetArrayItem(sd, i)->valuedouble;
+    }
+  }
+  return JOB_EXIT_OK;
+}
+
+/* lt_status of a failed engine call → exit code: the caller's input, or this machine. */
+static int jt_exit(lt_status st) {
+  return st == LT_ERR_NOMEM || st == LT_ERR_INTERNAL || st == LT_ERR_IO || st == LT_ERR_CANCELLED
+             ? JOB_EXIT_FAILED
+             : JOB_EXIT_BAD_INPUT;
+}
+
+static cJSON *jt_result(const lt_train_result *r, const char *ckpt) {
+  cJSON *res = cJSON_CreateObject();
+  cJSON_AddNumberToObject(res, "epochs", (double)r->epochs);
+  cJSON_AddNumberToObject(res, "steps", (double)r->steps);
+  cJSON *fin = cJSON_AddObjectToObject(res, "final");
+  cJSON_AddNumberToObject(fin, "train_loss", r->train_loss);
+  if (!isnan(r->train_accuracy)) cJSON_AddNumberToObject(fin, "train_accuracy", r->train_accuracy);
+  if (isnan(r->val_loss)) cJSON_AddNullToObject(fin, "val_loss");
+  else cJSON_AddNumberToObject(fin, "val_loss", r->val_loss);
+  if (isnan(r->val_accuracy)) cJSON_AddNullToObject(fin, "val_accuracy");
+  else cJSON_AddNumberToObject(fin, "val_accuracy", r->val_accuracy);
+  cJSON_AddNumberToObject(res, "throughput_samples_per_s", r->samples_per_s);
+  cJSON *mem = cJSON_AddObjectToObject(res, "memory_peak_bytes");
+  static const struct { const char *key; lt_mem_cat cat; } cats[] = {
+      {"weights", LT_MEM_WEIGHTS},         {"gradients", LT_MEM_GRADIENTS},
+      {"optimizer", LT_MEM_OPTIMIZER},     {"activations_saved", LT_MEM_SAVED},
+      {"workspace", LT_MEM_WORKSPACE},     {"activations", LT_MEM_ACTIVATIONS},
+      {"data", LT_MEM_DATA}};
+  for (size_t i = 0; i < sizeof cats / sizeof cats[0]; i++)
+    cJSON_AddNumberToObject(mem, cats[i].key, (double)r->mem.peak[cats[i].cat]);
+  cJSON_AddNumberToObject(mem, "total", (double)r->mem.total_peak);
+  cJSON_AddStringToObject(res, "checkpoint", ckpt);
+  return res;
+}
+
+int job_train_run(job_ctx *job, cJSON **result) {
+  const cJSON *spec = job->spec;
+  const char *dpath = job_file(job, "dataset");
+  if (!dpath) return JOB_EXIT_BAD_INPUT;
+  const char *device = job->device ? job->device : jt_str(spec, "device", "cpu");
+  lt_train_set_threads((int)jt_num(spec, "threads", 0));
+
+  lt_err err = {0};
+  lt_backend *be = lt_backend_get(device, &err);
+  if (!be) return job_fail(job, JOB_EXIT_BAD_INPUT, "device %s: %s", device, err.msg);
+
+  const cJSON *splits = jt_obj(spec, "splits");
+  const char *train_split = jt_str(splits, "train", "train"), *val_split = jt_str(splits, "val", "test");
+  const cJSON *model = jt_obj(spec, "model");
+  const char *zoo = jt_str(model, "zoo", NULL);
+  const char *mref = zoo;
+  if (!zoo) {
+    const cJSON *f = jt_obj(model, "file");
+    mref = cJSON_IsString(f) ? job_resolve_ref(job, f->valuestring) : NULL;
+    if (!mref) return JOB_EXIT_BAD_INPUT;
+  }
+
+  char ckpt[4096];
+  if (snprintf(ckpt, sizeof ckpt, "%s/checkpoint.h5", job->out_dir) >= (int)sizeof ckpt)
+    return job_fail(job, JOB_EXIT_BAD_INPUT, "output folder path is too long");
+  int resume = access(ckpt, R_OK) == 0;
+
+  job_emit_progress(job, 0, "loading data", -1);
+  lt_dataset *train = lt_dataset_load(dpath, train_split, NULL, &err);
+  lt_dataset *val = NULL;
+  lt_graph *g = NULL;
+  int rc = JOB_EXIT_OK;
+  if (!train) {
+    rc = job_fail(job, jt_exit(err.status), "%s", err.msg);
+    goto done;
+  }
+  if (val_split[0] && !(val = lt_dataset_load(dpath, val_split, NULL, &err))) {
+    rc = job_fail(job, jt_exit(err.status), "%s", err.msg);
+    goto done;
+  }
+  lt_zoo_opts zo = {.in_channels = train->c, .height = train->h, .width = train->w,
+                    .seed = (uint64_t)jt_num(spec, "seed", 1)};
+  int num_classes = (int)jt_num(model, "num_classes", 10);
+  if (zoo && !strcmp(zoo, "unet")) zo.out_channels = num_classes;
+  else zo.num_classes = num_classes;
+  lt_ckpt_meta meta;
+  if (!(g = lt_model_load(mref, &zo, NULL, &meta, &err))) {
+    rc = job_fail(job, jt_exit(err.status), "%s", err.msg);
+    goto done;
+  }
+
+  lt_train_config c = lt_train_config_default();
+  if ((rc = jt_config(job, spec, train, &c))) goto done;
+  c.train = train;
+  c.val = val;
+  c.checkpoint_path = ckpt;
+  c.resume_from = resume ? ckpt : NULL;
+  snprintf(c.meta.model, sizeof c.meta.model, "%s", zoo ? zoo : meta.model);
+  c.meta.num_classes = zoo ? num_classes : meta.num_classes;
+  jt_state st = {job, lt_now(), 0};
+  c.on_step = jt_on_step;
+  c.on_epoch = jt_on_epoch;
+  c.user = &st;
+  if (resume) job_emit_log(job, "info", "resuming from %s", ckpt);
+  job_emit_log(job, "info", "training %s (%lld parameters, %lld MACs per sample) on %lld samples",
+               c.meta.model, (long long)lt_graph_params(g), (long long)lt_graph_macs(g),
+               (long long)train->n);
+  lt_train_result r;
+  lt_status s = lt_train_run(g, be, &c, &r, &err);
+  if (s) {
+    rc = job_fail(job, jt_exit(s), "%s", err.msg);
+    goto done;
+  }
+  job_emit_artifact(job, "checkpoint.h5", ckpt);
+  job_emit_progress(job, 1, "done", 0);
+  *result = jt_result(&r, ckpt);
+done:
+  lt_graph_free(g);
+  lt_dataset_free(val);
+  lt_dataset_free(train);
+  return rc;
+}
