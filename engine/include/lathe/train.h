@@ -158,8 +158,18 @@ typedef struct lt_train_progress {
  * checkpoint when one is configured). */
 typedef int (*lt_train_cb)(void *user, const lt_train_progress *p);
 
+/* Where training batches come from when not from the in-memory split (the loader issue plugs in
+ * here): fill batch epoch_step of epoch with n samples, x normalised and augmented (n, C, H, W),
+ * and labels (n) or targets (n, target_numel), whichever the split has. It must be a pure function
+ * of (epoch, epoch_step) for resume to be exact. */
+typedef struct lt_batch_source {
+  void *user;
+  lt_status (*fill)(void *user, int64_t epoch, int64_t epoch_step, int n, float *x,
+                    int32_t *labels, float *targets, lt_err *err);
+} lt_batch_source;
+
 typedef struct lt_train_config {
-  lt_dataset *train;        /* required */
+  lt_dataset *train;        /* required: the split's geometry and, without source, its samples */
   lt_dataset *val;          /* optional: evaluated at each epoch end */
   int batch_size;
   int64_t epochs;
@@ -172,6 +182,9 @@ typedef struct lt_train_config {
   const char *checkpoint_path; /* also written at each epoch end and at the end, when set */
   const char *resume_from;  /* checkpoint to resume from, or NULL */
   lt_ckpt_meta meta;        /* model and num_classes recorded in checkpoints */
+  const lt_batch_source *source;      /* NULL: shuffle train in memory, lt_batch_fill */
+  const lt_stash_policy *stash;       /* NULL: exact saved tensors (activation compression
+                                         plugs in here) */
   lt_train_cb on_step, on_epoch;
   void *user;
 } lt_train_config;

@@ -273,7 +273,7 @@ lt_status lt_train_run(lt_graph *g, lt_backend *be, const lt_train_config *c, lt
     m.epoch_correct = saved.epoch_correct;
     m.epoch_seen = saved.epoch_seen;
   }
-  lt_exec_opts xo = {.seed = c->seed};
+  lt_exec_opts xo = {.seed = c->seed, .stash = c->stash};
   if (!(ex = lt_exec_create(g, B, LT_MODE_TRAIN, be, &xo, err))) {
     st = err ? err->status : LT_ERR_INTERNAL;
     goto done;
@@ -294,14 +294,19 @@ lt_status lt_train_run(lt_graph *g, lt_backend *be, const lt_train_config *c, lt
   r->val_loss = r->val_accuracy = NAN;
   r->train_accuracy = NAN;
   for (; m.epoch < c->epochs && m.step < total; m.epoch++) {
-    lt_data_shuffle(c->train->n, c->seed, (uint64_t)m.epoch, perm);
+    if (!c->source) lt_data_shuffle(c->train->n, c->seed, (uint64_t)m.epoch, perm);
     double epoch_time = 0;
     int64_t epoch_samples = 0;
     for (; m.epoch_step < spe && m.step < total; m.epoch_step++) {
       double t0 = lt_now();
-      memcpy(b.idx, perm + m.epoch_step * B, (size_t)B * sizeof *b.idx);
-      st = lt_batch_fill(c->train, b.idx, B, &c->batch, c->seed, (uint64_t)m.epoch, b.x, b.labels,
-                         b.targets, err);
+      if (c->source) {
+        st = c->source->fill(c->source->user, m.epoch, m.epoch_step, B, b.x, b.labels, b.targets,
+                             err);
+      } else {
+        memcpy(b.idx, perm + m.epoch_step * B, (size_t)B * sizeof *b.idx);
+        st = lt_batch_fill(c->train, b.idx, B, &c->batch, c->seed, (uint64_t)m.epoch, b.x,
+                           b.labels, b.targets, err);
+      }
       if (!st) st = loop_forward(ex, be, &b, err);
       if (st) goto done;
       int64_t correct = 0;
