@@ -176,7 +176,7 @@ static int store_inspect_run(const store *s, const char *path, char **out, char 
     setrlimit(RLIMIT_CPU, &cpu);
     struct rlimit core = {0, 0};
     setrlimit(RLIMIT_CORE, &core);
-    int devnull = open("/dev/null", O_RDONLY);
+    int devnull = open("/dev/null", O_RDONLY | O_CLOEXEC);
     if (devnull >= 0) dup2(devnull, 0);
     dup2(po[1], 1);
     dup2(pe[1], 2);
