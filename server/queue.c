@@ -92,15 +92,20 @@ static cJSON *queue_job_from_row(sqlite3_stmt *st) {
   cJSON_AddNumberToObject(o, "attempt", (double)sqlite3_column_int64(st, 4));
   cJSON_AddNumberToObject(o, "max_attempts", (double)sqlite3_column_int64(st, 5));
   queue_add_json_text(o, "spec", st, 6);
-  cJSON *progress = NULL;
+  /* progress always carries fraction, message and eta_s, whatever was stored (a job that
+   * succeeded without ever reporting progress has only the fraction the completion set). */
   const char *ptext = (const char *)sqlite3_column_text(st, 7);
-  if (ptext) progress = cJSON_Parse(ptext);
-  if (!progress) {
+  cJSON *progress = ptext ? cJSON_Parse(ptext) : NULL;
+  if (!cJSON_IsObject(progress)) {
+    cJSON_Delete(progress);
     progress = cJSON_CreateObject();
-    cJSON_AddNumberToObject(progress, "fraction", 0);
-    cJSON_AddNullToObject(progress, "message");
-    cJSON_AddNullToObject(progress, "eta_s");
   }
+  if (!cJSON_IsNumber(cJSON_GetObjectItemCaseSensitive(progress, "fraction"))) {
+    cJSON_DeleteItemFromObjectCaseSensitive(progress, "fraction");
+    cJSON_AddNumberToObject(progress, "fraction", 0);
+  }
+  if (!cJSON_GetObjectItemCaseSensitive(progress, "message")) cJSON_AddNullToObject(progress, "message");
+  if (!cJSON_GetObjectItemCaseSensitive(progress, "eta_s")) cJSON_AddNullToObject(progress, "eta_s");
   cJSON_AddItemToObject(o, "progress", progress);
   queue_add_json_text(o, "result", st, 8);
   const char *error = (const char *)sqlite3_column_text(st, 9);

@@ -80,6 +80,9 @@ TEST_CASE(queue_claim_complete_succeeds) {
   CHECK(strcmp(util_json_str(job, "state"), "succeeded") == 0);
   CHECK(cJSON_GetObjectItem(cJSON_GetObjectItem(job, "result"), "rows")->valueint == 3);
   CHECK(cJSON_GetObjectItem(cJSON_GetObjectItem(job, "progress"), "fraction")->valuedouble == 1);
+  /* Regression: a job that never reported progress still has the whole progress object. */
+  CHECK(cJSON_IsNull(cJSON_GetObjectItem(cJSON_GetObjectItem(job, "progress"), "message")));
+  CHECK(cJSON_IsNull(cJSON_GetObjectItem(cJSON_GetObjectItem(job, "progress"), "eta_s")));
   CHECK(cJSON_IsString(cJSON_GetObjectItem(job, "finished_at")));
   cJSON_Delete(job);
   /* A second completion of the same attempt is stale. */
