@@ -20,7 +20,7 @@ const ROUTES = [
   ['GET', '/api/v1/datasets/{dataset}', RW], ['GET', '/api/v1/datasets/{dataset}/content', RW], ['DELETE', '/api/v1/datasets/{dataset}', S],
   ['POST', '/api/v1/jobs', S], ['GET', '/api/v1/jobs', RW], ['GET', '/api/v1/jobs/{job}', RW],
   ['POST', '/api/v1/jobs/{job}/cancel', S], ['POST', '/api/v1/jobs/{job}/retry', S], ['GET', '/api/v1/jobs/{job}/metrics', RW],
-  ['GET', '/api/v1/jobs/{job}/events', RW], ['GET', '/api/v1/jobs/{job}/artifacts', RW],
+  ['GET', '/api/v1/jobs/{job}/events', RW], ['GET', '/api/v1/jobs/{job}/artifacts', RW], ['GET', '/api/v1/changes', R],
   ['GET', '/api/v1/artifacts/{artifact}', R], ['GET', '/api/v1/artifacts/{artifact}/content', R],
   ['GET', '/api/v1/workers', R], ['POST', '/api/v1/workers/claim', W], ['POST', '/api/v1/workers/heartbeat', W],
   ['POST', '/api/v1/workers/events', W], ['PUT', '/api/v1/workers/artifacts', W], ['POST', '/api/v1/workers/complete', W],
