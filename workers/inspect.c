@@ -466,9 +466,13 @@ typedef struct inspect_walk {
   size_t attr_budget;
 } inspect_walk;
 
-static void inspect_dataset_layout(hid_t ds, cJSON *o) {
+/* Adds layout, chunks, filters and compression. A chunk larger than a fixed maximum dimension
+ * is something HDF5 never writes (H5Pset_chunk refuses it) but, when a damaged file claims it,
+ * reads past its own buffers: such a file is refused (-1, why filled) before any data is read. */
+static int inspect_dataset_layout(hid_t ds, int rank, const hsize_t *maxdims, cJSON *o, char *why,
+                                  size_t cap) {
   hid_t dcpl = H5Dget_create_plist(ds);
-  if (dcpl < 0) return;
+  if (dcpl < 0) return 0;
   H5D_layout_t layout = H5Pget_layout(dcpl);
   static const char *const names[] = {"compact", "contiguous", "chunked", "virtual"};
   cJSON_AddStringToObject(o, "layout", layout >= 0 && layout <= 3 ? names[layout] : "unknown");
@@ -476,6 +480,15 @@ static void inspect_dataset_layout(hid_t ds, cJSON *o) {
     hsize_t chunk[INSPECT_MAX_RANK];
     int crank = H5Pget_chunk(dcpl, INSPECT_MAX_RANK, chunk);
     cJSON_AddItemToObject(o, "chunks", crank > 0 ? inspect_json_dims(crank, chunk) : cJSON_CreateNull());
+    int bad = crank != rank;
+    for (int d = 0; !bad && d < rank; d++)
+      bad = chunk[d] == 0 || (maxdims[d] != H5S_UNLIMITED && chunk[d] > maxdims[d]);
+    if (bad) {
+      snprintf(why, cap, "its chunk shape does not fit its dataspace (a chunk dimension is 0 or larger "
+               "than the fixed maximum, or the ranks differ: %d and %d)", crank, rank);
+      H5Pclose(dcpl);
+      return -1;
+    }
   } else {
     cJSON_AddNullToObject(o, "chunks");
   }
@@ -505,6 +518,7 @@ static void inspect_dataset_layout(hid_t ds, cJSON *o) {
   cJSON_AddItemToObject(o, "filters", filters);
   cJSON_AddStringToObject(o, "compression", compression);
   H5Pclose(dcpl);
+  return 0;
 }
 
 static int inspect_dataset_describe(hid_t ds, cJSON *o, inspect_walk *w, const char *path) {
@@ -527,7 +541,24 @@ static int inspect_dataset_describe(hid_t ds, cJSON *o, inspect_walk *w, const c
   hssize_t n = H5Sget_simple_extent_npoints(space);
   cJSON_AddNumberToObject(o, "elements", (double)(n > 0 ? n : 0));
   cJSON_AddNumberToObject(o, "storage_bytes", (double)H5Dget_storage_size(ds));
-  inspect_dataset_layout(ds, o);
+  hsize_t maxdims[INSPECT_MAX_RANK];
+  if (rank > 0 && rank <= INSPECT_MAX_RANK) H5Sget_simple_extent_dims(space, NULL, maxdims);
+  /* HDF5 never writes a current size above the maximum; a damaged one would make an exact
+   * inspect read a dataspace that does not exist */
+  for (int d = 0; d < rank && d < INSPECT_MAX_RANK; d++)
+    if (maxdims[d] != H5S_UNLIMITED && dims[d] > maxdims[d]) {
+      H5Tclose(type);
+      H5Sclose(space);
+      return inspect_fail(w->err, w->errcap, JOB_EXIT_BAD_INPUT,
+                          "%s: dimension %d is %llu, above its maximum %llu; the file is damaged",
+                          path, d, (unsigned long long)dims[d], (unsigned long long)maxdims[d]);
+    }
+  char why[256];
+  if (inspect_dataset_layout(ds, rank > 0 ? rank : 0, maxdims, o, why, sizeof why) != 0) {
+    H5Tclose(type);
+    H5Sclose(space);
+    return inspect_fail(w->err, w->errcap, JOB_EXIT_BAD_INPUT, "%s: %s; the file is damaged", path, why);
+  }
   /* what the statistics pass will read, so that progress reaches 1 in both modes */
   if (inspect_dtype_is_numeric(type) && n > 0)
     w->numeric_elems += w->exact || n <= INSPECT_SAMPLE_ELEMS ? (uint64_t)n : INSPECT_SAMPLE_ELEMS;
