@@ -521,6 +521,43 @@ static int inspect_dataset_layout(hid_t ds, int rank, const hsize_t *maxdims, cJ
   return 0;
 }
 
+/* Unfiltered data has a known size: contiguous storage is every element, each unfiltered chunk
+ * is a full chunk. A damaged file that disagrees (a lost filter pipeline, a wrong size) would
+ * make HDF5 read past its buffers, so it is refused. -1 with why filled. */
+static int inspect_storage_check(hid_t ds, size_t elem_size, hssize_t npoints, char *why,
+                                 size_t cap) {
+  hid_t dcpl = H5Dget_create_plist(ds);
+  if (dcpl < 0) return 0;
+  H5D_layout_t layout = H5Pget_layout(dcpl);
+  int nf = H5Pget_nfilters(dcpl);
+  hsize_t chunk[INSPECT_MAX_RANK];
+  int crank = layout == H5D_CHUNKED ? H5Pget_chunk(dcpl, INSPECT_MAX_RANK, chunk) : 0;
+  H5Pclose(dcpl);
+  hsize_t stored = H5Dget_storage_size(ds);
+  uint64_t expect = 0;
+  if (layout == H5D_CONTIGUOUS && stored != 0) {
+    if (__builtin_mul_overflow((uint64_t)npoints, (uint64_t)elem_size, &expect)) expect = 0;
+  } else if (layout == H5D_CHUNKED && nf == 0 && crank > 0) {
+    hsize_t nchunks = 0;
+    hid_t space = H5Dget_space(ds); /* HDF5 1.10 does not take H5S_ALL here */
+    herr_t rc = space < 0 ? -1 : H5Dget_num_chunks(ds, space, &nchunks);
+    if (space >= 0) H5Sclose(space);
+    if (rc < 0) {
+      H5Eclear2(H5E_DEFAULT);
+      return 0;
+    }
+    expect = (uint64_t)elem_size * nchunks;
+    for (int d = 0; d < crank; d++)
+      if (__builtin_mul_overflow(expect, (uint64_t)chunk[d], &expect)) expect = 0;
+  } else {
+    return 0;
+  }
+  if ((uint64_t)stored == expect) return 0;
+  snprintf(why, cap, "its unfiltered data takes %llu bytes in the file, but its shape needs %llu",
+           (unsigned long long)stored, (unsigned long long)expect);
+  return -1;
+}
+
 static int inspect_dataset_describe(hid_t ds, cJSON *o, inspect_walk *w, const char *path) {
   hid_t type = H5Dget_type(ds), space = H5Dget_space(ds);
   if (type < 0 || space < 0) {
@@ -534,6 +571,19 @@ static int inspect_dataset_describe(hid_t ds, cJSON *o, inspect_walk *w, const c
   char dtype[32];
   inspect_dtype_name(type, dtype, sizeof dtype);
   cJSON_AddStringToObject(o, "dtype", dtype);
+  /* a number wider than 16 bytes, or whose bits lie outside its bytes, is a damaged type
+   * (HDF5 over-reads converting it) */
+  if (inspect_dtype_is_numeric(type)) {
+    size_t size = H5Tget_size(type), prec = H5Tget_precision(type);
+    int off = H5Tget_offset(type);
+    if (size == 0 || size > 16 || prec == 0 || off < 0 || prec + (size_t)off > size * 8) {
+      H5Tclose(type);
+      H5Sclose(space);
+      return inspect_fail(w->err, w->errcap, JOB_EXIT_BAD_INPUT,
+                          "%s: its number type is %zu bytes with %zu bits at offset %d; the file "
+                          "is damaged", path, size, prec, off);
+    }
+  }
   int rank = H5Sget_simple_extent_ndims(space);
   hsize_t dims[INSPECT_MAX_RANK];
   if (rank > 0 && rank <= INSPECT_MAX_RANK) H5Sget_simple_extent_dims(space, dims, NULL);
@@ -555,6 +605,11 @@ static int inspect_dataset_describe(hid_t ds, cJSON *o, inspect_walk *w, const c
     }
   char why[256];
   if (inspect_dataset_layout(ds, rank > 0 ? rank : 0, maxdims, o, why, sizeof why) != 0) {
+    H5Tclose(type);
+    H5Sclose(space);
+    return inspect_fail(w->err, w->errcap, JOB_EXIT_BAD_INPUT, "%s: %s; the file is damaged", path, why);
+  }
+  if (inspect_dtype_is_numeric(type) && inspect_storage_check(ds, H5Tget_size(type), n, why, sizeof why)) {
     H5Tclose(type);
     H5Sclose(space);
     return inspect_fail(w->err, w->errcap, JOB_EXIT_BAD_INPUT, "%s: %s; the file is damaged", path, why);
