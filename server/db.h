@@ -26,6 +26,7 @@ typedef struct db_conn {
     sqlite3_stmt *st;  /* owned */
   } cache[DB_STMT_CACHE];
   int n_cached;
+  int writing; /* holds db_write_mu (between db_begin and commit/rollback) */
 } db_conn;
 
 /* Opens (creating) path, sets WAL, busy_timeout, foreign keys off, synchronous=NORMAL, and
@@ -37,10 +38,18 @@ void db_close(db_conn *db); /* accepts NULL */
 sqlite3_stmt *db_stmt(db_conn *db, const char *sql, srv_err *e);
 
 /* BEGIN IMMEDIATE (writes take the lock up front, so two writers never deadlock upgrading),
- * COMMIT, ROLLBACK. begin/commit return 0 or -1 with e filled. */
+ * COMMIT, ROLLBACK. begin/commit return 0 or -1 with e filled. Writers of this process also
+ * queue on one mutex first: SQLite's busy handler waits by sleeping (1, 2, 5, 10 … ms), which
+ * under contention turns into tail latency, while a mutex hands the lock over at once. */
 int db_begin(db_conn *db, srv_err *e);
 int db_commit(db_conn *db, srv_err *e);
 void db_rollback(db_conn *db);
+
+/* Copies committed WAL frames into the database without blocking writers. Connections opened
+ * here never checkpoint on their own (wal_autocheckpoint = 0): an automatic checkpoint runs
+ * inside some request's COMMIT and its fsync stalls every writer queued behind it, so the
+ * server's reaper thread calls this once a second instead. */
+void db_checkpoint(db_conn *db);
 
 /* Turns a failed sqlite call into a 500 with file and line. */
 int db_fail_at(db_conn *db, srv_err *e, const char *file, int line);

@@ -3,7 +3,7 @@
 // unknown fields, wrong content types, path traversal in every path parameter and in static
 // paths, stale worker attempts (fencing), oversized and interrupted uploads. After all of it the
 // server must still be healthy and its store and database must hold nothing from refused input.
-import { readdirSync, readFileSync, existsSync } from 'node:fs';
+import { readdirSync, readFileSync, existsSync, mkdirSync, writeFileSync } from 'node:fs';
 import path from 'node:path';
 import { startServer, api, raw, check, finish, makeH5, sleep } from './lib.mjs';
 
@@ -133,6 +133,13 @@ try {
     `Content-Type: application/octet-stream\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n` +
     [1, 2, 3].map(() => `${chunk.length.toString(16)}\r\n${chunk}\r\n`).join('') + '0\r\n\r\n');
   check(/^HTTP\/1\.1 413/.test(got), `chunked upload past the cap -> 413 (got ${got.slice(0, 30)})`);
+  // A chunked body that never stops is cut off: the connection closes, the server lives on.
+  const big = 'y'.repeat(60000);
+  got = await raw(srv, `POST /api/v1/jobs HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer ${T.submit}\r\n` +
+    `Content-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n` +
+    Array.from({ length: 60 }, () => `${big.length.toString(16)}\r\n${big}\r\n`).join(''), { ms: 3000 });
+  check(!/^HTTP\/1\.1 2/.test(got), `an endless chunked JSON body is refused (got ${got.slice(0, 30) || 'a closed connection'})`);
+  check((await api(srv, 'GET', '/healthz')).status === 200, 'the server survives an endless body');
   // A client dying mid-body leaves no temp file, no blob and no row.
   const valid = readFileSync(makeH5(srv.data));
   got = await raw(srv, Buffer.concat([Buffer.from(`POST /api/v1/datasets?name=cut.h5 HTTP/1.1\r\nHost: x\r\n` +
@@ -178,6 +185,8 @@ try {
   check(r.status === 200 && r.json?.cancel === false, `heartbeat of attempt 2 -> 200`);
   r = await api(srv, 'GET', `/api/v1/jobs/${job}/artifacts`, { token: T.read });
   check(r.status === 200 && r.json.items.length === 0, `the stale artifact was not stored`);
+  r = await api(srv, 'DELETE', `/api/v1/datasets/${ds}`, { token: T.submit });
+  check(r.status === 409 && r.json?.code === 'file_in_use', `deleting a dataset a running job needs -> 409 (got ${r.status})`);
   r = await wpost('/api/v1/workers/complete', { job, attempt: 2, state: 'exploded' });
   check(r.status === 400 && r.json?.path === '$.state', `complete with a bad state -> 400`);
   r = await api(srv, 'POST', `/api/v1/jobs/${job}/retry`, { token: T.submit });
@@ -190,7 +199,44 @@ try {
 } finally {
   const clean = await srv.stop();
   check(clean, 'SIGTERM stops the server');
-  if (/AddressSanitizer|runtime error/.test(srv.log())) check(false, `sanitizer report:\n${srv.log()}`);
-  srv.cleanup();
+  if (/AddressSanitizer|LeakSanitizer|runtime error/.test(srv.log())) check(false, `sanitizer report:\n${srv.log()}`);
+}
+
+// kill -9 of the server mid-upload: after a restart no partial file, no orphan blob, no row,
+// and the jobs are all still there.
+{
+  const jobsBefore = (await (async () => {
+    const s2 = await startServer([], {}, srv);
+    const r = await api(s2, 'GET', '/api/v1/jobs', { token: srv.tokens.read });
+    const valid = readFileSync(path.join(srv.data, 'tiny.h5'));
+    // Half a body, then the server dies.
+    const pending = raw(s2, Buffer.concat([Buffer.from(`POST /api/v1/datasets?name=k.h5 HTTP/1.1\r\nHost: x\r\n` +
+      `Authorization: Bearer ${srv.tokens.submit}\r\nContent-Type: application/octet-stream\r\nContent-Length: ${valid.length}\r\n\r\n`),
+      valid.subarray(0, 1000)]), { ms: 1500 });
+    await sleep(300);
+    check(readdirSync(path.join(srv.data, 'tmp')).length === 1, 'the upload in flight has a temp file');
+    s2.proc.kill('SIGKILL');
+    await pending;
+    return r.json?.items?.length;
+  })());
+  // Also what a crash between rename and insert would leave: a blob no row names.
+  const orphan = 'ab' + 'c'.repeat(62);
+  mkdirSync(path.join(srv.data, 'store', 'ab'), { recursive: true });
+  writeFileSync(path.join(srv.data, 'store', 'ab', orphan), 'orphan');
+  const s3 = await startServer([], {}, srv);
+  try {
+    check(readdirSync(path.join(srv.data, 'tmp')).length === 0, 'restart sweeps the partial upload');
+    check(!existsSync(path.join(srv.data, 'store', 'ab', orphan)), 'restart removes a blob no row names');
+    const ds = await api(s3, 'GET', '/api/v1/datasets', { token: srv.tokens.read });
+    check(ds.json?.items?.length === 1, `only the committed dataset remains (got ${ds.json?.items?.length})`);
+    const blob = path.join(srv.data, 'store', ds.json.items[0].sha256.slice(0, 2), ds.json.items[0].sha256);
+    check(existsSync(blob), 'the committed dataset keeps its blob');
+    const jobs = await api(s3, 'GET', '/api/v1/jobs', { token: srv.tokens.read });
+    check(jobsBefore >= 1 && jobs.json?.items?.length === jobsBefore, `no job lost across kill -9 (${jobsBefore} -> ${jobs.json?.items?.length})`);
+  } finally {
+    check(await s3.stop(), 'the restarted server stops on SIGTERM');
+    if (/AddressSanitizer|LeakSanitizer|runtime error/.test(s3.log())) check(false, `sanitizer report:\n${s3.log()}`);
+    srv.cleanup();
+  }
 }
 finish('server.bad_input');

@@ -24,10 +24,11 @@ export function finish(name) {
 
 const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
 
-export async function startServer(extraArgs = [], env = {}) {
-  const data = mkdtempSync(path.join(os.tmpdir(), 'lathe-srv-test-'));
-  const tokens = {};
-  for (const scope of ['read', 'submit', 'admin', 'worker'])
+// reuse: {data, tokens} of an earlier server, to restart on the same data folder.
+export async function startServer(extraArgs = [], env = {}, reuse = null) {
+  const data = reuse ? reuse.data : mkdtempSync(path.join(os.tmpdir(), 'lathe-srv-test-'));
+  const tokens = reuse ? reuse.tokens : {};
+  for (const scope of reuse ? [] : ['read', 'submit', 'admin', 'worker'])
     tokens[scope] = execFileSync(serverBin, ['token', 'create', '--data', data, '--scope', scope, '--name', scope]).toString().trim();
   for (let tries = 0; tries < 20; tries++) {
     const port = 18100 + Math.floor(Math.random() * 100);
@@ -36,7 +37,7 @@ export async function startServer(extraArgs = [], env = {}) {
     let log = '';
     proc.stderr.on('data', (d) => { log += d; });
     let exited = false;
-    proc.on('exit', () => { exited = true; });
+    proc.on('close', () => { exited = true; }); // after stderr is drained
     const base = `http://127.0.0.1:${port}`;
     for (let i = 0; i < 100 && !exited; i++) {
       try {
