@@ -43,6 +43,7 @@ struct ring_slot {
   int64_t g;           /* global step (over all epochs) held here, -1 when free */
   int epoch;
   int64_t step, n_local, global_n, hits;
+  double imbalance;    /* max over ranks of the local batch / mean local batch, from the plan */
   int64_t *indices;    /* (B) sample ids computed here, in position order */
   uint8_t *flags;      /* (B) LT_PLAN_* of each */
   uint32_t *bslot;     /* (B) buffer slot of each hit or insert */
@@ -81,6 +82,7 @@ struct lt_loader {
   int n_ring;            /* k + 1 */
   ring_slot *ring;       /* (n_ring) */
   want *wants;           /* (2B) scratch of the submitter */
+  int64_t *rank_count;   /* (P) scratch of the submitter: local batch of each rank */
   int64_t cap;           /* buffer slots on this rank */
   uint8_t *buf_x;        /* (cap, xb) the samples this rank keeps */
   uint8_t *buf_y;        /* (cap, yb) */
@@ -101,6 +103,7 @@ struct lt_loader {
   double compute_s;      /* time between lt_loader_next calls */
   double t_open, t_return;
   double next_load_cost, next_compute_cost; /* agreed estimates for the next epoch's plan, 0 = none */
+  double imbalance_sum;  /* of the delivered steps' imbalance */
   lt_status failed;      /* sticky: after a failure every call returns it */
   lt_err fail_err;
 };
@@ -312,7 +315,9 @@ static lt_status submit(lt_loader *ld, lt_err *err) {
   s->st = LT_OK;
   int64_t p0 = step * ld->B, p1 = p0 + ld->B < ld->N ? p0 + ld->B : ld->N, n = 0, nw = 0, hits = 0;
   s->global_n = p1 - p0;
+  memset(ld->rank_count, 0, (size_t)ld->n_ranks * sizeof *ld->rank_count);
   for (int64_t i = p0; i < p1; i++) {
+    ld->rank_count[v->rank[i]]++;
     if (v->rank[i] != ld->rank) continue;
     s->indices[n] = v->perm[i];
     s->flags[n] = v->flags[i];
@@ -327,6 +332,10 @@ static lt_status submit(lt_loader *ld, lt_err *err) {
   }
   s->n_local = n;
   s->hits = hits;
+  int64_t most = 0;
+  for (int r = 0; r < ld->n_ranks; r++)
+    if (ld->rank_count[r] > most) most = ld->rank_count[r];
+  s->imbalance = (double)most * ld->n_ranks / (double)s->global_n;
   ld->samples_read += n - hits;
   /* sort by offset and merge neighbours into reads of bounded gap and size */
   qsort(ld->wants, (size_t)nw, sizeof(want), want_cmp);
@@ -444,6 +453,7 @@ static lt_status open_local(lt_loader *ld, lt_err *err) {
   if (!(ld->ring = ld_calloc(ld->n_ring * sizeof(ring_slot), err)) ||
       !(ld->wants = ld_calloc(2 * B * sizeof(want), err)) ||
       !(ld->queue = ld_calloc(ld->q_cap * sizeof(io_req *), err)) ||
+      !(ld->rank_count = ld_calloc(ld->n_ranks * sizeof(int64_t), err)) ||
       !(ld->buf_x = ld_calloc(ld->cap * ld->xb, err)) || !(ld->buf_y = ld_calloc(ld->cap * ld->yb, err)))
     return err->status;
   for (int i = 0; i < ld->n_ring; i++) {
@@ -575,6 +585,8 @@ lt_status lt_loader_next(lt_loader *ld, lt_loader_batch *b, lt_err *err) {
   b->x = s->x;
   b->y = ld->n_src > 1 ? s->y : NULL;
   b->hits = s->hits;
+  ld->stats.steps++;
+  ld->imbalance_sum += s->imbalance;
   ld->stats.samples += s->n_local;
   ld->stats.hits += s->hits;
   ld->next_deliver++;
@@ -589,6 +601,7 @@ void lt_loader_get_stats(const lt_loader *ld, lt_loader_stats *out) {
   pthread_mutex_lock((pthread_mutex_t *)&ld->mu);
   *out = ld->stats;
   pthread_mutex_unlock((pthread_mutex_t *)&ld->mu);
+  out->batch_imbalance = ld->stats.steps ? ld->imbalance_sum / (double)ld->stats.steps : 1.0;
   out->total_s = lt_now() - ld->t_open;
 }
 
@@ -629,6 +642,7 @@ void lt_loader_close(lt_loader *ld) {
   ld_free(ld->ring, ld->ring ? ld->n_ring * sizeof(ring_slot) : 0);
   ld_free(ld->wants, ld->wants ? 2 * B * sizeof(want) : 0);
   ld_free(ld->queue, ld->queue ? ld->q_cap * sizeof(io_req *) : 0);
+  ld_free(ld->rank_count, ld->rank_count ? ld->n_ranks * sizeof(int64_t) : 0);
   ld_free(ld->buf_x, ld->buf_x ? ld->cap * ld->xb : 0);
   ld_free(ld->buf_y, ld->buf_y ? ld->cap * ld->yb : 0);
   lt_plan_free(ld->plan);
