@@ -5,6 +5,7 @@
  * mid-epoch) reaches every rank instead of hanging them. */
 #include "lathe/loader.h"
 #include "test.h"
+#include "fault_pread.h"
 
 #include <errno.h>
 #include <hdf5.h>
@@ -152,14 +153,6 @@ TEST_CASE(loader_mpi_open_failure_on_one_rank_fails_all) {
   lt_loader_close(ld);
 }
 
-static ssize_t failing_pread(void *user, int fd, void *buf, size_t n, off_t off) {
-  int *left = user;
-  if (__atomic_sub_fetch(left, 1, __ATOMIC_SEQ_CST) < 0) {
-    errno = EIO;
-    return -1;
-  }
-  return pread(fd, buf, n, off);
-}
 
 TEST_CASE(loader_mpi_read_error_on_one_rank_reaches_every_rank) {
   lt_loader_opts o = lt_loader_opts_default();
