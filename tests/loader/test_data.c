@@ -335,7 +335,6 @@ TEST_CASE(loader_file_truncated_mid_epoch_is_a_clear_error) {
   remove(path);
 }
 
-
 TEST_CASE(loader_read_error_mid_epoch_is_a_clear_error) {
   const char *path = "loader_eio.h5";
   REQUIRE(write_file(path, 200, 200, LAYOUT_CONTIGUOUS, 0) == 0);

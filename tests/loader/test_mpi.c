@@ -153,7 +153,6 @@ TEST_CASE(loader_mpi_open_failure_on_one_rank_fails_all) {
   lt_loader_close(ld);
 }
 
-
 TEST_CASE(loader_mpi_read_error_on_one_rank_reaches_every_rank) {
   lt_loader_opts o = lt_loader_opts_default();
   o.path = path;
