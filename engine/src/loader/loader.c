@@ -100,7 +100,12 @@ struct lt_loader {
   lt_loader_stats stats;
   double io_busy_s;      /* summed thread time in pread (under mu) */
   int64_t samples_read;
-  double compute_s;      /* time between lt_loader_next calls */
+  /* compute per sample of recent steps: the time between lt_loader_next calls over the local
+   * batch. The median of these is the estimate, so that pauses between epochs (evaluation,
+   * checkpoints, a benchmark's cache drop) do not pass for compute. */
+  double *compute_per_sample; /* (steps_per_epoch) ring */
+  int64_t n_compute;          /* entries filled since the last estimate (≤ steps_per_epoch) */
+  int64_t last_n_local;       /* local batch handed out by the previous call, 0 before any */
   double t_open, t_return;
   double next_load_cost, next_compute_cost; /* agreed estimates for the next epoch's plan, 0 = none */
   double imbalance_sum;  /* of the delivered steps' imbalance */
@@ -278,6 +283,11 @@ static void add_want(lt_loader *ld, int64_t *n, int si, int64_t sample, uint8_t 
   }
 }
 
+static int cmp_double(const void *a, const void *b) {
+  double x = *(const double *)a, y = *(const double *)b;
+  return (x > y) - (x < y);
+}
+
 /* The cost balance needs per-sample load and compute estimates that every rank agrees on. They
  * are measured up to the delivery of the step just before the next epoch's first step is
  * submitted, added over ranks in one small all-reduce (right after the error flag, so every rank
@@ -289,8 +299,12 @@ static void measure_costs(lt_loader *ld) {
   pthread_mutex_lock(&ld->mu);
   io_busy = ld->io_busy_s;
   pthread_mutex_unlock(&ld->mu);
-  double m[4] = {io_busy / ld->o.io_threads, (double)ld->samples_read, ld->compute_s,
-                 (double)ld->stats.samples};
+  int64_t k = ld->n_compute < ld->steps_per_epoch ? ld->n_compute : ld->steps_per_epoch;
+  qsort(ld->compute_per_sample, (size_t)k, sizeof(double), cmp_double);
+  double median = k ? ld->compute_per_sample[k / 2] : 0;
+  ld->n_compute = 0;
+  /* sums over ranks: load as total busy time over total reads, compute as the mean median */
+  double m[4] = {io_busy / ld->o.io_threads, (double)ld->samples_read, median, k ? 1.0 : 0.0};
   if (ld->collective) ld_comm_sum(m, 4);
   if (m[0] > 0 && m[1] > 0 && m[2] > 0 && m[3] > 0) {
     ld->next_load_cost = m[0] / m[1];
@@ -454,6 +468,7 @@ static lt_status open_local(lt_loader *ld, lt_err *err) {
       !(ld->wants = ld_calloc(2 * B * sizeof(want), err)) ||
       !(ld->queue = ld_calloc(ld->q_cap * sizeof(io_req *), err)) ||
       !(ld->rank_count = ld_calloc(ld->n_ranks * sizeof(int64_t), err)) ||
+      !(ld->compute_per_sample = ld_calloc(ld->steps_per_epoch * sizeof(double), err)) ||
       !(ld->buf_x = ld_calloc(ld->cap * ld->xb, err)) || !(ld->buf_y = ld_calloc(ld->cap * ld->yb, err)))
     return err->status;
   for (int i = 0; i < ld->n_ring; i++) {
@@ -540,7 +555,10 @@ lt_status lt_loader_next(lt_loader *ld, lt_loader_batch *b, lt_err *err) {
     return ld->failed;
   }
   double t_in = lt_now();
-  ld->compute_s += t_in - ld->t_return;
+  if (ld->last_n_local > 0) {
+    ld->compute_per_sample[ld->n_compute % ld->steps_per_epoch] = (t_in - ld->t_return) / (double)ld->last_n_local;
+    ld->n_compute++;
+  }
   memset(b, 0, sizeof *b);
   int64_t g = ld->next_deliver;
   if (g >= ld->total_steps) {
@@ -590,6 +608,7 @@ lt_status lt_loader_next(lt_loader *ld, lt_loader_batch *b, lt_err *err) {
   ld->stats.samples += s->n_local;
   ld->stats.hits += s->hits;
   ld->next_deliver++;
+  ld->last_n_local = s->n_local;
   ld->t_return = lt_now();
   /* the whole call counts as stall: waiting for reads, for the slowest rank at the error flag,
    * and the copies in and out of the buffer are all time the training loop does not compute */
@@ -643,6 +662,7 @@ void lt_loader_close(lt_loader *ld) {
   ld_free(ld->wants, ld->wants ? 2 * B * sizeof(want) : 0);
   ld_free(ld->queue, ld->queue ? ld->q_cap * sizeof(io_req *) : 0);
   ld_free(ld->rank_count, ld->rank_count ? ld->n_ranks * sizeof(int64_t) : 0);
+  ld_free(ld->compute_per_sample, ld->compute_per_sample ? ld->steps_per_epoch * sizeof(double) : 0);
   ld_free(ld->buf_x, ld->buf_x ? ld->cap * ld->xb : 0);
   ld_free(ld->buf_y, ld->buf_y ? ld->cap * ld->yb : 0);
   lt_plan_free(ld->plan);
