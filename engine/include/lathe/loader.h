@@ -155,6 +155,8 @@ typedef struct lt_loader_batch {
   int64_t hits;            /* of n_local, served from the buffer */
 } lt_loader_batch;
 
+/* A job's loader.* result fields come from here: hit_rate = hits / samples, storage_bytes,
+ * storage_requests (sum them over ranks), stall_fraction = stall_s / total_s, batch_imbalance. */
 typedef struct lt_loader_stats {
   int64_t steps;            /* delivered */
   int64_t samples;          /* delivered on this rank */
