@@ -155,7 +155,8 @@ void lt_ac_stash_free(lt_ac_stash *st); /* releases everything still held */
 const lt_stash_policy *lt_ac_stash_policy(lt_ac_stash *st);
 /* Marks the end of a training step: advances the controller (every W steps in ADAPTIVE). */
 void lt_ac_stash_step_end(lt_ac_stash *st);
-/* The eb the next store() of this node would use (0 = exact). */
+/* The bound of this node: for conv/linear inputs in FIXED and ADAPTIVE modes the one its next
+ * store() uses, otherwise (RELATIVE, batch-norm inputs) the one its last store() used; 0 = exact. */
 double lt_ac_stash_layer_eb(const lt_ac_stash *st, int node);
 
 #define LT_AC_HISTORY 64 /* eb updates kept per layer (the most recent) */

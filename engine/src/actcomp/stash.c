@@ -40,7 +40,7 @@ typedef struct ac_entry {
 typedef struct ac_layer {
   int seen;
   lt_save_kind kind;
-  double eb;          /* ADAPTIVE: the layer's bound (0 = exact); others: the last bound used */
+  double eb;          /* ADAPTIVE conv/linear inputs: the layer's bound (0 = exact) */
   double eb_used;     /* bound of the last store */
   double zero_frac;   /* R of the last stored input (exact zeros of the original) */
   int64_t step_dense, step_held, last_dense, last_held;
@@ -288,12 +288,12 @@ static lt_status st_store(void *user, const lt_graph *g, int node, int slot, lt_
     memcpy(e->data, src, bytes);
   }
 
+  l->eb_used = eb;
   if (kind == LT_SAVE_WEIGHT_INPUT && f32) {
     int64_t zeros = 0;
     const float *x = lt_tensor_f32(t);
     for (int64_t i = 0; i < e->n; i++) zeros += x[i] == 0.0f;
     l->zero_frac = e->n ? (double)zeros / (double)e->n : 0;
-    l->eb_used = eb;
     /* A sampled step keeps the original too, for observe() to measure the real dW error. */
     if (eb > 0 && st->cfg.sample_every > 0 && st->step % st->cfg.sample_every == 0) {
       lt_free(LT_MEM_WORKSPACE, l->exact, (size_t)l->exact_n * sizeof *l->exact);
@@ -521,12 +521,9 @@ const lt_stash_policy *lt_ac_stash_policy(lt_ac_stash *st) { return &st->policy;
 double lt_ac_stash_layer_eb(const lt_ac_stash *st, int node) {
   if (node < 0 || node >= st->n_layers) return st->cfg.mode == LT_AC_FIXED ? st->cfg.eb : 0;
   const ac_layer *l = &st->layers[node];
-  switch (st->cfg.mode) {
-  case LT_AC_FIXED: return st->cfg.eb;
-  case LT_AC_ADAPTIVE: return l->eb;
-  case LT_AC_RELATIVE: return l->eb_used;
-  default: return 0;
-  }
+  if (l->kind == LT_SAVE_WEIGHT_INPUT && st->cfg.mode == LT_AC_ADAPTIVE) return l->eb;
+  if (l->kind == LT_SAVE_WEIGHT_INPUT && st->cfg.mode == LT_AC_FIXED) return st->cfg.eb;
+  return l->eb_used; /* relative bounds and batch-norm inputs depend on the data: the last one */
 }
 
 void lt_ac_stash_step_end(lt_ac_stash *st) {
