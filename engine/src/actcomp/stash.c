@@ -20,6 +20,7 @@
  * dW error (E = X − X' through the layer's weight-gradient product) against the predicted
  * σ = eb·√(N(1−R)/3)·δ_rms. */
 #include "actcomp/ac_internal.h"
+#include "backend/cpu/kernels.h"
 
 #include <cblas.h>
 #include <immintrin.h>
@@ -174,19 +175,8 @@ static int st_keeps_buffer(void *user, const lt_graph *g, int node, int slot, lt
   return 0; /* store() always makes its own copy */
 }
 
-/* 1-bit ReLU masks, LSB first within each byte (the layout of lt_cpu_relu_mask_pack in
- * backend/cpu/kernels.h, whose implementation lives on another branch): AVX-512 compares write
- * 16 bits at a time, the scalar loop is the fallback and the tail. */
-__attribute__((target("avx512f"))) static int64_t pack_mask1_avx512(const float *y, int64_t n,
-                                                                   uint8_t *mask) {
-  int64_t i = 0;
-  for (; i + 16 <= n; i += 16) {
-    uint16_t m = _mm512_cmp_ps_mask(_mm512_loadu_ps(y + i), _mm512_setzero_ps(), _CMP_GT_OQ);
-    memcpy(mask + i / 8, &m, 2);
-  }
-  return i;
-}
-
+/* Restores a 1-bit ReLU mask (lt_cpu_relu_mask_pack's layout, LSB first) as 1.0/0.0: the sign
+ * pattern that ReLU backward reads. AVX-512 expands 16 bits per store; scalar for the rest. */
 __attribute__((target("avx512f"))) static int64_t unpack_mask1_avx512(const uint8_t *mask,
                                                                      int64_t n, float *y) {
   int64_t i = 0;
@@ -198,34 +188,18 @@ __attribute__((target("avx512f"))) static int64_t unpack_mask1_avx512(const uint
   return i;
 }
 
-static int have_avx512(void) {
-  __builtin_cpu_init();
-  return __builtin_cpu_supports("avx512f");
-}
-
-static void pack_mask1(const float *y, int64_t n, uint8_t *mask) {
-  int64_t i = have_avx512() ? pack_mask1_avx512(y, n, mask) : 0;
-  memset(mask + i / 8, 0, (size_t)((n + 7) / 8 - i / 8));
-  for (; i < n; i++) mask[i >> 3] |= (uint8_t)((y[i] > 0.0f) << (i & 7));
-}
-
 static void unpack_mask1(const uint8_t *mask, int64_t n, float *y) {
-  int64_t i = have_avx512() ? unpack_mask1_avx512(mask, n, y) : 0;
+  __builtin_cpu_init();
+  int64_t i = __builtin_cpu_supports("avx512f") ? unpack_mask1_avx512(mask, n, y) : 0;
   for (; i < n; i++) y[i] = (mask[i >> 3] >> (i & 7)) & 1 ? 1.0f : 0.0f;
 }
 
-/* 2-bit packing of 2×2 window indices, 4 per byte LSB first; -1 when an index exceeds 3. */
+/* 2-bit argmax packing applies to 2×2 windows only: -1 when an index exceeds 3. */
 static int pack2(const uint8_t *a, int64_t n, uint8_t *p) {
-  memset(p, 0, (size_t)(n + 3) / 4);
-  for (int64_t i = 0; i < n; i++) {
+  for (int64_t i = 0; i < n; i++)
     if (a[i] > 3) return -1;
-    p[i >> 2] |= (uint8_t)(a[i] << (2 * (i & 3)));
-  }
+  lt_cpu_argmax_pack2((size_t)n, a, p);
   return 0;
-}
-
-static void unpack2(const uint8_t *p, int64_t n, uint8_t *a) {
-  for (int64_t i = 0; i < n; i++) a[i] = (p[i >> 2] >> (2 * (i & 3))) & 3;
 }
 
 static lt_status st_store(void *user, const lt_graph *g, int node, int slot, lt_save_kind kind,
@@ -273,7 +247,7 @@ static lt_status st_store(void *user, const lt_graph *g, int node, int slot, lt_
   }
   e->bytes = bytes ? bytes : 1;
   if (e->form == FORM_MASK1) {
-    pack_mask1(lt_tensor_f32(t), e->n, e->data);
+    lt_cpu_relu_mask_pack((size_t)e->n, lt_tensor_f32(t), e->data);
   } else if (e->form == FORM_PACK2 && pack2(t->data, e->n, e->data)) {
     /* Windows larger than 2×2: keep the indices exact. */
     lt_free(LT_MEM_SAVED, e->data, e->bytes);
@@ -339,7 +313,7 @@ static lt_status st_load(void *user, void *handle, lt_tensor *dst, lt_err *err) 
     return LT_OK;
   }
   case FORM_MASK1: unpack_mask1(e->data, e->n, lt_tensor_f32(dst)); return LT_OK;
-  case FORM_PACK2: unpack2(e->data, e->n, dst->data); return LT_OK;
+  case FORM_PACK2: lt_cpu_argmax_unpack2((size_t)e->n, e->data, dst->data); return LT_OK;
   default: memcpy(dst->data, e->data, (size_t)e->dense); return LT_OK;
   }
 }
