@@ -161,7 +161,7 @@ int64_t ac_huff_encode(const uint16_t *codes, int64_t n, const uint32_t *enc, ui
     store_le64(p, acc);
     p += nb >> 3;
     total += nb & ~7;
-    acc = nb >= 64 ? 0 : acc >> (nb & ~7);
+    acc >>= nb & ~7; /* nb <= 55 here */
     nb &= 7;
   }
   for (; i < n; i++) {
