@@ -185,6 +185,21 @@ TEST_CASE(stash_argmax_beyond_2x2_stays_exact_and_off_mode_keeps_everything) {
   CHECK(wrong == 0);
   p->release(p->user, h);
   lt_ac_stash_free(st);
+  /* Noise at a tiny bound does not compress: the stash keeps the smaller exact copy. */
+  lt_ac_config tiny = lt_ac_config_default();
+  tiny.mode = LT_AC_FIXED;
+  tiny.eb = 1e-7;
+  lt_ac_stash *st2 = lt_ac_stash_new(&tiny, &err);
+  p = lt_ac_stash_policy(st2);
+  REQUIRE(p->store(p->user, &g, 0, 0, LT_SAVE_WEIGHT_INPUT, &t, &h, &err) == LT_OK);
+  REQUIRE(p->load(p->user, h, &d, &err) == LT_OK);
+  CHECK(!memcmp(x, y, sizeof x));
+  lt_ac_stash_step_end(st2);
+  lt_ac_report rep;
+  lt_ac_stash_report(st2, &rep);
+  CHECK(rep.n_layers == 1 && rep.layers[0].bytes_held <= rep.layers[0].bytes_dense + 128);
+  p->release(p->user, h);
+  lt_ac_stash_free(st2);
   /* Bad configurations are refused with a message. */
   cfg.mode = LT_AC_ADAPTIVE;
   cfg.rho = -1;

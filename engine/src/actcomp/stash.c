@@ -230,9 +230,11 @@ static lt_status st_store(void *user, const lt_graph *g, int node, int slot, lt_
     rc = lt_ac_encode(st->codec, LT_AC_KIND_LORENZO, lt_tensor_f32(t), t->ndim, t->shape, eb,
                       &st->tmp, err);
     if (rc) goto fail;
-    e->form = FORM_CODEC;
-    src = st->tmp.data;
-    bytes = st->tmp.len;
+    if (st->tmp.len < bytes) { /* incompressible (noise at a tiny bound): the exact copy is smaller */
+      e->form = FORM_CODEC;
+      src = st->tmp.data;
+      bytes = st->tmp.len;
+    }
   } else if (on && f32 && kind == LT_SAVE_RELU_OUTPUT) {
     e->form = FORM_MASK1;
     bytes = (size_t)(e->n + 7) / 8;
