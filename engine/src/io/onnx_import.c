@@ -1497,6 +1497,11 @@ static lt_graph *import_model(ox_model *m, const lt_onnx_load_opts *opts, lt_err
   im.opset = m->opset;
   size_t names = (size_t)m->n_inits + (size_t)m->n_inputs + (size_t)m->n_outputs;
   for (int i = 0; i < m->n_nodes; i++) names += (size_t)m->nodes[i].n_in + (size_t)m->nodes[i].n_out;
+  if (names > ((size_t)1 << 22)) {
+    lt_errorf(err, LT_ERR_UNSUPPORTED, "model makes %zu tensor references, beyond the 4 M Lathe "
+              "imports", names);
+    return NULL;
+  }
   size_t tcap = 16;
   while (tcap < 2 * names + 16) tcap *= 2;
   im.tcap = (int)tcap;
