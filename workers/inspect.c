@@ -31,7 +31,9 @@ enum {
   INSPECT_SAMPLE_ELEMS = 1 << 20, /* elements read per dataset when sampling */
   INSPECT_SAMPLE_BLOCKS = 64,     /* evenly spaced blocks they come from */
   INSPECT_EXACT_BLOCK = 1 << 20,  /* elements per read in exact mode (8 MiB of doubles) */
-  INSPECT_MAX_OBJECTS = 100000,   /* groups + datasets listed before the summary is cut */
+  INSPECT_MAX_OBJECTS = 4096,     /* groups + datasets listed before the summary is cut */
+  INSPECT_ATTR_BUDGET = 1 << 20,  /* bytes of attribute values shown per file; the rest are
+                                     described by dtype, so the summary stays a few MiB at most */
   INSPECT_MAX_ATTRS = 256,        /* attributes listed per object */
   INSPECT_ATTR_ELEMS = 64,        /* attribute values longer than this are described, not read */
   INSPECT_ATTR_STRING = 4096,     /* bytes of a string attribute shown */
@@ -186,20 +188,30 @@ static cJSON *inspect_attr_strings(hid_t attr, hid_t type, hssize_t n) {
   return values;
 }
 
-static cJSON *inspect_attr_value(hid_t attr) {
+static cJSON *inspect_attr_value(hid_t attr, size_t *budget) {
   hid_t type = H5Aget_type(attr), space = H5Aget_space(attr);
   cJSON *value = NULL;
   hssize_t n = H5Sget_simple_extent_npoints(space);
   int scalar = H5Sget_simple_extent_type(space) == H5S_SCALAR;
   char dtype[32];
   inspect_dtype_name(type, dtype, sizeof dtype);
-  if (n >= 0 && n <= INSPECT_ATTR_ELEMS && n > 0) {
+  if (n >= 0 && n <= INSPECT_ATTR_ELEMS && n > 0 && *budget > 0) {
     cJSON *values = NULL;
     if (H5Tget_class(type) == H5T_STRING) {
       values = inspect_attr_strings(attr, type, n);
     } else if (inspect_dtype_is_numeric(type)) {
       double buf[INSPECT_ATTR_ELEMS];
       if (H5Aread(attr, H5T_NATIVE_DOUBLE, buf) >= 0) values = cJSON_CreateDoubleArray(buf, (int)n);
+    }
+    char *text = values ? cJSON_PrintUnformatted(values) : NULL;
+    size_t used = text ? strlen(text) : 0;
+    free(text);
+    if (used > *budget) {
+      cJSON_Delete(values);
+      values = NULL;
+      *budget = 0;
+    } else {
+      *budget -= used;
     }
     if (values && scalar && cJSON_GetArraySize(values) == 1) {
       value = cJSON_DetachItemFromArray(values, 0);
@@ -223,6 +235,7 @@ static cJSON *inspect_attr_value(hid_t attr) {
 typedef struct inspect_attrs {
   cJSON *obj;
   int count;
+  size_t *budget; /* bytes of values still to show in this file */
 } inspect_attrs;
 
 static herr_t inspect_attr_visit(hid_t loc, const char *name, const H5A_info_t *info, void *user) {
@@ -234,7 +247,7 @@ static herr_t inspect_attr_visit(hid_t loc, const char *name, const H5A_info_t *
   hid_t attr = H5Aopen(loc, name, H5P_DEFAULT);
   if (attr < 0) return -1;
   char *key = inspect_utf8_clean(name, strlen(name), 256);
-  cJSON *value = inspect_attr_value(attr);
+  cJSON *value = inspect_attr_value(attr, a->budget);
   H5Aclose(attr);
   if (!key || !value) {
     free(key);
@@ -246,8 +259,9 @@ static herr_t inspect_attr_visit(hid_t loc, const char *name, const H5A_info_t *
   return 0;
 }
 
-static int inspect_attrs_read(hid_t obj, cJSON *into, const char *path, char *err, size_t cap) {
-  inspect_attrs a = {cJSON_CreateObject(), 0};
+static int inspect_attrs_read(hid_t obj, cJSON *into, const char *path, size_t *budget, char *err,
+                              size_t cap) {
+  inspect_attrs a = {cJSON_CreateObject(), 0, budget};
   if (!a.obj) return inspect_fail(err, cap, JOB_EXIT_FAILED, "out of memory");
   hsize_t idx = 0;
   if (H5Aiterate2(obj, H5_INDEX_NAME, H5_ITER_INC, &idx, inspect_attr_visit, &a) < 0) {
@@ -449,6 +463,7 @@ typedef struct inspect_walk {
   size_t errcap;
   uint64_t numeric_elems;
   int exact;
+  size_t attr_budget;
 } inspect_walk;
 
 static void inspect_dataset_layout(hid_t ds, cJSON *o) {
@@ -554,7 +569,7 @@ static herr_t inspect_object_visit(hid_t root, const char *name, const H5O_info_
     } else {
       w->groups++;
     }
-    if (!rc) rc = inspect_attrs_read(obj, o, path, w->err, w->errcap);
+    if (!rc) rc = inspect_attrs_read(obj, o, path, &w->attr_budget, w->err, w->errcap);
     H5Oclose(obj);
   }
   cJSON_AddItemToArray(w->objects, o);
@@ -640,7 +655,8 @@ int inspect_hdf5_json(const char *path, const inspect_opts *opts, cJSON **out, c
                         "%s is not a readable HDF5 file (%s); it may be truncated or damaged: "
                         "upload it again", path, why);
   }
-  inspect_walk w = {cJSON_CreateArray(), 0, 0, 0, 0, 0, err, errcap, 0, opts->exact};
+  inspect_walk w = {cJSON_CreateArray(), 0, 0, 0, 0, 0, err, errcap, 0, opts->exact,
+                    INSPECT_ATTR_BUDGET};
   herr_t vrc = H5Ovisit2(file, H5_INDEX_NAME, H5_ITER_INC, inspect_object_visit, &w, H5O_INFO_BASIC);
   if (vrc < 0 && !w.rc) {
     char why[256];
@@ -691,8 +707,9 @@ void inspect_crash_guard(const char *path, int json_event) {
   const char *shown = clean ? clean : "the file";
   char msg[1024];
   snprintf(msg, sizeof msg,
-           "%s is damaged: reading it crashed the HDF5 library, so it is refused; check the file "
-           "with h5dump or write it again", shown);
+           "%s is damaged: reading it crashed the file reader (HDF5 1.10 itself crashes on some "
+           "damaged files), so it is refused; check the file (h5dump for HDF5) or write it again",
+           shown);
   inspect_guard_text_len = (size_t)snprintf(inspect_guard_text, sizeof inspect_guard_text,
                                             "lathe: %s\n", msg);
   inspect_guard_event_len = 0;
@@ -741,6 +758,9 @@ typedef struct inspect_format {
   int (*inspect_plain)(const char *path, cJSON **out, char *err, size_t cap); /* no options */
 } inspect_format;
 
+/* ONNX has no signature (a protobuf message); once workers/inspect_onnx.c is in the tree, add
+ *   {"ONNX model", NULL, NULL, inspect_onnx_json},
+ * below, and a non-HDF5 file is then tried as ONNX. */
 static const inspect_format inspect_formats[] = {
     {"HDF5", inspect_probe_hdf5, inspect_hdf5_json, NULL},
 };

@@ -33,8 +33,14 @@ int inspect_file_json(const char *path, const inspect_opts *opts, cJSON **out, c
 int inspect_hdf5_json(const char *path, const inspect_opts *opts, cJSON **out, char *err,
                       size_t errcap);
 
+/* The ONNX summary (per layer op, output shape, parameters, MACs), written in
+ * workers/inspect_onnx.c by the ONNX work; inspect_file_json reaches it through the format table
+ * in inspect.c once that file is in the tree (one line there). 0 or non-zero with err filled. */
+int inspect_onnx_json(const char *path, cJSON **out, char *err, size_t errcap);
+
 /* HDF5 1.10 can crash on a hostile file (out-of-bounds reads in its global heap, for one), which
- * no checking on our side can prevent. A process that inspects untrusted files calls this first:
+ * no checking on our side can prevent. A process that inspects untrusted files (of any format)
+ * calls this first:
  * a SIGSEGV/SIGBUS/SIGFPE/SIGILL then prints a message naming `path` on stderr — and, when
  * json_event is set, a {"type":"error"} event line on stdout for lathe-worker — and exits with
  * JOB_EXIT_BAD_INPUT, so a damaged upload is refused with a reason instead of a bare crash. */

@@ -10,12 +10,16 @@
 
 #include "run.h"
 
+#include <errno.h>
 #include <signal.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <unistd.h>
+
+#include "lathe/core.h"
 
 volatile sig_atomic_t job_stop_signal;
 
@@ -112,13 +116,40 @@ int job_fail(job_ctx *job, int code, const char *fmt, ...) {
   return code;
 }
 
-/* An upload id as the server hands them out: mdl_ or ds_ and 16 lowercase hex digits. */
-static int job_ref_is_upload_id(const char *ref) {
-  const char *hex = !strncmp(ref, "mdl_", 4) ? ref + 4 : !strncmp(ref, "ds_", 3) ? ref + 3 : NULL;
-  if (!hex || strlen(hex) != 16) return 0;
-  for (const char *c = hex; *c; c++)
-    if (!((*c >= '0' && *c <= '9') || (*c >= 'a' && *c <= 'f'))) return 0;
-  return 1;
+int job_ref_is_upload_id(const char *ref, const char *file_kind) {
+  int model = !strncmp(ref, "mdl_", 4), dataset = !strncmp(ref, "ds_", 3);
+  if (file_kind && !strcmp(file_kind, "model")) dataset = 0;
+  if (file_kind && !strcmp(file_kind, "dataset")) model = 0;
+  const char *hex = model ? ref + 4 : dataset ? ref + 3 : NULL;
+  return hex && strlen(hex) == 16 && strspn(hex, "0123456789abcdef") == 16;
+}
+
+int job_device_check(const char *device, char *why, size_t cap) {
+  if (!strcmp(device, "cpu")) return 0;
+  if (!strncmp(device, "cuda:", 5) && device[5] && strlen(device + 5) <= 4 &&
+      strspn(device + 5, "0123456789") == strlen(device + 5)) {
+    if (strstr(lt_backends_compiled(), "cuda")) return 0;
+    snprintf(why, cap, "device %s asked for, but this build of lathe has no CUDA backend (backends: %s)",
+             device, lt_backends_compiled());
+    return -1;
+  }
+  snprintf(why, cap, "device \"%.64s\" is not \"cpu\" or \"cuda:N\"", device);
+  return -1;
+}
+
+/* mkdir -p: output and job folders may be new. */
+int job_dir_make(const char *dir, unsigned mode) {
+  char p[8192];
+  if (snprintf(p, sizeof p, "%s", dir) >= (int)sizeof p) return -1;
+  for (char *c = p + 1; *c; c++) {
+    if (*c != '/') continue;
+    *c = 0;
+    if (mkdir(p, mode) != 0 && errno != EEXIST) return -1;
+    *c = '/';
+  }
+  if (mkdir(p, mode) != 0 && errno != EEXIST) return -1;
+  struct stat st;
+  return stat(p, &st) == 0 && S_ISDIR(st.st_mode) ? 0 : -1;
 }
 
 const char *job_resolve_ref(job_ctx *job, const char *ref) {
@@ -134,7 +165,7 @@ const char *job_resolve_ref(job_ctx *job, const char *ref) {
       return NULL;
     }
     path = mapped->valuestring;
-  } else if (job_ref_is_upload_id(ref)) {
+  } else if (job_ref_is_upload_id(ref, NULL)) {
     job_fail(job, JOB_EXIT_BAD_INPUT,
              "%s is an upload id but the job file's \"files\" map has no local path for it; "
              "run the job through lathe-worker, or give a path instead of the id", ref);

@@ -21,6 +21,7 @@
 #define LATHE_WORKERS_JOB_H
 
 #include <cjson/cJSON.h>
+#include <stddef.h>
 #include <stdint.h>
 
 enum {
@@ -58,6 +59,14 @@ void job_emit_metric(job_ctx *job, const char *key, int64_t step, double value);
 void job_emit_log(job_ctx *job, const char *level, const char *fmt, ...)
     __attribute__((format(printf, 3, 4)));
 void job_emit_artifact(job_ctx *job, const char *name, const char *path);
+
+/* An upload id as the server hands them out: "mdl_" (file_kind "model") or "ds_" ("dataset")
+ * and 16 lowercase hex digits; file_kind NULL accepts either. */
+int job_ref_is_upload_id(const char *ref, const char *file_kind);
+/* "cpu", or "cuda:N" when this build has the CUDA backend. 0, or -1 with why filled. */
+int job_device_check(const char *device, char *why, size_t cap);
+/* mkdir -p with mode; 0 when dir exists as a folder afterwards. */
+int job_dir_make(const char *dir, unsigned mode);
 
 /* True once `lathe run` has been asked to stop (SIGTERM/SIGINT: a cancel, or the worker shutting
  * down). A long-running kind polls it between steps and returns job_fail(job, JOB_EXIT_FAILED,

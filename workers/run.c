@@ -12,7 +12,6 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/stat.h>
 
 #include "cli.h"
 #include "job.h"
@@ -68,33 +67,6 @@ static char *run_read_file(const char *path, char *why, size_t cap) {
   }
   buf[n] = 0;
   return buf;
-}
-
-/* mkdir -p: the output folder may be new. */
-static int run_mkdirs(const char *dir) {
-  char p[4096];
-  if (snprintf(p, sizeof p, "%s", dir) >= (int)sizeof p) return -1;
-  for (char *c = p + 1; *c; c++) {
-    if (*c != '/') continue;
-    *c = 0;
-    if (mkdir(p, 0777) != 0 && errno != EEXIST) return -1;
-    *c = '/';
-  }
-  if (mkdir(p, 0777) != 0 && errno != EEXIST) return -1;
-  struct stat st;
-  return stat(p, &st) == 0 && S_ISDIR(st.st_mode) ? 0 : -1;
-}
-
-static int run_device_check(const char *device, char *why, size_t cap) {
-  if (!strcmp(device, "cpu")) return 0;
-  if (!strncmp(device, "cuda:", 5) && device[5] && strspn(device + 5, "0123456789") == strlen(device + 5)) {
-    if (strstr(lt_backends_compiled(), "cuda")) return 0;
-    snprintf(why, cap, "device %s asked for, but this build of lathe has no CUDA backend (backends: %s)",
-             device, lt_backends_compiled());
-    return -1;
-  }
-  snprintf(why, cap, "device \"%.64s\" is not \"cpu\" or \"cuda:N\"", device);
-  return -1;
 }
 
 int cmd_run(int argc, char **argv) {
@@ -157,11 +129,11 @@ int cmd_run(int argc, char **argv) {
     goto done;
   }
   const char *dev = device ? device->valuestring : "cpu";
-  if (run_device_check(dev, why, sizeof why)) {
+  if (job_device_check(dev, why, sizeof why)) {
     rc = run_fail(JOB_EXIT_BAD_INPUT, "%s", why);
     goto done;
   }
-  if (run_mkdirs(out_dir) != 0) {
+  if (job_dir_make(out_dir, 0777) != 0) {
     rc = run_fail(JOB_EXIT_FAILED, "cannot create the output folder %s: %s", out_dir, strerror(errno));
     goto done;
   }

@@ -328,6 +328,7 @@ TEST_CASE(exec_buffer_reuse_cuts_activation_memory_and_changes_nothing) {
 
 /* A policy that copies every saved tensor, and records what it was offered. */
 typedef struct copy_policy {
+  int keep_relu; /* keeps_buffer() says 1 for ReLU outputs: backward reads them in place */
   int stores, loads, releases, observes;
   int kinds[5];
   int observe_bad;
@@ -339,7 +340,9 @@ typedef struct copy_handle {
   size_t bytes;
 } copy_handle;
 
-static int cp_keeps(void *u, const lt_graph *g, int node, int slot, lt_save_kind kind) { return 0; }
+static int cp_keeps(void *u, const lt_graph *g, int node, int slot, lt_save_kind kind) {
+  return ((copy_policy *)u)->keep_relu && kind == LT_SAVE_RELU_OUTPUT;
+}
 static lt_status cp_store(void *u, const lt_graph *g, int node, int slot, lt_save_kind kind,
                           const lt_tensor *t, void **handle, lt_err *err) {
   copy_policy *p = u;
@@ -354,6 +357,12 @@ static lt_status cp_store(void *u, const lt_graph *g, int node, int slot, lt_sav
                                                                 : LT_SAVE_EXACT;
   if (kind != want) p->observe_bad++;
   copy_handle *h = malloc(sizeof *h);
+  if (p->keep_relu && kind == LT_SAVE_RELU_OUTPUT) { /* a view: nothing to copy */
+    h->data = NULL;
+    h->bytes = 0;
+    *handle = h;
+    return LT_OK;
+  }
   h->bytes = lt_tensor_nbytes(t);
   h->data = lt_alloc(LT_MEM_SAVED, h->bytes, err);
   memcpy(h->data, t->data, h->bytes);
@@ -364,6 +373,7 @@ static lt_status cp_load(void *u, void *handle, lt_tensor *dst, lt_err *err) {
   copy_policy *p = u;
   copy_handle *h = handle;
   p->loads++;
+  if (!h->data) return lt_errorf(err, LT_ERR_INTERNAL, "load() of a slot kept in place");
   memcpy(dst->data, h->data, h->bytes);
   return LT_OK;
 }
@@ -424,6 +434,41 @@ TEST_CASE(stash_policy_that_copies_gives_identical_gradients) {
   lt_graph_free(g2);
 }
 
+/* Mixed: ReLU outputs stay in their forward buffers (no load), the rest is copied. */
+TEST_CASE(stash_policy_keeping_some_buffers_gives_identical_gradients) {
+  lt_graph *g1, *g2;
+  copy_policy cp = {.keep_relu = 1};
+  lt_stash_policy pol = {.user = &cp, .keeps_buffer = cp_keeps, .store = cp_store,
+                         .load = cp_load, .release = cp_release};
+  lt_exec_opts o = {.stash = &pol};
+  lt_exec *a = smallcnn_exec(&g1, 4, NULL), *b = smallcnn_exec(&g2, 4, &o);
+  REQUIRE(a && b);
+  float r[40];
+  fill_uniform(r, 40, 15, -1, 1);
+  for (int step = 0; step < 2; step++) {
+    run_step(a, r, 1);
+    run_step(b, r, 1);
+  }
+  CHECK(cp.stores == 22 && cp.loads == 16 && cp.releases == 22); /* 3 ReLU slots kept, twice */
+  for (int v = 0; v < g1->n_values; v++) {
+    lt_tensor *ga = lt_exec_param_grad(a, v), *gb = lt_exec_param_grad(b, v);
+    if (ga) CHECK_MSG(gb && memcmp(ga->data, gb->data, lt_tensor_nbytes(ga)) == 0, "%s differs",
+                      g1->values[v].name);
+  }
+  /* Held = the kept ReLU outputs (also read by the next layer, which the policy copies) plus
+   * BN statistics in place, plus the copies. */
+  int64_t dense, held;
+  lt_exec_forward(b, NULL);
+  lt_exec_saved_bytes(b, &dense, &held);
+  lt_exec_plan_stats sb;
+  lt_exec_plan_stats_get(b, &sb);
+  CHECK(sb.saved > 0 && held > sb.saved);
+  lt_exec_free(a);
+  lt_exec_free(b);
+  lt_graph_free(g1);
+  lt_graph_free(g2);
+}
+
 TEST_CASE(exec_inference_mode_refuses_backward) {
   lt_err err = {0};
   lt_graph *g = lt_zoo_build("smallcnn", NULL, &err);
@@ -472,6 +517,51 @@ TEST_CASE(exec_dropout_mask_matches_in_backward) {
   lt_graph_free(g);
 }
 
+/* The U-Net path (max pool, nearest upsample, concat skips, 1x1 head with bias) end to end. A
+ * small step: with BN over 8 values at the bottom the network bends sharply (1e-2 crosses kinks). */
+TEST_CASE(gradcheck_tiny_unet) {
+  lt_err err = {0};
+  lt_zoo_opts o = {.in_channels = 2, .out_channels = 2, .height = 8, .width = 8, .base_width = 2,
+                   .seed = 21};
+  lt_graph *g = lt_zoo_build("unet", &o, &err);
+  REQUIRE(g);
+  fd_check(g, 2, "unet", 1e-3f, 2e-2);
+  lt_graph_free(g);
+}
+
+/* Every zoo model runs a training step with finite outputs and gradients. */
+TEST_CASE(zoo_models_train_one_step) {
+  for (const char *const *name = lt_zoo_names(); *name; name++) {
+    lt_err err = {0};
+    lt_graph *g = lt_zoo_build(*name, &(lt_zoo_opts){.seed = 1}, &err);
+    REQUIRE(g);
+    lt_exec *ex = lt_exec_create(g, 2, LT_MODE_TRAIN, lt_backend_get("cpu", NULL), NULL, &err);
+    CHECK_MSG(ex, "%s: %s", *name, err.msg);
+    if (!ex) {
+      lt_graph_free(g);
+      continue;
+    }
+    lt_tensor *x = lt_exec_input(ex, 0), *dy = lt_exec_output_grad(ex, 0);
+    fill_uniform(lt_tensor_f32(x), lt_tensor_numel(x), 31, -1, 1);
+    CHECK_MSG(lt_exec_forward(ex, &err) == LT_OK, "%s: %s", *name, err.msg);
+    fill_uniform(lt_tensor_f32(dy), lt_tensor_numel(dy), 32, -1, 1);
+    CHECK_MSG(lt_exec_backward(ex, &err) == LT_OK, "%s: %s", *name, err.msg);
+    int finite = 1, nonzero = 0;
+    lt_tensor *y = lt_exec_output(ex, 0);
+    for (int64_t i = 0; i < lt_tensor_numel(y); i++) finite &= isfinite(lt_tensor_f32(y)[i]);
+    for (int v = 0; v < g->n_values; v++) {
+      lt_tensor *gr = lt_exec_param_grad(ex, v);
+      for (int64_t i = 0; gr && i < lt_tensor_numel(gr); i++) {
+        finite &= isfinite(lt_tensor_f32(gr)[i]);
+        nonzero |= lt_tensor_f32(gr)[i] != 0;
+      }
+    }
+    CHECK_MSG(finite && nonzero, "%s: non-finite or all-zero outputs/gradients", *name);
+    lt_exec_free(ex);
+    lt_graph_free(g);
+  }
+}
+
 int main(void) {
   RUN(gradcheck_pointwise_pool_and_shape_ops);
   RUN(gradcheck_conv_linear_batchnorm);
@@ -480,7 +570,10 @@ int main(void) {
   RUN(exec_training_step_allocates_nothing);
   RUN(exec_buffer_reuse_cuts_activation_memory_and_changes_nothing);
   RUN(stash_policy_that_copies_gives_identical_gradients);
+  RUN(stash_policy_keeping_some_buffers_gives_identical_gradients);
   RUN(exec_inference_mode_refuses_backward);
   RUN(exec_dropout_mask_matches_in_backward);
+  RUN(gradcheck_tiny_unet);
+  RUN(zoo_models_train_one_step);
   return test_summary();
 }

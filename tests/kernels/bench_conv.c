@@ -3,12 +3,17 @@
  * plain sgemm of the same lowered size (M = out channels, N = batch*oh*ow, K = in*kh*kw) measured
  * in the same run. Built, not run by ctest:
  *
- *   build/bin/bench_conv [BATCH]
+ *   OMP_WAIT_POLICY=passive build/bin/bench_conv [--cpu] [BATCH [LAYER]]
+ *
+ * LAYER selects one row (for profiling). --cpu times with the process CPU clock instead of the
+ * wall clock: run single-threaded (OMP_NUM_THREADS=1 OPENBLAS_NUM_THREADS=1) it gives stable
+ * per-core figures on a machine that others are loading, where wall-clock figures swing 2-3x.
  *
  * GFLOP/s counts 2 flops per multiply-accumulate, as sgemm figures do (Lathe's reports count
  * MACs; divide by 2 to compare). Times are the median of the repetitions.
  */
 #include <stdio.h>
+#include <time.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -36,15 +41,23 @@ static int cmp_double(const void *a, const void *b) {
 
 enum { REPS = 5 };
 typedef void (*bench_fn)(void *ctx);
+static int use_cpu_clock;
+
+static double now(void) {
+  if (!use_cpu_clock) return lt_now();
+  struct timespec ts;
+  clock_gettime(CLOCK_PROCESS_CPUTIME_ID, &ts);
+  return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
+}
 
 /* Median seconds of REPS calls after one warm-up call. */
 static double time_median(bench_fn f, void *ctx) {
   double t[REPS];
   f(ctx);
   for (int i = 0; i < REPS; i++) {
-    double t0 = lt_now();
+    double t0 = now();
     f(ctx);
-    t[i] = lt_now() - t0;
+    t[i] = now() - t0;
   }
   qsort(t, REPS, sizeof(double), cmp_double);
   return t[REPS / 2];
@@ -82,12 +95,29 @@ static float *filled(size_t n) {
 }
 
 int main(int argc, char **argv) {
+  if (argc > 1 && strcmp(argv[1], "--cpu") == 0) {
+    use_cpu_clock = 1;
+    argc--, argv++;
+  }
   const int batch = argc > 1 ? atoi(argv[1]) : 128;
+  const int only = argc > 2 ? atoi(argv[2]) : -1;
+  printf("clock: %s\n", use_cpu_clock ? "process CPU time" : "wall");
   double tot[3] = {0, 0, 0}, tot_flops = 0;
+  const char *wait = getenv("OMP_WAIT_POLICY");
+  /* Spinning OpenMP workers steal the cores from OpenBLAS's threads between regions; the
+   * figures depend on this setting, so say it. */
+  printf("OMP_WAIT_POLICY=%s\n", wait ? wait : "(unset: libgomp spins ~300k iterations after each region)");
+  {
+    ctx sq = {.m = 1024, .n = 1024, .k = 1024};
+    sq.ga = filled(1 << 20), sq.gb = filled(1 << 20), sq.gc = filled(1 << 20);
+    printf("plain sgemm 1024x1024x1024: %.1f GFLOP/s\n", 2.0 * 1024 * 1024 * 1024 / time_median(run_sgemm, &sq) * 1e-9);
+    free(sq.ga), free(sq.gb), free(sq.gc);
+  }
   printf("ResNet-20 conv layers, batch %d (GFLOP/s = 2*MACs/s; median of %d)\n", batch, REPS);
   printf("%-26s %5s %9s | %8s %8s %8s | %8s  (GFLOP/s)  ws MiB\n", "layer", "count", "GFLOP", "fwd",
          "bwd_data", "bwd_filt", "sgemm");
   for (size_t li = 0; li < sizeof layers / sizeof layers[0]; li++) {
+    if (only >= 0 && (size_t)only != li) continue;
     const layer *L = &layers[li];
     ctx c;
     memset(&c, 0, sizeof c);

@@ -110,11 +110,16 @@ static void conv_cases(void) {
   conv_case("conv:groups2",          0, 2, 6, 6, 6, 4, 3, 3, 1, 1, 1, 1, 1, 1, 1, 1, 2, 0, 0, 1);
   conv_case("conv:depthwise_s2",     0, 2, 8, 9, 9, 8, 3, 3, 2, 2, 1, 1, 1, 1, 1, 1, 8, 0, 0, 0);
   conv_case("conv:depthwise_mult2",  0, 1, 4, 6, 5, 8, 3, 3, 1, 1, 1, 1, 1, 1, 1, 1, 4, 0, 0, 1);
+  conv_case("conv:single_channel",   0, 2, 1, 7, 6, 5, 3, 3, 2, 1, 1, 1, 1, 1, 1, 1, 1, 0, 0, 1);
   conv_case("conv:1x1_spatial",      0, 3, 7, 1, 1, 9, 3, 3, 1, 1, 1, 1, 1, 1, 1, 1, 1, 0, 0, 1);
   conv_case("conv:rect_kernel",      0, 2, 3, 6, 7, 5, 2, 3, 2, 1, 0, 1, 1, 1, 1, 1, 1, 0, 0, 1);
   /* several chunks: one image's scratch is (144 + 16) * 48*48 floats = 1.47 MB, so the 4 MiB
    * chunk of kernels_conv.c holds two images and the batch of three runs as 2 + 1 */
   conv_case("conv:chunked",          0, 3, 16, 48, 48, 16, 3, 3, 1, 1, 1, 1, 1, 1, 1, 1, 1, 0, 0, 1);
+  /* stride 1 with odd output sizes, asymmetric pads, a pad wider than the kernel's reach */
+  conv_case("conv:s1_odd_asym",      0, 2, 5, 7, 6, 3, 3, 3, 1, 1, 2, 0, 1, 1, 1, 1, 1, 0, 0, 1);
+  conv_case("conv:s1_pad3",          0, 1, 4, 5, 5, 6, 3, 3, 1, 1, 3, 1, 0, 1, 1, 1, 1, 0, 0, 0);
+  conv_case("convT:stride1_3x3",     1, 2, 4, 5, 6, 5, 3, 3, 1, 1, 1, 1, 1, 1, 1, 1, 1, 0, 0, 1);
   conv_case("convT:stride2_outpad",  1, 2, 4, 5, 5, 6, 3, 3, 2, 2, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1);
   conv_case("convT:groups2_dil2",    1, 2, 6, 4, 5, 4, 3, 3, 1, 2, 1, 0, 1, 0, 2, 2, 2, 0, 1, 1);
   conv_case("convT:batch1_asym",     1, 1, 3, 4, 4, 5, 4, 4, 2, 2, 1, 2, 2, 1, 1, 1, 1, 0, 0, 0);
@@ -321,6 +326,7 @@ static void binary_cases(void) {
   binary_case("bin:mul_channel", LT_BIN_MUL, s4, ch);
   binary_case("bin:mul_same", LT_BIN_MUL, s4, s4);
   binary_case("bin:div_scalar", LT_BIN_DIV, s4, sc);
+  binary_case("bin:div_same", LT_BIN_DIV, s4, s4);
   binary_case("bin:div_lhs_bcast", LT_BIN_DIV, ch, s4);
 }
 

@@ -182,6 +182,10 @@ TEST_CASE(conv2d_gradients_match_finite_differences) {
           (lt_conv_geom){.n = 2, .c = 4, .h = 5, .w = 6, .s = 6, .kh = 3, .kw = 3, .stride_h = 2,
                          .stride_w = 2, .pad_t = 1, .pad_l = 0, .pad_b = 1, .pad_r = 2, .dil_h = 1,
                          .dil_w = 1, .groups = 2});
+  conv_fd("conv 3x3 s1 odd asym-pad", 0,
+          (lt_conv_geom){.n = 2, .c = 3, .h = 5, .w = 6, .s = 4, .kh = 3, .kw = 3, .stride_h = 1,
+                         .stride_w = 1, .pad_t = 1, .pad_l = 0, .pad_b = 2, .pad_r = 1, .dil_h = 1,
+                         .dil_w = 1, .groups = 1});
   conv_fd("conv 1x1 pointwise", 0,
           (lt_conv_geom){.n = 2, .c = 3, .h = 3, .w = 4, .s = 5, .kh = 1, .kw = 1, .stride_h = 1,
                          .stride_w = 1, .dil_h = 1, .dil_w = 1, .groups = 1});
@@ -200,6 +204,10 @@ TEST_CASE(conv_transpose2d_gradients_match_finite_differences) {
           (lt_conv_geom){.n = 1, .c = 4, .h = 3, .w = 3, .s = 2, .kh = 2, .kw = 3, .stride_h = 1,
                          .stride_w = 2, .pad_t = 0, .pad_l = 1, .pad_b = 1, .pad_r = 1, .dil_h = 2,
                          .dil_w = 1, .groups = 2});
+  conv_fd("convT depthwise s2", 1,
+          (lt_conv_geom){.n = 2, .c = 3, .h = 3, .w = 3, .s = 6, .kh = 3, .kw = 3, .stride_h = 2,
+                         .stride_w = 2, .pad_t = 1, .pad_l = 1, .pad_b = 1, .pad_r = 1, .dil_h = 1,
+                         .dil_w = 1, .groups = 3, .out_pad_h = 1});
 }
 
 /* ---- linear -------------------------------------------------------------------------------- */
@@ -407,6 +415,11 @@ TEST_CASE(pooling_gradients_match_finite_differences) {
           (lt_pool_geom){.n = 2, .c = 2, .h = 7, .w = 6, .kh = 3, .kw = 3, .stride_h = 2, .stride_w = 2,
                          .pad_t = 1, .pad_l = 1, .pad_b = 1, .pad_r = 1, .dil_h = 1, .dil_w = 1,
                          .ceil_mode = 1, .count_include_pad = 1});
+  /* PyTorch has no dilated average pooling (ONNX does): only this gradient check covers it */
+  pool_fd("avgpool dil2 incl-pad", 1,
+          (lt_pool_geom){.n = 1, .c = 2, .h = 7, .w = 6, .kh = 2, .kw = 3, .stride_h = 2, .stride_w = 1,
+                         .pad_t = 1, .pad_l = 1, .pad_b = 1, .pad_r = 1, .dil_h = 2, .dil_w = 2,
+                         .count_include_pad = 1});
   pool_fd("avgpool excl-pad", 1,
           (lt_pool_geom){.n = 1, .c = 3, .h = 5, .w = 5, .kh = 2, .kw = 3, .stride_h = 1, .stride_w = 2,
                          .pad_t = 1, .pad_l = 1, .pad_b = 1, .pad_r = 1, .dil_h = 1, .dil_w = 1});
@@ -685,6 +698,23 @@ TEST_CASE(sgd_first_step_seeds_the_velocity) {
   CHECK_NEAR(w1, 0.94, 1e-6);
 }
 
+/* A diverging run must stay visible: NaN passes through as it does in PyTorch. */
+TEST_CASE(nan_propagates_through_relu_clip_and_maxpool) {
+  const float x[4] = {NAN, -1.0f, 2.0f, 0.5f};
+  float y[4];
+  lt_cpu_relu_fwd(4, x, y);
+  CHECK(isnan(y[0]) && y[1] == 0.0f && y[2] == 2.0f);
+  lt_cpu_clip_fwd(4, 0.0f, 1.0f, x, y);
+  CHECK(isnan(y[0]) && y[1] == 0.0f && y[2] == 1.0f);
+  lt_pool_geom g = {.n = 1, .c = 1, .h = 2, .w = 2, .kh = 2, .kw = 2, .stride_h = 2, .stride_w = 2,
+                    .dil_h = 1, .dil_w = 1};
+  REQUIRE(lt_pool_geom_finish(&g) == 0);
+  const float xp[4] = {1.0f, 3.0f, NAN, 2.0f};
+  uint8_t am = 9;
+  lt_cpu_maxpool_fwd(&g, xp, y, &am);
+  CHECK(isnan(y[0]) && am == 2);
+}
+
 int main(void) {
   rng = lt_rng_make(20261126, 1);
   RUN(conv2d_gradients_match_finite_differences);
@@ -703,5 +733,6 @@ int main(void) {
   RUN(loss_gradients_match_finite_differences);
   RUN(xent_counts_correct_argmax);
   RUN(sgd_first_step_seeds_the_velocity);
+  RUN(nan_propagates_through_relu_clip_and_maxpool);
   return test_summary();
 }

@@ -281,6 +281,49 @@ TEST_CASE(lathe_inspect_cli_exit_codes) {
   CHECK(run_cli("frobnicate", out, sizeof out) == 2);
 }
 
+/* A hostile but valid file cannot make the summary huge: objects and attribute bytes are capped
+ * and the summary says so. */
+TEST_CASE(inspect_summary_size_is_bounded) {
+  char p[512];
+  path_in_dir(p, sizeof p, "many.h5");
+  hid_t f = H5Fcreate(p, H5F_ACC_TRUNC, H5P_DEFAULT, H5P_DEFAULT);
+  for (int i = 0; i < 5000; i++) {
+    char name[32];
+    snprintf(name, sizeof name, "g%05d", i);
+    H5Gclose(H5Gcreate2(f, name, H5P_DEFAULT, H5P_DEFAULT, H5P_DEFAULT));
+  }
+  /* 300 attributes of 4096 bytes each on the root: 1.2 MB of values */
+  static char text[4097];
+  memset(text, 'a', 4096);
+  hid_t st = H5Tcopy(H5T_C_S1);
+  H5Tset_size(st, 4096);
+  hid_t as = H5Screate(H5S_SCALAR);
+  for (int i = 0; i < 300; i++) {
+    char name[32];
+    snprintf(name, sizeof name, "a%03d", i);
+    hid_t a = H5Acreate2(f, name, st, as, H5P_DEFAULT, H5P_DEFAULT);
+    H5Awrite(a, st, text);
+    H5Aclose(a);
+  }
+  H5Sclose(as);
+  H5Tclose(st);
+  H5Fclose(f);
+  cJSON *s = NULL;
+  char err[1024];
+  REQUIRE(inspect_file_json(p, NULL, &s, err, sizeof err) == 0);
+  CHECK(cJSON_IsTrue(cJSON_GetObjectItem(s, "objects_truncated")));
+  CHECK(cJSON_GetArraySize(cJSON_GetObjectItem(s, "objects")) == 4096);
+  const cJSON *attrs = cJSON_GetObjectItem(object_at(s, "/"), "attributes");
+  CHECK(cJSON_GetArraySize(attrs) == 256 + 1); /* 256 listed, then "..." */
+  CHECK(cJSON_IsString(cJSON_GetObjectItem(attrs, "a000")));
+  const cJSON *late = cJSON_GetObjectItem(attrs, "a255");
+  CHECK(cJSON_IsObject(late) && !strcmp(cJSON_GetStringValue(cJSON_GetObjectItem(late, "dtype")), "string"));
+  char *all = cJSON_PrintUnformatted(s);
+  CHECK(strlen(all) < (2u << 20));
+  free(all);
+  cJSON_Delete(s);
+}
+
 /* Regression: a file whose variable-length string attribute points into a damaged global heap
  * crashed HDF5 1.10.8 inside H5Aread (found by byte-flip fuzzing); lathe inspect must refuse it
  * with exit 2 and a message, not die by SIGSEGV. */
@@ -288,6 +331,46 @@ TEST_CASE(lathe_inspect_refuses_file_that_crashes_hdf5) {
   static char out[1 << 16];
   CHECK(run_cli("inspect " LATHE_SOURCE_DIR "/tests/workers/data/vlen-heap-crash.h5", out, sizeof out) == 2);
   CHECK_STR_CONTAINS(out, "is damaged");
+}
+
+/* Byte flips in a valid file: every damaged copy gets exit 0 or 2 (with the crash guard catching
+ * what HDF5 itself cannot survive), never a signal or a hang. */
+TEST_CASE(lathe_inspect_survives_damaged_copies) {
+  char good[512], bad[512];
+  path_in_dir(good, sizeof good, "good.h5");
+  path_in_dir(bad, sizeof bad, "flipped.h5");
+  FILE *fp = fopen(good, "rb");
+  REQUIRE(fp);
+  static unsigned char orig[1 << 20], buf[1 << 20];
+  size_t n = fread(orig, 1, sizeof orig, fp);
+  fclose(fp);
+  unsigned long long x = 0x9E3779B97F4A7C15ull;
+  int refused = 0, read_ok = 0;
+  for (int round = 0; round < 60; round++) {
+    memcpy(buf, orig, n);
+    for (int k = 0; k < 1 + round % 16; k++) {
+      x ^= x << 13;
+      x ^= x >> 7;
+      x ^= x << 17;
+      buf[(x >> 8) % n] = (unsigned char)x;
+    }
+    write_bytes("flipped.h5", buf, n);
+    static char out[1 << 16];
+    char args[1024];
+    snprintf(args, sizeof args, "inspect %s", bad);
+    char cmd[2048];
+    snprintf(cmd, sizeof cmd, "timeout 30 %s %s >/dev/null 2>&1; echo $?", LATHE_BIN, args);
+    FILE *p = popen(cmd, "r");
+    REQUIRE(p);
+    size_t got = fread(out, 1, sizeof out - 1, p);
+    out[got] = 0;
+    pclose(p);
+    int rc = atoi(out);
+    CHECK_MSG(rc == 0 || rc == 2, "round %d: exit %d (124 = hang, >128 = signal)", round, rc);
+    refused += rc == 2;
+    read_ok += rc == 0;
+  }
+  CHECK(refused > 0); /* the flips did damage something */
 }
 
 int main(void) {
@@ -298,8 +381,10 @@ int main(void) {
   RUN(inspect_hdf5_samples_large_datasets_exact_reads_all);
   RUN(inspect_exact_stops_when_asked);
   RUN(inspect_refuses_bad_files_with_a_message);
+  RUN(inspect_summary_size_is_bounded);
   RUN(lathe_inspect_cli_exit_codes);
   RUN(lathe_inspect_refuses_file_that_crashes_hdf5);
+  RUN(lathe_inspect_survives_damaged_copies);
   char cmd[512];
   snprintf(cmd, sizeof cmd, "rm -rf '%s'", dir);
   if (system(cmd) != 0) fprintf(stderr, "could not remove %s\n", dir);

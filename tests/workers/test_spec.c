@@ -346,6 +346,79 @@ TEST_CASE(spec_example_files_validate) {
   }
 }
 
+/* A small deterministic generator (xorshift) of random JSON trees over the names the schemas use,
+ * so the walk meets every type in every position. */
+static unsigned long long fuzz_state = 88172645463325252ull;
+static unsigned fuzz_next(unsigned n) {
+  fuzz_state ^= fuzz_state << 13;
+  fuzz_state ^= fuzz_state >> 7;
+  fuzz_state ^= fuzz_state << 17;
+  return (unsigned)(fuzz_state % n);
+}
+
+static cJSON *fuzz_tree(int depth) {
+  static const char *const keys[] = {"dataset", "model", "exact", "epochs", "lr", "loader",
+                                     "buffer", "widths", "note", "optimizer", "x", ""};
+  switch (depth > 36 ? fuzz_next(5) : fuzz_next(8)) {
+  case 0: return cJSON_CreateNull();
+  case 1: return cJSON_CreateBool(fuzz_next(2));
+  case 2: {
+    static const double nums[] = {0, 1, -1, 0.5, 1e300, -1e300, 9007199254740993.0, 1000, 1001, 5};
+    return cJSON_CreateNumber(nums[fuzz_next(10)]);
+  }
+  case 3: {
+    static const char *const strs[] = {"", "ds_0123456789abcdef", "mdl_0123456789abcdef", "sgd",
+                                       "\xc3\xa9", "12345678", "adam"};
+    return cJSON_CreateString(strs[fuzz_next(7)]);
+  }
+  case 4: return cJSON_CreateString("x");
+  case 5: {
+    cJSON *a = cJSON_CreateArray();
+    for (unsigned i = fuzz_next(4); i > 0; i--) cJSON_AddItemToArray(a, fuzz_tree(depth + 1));
+    return a;
+  }
+  default: {
+    cJSON *o = cJSON_CreateObject();
+    for (unsigned i = fuzz_next(5); i > 0; i--) cJSON_AddItemToObject(o, keys[fuzz_next(12)], fuzz_tree(depth + 1));
+    return o;
+  }
+  }
+}
+
+static int refs_count(void *user, const char *file_kind, const char *ref, const char *path) {
+  (*(int *)user)++;
+  return 0;
+}
+
+TEST_CASE(spec_random_specs_get_an_answer_never_a_crash) {
+  cJSON *schema = parse(TRAINISH), *one_of = parse(ONEOF);
+  int valid = 0, invalid = 0;
+  for (int i = 0; i < 3000; i++) {
+    cJSON *spec = fuzz_tree(0);
+    const cJSON *sch = i % 3 == 0 ? schema : i % 3 == 1 ? one_of : NULL;
+    spec_fault f;
+    memset(&f, 0, sizeof f);
+    int rc = sch ? spec_validate_schema(sch, spec, &f) : spec_validate("inspect", spec, &f);
+    if (rc == 0) {
+      valid++;
+      /* a filled spec is valid again, unchanged */
+      cJSON *copy = cJSON_Duplicate(spec, 1);
+      CHECK((sch ? spec_validate_schema(sch, copy, &f) : spec_validate("inspect", copy, &f)) == 0);
+      CHECK(cJSON_Compare(copy, spec, 1));
+      cJSON_Delete(copy);
+      int n = 0;
+      if (!sch) CHECK(spec_file_refs("inspect", spec, refs_count, &n) == 0 && n == 1);
+    } else {
+      invalid++;
+      CHECK_MSG(rc == -1 && !strncmp(f.path, "$.", 2) && f.message[0], "rc %d path %s", rc, f.path);
+    }
+    cJSON_Delete(spec);
+  }
+  CHECK(valid > 0 && invalid > 0);
+  cJSON_Delete(schema);
+  cJSON_Delete(one_of);
+}
+
 int main(void) {
   RUN(spec_defaults_filled_nested_too);
   RUN(spec_given_values_not_overwritten_by_defaults);
@@ -363,5 +436,6 @@ int main(void) {
   RUN(spec_hostile_huge_strings_refused);
   RUN(spec_schema_outside_subset_refused);
   RUN(spec_example_files_validate);
+  RUN(spec_random_specs_get_an_answer_never_a_crash);
   return test_summary();
 }

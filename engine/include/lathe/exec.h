@@ -86,6 +86,8 @@ typedef struct lt_exec_plan_stats {
 } lt_exec_plan_stats;
 void lt_exec_plan_stats_get(const lt_exec *ex, lt_exec_plan_stats *out);
 
+/* Sorts g topologically and re-infers its shapes, then plans and allocates every buffer for this
+ * batch. The graph must outlive the executor; its parameters are used in place on CPU. */
 lt_exec *lt_exec_create(lt_graph *g, int batch, lt_mode mode, lt_backend *be,
                         const lt_exec_opts *opts, lt_err *err);
 void lt_exec_free(lt_exec *ex);
@@ -96,10 +98,14 @@ lt_status lt_exec_forward(lt_exec *ex, lt_err *err);
 lt_tensor *lt_exec_output(lt_exec *ex, int i);
 lt_tensor *lt_exec_value(lt_exec *ex, int value_id); /* any activation still live after forward
                                                         (outputs always are), NULL otherwise */
-lt_tensor *lt_exec_output_grad(lt_exec *ex, int i);  /* dL/d output, fill before backward */
+lt_tensor *lt_exec_output_grad(lt_exec *ex, int i);  /* dL/d output, fill before backward; NULL
+                                                        in inference mode or when no trainable
+                                                        parameter reaches it. Backward adds into
+                                                        it when the output also feeds other nodes */
 lt_status lt_exec_backward(lt_exec *ex, lt_err *err);
 void lt_exec_zero_grads(lt_exec *ex);
-lt_tensor *lt_exec_param_grad(lt_exec *ex, int value_id); /* NULL for non-trainable values */
+lt_tensor *lt_exec_param_grad(lt_exec *ex, int value_id); /* NULL for non-trainable values and
+                                                             parameters no output depends on */
 /* Called after a node's forward (for feature-map losses, latency probes, activation capture). */
 typedef void (*lt_exec_hook)(void *user, lt_exec *ex, int node, const lt_tensor *out);
 void lt_exec_set_forward_hook(lt_exec *ex, lt_exec_hook fn, void *user);
@@ -107,8 +113,10 @@ void lt_exec_set_forward_hook(lt_exec *ex, lt_exec_hook fn, void *user);
  * where the executor works on the graph's parameter tensors directly). */
 lt_status lt_exec_sync_params(lt_exec *ex, int to_device, lt_err *err);
 
-/* Bytes the stash held at the end of the last forward: dense is what exact storage would take,
- * held what was actually kept (equal without a policy). */
+/* Bytes the stash held at the end of the last forward: dense is what exact storage would take
+ * (each saved value once, BN batch statistics included), held what was actually kept (equal
+ * without a policy; with one, the buffers kept in place plus what the policy allocated under
+ * LT_MEM_SAVED during that forward). */
 void lt_exec_saved_bytes(const lt_exec *ex, int64_t *dense, int64_t *held);
 
 #ifdef __cplusplus

@@ -176,10 +176,14 @@ static int is_output(const lt_graph *g, int v) {
 
 /* Which values need a gradient: those that depend on a trainable parameter and reach an
  * output. Graph inputs never get one. */
-static void plan_need_grad(lt_exec *ex) {
+static lt_status plan_need_grad(lt_exec *ex, lt_err *err) {
   const lt_graph *g = ex->g;
   char *dep = calloc((size_t)g->n_values + 1, 1), *reach = calloc((size_t)g->n_values + 1, 1);
-  if (!dep || !reach) goto done; /* caller checks need_grad stays all-zero only on NOMEM */
+  lt_status st = LT_OK;
+  if (!dep || !reach) {
+    st = lt_errorf(err, LT_ERR_NOMEM, "out of memory finding which values need gradients");
+    goto done;
+  }
   for (int v = 0; v < g->n_values; v++) dep[v] = g->values[v].kind == LT_VALUE_PARAM && g->values[v].trainable;
   for (int i = 0; i < g->n_nodes; i++) {
     const lt_node *n = &g->nodes[i];
@@ -198,6 +202,7 @@ static void plan_need_grad(lt_exec *ex) {
 done:
   free(dep);
   free(reach);
+  return st;
 }
 
 /* Value and aux tensors, with the lifetimes forward alone gives them. */
@@ -386,7 +391,7 @@ static lt_status exec_plan(lt_exec *ex, lt_err *err) {
   }
   if ((st = plan_forward(ex, first, last, err))) goto done;
   if (ex->mode == LT_MODE_TRAIN) {
-    plan_need_grad(ex);
+    if ((st = plan_need_grad(ex, err))) goto done;
     for (int i = 0; i < ex->F; i++) ex->nodes[i].backward = ex->need_grad[g->nodes[i].out[0]];
   }
   if ((st = plan_saves(ex, last, aux_last, err))) goto done;

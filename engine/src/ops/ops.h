@@ -30,6 +30,10 @@ typedef struct lt_op_aux {
   int64_t shape[LT_MAX_DIMS];
 } lt_op_aux;
 
+/* The node context the executor hands to fwd/bwd: in forward, in/out/aux hold data. In backward,
+ * in/out carry shapes, but only parameter inputs still hold data: activations an op needs in
+ * backward must be declared in saves() and read from ctx->saved. Aux buffers hold their forward
+ * contents in backward unless a save of them went through a stash policy (then read saved[]). */
 typedef struct lt_op_desc {
   const char *name; /* "Conv2d", ... */
   int min_in, max_in;

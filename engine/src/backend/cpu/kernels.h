@@ -43,7 +43,9 @@ typedef struct lt_conv_geom {
  * channels not divisible by groups). transpose selects the conv_transpose formula. */
 int lt_conv_geom_finish(lt_conv_geom *g, int transpose);
 
-size_t lt_cpu_conv2d_workspace(const lt_conv_geom *g); /* bytes of scratch for fwd and bwd */
+/* Bytes of scratch for fwd and bwd: at most max(4 MiB, 4*(c*kh*kw + s)*oh*ow), 0 for 1×1
+ * stride-1 unpadded and for depthwise (groups == c) convolutions. */
+size_t lt_cpu_conv2d_workspace(const lt_conv_geom *g);
 void lt_cpu_conv2d_fwd(const lt_conv_geom *g, const float *x, const float *w, const float *b,
                        float *y, void *ws);
 void lt_cpu_conv2d_bwd_data(const lt_conv_geom *g, const float *dy, const float *w, float *dx,
@@ -163,12 +165,16 @@ void lt_cpu_transpose(int ndim, const int64_t *xshape, const int *perm, size_t e
 
 typedef enum lt_upsample_mode { LT_UPSAMPLE_NEAREST, LT_UPSAMPLE_BILINEAR } lt_upsample_mode;
 /* align_corners as in PyTorch; nearest uses PyTorch's 'nearest' (floor(dst * in/out)). */
+/* Sizes, not scale factors, define the mapping (scale = in/out): a resize that PyTorch or ONNX
+ * drives by a non-integer scale factor maps differently and is not this kernel. */
 void lt_cpu_upsample_fwd(lt_upsample_mode mode, int align_corners, int n, int c, int h, int w,
                          int oh, int ow, const float *x, float *y);
 void lt_cpu_upsample_bwd(lt_upsample_mode mode, int align_corners, int n, int c, int h, int w,
                          int oh, int ow, const float *dy, float *dx, int accumulate);
 
 /* ---- dropout: mask bits come from the counter-based RNG keyed by (seed, stream, element) ---- */
+/* Element i is kept when word i%4 of lt_philox(seed, stream, i/4) >= p * 2^32; kept elements are
+ * scaled by 1/(1-p). mask_bits (count bits, LSB first) may be NULL in the forward. */
 
 void lt_cpu_dropout_fwd(size_t count, float p, uint64_t seed, uint64_t stream, const float *x,
                         float *y, uint8_t *mask_bits);
@@ -191,6 +197,9 @@ double lt_cpu_l1(size_t count, const float *pred, const float *target, float sca
 
 /* ---- optimizer updates ---------------------------------------------------------------------- */
 
+/* SGD as torch.optim.SGD; first_step seeds velocity with the gradient (PyTorch's empty buffer);
+ * velocity may be NULL when momentum is 0. AdamW as torch.optim.AdamW with step = 1 on the first
+ * call (the bias corrections use beta^step). */
 void lt_cpu_sgd_step(size_t count, float lr, float momentum, float dampening, float weight_decay,
                      int nesterov, float *w, const float *g, float *velocity, int first_step);
 void lt_cpu_adamw_step(size_t count, float lr, float beta1, float beta2, float eps,

@@ -4,10 +4,11 @@
  * Lowering. A chunk of nb images is unfolded by im2col into one column matrix
  * col (c*kh*kw, nb*oh*ow), so that the GEMM's N dimension spans several images (ResNet-style
  * layers have few channels, and per-image GEMMs with N = 64 run far below the sgemm rate). The GEMM
- * writes a channel-major product (s, nb*oh*ow) that one parallel pass reorders into NCHW (adding the
- * bias on the way). Backward data is the transposed GEMM followed by col2im; backward filter
+ * writes a channel-major product (s, nb*oh*ow) that one parallel pass reorders into NCHW (adding
+ * the bias on the way). Backward data is the transposed GEMM followed by col2im; backward filter
  * multiplies the reordered dy by the same im2col. 1×1 stride-1 unpadded convolutions skip im2col
- * and use the input as the column matrix, image by image.
+ * and use the input as the column matrix, image by image. Depthwise convolutions (one input
+ * channel per group) are direct loops: their per-group GEMMs would be too small to pay.
  *
  * conv_transpose2d is the adjoint of conv2d: its forward is conv2d's backward data, its backward
  * data is conv2d's forward and its backward filter is conv2d's backward filter with x and dy
@@ -23,8 +24,9 @@
 /* Target size of the scratch of one chunk (column matrix + channel-major product). The batch is
  * cut into chunks of whole images so that this bound holds; a single image that needs more gets a
  * chunk of its own. 4 MiB keeps the column matrix in cache between im2col writing it and sgemm
- * packing it: on the 2-core development machine 4 MiB ran ResNet-20's convs 20-40% faster than
- * 32 MiB, while N = images*oh*ow stays >= 1,500 for every ResNet-20 layer. */
+ * packing it. Measured on ResNet-20's convs at batch 128, single-threaded by process CPU time
+ * (bench_conv --cpu): 1, 2 and 4 MiB within 3% of each other, 8 MiB 10% slower, 32 MiB 30-40%
+ * slower. N = images*oh*ow stays >= 1,500 for every ResNet-20 layer. */
 #define LT_CONV_CHUNK_BYTES ((size_t)4 << 20)
 
 void lt_cpu_gemm(int trans_a, int trans_b, int m, int n, int k, float alpha, const float *a,
@@ -32,11 +34,12 @@ void lt_cpu_gemm(int trans_a, int trans_b, int m, int n, int k, float alpha, con
   if (m <= 0 || n <= 0) return;
   if (k <= 0) { /* BLAS leaves C untouched when k = 0 only if beta = 1; make it explicit */
     for (int i = 0; i < m; i++)
-      for (int j = 0; j < n; j++) c[(size_t)i * ldc + j] = beta == 0.0f ? 0.0f : beta * c[(size_t)i * ldc + j];
+      for (int j = 0; j < n; j++)
+        c[(size_t)i * ldc + j] = beta == 0.0f ? 0.0f : beta * c[(size_t)i * ldc + j];
     return;
   }
-  cblas_sgemm(CblasRowMajor, trans_a ? CblasTrans : CblasNoTrans, trans_b ? CblasTrans : CblasNoTrans,
-              m, n, k, alpha, a, lda, b, ldb, beta, c, ldc);
+  cblas_sgemm(CblasRowMajor, trans_a ? CblasTrans : CblasNoTrans,
+              trans_b ? CblasTrans : CblasNoTrans, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc);
 }
 
 int lt_conv_geom_finish(lt_conv_geom *g, int transpose) {
@@ -51,8 +54,10 @@ int lt_conv_geom_finish(lt_conv_geom *g, int transpose) {
     if ((g->out_pad_h >= g->stride_h && g->out_pad_h >= g->dil_h) ||
         (g->out_pad_w >= g->stride_w && g->out_pad_w >= g->dil_w))
       return -1;
-    g->oh = (g->h - 1) * g->stride_h - g->pad_t - g->pad_b + g->dil_h * (g->kh - 1) + g->out_pad_h + 1;
-    g->ow = (g->w - 1) * g->stride_w - g->pad_l - g->pad_r + g->dil_w * (g->kw - 1) + g->out_pad_w + 1;
+    g->oh =
+        (g->h - 1) * g->stride_h - g->pad_t - g->pad_b + g->dil_h * (g->kh - 1) + g->out_pad_h + 1;
+    g->ow =
+        (g->w - 1) * g->stride_w - g->pad_l - g->pad_r + g->dil_w * (g->kw - 1) + g->out_pad_w + 1;
   } else {
     int eh = g->h + g->pad_t + g->pad_b - g->dil_h * (g->kh - 1) - 1;
     int ew = g->w + g->pad_l + g->pad_r - g->dil_w * (g->kw - 1) - 1;
@@ -65,18 +70,25 @@ int lt_conv_geom_finish(lt_conv_geom *g, int transpose) {
 
 /* ---- im2col / col2im ----------------------------------------------------------------------- */
 
+/* The four movement helpers below (im2col, col2im_add, cm_to_nchw, nchw_to_cm) are orphaned
+ * worksharing loops (`omp for nowait`): callers run them inside one parallel region per chunk,
+ * pairing the tail of one chunk with the head of the next, so that each chunk costs one hand-over
+ * between the OpenMP team and OpenBLAS's threads instead of two or three. Called outside a
+ * parallel region they run serially. */
+
 /* Unfolds images [0, nb) of x (nb, c, h, w) into col (c*kh*kw, ld) at column offset
  * img*oh*ow; ld = nb*oh*ow. Zero where the window reads padding. */
 static void im2col(const lt_conv_geom *g, int nb, const float *restrict x, float *restrict col) {
   const int c = g->c, h = g->h, w = g->w, oh = g->oh, ow = g->ow, kh = g->kh, kw = g->kw;
   const size_t ohw = (size_t)oh * ow, ld = (size_t)nb * ohw;
-#pragma omp parallel for collapse(2) schedule(static)
+#pragma omp for collapse(2) schedule(static) nowait
   for (int img = 0; img < nb; img++)
     for (int ch = 0; ch < c; ch++) {
       const float *restrict xp = x + ((size_t)img * c + ch) * h * w; /* (h, w) */
       for (int ki = 0; ki < kh; ki++)
         for (int kj = 0; kj < kw; kj++) {
-          float *restrict row = col + ((size_t)(ch * kh + ki) * kw + kj) * ld + img * ohw; /* (oh, ow) */
+          float *restrict row =
+              col + ((size_t)(ch * kh + ki) * kw + kj) * ld + img * ohw; /* (oh, ow) */
           const int dy = ki * g->dil_h - g->pad_t, dx = kj * g->dil_w - g->pad_l;
           for (int oy = 0; oy < oh; oy++) {
             float *restrict r = row + (size_t)oy * ow;
@@ -90,9 +102,11 @@ static void im2col(const lt_conv_geom *g, int nb, const float *restrict x, float
               /* contiguous: zero the padded ends, copy the middle */
               int lo = -dx > 0 ? -dx : 0, hi = w - dx < ow ? w - dx : ow;
               if (hi < lo) hi = lo;
-              for (int ox = 0; ox < lo; ox++) r[ox] = 0.0f;
+              for (int ox = 0; ox < lo; ox++)
+                r[ox] = 0.0f;
               if (hi > lo) memcpy(r + lo, xr + lo + dx, sizeof(float) * (hi - lo));
-              for (int ox = hi; ox < ow; ox++) r[ox] = 0.0f;
+              for (int ox = hi; ox < ow; ox++)
+                r[ox] = 0.0f;
             } else {
               for (int ox = 0; ox < ow; ox++) {
                 const int ix = ox * g->stride_w + dx;
@@ -104,15 +118,18 @@ static void im2col(const lt_conv_geom *g, int nb, const float *restrict x, float
     }
 }
 
-/* The adjoint of im2col: adds col (c*kh*kw, nb*oh*ow) into x (nb, c, h, w). Each (image, channel)
- * plane is owned by one thread, so the scatter needs no atomics. */
-static void col2im_add(const lt_conv_geom *g, int nb, const float *restrict col, float *restrict x) {
+/* The adjoint of im2col: x (nb, c, h, w) [+]= col (c*kh*kw, nb*oh*ow). Each (image, channel)
+ * plane is owned by one thread, which zeroes it first unless accumulating, so the scatter needs
+ * no atomics. */
+static void col2im(const lt_conv_geom *g, int nb, const float *restrict col, float *restrict x,
+                   int accumulate) {
   const int c = g->c, h = g->h, w = g->w, oh = g->oh, ow = g->ow, kh = g->kh, kw = g->kw;
   const size_t ohw = (size_t)oh * ow, ld = (size_t)nb * ohw;
-#pragma omp parallel for collapse(2) schedule(static)
+#pragma omp for collapse(2) schedule(static) nowait
   for (int img = 0; img < nb; img++)
     for (int ch = 0; ch < c; ch++) {
       float *restrict xp = x + ((size_t)img * c + ch) * h * w;
+      if (!accumulate) memset(xp, 0, sizeof(float) * h * w);
       for (int ki = 0; ki < kh; ki++)
         for (int kj = 0; kj < kw; kj++) {
           const float *restrict row = col + ((size_t)(ch * kh + ki) * kw + kj) * ld + img * ohw;
@@ -124,7 +141,8 @@ static void col2im_add(const lt_conv_geom *g, int nb, const float *restrict col,
             float *restrict xr = xp + (size_t)iy * w;
             if (g->stride_w == 1) {
               int lo = -dx > 0 ? -dx : 0, hi = w - dx < ow ? w - dx : ow;
-              for (int ox = lo; ox < hi; ox++) xr[ox + dx] += r[ox];
+              for (int ox = lo; ox < hi; ox++)
+                xr[ox + dx] += r[ox];
             } else {
               for (int ox = 0; ox < ow; ox++) {
                 const int ix = ox * g->stride_w + dx;
@@ -143,6 +161,10 @@ static int is_pointwise(const lt_conv_geom *g) {
          g->pad_l == 0 && g->pad_b == 0 && g->pad_r == 0 && g->oh == g->h && g->ow == g->w;
 }
 
+/* One input channel per group (depthwise, and any conv of a single-channel input): the direct
+ * loops below serve it. */
+static int is_depthwise(const lt_conv_geom *g) { return g->groups == g->c; }
+
 /* Floats of scratch per image: the column block plus the channel-major product block. */
 static size_t floats_per_image(const lt_conv_geom *g) {
   return ((size_t)g->c * g->kh * g->kw + (size_t)g->s) * g->oh * g->ow;
@@ -157,36 +179,39 @@ static int chunk_images(const lt_conv_geom *g) {
   return (int)nb;
 }
 
-/* Bound: max(LT_CONV_CHUNK_BYTES, 4 * (c*kh*kw + s) * oh*ow) bytes, i.e. 4 MiB unless one image's
- * column matrix alone is larger; 0 for 1×1 stride-1 unpadded convolutions. The same scratch
- * serves forward, backward data and backward filter. */
+/* Bound: max(LT_CONV_CHUNK_BYTES, 4 * (c*kh*kw + s) * oh*ow) bytes, i.e. 4 MiB unless one
+ * image's scratch alone is larger; 0 for 1×1 stride-1 unpadded and for depthwise convolutions.
+ * The same scratch serves forward, backward data and backward filter. */
 size_t lt_cpu_conv2d_workspace(const lt_conv_geom *g) {
-  if (is_pointwise(g)) return 0;
+  if (is_pointwise(g) || is_depthwise(g)) return 0;
   return (size_t)chunk_images(g) * floats_per_image(g) * sizeof(float);
 }
 
 /* y (nb, s, ohw) = [accumulate ? y : 0] + p (s, nb*ohw) + b (s) (b may be NULL). */
 static void cm_to_nchw(int nb, int s, size_t ohw, const float *restrict p, const float *restrict b,
                        float *restrict y, int accumulate) {
-#pragma omp parallel for collapse(2) schedule(static)
+#pragma omp for collapse(2) schedule(static) nowait
   for (int img = 0; img < nb; img++)
     for (int ch = 0; ch < s; ch++) {
       const float *restrict src = p + ((size_t)ch * nb + img) * ohw;
       float *restrict dst = y + ((size_t)img * s + ch) * ohw;
       const float bias = b ? b[ch] : 0.0f;
       if (accumulate)
-        for (size_t i = 0; i < ohw; i++) dst[i] += src[i] + bias;
+        for (size_t i = 0; i < ohw; i++)
+          dst[i] += src[i] + bias;
       else
-        for (size_t i = 0; i < ohw; i++) dst[i] = src[i] + bias;
+        for (size_t i = 0; i < ohw; i++)
+          dst[i] = src[i] + bias;
     }
 }
 
 /* p (s, nb*ohw) = y (nb, s, ohw): the inverse reorder, for dy. */
 static void nchw_to_cm(int nb, int s, size_t ohw, const float *restrict y, float *restrict p) {
-#pragma omp parallel for collapse(2) schedule(static)
+#pragma omp for collapse(2) schedule(static) nowait
   for (int ch = 0; ch < s; ch++)
     for (int img = 0; img < nb; img++)
-      memcpy(p + ((size_t)ch * nb + img) * ohw, y + ((size_t)img * s + ch) * ohw, sizeof(float) * ohw);
+      memcpy(p + ((size_t)ch * nb + img) * ohw, y + ((size_t)img * s + ch) * ohw,
+             sizeof(float) * ohw);
 }
 
 /* db (c) [+]= sum over n and hw of dy (n, c, hw). Double accumulation keeps large batches exact
@@ -199,15 +224,126 @@ static void channel_sum(int n, int c, size_t hw, const float *restrict dy, float
     for (int img = 0; img < n; img++) {
       const float *restrict p = dy + ((size_t)img * c + ch) * hw;
       float part = 0.0f;
-      for (size_t i = 0; i < hw; i++) part += p[i];
+      for (size_t i = 0; i < hw; i++)
+        part += p[i];
       acc += part;
     }
     db[ch] = accumulate ? db[ch] + (float)acc : (float)acc;
   }
 }
 
-static void zero_or_keep(float *p, size_t count, int accumulate) {
-  if (!accumulate) memset(p, 0, count * sizeof(float));
+/* ---- depthwise (one input channel per group) ------------------------------------------------ */
+
+/* With c/groups = 1 every output plane reads one input plane, and lowering to GEMM would give one
+ * (s/groups × kh*kw)·(kh*kw × N) product per channel: too small for sgemm to pay. These direct
+ * loops run one output plane (forward, backward filter) or one input plane (backward data) per
+ * thread, with the output column range of each tap precomputed so the inner loop has no bounds
+ * checks and vectorises when the stride is 1. */
+
+static int ceil_div(int a, int b) { return a >= 0 ? (a + b - 1) / b : -((-a) / b); }
+
+/* Output columns [*lo, *hi) whose tap at input offset d (= kj*dil - pad) lands inside [0, w). */
+static void tap_range(int d, int w, int stride, int ow, int *lo, int *hi) {
+  *lo = ceil_div(-d, stride);
+  if (*lo < 0) *lo = 0;
+  *hi = ceil_div(w - d, stride);
+  if (*hi > ow) *hi = ow;
+  if (*hi < *lo) *hi = *lo;
+}
+
+/* y [+]= depthwise(x, w) + b. Output channel o reads input channel o / (s/c). */
+static void dw_fwd(const lt_conv_geom *g, const float *x, const float *w, const float *b, float *y,
+                   int accumulate) {
+  const int mult = g->s / g->c, h = g->h, wd = g->w, oh = g->oh, ow = g->ow, sw = g->stride_w;
+#pragma omp parallel for collapse(2) schedule(static)
+  for (int img = 0; img < g->n; img++)
+    for (int o = 0; o < g->s; o++) {
+      const float *restrict xp = x + ((size_t)img * g->c + o / mult) * h * wd; /* (h, w) */
+      const float *restrict wp = w + (size_t)o * g->kh * g->kw;                /* (kh, kw) */
+      float *restrict yp = y + ((size_t)img * g->s + o) * oh * ow;             /* (oh, ow) */
+      const float bias = b ? b[o] : 0.0f;
+      for (size_t i = 0; i < (size_t)oh * ow; i++)
+        yp[i] = (accumulate ? yp[i] : 0.0f) + bias;
+      for (int ki = 0; ki < g->kh; ki++)
+        for (int kj = 0; kj < g->kw; kj++) {
+          const float wv = wp[ki * g->kw + kj];
+          const int dx = kj * g->dil_w - g->pad_l;
+          int lo, hi;
+          tap_range(dx, wd, sw, ow, &lo, &hi);
+          for (int oy = 0; oy < oh; oy++) {
+            const int iy = oy * g->stride_h + ki * g->dil_h - g->pad_t;
+            if (iy < 0 || iy >= h) continue;
+            const float *restrict xr = xp + (size_t)iy * wd + dx;
+            float *restrict yr = yp + (size_t)oy * ow;
+            for (int ox = lo; ox < hi; ox++)
+              yr[ox] += wv * xr[ox * sw];
+          }
+        }
+    }
+}
+
+/* dx [+]= depthwiseᵀ(dy, w): input plane ch gathers from its mult output planes. */
+static void dw_bwd_data(const lt_conv_geom *g, const float *dy, const float *w, float *dx,
+                        int accumulate) {
+  const int mult = g->s / g->c, h = g->h, wd = g->w, oh = g->oh, ow = g->ow, sw = g->stride_w;
+#pragma omp parallel for collapse(2) schedule(static)
+  for (int img = 0; img < g->n; img++)
+    for (int ch = 0; ch < g->c; ch++) {
+      float *restrict xp = dx + ((size_t)img * g->c + ch) * h * wd;
+      if (!accumulate) memset(xp, 0, sizeof(float) * h * wd);
+      for (int o = ch * mult; o < (ch + 1) * mult; o++) {
+        const float *restrict wp = w + (size_t)o * g->kh * g->kw;
+        const float *restrict yp = dy + ((size_t)img * g->s + o) * oh * ow;
+        for (int ki = 0; ki < g->kh; ki++)
+          for (int kj = 0; kj < g->kw; kj++) {
+            const float wv = wp[ki * g->kw + kj];
+            const int dxo = kj * g->dil_w - g->pad_l;
+            int lo, hi;
+            tap_range(dxo, wd, sw, ow, &lo, &hi);
+            for (int oy = 0; oy < oh; oy++) {
+              const int iy = oy * g->stride_h + ki * g->dil_h - g->pad_t;
+              if (iy < 0 || iy >= h) continue;
+              float *restrict xr = xp + (size_t)iy * wd + dxo;
+              const float *restrict yr = yp + (size_t)oy * ow;
+              for (int ox = lo; ox < hi; ox++)
+                xr[ox * sw] += wv * yr[ox];
+            }
+          }
+      }
+    }
+}
+
+/* dw [+]= sum over images of dy ⋆ x, one output channel per thread. */
+static void dw_bwd_filter(const lt_conv_geom *g, const float *x, const float *dy, float *dw,
+                          int accumulate) {
+  const int mult = g->s / g->c, h = g->h, wd = g->w, oh = g->oh, ow = g->ow, sw = g->stride_w;
+#pragma omp parallel for schedule(static)
+  for (int o = 0; o < g->s; o++) {
+    float *restrict wp = dw + (size_t)o * g->kh * g->kw;
+    for (int ki = 0; ki < g->kh; ki++)
+      for (int kj = 0; kj < g->kw; kj++) {
+        const int dx = kj * g->dil_w - g->pad_l;
+        int lo, hi;
+        tap_range(dx, wd, sw, ow, &lo, &hi);
+        double acc = 0.0;
+        for (int img = 0; img < g->n; img++) {
+          const float *restrict xp = x + ((size_t)img * g->c + o / mult) * h * wd;
+          const float *restrict yp = dy + ((size_t)img * g->s + o) * oh * ow;
+          float part = 0.0f;
+          for (int oy = 0; oy < oh; oy++) {
+            const int iy = oy * g->stride_h + ki * g->dil_h - g->pad_t;
+            if (iy < 0 || iy >= h) continue;
+            const float *restrict xr = xp + (size_t)iy * wd + dx;
+            const float *restrict yr = yp + (size_t)oy * ow;
+            for (int ox = lo; ox < hi; ox++)
+              part += yr[ox] * xr[ox * sw];
+          }
+          acc += part;
+        }
+        const int k = ki * g->kw + kj;
+        wp[k] = accumulate ? wp[k] + (float)acc : (float)acc;
+      }
+  }
 }
 
 /* ---- conv2d, shared by conv_transpose2d ---------------------------------------------------- */
@@ -217,34 +353,48 @@ static void conv_fwd(const lt_conv_geom *g, const float *x, const float *w, cons
                      float *y, int accumulate, void *ws) {
   const int G = g->groups, cg = g->c / G, sg = g->s / G, kk = g->kh * g->kw;
   const size_t hw = (size_t)g->h * g->w, ohw = (size_t)g->oh * g->ow;
+  if (is_depthwise(g)) {
+    dw_fwd(g, x, w, b, y, accumulate);
+    return;
+  }
   if (is_pointwise(g)) {
     /* y[img] (s, hw) = w (s, c) · x[img] (c, hw), per group */
     for (int img = 0; img < g->n; img++)
       for (int gr = 0; gr < G; gr++)
         lt_cpu_gemm(0, 0, sg, (int)hw, cg, 1.0f, w + (size_t)gr * sg * cg, cg,
                     x + ((size_t)img * g->c + (size_t)gr * cg) * hw, (int)hw,
-                    accumulate ? 1.0f : 0.0f, y + ((size_t)img * g->s + (size_t)gr * sg) * hw, (int)hw);
+                    accumulate ? 1.0f : 0.0f, y + ((size_t)img * g->s + (size_t)gr * sg) * hw,
+                    (int)hw);
     if (b) {
 #pragma omp parallel for collapse(2) schedule(static)
       for (int img = 0; img < g->n; img++)
         for (int ch = 0; ch < g->s; ch++) {
           float *restrict p = y + ((size_t)img * g->s + ch) * hw;
-          for (size_t i = 0; i < hw; i++) p[i] += b[ch];
+          for (size_t i = 0; i < hw; i++)
+            p[i] += b[ch];
         }
     }
     return;
   }
   const int nbmax = chunk_images(g);
-  float *col = ws;                                                 /* (c*kk, nb*ohw) */
-  float *prod = col + (size_t)g->c * kk * nbmax * ohw;             /* (s, nb*ohw) */
+  float *col = ws;                                     /* (c*kk, nb*ohw) */
+  float *prod = col + (size_t)g->c * kk * nbmax * ohw; /* (s, nb*ohw) */
+#pragma omp parallel
+  im2col(g, g->n < nbmax ? g->n : nbmax, x, col);
   for (int i0 = 0; i0 < g->n; i0 += nbmax) {
     const int nb = g->n - i0 < nbmax ? g->n - i0 : nbmax;
     const int ncols = (int)(nb * ohw);
-    im2col(g, nb, x + (size_t)i0 * g->c * hw, col);
     for (int gr = 0; gr < G; gr++)
       lt_cpu_gemm(0, 0, sg, ncols, cg * kk, 1.0f, w + (size_t)gr * sg * cg * kk, cg * kk,
-                  col + (size_t)gr * cg * kk * ncols, ncols, 0.0f, prod + (size_t)gr * sg * ncols, ncols);
-    cm_to_nchw(nb, g->s, ohw, prod, b, y + (size_t)i0 * g->s * ohw, accumulate);
+                  col + (size_t)gr * cg * kk * ncols, ncols, 0.0f, prod + (size_t)gr * sg * ncols,
+                  ncols);
+    /* col is free once the GEMM returns: unfold the next chunk while this one is reordered */
+    const int next = i0 + nbmax, nbn = g->n - next < nbmax ? g->n - next : nbmax;
+#pragma omp parallel
+    {
+      cm_to_nchw(nb, g->s, ohw, prod, b, y + (size_t)i0 * g->s * ohw, accumulate);
+      if (next < g->n) im2col(g, nbn, x + (size_t)next * g->c * hw, col);
+    }
   }
 }
 
@@ -253,27 +403,39 @@ static void conv_bwd_data(const lt_conv_geom *g, const float *dy, const float *w
                           int accumulate, void *ws) {
   const int G = g->groups, cg = g->c / G, sg = g->s / G, kk = g->kh * g->kw;
   const size_t hw = (size_t)g->h * g->w, ohw = (size_t)g->oh * g->ow;
+  if (is_depthwise(g)) {
+    dw_bwd_data(g, dy, w, dx, accumulate);
+    return;
+  }
   if (is_pointwise(g)) {
     /* dx[img] (c, hw) = wᵀ (c, s) · dy[img] (s, hw), per group */
     for (int img = 0; img < g->n; img++)
       for (int gr = 0; gr < G; gr++)
         lt_cpu_gemm(1, 0, cg, (int)hw, sg, 1.0f, w + (size_t)gr * sg * cg, cg,
                     dy + ((size_t)img * g->s + (size_t)gr * sg) * hw, (int)hw,
-                    accumulate ? 1.0f : 0.0f, dx + ((size_t)img * g->c + (size_t)gr * cg) * hw, (int)hw);
+                    accumulate ? 1.0f : 0.0f, dx + ((size_t)img * g->c + (size_t)gr * cg) * hw,
+                    (int)hw);
     return;
   }
-  zero_or_keep(dx, (size_t)g->n * g->c * hw, accumulate);
   const int nbmax = chunk_images(g);
   float *col = ws;                                     /* (c*kk, nb*ohw) */
   float *prod = col + (size_t)g->c * kk * nbmax * ohw; /* (s, nb*ohw): dy channel-major */
+#pragma omp parallel
+  nchw_to_cm(g->n < nbmax ? g->n : nbmax, g->s, ohw, dy, prod);
   for (int i0 = 0; i0 < g->n; i0 += nbmax) {
     const int nb = g->n - i0 < nbmax ? g->n - i0 : nbmax;
     const int ncols = (int)(nb * ohw);
-    nchw_to_cm(nb, g->s, ohw, dy + (size_t)i0 * g->s * ohw, prod);
     for (int gr = 0; gr < G; gr++)
       lt_cpu_gemm(1, 0, cg * kk, ncols, sg, 1.0f, w + (size_t)gr * sg * cg * kk, cg * kk,
-                  prod + (size_t)gr * sg * ncols, ncols, 0.0f, col + (size_t)gr * cg * kk * ncols, ncols);
-    col2im_add(g, nb, col, dx + (size_t)i0 * g->c * hw);
+                  prod + (size_t)gr * sg * ncols, ncols, 0.0f, col + (size_t)gr * cg * kk * ncols,
+                  ncols);
+    /* prod is free once the GEMM returns: reorder the next chunk's dy while this one folds */
+    const int next = i0 + nbmax, nbn = g->n - next < nbmax ? g->n - next : nbmax;
+#pragma omp parallel
+    {
+      col2im(g, nb, col, dx + (size_t)i0 * g->c * hw, accumulate);
+      if (next < g->n) nchw_to_cm(nbn, g->s, ohw, dy + (size_t)next * g->s * ohw, prod);
+    }
   }
 }
 
@@ -282,6 +444,10 @@ static void conv_bwd_filter(const lt_conv_geom *g, const float *x, const float *
                             int accumulate, void *ws) {
   const int G = g->groups, cg = g->c / G, sg = g->s / G, kk = g->kh * g->kw;
   const size_t hw = (size_t)g->h * g->w, ohw = (size_t)g->oh * g->ow;
+  if (is_depthwise(g)) {
+    dw_bwd_filter(g, x, dy, dw, accumulate);
+    return;
+  }
   if (is_pointwise(g)) {
     /* dw (s, c) += dy[img] (s, hw) · x[img]ᵀ (hw, c), per group */
     for (int img = 0; img < g->n; img++)
@@ -297,8 +463,11 @@ static void conv_bwd_filter(const lt_conv_geom *g, const float *x, const float *
   for (int i0 = 0; i0 < g->n; i0 += nbmax) {
     const int nb = g->n - i0 < nbmax ? g->n - i0 : nbmax;
     const int ncols = (int)(nb * ohw);
-    im2col(g, nb, x + (size_t)i0 * g->c * hw, col);
-    nchw_to_cm(nb, g->s, ohw, dy + (size_t)i0 * g->s * ohw, prod);
+#pragma omp parallel
+    {
+      im2col(g, nb, x + (size_t)i0 * g->c * hw, col);
+      nchw_to_cm(nb, g->s, ohw, dy + (size_t)i0 * g->s * ohw, prod);
+    }
     for (int gr = 0; gr < G; gr++)
       lt_cpu_gemm(0, 1, sg, cg * kk, ncols, 1.0f, prod + (size_t)gr * sg * ncols, ncols,
                   col + (size_t)gr * cg * kk * ncols, ncols, (accumulate || i0 > 0) ? 1.0f : 0.0f,
@@ -355,7 +524,8 @@ void lt_cpu_conv_transpose2d_fwd(const lt_conv_geom *g, const float *x, const fl
     for (int img = 0; img < g->n; img++)
       for (int ch = 0; ch < g->s; ch++) {
         float *restrict p = y + ((size_t)img * g->s + ch) * ohw;
-        for (size_t i = 0; i < ohw; i++) p[i] += b[ch];
+        for (size_t i = 0; i < ohw; i++)
+          p[i] += b[ch];
       }
   }
 }
@@ -382,20 +552,22 @@ void lt_cpu_linear_fwd(int n, int k, int m, const float *x, const float *w, cons
   if (b) {
 #pragma omp parallel for schedule(static)
     for (int i = 0; i < n; i++)
-      for (int j = 0; j < m; j++) y[(size_t)i * m + j] += b[j];
+      for (int j = 0; j < m; j++)
+        y[(size_t)i * m + j] += b[j];
   }
 }
 
 void lt_cpu_linear_bwd(int n, int k, int m, const float *x, const float *w, const float *dy,
                        float *dx, float *dw, float *db, int accumulate) {
   const float beta = accumulate ? 1.0f : 0.0f;
-  if (dx) lt_cpu_gemm(0, 0, n, k, m, 1.0f, dy, m, w, k, beta, dx, k);  /* (n,m)·(m,k) */
-  if (dw) lt_cpu_gemm(1, 0, m, k, n, 1.0f, dy, m, x, k, beta, dw, k);  /* (m,n)·(n,k) */
+  if (dx) lt_cpu_gemm(0, 0, n, k, m, 1.0f, dy, m, w, k, beta, dx, k); /* (n,m)·(m,k) */
+  if (dw) lt_cpu_gemm(1, 0, m, k, n, 1.0f, dy, m, x, k, beta, dw, k); /* (m,n)·(n,k) */
   if (db) {
 #pragma omp parallel for schedule(static)
     for (int j = 0; j < m; j++) {
       double acc = 0.0;
-      for (int i = 0; i < n; i++) acc += dy[(size_t)i * m + j];
+      for (int i = 0; i < n; i++)
+        acc += dy[(size_t)i * m + j];
       db[j] = accumulate ? db[j] + (float)acc : (float)acc;
     }
   }

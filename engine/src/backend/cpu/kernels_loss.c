@@ -11,20 +11,23 @@
 /* y (k) = softmax(x (k)); returns log(sum(exp(x - max))) + max, the row's log-sum-exp. */
 static double softmax_row(int k, const float *restrict x, float *restrict y) {
   float mx = x[0];
-  for (int j = 1; j < k; j++) mx = x[j] > mx ? x[j] : mx;
+  for (int j = 1; j < k; j++)
+    mx = x[j] > mx ? x[j] : mx;
   double s = 0.0;
   for (int j = 0; j < k; j++) {
     y[j] = expf(x[j] - mx);
     s += y[j];
   }
   const float inv = (float)(1.0 / s);
-  for (int j = 0; j < k; j++) y[j] *= inv;
+  for (int j = 0; j < k; j++)
+    y[j] *= inv;
   return log(s) + mx;
 }
 
 void lt_cpu_softmax_fwd(int n, int k, const float *x, float *y) {
 #pragma omp parallel for schedule(static)
-  for (int i = 0; i < n; i++) softmax_row(k, x + (size_t)i * k, y + (size_t)i * k);
+  for (int i = 0; i < n; i++)
+    softmax_row(k, x + (size_t)i * k, y + (size_t)i * k);
 }
 
 void lt_cpu_softmax_bwd(int n, int k, const float *y, const float *dy, float *dx, int accumulate) {
@@ -34,7 +37,8 @@ void lt_cpu_softmax_bwd(int n, int k, const float *y, const float *dy, float *dx
     const float *restrict yr = y + (size_t)i * k, *restrict dyr = dy + (size_t)i * k;
     float *restrict dxr = dx + (size_t)i * k;
     double dot = 0.0;
-    for (int j = 0; j < k; j++) dot += (double)dyr[j] * yr[j];
+    for (int j = 0; j < k; j++)
+      dot += (double)dyr[j] * yr[j];
     const float d = (float)dot;
     for (int j = 0; j < k; j++) {
       const float v = yr[j] * (dyr[j] - d);
@@ -60,7 +64,8 @@ double lt_cpu_softmax_xent(int n, int k, const float *logits, const int32_t *lab
     if (lab < 0 || lab >= k) {
       bad++;
       if (dlogits)
-        for (int j = 0; j < k; j++) dlogits[(size_t)i * k + j] = NAN;
+        for (int j = 0; j < k; j++)
+          dlogits[(size_t)i * k + j] = NAN;
       continue;
     }
     hits += am == lab;
@@ -68,13 +73,16 @@ double lt_cpu_softmax_xent(int n, int k, const float *logits, const int32_t *lab
       float *restrict d = dlogits + (size_t)i * k;
       const double lse = softmax_row(k, x, d);
       loss += lse - x[lab];
-      for (int j = 0; j < k; j++) d[j] *= scale;
+      for (int j = 0; j < k; j++)
+        d[j] *= scale;
       d[lab] -= scale;
     } else {
       float mx = x[0];
-      for (int j = 1; j < k; j++) mx = x[j] > mx ? x[j] : mx;
+      for (int j = 1; j < k; j++)
+        mx = x[j] > mx ? x[j] : mx;
       double s = 0.0;
-      for (int j = 0; j < k; j++) s += expf(x[j] - mx);
+      for (int j = 0; j < k; j++)
+        s += expf(x[j] - mx);
       loss += log(s) + mx - x[lab];
     }
   }
@@ -129,8 +137,8 @@ void lt_cpu_sgd_step(size_t count, float lr, float momentum, float dampening, fl
 /* torch.optim.AdamW: w *= 1 - lr*wd; m = b1*m + (1-b1)*g; v = b2*v + (1-b2)*g²;
  * w -= lr/(1-b1^t) * m / (sqrt(v)/sqrt(1-b2^t) + eps), with t = step (1 on the first call). */
 void lt_cpu_adamw_step(size_t count, float lr, float beta1, float beta2, float eps,
-                       float weight_decay, int64_t step, float *restrict w,
-                       const float *restrict g, float *restrict m, float *restrict v) {
+                       float weight_decay, int64_t step, float *restrict w, const float *restrict g,
+                       float *restrict m, float *restrict v) {
   const double bc1 = 1.0 - pow((double)beta1, (double)step);
   const double bc2 = 1.0 - pow((double)beta2, (double)step);
   const float step_size = (float)(lr / bc1);

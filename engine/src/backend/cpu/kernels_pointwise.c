@@ -14,15 +14,18 @@
 /* ---- activations --------------------------------------------------------------------------- */
 
 void lt_cpu_relu_fwd(size_t count, const float *restrict x, float *restrict y) {
+  /* written so that NaN passes through, as torch.relu does: a diverging run stays visible */
 #pragma omp parallel for simd schedule(static)
-  for (size_t i = 0; i < count; i++) y[i] = x[i] > 0.0f ? x[i] : 0.0f;
+  for (size_t i = 0; i < count; i++)
+    y[i] = x[i] < 0.0f ? 0.0f : x[i];
 }
 
 void lt_cpu_relu_bwd(size_t count, const float *restrict y, const float *restrict dy,
                      float *restrict dx, int accumulate) {
   if (!dx) return;
 #pragma omp parallel for simd schedule(static)
-  for (size_t i = 0; i < count; i++) PUT(dx, i, y[i] > 0.0f ? dy[i] : 0.0f, accumulate);
+  for (size_t i = 0; i < count; i++)
+    PUT(dx, i, y[i] > 0.0f ? dy[i] : 0.0f, accumulate);
 }
 
 void lt_cpu_relu_mask_pack(size_t count, const float *restrict y, uint8_t *restrict mask) {
@@ -30,7 +33,8 @@ void lt_cpu_relu_mask_pack(size_t count, const float *restrict y, uint8_t *restr
 #pragma omp parallel for schedule(static)
   for (size_t b = 0; b < nbytes; b++) {
     uint8_t v = 0;
-    for (size_t j = 0; j < 8 && 8 * b + j < count; j++) v |= (uint8_t)((y[8 * b + j] > 0.0f) << j);
+    for (size_t j = 0; j < 8 && 8 * b + j < count; j++)
+      v |= (uint8_t)((y[8 * b + j] > 0.0f) << j);
     mask[b] = v;
   }
 }
@@ -39,56 +43,65 @@ void lt_cpu_relu_bwd_mask(size_t count, const uint8_t *restrict mask, const floa
                           float *restrict dx, int accumulate) {
   if (!dx) return;
 #pragma omp parallel for schedule(static)
-  for (size_t i = 0; i < count; i++) PUT(dx, i, ((mask[i >> 3] >> (i & 7)) & 1u) ? dy[i] : 0.0f, accumulate);
+  for (size_t i = 0; i < count; i++)
+    PUT(dx, i, ((mask[i >> 3] >> (i & 7)) & 1u) ? dy[i] : 0.0f, accumulate);
 }
 
 void lt_cpu_leaky_relu_fwd(size_t count, float alpha, const float *restrict x, float *restrict y) {
 #pragma omp parallel for simd schedule(static)
-  for (size_t i = 0; i < count; i++) y[i] = x[i] > 0.0f ? x[i] : alpha * x[i];
+  for (size_t i = 0; i < count; i++)
+    y[i] = x[i] > 0.0f ? x[i] : alpha * x[i];
 }
 
 void lt_cpu_leaky_relu_bwd(size_t count, float alpha, const float *restrict x,
                            const float *restrict dy, float *restrict dx, int accumulate) {
   if (!dx) return;
 #pragma omp parallel for simd schedule(static)
-  for (size_t i = 0; i < count; i++) PUT(dx, i, x[i] > 0.0f ? dy[i] : alpha * dy[i], accumulate);
+  for (size_t i = 0; i < count; i++)
+    PUT(dx, i, x[i] > 0.0f ? dy[i] : alpha * dy[i], accumulate);
 }
 
 void lt_cpu_sigmoid_fwd(size_t count, const float *restrict x, float *restrict y) {
 #pragma omp parallel for schedule(static)
-  for (size_t i = 0; i < count; i++) y[i] = 1.0f / (1.0f + expf(-x[i]));
+  for (size_t i = 0; i < count; i++)
+    y[i] = 1.0f / (1.0f + expf(-x[i]));
 }
 
 void lt_cpu_sigmoid_bwd(size_t count, const float *restrict y, const float *restrict dy,
                         float *restrict dx, int accumulate) {
   if (!dx) return;
 #pragma omp parallel for simd schedule(static)
-  for (size_t i = 0; i < count; i++) PUT(dx, i, dy[i] * y[i] * (1.0f - y[i]), accumulate);
+  for (size_t i = 0; i < count; i++)
+    PUT(dx, i, dy[i] * y[i] * (1.0f - y[i]), accumulate);
 }
 
 void lt_cpu_tanh_fwd(size_t count, const float *restrict x, float *restrict y) {
 #pragma omp parallel for schedule(static)
-  for (size_t i = 0; i < count; i++) y[i] = tanhf(x[i]);
+  for (size_t i = 0; i < count; i++)
+    y[i] = tanhf(x[i]);
 }
 
 void lt_cpu_tanh_bwd(size_t count, const float *restrict y, const float *restrict dy,
                      float *restrict dx, int accumulate) {
   if (!dx) return;
 #pragma omp parallel for simd schedule(static)
-  for (size_t i = 0; i < count; i++) PUT(dx, i, dy[i] * (1.0f - y[i] * y[i]), accumulate);
+  for (size_t i = 0; i < count; i++)
+    PUT(dx, i, dy[i] * (1.0f - y[i] * y[i]), accumulate);
 }
 
 void lt_cpu_clip_fwd(size_t count, float lo, float hi, const float *restrict x, float *restrict y) {
 #pragma omp parallel for simd schedule(static)
-  for (size_t i = 0; i < count; i++) y[i] = x[i] < lo ? lo : (x[i] > hi ? hi : x[i]);
+  for (size_t i = 0; i < count; i++)
+    y[i] = x[i] < lo ? lo : (x[i] > hi ? hi : x[i]);
 }
 
 void lt_cpu_clip_bwd(size_t count, float lo, float hi, const float *restrict x,
                      const float *restrict dy, float *restrict dx, int accumulate) {
   if (!dx) return;
-  /* PyTorch passes the gradient on the closed interval [lo, hi] */
+    /* PyTorch passes the gradient on the closed interval [lo, hi] */
 #pragma omp parallel for simd schedule(static)
-  for (size_t i = 0; i < count; i++) PUT(dx, i, (x[i] >= lo && x[i] <= hi) ? dy[i] : 0.0f, accumulate);
+  for (size_t i = 0; i < count; i++)
+    PUT(dx, i, (x[i] >= lo && x[i] <= hi) ? dy[i] : 0.0f, accumulate);
 }
 
 /* ---- dropout ------------------------------------------------------------------------------- */
@@ -98,7 +111,8 @@ void lt_cpu_clip_bwd(size_t count, float lo, float hi, const float *restrict x,
 void lt_cpu_dropout_fwd(size_t count, float p, uint64_t seed, uint64_t stream, const float *x,
                         float *y, uint8_t *mask_bits) {
   const double thr_d = (double)p * 4294967296.0;
-  const uint64_t thr = thr_d <= 0.0 ? 0 : (thr_d >= 4294967296.0 ? (uint64_t)1 << 32 : (uint64_t)thr_d);
+  const uint64_t thr =
+      thr_d <= 0.0 ? 0 : (thr_d >= 4294967296.0 ? (uint64_t)1 << 32 : (uint64_t)thr_d);
   const float scale = p < 1.0f ? 1.0f / (1.0f - p) : 0.0f;
   const size_t nbytes = (count + 7) / 8;
 #pragma omp parallel for schedule(static)
@@ -134,7 +148,8 @@ static void channel_stats(int n, int c, int hw, const float *x, int ch, double *
   for (int img = 0; img < n; img++) {
     const float *restrict p = x + ((size_t)img * c + ch) * hw;
     float part = 0.0f;
-    for (int i = 0; i < hw; i++) part += p[i];
+    for (int i = 0; i < hw; i++)
+      part += p[i];
     s += part;
   }
   const double cnt = (double)n * hw, m = s / cnt;
@@ -159,7 +174,8 @@ static void channel_affine(int n, int c, int hw, const float *x, int ch, float s
   for (int img = 0; img < n; img++) {
     const float *restrict p = x + ((size_t)img * c + ch) * hw;
     float *restrict q = y + ((size_t)img * c + ch) * hw;
-    for (int i = 0; i < hw; i++) q[i] = p[i] * scale + shift;
+    for (int i = 0; i < hw; i++)
+      q[i] = p[i] * scale + shift;
   }
 }
 
@@ -176,7 +192,8 @@ void lt_cpu_bn_fwd_train(int n, int c, int hw, const float *x, const float *gamm
     channel_affine(n, c, hw, x, ch, g * invstd, b - (float)mean * g * invstd, y);
     if (save_mean) save_mean[ch] = (float)mean;
     if (save_invstd) save_invstd[ch] = invstd;
-    if (running_mean) running_mean[ch] = (1.0f - momentum) * running_mean[ch] + momentum * (float)mean;
+    if (running_mean)
+      running_mean[ch] = (1.0f - momentum) * running_mean[ch] + momentum * (float)mean;
     if (running_var) {
       const double unbiased = cnt > 1.0 ? var * cnt / (cnt - 1.0) : var;
       running_var[ch] = (1.0f - momentum) * running_var[ch] + momentum * (float)unbiased;
@@ -230,9 +247,11 @@ void lt_cpu_bn_bwd(int n, int c, int hw, const float *x, const float *dy, const 
       const float *restrict dyp = dy + ((size_t)img * c + ch) * hw;
       float *restrict dxp = dx + ((size_t)img * c + ch) * hw;
       if (accumulate)
-        for (int i = 0; i < hw; i++) dxp[i] += dyp[i] * k1 + xp[i] * k2 + k3;
+        for (int i = 0; i < hw; i++)
+          dxp[i] += dyp[i] * k1 + xp[i] * k2 + k3;
       else
-        for (int i = 0; i < hw; i++) dxp[i] = dyp[i] * k1 + xp[i] * k2 + k3;
+        for (int i = 0; i < hw; i++)
+          dxp[i] = dyp[i] * k1 + xp[i] * k2 + k3;
     }
   }
 }

@@ -93,14 +93,16 @@ void lt_cpu_argmax_pack2(size_t count, const uint8_t *argmax, uint8_t *packed) {
 #pragma omp parallel for schedule(static)
   for (size_t b = 0; b < nbytes; b++) {
     uint8_t v = 0;
-    for (size_t j = 0; j < 4 && 4 * b + j < count; j++) v |= (uint8_t)((argmax[4 * b + j] & 3u) << (2 * j));
+    for (size_t j = 0; j < 4 && 4 * b + j < count; j++)
+      v |= (uint8_t)((argmax[4 * b + j] & 3u) << (2 * j));
     packed[b] = v;
   }
 }
 
 void lt_cpu_argmax_unpack2(size_t count, const uint8_t *packed, uint8_t *argmax) {
 #pragma omp parallel for schedule(static)
-  for (size_t i = 0; i < count; i++) argmax[i] = (packed[i / 4] >> (2 * (i % 4))) & 3u;
+  for (size_t i = 0; i < count; i++)
+    argmax[i] = (packed[i / 4] >> (2 * (i % 4))) & 3u;
 }
 
 /* ---- average pooling ----------------------------------------------------------------------- */
@@ -134,14 +136,17 @@ void lt_cpu_avgpool_fwd(const lt_pool_geom *g, const float *x, float *y) {
     const float *restrict xp = x + (size_t)p * h * w;
     float *restrict yp = y + (size_t)p * oh * ow;
     for (int oy = 0; oy < oh; oy++) {
-      const win1 wy = avg_window(oy, h, g->kh, g->stride_h, g->pad_t, g->pad_b, g->dil_h, g->count_include_pad);
+      const win1 wy =
+          avg_window(oy, h, g->kh, g->stride_h, g->pad_t, g->pad_b, g->dil_h, g->count_include_pad);
       const int y0 = oy * g->stride_h - g->pad_t;
       for (int ox = 0; ox < ow; ox++) {
-        const win1 wx = avg_window(ox, w, g->kw, g->stride_w, g->pad_l, g->pad_r, g->dil_w, g->count_include_pad);
+        const win1 wx = avg_window(ox, w, g->kw, g->stride_w, g->pad_l, g->pad_r, g->dil_w,
+                                   g->count_include_pad);
         const int x0 = ox * g->stride_w - g->pad_l;
         float s = 0.0f;
         for (int ki = wy.t0; ki < wy.t1; ki++)
-          for (int kj = wx.t0; kj < wx.t1; kj++) s += xp[(size_t)(y0 + ki * g->dil_h) * w + x0 + kj * g->dil_w];
+          for (int kj = wx.t0; kj < wx.t1; kj++)
+            s += xp[(size_t)(y0 + ki * g->dil_h) * w + x0 + kj * g->dil_w];
         const int div = wy.div * wx.div;
         yp[oy * ow + ox] = div > 0 ? s / (float)div : 0.0f;
       }
@@ -159,16 +164,19 @@ void lt_cpu_avgpool_bwd(const lt_pool_geom *g, const float *dy, float *dx, int a
     float *restrict dxp = dx + (size_t)p * h * w;
     if (!accumulate) memset(dxp, 0, sizeof(float) * h * w);
     for (int oy = 0; oy < oh; oy++) {
-      const win1 wy = avg_window(oy, h, g->kh, g->stride_h, g->pad_t, g->pad_b, g->dil_h, g->count_include_pad);
+      const win1 wy =
+          avg_window(oy, h, g->kh, g->stride_h, g->pad_t, g->pad_b, g->dil_h, g->count_include_pad);
       const int y0 = oy * g->stride_h - g->pad_t;
       for (int ox = 0; ox < ow; ox++) {
-        const win1 wx = avg_window(ox, w, g->kw, g->stride_w, g->pad_l, g->pad_r, g->dil_w, g->count_include_pad);
+        const win1 wx = avg_window(ox, w, g->kw, g->stride_w, g->pad_l, g->pad_r, g->dil_w,
+                                   g->count_include_pad);
         const int x0 = ox * g->stride_w - g->pad_l;
         const int div = wy.div * wx.div;
         if (div <= 0) continue;
         const float v = dyp[oy * ow + ox] / (float)div;
         for (int ki = wy.t0; ki < wy.t1; ki++)
-          for (int kj = wx.t0; kj < wx.t1; kj++) dxp[(size_t)(y0 + ki * g->dil_h) * w + x0 + kj * g->dil_w] += v;
+          for (int kj = wx.t0; kj < wx.t1; kj++)
+            dxp[(size_t)(y0 + ki * g->dil_h) * w + x0 + kj * g->dil_w] += v;
       }
     }
   }
@@ -180,7 +188,8 @@ void lt_cpu_global_avgpool_fwd(int n, int c, int hw, const float *x, float *y) {
   for (int p = 0; p < planes; p++) {
     const float *restrict xp = x + (size_t)p * hw;
     float s = 0.0f;
-    for (int i = 0; i < hw; i++) s += xp[i];
+    for (int i = 0; i < hw; i++)
+      s += xp[i];
     y[p] = s / (float)hw;
   }
 }
@@ -193,9 +202,11 @@ void lt_cpu_global_avgpool_bwd(int n, int c, int hw, const float *dy, float *dx,
     float *restrict dxp = dx + (size_t)p * hw;
     const float v = dy[p] / (float)hw;
     if (accumulate)
-      for (int i = 0; i < hw; i++) dxp[i] += v;
+      for (int i = 0; i < hw; i++)
+        dxp[i] += v;
     else
-      for (int i = 0; i < hw; i++) dxp[i] = v;
+      for (int i = 0; i < hw; i++)
+        dxp[i] = v;
   }
 }
 

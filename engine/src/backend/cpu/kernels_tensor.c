@@ -5,6 +5,7 @@
  */
 #include "backend/cpu/kernels.h"
 
+#include <assert.h>
 #include <string.h>
 
 /* Decodes row r of a tensor of shape (ndim) into idx[0..ndim-1) (the last dim is the row). */
@@ -17,7 +18,8 @@ static void row_index(int ndim, const int64_t *shape, int64_t r, int64_t *idx) {
 
 static int64_t prod(int n, const int64_t *shape) {
   int64_t p = 1;
-  for (int d = 0; d < n; d++) p *= shape[d];
+  for (int d = 0; d < n; d++)
+    p *= shape[d];
   return p;
 }
 
@@ -59,11 +61,48 @@ static inline float bin_apply(lt_binary_op op, float a, float b) {
   }
 }
 
+/* 1 when a, b and y all have the same shape: the flat loops then need no index arithmetic
+ * (residual additions, the common case). */
+static int same_shapes(int ndim, const int64_t *as, const int64_t *bs, const int64_t *ys) {
+  for (int d = 0; d < ndim; d++)
+    if (as[d] != ys[d] || bs[d] != ys[d]) return 0;
+  return 1;
+}
+
 void lt_cpu_binary_fwd(lt_binary_op op, int ndim, const int64_t *ashape, const float *a,
                        const int64_t *bshape, const float *b, const int64_t *yshape, float *y) {
   int64_t as[LT_KMAX_DIMS], bs[LT_KMAX_DIMS];
+  assert(ndim <= LT_KMAX_DIMS);
   if (ndim <= 0) {
     y[0] = bin_apply(op, a[0], b[0]);
+    return;
+  }
+  if (same_shapes(ndim, ashape, bshape, yshape)) {
+    const int64_t total = prod(ndim, yshape);
+    const float *restrict ap = a, *restrict bp = b;
+    float *restrict yp = y;
+    switch (op) {
+    case LT_BIN_ADD:
+#pragma omp parallel for simd schedule(static)
+      for (int64_t i = 0; i < total; i++)
+        yp[i] = ap[i] + bp[i];
+      break;
+    case LT_BIN_SUB:
+#pragma omp parallel for simd schedule(static)
+      for (int64_t i = 0; i < total; i++)
+        yp[i] = ap[i] - bp[i];
+      break;
+    case LT_BIN_MUL:
+#pragma omp parallel for simd schedule(static)
+      for (int64_t i = 0; i < total; i++)
+        yp[i] = ap[i] * bp[i];
+      break;
+    case LT_BIN_DIV:
+#pragma omp parallel for simd schedule(static)
+      for (int64_t i = 0; i < total; i++)
+        yp[i] = ap[i] / bp[i];
+      break;
+    }
     return;
   }
   bcast_strides(ndim, ashape, yshape, as);
@@ -81,10 +120,22 @@ void lt_cpu_binary_fwd(lt_binary_op op, int ndim, const int64_t *ashape, const f
     const float *restrict ap = a + ao, *restrict bp = b + bo;
     float *restrict yp = y + r * inner;
     switch (op) { /* one loop per op so each vectorises */
-    case LT_BIN_ADD: for (int64_t j = 0; j < inner; j++) yp[j] = ap[j * ai] + bp[j * bi]; break;
-    case LT_BIN_SUB: for (int64_t j = 0; j < inner; j++) yp[j] = ap[j * ai] - bp[j * bi]; break;
-    case LT_BIN_MUL: for (int64_t j = 0; j < inner; j++) yp[j] = ap[j * ai] * bp[j * bi]; break;
-    case LT_BIN_DIV: for (int64_t j = 0; j < inner; j++) yp[j] = ap[j * ai] / bp[j * bi]; break;
+    case LT_BIN_ADD:
+      for (int64_t j = 0; j < inner; j++)
+        yp[j] = ap[j * ai] + bp[j * bi];
+      break;
+    case LT_BIN_SUB:
+      for (int64_t j = 0; j < inner; j++)
+        yp[j] = ap[j * ai] - bp[j * bi];
+      break;
+    case LT_BIN_MUL:
+      for (int64_t j = 0; j < inner; j++)
+        yp[j] = ap[j * ai] * bp[j * bi];
+      break;
+    case LT_BIN_DIV:
+      for (int64_t j = 0; j < inner; j++)
+        yp[j] = ap[j * ai] / bp[j * bi];
+      break;
     }
   }
 }
@@ -112,19 +163,29 @@ static inline float grad_b(lt_binary_op op, float dy, float a, float b) {
  * serial scatter into the zeroed (or kept) gradient. */
 static void binary_grad(lt_binary_op op, int which, int ndim, const int64_t *as, const float *a,
                         const int64_t *bs, const float *b, const int64_t *yshape, const float *dy,
-                        const int64_t *gshape, float *dg, int accumulate) {
+                        const int64_t *gshape, float *dg, int accumulate, int flat) {
   const int64_t total = prod(ndim, yshape);
-  int same = 1;
-  for (int d = 0; d < ndim; d++) same &= gshape[d] == yshape[d];
-  if (same) {
+  if (flat) { /* a, b and y share one shape: every offset is i */
 #pragma omp parallel for schedule(static)
     for (int64_t i = 0; i < total; i++) {
-      int64_t idx[LT_KMAX_DIMS], ao = 0, bo = 0, r = i;
+      const float av = a ? a[i] : 0.0f, bv = b ? b[i] : 0.0f;
+      const float v = which ? grad_b(op, dy[i], av, bv) : grad_a(op, dy[i], av, bv);
+      dg[i] = accumulate ? dg[i] + v : v;
+    }
+    return;
+  }
+  int same = 1;
+  for (int d = 0; d < ndim; d++)
+    same &= gshape[d] == yshape[d];
+  if (same) { /* one element of the gradient per output element: parallel, no reduction */
+#pragma omp parallel for schedule(static)
+    for (int64_t i = 0; i < total; i++) {
+      int64_t ao = 0, bo = 0, r = i;
       for (int d = ndim - 1; d >= 0; d--) {
-        idx[d] = r % yshape[d];
+        const int64_t id = r % yshape[d];
         r /= yshape[d];
-        ao += idx[d] * as[d];
-        bo += idx[d] * bs[d];
+        ao += id * as[d];
+        bo += id * bs[d];
       }
       const float av = a ? a[ao] : 0.0f, bv = b ? b[bo] : 0.0f;
       const float v = which ? grad_b(op, dy[i], av, bv) : grad_a(op, dy[i], av, bv);
@@ -155,14 +216,16 @@ void lt_cpu_binary_bwd(lt_binary_op op, int ndim, const int64_t *ashape, const f
                        const float *dy, float *da, float *db, int accumulate) {
   int64_t as[LT_KMAX_DIMS], bs[LT_KMAX_DIMS];
   static const int64_t one[1] = {1};
+  assert(ndim <= LT_KMAX_DIMS);
   if (ndim <= 0) {
     ndim = 1;
     ashape = bshape = yshape = one;
   }
   bcast_strides(ndim, ashape, yshape, as);
   bcast_strides(ndim, bshape, yshape, bs);
-  if (da) binary_grad(op, 0, ndim, as, a, bs, b, yshape, dy, ashape, da, accumulate);
-  if (db) binary_grad(op, 1, ndim, as, a, bs, b, yshape, dy, bshape, db, accumulate);
+  const int flat = same_shapes(ndim, ashape, bshape, yshape);
+  if (da) binary_grad(op, 0, ndim, as, a, bs, b, yshape, dy, ashape, da, accumulate, flat);
+  if (db) binary_grad(op, 1, ndim, as, a, bs, b, yshape, dy, bshape, db, accumulate, flat);
 }
 
 /* ---- concat / split ------------------------------------------------------------------------ */
@@ -170,7 +233,8 @@ void lt_cpu_binary_bwd(lt_binary_op op, int ndim, const int64_t *ashape, const f
 void lt_cpu_concat(int ninputs, const void *const *inputs, const int64_t *sizes, int64_t outer,
                    int64_t inner, size_t elem, void *y) {
   int64_t total = 0;
-  for (int i = 0; i < ninputs; i++) total += sizes[i];
+  for (int i = 0; i < ninputs; i++)
+    total += sizes[i];
   const size_t yrow = (size_t)total * inner * elem;
 #pragma omp parallel for schedule(static)
   for (int64_t o = 0; o < outer; o++) {
@@ -186,7 +250,8 @@ void lt_cpu_concat(int ninputs, const void *const *inputs, const int64_t *sizes,
 void lt_cpu_split(int noutputs, void *const *outputs, const int64_t *sizes, int64_t outer,
                   int64_t inner, size_t elem, const void *y, int accumulate_f32) {
   int64_t total = 0;
-  for (int i = 0; i < noutputs; i++) total += sizes[i];
+  for (int i = 0; i < noutputs; i++)
+    total += sizes[i];
   const size_t yrow = (size_t)total * inner * elem;
 #pragma omp parallel for schedule(static)
   for (int64_t o = 0; o < outer; o++) {
@@ -198,7 +263,8 @@ void lt_cpu_split(int noutputs, void *const *outputs, const int64_t *sizes, int6
         if (accumulate_f32) {
           float *restrict d = (float *)dst;
           const float *restrict s = (const float *)src;
-          for (size_t j = 0; j < seg / sizeof(float); j++) d[j] += s[j];
+          for (size_t j = 0; j < seg / sizeof(float); j++)
+            d[j] += s[j];
         } else {
           memcpy(dst, src, seg);
         }
@@ -215,29 +281,34 @@ static int64_t slice_row_offset(int ndim, const int64_t *xst, const int64_t *sta
                                 const int64_t *step, const int64_t *yshape, int64_t r) {
   int64_t idx[LT_KMAX_DIMS], off = start[ndim - 1] * xst[ndim - 1];
   row_index(ndim, yshape, r, idx);
-  for (int d = 0; d < ndim - 1; d++) off += (start[d] + idx[d] * step[d]) * xst[d];
+  for (int d = 0; d < ndim - 1; d++)
+    off += (start[d] + idx[d] * step[d]) * xst[d];
   return off;
 }
 
 void lt_cpu_slice_fwd(int ndim, const int64_t *xshape, const int64_t *start, const int64_t *step,
                       const int64_t *yshape, size_t elem, const void *x, void *y) {
+  assert(ndim >= 1 && ndim <= LT_KMAX_DIMS); /* a slice or pad of a 0-d tensor has no axis */
   int64_t xst[LT_KMAX_DIMS];
   strides_of(ndim, xshape, xst);
   const int64_t inner = yshape[ndim - 1], rows = prod(ndim - 1, yshape);
   const int64_t is = step[ndim - 1] * xst[ndim - 1];
 #pragma omp parallel for schedule(static)
   for (int64_t r = 0; r < rows; r++) {
-    const char *src = (const char *)x + slice_row_offset(ndim, xst, start, step, yshape, r) * (int64_t)elem;
+    const char *src =
+        (const char *)x + slice_row_offset(ndim, xst, start, step, yshape, r) * (int64_t)elem;
     char *dst = (char *)y + r * inner * (int64_t)elem;
     if (is == 1)
       memcpy(dst, src, (size_t)inner * elem);
     else
-      for (int64_t j = 0; j < inner; j++) copy_elem(dst + j * (int64_t)elem, src + j * is * (int64_t)elem, elem);
+      for (int64_t j = 0; j < inner; j++)
+        copy_elem(dst + j * (int64_t)elem, src + j * is * (int64_t)elem, elem);
   }
 }
 
 void lt_cpu_slice_bwd(int ndim, const int64_t *xshape, const int64_t *start, const int64_t *step,
                       const int64_t *yshape, const float *dy, float *dx, int accumulate) {
+  assert(ndim >= 1 && ndim <= LT_KMAX_DIMS); /* a slice or pad of a 0-d tensor has no axis */
   if (!dx) return;
   int64_t xst[LT_KMAX_DIMS];
   strides_of(ndim, xshape, xst);
@@ -249,7 +320,8 @@ void lt_cpu_slice_bwd(int ndim, const int64_t *xshape, const int64_t *start, con
   for (int64_t r = 0; r < rows; r++) {
     float *dst = dx + slice_row_offset(ndim, xst, start, step, yshape, r);
     const float *restrict src = dy + r * inner;
-    for (int64_t j = 0; j < inner; j++) dst[j * is] += src[j];
+    for (int64_t j = 0; j < inner; j++)
+      dst[j * is] += src[j];
   }
 }
 
@@ -269,11 +341,13 @@ static int64_t pad_row_offset(int ndim, const int64_t *xshape, const int64_t *xs
 }
 
 static void pad_yshape(int ndim, const int64_t *xshape, const int64_t *pads, int64_t *yshape) {
-  for (int d = 0; d < ndim; d++) yshape[d] = xshape[d] + pads[d] + pads[ndim + d];
+  for (int d = 0; d < ndim; d++)
+    yshape[d] = xshape[d] + pads[d] + pads[ndim + d];
 }
 
 void lt_cpu_pad_fwd(int ndim, const int64_t *xshape, const int64_t *pads, float value,
                     const float *x, float *y) {
+  assert(ndim >= 1 && ndim <= LT_KMAX_DIMS); /* a slice or pad of a 0-d tensor has no axis */
   int64_t xst[LT_KMAX_DIMS] = {0}, yshape[LT_KMAX_DIMS] = {0};
   strides_of(ndim, xshape, xst);
   pad_yshape(ndim, xshape, pads, yshape);
@@ -292,6 +366,7 @@ void lt_cpu_pad_fwd(int ndim, const int64_t *xshape, const int64_t *pads, float 
 
 void lt_cpu_pad_bwd(int ndim, const int64_t *xshape, const int64_t *pads, const float *dy,
                     float *dx, int accumulate) {
+  assert(ndim >= 1 && ndim <= LT_KMAX_DIMS); /* a slice or pad of a 0-d tensor has no axis */
   if (!dx) return;
   int64_t xst[LT_KMAX_DIMS] = {0}, yshape[LT_KMAX_DIMS] = {0};
   strides_of(ndim, xshape, xst);
@@ -316,6 +391,11 @@ void lt_cpu_pad_bwd(int ndim, const int64_t *xshape, const int64_t *pads, const 
 
 void lt_cpu_transpose(int ndim, const int64_t *xshape, const int *perm, size_t elem, const void *x,
                       void *y) {
+  assert(ndim <= LT_KMAX_DIMS);
+  if (ndim <= 0) { /* a 0-d tensor is its own transpose */
+    memcpy(y, x, elem);
+    return;
+  }
   int64_t xst[LT_KMAX_DIMS] = {0}, yshape[LT_KMAX_DIMS] = {0}, pst[LT_KMAX_DIMS] = {0};
   strides_of(ndim, xshape, xst);
   for (int d = 0; d < ndim; d++) {
@@ -328,12 +408,14 @@ void lt_cpu_transpose(int ndim, const int64_t *xshape, const int *perm, size_t e
   for (int64_t r = 0; r < rows; r++) {
     int64_t idx[LT_KMAX_DIMS], off = 0;
     row_index(ndim, yshape, r, idx);
-    for (int d = 0; d < ndim - 1; d++) off += idx[d] * pst[d];
+    for (int d = 0; d < ndim - 1; d++)
+      off += idx[d] * pst[d];
     const char *src = (const char *)x + off * e;
     char *dst = (char *)y + r * inner * e;
     if (is == 1)
       memcpy(dst, src, (size_t)(inner * e));
     else
-      for (int64_t j = 0; j < inner; j++) copy_elem(dst + j * e, src + j * is * e, elem);
+      for (int64_t j = 0; j < inner; j++)
+        copy_elem(dst + j * e, src + j * is * e, elem);
   }
 }

@@ -1,0 +1,764 @@
+/* The LORENZO activation codec: stream layout, encoder and decoder orchestration, and the
+ * kind-dispatching entry points shared with the comparison codecs.
+ *
+ * Stream (little-endian), AC_HEADER_BYTES of header then five sections:
+ *   0   "LTAC"             4   u16 version (1)      6   u8 predictor       7   u8 flags (1: zstd)
+ *   8   u32 ndim           12  u32 radius           16  i64 shape[8] (unused dims 0)
+ *   80  f64 eb             88  u32 chunk symbols    92  u32 table entries
+ *   96  u64 escapes        104 u64 outliers         112 u64 payload bytes (raw, before zstd)
+ *   120 u64 payload bytes as stored                 128 u32 CRC-32C     132 u32 reserved (0)
+ *   table     entries × (u16 symbol, u8 length), symbols increasing
+ *   chunks    ceil(n / chunk) × u32 bit count; chunk i starts at the byte after chunk i-1
+ *   payload   Huffman bits (or one zstd frame of them)
+ *   escapes   count × (u64 index, i32 residual), indices increasing
+ *   outliers  count × (u64 index, u32 float bits), indices increasing
+ * The CRC covers every byte but its own four. The decoder parses and checks all of it (sizes
+ * against each other and against the element count, table completeness, every chunk ending on
+ * its bit count, indices in range and increasing) before a byte of output is trusted.
+ *
+ * Predictor 2 is 2-D Lorenzo on the integers; predictor 0 codes q itself. The encoder picks per
+ * tensor from a sample of planes: on post-ReLU activations at coarse bounds, where most q are 0
+ * or 1, Lorenzo turns every zero/non-zero edge into two non-zero residuals and loses to no
+ * prediction; on smooth inputs (the normalised image) it wins. */
+#include "actcomp/ac_internal.h"
+#include "lathe/config.h"
+
+#include <math.h>
+#include <omp.h>
+#include <stdlib.h>
+#include <zstd.h>
+
+#define AC_MAGIC "LTAC"
+#define AC_VERSION 1
+#define AC_PREDICTOR_NONE 0
+#define AC_PREDICTOR_LORENZO2D 2
+#define AC_FLAG_ZSTD 1u
+#define AC_MAX_ELEMS ((int64_t)1 << 40) /* keeps every size computation far from overflow */
+#define AC_PAR_MIN 65536                 /* below this many elements threads cost more than
+                                            they save */
+
+/* ---- small shared helpers -------------------------------------------------------------------- */
+
+void ac_put_u32(uint8_t *p, uint32_t v) { memcpy(p, &v, 4); }
+void ac_put_u64(uint8_t *p, uint64_t v) { memcpy(p, &v, 8); }
+uint32_t ac_get_u32(const uint8_t *p) {
+  uint32_t v;
+  memcpy(&v, p, 4);
+  return v;
+}
+uint64_t ac_get_u64(const uint8_t *p) {
+  uint64_t v;
+  memcpy(&v, p, 8);
+  return v;
+}
+
+lt_status ac_check_shape(int ndim, const int64_t *shape, int64_t *n, lt_err *err) {
+  if (ndim < 1 || ndim > LT_MAX_DIMS)
+    return lt_errorf(err, LT_ERR_INVALID, "tensor has %d dims; the codec takes 1 to %d", ndim,
+                     LT_MAX_DIMS);
+  int64_t total = 1;
+  for (int i = 0; i < ndim; i++) {
+    if (shape[i] < 1 || shape[i] > AC_MAX_ELEMS)
+      return lt_errorf(err, LT_ERR_INVALID, "dim %d is %lld; every dim must be in 1..2^40", i,
+                       (long long)shape[i]);
+    if (total > AC_MAX_ELEMS / shape[i])
+      return lt_errorf(err, LT_ERR_INVALID, "tensor has more than 2^40 elements; split it");
+    total *= shape[i];
+  }
+  *n = total;
+  return LT_OK;
+}
+
+lt_status ac_buf_reserve(lt_ac_buf *b, size_t cap, lt_err *err) {
+  if (b->cap >= cap) return LT_OK;
+  if (b->cat == 0 && !b->data) b->cat = LT_MEM_WORKSPACE; /* zeroed buffer: workspace */
+  size_t ncap = b->cap + b->cap / 2 > cap ? b->cap + b->cap / 2 : cap;
+  uint8_t *p = lt_alloc(b->cat, ncap, err);
+  if (!p) return lt_err_prefix(err, "codec output buffer of %zu bytes", ncap);
+  if (b->len) memcpy(p, b->data, b->len);
+  lt_free(b->cat, b->data, b->cap);
+  b->data = p;
+  b->cap = ncap;
+  return LT_OK;
+}
+
+void lt_ac_buf_free(lt_ac_buf *b) {
+  if (!b) return;
+  lt_free(b->cat, b->data, b->cap);
+  b->data = NULL;
+  b->len = b->cap = 0;
+}
+
+void ac_list_push(ac_list *l, int64_t idx, uint32_t val) {
+  if (l->failed) return;
+  if (l->n == l->cap) {
+    int64_t ncap = l->cap ? 2 * l->cap : 256;
+    int64_t *ni = lt_alloc(LT_MEM_WORKSPACE, (size_t)ncap * sizeof *ni, NULL);
+    uint32_t *nv = lt_alloc(LT_MEM_WORKSPACE, (size_t)ncap * sizeof *nv, NULL);
+    if (!ni || !nv) {
+      lt_free(LT_MEM_WORKSPACE, ni, (size_t)ncap * sizeof *ni);
+      lt_free(LT_MEM_WORKSPACE, nv, (size_t)ncap * sizeof *nv);
+      l->failed = 1;
+      return;
+    }
+    if (l->n) {
+      memcpy(ni, l->idx, (size_t)l->n * sizeof *ni);
+      memcpy(nv, l->val, (size_t)l->n * sizeof *nv);
+    }
+    lt_free(LT_MEM_WORKSPACE, l->idx, (size_t)l->cap * sizeof *l->idx);
+    lt_free(LT_MEM_WORKSPACE, l->val, (size_t)l->cap * sizeof *l->val);
+    l->idx = ni;
+    l->val = nv;
+    l->cap = ncap;
+  }
+  l->idx[l->n] = idx;
+  l->val[l->n] = val;
+  l->n++;
+}
+
+void ac_list_free(ac_list *l) {
+  lt_free(LT_MEM_WORKSPACE, l->idx, (size_t)l->cap * sizeof *l->idx);
+  lt_free(LT_MEM_WORKSPACE, l->val, (size_t)l->cap * sizeof *l->val);
+  memset(l, 0, sizeof *l);
+}
+
+/* ---- the codec object ------------------------------------------------------------------------ */
+
+typedef struct ac_scratch {
+  void *p;
+  size_t cap;
+} ac_scratch;
+
+struct lt_ac_codec {
+  lt_ac_opts opts;
+  const ac_kernels *k;
+  ac_scratch codes;   /* uint16 (n): residual codes */
+  ac_scratch rows;    /* int32 per thread: 3 rows of W+1 (zero row, current, previous) */
+  ac_scratch hist;    /* uint64 (threads, AC_NSYM) */
+  ac_scratch chunks;  /* uint64 (n_chunks): bit counts, then byte offsets */
+  ac_scratch payload; /* raw Huffman payload when a zstd pass runs, either direction */
+  ac_list *outl, *esc; /* (n_lists) per-thread lists */
+  int n_lists;
+  uint8_t len[AC_NSYM];
+  uint32_t enc[AC_NSYM];
+  int64_t lscratch[3 * AC_NSYM];
+  ac_huff_dec dec;
+  ZSTD_CCtx *zc;
+  ZSTD_DCtx *zd;
+};
+
+static void *scratch_get(ac_scratch *s, size_t bytes, lt_err *err) {
+  if (s->cap >= bytes) return s->p;
+  lt_free(LT_MEM_WORKSPACE, s->p, s->cap);
+  s->p = NULL;
+  s->cap = 0;
+  void *p = lt_alloc(LT_MEM_WORKSPACE, bytes ? bytes : 1, err);
+  if (!p) {
+    lt_err_prefix(err, "codec scratch of %zu bytes", bytes);
+    return NULL;
+  }
+  s->p = p;
+  s->cap = bytes ? bytes : 1;
+  return p;
+}
+
+static void scratch_free(ac_scratch *s) {
+  lt_free(LT_MEM_WORKSPACE, s->p, s->cap);
+  s->p = NULL;
+  s->cap = 0;
+}
+
+lt_ac_opts lt_ac_opts_default(void) {
+  lt_ac_opts o = {.threads = 0, .zstd_level = 1, .simd = LT_AC_SIMD_AUTO};
+  return o;
+}
+
+lt_ac_codec *lt_ac_codec_new(const lt_ac_opts *opts, lt_err *err) {
+  lt_ac_codec *c = lt_calloc(LT_MEM_WORKSPACE, sizeof *c, err);
+  if (!c) return NULL;
+  lt_ac_codec_set_opts(c, opts);
+  c->zc = ZSTD_createCCtx();
+  c->zd = ZSTD_createDCtx();
+  if (!c->zc || !c->zd) {
+    lt_ac_codec_free(c);
+    lt_errorf(err, LT_ERR_NOMEM, "zstd context allocation failed");
+    return NULL;
+  }
+  return c;
+}
+
+void lt_ac_codec_set_opts(lt_ac_codec *c, const lt_ac_opts *opts) {
+  c->opts = opts ? *opts : lt_ac_opts_default();
+  c->k = ac_kernels_get(c->opts.simd);
+}
+
+static void free_lists(lt_ac_codec *c) {
+  for (int i = 0; i < c->n_lists; i++) {
+    ac_list_free(&c->outl[i]);
+    ac_list_free(&c->esc[i]);
+  }
+  lt_free(LT_MEM_WORKSPACE, c->outl, (size_t)c->n_lists * sizeof *c->outl);
+  lt_free(LT_MEM_WORKSPACE, c->esc, (size_t)c->n_lists * sizeof *c->esc);
+  c->outl = c->esc = NULL;
+  c->n_lists = 0;
+}
+
+void lt_ac_codec_free(lt_ac_codec *c) {
+  if (!c) return;
+  scratch_free(&c->codes);
+  scratch_free(&c->rows);
+  scratch_free(&c->hist);
+  scratch_free(&c->chunks);
+  scratch_free(&c->payload);
+  free_lists(c);
+  ZSTD_freeCCtx(c->zc);
+  ZSTD_freeDCtx(c->zd);
+  lt_free(LT_MEM_WORKSPACE, c, sizeof *c);
+}
+
+static int codec_threads(const lt_ac_codec *c, int64_t n, int64_t units) {
+  int t = c->opts.threads > 0 ? c->opts.threads : omp_get_max_threads();
+  if (n < AC_PAR_MIN) t = 1;
+  if (t > units) t = (int)units;
+  return t < 1 ? 1 : t;
+}
+
+static lt_status lists_reset(lt_ac_codec *c, int t, lt_err *err) {
+  if (c->n_lists < t) {
+    free_lists(c);
+    c->outl = lt_calloc(LT_MEM_WORKSPACE, (size_t)t * sizeof *c->outl, err);
+    c->esc = lt_calloc(LT_MEM_WORKSPACE, (size_t)t * sizeof *c->esc, err);
+    if (!c->outl || !c->esc) {
+      lt_free(LT_MEM_WORKSPACE, c->outl, (size_t)t * sizeof *c->outl);
+      lt_free(LT_MEM_WORKSPACE, c->esc, (size_t)t * sizeof *c->esc);
+      c->outl = c->esc = NULL;
+      return lt_err_prefix(err, "codec outlier lists");
+    }
+    c->n_lists = t;
+  }
+  for (int i = 0; i < c->n_lists; i++) {
+    c->outl[i].n = c->esc[i].n = 0;
+    c->outl[i].failed = c->esc[i].failed = 0;
+  }
+  return LT_OK;
+}
+
+/* The plane layout shared by encoder and decoder: H×W planes over the last two dims. */
+static void plane_dims(int ndim, const int64_t *shape, int64_t *h, int64_t *w) {
+  *w = shape[ndim - 1];
+  *h = ndim >= 2 ? shape[ndim - 2] : 1;
+}
+
+/* ---- encoder --------------------------------------------------------------------------------- */
+
+/* Codes the first `rows` rows of the plane starting at element base into codes (same offsets)
+ * and adds them to hist. rb holds 3 rows of w+1 ints: a zero row and two working rows, each
+ * with a zero at index 0 for the column left of the plane. */
+static void code_plane(const ac_kernels *k, const float *x, const ac_qp *qp, int pred,
+                       int64_t rows, int64_t w, int64_t base, int32_t *rb, uint16_t *codes,
+                       ac_list *outl, ac_list *esc, uint64_t *hist) {
+  int32_t *zero = rb, *cur = rb + (w + 1), *prev = cur + (w + 1);
+  memset(zero, 0, (size_t)(w + 1) * sizeof *zero);
+  cur[0] = prev[0] = 0;
+  const int32_t *up = zero;
+  for (int64_t r = 0; r < rows; r++) {
+    int64_t off = base + r * w;
+    k->quant(x + off, w, qp, cur + 1, outl, off);
+    if (pred == AC_PREDICTOR_LORENZO2D)
+      k->predict(cur + 1, cur, up + 1, up, w, codes + off, esc, off);
+    else
+      k->predict(cur + 1, zero + 1, zero + 1, zero + 1, w, codes + off, esc, off);
+    int32_t *tmp = prev;
+    prev = cur;
+    cur = tmp;
+    up = prev;
+  }
+  const uint16_t *cp = codes + base;
+  for (int64_t i = 0; i < rows * w; i++) hist[cp[i]]++;
+}
+
+
+static lt_status lorenzo_encode(lt_ac_codec *c, const float *x, int ndim, const int64_t *shape,
+                                double eb, lt_ac_buf *out, lt_err *err) {
+  int64_t n, h, w;
+  lt_status st = ac_check_shape(ndim, shape, &n, err);
+  if (st) return st;
+  ac_qp qp;
+  if (ac_qp_init(eb, &qp))
+    return lt_errorf(err, LT_ERR_INVALID,
+                     "error bound %g is not usable: give a finite eb between 1e-30 and 1e30", eb);
+  plane_dims(ndim, shape, &h, &w);
+  const int64_t plane = h * w, nplanes = n / plane;
+  const int64_t nchunks = (n + AC_CHUNK - 1) / AC_CHUNK;
+  const int t = codec_threads(c, n, nplanes);
+  const ac_kernels *k = c->k;
+
+  uint16_t *codes = scratch_get(&c->codes, (size_t)n * sizeof *codes, err);
+  int32_t *rows = scratch_get(&c->rows, (size_t)t * 3 * (size_t)(w + 1) * sizeof *rows, err);
+  uint64_t *hist = scratch_get(&c->hist, (size_t)t * AC_NSYM * sizeof *hist, err);
+  /* the predictor sample uses thread 0's rows, list and histogram */
+  /* (nchunks) bit counts, then (nchunks + 1) byte offsets */
+  uint64_t *cbits = scratch_get(&c->chunks, (size_t)(2 * nchunks + 1) * sizeof *cbits, err);
+  if (!codes || !rows || !hist || !cbits) return err ? err->status : LT_ERR_NOMEM;
+  if ((st = lists_reset(c, t, err))) return st;
+  memset(hist, 0, (size_t)t * AC_NSYM * sizeof *hist);
+
+  /* Predictor choice on a sample of planes (their leading rows), coded both ways. */
+  int pred = AC_PREDICTOR_LORENZO2D;
+  {
+    const int64_t stride = nplanes > 16 ? nplanes / 16 : 1;
+    const int64_t rows_max = h < 64 ? h : 64;
+    double cost[2];
+    const int preds[2] = {AC_PREDICTOR_LORENZO2D, AC_PREDICTOR_NONE};
+    for (int pi = 0; pi < 2; pi++) {
+      memset(hist, 0, AC_NSYM * sizeof *hist);
+      c->esc[0].n = c->outl[0].n = 0;
+      int64_t total = 0;
+      for (int64_t p = 0; p < nplanes; p += stride) {
+        code_plane(k, x, &qp, preds[pi], rows_max, w, p * plane, rows, codes, &c->outl[0],
+                   &c->esc[0], hist);
+        total += rows_max * w;
+      }
+      cost[pi] = 96.0 * (double)c->esc[0].n;
+      for (int sy = 0; sy < AC_NSYM; sy++)
+        if (hist[sy]) cost[pi] += (double)hist[sy] * log2((double)total / (double)hist[sy]) + 24;
+    }
+    if (cost[1] < cost[0]) pred = AC_PREDICTOR_NONE;
+    if ((st = lists_reset(c, t, err))) return st;
+    memset(hist, 0, (size_t)t * AC_NSYM * sizeof *hist);
+  }
+
+  /* Stage 1: prequantise and predict, one plane at a time; static scheduling gives each thread
+   * a contiguous run of planes, so concatenating the per-thread lists keeps indices sorted. */
+#pragma omp parallel num_threads(t)
+  {
+    int tid = omp_get_thread_num();
+    int32_t *rb = rows + (size_t)tid * 3 * (size_t)(w + 1);
+#pragma omp for schedule(static)
+    for (int64_t p = 0; p < nplanes; p++)
+      code_plane(k, x, &qp, pred, h, w, p * plane, rb, codes, &c->outl[tid], &c->esc[tid],
+                 hist + (size_t)tid * AC_NSYM);
+  }
+  int64_t nout = 0, nesc = 0;
+  for (int i = 0; i < t; i++) {
+    if (c->outl[i].failed || c->esc[i].failed)
+      return lt_errorf(err, LT_ERR_NOMEM, "codec outlier list allocation failed");
+    nout += c->outl[i].n;
+    nesc += c->esc[i].n;
+    if (i)
+      for (int s = 0; s < AC_NSYM; s++) hist[s] += hist[(size_t)i * AC_NSYM + s];
+  }
+
+  /* Stage 2: the code. */
+  ac_huff_lengths(hist, c->len, c->lscratch);
+  ac_huff_enc_table(c->len, c->enc);
+  int64_t nsym = 0;
+  for (int s = 0; s < AC_NSYM; s++) nsym += c->len[s] != 0;
+
+  /* Stage 3: sections. The payload is at most 16 bits per symbol. */
+  const size_t table_bytes = (size_t)nsym * 3, chunk_bytes = (size_t)nchunks * 4;
+  const size_t raw_cap = (size_t)n * 2 + 16;
+  const int use_zstd = c->opts.zstd_level > 0;
+  const size_t pay_cap = use_zstd ? ZSTD_compressBound(raw_cap) : raw_cap;
+  const size_t tail_bytes = (size_t)(nesc + nout) * 12;
+  if ((st = ac_buf_reserve(out, AC_HEADER_BYTES + table_bytes + chunk_bytes + pay_cap + tail_bytes,
+                           err)))
+    return st;
+  uint8_t *o = out->data;
+  memset(o, 0, AC_HEADER_BYTES);
+  uint8_t *tp = o + AC_HEADER_BYTES;
+  for (int s = 0; s < AC_NSYM; s++)
+    if (c->len[s]) {
+      tp[0] = (uint8_t)s;
+      tp[1] = (uint8_t)(s >> 8);
+      tp[2] = c->len[s];
+      tp += 3;
+    }
+  uint8_t *chunk_sec = tp;
+  uint8_t *pay = chunk_sec + chunk_bytes;
+  uint8_t *raw = pay;
+  if (use_zstd && !(raw = scratch_get(&c->payload, raw_cap, err)))
+    return err ? err->status : LT_ERR_NOMEM;
+
+  /* Huffman chunks: one thread writes them back to back; several first count each chunk's
+   * bits so that every chunk knows where it starts and writes only its own bytes. */
+  size_t raw_bytes = 0;
+  const int te = codec_threads(c, n, nchunks);
+  if (te == 1) {
+    for (int64_t ci = 0; ci < nchunks; ci++) {
+      int64_t s0 = ci * AC_CHUNK, m = n - s0 < AC_CHUNK ? n - s0 : AC_CHUNK;
+      int64_t bits = ac_huff_encode(codes + s0, m, c->enc, raw + raw_bytes, raw + raw_cap);
+      cbits[ci] = (uint64_t)bits;
+      raw_bytes += (size_t)(bits + 7) / 8;
+    }
+  } else {
+#pragma omp parallel for num_threads(te) schedule(static)
+    for (int64_t ci = 0; ci < nchunks; ci++) {
+      int64_t s0 = ci * AC_CHUNK, m = n - s0 < AC_CHUNK ? n - s0 : AC_CHUNK;
+      cbits[ci] = (uint64_t)ac_huff_chunk_bits(codes + s0, m, c->enc);
+    }
+    uint64_t *start = cbits + nchunks;
+    start[0] = 0;
+    for (int64_t ci = 0; ci < nchunks; ci++) start[ci + 1] = start[ci] + (cbits[ci] + 7) / 8;
+#pragma omp parallel for num_threads(te) schedule(static)
+    for (int64_t ci = 0; ci < nchunks; ci++) {
+      int64_t s0 = ci * AC_CHUNK, m = n - s0 < AC_CHUNK ? n - s0 : AC_CHUNK;
+      ac_huff_encode(codes + s0, m, c->enc, raw + start[ci], raw + start[ci + 1]);
+    }
+    raw_bytes = (size_t)start[nchunks];
+  }
+  for (int64_t ci = 0; ci < nchunks; ci++) ac_put_u32(chunk_sec + 4 * ci, (uint32_t)cbits[ci]);
+
+  size_t stored = raw_bytes;
+  uint8_t flags = 0;
+  if (use_zstd) {
+    size_t z = ZSTD_compressCCtx(c->zc, pay, pay_cap, raw, raw_bytes, c->opts.zstd_level);
+    if (!ZSTD_isError(z) && z < raw_bytes) {
+      stored = z;
+      flags |= AC_FLAG_ZSTD;
+    } else {
+      memcpy(pay, raw, raw_bytes);
+    }
+  }
+
+  uint8_t *ep = pay + stored;
+  for (int i = 0; i < t; i++)
+    for (int64_t j = 0; j < c->esc[i].n; j++, ep += 12) {
+      ac_put_u64(ep, (uint64_t)c->esc[i].idx[j]);
+      ac_put_u32(ep + 8, c->esc[i].val[j]);
+    }
+  for (int i = 0; i < t; i++)
+    for (int64_t j = 0; j < c->outl[i].n; j++, ep += 12) {
+      ac_put_u64(ep, (uint64_t)c->outl[i].idx[j]);
+      ac_put_u32(ep + 8, c->outl[i].val[j]);
+    }
+
+  memcpy(o, AC_MAGIC, 4);
+  o[4] = AC_VERSION;
+  o[5] = 0;
+  o[6] = (uint8_t)pred;
+  o[7] = flags;
+  ac_put_u32(o + 8, (uint32_t)ndim);
+  ac_put_u32(o + 12, AC_RADIUS);
+  for (int i = 0; i < ndim; i++) ac_put_u64(o + 16 + 8 * i, (uint64_t)shape[i]);
+  memcpy(o + 80, &eb, 8);
+  ac_put_u32(o + 88, AC_CHUNK);
+  ac_put_u32(o + 92, (uint32_t)nsym);
+  ac_put_u64(o + 96, (uint64_t)nesc);
+  ac_put_u64(o + 104, (uint64_t)nout);
+  ac_put_u64(o + 112, raw_bytes);
+  ac_put_u64(o + 120, stored);
+  out->len = (size_t)(ep - o);
+  ac_put_u32(o + AC_CRC_OFFSET, ac_stream_checksum(o, out->len));
+  return LT_OK;
+}
+
+/* ---- parsing --------------------------------------------------------------------------------- */
+
+uint32_t ac_stream_checksum(const uint8_t *src, size_t len) {
+  uint32_t crc = ac_crc32c(0, src, AC_CRC_OFFSET);
+  return ac_crc32c(crc, src + AC_CRC_OFFSET + 4, len - AC_CRC_OFFSET - 4);
+}
+
+typedef struct ac_hdr {
+  int ndim;
+  int64_t shape[LT_MAX_DIMS];
+  int64_t n, h, w, nchunks;
+  double eb;
+  int zstd, pred;
+  int64_t nsym, nesc, nout;
+  uint64_t raw_bytes, stored_bytes;
+  const uint8_t *table, *chunk_sec, *payload, *esc, *outl;
+} ac_hdr;
+
+#define BAD(...) lt_errorf(err, LT_ERR_FORMAT, "activation stream: " __VA_ARGS__)
+
+static lt_status parse_lorenzo(const uint8_t *s, size_t len, ac_hdr *hd, lt_err *err) {
+  if (len < AC_HEADER_BYTES) return BAD("%zu bytes, shorter than its %d-byte header", len,
+                                        AC_HEADER_BYTES);
+  if (memcmp(s, AC_MAGIC, 4)) return BAD("bad magic (not a Lathe activation stream)");
+  if (s[4] != AC_VERSION || s[5] != 0)
+    return BAD("version %u; this build reads version %d", s[4] | s[5] << 8, AC_VERSION);
+  if (ac_get_u32(s + AC_CRC_OFFSET) != ac_stream_checksum(s, len))
+    return BAD("checksum mismatch: the stream is corrupt or truncated");
+  if (s[6] != AC_PREDICTOR_LORENZO2D && s[6] != AC_PREDICTOR_NONE)
+    return BAD("unknown predictor %u", s[6]);
+  hd->pred = s[6];
+  if (s[7] & ~AC_FLAG_ZSTD) return BAD("unknown flags 0x%x", s[7]);
+  if (ac_get_u32(s + 132) != 0) return BAD("reserved field is not zero");
+  hd->zstd = s[7] & AC_FLAG_ZSTD;
+  uint32_t nd = ac_get_u32(s + 8);
+  if (nd < 1 || nd > LT_MAX_DIMS) return BAD("%u dims (expected 1..%d)", nd, LT_MAX_DIMS);
+  hd->ndim = (int)nd;
+  memset(hd->shape, 0, sizeof hd->shape);
+  for (int i = 0; i < LT_MAX_DIMS; i++) {
+    uint64_t v = ac_get_u64(s + 16 + 8 * i);
+    if (i >= hd->ndim && v != 0) return BAD("unused dim %d is not zero", i);
+    if (i < hd->ndim) {
+      if (v < 1 || v > (uint64_t)AC_MAX_ELEMS) return BAD("dim %d is %llu", i,
+                                                          (unsigned long long)v);
+      hd->shape[i] = (int64_t)v;
+    }
+  }
+  if (ac_check_shape(hd->ndim, hd->shape, &hd->n, NULL)) return BAD("more than 2^40 elements");
+  if (ac_get_u32(s + 12) != AC_RADIUS) return BAD("radius %u (expected %d)", ac_get_u32(s + 12),
+                                                  AC_RADIUS);
+  memcpy(&hd->eb, s + 80, 8);
+  ac_qp qp;
+  if (ac_qp_init(hd->eb, &qp)) return BAD("error bound %g is not usable", hd->eb);
+  if (ac_get_u32(s + 88) != AC_CHUNK) return BAD("chunk size %u (expected %d)",
+                                                 ac_get_u32(s + 88), AC_CHUNK);
+  plane_dims(hd->ndim, hd->shape, &hd->h, &hd->w);
+  hd->nchunks = (hd->n + AC_CHUNK - 1) / AC_CHUNK;
+  hd->nsym = ac_get_u32(s + 92);
+  uint64_t nesc = ac_get_u64(s + 96), nout = ac_get_u64(s + 104);
+  hd->raw_bytes = ac_get_u64(s + 112);
+  hd->stored_bytes = ac_get_u64(s + 120);
+  if (hd->nsym < 1 || hd->nsym > AC_NSYM) return BAD("%lld table entries", (long long)hd->nsym);
+  if (nesc > (uint64_t)hd->n || nout > (uint64_t)hd->n)
+    return BAD("more escapes or outliers than elements");
+  hd->nesc = (int64_t)nesc;
+  hd->nout = (int64_t)nout;
+  /* Each symbol takes 1 to 16 bits, each chunk pads to a byte. */
+  if (hd->raw_bytes > (uint64_t)hd->n * 2 + (uint64_t)hd->nchunks ||
+      hd->raw_bytes < (uint64_t)hd->n / 8)
+    return BAD("payload of %llu bytes cannot hold %lld symbols",
+               (unsigned long long)hd->raw_bytes, (long long)hd->n);
+  if (!hd->zstd && hd->stored_bytes != hd->raw_bytes)
+    return BAD("stored payload size differs from its raw size without zstd");
+  if (hd->stored_bytes > len) return BAD("payload larger than the stream");
+  uint64_t need = AC_HEADER_BYTES + (uint64_t)hd->nsym * 3 + (uint64_t)hd->nchunks * 4 +
+                  hd->stored_bytes + (nesc + nout) * 12;
+  if (need != len)
+    return BAD("sections add up to %llu bytes but the stream has %zu (truncated or padded)",
+               (unsigned long long)need, len);
+  hd->table = s + AC_HEADER_BYTES;
+  hd->chunk_sec = hd->table + hd->nsym * 3;
+  hd->payload = hd->chunk_sec + hd->nchunks * 4;
+  hd->esc = hd->payload + hd->stored_bytes;
+  hd->outl = hd->esc + hd->nesc * 12;
+  /* Chunk bit counts: each within [symbols, 16·symbols], byte sizes summing to the payload. */
+  uint64_t total = 0;
+  for (int64_t ci = 0; ci < hd->nchunks; ci++) {
+    uint64_t b = ac_get_u32(hd->chunk_sec + 4 * ci);
+    int64_t m = hd->n - ci * AC_CHUNK < AC_CHUNK ? hd->n - ci * AC_CHUNK : AC_CHUNK;
+    if (b < (uint64_t)m || b > (uint64_t)m * AC_MAXLEN)
+      return BAD("chunk %lld has %llu bits for %lld symbols", (long long)ci,
+                 (unsigned long long)b, (long long)m);
+    total += (b + 7) / 8;
+  }
+  if (total != hd->raw_bytes) return BAD("chunk sizes do not add up to the payload");
+  /* Indices strictly increasing and in range. */
+  const uint8_t *lists[2] = {hd->esc, hd->outl};
+  int64_t counts[2] = {hd->nesc, hd->nout};
+  for (int li = 0; li < 2; li++) {
+    uint64_t prev = 0;
+    for (int64_t j = 0; j < counts[li]; j++) {
+      uint64_t idx = ac_get_u64(lists[li] + 12 * j);
+      if (idx >= (uint64_t)hd->n || (j > 0 && idx <= prev))
+        return BAD("%s index %llu out of order or out of range", li ? "outlier" : "escape",
+                   (unsigned long long)idx);
+      prev = idx;
+    }
+  }
+  return LT_OK;
+}
+
+/* ---- decoder --------------------------------------------------------------------------------- */
+
+/* Prefix sums and dequantisation of whole planes [p0, p1). u is W ints of scratch. */
+static void finish_planes(const ac_kernels *k, const ac_hdr *hd, float twoeb, float *x,
+                          int64_t p0, int64_t p1, int32_t *u) {
+  const int64_t plane = hd->h * hd->w;
+  if (hd->pred == AC_PREDICTOR_NONE) {
+    k->dequant((ac_i32a *)(x + p0 * plane), (p1 - p0) * plane, twoeb);
+    return;
+  }
+  for (int64_t p = p0; p < p1; p++) {
+    memset(u, 0, (size_t)hd->w * sizeof *u);
+    for (int64_t r = 0; r < hd->h; r++)
+      k->unpredict((ac_i32a *)(x + p * hd->h * hd->w + r * hd->w), u, hd->w, twoeb);
+  }
+}
+
+/* Puts escape residuals into place for escapes [*next, ...) below element end. Each must sit on
+ * an escape symbol, which decodes to -R, a value no regular code produces. */
+static int apply_escapes(const ac_hdr *hd, float *x, int64_t *next, int64_t end) {
+  ac_i32a *d = (ac_i32a *)x;
+  for (; *next < hd->nesc; (*next)++) {
+    const uint8_t *e = hd->esc + 12 * *next;
+    int64_t idx = (int64_t)ac_get_u64(e);
+    if (idx >= end) break;
+    if (d[idx] != -AC_RADIUS) return -1;
+    d[idx] = (int32_t)ac_get_u32(e + 8);
+  }
+  return 0;
+}
+
+static int decode_groups(const ac_huff_dec *dec, const ac_hdr *hd, const uint8_t *payload,
+                         const uint64_t *cstart, float *x, int64_t g) {
+  ac_chunk ch[AC_GROUP];
+  int nch = 0;
+  for (int64_t ci = g * AC_GROUP; ci < hd->nchunks && nch < AC_GROUP; ci++, nch++) {
+    int64_t s0 = ci * AC_CHUNK;
+    ch[nch].bit0 = cstart[ci] * 8;
+    ch[nch].nbits = ac_get_u32(hd->chunk_sec + 4 * ci);
+    ch[nch].nsym = hd->n - s0 < AC_CHUNK ? hd->n - s0 : AC_CHUNK;
+    ch[nch].out = (ac_i32a *)(x + s0);
+  }
+  return ac_huff_decode_group(dec, payload, hd->raw_bytes, ch, nch);
+}
+
+static lt_status lorenzo_decode(lt_ac_codec *c, const uint8_t *src, size_t len, float *x,
+                                int64_t n, lt_err *err) {
+  ac_hdr hd;
+  lt_status st = parse_lorenzo(src, len, &hd, err);
+  if (st) return st;
+  if (hd.n != n)
+    return lt_errorf(err, LT_ERR_INVALID, "activation stream holds %lld elements, buffer %lld",
+                     (long long)hd.n, (long long)n);
+  uint16_t *syms = (uint16_t *)c->lscratch;
+  uint8_t *lens = (uint8_t *)(syms + AC_NSYM);
+  for (int64_t i = 0; i < hd.nsym; i++) {
+    syms[i] = (uint16_t)(hd.table[3 * i] | hd.table[3 * i + 1] << 8);
+    lens[i] = hd.table[3 * i + 2];
+  }
+  if (ac_huff_dec_build(&c->dec, syms, lens, hd.nsym))
+    return BAD("Huffman table is not a valid prefix code");
+
+  const uint8_t *payload = hd.payload;
+  if (hd.zstd) {
+    unsigned long long fcs = ZSTD_getFrameContentSize(hd.payload, hd.stored_bytes);
+    if (fcs != hd.raw_bytes) return BAD("zstd frame size does not match the payload size");
+    uint8_t *raw = scratch_get(&c->payload, hd.raw_bytes, err);
+    if (!raw) return err ? err->status : LT_ERR_NOMEM;
+    size_t got = ZSTD_decompressDCtx(c->zd, raw, hd.raw_bytes, hd.payload, hd.stored_bytes);
+    if (ZSTD_isError(got) || got != hd.raw_bytes) return BAD("zstd payload does not decode");
+    payload = raw;
+  }
+  uint64_t *cstart = scratch_get(&c->chunks, (size_t)(hd.nchunks + 1) * sizeof *cstart, err);
+  if (!cstart) return err ? err->status : LT_ERR_NOMEM;
+  cstart[0] = 0;
+  for (int64_t ci = 0; ci < hd.nchunks; ci++)
+    cstart[ci + 1] = cstart[ci] + (ac_get_u32(hd.chunk_sec + 4 * ci) + 7) / 8;
+
+  ac_qp qp;
+  ac_qp_init(hd.eb, &qp); /* checked by the parser */
+  const int64_t plane = hd.h * hd.w, nplanes = hd.n / plane;
+  const int64_t ngroups = (hd.nchunks + AC_GROUP - 1) / AC_GROUP;
+  const int t = codec_threads(c, hd.n, ngroups);
+  const int tp = codec_threads(c, hd.n, nplanes);
+  const int tmax = t > tp ? t : tp;
+  int32_t *rows = scratch_get(&c->rows, (size_t)tmax * (size_t)hd.w * sizeof *rows, err);
+  if (!rows) return err ? err->status : LT_ERR_NOMEM;
+  int64_t next_esc = 0;
+  int bad = 0;
+  if (t == 1 && tp == 1) {
+    /* One thread: finish planes as soon as their residuals are decoded, while they are still in
+     * cache. */
+    int64_t done = 0;
+    for (int64_t g = 0; g < ngroups && !bad; g++) {
+      bad |= decode_groups(&c->dec, &hd, payload, cstart, x, g);
+      int64_t end = (g + 1) * AC_GROUP * AC_CHUNK;
+      if (end > hd.n) end = hd.n;
+      bad |= apply_escapes(&hd, x, &next_esc, end);
+      int64_t p1 = end / plane;
+      finish_planes(c->k, &hd, qp.twoeb, x, done, p1, rows);
+      done = p1;
+    }
+  } else {
+#pragma omp parallel for num_threads(t) schedule(static) reduction(| : bad)
+    for (int64_t g = 0; g < ngroups; g++) bad |= decode_groups(&c->dec, &hd, payload, cstart, x, g);
+    if (!bad) bad |= apply_escapes(&hd, x, &next_esc, hd.n);
+    if (!bad) {
+#pragma omp parallel num_threads(tp)
+      {
+        int32_t *u = rows + (size_t)omp_get_thread_num() * (size_t)hd.w;
+#pragma omp for schedule(static)
+        for (int64_t p = 0; p < nplanes; p++) finish_planes(c->k, &hd, qp.twoeb, x, p, p + 1, u);
+      }
+    }
+  }
+  if (bad) return BAD("Huffman payload does not decode to its chunk sizes");
+  for (int64_t j = 0; j < hd.nout; j++) {
+    const uint8_t *e = hd.outl + 12 * j;
+    uint32_t bits = ac_get_u32(e + 8);
+    memcpy(&x[ac_get_u64(e)], &bits, 4);
+  }
+  return LT_OK;
+}
+
+/* ---- entry points ---------------------------------------------------------------------------- */
+
+const char *lt_ac_kind_name(lt_ac_kind k) {
+  switch (k) {
+  case LT_AC_KIND_LORENZO: return "lorenzo";
+  case LT_AC_KIND_ZFP: return "zfp";
+  case LT_AC_KIND_ZSTD: return "zstd";
+  }
+  return "unknown";
+}
+
+int lt_ac_kind_available(lt_ac_kind k) {
+  if (k == LT_AC_KIND_ZFP) return LATHE_HAVE_ZFP;
+  return k == LT_AC_KIND_LORENZO || k == LT_AC_KIND_ZSTD;
+}
+
+lt_status lt_ac_encode(lt_ac_codec *c, lt_ac_kind kind, const float *x, int ndim,
+                       const int64_t *shape, double eb, lt_ac_buf *out, lt_err *err) {
+  if (!c || !x || !shape || !out)
+    return lt_errorf(err, LT_ERR_INVALID, "lt_ac_encode: codec, data, shape and out are required");
+  out->len = 0;
+  switch (kind) {
+  case LT_AC_KIND_LORENZO: return lorenzo_encode(c, x, ndim, shape, eb, out, err);
+  case LT_AC_KIND_ZSTD:
+    return ac_zstd_encode(x, ndim, shape, c->opts.zstd_level > 0 ? c->opts.zstd_level : 3, out,
+                          err);
+  case LT_AC_KIND_ZFP:
+    if (!lt_ac_kind_available(kind))
+      return lt_errorf(err, LT_ERR_UNSUPPORTED,
+                       "this build has no libzfp; install libzfp-dev and reconfigure");
+    return ac_zfp_encode(x, ndim, shape, eb, out, err);
+  }
+  return lt_errorf(err, LT_ERR_INVALID, "unknown codec kind %d", (int)kind);
+}
+
+lt_status lt_ac_decode(lt_ac_codec *c, const uint8_t *src, size_t len, float *x, int64_t n,
+                       lt_err *err) {
+  if (!c || (!src && len) || (!x && n))
+    return lt_errorf(err, LT_ERR_INVALID, "lt_ac_decode: codec, stream and output are required");
+  if (len >= 4 && !memcmp(src, AC_MAGIC, 4)) return lorenzo_decode(c, src, len, x, n, err);
+  if (len >= 4 && !memcmp(src, "LTZS", 4)) return ac_zstd_decode(src, len, x, n, NULL, err);
+  if (len >= 4 && !memcmp(src, "LTZF", 4)) {
+    if (!lt_ac_kind_available(LT_AC_KIND_ZFP))
+      return lt_errorf(err, LT_ERR_UNSUPPORTED, "ZFP stream, but this build has no libzfp");
+    return ac_zfp_decode(src, len, x, n, NULL, err);
+  }
+  return BAD("unknown magic: not a stream of any Lathe codec");
+}
+
+lt_status lt_ac_stream_info(const uint8_t *src, size_t len, lt_ac_info *info, lt_err *err) {
+  memset(info, 0, sizeof *info);
+  info->stream_bytes = len;
+  if (len >= 4 && !memcmp(src, "LTZS", 4)) return ac_zstd_decode(src, len, NULL, 0, info, err);
+  if (len >= 4 && !memcmp(src, "LTZF", 4)) {
+    if (!lt_ac_kind_available(LT_AC_KIND_ZFP))
+      return lt_errorf(err, LT_ERR_UNSUPPORTED, "ZFP stream, but this build has no libzfp");
+    return ac_zfp_decode(src, len, NULL, 0, info, err);
+  }
+  ac_hdr hd;
+  lt_status st = parse_lorenzo(src, len, &hd, err);
+  if (st) return st;
+  info->kind = LT_AC_KIND_LORENZO;
+  info->ndim = hd.ndim;
+  memcpy(info->shape, hd.shape, sizeof hd.shape);
+  info->n = hd.n;
+  info->eb = hd.eb;
+  info->predictor = hd.pred;
+  info->zstd = hd.zstd;
+  info->n_outliers = hd.nout;
+  info->n_escapes = hd.nesc;
+  info->n_symbols = hd.nsym;
+  info->payload_bytes = (int64_t)hd.stored_bytes;
+  return LT_OK;
+}

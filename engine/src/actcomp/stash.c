@@ -1,0 +1,568 @@
+/* The activation-compression stash policy (lt_stash_policy, lathe/exec.h) and its error-bound
+ * controller.
+ *
+ * What is kept for backward, and how:
+ *   conv/linear inputs (LT_SAVE_WEIGHT_INPUT)  the LORENZO codec at the layer's current eb; their
+ *                                              error stays in that layer's dW
+ *   ReLU outputs (LT_SAVE_RELU_OUTPUT)         a 1-bit mask, restored as 1.0/0.0 (the same sign
+ *                                              pattern, which is all ReLU backward reads)
+ *   2×2 max-pool argmax (LT_SAVE_POOL_ARGMAX)  2 bits per window, exact copy if an index is > 3
+ *   batch-norm inputs (LT_SAVE_BN_INPUT)       exact, or the codec at a tighter bound
+ *   anything else (LT_SAVE_EXACT)              an exact copy
+ * Everything held, the per-entry metadata included, is allocated under LT_MEM_SAVED, so the
+ * allocator's saved-activation figure is the real one. store() always copies, so the executor
+ * can reuse forward buffers at once.
+ *
+ * The controller (ADAPTIVE) follows specs/actcomp.md: observe() gathers mean|G|, δ_rms, N and R
+ * for each conv/linear layer during backward; every W steps the layer's bound becomes
+ * eb = ρ·√3·mean|G| / (δ_rms·√(N(1−R))), smoothed and clamped; the first window runs exact. On
+ * sampled steps store() also keeps an exact copy of the input, and observe() measures the actual
+ * dW error (E = X − X' through the layer's weight-gradient product) against the predicted
+ * σ = eb·√(N(1−R)/3)·δ_rms. */
+#include "actcomp/ac_internal.h"
+
+#include <cblas.h>
+#include <math.h>
+
+enum { FORM_EXACT = 0, FORM_CODEC, FORM_MASK1, FORM_PACK2 };
+
+/* One stored tensor: the policy's handle. */
+typedef struct ac_entry {
+  int node, form;
+  lt_dtype dtype;
+  int64_t n;          /* elements */
+  uint8_t *data;      /* (bytes) owned, LT_MEM_SAVED */
+  size_t bytes;
+  int64_t dense;      /* bytes an exact copy takes */
+} ac_entry;
+
+typedef struct ac_layer {
+  int seen;
+  lt_save_kind kind;
+  double eb;          /* ADAPTIVE: the layer's bound (0 = exact); others: the last bound used */
+  double eb_used;     /* bound of the last store */
+  double zero_frac;   /* R of the last stored input (exact zeros of the original) */
+  int64_t step_dense, step_held, last_dense, last_held;
+  /* ADAPTIVE window accumulators */
+  double acc_mean_g, acc_drms, acc_n, acc_r;
+  int acc_count;
+  int n_hist;
+  int64_t hist_step[LT_AC_HISTORY];
+  double hist_eb[LT_AC_HISTORY];
+  /* sampling: an exact copy of the input stored this step, waiting for observe() */
+  float *exact;       /* (exact_n) owned, LT_MEM_WORKSPACE, or NULL */
+  int64_t exact_n;
+  double exact_eb;
+  int n_samples;
+  double last_obs, last_pred, sum_ratio;
+} ac_layer;
+
+struct lt_ac_stash {
+  lt_ac_config cfg;
+  lt_stash_policy policy;
+  lt_ac_codec *codec;
+  lt_ac_buf tmp;               /* encoder output before the exact-size copy */
+  ac_layer *layers;            /* (n_layers) indexed by node id, owned */
+  int n_layers;
+  lt_ac_layer_report *rep;     /* (rep_cap) owned, filled by lt_ac_stash_report */
+  int rep_cap;
+  int64_t step;
+  int64_t cur_dense, cur_held; /* held right now */
+  int64_t peak_dense, peak_held;
+  int64_t last_dense, last_held, step_dense, step_held;
+};
+
+lt_ac_config lt_ac_config_default(void) {
+  lt_ac_config c = {
+      .mode = LT_AC_ADAPTIVE,
+      .eb = 0.05,
+      .rel = 0.01,
+      .rho = 0.1,
+      .window = 20,
+      .smoothing = 0.5,
+      .eb_min = 1e-4,
+      .eb_max = 1.0,
+      .bn_mode = LT_AC_BN_EXACT,
+      .bn_eb_scale = 0.1,
+      .sample_every = 50,
+      .codec = lt_ac_opts_default(),
+  };
+  return c;
+}
+
+/* ---- bookkeeping ----------------------------------------------------------------------------- */
+
+static ac_layer *layer_at(lt_ac_stash *st, int node, lt_err *err) {
+  if (node < 0) {
+    lt_errorf(err, LT_ERR_INVALID, "stash: node id %d", node);
+    return NULL;
+  }
+  if (node >= st->n_layers) {
+    int n = node + 1 > 2 * st->n_layers ? node + 1 : 2 * st->n_layers;
+    ac_layer *l = lt_calloc(LT_MEM_SAVED, (size_t)n * sizeof *l, err);
+    if (!l) return NULL;
+    if (st->n_layers) memcpy(l, st->layers, (size_t)st->n_layers * sizeof *l);
+    lt_free(LT_MEM_SAVED, st->layers, (size_t)st->n_layers * sizeof *st->layers);
+    st->layers = l;
+    st->n_layers = n;
+  }
+  return &st->layers[node];
+}
+
+static void hist_push(ac_layer *l, int64_t step, double eb) {
+  if (l->n_hist == LT_AC_HISTORY) {
+    memmove(l->hist_step, l->hist_step + 1, (LT_AC_HISTORY - 1) * sizeof *l->hist_step);
+    memmove(l->hist_eb, l->hist_eb + 1, (LT_AC_HISTORY - 1) * sizeof *l->hist_eb);
+    l->n_hist--;
+  }
+  l->hist_step[l->n_hist] = step;
+  l->hist_eb[l->n_hist] = eb;
+  l->n_hist++;
+}
+
+static double clampd(double v, double lo, double hi) { return v < lo ? lo : v > hi ? hi : v; }
+
+static void value_range(const float *x, int64_t n, float *lo, float *hi) {
+  float a = INFINITY, b = -INFINITY;
+  for (int64_t i = 0; i < n; i++) {
+    float v = x[i];
+    a = v < a ? v : a; /* NaN compares false and is skipped */
+    b = v > b ? v : b;
+  }
+  *lo = a;
+  *hi = b;
+}
+
+/* The bound a conv/linear input of this layer gets now (0 = keep exact). */
+static double weight_input_eb(const lt_ac_stash *st, const ac_layer *l, const lt_tensor *t) {
+  const lt_ac_config *c = &st->cfg;
+  switch (c->mode) {
+  case LT_AC_OFF: return 0;
+  case LT_AC_FIXED: return c->eb;
+  case LT_AC_RELATIVE: {
+    float lo, hi;
+    value_range(lt_tensor_f32(t), lt_tensor_numel(t), &lo, &hi);
+    double range = (double)hi - (double)lo;
+    return isfinite(range) && range > 0 ? clampd(c->rel * range, c->eb_min, c->eb_max) : 0;
+  }
+  case LT_AC_ADAPTIVE: return l->eb;
+  }
+  return 0;
+}
+
+/* Batch-norm inputs: the tightest conv/linear bound in use (or the fixed/relative one), scaled. */
+static double bn_input_eb(const lt_ac_stash *st, const lt_tensor *t) {
+  const lt_ac_config *c = &st->cfg;
+  if (c->bn_mode != LT_AC_BN_LOSSY || c->mode == LT_AC_OFF) return 0;
+  double base = 0;
+  if (c->mode == LT_AC_ADAPTIVE) {
+    for (int i = 0; i < st->n_layers; i++)
+      if (st->layers[i].kind == LT_SAVE_WEIGHT_INPUT && st->layers[i].eb > 0 &&
+          (base == 0 || st->layers[i].eb < base))
+        base = st->layers[i].eb;
+  } else {
+    ac_layer dummy = {0};
+    base = weight_input_eb(st, &dummy, t);
+  }
+  return base * c->bn_eb_scale;
+}
+
+/* ---- policy callbacks ------------------------------------------------------------------------ */
+
+static int st_keeps_buffer(void *user, const lt_graph *g, int node, int slot, lt_save_kind kind) {
+  return 0; /* store() always makes its own copy */
+}
+
+static void pack_mask1(const float *y, int64_t n, uint8_t *mask) {
+  memset(mask, 0, (size_t)(n + 7) / 8);
+  for (int64_t i = 0; i < n; i++) mask[i >> 3] |= (uint8_t)((y[i] > 0.0f) << (i & 7));
+}
+
+static void unpack_mask1(const uint8_t *mask, int64_t n, float *y) {
+  for (int64_t i = 0; i < n; i++) y[i] = (mask[i >> 3] >> (i & 7)) & 1 ? 1.0f : 0.0f;
+}
+
+/* 2-bit packing of 2×2 window indices, 4 per byte LSB first; -1 when an index exceeds 3. */
+static int pack2(const uint8_t *a, int64_t n, uint8_t *p) {
+  memset(p, 0, (size_t)(n + 3) / 4);
+  for (int64_t i = 0; i < n; i++) {
+    if (a[i] > 3) return -1;
+    p[i >> 2] |= (uint8_t)(a[i] << (2 * (i & 3)));
+  }
+  return 0;
+}
+
+static void unpack2(const uint8_t *p, int64_t n, uint8_t *a) {
+  for (int64_t i = 0; i < n; i++) a[i] = (p[i >> 2] >> (2 * (i & 3))) & 3;
+}
+
+static lt_status st_store(void *user, const lt_graph *g, int node, int slot, lt_save_kind kind,
+                          const lt_tensor *t, void **handle, lt_err *err) {
+  lt_ac_stash *st = user;
+  *handle = NULL;
+  if (t->device >= 0)
+    return lt_errorf(err, LT_ERR_UNSUPPORTED,
+                     "activation compression runs on host tensors only; this build has no device "
+                     "codec: train on the CPU backend or set activation_compression.mode off");
+  ac_layer *l = layer_at(st, node, err);
+  if (!l) return err ? err->status : LT_ERR_NOMEM;
+  ac_entry *e = lt_calloc(LT_MEM_SAVED, sizeof *e, err);
+  if (!e) return err ? err->status : LT_ERR_NOMEM;
+  e->node = node;
+  e->dtype = t->dtype;
+  e->n = lt_tensor_numel(t);
+  e->dense = (int64_t)lt_tensor_nbytes(t);
+  const int f32 = t->dtype == LT_F32, on = st->cfg.mode != LT_AC_OFF;
+  double eb = 0;
+  if (f32 && kind == LT_SAVE_WEIGHT_INPUT) eb = weight_input_eb(st, l, t);
+  if (f32 && kind == LT_SAVE_BN_INPUT) eb = bn_input_eb(st, t);
+  lt_status rc = LT_OK;
+  const uint8_t *src = t->data;
+  size_t bytes = (size_t)e->dense;
+  e->form = FORM_EXACT;
+  if (eb > 0) {
+    rc = lt_ac_encode(st->codec, LT_AC_KIND_LORENZO, lt_tensor_f32(t), t->ndim, t->shape, eb,
+                      &st->tmp, err);
+    if (rc) goto fail;
+    e->form = FORM_CODEC;
+    src = st->tmp.data;
+    bytes = st->tmp.len;
+  } else if (on && f32 && kind == LT_SAVE_RELU_OUTPUT) {
+    e->form = FORM_MASK1;
+    bytes = (size_t)(e->n + 7) / 8;
+  } else if (on && t->dtype == LT_U8 && kind == LT_SAVE_POOL_ARGMAX) {
+    e->form = FORM_PACK2;
+    bytes = (size_t)(e->n + 3) / 4;
+  }
+  e->data = lt_alloc(LT_MEM_SAVED, bytes ? bytes : 1, err);
+  if (!e->data) {
+    rc = err ? err->status : LT_ERR_NOMEM;
+    goto fail;
+  }
+  e->bytes = bytes ? bytes : 1;
+  if (e->form == FORM_MASK1) {
+    pack_mask1(lt_tensor_f32(t), e->n, e->data);
+  } else if (e->form == FORM_PACK2 && pack2(t->data, e->n, e->data)) {
+    /* Windows larger than 2×2: keep the indices exact. */
+    lt_free(LT_MEM_SAVED, e->data, e->bytes);
+    e->form = FORM_EXACT;
+    e->bytes = (size_t)e->dense ? (size_t)e->dense : 1;
+    if (!(e->data = lt_alloc(LT_MEM_SAVED, e->bytes, err))) {
+      rc = err ? err->status : LT_ERR_NOMEM;
+      goto fail;
+    }
+    memcpy(e->data, t->data, (size_t)e->dense);
+  } else if (e->form == FORM_EXACT || e->form == FORM_CODEC) {
+    memcpy(e->data, src, bytes);
+  }
+
+  if (kind == LT_SAVE_WEIGHT_INPUT && f32) {
+    int64_t zeros = 0;
+    const float *x = lt_tensor_f32(t);
+    for (int64_t i = 0; i < e->n; i++) zeros += x[i] == 0.0f;
+    l->zero_frac = e->n ? (double)zeros / (double)e->n : 0;
+    l->eb_used = eb;
+    /* A sampled step keeps the original too, for observe() to measure the real dW error. */
+    if (eb > 0 && st->cfg.sample_every > 0 && st->step % st->cfg.sample_every == 0) {
+      lt_free(LT_MEM_WORKSPACE, l->exact, (size_t)l->exact_n * sizeof *l->exact);
+      l->exact = lt_alloc(LT_MEM_WORKSPACE, (size_t)e->n * sizeof *l->exact, NULL);
+      l->exact_n = l->exact ? e->n : 0;
+      if (l->exact) memcpy(l->exact, x, (size_t)e->n * sizeof *x);
+      l->exact_eb = eb;
+    }
+  }
+  l->seen = 1;
+  l->kind = kind;
+  const int64_t held = (int64_t)(e->bytes + sizeof *e);
+  l->step_dense += e->dense;
+  l->step_held += held;
+  st->step_dense += e->dense;
+  st->step_held += held;
+  st->cur_dense += e->dense;
+  st->cur_held += held;
+  if (st->cur_dense > st->peak_dense) st->peak_dense = st->cur_dense;
+  if (st->cur_held > st->peak_held) st->peak_held = st->cur_held;
+  *handle = e;
+  return LT_OK;
+fail:
+  lt_err_prefix(err, "stash: node %d (%s)", node,
+                g && node < g->n_nodes && g->nodes[node].name ? g->nodes[node].name : "?");
+  lt_free(LT_MEM_SAVED, e, sizeof *e);
+  return rc;
+}
+
+static lt_status st_load(void *user, void *handle, lt_tensor *dst, lt_err *err) {
+  lt_ac_stash *st = user;
+  ac_entry *e = handle;
+  if (!e) return lt_errorf(err, LT_ERR_INTERNAL, "stash: load of an empty handle");
+  if (dst->dtype != e->dtype || lt_tensor_numel(dst) != e->n)
+    return lt_errorf(err, LT_ERR_INTERNAL,
+                     "stash: node %d restored into a %s tensor of %lld elements, stored %s of %lld",
+                     e->node, lt_dtype_name(dst->dtype), (long long)lt_tensor_numel(dst),
+                     lt_dtype_name(e->dtype), (long long)e->n);
+  switch (e->form) {
+  case FORM_CODEC: {
+    lt_status rc = lt_ac_decode(st->codec, e->data, e->bytes, lt_tensor_f32(dst), e->n, err);
+    if (rc) return lt_err_prefix(err, "stash: node %d", e->node);
+    return LT_OK;
+  }
+  case FORM_MASK1: unpack_mask1(e->data, e->n, lt_tensor_f32(dst)); return LT_OK;
+  case FORM_PACK2: unpack2(e->data, e->n, dst->data); return LT_OK;
+  default: memcpy(dst->data, e->data, (size_t)e->dense); return LT_OK;
+  }
+}
+
+static void st_release(void *user, void *handle) {
+  lt_ac_stash *st = user;
+  ac_entry *e = handle;
+  if (!e) return;
+  st->cur_dense -= e->dense;
+  st->cur_held -= (int64_t)(e->bytes + sizeof *e);
+  lt_free(LT_MEM_SAVED, e->data, e->bytes);
+  lt_free(LT_MEM_SAVED, e, sizeof *e);
+}
+
+/* dG = the weight gradient that input x and output gradient dy give, for the conv or linear
+ * node (no accumulation). Returns 0, or -1 for an op or geometry it does not know. */
+static int weight_grad(const lt_graph *g, int node, const float *x, const lt_tensor *xt,
+                       const lt_tensor *dy, const lt_tensor *dw, float *dg) {
+  const lt_node *nd = &g->nodes[node];
+  const int64_t nw = lt_tensor_numel(dw);
+  if (nd->op == LT_OP_LINEAR) {
+    int64_t m = dw->shape[0], k = nw / m, n = lt_tensor_numel(dy) / m;
+    if (n * k != lt_tensor_numel(xt)) return -1;
+    cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, (int)m, (int)k, (int)n, 1.0f,
+                lt_tensor_f32(dy), (int)m, x, (int)k, 0.0f, dg, (int)k);
+    return 0;
+  }
+  if (nd->op != LT_OP_CONV2D || xt->ndim != 4 || dy->ndim != 4 || dw->ndim != 4) return -1;
+  const lt_node_attrs *a = &nd->a;
+  const int n = (int)xt->shape[0], c = (int)xt->shape[1], h = (int)xt->shape[2],
+            w = (int)xt->shape[3];
+  const int s = (int)dy->shape[1], oh = (int)dy->shape[2], ow = (int)dy->shape[3];
+  const int kh = (int)dw->shape[2], kw = (int)dw->shape[3];
+  const int groups = a->groups > 0 ? a->groups : 1, cg = c / groups, sg = s / groups;
+  const int sh = a->stride[0] > 0 ? a->stride[0] : 1, sw = a->stride[1] > 0 ? a->stride[1] : 1;
+  const int dh = a->dilation[0] > 0 ? a->dilation[0] : 1,
+            dwl = a->dilation[1] > 0 ? a->dilation[1] : 1;
+  const int pt = a->pads[0], pl = a->pads[1];
+  if (dw->shape[1] != cg || cg * groups != c || sg * groups != s) return -1;
+  const int64_t ckk = (int64_t)cg * kh * kw, ohw = (int64_t)oh * ow;
+  float *cols = lt_alloc(LT_MEM_WORKSPACE, (size_t)(ckk * ohw) * sizeof *cols, NULL);
+  if (!cols) return -1;
+  memset(dg, 0, (size_t)nw * sizeof *dg);
+  for (int b = 0; b < n; b++)
+    for (int gi = 0; gi < groups; gi++) {
+      /* im2col of this sample's group: cols (cg·kh·kw, oh·ow) */
+      for (int ci = 0; ci < cg; ci++)
+        for (int ki = 0; ki < kh; ki++)
+          for (int kj = 0; kj < kw; kj++) {
+            float *row = cols + (((int64_t)ci * kh + ki) * kw + kj) * ohw;
+            const float *plane = x + ((int64_t)b * c + gi * cg + ci) * h * w;
+            for (int oy = 0; oy < oh; oy++) {
+              int iy = oy * sh - pt + ki * dh;
+              for (int ox = 0; ox < ow; ox++) {
+                int ix = ox * sw - pl + kj * dwl;
+                row[oy * ow + ox] = (iy >= 0 && iy < h && ix >= 0 && ix < w) ? plane[iy * w + ix] : 0;
+              }
+            }
+          }
+      const float *dyg = lt_tensor_f32(dy) + ((int64_t)b * s + gi * sg) * ohw;
+      cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, sg, (int)ckk, (int)ohw, 1.0f, dyg,
+                  (int)ohw, cols, (int)ohw, 1.0f, dg + (int64_t)gi * sg * ckk, (int)ckk);
+    }
+  lt_free(LT_MEM_WORKSPACE, cols, (size_t)(ckk * ohw) * sizeof *cols);
+  return 0;
+}
+
+static void st_observe(void *user, const lt_graph *g, int node, const lt_tensor *x,
+                       const lt_tensor *dy, const lt_tensor *dw) {
+  lt_ac_stash *st = user;
+  if (node < 0 || node >= st->n_layers || !x || !dy || !dw) return;
+  ac_layer *l = &st->layers[node];
+  if (l->kind != LT_SAVE_WEIGHT_INPUT || dw->ndim < 1 || dw->shape[0] < 1) return;
+  const int64_t nw = lt_tensor_numel(dw), ndy = lt_tensor_numel(dy);
+  double sum_g = 0, sum_d2 = 0;
+  const float *pw = lt_tensor_f32(dw), *pd = lt_tensor_f32(dy);
+  for (int64_t i = 0; i < nw; i++) sum_g += fabs((double)pw[i]);
+  for (int64_t i = 0; i < ndy; i++) sum_d2 += (double)pd[i] * pd[i];
+  const double mean_g = sum_g / (double)nw, drms = sqrt(sum_d2 / (double)ndy);
+  const double nterms = (double)ndy / (double)dw->shape[0]; /* batch × output positions */
+  l->acc_mean_g += mean_g;
+  l->acc_drms += drms;
+  l->acc_n += nterms;
+  l->acc_r += l->zero_frac;
+  l->acc_count++;
+
+  if (l->exact && l->exact_n == lt_tensor_numel(x)) {
+    /* E = X − X', through the layer's dW product: the compression error of this dW. */
+    float *diff = lt_alloc(LT_MEM_WORKSPACE, (size_t)l->exact_n * sizeof *diff, NULL);
+    float *dg = lt_alloc(LT_MEM_WORKSPACE, (size_t)nw * sizeof *dg, NULL);
+    if (diff && dg) {
+      const float *xr = lt_tensor_f32(x);
+      for (int64_t i = 0; i < l->exact_n; i++) diff[i] = l->exact[i] - xr[i];
+      if (!weight_grad(g, node, diff, x, dy, dw, dg)) {
+        double s2 = 0;
+        for (int64_t i = 0; i < nw; i++) s2 += (double)dg[i] * dg[i];
+        double obs = sqrt(s2 / (double)nw);
+        double pred = l->exact_eb * sqrt(nterms * (1.0 - l->zero_frac) / 3.0) * drms;
+        l->last_obs = obs;
+        l->last_pred = pred;
+        if (pred > 0) {
+          l->sum_ratio += obs / pred;
+          l->n_samples++;
+        }
+      }
+    }
+    lt_free(LT_MEM_WORKSPACE, diff, (size_t)l->exact_n * sizeof *diff);
+    lt_free(LT_MEM_WORKSPACE, dg, (size_t)nw * sizeof *dg);
+  }
+  lt_free(LT_MEM_WORKSPACE, l->exact, (size_t)l->exact_n * sizeof *l->exact);
+  l->exact = NULL;
+  l->exact_n = 0;
+}
+
+/* ---- public API ------------------------------------------------------------------------------ */
+
+lt_ac_stash *lt_ac_stash_new(const lt_ac_config *cfg, lt_err *err) {
+  lt_ac_config c = cfg ? *cfg : lt_ac_config_default();
+  if ((unsigned)c.mode > LT_AC_ADAPTIVE) {
+    lt_errorf(err, LT_ERR_INVALID, "activation_compression.mode %d: use off, fixed, relative or "
+                                   "adaptive", (int)c.mode);
+    return NULL;
+  }
+  if ((c.mode == LT_AC_FIXED && !(c.eb > 0 && isfinite(c.eb))) ||
+      (c.mode == LT_AC_RELATIVE && !(c.rel > 0 && c.rel < 1)) ||
+      (c.mode == LT_AC_ADAPTIVE && !(c.rho > 0 && isfinite(c.rho)))) {
+    lt_errorf(err, LT_ERR_INVALID,
+              "activation_compression: fixed needs eb > 0, relative 0 < rel < 1, adaptive "
+              "rho > 0 (got eb %g, rel %g, rho %g)", c.eb, c.rel, c.rho);
+    return NULL;
+  }
+  if (c.mode == LT_AC_ADAPTIVE && c.window < 1) {
+    lt_errorf(err, LT_ERR_INVALID, "activation_compression.window must be at least 1 step");
+    return NULL;
+  }
+  if (!(c.smoothing >= 0 && c.smoothing < 1) || !(c.eb_min > 0) || !(c.eb_max >= c.eb_min) ||
+      !isfinite(c.eb_max) || (c.bn_mode == LT_AC_BN_LOSSY && !(c.bn_eb_scale > 0)) ||
+      c.sample_every < 0) {
+    lt_errorf(err, LT_ERR_INVALID,
+              "activation_compression: need 0 <= smoothing < 1, 0 < eb_min <= eb_max, "
+              "bn_eb_scale > 0 for lossy batch norm, sample_every >= 0");
+    return NULL;
+  }
+  lt_ac_stash *st = lt_calloc(LT_MEM_SAVED, sizeof *st, err);
+  if (!st) return NULL;
+  st->cfg = c;
+  st->codec = lt_ac_codec_new(&c.codec, err);
+  if (!st->codec) {
+    lt_free(LT_MEM_SAVED, st, sizeof *st);
+    return NULL;
+  }
+  st->policy = (lt_stash_policy){.user = st,
+                                 .keeps_buffer = st_keeps_buffer,
+                                 .store = st_store,
+                                 .load = st_load,
+                                 .release = st_release,
+                                 .observe = st_observe};
+  return st;
+}
+
+void lt_ac_stash_free(lt_ac_stash *st) {
+  if (!st) return;
+  for (int i = 0; i < st->n_layers; i++)
+    lt_free(LT_MEM_WORKSPACE, st->layers[i].exact,
+            (size_t)st->layers[i].exact_n * sizeof *st->layers[i].exact);
+  lt_free(LT_MEM_SAVED, st->layers, (size_t)st->n_layers * sizeof *st->layers);
+  lt_free(LT_MEM_WORKSPACE, st->rep, (size_t)st->rep_cap * sizeof *st->rep);
+  lt_ac_buf_free(&st->tmp);
+  lt_ac_codec_free(st->codec);
+  lt_free(LT_MEM_SAVED, st, sizeof *st);
+}
+
+const lt_stash_policy *lt_ac_stash_policy(lt_ac_stash *st) { return &st->policy; }
+
+double lt_ac_stash_layer_eb(const lt_ac_stash *st, int node) {
+  if (node < 0 || node >= st->n_layers) return st->cfg.mode == LT_AC_FIXED ? st->cfg.eb : 0;
+  const ac_layer *l = &st->layers[node];
+  switch (st->cfg.mode) {
+  case LT_AC_FIXED: return st->cfg.eb;
+  case LT_AC_ADAPTIVE: return l->eb;
+  case LT_AC_RELATIVE: return l->eb_used;
+  default: return 0;
+  }
+}
+
+void lt_ac_stash_step_end(lt_ac_stash *st) {
+  const lt_ac_config *c = &st->cfg;
+  st->step++;
+  st->last_dense = st->step_dense;
+  st->last_held = st->step_held;
+  st->step_dense = st->step_held = 0;
+  const int update = c->mode == LT_AC_ADAPTIVE && st->step % c->window == 0;
+  for (int i = 0; i < st->n_layers; i++) {
+    ac_layer *l = &st->layers[i];
+    if (!l->seen) continue;
+    l->last_dense = l->step_dense;
+    l->last_held = l->step_held;
+    l->step_dense = l->step_held = 0;
+    if (l->kind != LT_SAVE_WEIGHT_INPUT) continue;
+    if (update && l->acc_count > 0) {
+      double k = l->acc_count;
+      double mean_g = l->acc_mean_g / k, drms = l->acc_drms / k, nn = l->acc_n / k;
+      double r = l->acc_r / k;
+      double denom = drms * sqrt(nn * (1.0 - r));
+      double eb_new = denom > 0 ? c->rho * sqrt(3.0) * mean_g / denom : c->eb_max;
+      if (!isfinite(eb_new)) eb_new = c->eb_max;
+      eb_new = clampd(eb_new, c->eb_min, c->eb_max);
+      l->eb = l->eb > 0 ? (1.0 - c->smoothing) * eb_new + c->smoothing * l->eb : eb_new;
+      hist_push(l, st->step, l->eb);
+      l->acc_mean_g = l->acc_drms = l->acc_n = l->acc_r = 0;
+      l->acc_count = 0;
+    } else if (c->mode != LT_AC_ADAPTIVE &&
+               (l->n_hist == 0 || fabs(l->hist_eb[l->n_hist - 1] - l->eb_used) >
+                                      1e-3 * l->eb_used)) {
+      hist_push(l, st->step, l->eb_used);
+    }
+  }
+}
+
+void lt_ac_stash_report(lt_ac_stash *st, lt_ac_report *out) {
+  memset(out, 0, sizeof *out);
+  int n = 0;
+  for (int i = 0; i < st->n_layers; i++) n += st->layers[i].seen;
+  if (n > st->rep_cap) {
+    lt_ac_layer_report *r = lt_alloc(LT_MEM_WORKSPACE, (size_t)n * sizeof *r, NULL);
+    if (!r) n = 0; /* report totals only */
+    else {
+      lt_free(LT_MEM_WORKSPACE, st->rep, (size_t)st->rep_cap * sizeof *st->rep);
+      st->rep = r;
+      st->rep_cap = n;
+    }
+  }
+  out->step = st->step;
+  out->bytes_dense = st->last_dense;
+  out->bytes_held = st->last_held;
+  out->peak_dense = st->peak_dense;
+  out->peak_held = st->peak_held;
+  out->layers = st->rep;
+  for (int i = 0, j = 0; i < st->n_layers && j < n; i++) {
+    const ac_layer *l = &st->layers[i];
+    if (!l->seen) continue;
+    lt_ac_layer_report *r = &st->rep[j++];
+    memset(r, 0, sizeof *r);
+    r->node = i;
+    r->kind = l->kind;
+    r->bytes_dense = l->last_dense;
+    r->bytes_held = l->last_held;
+    r->eb = lt_ac_stash_layer_eb(st, i);
+    r->n_history = l->n_hist;
+    memcpy(r->eb_step, l->hist_step, sizeof r->eb_step);
+    memcpy(r->eb_history, l->hist_eb, sizeof r->eb_history);
+    r->n_samples = l->n_samples;
+    r->last_observed_sigma = l->last_obs;
+    r->last_predicted_sigma = l->last_pred;
+    r->mean_ratio = l->n_samples ? l->sum_ratio / l->n_samples : 0;
+    out->n_layers = j;
+  }
+}

@@ -1,0 +1,254 @@
+/* Activation codec: the strict bound on every element, exact zeros, round trips, identical
+ * streams across SIMD levels and thread counts, and a decoder that rejects damaged streams. */
+#include "actcomp/ac_internal.h"
+#include "lathe/actcomp.h"
+#include "test.h"
+
+#include <float.h>
+#include <stdint.h>
+
+static lt_rng rng;
+
+/* Post-ReLU-like data: a smooth field through max(0, ·), so about half the values are 0. */
+static void fill_relu(float *x, int64_t planes, int64_t h, int64_t w) {
+  for (int64_t p = 0; p < planes; p++) {
+    float a = lt_rng_normal(&rng), b = lt_rng_normal(&rng), off = 0.3f * lt_rng_normal(&rng);
+    for (int64_t i = 0; i < h; i++)
+      for (int64_t j = 0; j < w; j++) {
+        float v = off + 0.8f * sinf(0.3f * a * (float)i + 0.2f * b * (float)j) +
+                  0.3f * lt_rng_normal(&rng);
+        x[(p * h + i) * w + j] = v > 0 ? v : 0;
+      }
+  }
+}
+
+/* Checks a decode against the source: strict bound (in double), zeros exact, non-finite and
+ * unquantisable values bit-exact. Returns the number of violations. */
+static int64_t check_bound(const float *x, const float *y, int64_t n, double eb) {
+  int64_t bad = 0;
+  for (int64_t i = 0; i < n; i++) {
+    if (!isfinite(x[i]) || fabs((double)x[i]) > 1e30) {
+      if (memcmp(&x[i], &y[i], 4)) bad++;
+    } else if (x[i] == 0.0f) {
+      if (y[i] != 0.0f) bad++;
+    } else if (!(fabs((double)x[i] - (double)y[i]) <= eb)) {
+      if (bad < 5)
+        fprintf(stderr, "  element %lld: %.9g -> %.9g (eb %g)\n", (long long)i, x[i], y[i], eb);
+      bad++;
+    }
+  }
+  return bad;
+}
+
+/* Encodes with every SIMD level and 1 or 2 threads, checks that all streams are identical and
+ * that each decodes (with each level) within the bound. */
+static void roundtrip_all(const float *x, int ndim, const int64_t *shape, double eb) {
+  int64_t n = lt_shape_numel(ndim, shape);
+  float *y = malloc((size_t)n * sizeof *y);
+  lt_ac_buf ref = {0}, out = {0};
+  lt_err err = {0};
+  lt_ac_simd levels[3] = {LT_AC_SIMD_SCALAR, LT_AC_SIMD_AVX2, LT_AC_SIMD_AVX512};
+  for (int li = 0; li < 3; li++)
+    for (int th = 1; th <= 2; th++)
+      for (int z = 0; z <= 1; z++) {
+        lt_ac_opts o = {.threads = th, .zstd_level = z, .simd = levels[li]};
+        lt_ac_codec *c = lt_ac_codec_new(&o, &err);
+        REQUIRE(c);
+        lt_status st = lt_ac_encode(c, LT_AC_KIND_LORENZO, x, ndim, shape, eb, &out, &err);
+        CHECK_MSG(st == LT_OK, "encode: %s", err.msg);
+        if (li == 0 && th == 1 && z == 0) {
+          ac_buf_reserve(&ref, out.len, &err);
+          memcpy(ref.data, out.data, out.len);
+          ref.len = out.len;
+        } else if (z == 0) {
+          CHECK_MSG(out.len == ref.len && !memcmp(out.data, ref.data, out.len),
+                    "stream differs at simd %s threads %d", lt_ac_simd_name(levels[li]), th);
+        }
+        memset(y, 0xA5, (size_t)n * sizeof *y);
+        st = lt_ac_decode(c, out.data, out.len, y, n, &err);
+        CHECK_MSG(st == LT_OK, "decode: %s", err.msg);
+        int64_t bad = check_bound(x, y, n, eb);
+        CHECK_MSG(bad == 0, "%lld elements out of bound (simd %s, threads %d, zstd %d)",
+                  (long long)bad, lt_ac_simd_name(levels[li]), th, z);
+        lt_ac_codec_free(c);
+      }
+  lt_ac_buf_free(&ref);
+  lt_ac_buf_free(&out);
+  free(y);
+}
+
+TEST_CASE(codec_bound_holds_on_random_tensors_every_simd_level) {
+  int64_t shapes[][4] = {{1, 1, 1, 1}, {1, 1, 1, 7}, {1, 1, 3, 5}, {2, 3, 17, 19},
+                         {4, 16, 32, 32}, {3, 1, 1, 40000}};
+  double ebs[] = {1e-3, 0.01, 0.1, 1.0};
+  for (size_t si = 0; si < sizeof shapes / sizeof *shapes; si++) {
+    int64_t n = lt_shape_numel(4, shapes[si]);
+    float *x = malloc((size_t)n * sizeof *x);
+    for (int64_t i = 0; i < n; i++) x[i] = 2.0f * lt_rng_normal(&rng);
+    for (size_t e = 0; e < sizeof ebs / sizeof *ebs; e++) roundtrip_all(x, 4, shapes[si], ebs[e]);
+    fill_relu(x, shapes[si][0] * shapes[si][1], shapes[si][2], shapes[si][3]);
+    for (size_t e = 0; e < sizeof ebs / sizeof *ebs; e++) roundtrip_all(x, 4, shapes[si], ebs[e]);
+    free(x);
+  }
+}
+
+TEST_CASE(codec_bound_holds_on_adversarial_values) {
+  enum { N = 4099 };
+  float *x = malloc(N * sizeof *x);
+  const float specials[] = {NAN, -NAN, INFINITY, -INFINITY, FLT_MAX, -FLT_MAX, 1e30f, -3e29f,
+                            FLT_MIN, -FLT_MIN, 1e-40f, -1e-45f, 0.0f, -0.0f, 0.005f, 0.015f,
+                            -0.005f, 1.0f, 8388607.0f, 1e7f};
+  const int ns = sizeof specials / sizeof *specials;
+  for (int i = 0; i < N; i++)
+    x[i] = (i % 3 == 0) ? specials[lt_rng_below(&rng, ns)] : lt_rng_normal(&rng) * 100.0f;
+  const double ebs[] = {1e-6, 0.005, 0.01, 0.5, 1e6};
+  int64_t shape2[2] = {37, 110}, shape1[1] = {N - 6};
+  for (size_t e = 0; e < sizeof ebs / sizeof *ebs; e++) {
+    roundtrip_all(x, 2, shape2, ebs[e]);
+    roundtrip_all(x, 1, shape1, ebs[e]);
+  }
+  /* Every value on an exact half step, where rounding is decided by the last bit. */
+  for (int i = 0; i < N; i++) x[i] = (float)(i - N / 2) * 0.01f;
+  roundtrip_all(x, 1, shape1, 0.005);
+  free(x);
+}
+
+TEST_CASE(codec_constants_zeros_and_escapes_round_trip) {
+  enum { N = 70000 };
+  float *x = malloc(N * sizeof *x), *y = malloc(N * sizeof *y);
+  int64_t shape[3] = {7, 100, 100};
+  for (int i = 0; i < N; i++) x[i] = 0.0f;
+  roundtrip_all(x, 3, shape, 0.01);
+  for (int i = 0; i < N; i++) x[i] = 3.25f;
+  roundtrip_all(x, 3, shape, 0.01);
+  /* Jumps of 10^4 at eb 0.01 give residuals near 5·10^5: far beyond the radius, so escapes. */
+  for (int i = 0; i < N; i++) x[i] = (i % 5 == 0) ? 1e4f : 0.0f;
+  roundtrip_all(x, 3, shape, 0.01);
+  lt_err err = {0};
+  lt_ac_codec *c = lt_ac_codec_new(NULL, &err);
+  lt_ac_buf out = {0};
+  REQUIRE(lt_ac_encode(c, LT_AC_KIND_LORENZO, x, 3, shape, 0.01, &out, &err) == LT_OK);
+  lt_ac_info info;
+  REQUIRE(lt_ac_stream_info(out.data, out.len, &info, &err) == LT_OK);
+  CHECK(info.n_escapes > 0);
+  CHECK(info.n == N && info.ndim == 3 && info.shape[1] == 100 && info.eb == 0.01);
+  /* Element count mismatch is the caller's error. */
+  CHECK(lt_ac_decode(c, out.data, out.len, y, N - 1, &err) == LT_ERR_INVALID);
+  lt_ac_buf_free(&out);
+  lt_ac_codec_free(c);
+  free(x);
+  free(y);
+}
+
+TEST_CASE(codec_rejects_bad_arguments_with_a_message) {
+  lt_err err = {0};
+  lt_ac_codec *c = lt_ac_codec_new(NULL, &err);
+  lt_ac_buf out = {0};
+  float x[4] = {1, 2, 3, 4};
+  int64_t shape[1] = {4}, zero[1] = {0};
+  CHECK(lt_ac_encode(c, LT_AC_KIND_LORENZO, x, 1, shape, 0.0, &out, &err) == LT_ERR_INVALID);
+  CHECK_STR_CONTAINS(err.msg, "error bound");
+  CHECK(lt_ac_encode(c, LT_AC_KIND_LORENZO, x, 1, shape, NAN, &out, &err) == LT_ERR_INVALID);
+  CHECK(lt_ac_encode(c, LT_AC_KIND_LORENZO, x, 1, zero, 0.1, &out, &err) == LT_ERR_INVALID);
+  CHECK(lt_ac_encode(c, LT_AC_KIND_LORENZO, x, 9, shape, 0.1, &out, &err) == LT_ERR_INVALID);
+  CHECK(lt_ac_decode(c, (const uint8_t *)"nope", 4, x, 4, &err) == LT_ERR_FORMAT);
+  lt_ac_buf_free(&out);
+  lt_ac_codec_free(c);
+}
+
+TEST_CASE(codec_every_truncation_and_bit_flip_is_rejected_or_bounded) {
+  enum { H = 20, W = 23 };
+  float x[3 * H * W], y[3 * H * W];
+  fill_relu(x, 3, H, W);
+  x[5] = NAN;
+  x[77] = 1e6f; /* an escape at eb 0.05 */
+  int64_t shape[3] = {3, H, W};
+  lt_err err = {0};
+  lt_ac_codec *c = lt_ac_codec_new(NULL, &err);
+  lt_ac_buf out = {0};
+  REQUIRE(lt_ac_encode(c, LT_AC_KIND_LORENZO, x, 3, shape, 0.05, &out, &err) == LT_OK);
+  size_t len = out.len;
+  uint8_t *s = malloc(len);
+  for (size_t cut = 0; cut < len; cut++) {
+    uint8_t *t = malloc(cut ? cut : 1); /* exact-size copy so ASan sees any overread */
+    memcpy(t, out.data, cut);
+    CHECK(lt_ac_decode(c, t, cut, y, 3 * H * W, &err) == LT_ERR_FORMAT);
+    free(t);
+  }
+  int64_t accepted_with_crc_fixed = 0;
+  for (size_t i = 0; i < len; i++)
+    for (int b = 0; b < 8; b++) {
+      memcpy(s, out.data, len);
+      s[i] ^= (uint8_t)(1u << b);
+      CHECK(lt_ac_decode(c, s, len, y, 3 * H * W, &err) != LT_OK); /* the CRC catches it */
+      /* Behind a repaired CRC the parser and decoder meet the damage itself: they must reject
+       * it or decode something, never touch memory outside the stream and the output. */
+      if (i < AC_CRC_OFFSET || i >= AC_CRC_OFFSET + 4) {
+        uint32_t crc = ac_stream_checksum(s, len);
+        memcpy(s + AC_CRC_OFFSET, &crc, 4);
+        if (lt_ac_decode(c, s, len, y, 3 * H * W, &err) == LT_OK) accepted_with_crc_fixed++;
+      }
+    }
+  printf("  %lld of %zu bit flips behind a repaired CRC still decode (payload bits)\n",
+         (long long)accepted_with_crc_fixed, len * 8);
+  free(s);
+  lt_ac_buf_free(&out);
+  lt_ac_codec_free(c);
+}
+
+TEST_CASE(comparison_codecs_round_trip) {
+  enum { N = 2 * 8 * 16 * 16 };
+  float x[N], y[N];
+  fill_relu(x, 16, 16, 16);
+  int64_t shape[4] = {2, 8, 16, 16};
+  lt_err err = {0};
+  lt_ac_codec *c = lt_ac_codec_new(NULL, &err);
+  lt_ac_buf out = {0};
+  REQUIRE(lt_ac_encode(c, LT_AC_KIND_ZSTD, x, 4, shape, 0.1, &out, &err) == LT_OK);
+  REQUIRE(lt_ac_decode(c, out.data, out.len, y, N, &err) == LT_OK);
+  CHECK(!memcmp(x, y, sizeof x));
+  if (lt_ac_kind_available(LT_AC_KIND_ZFP)) {
+    REQUIRE(lt_ac_encode(c, LT_AC_KIND_ZFP, x, 4, shape, 0.05, &out, &err) == LT_OK);
+    REQUIRE(lt_ac_decode(c, out.data, out.len, y, N, &err) == LT_OK);
+    double maxe = 0;
+    for (int i = 0; i < N; i++) maxe = fmax(maxe, fabs((double)x[i] - y[i]));
+    CHECK_MSG(maxe <= 0.05, "ZFP max error %g over tolerance 0.05", maxe);
+    lt_ac_info info;
+    CHECK(lt_ac_stream_info(out.data, out.len, &info, &err) == LT_OK && info.kind == LT_AC_KIND_ZFP);
+    for (size_t cut = 0; cut + 1 < out.len; cut += 7) /* truncations fail or stay in bounds */
+      lt_ac_decode(c, out.data, cut, y, N, &err);
+  } else {
+    CHECK(lt_ac_encode(c, LT_AC_KIND_ZFP, x, 4, shape, 0.05, &out, &err) == LT_ERR_UNSUPPORTED);
+  }
+  lt_ac_buf_free(&out);
+  lt_ac_codec_free(c);
+}
+
+TEST_CASE(codec_post_relu_ratio_beats_plain_quantisation) {
+  enum { P = 64, H = 32, W = 32 };
+  float *x = malloc(P * H * W * sizeof *x);
+  fill_relu(x, P, H, W);
+  int64_t shape[4] = {4, 16, H, W};
+  lt_err err = {0};
+  lt_ac_codec *c = lt_ac_codec_new(NULL, &err);
+  lt_ac_buf out = {0};
+  REQUIRE(lt_ac_encode(c, LT_AC_KIND_LORENZO, x, 4, shape, 0.1, &out, &err) == LT_OK);
+  double ratio = (double)(P * H * W * 4) / (double)out.len;
+  printf("  synthetic post-ReLU, eb 0.1: ratio %.2f\n", ratio);
+  CHECK(ratio > 6.0); /* below 5.3 bits per value */
+  lt_ac_buf_free(&out);
+  lt_ac_codec_free(c);
+  free(x);
+}
+
+int main(void) {
+  rng = lt_rng_make(8, 1);
+  RUN(codec_bound_holds_on_random_tensors_every_simd_level);
+  RUN(codec_bound_holds_on_adversarial_values);
+  RUN(codec_constants_zeros_and_escapes_round_trip);
+  RUN(codec_rejects_bad_arguments_with_a_message);
+  RUN(codec_every_truncation_and_bit_flip_is_rejected_or_bounded);
+  RUN(comparison_codecs_round_trip);
+  RUN(codec_post_relu_ratio_beats_plain_quantisation);
+  return test_summary();
+}

@@ -1,0 +1,384 @@
+/* Activation-compression stash policy and controller, driven directly through the
+ * lt_stash_policy callbacks (no executor): the compact forms, byte accounting under
+ * LT_MEM_SAVED, the adaptive bound, and the observed/predicted dW error on real conv layers.
+ *
+ * Usage: actcomp_test_stash [ACTS.h5]   (the file from capture_activations.py adds the
+ * ResNet-20 layers to the gradient-error check) */
+#include "lathe/actcomp.h"
+#include "test.h"
+
+#include <hdf5.h>
+
+static lt_rng rng;
+
+/* A graph with just the nodes observe() reads: node 0 a 3×3 conv (stride, pad given). */
+static lt_graph conv_graph(lt_node *nodes, int stride, int pad) {
+  memset(nodes, 0, sizeof *nodes);
+  nodes[0].op = LT_OP_CONV2D;
+  nodes[0].a.kernel[0] = nodes[0].a.kernel[1] = 3;
+  nodes[0].a.stride[0] = nodes[0].a.stride[1] = stride;
+  nodes[0].a.pads[0] = nodes[0].a.pads[1] = nodes[0].a.pads[2] = nodes[0].a.pads[3] = pad;
+  nodes[0].a.dilation[0] = nodes[0].a.dilation[1] = 1;
+  nodes[0].a.groups = 1;
+  lt_graph g = {0};
+  g.nodes = nodes;
+  g.n_nodes = 1;
+  return g;
+}
+
+/* Naive direct convolution: y (n, s, oh, ow) = conv(x (n, c, h, w), w (s, c, k, k)). */
+static void conv_ref(const float *x, const float *w, float *y, int n, int c, int h, int wd, int s,
+                     int k, int stride, int pad, int oh, int ow) {
+  for (int b = 0; b < n; b++)
+    for (int o = 0; o < s; o++)
+      for (int i = 0; i < oh; i++)
+        for (int j = 0; j < ow; j++) {
+          double acc = 0;
+          for (int ci = 0; ci < c; ci++)
+            for (int u = 0; u < k; u++)
+              for (int v = 0; v < k; v++) {
+                int iy = i * stride - pad + u, ix = j * stride - pad + v;
+                if (iy < 0 || iy >= h || ix < 0 || ix >= wd) continue;
+                acc += (double)x[((b * c + ci) * h + iy) * wd + ix] * w[((o * c + ci) * k + u) * k + v];
+              }
+          y[((b * s + o) * oh + i) * ow + j] = (float)acc;
+        }
+}
+
+/* dW (s, c, k, k) = Σ dy · x, the reference weight gradient. */
+static void conv_dw_ref(const float *x, const float *dy, float *dw, int n, int c, int h, int wd,
+                        int s, int k, int stride, int pad, int oh, int ow) {
+  for (int o = 0; o < s; o++)
+    for (int ci = 0; ci < c; ci++)
+      for (int u = 0; u < k; u++)
+        for (int v = 0; v < k; v++) {
+          double acc = 0;
+          for (int b = 0; b < n; b++)
+            for (int i = 0; i < oh; i++)
+              for (int j = 0; j < ow; j++) {
+                int iy = i * stride - pad + u, ix = j * stride - pad + v;
+                if (iy < 0 || iy >= h || ix < 0 || ix >= wd) continue;
+                acc += (double)dy[((b * s + o) * oh + i) * ow + j] * x[((b * c + ci) * h + iy) * wd + ix];
+              }
+          dw[((o * c + ci) * k + u) * k + v] = (float)acc;
+        }
+}
+
+TEST_CASE(stash_compact_forms_restore_what_backward_needs) {
+  lt_mem_stats m0, m1;
+  lt_mem_get_stats(&m0);
+  lt_ac_config cfg = lt_ac_config_default();
+  cfg.mode = LT_AC_FIXED;
+  cfg.eb = 0.05;
+  lt_err err = {0};
+  lt_ac_stash *st = lt_ac_stash_new(&cfg, &err);
+  REQUIRE(st);
+  const lt_stash_policy *p = lt_ac_stash_policy(st);
+  lt_node nodes[1];
+  lt_graph g = conv_graph(nodes, 1, 1);
+  int64_t shape[4] = {4, 8, 16, 16};
+  const int64_t n = 4 * 8 * 16 * 16;
+  float *x = malloc(n * sizeof *x), *y = malloc(n * sizeof *y);
+  for (int64_t i = 0; i < n; i++) {
+    float v = lt_rng_normal(&rng);
+    x[i] = v > 0 ? v : 0;
+  }
+  lt_tensor t = lt_tensor_wrap(LT_F32, 4, shape, x), d = lt_tensor_wrap(LT_F32, 4, shape, y);
+  void *h_in, *h_relu, *h_exact, *h_bn;
+  REQUIRE(p->store(p->user, &g, 0, 0, LT_SAVE_WEIGHT_INPUT, &t, &h_in, &err) == LT_OK);
+  REQUIRE(p->store(p->user, &g, 1, 0, LT_SAVE_RELU_OUTPUT, &t, &h_relu, &err) == LT_OK);
+  REQUIRE(p->store(p->user, &g, 2, 0, LT_SAVE_EXACT, &t, &h_exact, &err) == LT_OK);
+  REQUIRE(p->store(p->user, &g, 3, 0, LT_SAVE_BN_INPUT, &t, &h_bn, &err) == LT_OK);
+  uint8_t am[1001], am2[1001];
+  for (int i = 0; i < 1001; i++) am[i] = (uint8_t)lt_rng_below(&rng, 4);
+  int64_t ashape[1] = {1001};
+  lt_tensor ta = lt_tensor_wrap(LT_U8, 1, ashape, am), da = lt_tensor_wrap(LT_U8, 1, ashape, am2);
+  void *h_arg;
+  REQUIRE(p->store(p->user, &g, 4, 0, LT_SAVE_POOL_ARGMAX, &ta, &h_arg, &err) == LT_OK);
+
+  lt_mem_get_stats(&m1);
+  int64_t saved = m1.current[LT_MEM_SAVED] - m0.current[LT_MEM_SAVED];
+  lt_ac_stash_step_end(st);
+  lt_ac_report rep;
+  lt_ac_stash_report(st, &rep);
+  CHECK(rep.n_layers == 5);
+  CHECK(rep.bytes_dense == 3 * n * 4 + n * 4 + 1001);
+  /* Everything the stash holds is under LT_MEM_SAVED (the stash's own tables are too). */
+  CHECK_MSG(saved >= rep.bytes_held, "LT_MEM_SAVED grew %lld, stash says it holds %lld",
+            (long long)saved, (long long)rep.bytes_held);
+  for (int i = 0; i < rep.n_layers; i++) {
+    const lt_ac_layer_report *r = &rep.layers[i];
+    if (r->kind == LT_SAVE_RELU_OUTPUT) CHECK(r->bytes_held < r->bytes_dense / 30);
+    if (r->kind == LT_SAVE_POOL_ARGMAX) CHECK(r->bytes_held < 1001 / 4 + 200);
+    if (r->kind == LT_SAVE_WEIGHT_INPUT) CHECK(r->bytes_held < r->bytes_dense / 4);
+    if (r->kind == LT_SAVE_EXACT || r->kind == LT_SAVE_BN_INPUT) CHECK(r->bytes_held >= r->bytes_dense);
+  }
+
+  REQUIRE(p->load(p->user, h_in, &d, &err) == LT_OK);
+  int64_t bad = 0;
+  for (int64_t i = 0; i < n; i++) bad += !(fabs((double)x[i] - y[i]) <= 0.05) || (x[i] == 0 && y[i] != 0);
+  CHECK(bad == 0);
+  REQUIRE(p->load(p->user, h_relu, &d, &err) == LT_OK);
+  bad = 0;
+  for (int64_t i = 0; i < n; i++) bad += (x[i] > 0) != (y[i] > 0);
+  CHECK(bad == 0);
+  REQUIRE(p->load(p->user, h_exact, &d, &err) == LT_OK);
+  CHECK(!memcmp(x, y, n * sizeof *x));
+  REQUIRE(p->load(p->user, h_bn, &d, &err) == LT_OK);
+  CHECK(!memcmp(x, y, n * sizeof *x)); /* BN exact by default */
+  REQUIRE(p->load(p->user, h_arg, &da, &err) == LT_OK);
+  CHECK(!memcmp(am, am2, sizeof am));
+  /* A mismatched destination is refused, not overrun. */
+  int64_t small[1] = {10};
+  lt_tensor ds = lt_tensor_wrap(LT_F32, 1, small, y);
+  CHECK(p->load(p->user, h_in, &ds, &err) != LT_OK);
+  p->release(p->user, h_in);
+  p->release(p->user, h_relu);
+  p->release(p->user, h_exact);
+  p->release(p->user, h_bn);
+  p->release(p->user, h_arg);
+  lt_ac_stash_free(st);
+  lt_mem_get_stats(&m1);
+  CHECK(m1.current[LT_MEM_SAVED] == m0.current[LT_MEM_SAVED]);
+  free(x);
+  free(y);
+}
+
+TEST_CASE(stash_argmax_beyond_2x2_stays_exact_and_off_mode_keeps_everything) {
+  lt_ac_config cfg = lt_ac_config_default();
+  cfg.mode = LT_AC_OFF;
+  lt_err err = {0};
+  lt_ac_stash *st = lt_ac_stash_new(&cfg, &err);
+  const lt_stash_policy *p = lt_ac_stash_policy(st);
+  lt_node nodes[1];
+  lt_graph g = conv_graph(nodes, 1, 1);
+  float x[100], y[100];
+  for (int i = 0; i < 100; i++) x[i] = lt_rng_normal(&rng);
+  int64_t shape[1] = {100};
+  lt_tensor t = lt_tensor_wrap(LT_F32, 1, shape, x), d = lt_tensor_wrap(LT_F32, 1, shape, y);
+  void *h;
+  REQUIRE(p->store(p->user, &g, 0, 0, LT_SAVE_WEIGHT_INPUT, &t, &h, &err) == LT_OK);
+  REQUIRE(p->load(p->user, h, &d, &err) == LT_OK);
+  CHECK(!memcmp(x, y, sizeof x));
+  p->release(p->user, h);
+  lt_ac_stash_free(st);
+
+  cfg.mode = LT_AC_FIXED;
+  st = lt_ac_stash_new(&cfg, &err);
+  p = lt_ac_stash_policy(st);
+  uint8_t am[9] = {0, 1, 2, 3, 8, 4, 0, 1, 2}, am2[9];
+  int64_t as[1] = {9};
+  lt_tensor ta = lt_tensor_wrap(LT_U8, 1, as, am), da = lt_tensor_wrap(LT_U8, 1, as, am2);
+  REQUIRE(p->store(p->user, &g, 0, 0, LT_SAVE_POOL_ARGMAX, &ta, &h, &err) == LT_OK);
+  REQUIRE(p->load(p->user, h, &da, &err) == LT_OK);
+  CHECK(!memcmp(am, am2, 9));
+  p->release(p->user, h);
+  lt_ac_stash_free(st);
+  /* Bad configurations are refused with a message. */
+  cfg.mode = LT_AC_ADAPTIVE;
+  cfg.rho = -1;
+  CHECK(lt_ac_stash_new(&cfg, &err) == NULL);
+  CHECK_STR_CONTAINS(err.msg, "rho");
+}
+
+/* Runs the adaptive controller on one conv layer: a first exact window, then compressed steps
+ * on which the observed dW error is measured. Returns the mean observed/predicted ratio. */
+static double controller_ratio(const float *x, const float *dy_fixed, int n, int c, int h, int w,
+                               int s, int stride, int pad, double rho, double *eb_out) {
+  const int k = 3, oh = (h + 2 * pad - k) / stride + 1, ow = (w + 2 * pad - k) / stride + 1;
+  const int64_t nx = (int64_t)n * c * h * w, ndy = (int64_t)n * s * oh * ow, nw = (int64_t)s * c * k * k;
+  lt_ac_config cfg = lt_ac_config_default();
+  cfg.mode = LT_AC_ADAPTIVE;
+  cfg.rho = rho;
+  cfg.window = 1;
+  cfg.sample_every = 1;
+  cfg.eb_min = 1e-6;
+  lt_err err = {0};
+  lt_ac_stash *st = lt_ac_stash_new(&cfg, &err);
+  const lt_stash_policy *p = lt_ac_stash_policy(st);
+  lt_node nodes[1];
+  lt_graph g = conv_graph(nodes, stride, pad);
+  float *xr = malloc(nx * sizeof *xr), *dy = malloc(ndy * sizeof *dy), *dw = malloc(nw * sizeof *dw);
+  int64_t xs[4] = {n, c, h, w}, ys[4] = {n, s, oh, ow}, ws[4] = {s, c, k, k};
+  for (int step = 0; step < 4; step++) {
+    for (int64_t i = 0; i < ndy; i++) dy[i] = dy_fixed ? dy_fixed[i] : lt_rng_normal(&rng);
+    lt_tensor t = lt_tensor_wrap(LT_F32, 4, xs, (void *)x), d = lt_tensor_wrap(LT_F32, 4, xs, xr);
+    void *hd;
+    if (p->store(p->user, &g, 0, 0, LT_SAVE_WEIGHT_INPUT, &t, &hd, &err) ||
+        p->load(p->user, hd, &d, &err)) {
+      fprintf(stderr, "%s\n", err.msg);
+      break;
+    }
+    conv_dw_ref(xr, dy, dw, n, c, h, w, s, k, stride, pad, oh, ow);
+    lt_tensor tdy = lt_tensor_wrap(LT_F32, 4, ys, dy), tdw = lt_tensor_wrap(LT_F32, 4, ws, dw);
+    p->observe(p->user, &g, 0, &d, &tdy, &tdw);
+    p->release(p->user, hd);
+    lt_ac_stash_step_end(st);
+    if (step == 0) CHECK(lt_ac_stash_layer_eb(st, 0) > 0); /* first window exact, then a bound */
+  }
+  lt_ac_report rep;
+  lt_ac_stash_report(st, &rep);
+  double ratio = rep.n_layers == 1 && rep.layers[0].n_samples == 3 ? rep.layers[0].mean_ratio : -1;
+  *eb_out = lt_ac_stash_layer_eb(st, 0);
+  CHECK(rep.n_layers == 1 && rep.layers[0].n_history == 4);
+  lt_ac_stash_free(st);
+  free(xr);
+  free(dy);
+  free(dw);
+  return ratio;
+}
+
+TEST_CASE(controller_first_window_exact_then_formula_bound) {
+  /* One step of statistics with window 1: eb = rho·√3·mean|G| / (δ_rms·√(N(1−R))). */
+  enum { N = 2, C = 3, H = 6, W = 6, S = 4 };
+  float x[N * C * H * W], dy[N * S * H * W], dw[S * C * 9];
+  for (int i = 0; i < N * C * H * W; i++) x[i] = i % 3 ? fabsf(lt_rng_normal(&rng)) : 0.0f;
+  for (int i = 0; i < N * S * H * W; i++) dy[i] = lt_rng_normal(&rng);
+  conv_dw_ref(x, dy, dw, N, C, H, W, S, 3, 1, 1, H, W);
+  double sg = 0, sd = 0;
+  for (int i = 0; i < S * C * 9; i++) sg += fabs(dw[i]);
+  for (int i = 0; i < N * S * H * W; i++) sd += (double)dy[i] * dy[i];
+  double mean_g = sg / (S * C * 9), drms = sqrt(sd / (N * S * H * W)), nn = N * H * W;
+  int zeros = 0;
+  for (int i = 0; i < N * C * H * W; i++) zeros += x[i] == 0;
+  double r = (double)zeros / (N * C * H * W);
+  double expect = 0.2 * sqrt(3.0) * mean_g / (drms * sqrt(nn * (1 - r)));
+
+  lt_ac_config cfg = lt_ac_config_default();
+  cfg.rho = 0.2;
+  cfg.window = 2;
+  cfg.smoothing = 0.5;
+  cfg.eb_min = 1e-9;
+  cfg.eb_max = 1e9;
+  lt_err err = {0};
+  lt_ac_stash *st = lt_ac_stash_new(&cfg, &err);
+  const lt_stash_policy *p = lt_ac_stash_policy(st);
+  lt_node nodes[1];
+  lt_graph g = conv_graph(nodes, 1, 1);
+  int64_t xs[4] = {N, C, H, W}, ys[4] = {N, S, H, W}, ws[4] = {S, C, 3, 3};
+  lt_tensor t = lt_tensor_wrap(LT_F32, 4, xs, x), tdy = lt_tensor_wrap(LT_F32, 4, ys, dy),
+            tdw = lt_tensor_wrap(LT_F32, 4, ws, dw);
+  for (int step = 0; step < 4; step++) {
+    void *h;
+    REQUIRE(p->store(p->user, &g, 0, 0, LT_SAVE_WEIGHT_INPUT, &t, &h, &err) == LT_OK);
+    p->observe(p->user, &g, 0, &t, &tdy, &tdw);
+    p->release(p->user, h);
+    lt_ac_stash_step_end(st);
+    if (step == 0) CHECK(lt_ac_stash_layer_eb(st, 0) == 0); /* still in the first window */
+    if (step == 1) CHECK_NEAR(lt_ac_stash_layer_eb(st, 0), expect, 1e-9 * expect);
+  }
+  /* Same statistics again: smoothing keeps it there. */
+  CHECK_NEAR(lt_ac_stash_layer_eb(st, 0), expect, 1e-9 * expect);
+  lt_ac_stash_free(st);
+  /* Clamping. */
+  cfg.eb_max = expect / 10;
+  st = lt_ac_stash_new(&cfg, &err);
+  p = lt_ac_stash_policy(st);
+  for (int step = 0; step < 2; step++) {
+    void *h;
+    REQUIRE(p->store(p->user, &g, 0, 0, LT_SAVE_WEIGHT_INPUT, &t, &h, &err) == LT_OK);
+    p->observe(p->user, &g, 0, &t, &tdy, &tdw);
+    p->release(p->user, h);
+    lt_ac_stash_step_end(st);
+  }
+  CHECK_NEAR(lt_ac_stash_layer_eb(st, 0), expect / 10, 1e-12);
+  lt_ac_stash_free(st);
+}
+
+TEST_CASE(controller_observed_over_predicted_dw_error_on_relu_conv_stack) {
+  /* x = ReLU(BN(conv(random input))): a post-ReLU conv input with about half exact zeros. */
+  enum { N = 8, C0 = 8, C = 16, H = 16, W = 16, S = 16 };
+  float *in = malloc(N * C0 * H * W * sizeof *in), *w0 = malloc(C * C0 * 9 * sizeof *w0);
+  float *x = malloc(N * C * H * W * sizeof *x);
+  for (int i = 0; i < N * C0 * H * W; i++) in[i] = lt_rng_normal(&rng);
+  for (int i = 0; i < C * C0 * 9; i++) w0[i] = lt_rng_normal(&rng) / sqrtf(C0 * 9);
+  conv_ref(in, w0, x, N, C0, H, W, C, 3, 1, 1, H, W);
+  for (int ch = 0; ch < C; ch++) { /* batch norm per channel, then ReLU */
+    double s1 = 0, s2 = 0;
+    for (int b = 0; b < N; b++)
+      for (int i = 0; i < H * W; i++) {
+        double v = x[(b * C + ch) * H * W + i];
+        s1 += v;
+        s2 += v * v;
+      }
+    double mu = s1 / (N * H * W), sd = sqrt(s2 / (N * H * W) - mu * mu + 1e-5);
+    for (int b = 0; b < N; b++)
+      for (int i = 0; i < H * W; i++) {
+        float *v = &x[(b * C + ch) * H * W + i];
+        *v = (float)((*v - mu) / sd);
+        *v = *v > 0 ? *v : 0;
+      }
+  }
+  for (int ri = 0; ri < 3; ri++) {
+    double rho = ri == 0 ? 0.05 : ri == 1 ? 0.1 : 0.2, eb;
+    double ratio = controller_ratio(x, NULL, N, C, H, W, S, 1, 1, rho, &eb);
+    printf("  relu conv stack, rho %.2f: eb %.4g, observed/predicted %.3f\n", rho, eb, ratio);
+    CHECK_MSG(ratio >= 0.8 && ratio <= 1.25, "ratio %.3f outside 0.8..1.25", ratio);
+  }
+  free(in);
+  free(w0);
+  free(x);
+}
+
+/* The captured ResNet-20 layers (real inputs and real output gradients), when given. */
+static const char *acts_path;
+
+static float *read_ds(hid_t f, const char *name, int64_t *shape, int *nd) {
+  hid_t d = H5Dopen2(f, name, H5P_DEFAULT);
+  if (d < 0) return NULL;
+  hid_t sp = H5Dget_space(d);
+  hsize_t dims[8];
+  *nd = H5Sget_simple_extent_ndims(sp);
+  H5Sget_simple_extent_dims(sp, dims, NULL);
+  int64_t n = 1;
+  for (int i = 0; i < *nd; i++) n *= (int64_t)(shape[i] = (int64_t)dims[i]);
+  float *p = malloc(n * sizeof *p);
+  H5Dread(d, H5T_NATIVE_FLOAT, H5S_ALL, H5S_ALL, H5P_DEFAULT, p);
+  H5Sclose(sp);
+  H5Dclose(d);
+  return p;
+}
+
+TEST_CASE(controller_observed_over_predicted_dw_error_on_resnet20_layers) {
+  if (!acts_path) {
+    printf("  (no capture given: skipped; pass the file from capture_activations.py)\n");
+    return;
+  }
+  hid_t f = H5Fopen(acts_path, H5F_ACC_RDONLY, H5P_DEFAULT);
+  REQUIRE(f >= 0);
+  /* A few conv layers across the network: stride 1 and the strided downsampling convs, with
+   * 8 samples of the batch to keep the reference dW loops short. */
+  const char *layers[] = {"layer1.0.conv2", "layer2.0.conv1", "layer2.2.conv1", "layer3.0.conv1",
+                          "layer3.2.conv2"};
+  for (size_t li = 0; li < sizeof layers / sizeof *layers; li++) {
+    char name[128];
+    int64_t xs[8], ys[8];
+    int nx, ny;
+    snprintf(name, sizeof name, "/acts/%s", layers[li]);
+    float *x = read_ds(f, name, xs, &nx);
+    snprintf(name, sizeof name, "/dy/%s", layers[li]);
+    float *dy = read_ds(f, name, ys, &ny);
+    REQUIRE(x && dy && nx == 4 && ny == 4);
+    int stride = xs[2] == ys[2] ? 1 : 2, nb = 8;
+    /* the first nb samples of the batch: x and dy are (n, ...) row-major */
+    double eb;
+    double ratio = controller_ratio(x, dy, nb, (int)xs[1], (int)xs[2], (int)xs[3], (int)ys[1],
+                                    stride, 1, 0.1, &eb);
+    printf("  %s: eb %.4g, observed/predicted %.3f\n", layers[li], eb, ratio);
+    CHECK_MSG(ratio >= 0.8 && ratio <= 1.25, "%s: ratio %.3f outside 0.8..1.25", layers[li], ratio);
+    free(x);
+    free(dy);
+  }
+  H5Fclose(f);
+}
+
+int main(int argc, char **argv) {
+  rng = lt_rng_make(8, 2);
+  acts_path = argc > 1 ? argv[1] : NULL;
+  RUN(stash_compact_forms_restore_what_backward_needs);
+  RUN(stash_argmax_beyond_2x2_stays_exact_and_off_mode_keeps_everything);
+  RUN(controller_first_window_exact_then_formula_bound);
+  RUN(controller_observed_over_predicted_dw_error_on_relu_conv_stack);
+  RUN(controller_observed_over_predicted_dw_error_on_resnet20_layers);
+  return test_summary();
+}

@@ -1,0 +1,135 @@
+// End-to-end UI test: Debian's Chromium, driven by playwright-core, against the real lathe-server
+// and a real lathe-worker started here. Fails on any console error or failed request.
+// Usage: node tests/browser/ui.test.mjs BUILD_BIN_DIR  (exit 77 = skipped: no chromium or data)
+import { chromium } from 'playwright-core';
+import { existsSync, mkdirSync, readFileSync } from 'node:fs';
+import { join, dirname, resolve } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { Cluster } from '../lib/cluster.mjs';
+
+const here = dirname(fileURLToPath(import.meta.url));
+const root = resolve(here, '../..');
+const bin = resolve(process.argv[2] || join(root, 'build/bin'));
+const shared = resolve(root, '../shared/data');
+const fmnist = resolve(bin, '../data/fashion-mnist.h5');
+const shots = resolve(bin, '../test-artifacts/browser');
+const CHROMIUM = '/usr/bin/chromium';
+
+if (!existsSync(CHROMIUM)) { console.log('skipped: /usr/bin/chromium is not installed (apt-get install chromium)'); process.exit(77); }
+if (!existsSync(join(shared, 'models/resnet20-cifar10.onnx'))) { console.log(`skipped: ${shared} not found`); process.exit(77); }
+if (!existsSync(fmnist)) { console.log(`skipped: ${fmnist} missing (scripts/setup.sh generates it)`); process.exit(77); }
+mkdirSync(shots, { recursive: true });
+
+let passed = 0, failed = 0;
+async function step(name, fn) {
+  try { await fn(); passed++; console.log(`ok   ${name}`); } catch (e) { failed++; console.log(`FAIL ${name}\n${e.stack || e}`); throw e; }
+}
+function assert(cond, msg) { if (!cond) throw new Error(msg); }
+
+const cluster = new Cluster({ bin, port: 18931 + (process.pid % 50) });
+let browser;
+const problems = [];
+try {
+  await cluster.startServer();
+  const admin = cluster.token('admin', 'browser-test');
+  cluster.startWorker(cluster.token('worker'), 'browser-worker');
+  const ds = await cluster.api(admin, 'POST', '/datasets?name=fashion-mnist.h5', readFileSync(fmnist), { 'Content-Type': 'application/octet-stream' });
+  assert(ds.status === 201, 'dataset upload: ' + JSON.stringify(ds.body));
+  const trainSpec = (steps) => ({ model: 'smallcnn', dataset: ds.body.id, epochs: 1, batch_size: 64, max_steps: steps, lr: 0.05 });
+
+  browser = await chromium.launch({ executablePath: CHROMIUM, args: ['--no-sandbox', '--disable-gpu', '--disable-background-networking', '--disable-component-update', '--disable-sync', '--no-first-run'] });
+  const page = await browser.newPage({ viewport: { width: 1280, height: 900 } });
+  page.on('console', (m) => { if (m.type() === 'error') problems.push(`console error: ${m.text()}`); });
+  page.on('pageerror', (e) => problems.push(`page error: ${e.message}`));
+  page.on('requestfailed', (r) => { if (!/aborted|ERR_ABORTED/.test(r.failure()?.errorText || '')) problems.push(`request failed: ${r.url()} ${r.failure()?.errorText}`); });
+  page.on('response', (r) => { if (r.status() >= 400) problems.push(`HTTP ${r.status()} for ${r.url()}`); });
+
+  await step('sign in with a token', async () => {
+    await page.goto(cluster.url + '/');
+    await page.getByLabel('Token').fill(admin);
+    await page.getByRole('button', { name: 'Sign in' }).click();
+    await page.getByRole('heading', { name: 'Jobs' }).waitFor();
+  });
+
+  await step('upload the shared ResNet-20 ONNX and see its layer table', async () => {
+    await page.getByRole('link', { name: 'Models' }).click();
+    await page.locator('#file-input').setInputFiles(join(shared, 'models/resnet20-cifar10.onnx'));
+    const hash = page.locator('code[data-sha256]');
+    await hash.waitFor({ timeout: 30000 });
+    assert(/^[0-9a-f]{64}$/.test(await hash.textContent()), 'SHA-256 shown after upload');
+    await page.getByRole('link', { name: 'resnet20-cifar10.onnx' }).first().click();
+    const rows = page.locator('table.layers tbody tr');
+    await rows.first().waitFor();
+    const n = await rows.count();
+    assert(n >= 20, `layer table has ${n} rows, expected the ResNet-20 layers`);
+    await page.screenshot({ path: join(shots, 'model-detail.png'), fullPage: true });
+  });
+
+  let jobA;
+  await step('submit a train job from the form and watch its chart update live', async () => {
+    await page.goto(cluster.url + '/#/new?kind=train');
+    await page.locator('select#kind').selectOption('train');
+    const spec = trainSpec(150);
+    for (const [k, v] of Object.entries(spec)) {
+      const input = page.locator(`[data-path="$.spec.${k}"]`).first();
+      if (await input.evaluate((el) => el.tagName) === 'SELECT') await input.selectOption(String(v).startsWith('ds_') ? v : JSON.stringify(v)).catch(() => input.selectOption(String(v)));
+      else await input.fill(String(v));
+    }
+    await page.getByRole('button', { name: 'Submit job' }).click();
+    await page.waitForURL(/#\/jobs\/job_/);
+    jobA = page.url().split('/').pop();
+    const fig = page.locator('figure[data-chart="loss"]');
+    await fig.waitFor({ timeout: 60000 });
+    const first = Number(await fig.getAttribute('data-points'));
+    await page.waitForFunction((f) => Number(document.querySelector('figure[data-chart="loss"]').dataset.points) > f, first, { timeout: 60000 });
+    await page.screenshot({ path: join(shots, 'job-live.png'), fullPage: true });
+  });
+
+  await step('open the finished job result', async () => {
+    await cluster.waitJob(admin, jobA, ['succeeded'], 240000);
+    await page.reload();
+    await page.getByRole('heading', { name: 'Result' }).waitFor({ timeout: 30000 });
+    await page.getByText('Validation accuracy').waitFor();
+    await page.screenshot({ path: join(shots, 'job-result.png'), fullPage: true });
+  });
+
+  let jobB;
+  await step('cancel another job', async () => {
+    const r = await cluster.api(admin, 'POST', '/jobs', { kind: 'train', spec: { ...trainSpec(100000), epochs: 50 } });
+    assert(r.status === 201, 'submit: ' + JSON.stringify(r.body));
+    jobB = r.body.id;
+    await page.goto(`${cluster.url}/#/jobs/${jobB}`);
+    await page.getByRole('button', { name: 'Cancel' }).click();
+    await cluster.waitJob(admin, jobB, ['cancelled'], 60000);
+    await page.reload();
+    await page.locator('.badge.state-cancelled').first().waitFor();
+  });
+
+  await step('compare two jobs', async () => {
+    await page.goto(`${cluster.url}/#/compare?ids=${jobA},${jobB}`);
+    const diff = page.locator('table.diff tbody tr');
+    await diff.first().waitFor();
+    assert(await page.locator('table.diff').getByText('spec.max_steps').count() === 1, 'spec difference max_steps listed');
+    await page.locator('figure[data-chart="loss"]').waitFor();
+    await page.screenshot({ path: join(shots, 'compare.png'), fullPage: true });
+  });
+
+  await step('dashboard readable at phone width', async () => {
+    await page.setViewportSize({ width: 390, height: 844 });
+    await page.goto(`${cluster.url}/#/jobs`);
+    await page.locator(`tr[data-job="${jobA}"]`).waitFor();
+    await page.screenshot({ path: join(shots, 'jobs-phone.png'), fullPage: true });
+  });
+
+  await step('no console errors and no failed requests', async () => {
+    assert(problems.length === 0, problems.join('\n'));
+  });
+} catch (e) {
+  if (!failed) { failed++; console.log(`FAIL setup\n${e.stack || e}`); }
+  for (const p of cluster.procs) if (p.exitCode !== null) console.log(`process exited ${p.exitCode}: ${p.output.slice(-2000)}`);
+} finally {
+  if (browser) await browser.close();
+  await cluster.stop();
+}
+console.log(`${passed} passed, ${failed} failed`);
+process.exit(failed ? 1 : 0);

@@ -1,0 +1,104 @@
+// Shared harness for the server's node tests: starts the real lathe-server on a loopback port
+// in 18100-18199 with a fresh data folder, makes tokens with `lathe-server token create`, and
+// offers fetch helpers, a raw-socket client, and pass/fail bookkeeping.
+import { spawn, execFileSync } from 'node:child_process';
+import { mkdtempSync, rmSync } from 'node:fs';
+import net from 'node:net';
+import os from 'node:os';
+import path from 'node:path';
+
+export const [serverBin, cliBin, makeH5Bin] = process.argv.slice(2);
+
+let failures = 0, checks = 0;
+export function check(cond, what) {
+  checks++;
+  if (!cond) {
+    failures++;
+    console.log(`FAIL ${what}`);
+  }
+}
+export function finish(name) {
+  console.log(`${name}: ${checks - failures} of ${checks} checks passed`);
+  process.exitCode = failures ? 1 : 0;
+}
+
+const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
+
+// reuse: {data, tokens} of an earlier server, to restart on the same data folder.
+export async function startServer(extraArgs = [], env = {}, reuse = null) {
+  const data = reuse ? reuse.data : mkdtempSync(path.join(os.tmpdir(), 'lathe-srv-test-'));
+  const tokens = reuse ? reuse.tokens : {};
+  for (const scope of reuse ? [] : ['read', 'submit', 'admin', 'worker'])
+    tokens[scope] = execFileSync(serverBin, ['token', 'create', '--data', data, '--scope', scope, '--name', scope]).toString().trim();
+  for (let tries = 0; tries < 20; tries++) {
+    const port = 18100 + Math.floor(Math.random() * 100);
+    const proc = spawn(serverBin, ['--listen', `127.0.0.1:${port}`, '--data', data, ...extraArgs], {
+      env: { ...process.env, LATHE_CLI: cliBin, ...env }, stdio: ['ignore', 'ignore', 'pipe'] });
+    let log = '';
+    proc.stderr.on('data', (d) => { log += d; });
+    let exited = false;
+    proc.on('close', () => { exited = true; }); // after stderr is drained
+    const base = `http://127.0.0.1:${port}`;
+    for (let i = 0; i < 100 && !exited; i++) {
+      try {
+        const r = await fetch(`${base}/healthz`);
+        if (r.status === 200) {
+          return { base, port, data, tokens, proc, log: () => log,
+            async stop() {
+              proc.kill('SIGTERM');
+              for (let j = 0; j < 100 && !exited; j++) await sleep(50);
+              if (!exited) proc.kill('SIGKILL');
+              return exited;
+            },
+            cleanup() { rmSync(data, { recursive: true, force: true }); } };
+        }
+      } catch { /* not up yet */ }
+      await sleep(50);
+    }
+    proc.kill('SIGKILL');
+    if (!/cannot listen/.test(log)) throw new Error(`lathe-server did not start: ${log}`);
+  }
+  throw new Error('no free port in 18100-18199');
+}
+
+// fetch with a bearer token; returns {status, json, text, headers}.
+export async function api(srv, method, url, { token, body, json, headers = {} } = {}) {
+  const h = { ...headers };
+  if (token) h.Authorization = `Bearer ${token}`;
+  let payload = body;
+  if (json !== undefined) {
+    payload = JSON.stringify(json);
+    h['Content-Type'] ??= 'application/json';
+  }
+  const r = await fetch(srv.base + url, { method, headers: h, body: payload });
+  const text = await r.text();
+  let parsed;
+  try { parsed = text ? JSON.parse(text) : undefined; } catch { parsed = undefined; }
+  return { status: r.status, json: parsed, text, headers: r.headers };
+}
+
+// Sends raw bytes on a fresh connection; resolves with what came back when the server closes
+// or after ms. With closeAfterSend, the socket is destroyed right after writing (a client dying
+// mid-request).
+export function raw(srv, bytes, { ms = 2000, closeAfterSend = false } = {}) {
+  return new Promise((resolve) => {
+    const sock = net.connect(srv.port, '127.0.0.1');
+    let got = '';
+    const done = () => { sock.destroy(); resolve(got); };
+    sock.on('connect', () => {
+      sock.write(bytes, () => { if (closeAfterSend) done(); });
+    });
+    sock.on('data', (d) => { got += d.toString('latin1'); });
+    sock.on('error', done);
+    sock.on('close', done);
+    setTimeout(done, ms);
+  });
+}
+
+export function makeH5(dir) {
+  const file = path.join(dir, 'tiny.h5');
+  execFileSync(makeH5Bin, [file]);
+  return file;
+}
+
+export { sleep };

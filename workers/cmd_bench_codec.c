@@ -1,0 +1,256 @@
+/* `lathe bench codec`: ratio and single-/multi-thread speed of the activation codec against ZFP
+ * (fixed accuracy) and zstd alone, at the same error bounds, on real activation tensors read
+ * from an HDF5 file (every dataset under /acts, as written by
+ * tests/actcomp/capture_activations.py or by a training run's activation capture).
+ *
+ *   lathe bench codec [--input FILE.h5] [--eb 0.01,0.05,0.1,0.3] [--threads 1] [--repeat 3]
+ *                     [--zstd-level 1] [--codecs lorenzo,zfp,zstd] [--json]
+ *
+ * Speed is input bytes (float32) over the best of --repeat wall times, compress and decompress
+ * separately, summed over all tensors. Each decode is checked: LORENZO must meet |x - x'| <= eb
+ * everywhere and keep zeros; the others report their max error and how many zeros survive. */
+#include "lathe/actcomp.h"
+
+#include <hdf5.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+typedef struct bench_tensor {
+  char name[128];
+  int ndim;
+  int64_t shape[LT_MAX_DIMS];
+  int64_t n;
+  float *x; /* (n) owned */
+} bench_tensor;
+
+typedef struct bench_set {
+  bench_tensor *t; /* (count) owned */
+  int count, cap;
+} bench_set;
+
+static herr_t collect(hid_t group, const char *name, const H5L_info_t *info, void *user) {
+  bench_set *s = user;
+  hid_t d = H5Dopen2(group, name, H5P_DEFAULT);
+  if (d < 0) return 0; /* not a dataset: skip */
+  hid_t sp = H5Dget_space(d);
+  int nd = H5Sget_simple_extent_ndims(sp);
+  hsize_t dims[LT_MAX_DIMS];
+  herr_t rc = 0;
+  if (nd >= 1 && nd <= LT_MAX_DIMS) {
+    H5Sget_simple_extent_dims(sp, dims, NULL);
+    if (s->count == s->cap) {
+      s->cap = s->cap ? 2 * s->cap : 32;
+      s->t = realloc(s->t, (size_t)s->cap * sizeof *s->t);
+    }
+    bench_tensor *t = &s->t[s->count];
+    memset(t, 0, sizeof *t);
+    snprintf(t->name, sizeof t->name, "%s", name);
+    t->ndim = nd;
+    t->n = 1;
+    for (int i = 0; i < nd; i++) t->n *= (int64_t)(t->shape[i] = (int64_t)dims[i]);
+    t->x = malloc((size_t)t->n * sizeof *t->x);
+    if (!t->x || H5Dread(d, H5T_NATIVE_FLOAT, H5S_ALL, H5S_ALL, H5P_DEFAULT, t->x) < 0) {
+      fprintf(stderr, "bench codec: cannot read dataset /acts/%s\n", name);
+      free(t->x);
+      rc = -1;
+    } else {
+      s->count++;
+    }
+  }
+  H5Sclose(sp);
+  H5Dclose(d);
+  return rc;
+}
+
+static int load_set(const char *path, bench_set *s) {
+  hid_t f = H5Fopen(path, H5F_ACC_RDONLY, H5P_DEFAULT);
+  if (f < 0) {
+    fprintf(stderr,
+            "bench codec: cannot open %s; capture activations first with\n"
+            "  /usr/bin/python3 tests/actcomp/capture_activations.py %s\n",
+            path, path);
+    return -1;
+  }
+  hid_t g = H5Gopen2(f, "/acts", H5P_DEFAULT);
+  int rc = -1;
+  if (g < 0) {
+    fprintf(stderr, "bench codec: %s has no /acts group of activation tensors\n", path);
+  } else {
+    rc = H5Literate(g, H5_INDEX_NAME, H5_ITER_INC, NULL, collect, s) < 0 ? -1 : 0;
+    H5Gclose(g);
+  }
+  H5Fclose(f);
+  if (!rc && s->count == 0) {
+    fprintf(stderr, "bench codec: %s has no datasets under /acts\n", path);
+    rc = -1;
+  }
+  return rc;
+}
+
+typedef struct bench_result {
+  double ratio, comp_gbs, decomp_gbs, max_err;
+  int64_t zeros_in, zeros_kept, violations;
+} bench_result;
+
+static int run_one(lt_ac_codec *c, lt_ac_kind kind, const bench_set *s, double eb, int repeat,
+                   float *y, bench_result *r) {
+  lt_err err = {0};
+  lt_ac_buf *bufs = calloc((size_t)s->count, sizeof *bufs);
+  double best_c = 1e30, best_d = 1e30;
+  int64_t raw = 0, packed = 0;
+  memset(r, 0, sizeof *r);
+  int rc = 0;
+  for (int rep = 0; rep < repeat && !rc; rep++) {
+    double t0 = lt_now();
+    for (int i = 0; i < s->count && !rc; i++)
+      if (lt_ac_encode(c, kind, s->t[i].x, s->t[i].ndim, s->t[i].shape, eb, &bufs[i], &err)) {
+        fprintf(stderr, "bench codec: %s on %s: %s\n", lt_ac_kind_name(kind), s->t[i].name,
+                err.msg);
+        rc = -1;
+      }
+    double t1 = lt_now();
+    for (int i = 0; i < s->count && !rc; i++) {
+      /* Decode into one buffer per tensor size: y holds the largest. */
+      if (lt_ac_decode(c, bufs[i].data, bufs[i].len, y, s->t[i].n, &err)) {
+        fprintf(stderr, "bench codec: decoding %s on %s: %s\n", lt_ac_kind_name(kind),
+                s->t[i].name, err.msg);
+        rc = -1;
+      }
+      if (rep == 0 && !rc)
+        for (int64_t j = 0; j < s->t[i].n; j++) {
+          double e = fabs((double)s->t[i].x[j] - (double)y[j]);
+          if (e > r->max_err) r->max_err = e;
+          if (kind == LT_AC_KIND_LORENZO && !(e <= eb)) r->violations++;
+          if (s->t[i].x[j] == 0.0f) {
+            r->zeros_in++;
+            r->zeros_kept += y[j] == 0.0f;
+          }
+        }
+    }
+    double t2 = lt_now();
+    if (rep == 0) /* the first decode also ran the checks: time decoding again without them */
+      for (int i = 0; i < s->count && !rc; i++)
+        lt_ac_decode(c, bufs[i].data, bufs[i].len, y, s->t[i].n, &err);
+    double t3 = lt_now();
+    if (t1 - t0 < best_c) best_c = t1 - t0;
+    double dt = rep == 0 ? t3 - t2 : t2 - t1;
+    if (dt < best_d) best_d = dt;
+  }
+  for (int i = 0; i < s->count; i++) {
+    raw += s->t[i].n * 4;
+    packed += (int64_t)bufs[i].len;
+    lt_ac_buf_free(&bufs[i]);
+  }
+  free(bufs);
+  if (rc) return rc;
+  r->ratio = (double)raw / (double)packed;
+  r->comp_gbs = (double)raw / best_c / 1e9;
+  r->decomp_gbs = (double)raw / best_d / 1e9;
+  return 0;
+}
+
+static int parse_list(const char *s, double *out, int cap) {
+  int n = 0;
+  while (*s && n < cap) {
+    char *end;
+    out[n++] = strtod(s, &end);
+    if (end == s) return -1;
+    s = *end == ',' ? end + 1 : end;
+  }
+  return n;
+}
+
+int cmd_bench_codec(int argc, char **argv) {
+  const char *input = "build/actcomp/resnet20_acts.h5", *codecs = "lorenzo,zfp,zstd";
+  double ebs[16] = {0.01, 0.05, 0.1, 0.3};
+  int n_eb = 4, threads = 1, repeat = 3, zlevel = 1, json = 0;
+  for (int i = 1; i < argc; i++) {
+    const char *a = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
+    if (!strcmp(a, "--input") && v) input = argv[++i];
+    else if (!strcmp(a, "--eb") && v) {
+      n_eb = parse_list(argv[++i], ebs, 16);
+      if (n_eb < 1) {
+        fprintf(stderr, "bench codec: --eb takes a comma-separated list such as 0.01,0.1\n");
+        return 2;
+      }
+    } else if (!strcmp(a, "--threads") && v) threads = atoi(argv[++i]);
+    else if (!strcmp(a, "--repeat") && v) repeat = atoi(argv[++i]);
+    else if (!strcmp(a, "--zstd-level") && v) zlevel = atoi(argv[++i]);
+    else if (!strcmp(a, "--codecs") && v) codecs = argv[++i];
+    else if (!strcmp(a, "--json")) json = 1;
+    else {
+      fprintf(stderr,
+              "usage: lathe bench codec [--input FILE.h5] [--eb 0.01,0.05,0.1,0.3] [--threads N]\n"
+              "                         [--repeat R] [--zstd-level L] [--codecs lorenzo,zfp,zstd]"
+              " [--json]\n");
+      return 2;
+    }
+  }
+  if (repeat < 1) repeat = 1;
+  bench_set s = {0};
+  if (load_set(input, &s)) return 2;
+  int64_t maxn = 0, total = 0;
+  for (int i = 0; i < s.count; i++) {
+    if (s.t[i].n > maxn) maxn = s.t[i].n;
+    total += s.t[i].n;
+  }
+  float *y = malloc((size_t)maxn * sizeof *y);
+  lt_err err = {0};
+  lt_ac_opts o = {.threads = threads, .zstd_level = zlevel, .simd = LT_AC_SIMD_AUTO};
+  lt_ac_codec *c = lt_ac_codec_new(&o, &err);
+  if (!c || !y) {
+    fprintf(stderr, "bench codec: %s\n", c ? "out of memory" : err.msg);
+    return 3;
+  }
+  if (!json)
+    printf("%d tensors, %.1f MB float32, threads %d, simd %s\n"
+           "%-8s %6s %8s %10s %10s %10s %s\n",
+           s.count, (double)total * 4 / 1e6, threads,
+           lt_ac_simd_name(lt_ac_simd_resolve(LT_AC_SIMD_AUTO)), "codec", "eb", "ratio",
+           "comp GB/s", "dec GB/s", "max err", "zeros kept");
+  else
+    printf("{\"tensors\":%d,\"bytes\":%lld,\"threads\":%d,\"results\":[", s.count,
+           (long long)total * 4, threads);
+  int rc = 0, first = 1;
+  lt_ac_kind kinds[3] = {LT_AC_KIND_LORENZO, LT_AC_KIND_ZFP, LT_AC_KIND_ZSTD};
+  for (int ki = 0; ki < 3 && !rc; ki++) {
+    if (!strstr(codecs, lt_ac_kind_name(kinds[ki]))) continue;
+    if (!lt_ac_kind_available(kinds[ki])) {
+      if (!json) printf("%-8s (not in this build)\n", lt_ac_kind_name(kinds[ki]));
+      continue;
+    }
+    for (int e = 0; e < (kinds[ki] == LT_AC_KIND_ZSTD ? 1 : n_eb) && !rc; e++) {
+      bench_result r;
+      double eb = kinds[ki] == LT_AC_KIND_ZSTD ? 0 : ebs[e];
+      if (kinds[ki] == LT_AC_KIND_ZSTD) { /* zstd alone at the level the issue compares with */
+        lt_ac_opts oz = o;
+        oz.zstd_level = 3;
+        lt_ac_codec_set_opts(c, &oz);
+      }
+      rc = run_one(c, kinds[ki], &s, eb, repeat, y, &r);
+      lt_ac_codec_set_opts(c, &o);
+      if (rc) break;
+      double kept = r.zeros_in ? (double)r.zeros_kept / (double)r.zeros_in : 1.0;
+      if (json)
+        printf("%s{\"codec\":\"%s\",\"eb\":%g,\"ratio\":%.4f,\"compress_gbs\":%.4f,"
+               "\"decompress_gbs\":%.4f,\"max_error\":%.6g,\"zeros_kept\":%.6f,"
+               "\"violations\":%lld}",
+               first ? "" : ",", lt_ac_kind_name(kinds[ki]), eb, r.ratio, r.comp_gbs,
+               r.decomp_gbs, r.max_err, kept, (long long)r.violations);
+      else
+        printf("%-8s %6g %8.2f %10.3f %10.3f %10.4g %9.1f%%%s\n", lt_ac_kind_name(kinds[ki]), eb,
+               r.ratio, r.comp_gbs, r.decomp_gbs, r.max_err, 100 * kept,
+               r.violations ? "  BOUND VIOLATED" : "");
+      first = 0;
+      if (r.violations) rc = 1;
+    }
+  }
+  if (json) printf("]}\n");
+  lt_ac_codec_free(c);
+  free(y);
+  for (int i = 0; i < s.count; i++) free(s.t[i].x);
+  free(s.t);
+  return rc;
+}
