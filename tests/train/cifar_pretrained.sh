@@ -17,5 +17,6 @@ echo "$out"
 import json, sys
 r = json.loads(sys.argv[1])
 ok = r["samples"] == 10000 and abs(r["accuracy"] - 0.8073) <= 0.0015
-print(("ok  " if ok else "FAIL") + f" pretrained ResNet-20 on cifar10-jpeg /test: {r[\"accuracy\"]:.4f} (reference 0.8073)")
+acc = r["accuracy"]
+print(("ok  " if ok else "FAIL") + f" pretrained ResNet-20 on cifar10-jpeg /test: {acc:.4f} (reference 0.8073)")
 sys.exit(0 if ok else 1)' "$out"
