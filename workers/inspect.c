@@ -844,11 +844,11 @@ typedef struct inspect_format {
   int (*inspect_plain)(const char *path, cJSON **out, char *err, size_t cap); /* no options */
 } inspect_format;
 
-/* ONNX has no signature (a protobuf message); once workers/inspect_onnx.c is in the tree, add
- *   {"ONNX model", NULL, NULL, inspect_onnx_json},
- * below, and a non-HDF5 file is then tried as ONNX. */
+/* ONNX has no signature (a protobuf message): a file no probe claims is tried as ONNX, whose
+ * reader refuses what it cannot parse. */
 static const inspect_format inspect_formats[] = {
     {"HDF5", inspect_probe_hdf5, inspect_hdf5_json, NULL},
+    {"ONNX model", NULL, NULL, inspect_onnx_json},
 };
 
 int inspect_file_json(const char *path, const inspect_opts *opts, cJSON **out, char *err,
