@@ -138,6 +138,13 @@ static void route_schema_kind(http_req *r) {
   http_respond_response(r, 200, resp);
 }
 
+/* The job kinds this server accepts (what the UI offers in its new-job form). */
+static void route_schema_kinds(http_req *r) {
+  cJSON *out = cJSON_CreateObject(), *kinds = cJSON_AddArrayToObject(out, "kinds");
+  for (const char *const *k = spec_kinds(); *k; k++) cJSON_AddItemToArray(kinds, cJSON_CreateString(*k));
+  http_respond_json(r, 200, out);
+}
+
 /* ---- models and datasets ----------------------------------------------------------------- */
 
 /* The file kind a route serves, from its pattern. */
@@ -849,6 +856,7 @@ static const route routes[] = {
     R_GET("/healthz", AUTH_NEED_NONE, route_healthz),
     R_GET("/metrics", AUTH_NEED_READ, route_metrics),
     R_GET("/api/v1/openapi.json", AUTH_NEED_READ, route_openapi),
+    R_GET("/api/v1/schemas/jobs", AUTH_NEED_READ, route_schema_kinds),
     R_GET("/api/v1/schemas/jobs/{kind}", AUTH_NEED_READ, route_schema_kind),
     {"POST", "/api/v1/models", AUTH_NEED_SUBMIT, HTTP_BODY_UPLOAD, route_upload, route_upload_precheck},
     {"PUT", "/api/v1/models", AUTH_NEED_SUBMIT, HTTP_BODY_UPLOAD, route_upload, route_upload_precheck},

@@ -13,7 +13,7 @@ const ID = { job: 'job_0123456789abcdef', model: 'mdl_0123456789abcdef', dataset
 const RW = ['read', 'submit', 'admin', 'worker'], R = ['read', 'submit', 'admin'], S = ['submit', 'admin'],
       W = ['worker', 'admin'], A = ['admin'];
 const ROUTES = [
-  ['GET', '/metrics', R], ['GET', '/api/v1/openapi.json', R], ['GET', '/api/v1/schemas/jobs/{kind}', R],
+  ['GET', '/metrics', R], ['GET', '/api/v1/openapi.json', R], ['GET', '/api/v1/schemas/jobs', R], ['GET', '/api/v1/schemas/jobs/{kind}', R],
   ['POST', '/api/v1/models', S], ['PUT', '/api/v1/models', S], ['GET', '/api/v1/models', RW],
   ['GET', '/api/v1/models/{model}', RW], ['GET', '/api/v1/models/{model}/content', RW], ['DELETE', '/api/v1/models/{model}', S],
   ['POST', '/api/v1/datasets', S], ['PUT', '/api/v1/datasets', S], ['GET', '/api/v1/datasets', RW],
