@@ -65,7 +65,13 @@ static int db_migrate(db_conn *db, srv_err *e) {
   return db_commit(db, e);
 }
 
+/* SQLite's memory statistics take a process-wide mutex on every allocation, which serialises
+ * the server's threads; they are not used, so they are switched off before the first open. */
+static pthread_once_t db_config_once = PTHREAD_ONCE_INIT;
+static void db_config(void) { sqlite3_config(SQLITE_CONFIG_MEMSTATUS, 0); }
+
 db_conn *db_open(const char *path, srv_err *e) {
+  pthread_once(&db_config_once, db_config);
   db_conn *db = calloc(1, sizeof *db);
   if (!db) {
     srv_err_set(e, 500, "internal", "out of memory");
@@ -82,7 +88,8 @@ db_conn *db_open(const char *path, srv_err *e) {
   sqlite3_busy_timeout(db->db, 5000);
   if (db_exec(db,
               "PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL; "
-              "PRAGMA foreign_keys = OFF; PRAGMA temp_store = MEMORY;",
+              "PRAGMA foreign_keys = OFF; PRAGMA temp_store = MEMORY; "
+              "PRAGMA wal_autocheckpoint = 0;",
               e) != 0 ||
       db_migrate(db, e) != 0) {
     db_close(db);
@@ -129,6 +136,10 @@ static void db_write_release(db_conn *db) {
   if (!db->writing) return;
   db->writing = 0;
   pthread_mutex_unlock(&db_write_mu);
+}
+
+void db_checkpoint(db_conn *db) {
+  sqlite3_wal_checkpoint_v2(db->db, NULL, SQLITE_CHECKPOINT_PASSIVE, NULL, NULL);
 }
 
 int db_begin(db_conn *db, srv_err *e) {
@@ -214,7 +225,8 @@ void db_pool_release(db_pool *p, db_conn *db) {
   /* A handler that bailed out mid-transaction must not leak its lock, and a statement left
    * mid-step would pin an old WAL snapshot and block checkpoints. */
   db_rollback(db);
-  for (int i = 0; i < db->n_cached; i++) sqlite3_reset(db->cache[i].st);
+  for (int i = 0; i < db->n_cached; i++)
+    if (sqlite3_stmt_busy(db->cache[i].st)) sqlite3_reset(db->cache[i].st);
   pthread_mutex_lock(&p->mu);
   p->free_list[p->n_free++] = db;
   pthread_cond_signal(&p->freed);

@@ -45,6 +45,12 @@ int db_begin(db_conn *db, srv_err *e);
 int db_commit(db_conn *db, srv_err *e);
 void db_rollback(db_conn *db);
 
+/* Copies committed WAL frames into the database without blocking writers. Connections opened
+ * here never checkpoint on their own (wal_autocheckpoint = 0): an automatic checkpoint runs
+ * inside some request's COMMIT and its fsync stalls every writer queued behind it, so the
+ * server's reaper thread calls this once a second instead. */
+void db_checkpoint(db_conn *db);
+
 /* Turns a failed sqlite call into a 500 with file and line. */
 int db_fail_at(db_conn *db, srv_err *e, const char *file, int line);
 #define DB_FAIL(db, e) db_fail_at((db), (e), __FILE__, __LINE__)

@@ -479,7 +479,13 @@ static const char *const http_json_types[] = {"application/json", NULL};
 static const char *const http_upload_types[] = {"application/octet-stream", "application/x-hdf5",
                                                 "application/x-hdf", "application/onnx", NULL};
 
-/* The first call of a request: route, authenticate, check body headers, start an upload. */
+/* 1 when the request announces a body: a non-zero Content-Length or a chunked transfer. */
+static int http_req_has_body(http_req *r) {
+  const char *cl = http_req_header(r, "Content-Length");
+  return (cl && strcmp(cl, "0") != 0) || http_req_header(r, "Transfer-Encoding") != NULL;
+}
+
+/* Routes, authenticates, checks body headers and starts an upload. */
 static void http_req_begin(http_req *r, const char *url) {
   if (strncmp(url, "/api/", 5) != 0 && strcmp(url, "/metrics") != 0 &&
       strcmp(url, "/healthz") != 0) {
@@ -535,9 +541,14 @@ static void http_req_begin(http_req *r, const char *url) {
   http_req_db_release(r);
 }
 
-/* Takes a chunk of body. Past a limit the rest is dropped and 413 is answered at the end. */
+/* Takes a chunk of body. Past a limit the rest is dropped and 413 is answered at the end, unless
+ * the client keeps sending (chunked, so no Content-Length said how much): then the connection is
+ * closed rather than read forever. */
 static int http_req_take(http_req *r, const char *data, size_t n) {
-  if (r->body_too_large) return 0;
+  if (r->body_too_large) {
+    r->dropped += (int64_t)n;
+    return r->dropped > HTTP_DROP_MAX ? -1 : 0;
+  }
   if (r->rt->body == HTTP_BODY_UPLOAD) {
     if (store_upload_size(r->upload) + (int64_t)n > r->srv->cfg.upload_max) {
       r->body_too_large = 1;
@@ -632,7 +643,12 @@ static enum MHD_Result http_access(void *cls, struct MHD_Connection *con, const 
     r->method = method;
     r->start_ns = http_mono_ns();
     *con_cls = r;
-    http_req_begin(r, url);
+    /* MHD closes the connection after any answer queued on this first call (it cannot know the
+     * body was not wanted), so bodiless requests are routed on the final call instead and keep
+     * their connection alive; requests with a body are checked now, so a refusal (401, 413, a
+     * stale attempt) comes before the body is sent. */
+    if (http_req_has_body(r)) http_req_begin(r, url);
+    else r->deferred = 1;
     return MHD_YES;
   }
   if (*upload_data_size > 0) {
@@ -641,9 +657,15 @@ static enum MHD_Result http_access(void *cls, struct MHD_Connection *con, const 
     if (r->responded) return MHD_YES; /* answered early; the rest of the body is dropped */
     return http_req_take(r, upload_data, n) == 0 ? MHD_YES : MHD_NO;
   }
+  if (r->deferred) {
+    r->deferred = 0;
+    http_req_begin(r, url);
+  }
+  /* No route and no answer means a response could not even be allocated: close. */
+  if (!r->responded && !r->rt) return MHD_NO;
   if (!r->responded) http_req_dispatch(r);
   http_req_db_release(r);
-  return MHD_YES;
+  return r->responded ? MHD_YES : MHD_NO;
 }
 
 static void http_completed(void *cls, struct MHD_Connection *con, void **con_cls,

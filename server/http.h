@@ -26,6 +26,7 @@
 #define HTTP_JSON_DEPTH 64       /* JSON nesting */
 #define HTTP_PAGE_MAX 200        /* list page size */
 #define HTTP_PARAMS_MAX 2        /* path parameters per route */
+#define HTTP_DROP_MAX (1 << 20)  /* refused body bytes read before closing instead of answering */
 
 typedef struct server_cfg {
   char listen_host[256];
@@ -87,8 +88,10 @@ struct http_req {
   char *body;               /* raw JSON body bytes, owned */
   size_t body_len, body_cap;
   int body_too_large;       /* bytes past the limit were dropped; answer 413 */
+  int64_t dropped;          /* bytes dropped so far; past HTTP_DROP_MAX the connection closes */
   store_upload *upload;     /* HTTP_BODY_UPLOAD, owned */
   int responded;
+  int deferred;             /* bodiless: routed on the final call (keeps the connection alive) */
   int status;               /* of the queued response */
   int64_t start_ns;         /* monotonic, for latency */
   db_conn *db;              /* lazily borrowed from the pool */

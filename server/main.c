@@ -111,7 +111,8 @@ static int main_token_create(int argc, char **argv) {
   return 0;
 }
 
-/* The reaper: requeues expired leases once a second until told to stop. */
+/* The reaper: requeues expired leases and checkpoints the WAL once a second until told to
+ * stop. */
 typedef struct main_reaper {
   server *srv;
   db_conn *db;
@@ -129,6 +130,7 @@ static void *main_reaper_run(void *arg) {
     int n = queue_reap(rp->db, &rp->srv->cfg.queue, util_now_ms(), &e);
     if (n < 0) fprintf(stderr, "lathe-server: reaper: %s\n", e.message);
     else if (n > 0) fprintf(stderr, "lathe-server: reaper: %d expired lease(s) handled\n", n);
+    db_checkpoint(rp->db);
     pthread_mutex_lock(&rp->mu);
     int64_t wake = util_now_ms() + 1000;
     struct timespec ts = {.tv_sec = wake / 1000, .tv_nsec = (wake % 1000) * 1000000};
@@ -210,7 +212,9 @@ static int main_parse_options(int argc, char **argv, server *s) {
   s->files.inspect_mem_bytes = 0;
 #endif
   c->db_connections = (int)vals[8];
-  c->conn_memory = 256 * 1024;
+  /* MHD zeroes a connection's whole memory pool before each keep-alive request, so this is a
+   * per-request cost as well as a cap on header size and upload chunk size. */
+  c->conn_memory = 64 * 1024;
   if (main_parse_listen(listen, c) != 0) {
     fprintf(stderr, "lathe-server: --listen wants HOST:PORT (e.g. 127.0.0.1:8080), got \"%s\"\n",
             listen);

@@ -67,13 +67,6 @@ void queue_notify_shutdown(void) {
   pthread_mutex_unlock(&queue_notify_mu);
 }
 
-int queue_notify_stopping(void) {
-  pthread_mutex_lock(&queue_notify_mu);
-  int s = queue_notify_stopped;
-  pthread_mutex_unlock(&queue_notify_mu);
-  return s;
-}
-
 /* ---- the job object ---------------------------------------------------------------------- */
 
 /* Column order of every query that builds a job object; queue_job_from_row reads by index. */
@@ -99,15 +92,20 @@ static cJSON *queue_job_from_row(sqlite3_stmt *st) {
   cJSON_AddNumberToObject(o, "attempt", (double)sqlite3_column_int64(st, 4));
   cJSON_AddNumberToObject(o, "max_attempts", (double)sqlite3_column_int64(st, 5));
   queue_add_json_text(o, "spec", st, 6);
-  cJSON *progress = NULL;
+  /* progress always carries fraction, message and eta_s, whatever was stored (a job that
+   * succeeded without ever reporting progress has only the fraction the completion set). */
   const char *ptext = (const char *)sqlite3_column_text(st, 7);
-  if (ptext) progress = cJSON_Parse(ptext);
-  if (!progress) {
+  cJSON *progress = ptext ? cJSON_Parse(ptext) : NULL;
+  if (!cJSON_IsObject(progress)) {
+    cJSON_Delete(progress);
     progress = cJSON_CreateObject();
-    cJSON_AddNumberToObject(progress, "fraction", 0);
-    cJSON_AddNullToObject(progress, "message");
-    cJSON_AddNullToObject(progress, "eta_s");
   }
+  if (!cJSON_IsNumber(cJSON_GetObjectItemCaseSensitive(progress, "fraction"))) {
+    cJSON_DeleteItemFromObjectCaseSensitive(progress, "fraction");
+    cJSON_AddNumberToObject(progress, "fraction", 0);
+  }
+  if (!cJSON_GetObjectItemCaseSensitive(progress, "message")) cJSON_AddNullToObject(progress, "message");
+  if (!cJSON_GetObjectItemCaseSensitive(progress, "eta_s")) cJSON_AddNullToObject(progress, "eta_s");
   cJSON_AddItemToObject(o, "progress", progress);
   queue_add_json_text(o, "result", st, 8);
   const char *error = (const char *)sqlite3_column_text(st, 9);
@@ -486,6 +484,25 @@ cJSON *queue_claim(db_conn *db, const queue_cfg *cfg, const char *worker, const 
   return NULL;
 }
 
+int queue_claimable(db_conn *db, const cJSON *kinds, srv_err *e) {
+  char *kinds_text = kinds ? cJSON_PrintUnformatted(kinds) : NULL;
+  sqlite3_stmt *st = db_stmt(db,
+                             "SELECT 1 FROM jobs WHERE state = 'queued' AND not_before <= ?1 "
+                             "AND (?2 IS NULL OR kind IN (SELECT value FROM json_each(?2))) LIMIT 1",
+                             e);
+  if (!st) {
+    free(kinds_text);
+    return -1;
+  }
+  sqlite3_bind_int64(st, 1, util_now_ms());
+  if (kinds_text) sqlite3_bind_text(st, 2, kinds_text, -1, free);
+  int rc = sqlite3_step(st);
+  sqlite3_reset(st);
+  if (rc == SQLITE_ROW) return 1;
+  if (rc == SQLITE_DONE) return 0;
+  return DB_FAIL(db, e);
+}
+
 /* Looks up (id, attempt) for fencing: 0 when running at that attempt, with cancel_requested. */
 static int queue_fence_read(db_conn *db, const char *id, int64_t attempt, int *cancel,
                             srv_err *e) {
@@ -763,7 +780,9 @@ cJSON *queue_complete(db_conn *db, const queue_cfg *cfg, const char *id, int64_t
 int queue_reap(db_conn *db, const queue_cfg *cfg, int64_t now_ms, srv_err *e) {
   if (db_begin(db, e) != 0) return -1;
   /* The expired attempt counts as a retryable failure: back to queued with backoff while
-   * attempts remain, else dead; a cancel that was waiting for the worker completes here. */
+   * attempts remain, else dead; a cancel that was waiting for the worker completes here. The
+   * backoff expression is queue_backoff_ms written set-wise, so one statement handles every
+   * expired job (test_queue checks both give the same delays). */
   sqlite3_stmt *st = db_stmt(
       db,
       "UPDATE jobs SET state = CASE WHEN cancel_requested THEN 'cancelled' "

@@ -60,6 +60,9 @@ cJSON *queue_job_retry(db_conn *db, const char *id, srv_err *e);
  * "lease_until"}, or NULL with e->status == 0 when nothing is claimable. Records the worker. */
 cJSON *queue_claim(db_conn *db, const queue_cfg *cfg, const char *worker, const char *device,
                    const cJSON *kinds, srv_err *e);
+/* 1 when queue_claim would find a job now (a read, no lock), 0 when not, -1 on error. Long
+ * polls check this on every wake-up before trying the write that claims. */
+int queue_claimable(db_conn *db, const cJSON *kinds, srv_err *e);
 /* Renews the lease; 409 stale_attempt unless (id, attempt) is the job's running attempt. */
 int queue_heartbeat(db_conn *db, const queue_cfg *cfg, const char *id, int64_t attempt,
                     int64_t *lease_until, int *cancel, srv_err *e);
@@ -98,6 +101,5 @@ void queue_notify_bump(void);
 /* Returns 1 when the generation moved past seen, 0 on timeout, -1 after shutdown. */
 int queue_notify_wait(uint64_t seen, int64_t deadline_ms);
 void queue_notify_shutdown(void);
-int queue_notify_stopping(void);
 
 #endif

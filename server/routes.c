@@ -120,6 +120,7 @@ static void route_metrics(http_req *r) {
 static void route_openapi(http_req *r) {
   struct MHD_Response *resp = MHD_create_response_from_buffer(
       strlen(embed_openapi_json), (void *)embed_openapi_json, MHD_RESPMEM_PERSISTENT);
+  if (!resp) return;
   http_response_add_common(resp, "application/json");
   http_respond_response(r, 200, resp);
 }
@@ -132,6 +133,7 @@ static void route_schema_kind(http_req *r) {
   }
   struct MHD_Response *resp =
       MHD_create_response_from_buffer(strlen(text), (void *)text, MHD_RESPMEM_PERSISTENT);
+  if (!resp) return;
   http_response_add_common(resp, "application/schema+json");
   http_respond_response(r, 200, resp);
 }
@@ -606,9 +608,13 @@ static void route_worker_claim(http_req *r) {
     kinds = NULL;
   }
   int64_t deadline = util_now_ms() + wait * 1000;
-  for (;;) {
+  for (int round = 0;; round++) {
     uint64_t gen = queue_notify_gen();
-    cJSON *claim = queue_claim(http_req_db(r), &r->srv->cfg.queue, worker, device, kinds, &e);
+    /* The first round always claims (it also records the worker as seen); later rounds only
+     * take the write lock when a read says a job is there, since every queue write wakes them. */
+    int worth = round == 0 ? 1 : queue_claimable(http_req_db(r), kinds, &e);
+    cJSON *claim =
+        worth > 0 ? queue_claim(http_req_db(r), &r->srv->cfg.queue, worker, device, kinds, &e) : NULL;
     http_req_db_release(r);
     if (claim) {
       http_respond_json(r, 200, claim);

@@ -36,6 +36,9 @@ int store_init(store *s, const char *root, srv_err *e) {
   char path[1100];
   snprintf(s->root, sizeof s->root, "%s", root);
   pthread_mutex_init(&s->mu, NULL);
+  pthread_mutex_init(&s->inspect_mu, NULL);
+  pthread_cond_init(&s->inspect_free, NULL);
+  s->inspect_running = 0;
   if (store_mkdir(root, e) != 0) return -1;
   snprintf(path, sizeof path, "%s/tmp", root);
   if (store_mkdir(path, e) != 0) return -1;
@@ -128,7 +131,6 @@ int store_upload_write(store_upload *up, const void *data, size_t n, srv_err *e)
 }
 
 int64_t store_upload_size(const store_upload *up) { return up->size; }
-const char *store_upload_tmp_path(const store_upload *up) { return up->tmp; }
 
 int store_upload_finish(store_upload *up, srv_err *e) {
   unsigned char md[32];
@@ -174,7 +176,7 @@ static int store_inspect_run(const store *s, const char *path, char **out, char 
     setrlimit(RLIMIT_CPU, &cpu);
     struct rlimit core = {0, 0};
     setrlimit(RLIMIT_CORE, &core);
-    int devnull = open("/dev/null", O_RDONLY);
+    int devnull = open("/dev/null", O_RDONLY | O_CLOEXEC);
     if (devnull >= 0) dup2(devnull, 0);
     dup2(po[1], 1);
     dup2(pe[1], 2);
@@ -288,7 +290,16 @@ cJSON *store_upload_inspect(store *s, store_upload *up, const char *kind, srv_er
     return NULL;
   }
   char *out = NULL, err[STORE_INSPECT_ERR_MAX];
+  pthread_mutex_lock(&s->inspect_mu);
+  while (s->inspect_running >= STORE_INSPECT_PARALLEL)
+    pthread_cond_wait(&s->inspect_free, &s->inspect_mu);
+  s->inspect_running++;
+  pthread_mutex_unlock(&s->inspect_mu);
   int rc = store_inspect_run(s, up->tmp, &out, err, sizeof err);
+  pthread_mutex_lock(&s->inspect_mu);
+  s->inspect_running--;
+  pthread_cond_signal(&s->inspect_free);
+  pthread_mutex_unlock(&s->inspect_mu);
   cJSON *summary = NULL;
   if (rc == 0 && out && util_json_depth(out, strlen(out)) <= 64) summary = cJSON_Parse(out);
   free(out);
@@ -492,6 +503,26 @@ cJSON *store_file_list(db_conn *db, const char *kind, const char *job_id, int li
   return out;
 }
 
+/* 1 when a queued or running job's spec names id (or on error, with e set): deleting the file
+ * would fail that job's download. Ids are 16 random hex digits, so a substring match is exact in
+ * practice. */
+static int store_file_in_use(db_conn *db, const char *id, srv_err *e) {
+  sqlite3_stmt *st = db_stmt(db,
+                             "SELECT 1 FROM jobs WHERE state IN ('queued', 'running') "
+                             "AND instr(spec, ?1) > 0 LIMIT 1",
+                             e);
+  if (!st) return 1;
+  sqlite3_bind_text(st, 1, id, -1, SQLITE_STATIC);
+  int rc = sqlite3_step(st);
+  sqlite3_reset(st);
+  if (rc == SQLITE_ROW) return 1;
+  if (rc != SQLITE_DONE) {
+    DB_FAIL(db, e);
+    return 1;
+  }
+  return 0;
+}
+
 int store_file_delete(store *s, db_conn *db, const char *kind, const char *id, const char *owner,
                       srv_err *e) {
   pthread_mutex_lock(&s->mu);
@@ -515,6 +546,10 @@ int store_file_delete(store *s, db_conn *db, const char *kind, const char *id, c
       else if (rc != SQLITE_ROW) DB_FAIL(db, e);
       else if (owner && strcmp(owner, row_owner) != 0)
         srv_err_set(e, 403, "forbidden", "%s %s was uploaded by another token; ask an admin", kind,
+                    id);
+      else if (store_file_in_use(db, id, e))
+        srv_err_set(e, 409, "file_in_use",
+                    "%s %s is named by a queued or running job; cancel the job or wait for it", kind,
                     id);
       else if (db_commit(db, e) == 0) {
         ret = 0;

@@ -26,7 +26,14 @@ typedef struct store {
   int64_t inspect_mem_bytes; /* RLIMIT_AS of the child; 0 = no limit */
   int64_t inspect_cpu_s;
   pthread_mutex_t mu;    /* orders blob rename+insert against delete+unlink */
+  /* At most STORE_INSPECT_PARALLEL inspect children at once, so a burst of uploads cannot fork
+   * a child per connection; later uploads wait their turn. */
+  pthread_mutex_t inspect_mu;
+  pthread_cond_t inspect_free;
+  int inspect_running;   /* guarded by inspect_mu */
 } store;
+
+#define STORE_INSPECT_PARALLEL 2
 
 typedef struct store_upload store_upload;
 
@@ -47,7 +54,6 @@ store_upload *store_upload_begin(store *s, srv_err *e);
 int store_upload_write(store_upload *up, const void *data, size_t n, srv_err *e);
 int64_t store_upload_size(const store_upload *up);
 int store_upload_finish(store_upload *up, srv_err *e);
-const char *store_upload_tmp_path(const store_upload *up);
 /* Runs `lathe inspect` on the finished temp file (models and datasets): the summary JSON, or
  * NULL with e = 400/415 (the file is refused) or 503 (the checker is missing). */
 cJSON *store_upload_inspect(store *s, store_upload *up, const char *kind, srv_err *e);

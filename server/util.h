@@ -61,7 +61,7 @@ int util_json_depth(const char *text, size_t n);
 /* Strict integer parse of a whole string within [lo, hi]; 0 or -1. */
 int util_parse_i64(const char *s, int64_t lo, int64_t hi, int64_t *out);
 
-/* A cJSON string/number getter that tolerates absence: NULL / def when missing. */
+/* The string at key, or NULL when absent or not a string. */
 const char *util_json_str(const cJSON *obj, const char *key);
 
 #endif

@@ -133,6 +133,13 @@ try {
     `Content-Type: application/octet-stream\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n` +
     [1, 2, 3].map(() => `${chunk.length.toString(16)}\r\n${chunk}\r\n`).join('') + '0\r\n\r\n');
   check(/^HTTP\/1\.1 413/.test(got), `chunked upload past the cap -> 413 (got ${got.slice(0, 30)})`);
+  // A chunked body that never stops is cut off: the connection closes, the server lives on.
+  const big = 'y'.repeat(60000);
+  got = await raw(srv, `POST /api/v1/jobs HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer ${T.submit}\r\n` +
+    `Content-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n` +
+    Array.from({ length: 60 }, () => `${big.length.toString(16)}\r\n${big}\r\n`).join(''), { ms: 3000 });
+  check(!/^HTTP\/1\.1 2/.test(got), `an endless chunked JSON body is refused (got ${got.slice(0, 30) || 'a closed connection'})`);
+  check((await api(srv, 'GET', '/healthz')).status === 200, 'the server survives an endless body');
   // A client dying mid-body leaves no temp file, no blob and no row.
   const valid = readFileSync(makeH5(srv.data));
   got = await raw(srv, Buffer.concat([Buffer.from(`POST /api/v1/datasets?name=cut.h5 HTTP/1.1\r\nHost: x\r\n` +
@@ -178,6 +185,8 @@ try {
   check(r.status === 200 && r.json?.cancel === false, `heartbeat of attempt 2 -> 200`);
   r = await api(srv, 'GET', `/api/v1/jobs/${job}/artifacts`, { token: T.read });
   check(r.status === 200 && r.json.items.length === 0, `the stale artifact was not stored`);
+  r = await api(srv, 'DELETE', `/api/v1/datasets/${ds}`, { token: T.submit });
+  check(r.status === 409 && r.json?.code === 'file_in_use', `deleting a dataset a running job needs -> 409 (got ${r.status})`);
   r = await wpost('/api/v1/workers/complete', { job, attempt: 2, state: 'exploded' });
   check(r.status === 400 && r.json?.path === '$.state', `complete with a bad state -> 400`);
   r = await api(srv, 'POST', `/api/v1/jobs/${job}/retry`, { token: T.submit });

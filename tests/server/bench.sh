@@ -74,8 +74,11 @@ report() { # name wrk-output
   printf '%-34s %10s req/s   p99 %s\n' "$1" "$rps" "$p99"
 }
 echo "lathe-server bench: $(nproc) cores, ${secs}s per run, $(date -u +%FT%TZ)"
-wrk -t2 -c32 -d"${secs}s" --latency -H "Authorization: Bearer $admin" "$base/api/v1/jobs/$job" >"$work/get.txt"
-report "GET /api/v1/jobs/{id} (32 conns)" "$work/get.txt"
+echo "load average before: $(cut -d' ' -f1-3 /proc/loadavg) (other processes share these cores)"
+for c in 8 32; do
+  wrk -t2 -c$c -d"${secs}s" --latency -H "Authorization: Bearer $admin" "$base/api/v1/jobs/$job" >"$work/get.txt"
+  report "GET /api/v1/jobs/{id} ($c conns)" "$work/get.txt"
+done
 wrk -t2 -c16 -d"${secs}s" --latency -s "$work/post.lua" "$base/api/v1/jobs" >"$work/post.txt"
 report "POST /api/v1/jobs (16 conns)" "$work/post.txt"
 queued=$(curl -sf -H "Authorization: Bearer $admin" "$base/metrics" | sed -nE 's/^lathe_jobs\{state="queued"\} ([0-9]+)/\1/p')

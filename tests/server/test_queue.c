@@ -80,6 +80,9 @@ TEST_CASE(queue_claim_complete_succeeds) {
   CHECK(strcmp(util_json_str(job, "state"), "succeeded") == 0);
   CHECK(cJSON_GetObjectItem(cJSON_GetObjectItem(job, "result"), "rows")->valueint == 3);
   CHECK(cJSON_GetObjectItem(cJSON_GetObjectItem(job, "progress"), "fraction")->valuedouble == 1);
+  /* Regression: a job that never reported progress still has the whole progress object. */
+  CHECK(cJSON_IsNull(cJSON_GetObjectItem(cJSON_GetObjectItem(job, "progress"), "message")));
+  CHECK(cJSON_IsNull(cJSON_GetObjectItem(cJSON_GetObjectItem(job, "progress"), "eta_s")));
   CHECK(cJSON_IsString(cJSON_GetObjectItem(job, "finished_at")));
   cJSON_Delete(job);
   /* A second completion of the same attempt is stale. */
@@ -103,6 +106,11 @@ TEST_CASE(queue_claims_by_priority_then_age_and_kind) {
   CHECK(strcmp(got, high2) == 0);
   test_claim(db, &cfg, "[\"inspect\"]", got);
   CHECK(strcmp(got, low) == 0);
+  srv_err e = {0};
+  cJSON *only_inspect = cJSON_Parse("[\"inspect\"]");
+  CHECK(queue_claimable(db, only_inspect, &e) == 0);
+  CHECK(queue_claimable(db, NULL, &e) == 1);
+  cJSON_Delete(only_inspect);
   CHECK(test_claim(db, &cfg, "[\"inspect\"]", got) == 0); /* the train job is not offered */
   test_claim(db, &cfg, NULL, got);
   CHECK(strcmp(got, train) == 0);
@@ -195,6 +203,29 @@ TEST_CASE(queue_backoff_doubles_and_caps) {
   CHECK(queue_backoff_ms(&cfg, 3) == 4000);
   CHECK(queue_backoff_ms(&cfg, 4) == 5000);
   CHECK(queue_backoff_ms(&cfg, 60) == 5000);
+}
+
+TEST_CASE(reaper_backoff_matches_queue_backoff) {
+  db_conn *db = test_db();
+  REQUIRE(db);
+  queue_cfg cfg = {.lease_ms = 1000, .backoff_base_ms = 1000, .backoff_max_ms = 5000};
+  char id[UTIL_ID_LEN], got[UTIL_ID_LEN];
+  test_submit(db, 0, 10, "inspect", id);
+  for (int attempt = 1; attempt <= 5; attempt++) {
+    sqlite3_exec(db->db, "UPDATE jobs SET not_before = 0", NULL, NULL, NULL);
+    REQUIRE(test_claim(db, &cfg, NULL, got) == attempt);
+    srv_err e = {0};
+    int64_t now = util_now_ms() + 10000;
+    REQUIRE(queue_reap(db, &cfg, now, &e) == 1);
+    sqlite3_stmt *st;
+    sqlite3_prepare_v2(db->db, "SELECT not_before FROM jobs", -1, &st, NULL);
+    sqlite3_step(st);
+    CHECK_MSG(sqlite3_column_int64(st, 0) - now == queue_backoff_ms(&cfg, attempt),
+              "attempt %d: reaper delay %lld, queue_backoff_ms %lld", attempt,
+              (long long)(sqlite3_column_int64(st, 0) - now), (long long)queue_backoff_ms(&cfg, attempt));
+    sqlite3_finalize(st);
+  }
+  db_close(db);
 }
 
 TEST_CASE(lease_expiry_requeues_and_fences_the_old_attempt) {
@@ -477,6 +508,7 @@ int main(void) {
   RUN(queue_cancel_queued_and_running);
   RUN(queue_retryable_failure_backs_off_then_dies);
   RUN(queue_backoff_doubles_and_caps);
+  RUN(reaper_backoff_matches_queue_backoff);
   RUN(lease_expiry_requeues_and_fences_the_old_attempt);
   RUN(queue_events_validated_all_or_nothing);
   RUN(queue_idempotency_key_replays_or_conflicts);

@@ -333,6 +333,28 @@ TEST_CASE(lathe_inspect_refuses_file_that_crashes_hdf5) {
   CHECK_STR_CONTAINS(out, "is damaged");
 }
 
+/* Regressions found by byte-flip fuzzing under AddressSanitizer: files HDF5 1.10 opens but then
+ * reads past its own buffers on (a chunk larger than a fixed maximum dimension, a current size
+ * above the maximum, a chunked dataset whose filter pipeline was lost, a 28932-byte float). Each
+ * is refused before any data is read, with exit 2 and what is wrong. */
+TEST_CASE(lathe_inspect_refuses_inconsistent_datasets_before_reading) {
+  static const char *const cases[][2] = {
+      {"chunk-above-maxdims.h5", "its chunk shape does not fit its dataspace"},
+      {"dims-above-maxdims.h5", "dimension 1 is 3808428035, above its maximum 3"},
+      {"lost-filter-pipeline.h5", "its unfiltered data takes 1618 bytes in the file, but its shape needs 20000"},
+      {"float-type-28932-bytes.h5", "its number type is 28932 bytes"},
+  };
+  for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+    static char out[1 << 16];
+    char args[1024];
+    snprintf(args, sizeof args, "inspect --exact %s/tests/workers/data/%s", LATHE_SOURCE_DIR, cases[i][0]);
+    int rc = run_cli(args, out, sizeof out);
+    CHECK_MSG(rc == 2, "%s: exit %d", cases[i][0], rc);
+    CHECK_STR_CONTAINS(out, cases[i][1]);
+    CHECK_STR_CONTAINS(out, "the file is damaged");
+  }
+}
+
 /* Byte flips in a valid file: every damaged copy gets exit 0 or 2 (with the crash guard catching
  * what HDF5 itself cannot survive), never a signal or a hang. */
 TEST_CASE(lathe_inspect_survives_damaged_copies) {
@@ -384,6 +406,7 @@ int main(void) {
   RUN(inspect_summary_size_is_bounded);
   RUN(lathe_inspect_cli_exit_codes);
   RUN(lathe_inspect_refuses_file_that_crashes_hdf5);
+  RUN(lathe_inspect_refuses_inconsistent_datasets_before_reading);
   RUN(lathe_inspect_survives_damaged_copies);
   char cmd[512];
   snprintf(cmd, sizeof cmd, "rm -rf '%s'", dir);
