@@ -146,8 +146,10 @@ static int jt_config(job_ctx *job, const cJSON *spec, const lt_dataset *train,
   return JOB_EXIT_OK;
 }
 
-/* lt_status of a failed engine call → exit code: the caller's input, or this machine. */
-static int jt_exit(lt_status st) {
+/* lt_status of a failed engine call → exit status: this machine's trouble (memory, disk, a
+ * broken invariant, a stop request) is retried; anything else is the caller's input. Shared with
+ * `lathe eval` and `lathe data convert`. */
+int job_train_exit_code(lt_status st) {
   return st == LT_ERR_NOMEM || st == LT_ERR_INTERNAL || st == LT_ERR_IO || st == LT_ERR_CANCELLED
              ? JOB_EXIT_FAILED
              : JOB_EXIT_BAD_INPUT;
@@ -211,11 +213,11 @@ int job_train_run(job_ctx *job, cJSON **result) {
   lt_graph *g = NULL;
   int rc = JOB_EXIT_OK;
   if (!train) {
-    rc = job_fail(job, jt_exit(err.status), "%s", err.msg);
+    rc = job_fail(job, job_train_exit_code(err.status), "%s", err.msg);
     goto done;
   }
   if (val_split[0] && !(val = lt_dataset_load(dpath, val_split, NULL, &err))) {
-    rc = job_fail(job, jt_exit(err.status), "%s", err.msg);
+    rc = job_fail(job, job_train_exit_code(err.status), "%s", err.msg);
     goto done;
   }
   lt_zoo_opts zo = {.in_channels = train->c, .height = train->h, .width = train->w,
@@ -225,7 +227,7 @@ int job_train_run(job_ctx *job, cJSON **result) {
   else zo.num_classes = num_classes;
   lt_ckpt_meta meta;
   if (!(g = lt_model_load(mref, &zo, NULL, &meta, &err))) {
-    rc = job_fail(job, jt_exit(err.status), "%s", err.msg);
+    rc = job_fail(job, job_train_exit_code(err.status), "%s", err.msg);
     goto done;
   }
 
@@ -248,7 +250,7 @@ int job_train_run(job_ctx *job, cJSON **result) {
   lt_train_result r;
   lt_status s = lt_train_run(g, be, &c, &r, &err);
   if (s) {
-    rc = job_fail(job, jt_exit(s), "%s", err.msg);
+    rc = job_fail(job, job_train_exit_code(s), "%s", err.msg);
     goto done;
   }
   job_emit_artifact(job, "checkpoint.h5", ckpt);
