@@ -4,17 +4,27 @@
  * (the same job run again after a crash or kill -9) the run resumes from it and ends where an
  * uninterrupted run ends. Artifacts: the final checkpoint and the trained model as model.onnx.
  *
- * The spec objects `loader` and `activation_compression` belong to other issues; they slot in as
- * lt_train_config fields read here. */
+ * With a `loader` object the training split is not read into memory: the clairvoyant loader
+ * (lathe/loader.h) reads batches straight from the file, on every MPI rank when the worker runs the
+ * job under `mpirun -np ranks`; rank 0 alone prints events and writes the checkpoint, and the result
+ * adds loader.* figures summed over ranks. The spec object `activation_compression` belongs to
+ * another issue; it slots in as an lt_train_config field read here. */
+#include <hdf5.h>
 #include <math.h>
+#include <stdlib.h>
 #include <stdio.h>
 #include <string.h>
 #include <unistd.h>
 
 #include "job.h"
 #include "lathe/backend.h"
+#include "lathe/config.h"
 #include "lathe/onnx.h"
 #include "lathe/train.h"
+
+#if LATHE_HAVE_MPI
+#include <mpi.h>
+#endif
 
 /* Spec accessors: the validator has filled defaults, so a missing value is a schema bug; the
  * fallback keeps the job safe if it ever happens. */
@@ -37,6 +47,7 @@ typedef struct jt_state {
   job_ctx *job;
   double started;
   int64_t last_progress_step;
+  cJSON *loader_epochs; /* with a loader: one object per epoch for the result, owned */
 } jt_state;
 
 static void jt_emit_memory(job_ctx *job, int64_t step, const lt_mem_stats *mem) {
@@ -70,8 +81,146 @@ static int jt_on_step(void *user, const lt_train_progress *p) {
   return job_should_stop(s->job);
 }
 
+/* ---- the loader ---------------------------------------------------------------------------- */
+
+/* Under an MPI launcher (mpirun sets these for every rank it starts), MPI must be initialised
+ * before the loader asks for its rank; a plain `lathe run` stays a single process without MPI. */
+static int jt_mpi_launched(void) {
+  static const char *const vars[] = {"OMPI_COMM_WORLD_SIZE", "PMIX_RANK", "PMI_SIZE", NULL};
+  for (const char *const *v = vars; *v; v++)
+    if (getenv(*v) && *getenv(*v)) return 1;
+  return 0;
+}
+
+/* Returns 1 when this call initialised MPI (and jt_mpi_end must finalise it). */
+static int jt_mpi_begin(void) {
+#if LATHE_HAVE_MPI
+  int init = 0;
+  MPI_Initialized(&init);
+  if (!init && jt_mpi_launched() && MPI_Init(NULL, NULL) == MPI_SUCCESS) return 1;
+#endif
+  return 0;
+}
+
+static void jt_mpi_end(int began) {
+#if LATHE_HAVE_MPI
+  if (began) MPI_Finalize();
+#else
+  (void)began;
+#endif
+}
+
+/* The training split's geometry without reading its samples: /split/x must be (N, C, H, W). The
+ * loader checks the bytes per sample against the model; this gives the zoo its input size and
+ * the schedule its steps per epoch. */
+static int jt_loader_geometry(job_ctx *job, const char *path, const char *split, lt_dataset *geo) {
+  char name[64];
+  snprintf(name, sizeof name, "/%s/x", split);
+  H5E_auto2_t old_fn;
+  void *old_data;
+  H5Eget_auto2(H5E_DEFAULT, &old_fn, &old_data);
+  H5Eset_auto2(H5E_DEFAULT, NULL, NULL);
+  int rc = JOB_EXIT_OK, nd = -1;
+  hsize_t dims[8] = {0};
+  hid_t f = H5Fopen(path, H5F_ACC_RDONLY, H5P_DEFAULT);
+  hid_t d = f >= 0 ? H5Dopen2(f, name, H5P_DEFAULT) : -1;
+  hid_t sp = d >= 0 ? H5Dget_space(d) : -1;
+  if (sp >= 0) nd = H5Sget_simple_extent_ndims(sp);
+  if (nd >= 0 && nd <= 8) H5Sget_simple_extent_dims(sp, dims, NULL);
+  if (f < 0)
+    rc = job_fail(job, JOB_EXIT_BAD_INPUT, "cannot open %s as HDF5; check the dataset file", path);
+  else if (d < 0)
+    rc = job_fail(job, JOB_EXIT_BAD_INPUT, "%s has no dataset %s; $.spec.splits.train names the split",
+                  path, name);
+  else if (nd != 4)
+    rc = job_fail(job, JOB_EXIT_BAD_INPUT,
+                  "%s%s has %d dims; the loader needs images (N, C, H, W)", path, name, nd);
+  if (sp >= 0) H5Sclose(sp);
+  if (d >= 0) H5Dclose(d);
+  if (f >= 0) H5Fclose(f);
+  H5Eset_auto2(H5E_DEFAULT, old_fn, old_data);
+  if (rc) return rc;
+  memset(geo, 0, sizeof *geo);
+  snprintf(geo->split, sizeof geo->split, "%s", split);
+  geo->n = (int64_t)dims[0];
+  geo->c = (int)dims[1];
+  geo->h = (int)dims[2];
+  geo->w = (int)dims[3];
+  return JOB_EXIT_OK;
+}
+
+/* $.spec.loader → loader options for the train split (global batch and epochs as the loop's). */
+static int jt_loader_opts(job_ctx *job, const cJSON *lo, const char *path, const char *split,
+                          const lt_train_config *c, lt_loader_opts *o, char *names, size_t cap) {
+  lt_err err = {0};
+  *o = lt_loader_opts_default();
+  o->path = path;
+  int n = snprintf(names, cap, "/%s/x", split);
+  snprintf(names + n + 1, cap - (size_t)n - 1, "/%s/y", split);
+  o->x_name = names;
+  o->y_name = names + n + 1;
+  o->global_batch = c->batch_size;
+  o->epochs = (int)c->epochs;
+  o->seed = c->seed;
+  o->buffer_fraction = jt_num(lo, "buffer_fraction", 0.5);
+  o->prefetch_steps = (int)jt_num(lo, "prefetch_steps", 2);
+  o->io_threads = (int)jt_num(lo, "io_threads", 2);
+  o->o_direct = cJSON_IsTrue(jt_obj(lo, "o_direct"));
+  o->merge_gap = (int64_t)jt_num(lo, "merge_gap", 64 << 10);
+  o->merge_max = (int64_t)jt_num(lo, "merge_max", 4 << 20);
+  if (lt_loader_policy_parse(jt_str(lo, "policy", "static"), &o->policy, &err) ||
+      lt_loader_balance_parse(jt_str(lo, "balance", "cost"), &o->balance, &err))
+    return job_fail(job, JOB_EXIT_BAD_INPUT, "$.spec.loader: %s", err.msg);
+  return JOB_EXIT_OK;
+}
+
+/* Per-epoch loading figures: metrics (step = epoch) and one object of the result's loader.epochs. */
+static void jt_loader_on_epoch(jt_state *s, const lt_train_progress *p) {
+  const lt_train_loader_epoch *le = p->loader;
+  if (!le) return;
+  int64_t e = p->epoch + 1;
+  job_emit_metric(s->job, "loader.hit_rate", e, le->hit_rate);
+  job_emit_metric(s->job, "loader.storage_bytes", e, (double)le->storage_bytes);
+  job_emit_metric(s->job, "loader.samples_per_s", e, le->samples_per_s);
+  job_emit_metric(s->job, "loader.stall_fraction", e, le->stall_fraction);
+  if (!s->loader_epochs) s->loader_epochs = cJSON_CreateArray();
+  cJSON *o = cJSON_CreateObject();
+  cJSON_AddNumberToObject(o, "epoch", (double)e);
+  cJSON_AddNumberToObject(o, "samples_per_s", le->samples_per_s);
+  cJSON_AddNumberToObject(o, "hit_rate", le->hit_rate);
+  cJSON_AddNumberToObject(o, "storage_bytes", (double)le->storage_bytes);
+  cJSON_AddNumberToObject(o, "storage_requests", (double)le->storage_requests);
+  cJSON_AddNumberToObject(o, "stall_fraction", le->stall_fraction);
+  cJSON *mean = cJSON_AddArrayToObject(o, "rank_batch_mean");
+  cJSON *most = cJSON_AddArrayToObject(o, "rank_batch_max");
+  for (int r = 0; r < le->n_ranks; r++) {
+    cJSON_AddItemToArray(mean, cJSON_CreateNumber(le->rank_batch_mean[r]));
+    cJSON_AddItemToArray(most, cJSON_CreateNumber((double)le->rank_batch_max[r]));
+  }
+  cJSON_AddItemToArray(s->loader_epochs, o);
+}
+
+/* result.loader: the run's loading figures over all ranks, the options and the epochs. */
+static void jt_loader_result(cJSON *res, const lt_train_result *r, const lt_loader_opts *o,
+                             jt_state *s) {
+  const lt_loader_stats *ls = &r->loader;
+  cJSON *l = cJSON_AddObjectToObject(res, "loader");
+  cJSON_AddStringToObject(l, "policy", lt_loader_policy_name(o->policy));
+  cJSON_AddStringToObject(l, "balance", lt_loader_balance_name(o->balance));
+  cJSON_AddNumberToObject(l, "buffer_fraction", o->buffer_fraction);
+  cJSON_AddNumberToObject(l, "ranks", r->loader_ranks);
+  cJSON_AddNumberToObject(l, "hit_rate", ls->samples ? (double)ls->hits / (double)ls->samples : 0);
+  cJSON_AddNumberToObject(l, "storage_bytes", (double)ls->storage_bytes);
+  cJSON_AddNumberToObject(l, "storage_requests", (double)ls->storage_requests);
+  cJSON_AddNumberToObject(l, "stall_fraction", ls->total_s > 0 ? ls->stall_s / ls->total_s : 0);
+  cJSON_AddNumberToObject(l, "batch_imbalance", ls->batch_imbalance);
+  cJSON_AddItemToObject(l, "epochs", s->loader_epochs ? s->loader_epochs : cJSON_CreateArray());
+  s->loader_epochs = NULL;
+}
+
 static int jt_on_epoch(void *user, const lt_train_progress *p) {
   jt_state *s = user;
+  jt_loader_on_epoch(s, p);
   int64_t e = p->epoch + 1;
   if (!isnan(p->val_loss)) job_emit_metric(s->job, "val.loss", e, p->val_loss);
   if (!isnan(p->val_accuracy)) job_emit_metric(s->job, "val.accuracy", e, p->val_accuracy);
@@ -182,14 +331,38 @@ static cJSON *jt_result(const lt_train_result *r, const char *ckpt) {
 
 int job_train_run(job_ctx *job, cJSON **result) {
   const cJSON *spec = job->spec;
+  const cJSON *lspec = jt_obj(spec, "loader");
+  const int ranks = (int)jt_num(spec, "ranks", 1);
+  if (ranks > 1 && !lspec)
+    return job_fail(job, JOB_EXIT_BAD_INPUT,
+                    "$.spec.ranks is %d but only the loader trains over several ranks; add "
+                    "$.spec.loader or set ranks to 1", ranks);
+  /* from here on, a rank of a multi-rank job that fails must still meet the others once (the
+   * agreement before the loader opens), or they would wait for it forever */
+  const int mpi_began = lspec ? jt_mpi_begin() : 0;
+  int ld_agreed = 0;
+  lt_loader *ld = NULL;
+  lt_loader_opts lopts;
+  char lnames[80];
+  lt_dataset geo;
+  lt_dataset *train = NULL, *val = NULL;
+  lt_graph *g = NULL;
+  jt_state st = {job, lt_now(), 0, NULL};
+  int rc = JOB_EXIT_OK;
   const char *dpath = job_file(job, "dataset");
-  if (!dpath) return JOB_EXIT_BAD_INPUT;
+  if (!dpath) {
+    rc = JOB_EXIT_BAD_INPUT;
+    goto done;
+  }
   const char *device = job->device ? job->device : jt_str(spec, "device", "cpu");
   lt_train_set_threads((int)jt_num(spec, "threads", 0));
 
   lt_err err = {0};
   lt_backend *be = lt_backend_get(device, &err);
-  if (!be) return job_fail(job, JOB_EXIT_BAD_INPUT, "device %s: %s", device, err.msg);
+  if (!be) {
+    rc = job_fail(job, JOB_EXIT_BAD_INPUT, "device %s: %s", device, err.msg);
+    goto done;
+  }
 
   const cJSON *splits = jt_obj(spec, "splits");
   const char *train_split = jt_str(splits, "train", "train"), *val_split = jt_str(splits, "val", "test");
@@ -199,28 +372,40 @@ int job_train_run(job_ctx *job, cJSON **result) {
   if (!zoo) {
     const cJSON *f = jt_obj(model, "file");
     mref = cJSON_IsString(f) ? job_resolve_ref(job, f->valuestring) : NULL;
-    if (!mref) return JOB_EXIT_BAD_INPUT;
+    if (!mref) {
+      rc = JOB_EXIT_BAD_INPUT;
+      goto done;
+    }
   }
 
   char ckpt[4096];
-  if (snprintf(ckpt, sizeof ckpt, "%s/checkpoint.h5", job->out_dir) >= (int)sizeof ckpt)
-    return job_fail(job, JOB_EXIT_BAD_INPUT, "output folder path is too long");
+  if (snprintf(ckpt, sizeof ckpt, "%s/checkpoint.h5", job->out_dir) >= (int)sizeof ckpt) {
+    rc = job_fail(job, JOB_EXIT_BAD_INPUT, "output folder path is too long");
+    goto done;
+  }
   int resume = access(ckpt, R_OK) == 0;
 
   job_emit_progress(job, 0, "loading data", -1);
-  lt_dataset *train = lt_dataset_load(dpath, train_split, NULL, &err);
-  lt_dataset *val = NULL;
-  lt_graph *g = NULL;
-  int rc = JOB_EXIT_OK;
-  if (!train) {
+  /* with a loader the training samples stay in the file: only the split's geometry is read */
+  if (lspec) {
+    if ((rc = jt_loader_geometry(job, dpath, train_split, &geo))) goto done;
+    if (ranks > geo.n) {
+      rc = job_fail(job, JOB_EXIT_BAD_INPUT,
+                    "$.spec.ranks %d exceeds the %lld samples of split %s: some ranks would never "
+                    "get a sample; use at most %lld ranks", ranks, (long long)geo.n, train_split,
+                    (long long)geo.n);
+      goto done;
+    }
+  } else if (!(train = lt_dataset_load(dpath, train_split, NULL, &err))) {
     rc = job_fail(job, job_train_exit_code(err.status), "%s", err.msg);
     goto done;
   }
+  const lt_dataset *tr = lspec ? &geo : train;
   if (val_split[0] && !(val = lt_dataset_load(dpath, val_split, NULL, &err))) {
     rc = job_fail(job, job_train_exit_code(err.status), "%s", err.msg);
     goto done;
   }
-  lt_zoo_opts zo = {.in_channels = train->c, .height = train->h, .width = train->w,
+  lt_zoo_opts zo = {.in_channels = tr->c, .height = tr->h, .width = tr->w,
                     .seed = (uint64_t)jt_num(spec, "seed", 1)};
   int num_classes = (int)jt_num(model, "num_classes", 10);
   if (zoo && !strcmp(zoo, "unet")) zo.out_channels = num_classes;
@@ -232,39 +417,66 @@ int job_train_run(job_ctx *job, cJSON **result) {
   }
 
   lt_train_config c = lt_train_config_default();
-  if ((rc = jt_config(job, spec, train, &c))) goto done;
+  if ((rc = jt_config(job, spec, tr, &c))) goto done;
   c.train = train;
   c.val = val;
   c.checkpoint_path = ckpt;
   c.resume_from = resume ? ckpt : NULL;
   snprintf(c.meta.model, sizeof c.meta.model, "%s", zoo ? zoo : meta.model);
   c.meta.num_classes = zoo ? num_classes : meta.num_classes;
-  jt_state st = {job, lt_now(), 0};
   c.on_step = jt_on_step;
   c.on_epoch = jt_on_epoch;
   c.user = &st;
+  if (lspec) {
+    if ((rc = jt_loader_opts(job, lspec, dpath, train_split, &c, &lopts, lnames, sizeof lnames)))
+      goto done;
+    ld_agreed = 1;
+    if (lt_loader_agree(LT_OK, &err) != LT_OK) {
+      rc = job_fail(job, JOB_EXIT_FAILED, "%s", err.msg);
+      goto done;
+    }
+    if (!(ld = lt_loader_open(&lopts, &err))) {
+      rc = job_fail(job, job_train_exit_code(err.status), "%s", err.msg);
+      goto done;
+    }
+    c.loader = ld;
+    if (lt_loader_n_ranks(ld) != ranks)
+      job_emit_log(job, "warn",
+                   "$.spec.ranks asks for %d ranks but the job runs on %d (start it with mpirun "
+                   "-np %d, as lathe-worker does); the training is the same, only slower or faster",
+                   ranks, lt_loader_n_ranks(ld), ranks);
+  }
   if (resume) job_emit_log(job, "info", "resuming from %s", ckpt);
   job_emit_log(job, "info", "training %s (%lld parameters, %lld MACs per sample) on %lld samples",
                c.meta.model, (long long)lt_graph_params(g), (long long)lt_graph_macs(g),
-               (long long)train->n);
+               (long long)tr->n);
   lt_train_result r;
   lt_status s = lt_train_run(g, be, &c, &r, &err);
   if (s) {
     rc = job_fail(job, job_train_exit_code(s), "%s", err.msg);
     goto done;
   }
-  job_emit_artifact(job, "checkpoint.h5", ckpt);
-  char onnx[4200];
-  snprintf(onnx, sizeof onnx, "%s/model.onnx", job->out_dir);
-  /* The checkpoint is the result that resumes and evaluates; a model the ONNX writer cannot
-   * express is reported, not a failed job. */
-  if (lt_onnx_save(g, onnx, &err) == LT_OK) job_emit_artifact(job, "model.onnx", onnx);
-  else job_emit_log(job, "warn", "model.onnx not written: %s", err.msg);
+  /* every rank holds the same weights: rank 0 alone writes the files */
+  if (!ld || lt_loader_rank(ld) == 0) {
+    job_emit_artifact(job, "checkpoint.h5", ckpt);
+    char onnx[4200];
+    snprintf(onnx, sizeof onnx, "%s/model.onnx", job->out_dir);
+    /* The checkpoint is the result that resumes and evaluates; a model the ONNX writer cannot
+     * express is reported, not a failed job. */
+    if (lt_onnx_save(g, onnx, &err) == LT_OK) job_emit_artifact(job, "model.onnx", onnx);
+    else job_emit_log(job, "warn", "model.onnx not written: %s", err.msg);
+  }
   job_emit_progress(job, 1, "done", 0);
   *result = jt_result(&r, ckpt);
+  if (ld) jt_loader_result(*result, &r, &lopts, &st);
 done:
+  /* a rank that failed before the agreement still takes part in it, so the others stop too */
+  if (mpi_began && !ld_agreed) lt_loader_agree(LT_ERR_INVALID, &(lt_err){0});
+  lt_loader_close(ld);
+  cJSON_Delete(st.loader_epochs);
   lt_graph_free(g);
   lt_dataset_free(val);
   lt_dataset_free(train);
+  jt_mpi_end(mpi_began);
   return rc;
 }

@@ -194,6 +194,11 @@ lt_status lt_loader_allreduce_grad(float *g, size_t n, int64_t global_n, lt_err 
  * a failure (the failing rank keeps its own message, others learn which rank failed). */
 lt_status lt_loader_agree(lt_status local, lt_err *err);
 
+/* Sums v (n doubles) over all ranks in place: the per-rank statistics a job reports (storage
+ * bytes, hits, ...) added up, exact for integer counts below 2^53. Collective under MPI; a no-op on
+ * one process. */
+void lt_loader_sum(double *v, int n);
+
 /* This process's rank and the number of ranks (MPI_COMM_WORLD; 0 and 1 without MPI or when MPI is
  * not initialised). */
 void lt_loader_world(int *rank, int *n_ranks);

@@ -29,6 +29,7 @@
 
 #include "lathe/data.h"
 #include "lathe/exec.h"
+#include "lathe/loader.h"
 #include "lathe/zoo.h"
 
 #ifdef __cplusplus
@@ -153,7 +154,22 @@ typedef struct lt_train_progress {
   double samples_per_s;        /* over the last step, or over the epoch on epoch ends */
   double val_loss, val_accuracy; /* epoch ends with a validation split; NaN otherwise */
   lt_mem_stats mem;
+  /* Epoch ends of a run with a loader (NULL otherwise): the epoch's loading figures, summed over
+   * ranks. Valid during the callback only. */
+  const struct lt_train_loader_epoch *loader;
 } lt_train_progress;
+
+/* One epoch of a run with a loader, over all ranks. */
+typedef struct lt_train_loader_epoch {
+  int64_t samples, hits;            /* delivered over all ranks, and of those from the buffers */
+  int64_t storage_bytes, storage_requests;
+  double hit_rate;                  /* hits / samples */
+  double stall_fraction;            /* mean over ranks of the time inside lt_loader_next / epoch time */
+  double samples_per_s;             /* samples / epoch wall time (the slowest rank's) */
+  int n_ranks;
+  const double *rank_batch_mean;    /* (n_ranks) mean local batch of each rank over the epoch */
+  const int64_t *rank_batch_max;    /* (n_ranks) largest local batch of each rank */
+} lt_train_loader_epoch;
 
 /* Callbacks return 0 to go on, non-zero to stop the run with LT_ERR_CANCELLED (after a
  * checkpoint when one is configured). */
@@ -186,6 +202,16 @@ typedef struct lt_train_config {
   const lt_batch_source *source;      /* NULL: shuffle train in memory, lt_batch_fill */
   const lt_stash_policy *stash;       /* NULL: exact saved tensors (activation compression
                                          plugs in here) */
+  /* Batches from an open loader instead (lathe/loader.h), opened with global_batch = batch_size
+   * and epochs = epochs, on every rank. Each step computes this rank's local samples (possibly
+   * none), sums the loss over them, all-reduces the gradient divided by the global batch, so every
+   * rank applies the same update; batch-norm running statistics are averaged over ranks weighted
+   * by local batch. train may then be NULL (the geometry comes from the model and the loader);
+   * the last partial step of an epoch is kept; augmentation is refused (it is keyed by position
+   * in memory, not by sample id); y holds float32 targets of the output's size, or class labels
+   * (uint8 or int32) for a classifier. Only rank 0 writes checkpoints; callbacks run on every
+   * rank with the same, all-reduced figures. */
+  lt_loader *loader;
   lt_train_cb on_step, on_epoch;
   void *user;
 } lt_train_config;
@@ -198,6 +224,10 @@ typedef struct lt_train_result {
   double val_loss, val_accuracy;     /* NaN without a validation split */
   double samples_per_s;              /* training samples over training time (evaluation excluded) */
   lt_mem_stats mem;                  /* peaks over the run */
+  /* With a loader: its figures summed over ranks (steps and batch_imbalance as on every rank,
+   * stall_s and total_s summed too: divide by loader_ranks for the mean rank). */
+  lt_loader_stats loader;
+  int loader_ranks;                  /* 0 without a loader */
 } lt_train_result;
 
 lt_status lt_train_run(lt_graph *g, lt_backend *be, const lt_train_config *c, lt_train_result *r,

@@ -144,6 +144,8 @@ lt_status ld_comm_agree(lt_status local, lt_err *err) { return local; }
 
 lt_status lt_loader_agree(lt_status local, lt_err *err) { return ld_comm_agree(local, err); }
 
+void lt_loader_sum(double *v, int n) { ld_comm_sum(v, n); }
+
 lt_status lt_loader_allreduce_grad(float *g, size_t n, int64_t global_n, lt_err *err) {
   if (global_n <= 0)
     return lt_errorf(err, LT_ERR_INVALID, "global batch of %lld samples: nothing to average over",
