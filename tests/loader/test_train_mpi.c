@@ -56,9 +56,16 @@ static lt_graph *small_model(void) {
   return g;
 }
 
-/* Trains g for a few epochs from a loader over data_path; NULL hooks: plain pread. */
-static lt_status train(lt_graph *g, lt_loader_pread_fn fn, void *user, int batch, int epochs,
-                       lt_train_result *r, lt_err *err) {
+/* on_epoch: asks to stop after the epoch number *user (1-based). */
+static int stop_after(void *user, const lt_train_progress *p) {
+  return p->epoch + 1 == *(const int *)user;
+}
+
+/* Trains g for a few epochs from a loader over data_path; NULL hooks: plain pread. With ckpt,
+ * checkpoints there (resuming from it when resume) and stops after epoch stop_epoch when > 0. */
+static lt_status train_ckpt(lt_graph *g, lt_loader_pread_fn fn, void *user, int batch, int epochs,
+                            const char *ckpt, int resume, int stop_epoch, lt_train_result *r,
+                            lt_err *err) {
   lt_loader_opts o = lt_loader_opts_default();
   o.path = data_path;
   o.global_batch = batch;
@@ -77,9 +84,21 @@ static lt_status train(lt_graph *g, lt_loader_pread_fn fn, void *user, int batch
   c.optim = lt_optim_config_default(LT_OPTIM_SGD);
   c.optim.momentum = 0.9f;
   c.sched.lr = 0.05;
+  c.checkpoint_path = ckpt;
+  c.resume_from = resume ? ckpt : NULL;
+  c.meta.num_classes = 2;
+  if (stop_epoch > 0) {
+    c.on_epoch = stop_after;
+    c.user = &stop_epoch;
+  }
   lt_status st = lt_train_run(g, lt_backend_get("cpu", err), &c, r, err);
   lt_loader_close(ld);
   return st;
+}
+
+static lt_status train(lt_graph *g, lt_loader_pread_fn fn, void *user, int batch, int epochs,
+                       lt_train_result *r, lt_err *err) {
+  return train_ckpt(g, fn, user, batch, epochs, NULL, 0, 0, r, err);
 }
 
 /* Every parameter (trainable or not) of g, flattened: n floats into a new buffer. */
@@ -166,6 +185,41 @@ TEST_CASE(train_mpi_unet_ranks_end_identical) {
   lt_graph_free(g);
 }
 
+/* Stopped after epoch 1 (rank 0 checkpoints), resumed on every rank from that checkpoint: the
+ * loader is replayed up to the saved position and the run ends where the uninterrupted one does
+ * (up to float reassociation: the cost balance may assign samples to other ranks on the rerun). */
+TEST_CASE(train_mpi_resume_ends_at_reference) {
+  const char *ckpt = "resume_ckpt.h5";
+  lt_graph *g = small_model();
+  REQUIRE(g);
+  lt_err err = {0};
+  lt_train_result r;
+  lt_status st = train_ckpt(g, NULL, NULL, BATCH, EPOCHS, ckpt, 0, 1, &r, &err);
+  CHECK(st == LT_ERR_CANCELLED);
+  lt_graph_free(g);
+  g = small_model(); /* fresh weights: the checkpoint must bring them back */
+  st = train_ckpt(g, NULL, NULL, BATCH, EPOCHS, ckpt, 1, 0, &r, &err);
+  if (st) TEST_FAIL_AT("rank %d: resumed run: %s", rank, err.msg);
+  CHECK(st == LT_OK && r.steps == EPOCHS * 8);
+  int64_t n;
+  float *w = flat_params(g, &n), *ref = malloc((size_t)n * sizeof(float));
+  FILE *f = fopen(ref_path, "rb");
+  REQUIRE(f);
+  CHECK(fread(ref, sizeof(float), (size_t)n, f) == (size_t)n);
+  fclose(f);
+  double worst = 0;
+  for (int64_t i = 0; i < n; i++) {
+    double d = fabs((double)w[i] - ref[i]) / (1e-3 + fabs(ref[i]));
+    if (d > worst) worst = d;
+  }
+  CHECK_MSG(worst < 1e-4, "rank %d: resumed weights off by %.2e", rank, worst);
+  MPI_Barrier(MPI_COMM_WORLD);
+  if (rank == 0) remove(ckpt);
+  free(ref);
+  free(w);
+  lt_graph_free(g);
+}
+
 /* A disk error on the last rank mid-epoch: lt_train_run fails on every rank, at the same step. */
 TEST_CASE(train_mpi_read_error_on_one_rank_stops_all) {
   lt_graph *g = small_model();
@@ -204,6 +258,23 @@ static int write_reference(void) {
   if (f) fclose(f);
   printf("reference: %lld parameters after %lld steps, train loss %.5f\n", (long long)n,
          (long long)r.steps, r.train_loss);
+  /* one process is deterministic: stopped after epoch 2 and resumed, it ends bitwise equal */
+  const char *ckpt = "reference_ckpt.h5";
+  lt_graph *g2 = small_model();
+  if (train_ckpt(g2, NULL, NULL, BATCH, EPOCHS, ckpt, 0, 2, &r, &err) != LT_ERR_CANCELLED ||
+      train_ckpt(g2, NULL, NULL, BATCH, EPOCHS, ckpt, 1, 0, &r, &err) != LT_OK) {
+    fprintf(stderr, "reference resume: %s\n", err.msg);
+    ok = 0;
+  }
+  int64_t n2;
+  float *w2 = flat_params(g2, &n2);
+  if (n2 != n || memcmp(w, w2, (size_t)n * sizeof(float)) != 0) {
+    fprintf(stderr, "reference resume: weights differ from the uninterrupted run\n");
+    ok = 0;
+  }
+  remove(ckpt);
+  free(w2);
+  lt_graph_free(g2);
   free(w);
   lt_graph_free(g);
   return ok ? 0 : 1;
@@ -217,6 +288,7 @@ int main(int argc, char **argv) {
   MPI_Comm_size(MPI_COMM_WORLD, &size);
   RUN(train_mpi_weights_equal_single_process);
   RUN(train_mpi_unet_ranks_end_identical);
+  RUN(train_mpi_resume_ends_at_reference);
   if (size > 1) RUN(train_mpi_read_error_on_one_rank_stops_all);
   int failed = test_summary();
   MPI_Allreduce(MPI_IN_PLACE, &failed, 1, MPI_INT, MPI_MAX, MPI_COMM_WORLD);
