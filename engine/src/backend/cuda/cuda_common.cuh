@@ -1,0 +1,57 @@
+/* Shared by the CUDA sources: the per-thread stream and cuBLAS handle kernels run on, the
+ * first-error record behind CHECK_CUDA / CHECK_CUBLAS, and launch helpers. Internal. */
+#ifndef LATHE_CUDA_COMMON_CUH
+#define LATHE_CUDA_COMMON_CUH
+
+#include <cublas_v2.h>
+#include <cuda_runtime.h>
+
+#include "backend/cuda/cuda_kernels.h"
+
+/* Set by lt_cuda_ctx_set; kernels launch on these. */
+extern thread_local cudaStream_t lt_cuda_stream;
+extern thread_local cublasHandle_t lt_cuda_cublas;
+
+/* Records the first failure (what, file, line) for lt_cuda_take_error. */
+void lt_cuda_record(const char *what, const char *file, int line);
+
+/* Inside void kernels: record and return. Inside lt_status functions use the *_ST forms. */
+#define CHECK_CUDA(call)                                                                           \
+  do {                                                                                             \
+    cudaError_t e_ = (call);                                                                       \
+    if (e_ != cudaSuccess) {                                                                       \
+      lt_cuda_record(cudaGetErrorName(e_), __FILE__, __LINE__);                                    \
+      return;                                                                                      \
+    }                                                                                              \
+  } while (0)
+#define CHECK_CUBLAS(call)                                                                         \
+  do {                                                                                             \
+    cublasStatus_t s_ = (call);                                                                    \
+    if (s_ != CUBLAS_STATUS_SUCCESS) {                                                             \
+      lt_cuda_record(cublasGetStatusName(s_), __FILE__, __LINE__);                                 \
+      return;                                                                                      \
+    }                                                                                              \
+  } while (0)
+/* A launch: checks the configuration error right away (a bad grid), not the asynchronous ones. */
+#define CHECK_LAUNCH() CHECK_CUDA(cudaGetLastError())
+#define CHECK_CUDA_ST(call, err)                                                                   \
+  do {                                                                                             \
+    cudaError_t e_ = (call);                                                                       \
+    if (e_ != cudaSuccess)                                                                         \
+      return lt_errorf(err, LT_ERR_INTERNAL, "CUDA: %s (%s) at %s:%d", cudaGetErrorName(e_),       \
+                       cudaGetErrorString(e_), __FILE__, __LINE__);                                \
+  } while (0)
+
+/* Grid for a grid-stride loop over count elements. */
+static inline unsigned lt_cuda_blocks(size_t count, unsigned threads) {
+  size_t b = (count + threads - 1) / threads;
+  if (b < 1) b = 1;
+  if (b > 65535u * 8u) b = 65535u * 8u;
+  return (unsigned)b;
+}
+#define LT_CUDA_THREADS 256
+#define GRID_STRIDE(i, count)                                                                      \
+  for (size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x; i < (count);                     \
+       i += (size_t)gridDim.x * blockDim.x)
+
+#endif
