@@ -420,21 +420,21 @@ __global__ void pointloss_k(size_t count, int kind, const float *p, const float 
   if (threadIdx.x == 0) atomicAdd(&acc->loss, s);
 }
 
-/* Runs a loss kernel into zeroed sums and brings them back; NaN when the launch failed. */
-static loss_acc loss_sums_begin(loss_acc **dev) {
-  loss_acc zero = {0.0, 0, 0};
-  *dev = (loss_acc *)cuda_scratch(sizeof(loss_acc));
-  if (!*dev) {
+/* Zeroed device sums for one loss call, or NULL (recorded) when the scratch cannot be had. */
+static loss_acc *loss_sums_begin(void) {
+  loss_acc *dev = (loss_acc *)cuda_scratch(sizeof(loss_acc));
+  if (!dev) {
     lt_cuda_record("cudaMalloc of loss scratch failed", __FILE__, __LINE__);
-    return zero;
+    return NULL;
   }
-  if (cudaMemsetAsync(*dev, 0, sizeof(loss_acc), lt_cuda_stream) != cudaSuccess) {
+  if (cudaMemsetAsync(dev, 0, sizeof(loss_acc), lt_cuda_stream) != cudaSuccess) {
     lt_cuda_record("cudaMemsetAsync of loss scratch failed", __FILE__, __LINE__);
-    *dev = NULL;
+    return NULL;
   }
-  return zero;
+  return dev;
 }
 
+/* Brings the sums back (synchronising the stream); NaN loss when a launch or copy failed. */
 static loss_acc loss_sums_end(loss_acc *dev) {
   loss_acc h = {NAN, 0, 1};
   cudaError_t e = cudaGetLastError();
@@ -450,8 +450,7 @@ static loss_acc loss_sums_end(loss_acc *dev) {
 
 extern "C" double lt_cuda_softmax_xent(int n, int k, const float *logits, const int32_t *labels,
                                        float scale, float *dlogits, int64_t *correct) {
-  loss_acc *dev;
-  loss_sums_begin(&dev);
+  loss_acc *dev = loss_sums_begin();
   if (!dev) return NAN;
   xent_k<<<lt_cuda_blocks((size_t)n, LT_CUDA_THREADS), LT_CUDA_THREADS, 0, lt_cuda_stream>>>(
       n, k, logits, labels, scale, dlogits, dev);
@@ -462,8 +461,7 @@ extern "C" double lt_cuda_softmax_xent(int n, int k, const float *logits, const 
 
 static double point_loss(int kind, size_t count, const float *pred, const float *target,
                          float scale, float *dpred) {
-  loss_acc *dev;
-  loss_sums_begin(&dev);
+  loss_acc *dev = loss_sums_begin();
   if (!dev) return NAN;
   if (count)
     pointloss_k<<<lt_cuda_blocks(count, LT_CUDA_THREADS), LT_CUDA_THREADS, 0, lt_cuda_stream>>>(

@@ -177,16 +177,19 @@ extern "C" void lt_cuda_avgpool_bwd(const lt_pool_geom *g, const float *dy, floa
   LAUNCH_1D(avgpool_k, count, *g, dy, dx, 1);
 }
 
-/* One warp per plane: a coalesced read of the plane and a shuffle sum. */
+/* One warp per plane (grid-stride over planes): a coalesced read of the plane and a shuffle sum.
+ * Warp-uniform loop bounds keep every lane in the shuffles. */
 __global__ void gap_fwd_k(int planes, int hw, const float *x, float *y) {
-  const int warp = (int)((blockIdx.x * (size_t)blockDim.x + threadIdx.x) >> 5);
   const int lane = threadIdx.x & 31;
-  if (warp >= planes) return;
-  const float *xp = x + (size_t)warp * hw;
-  float s = 0.0f;
-  for (int i = lane; i < hw; i += 32) s += xp[i];
-  for (int o = 16; o > 0; o >>= 1) s += __shfl_down_sync(0xffffffffu, s, o);
-  if (lane == 0) y[warp] = s / (float)hw;
+  const size_t warps = ((size_t)gridDim.x * blockDim.x) >> 5;
+  for (size_t p = ((size_t)blockIdx.x * blockDim.x + threadIdx.x) >> 5; p < (size_t)planes;
+       p += warps) {
+    const float *xp = x + p * hw;
+    float s = 0.0f;
+    for (int i = lane; i < hw; i += 32) s += xp[i];
+    for (int o = 16; o > 0; o >>= 1) s += __shfl_down_sync(0xffffffffu, s, o);
+    if (lane == 0) y[p] = s / (float)hw;
+  }
 }
 
 __global__ void gap_bwd_k(size_t count, int hw, const float *dy, float *dx, int acc) {
