@@ -190,21 +190,25 @@ __device__ double block_sum(double v) {
 
 #define BN_THREADS 512
 
+/* Offset of element i of channel ch's (n, hw) slab; 32-bit arithmetic, since a 64-bit division
+ * per element would dominate these reductions (n*hw < 2^31 for any batch that fits a GPU). */
+__device__ __forceinline__ size_t bn_off(unsigned i, unsigned hw, unsigned c, unsigned ch) {
+  return ((size_t)(i / hw) * c + ch) * hw + i % hw;
+}
+
 /* One block per channel: mean, then biased variance around the float mean (two passes, as the
  * CPU), then the saved statistics and the running averages. */
 __global__ void bn_stats_k(int n, int c, int hw, const float *x, float eps, float momentum,
                            float *mean_out, float *invstd_out, float *running_mean,
                            float *running_var) {
-  const int ch = blockIdx.x;
-  const size_t cnt = (size_t)n * hw;
+  const unsigned ch = blockIdx.x, cnt = (unsigned)n * (unsigned)hw;
   double s = 0.0;
-  for (size_t i = threadIdx.x; i < cnt; i += blockDim.x)
-    s += x[((size_t)(i / hw) * c + ch) * hw + i % hw];
+  for (unsigned i = threadIdx.x; i < cnt; i += blockDim.x) s += x[bn_off(i, hw, c, ch)];
   const double m = block_sum(s) / (double)cnt;
   const float mf = (float)m;
   double q = 0.0;
-  for (size_t i = threadIdx.x; i < cnt; i += blockDim.x) {
-    const float d = x[((size_t)(i / hw) * c + ch) * hw + i % hw] - mf;
+  for (unsigned i = threadIdx.x; i < cnt; i += blockDim.x) {
+    const float d = x[bn_off(i, hw, c, ch)] - mf;
     q += (double)(d * d);
   }
   const double var = block_sum(q) / (double)cnt;
@@ -263,12 +267,11 @@ extern "C" void lt_cuda_bn_fwd_infer(int n, int c, int hw, const float *x, const
 __global__ void bn_bwd_reduce_k(int n, int c, int hw, const float *x, const float *dy,
                                 const float *gamma, const float *mean, const float *invstd,
                                 float *dgamma, float *dbeta, int acc, float *coef) {
-  const int ch = blockIdx.x;
-  const size_t cnt = (size_t)n * hw;
+  const unsigned ch = blockIdx.x, cnt = (unsigned)n * (unsigned)hw;
   const float mu = mean[ch], is = invstd[ch];
   double a = 0.0, b = 0.0;
-  for (size_t i = threadIdx.x; i < cnt; i += blockDim.x) {
-    const size_t off = ((size_t)(i / hw) * c + ch) * hw + i % hw;
+  for (unsigned i = threadIdx.x; i < cnt; i += blockDim.x) {
+    const size_t off = bn_off(i, hw, c, ch);
     a += dy[off];
     b += (double)(dy[off] * (x[off] - mu));
   }
