@@ -72,13 +72,17 @@ done
 say "prefix ready: $(ls "$debs"/*.deb | wc -l) packages unpacked into $prefix"
 
 # ---- build: the engine, the conformance test and the benchmark ---------------------------------
-# RPATH (not RUNPATH) so that the libraries our libraries load come from the prefix as well.
-rpath="$lib/openblas-pthread:$lib:$lib/hdf5/serial:$lib/lapack:$lib/blas"
+# RPATH (not RUNPATH) so that the libraries our libraries load come from the prefix as well;
+# -idirafter adds the prefix to the end of the header search, where Debian's own paths would be.
+# The CUDA runtime and cuBLAS come from the machine's own toolkit, wherever ld.so.conf points.
+cudalib=$(cd "$(dirname "$(command -v nvcc)")/.." && pwd)/lib64
+rpath="$lib/openblas-pthread:$lib:$lib/hdf5/serial:$lib/lapack:$lib/blas:$cudalib"
 gen=(); command -v ninja >/dev/null && gen=(-G Ninja)
 say "configuring"
 timeout "$(budget)" cmake -S "$root" -B "$build" "${gen[@]}" -DCMAKE_BUILD_TYPE=Release \
   -DLATHE_WERROR=OFF -DLATHE_CUDA=ON -DPKG_CONFIG_EXECUTABLE="$prefix/pkg-config" \
   -DCMAKE_PREFIX_PATH="$prefix/usr" -DCMAKE_CUDA_COMPILER="$(command -v nvcc)" \
+  "-DCMAKE_C_FLAGS=-idirafter $prefix/usr/include/x86_64-linux-gnu -idirafter $prefix/usr/include" \
   "-DCMAKE_EXE_LINKER_FLAGS=-Wl,--disable-new-dtags -Wl,-rpath,$rpath -Wl,-rpath-link,$rpath" \
   >"$out/configure.log" 2>&1 || { tail -30 "$out/configure.log"; die "cmake configure (log: $out/configure.log)"; }
 grep -q "CUDA: found" "$out/configure.log" || die "CMake did not enable CUDA: $(grep 'CUDA' "$out/configure.log")"
@@ -106,7 +110,7 @@ say "benchmark: ResNet-20, batch 128, $steps_train training and $steps_infer inf
 run_bench() { # name, command...: one JSON line into $out/bench_NAME.json, or nothing
   local name=$1; shift
   timeout "$(budget)" "$@" >"$out/bench_$name.json" 2>"$out/bench_$name.err" ||
-    say "benchmark $name failed: $(tail -3 "$out/bench_$name.err")"
+    say "benchmark $name failed: $(tail -3 "$out/bench_$name.err") $(tail -1 "$out/bench_$name.json")"
 }
 run_bench lathe_fp32 "$build/bin/gpu_bench_resnet20" 128 "$steps_train" "$steps_infer"
 LATHE_CUDA_TF32=1 run_bench lathe_tf32 "$build/bin/gpu_bench_resnet20" 128 "$steps_train" "$steps_infer"
