@@ -214,6 +214,51 @@ cJSON *queue_events_after(db_conn *db, const char *id, int64_t after, int limit,
   return items;
 }
 
+int queue_events_last_id(db_conn *db, int64_t *out, srv_err *e) {
+  sqlite3_stmt *st = db_stmt(db, "SELECT coalesce(MAX(seq), 0) FROM job_events", e);
+  if (!st) return -1;
+  int rc = sqlite3_step(st);
+  *out = rc == SQLITE_ROW ? sqlite3_column_int64(st, 0) : 0;
+  sqlite3_reset(st);
+  return rc == SQLITE_ROW ? 0 : DB_FAIL(db, e);
+}
+
+cJSON *queue_changes_after(db_conn *db, int64_t after, int limit, srv_err *e) {
+  /* seq is the primary key, so `seq > ?` is a range scan however long the log grows. */
+  sqlite3_stmt *st = db_stmt(db,
+                             "SELECT job_id, MAX(seq) AS last FROM job_events WHERE seq > ?1 "
+                             "AND type IN ('state', 'progress', 'result', 'artifact') "
+                             "GROUP BY job_id ORDER BY last LIMIT ?2",
+                             e);
+  if (!st) return NULL;
+  sqlite3_bind_int64(st, 1, after);
+  sqlite3_bind_int(st, 2, limit);
+  cJSON *ids = cJSON_CreateArray();
+  int rc;
+  while ((rc = sqlite3_step(st)) == SQLITE_ROW) {
+    cJSON *row = cJSON_CreateObject();
+    cJSON_AddStringToObject(row, "job", (const char *)sqlite3_column_text(st, 0));
+    cJSON_AddNumberToObject(row, "id", (double)sqlite3_column_int64(st, 1));
+    cJSON_AddItemToArray(ids, row);
+  }
+  sqlite3_reset(st);
+  if (rc != SQLITE_DONE) {
+    cJSON_Delete(ids);
+    DB_FAIL(db, e);
+    return NULL;
+  }
+  /* The job objects are read after the statement is reset: queue_job_get uses its own. */
+  cJSON *row;
+  cJSON_ArrayForEach(row, ids) {
+    cJSON *id = cJSON_DetachItemFromObject(row, "job");
+    srv_err ignore = {0};
+    cJSON *job = queue_job_get(db, id->valuestring, &ignore); /* NULL if deleted meanwhile */
+    cJSON_AddItemToObject(row, "job", job ? job : cJSON_CreateNull());
+    cJSON_Delete(id);
+  }
+  return ids;
+}
+
 /* ---- create, list, cancel, retry --------------------------------------------------------- */
 
 static cJSON *queue_job_by_idempotency(db_conn *db, const queue_create_req *req, srv_err *e,
@@ -692,10 +737,8 @@ int queue_events_append(db_conn *db, const char *id, int64_t attempt, const cJSO
   int64_t now = util_now_ms();
   cJSON_ArrayForEach(ev, events) {
     const char *type = util_json_str(ev, "type");
-    if (strcmp(type, "metric") == 0) {
-      if (queue_metric_add(db, id, attempt, ev, now, e) != 0) goto fail;
-      continue;
-    }
+    /* Metrics go to their series and also to the event log, which is what live views follow. */
+    if (strcmp(type, "metric") == 0 && queue_metric_add(db, id, attempt, ev, now, e) != 0) goto fail;
     if (strcmp(type, "progress") == 0 && queue_progress_set(db, id, ev, now, e) != 0) goto fail;
     char *text = cJSON_PrintUnformatted(ev);
     size_t len = text ? strlen(text) : 0;

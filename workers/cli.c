@@ -8,8 +8,18 @@
 
 static const cli_command cli_commands[] = {
     {"run", "run a job file, JSON-lines events on stdout: lathe run JOB.json --out DIR", cmd_run},
-    {"inspect", "print a JSON summary of an HDF5 dataset: lathe inspect [--exact] FILE",
+    {"inspect", "print a JSON summary of an HDF5 dataset or an ONNX model: lathe inspect [--exact] FILE",
      cmd_inspect},
+    {"eval", "accuracy and loss of a model on a dataset split: lathe eval MODEL DATA.h5 [--split test]",
+     cmd_eval},
+    {"data convert", "IDX folder or JPEG container to Lathe HDF5: lathe data convert IN OUT.h5",
+     cmd_data_convert},
+    {"data gen-surrogate",
+     "Gray-Scott surrogate dataset: lathe data gen-surrogate --out F.h5 --samples N [--grid G]",
+     cmd_gen_surrogate},
+    {"bench codec",
+     "activation codec ratio and GB/s vs ZFP and zstd: lathe bench codec [--input ACTS.h5] [--eb LIST]",
+     cmd_bench_codec},
     {"version", "print the version and the compiled backends: lathe --version", cmd_version},
 };
 

@@ -2,8 +2,7 @@
  * loads the model, loads the splits, runs lt_train_run with events per step and per epoch, and
  * returns the result summary. Checkpoints go to OUT/checkpoint.h5; when that file already exists
  * (the same job run again after a crash or kill -9) the run resumes from it and ends where an
- * uninterrupted run ends. The final checkpoint is the artifact (plus model.onnx once the ONNX
- * writer exists).
+ * uninterrupted run ends. Artifacts: the final checkpoint and the trained model as model.onnx.
  *
  * The spec objects `loader` and `activation_compression` belong to other issues; they slot in as
  * lt_train_config fields read here. */
@@ -14,6 +13,7 @@
 
 #include "job.h"
 #include "lathe/backend.h"
+#include "lathe/onnx.h"
 #include "lathe/train.h"
 
 /* Spec accessors: the validator has filled defaults, so a missing value is a schema bug; the
@@ -252,6 +252,12 @@ int job_train_run(job_ctx *job, cJSON **result) {
     goto done;
   }
   job_emit_artifact(job, "checkpoint.h5", ckpt);
+  char onnx[4200];
+  snprintf(onnx, sizeof onnx, "%s/model.onnx", job->out_dir);
+  /* The checkpoint is the result that resumes and evaluates; a model the ONNX writer cannot
+   * express is reported, not a failed job. */
+  if (lt_onnx_save(g, onnx, &err) == LT_OK) job_emit_artifact(job, "model.onnx", onnx);
+  else job_emit_log(job, "warn", "model.onnx not written: %s", err.msg);
   job_emit_progress(job, 1, "done", 0);
   *result = jt_result(&r, ckpt);
 done:

@@ -293,8 +293,14 @@ TEST_CASE(queue_events_validated_all_or_nothing) {
   CHECK(job && cJSON_GetObjectItem(cJSON_GetObjectItem(job, "progress"), "fraction")->valuedouble == 0.25);
   cJSON_Delete(job);
   cJSON *evs = queue_events_after(db, id, 2, 100, &e);
-  CHECK(evs && cJSON_GetArraySize(evs) == 1); /* the progress; metrics go to the series */
+  /* the progress and the metric: metrics go to their series and to the log live charts follow */
+  CHECK(evs && cJSON_GetArraySize(evs) == 2);
   cJSON_Delete(evs);
+  cJSON *series = queue_metrics(db, id, "train.loss", 100, &e);
+  char *text = series ? cJSON_PrintUnformatted(series) : NULL;
+  CHECK(text && strstr(text, "\"value\":2") != NULL);
+  free(text);
+  cJSON_Delete(series);
   db_close(db);
 }
 
