@@ -50,8 +50,43 @@ static inline unsigned lt_cuda_blocks(size_t count, unsigned threads) {
   return (unsigned)b;
 }
 #define LT_CUDA_THREADS 256
+/* Kernels index with 32-bit unsigned arithmetic: a 64-bit division costs several times a 32-bit
+ * one on the GPU, and the index math of im2col, pooling and broadcasting is mostly divisions.
+ * Launches therefore refuse 2^31 elements or more (LT_CUDA_MAX_COUNT), which also keeps
+ * i + stride from wrapping. */
+#define LT_CUDA_MAX_COUNT ((size_t)1 << 31)
 #define GRID_STRIDE(i, count)                                                                      \
-  for (size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x; i < (count);                     \
-       i += (size_t)gridDim.x * blockDim.x)
+  for (unsigned i = blockIdx.x * blockDim.x + threadIdx.x; i < (unsigned)(count);                \
+       i += gridDim.x * blockDim.x)
+
+/* For launches not made through LAUNCH_1D. */
+#define CHECK_COUNT(count)                                                                         \
+  do {                                                                                             \
+    if ((size_t)(count) >= LT_CUDA_MAX_COUNT) {                                                    \
+      lt_cuda_record("2^31 elements or more in one launch", __FILE__, __LINE__);                   \
+      return;                                                                                      \
+    }                                                                                              \
+  } while (0)
+
+/* Launches kernel over count elements on the kernel stream, in a void function: returns early
+ * for no work, records an error for too much. */
+#define LAUNCH_1D(kernel, count, ...)                                                              \
+  do {                                                                                             \
+    const size_t n_ = (count);                                                                     \
+    if (n_ == 0) return;                                                                           \
+    if (n_ >= LT_CUDA_MAX_COUNT) {                                                                 \
+      lt_cuda_record(#kernel ": 2^31 elements or more in one launch", __FILE__, __LINE__);         \
+      return;                                                                                      \
+    }                                                                                              \
+    kernel<<<lt_cuda_blocks(n_, LT_CUDA_THREADS), LT_CUDA_THREADS, 0, lt_cuda_stream>>>(          \
+        __VA_ARGS__);                                                                              \
+    CHECK_LAUNCH();                                                                                \
+  } while (0)
+
+/* dx = 0 unless accumulating: the scatters that follow add into it. */
+#define ZERO_UNLESS(acc, p, bytes)                                                                 \
+  do {                                                                                             \
+    if (!(acc)) CHECK_CUDA(cudaMemsetAsync((p), 0, (bytes), lt_cuda_stream));                      \
+  } while (0)
 
 #endif

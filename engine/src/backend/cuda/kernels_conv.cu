@@ -12,14 +12,6 @@
  */
 #include "backend/cuda/cuda_common.cuh"
 
-#define LAUNCH_1D(kernel, count, ...)                                                              \
-  do {                                                                                             \
-    if ((count) == 0) return;                                                                      \
-    kernel<<<lt_cuda_blocks((count), LT_CUDA_THREADS), LT_CUDA_THREADS, 0, lt_cuda_stream>>>(     \
-        __VA_ARGS__);                                                                              \
-    CHECK_LAUNCH();                                                                                \
-  } while (0)
-
 /* ---- GEMM ------------------------------------------------------------------------------------ */
 
 /* Row-major C = op(A) op(B) is column-major Cᵀ = op(B)ᵀ op(A)ᵀ: swap the operands. */
@@ -64,11 +56,12 @@ extern "C" size_t lt_cuda_conv2d_workspace(const lt_conv_geom *g) {
 
 /* cols (C*kh*kw, nb*P) from x images [0, nb) (x points at the chunk's first image). */
 __global__ void im2col_k(lt_conv_geom g, int nb, const float *x, float *cols) {
-  const size_t np = (size_t)nb * g.oh * g.ow, count = (size_t)g.c * g.kh * g.kw * np;
+  const unsigned np = (unsigned)nb * g.oh * g.ow, count = (unsigned)g.c * g.kh * g.kw * np;
+  const unsigned ow = g.ow, oh = g.oh, kw = g.kw, kh = g.kh;
   GRID_STRIDE(i, count) {
-    const size_t col = i % np, row = i / np;
-    const int ox = (int)(col % g.ow), oy = (int)((col / g.ow) % g.oh), b = (int)(col / ((size_t)g.oh * g.ow));
-    const int kj = (int)(row % g.kw), ki = (int)((row / g.kw) % g.kh), c = (int)(row / ((size_t)g.kh * g.kw));
+    const unsigned col = i % np, row = i / np;
+    const int ox = (int)(col % ow), oy = (int)((col / ow) % oh), b = (int)(col / (oh * ow));
+    const int kj = (int)(row % kw), ki = (int)((row / kw) % kh), c = (int)(row / (kh * kw));
     const int iy = oy * g.stride_h - g.pad_t + ki * g.dil_h;
     const int ix = ox * g.stride_w - g.pad_l + kj * g.dil_w;
     cols[i] = (iy >= 0 && iy < g.h && ix >= 0 && ix < g.w)
@@ -80,10 +73,11 @@ __global__ void im2col_k(lt_conv_geom g, int nb, const float *x, float *cols) {
 /* dx images [0, nb) (+)= the sum of the cols entries that read each pixel: a gather per input
  * pixel, so no atomics and a deterministic order. */
 __global__ void col2im_k(lt_conv_geom g, int nb, const float *cols, float *dx, int acc) {
-  const size_t np = (size_t)nb * g.oh * g.ow, count = (size_t)nb * g.c * g.h * g.w;
+  const size_t np = (size_t)nb * g.oh * g.ow;
+  const unsigned count = (unsigned)nb * g.c * g.h * g.w, w = g.w, h = g.h, cc = g.c;
   GRID_STRIDE(i, count) {
-    const int ix = (int)(i % g.w), iy = (int)((i / g.w) % g.h);
-    const int c = (int)((i / ((size_t)g.w * g.h)) % g.c), b = (int)(i / ((size_t)g.w * g.h * g.c));
+    const int ix = (int)(i % w), iy = (int)((i / w) % h);
+    const int c = (int)((i / (w * h)) % cc), b = (int)(i / (w * h * cc));
     float s = 0.0f;
     for (int ki = 0; ki < g.kh; ki++) {
       const int ty = iy + g.pad_t - ki * g.dil_h;
@@ -107,9 +101,9 @@ __global__ void col2im_k(lt_conv_geom g, int nb, const float *cols, float *dx, i
  * dir 1 y -> tmp. */
 __global__ void nchw_k(int nb, int s, int p, const float *src, float *dst, const float *bias,
                        int dir, int acc) {
-  const size_t count = (size_t)nb * s * p;
+  const unsigned count = (unsigned)nb * s * p, up = p, us = s;
   GRID_STRIDE(i, count) { /* i walks (b, ch, q) */
-    const int q = (int)(i % p), ch = (int)((i / p) % s), b = (int)(i / ((size_t)p * s));
+    const int q = (int)(i % up), ch = (int)((i / up) % us), b = (int)(i / (up * us));
     const size_t t = ((size_t)ch * nb + b) * p + q;
     if (dir == 0) {
       const float v = src[t] + (bias ? bias[ch] : 0.0f);
@@ -125,8 +119,9 @@ __global__ void channel_sum_k(int n, int s, int p, const float *dy, float *db, i
   __shared__ float part[32];
   const int ch = blockIdx.x;
   float v = 0.0f;
-  for (size_t i = threadIdx.x; i < (size_t)n * p; i += blockDim.x)
-    v += dy[((i / p) * s + ch) * p + i % p];
+  const unsigned cnt = (unsigned)n * p, up = p;
+  for (unsigned i = threadIdx.x; i < cnt; i += blockDim.x)
+    v += dy[((size_t)(i / up) * s + ch) * p + i % up];
   for (int o = 16; o > 0; o >>= 1) v += __shfl_down_sync(0xffffffffu, v, o);
   if ((threadIdx.x & 31) == 0) part[threadIdx.x >> 5] = v;
   __syncthreads();
@@ -251,7 +246,7 @@ extern "C" size_t lt_cuda_conv_transpose2d_workspace(const lt_conv_geom *g) {
 
 /* Adds b[ch] to every (n, ch, p) element. */
 __global__ void bias_add_k(size_t count, int s, int p, const float *b, float *y) {
-  GRID_STRIDE(i, count) y[i] += b[(i / p) % s];
+  GRID_STRIDE(i, count) y[i] += b[(i / (unsigned)p) % (unsigned)s];
 }
 
 extern "C" void lt_cuda_conv_transpose2d_fwd(const lt_conv_geom *g, const float *x,

@@ -45,14 +45,6 @@ LT_UNARY_BWD(sigmoid_bwd, d * v * (1.0f - v))
 LT_UNARY_BWD(tanh_bwd, d * (1.0f - v * v))
 LT_UNARY_BWD(clip_bwd, (v >= lo && v <= hi) ? d : 0.0f) /* closed interval, as PyTorch */
 
-#define LAUNCH_1D(kernel, count, ...)                                                              \
-  do {                                                                                             \
-    if ((count) == 0) return;                                                                      \
-    kernel<<<lt_cuda_blocks((count), LT_CUDA_THREADS), LT_CUDA_THREADS, 0, lt_cuda_stream>>>(     \
-        __VA_ARGS__);                                                                              \
-    CHECK_LAUNCH();                                                                                \
-  } while (0)
-
 extern "C" {
 void lt_cuda_relu_fwd(size_t count, const float *x, float *y) {
   LAUNCH_1D(relu_fwd_k, count, count, 0.f, 0.f, 0.f, x, y);
@@ -133,12 +125,12 @@ __global__ void dropout_fwd_k(size_t count, uint64_t thr, float scale, uint64_t 
   const size_t nbytes = (count + 7) / 8;
   GRID_STRIDE(b, nbytes) {
     uint32_t r[8];
-    philox(seed, stream, 2 * b, r);
-    philox(seed, stream, 2 * b + 1, r + 4);
+    philox(seed, stream, 2 * (uint64_t)b, r);
+    philox(seed, stream, 2 * (uint64_t)b + 1, r + 4);
     uint8_t m = 0;
 #pragma unroll
     for (int j = 0; j < 8; j++) {
-      const size_t i = 8 * b + j;
+      const size_t i = 8 * (size_t)b + j;
       if (i >= count) break;
       const int keep = (uint64_t)r[j] >= thr;
       m |= (uint8_t)(keep << j);
@@ -228,7 +220,7 @@ __global__ void bn_apply_k(size_t count, int c, int hw, const float *x, const fl
                            const float *beta, const float *mean, const float *invstd_or_var,
                            int from_var, float eps, float *y) {
   GRID_STRIDE(i, count) {
-    const int ch = (int)((i / hw) % c);
+    const int ch = (int)((i / (unsigned)hw) % (unsigned)c);
     const float invstd =
         from_var ? 1.0f / sqrtf(invstd_or_var[ch] + eps) : invstd_or_var[ch];
     const float g = gamma ? gamma[ch] : 1.0f, b = beta ? beta[ch] : 0.0f;
@@ -290,7 +282,7 @@ __global__ void bn_bwd_reduce_k(int n, int c, int hw, const float *x, const floa
 __global__ void bn_bwd_dx_k(size_t count, int c, int hw, const float *x, const float *dy,
                             const float *coef, float *dx, int acc) {
   GRID_STRIDE(i, count) {
-    const int ch = (int)((i / hw) % c);
+    const int ch = (int)((i / (unsigned)hw) % (unsigned)c);
     put(dx, i, dy[i] * coef[ch] + x[i] * coef[c + ch] + coef[2 * c + ch], acc);
   }
 }
@@ -356,16 +348,16 @@ __device__ double softmax_row(int k, const float *x, float *y) {
 }
 
 __global__ void softmax_fwd_k(int n, int k, const float *x, float *y) {
-  GRID_STRIDE(i, (size_t)n) softmax_row(k, x + i * k, y + i * k);
+  GRID_STRIDE(i, n) softmax_row(k, x + (size_t)i * k, y + (size_t)i * k);
 }
 
 __global__ void softmax_bwd_k(int n, int k, const float *y, const float *dy, float *dx, int acc) {
-  GRID_STRIDE(i, (size_t)n) {
-    const float *yr = y + i * k, *dyr = dy + i * k;
+  GRID_STRIDE(i, n) {
+    const float *yr = y + (size_t)i * k, *dyr = dy + (size_t)i * k;
     double dot = 0.0;
     for (int j = 0; j < k; j++) dot += (double)dyr[j] * yr[j];
     const float d = (float)dot;
-    for (int j = 0; j < k; j++) put(dx + i * k, j, yr[j] * (dyr[j] - d), acc);
+    for (int j = 0; j < k; j++) put(dx + (size_t)i * k, j, yr[j] * (dyr[j] - d), acc);
   }
 }
 
@@ -387,8 +379,8 @@ struct loss_acc {
 
 __global__ void xent_k(int n, int k, const float *logits, const int32_t *labels, float scale,
                        float *dlogits, loss_acc *acc) {
-  GRID_STRIDE(i, (size_t)n) {
-    const float *x = logits + i * k;
+  GRID_STRIDE(i, n) {
+    const float *x = logits + (size_t)i * k;
     const int32_t lab = labels[i];
     int am = 0; /* first maximum, as torch.argmax */
     for (int j = 1; j < k; j++)
@@ -396,11 +388,11 @@ __global__ void xent_k(int n, int k, const float *logits, const int32_t *labels,
     if (lab < 0 || lab >= k) {
       atomicAdd(&acc->bad, 1ull);
       if (dlogits)
-        for (int j = 0; j < k; j++) dlogits[i * k + j] = nanf("");
+        for (int j = 0; j < k; j++) dlogits[(size_t)i * k + j] = nanf("");
       continue;
     }
     if (am == lab) atomicAdd(&acc->correct, 1ull);
-    float *d = dlogits ? dlogits + i * k : NULL;
+    float *d = dlogits ? dlogits + (size_t)i * k : NULL;
     const double lse = softmax_row(k, x, d);
     atomicAdd(&acc->loss, lse - x[lab]);
     if (d) {
@@ -464,6 +456,10 @@ extern "C" double lt_cuda_softmax_xent(int n, int k, const float *logits, const 
 
 static double point_loss(int kind, size_t count, const float *pred, const float *target,
                          float scale, float *dpred) {
+  if (count >= LT_CUDA_MAX_COUNT) {
+    lt_cuda_record("point_loss: 2^31 elements or more in one launch", __FILE__, __LINE__);
+    return NAN;
+  }
   loss_acc *dev = loss_sums_begin();
   if (!dev) return NAN;
   if (count)

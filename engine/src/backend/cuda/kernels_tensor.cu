@@ -9,20 +9,6 @@
 
 #include "backend/cuda/cuda_common.cuh"
 
-#define LAUNCH_1D(kernel, count, ...)                                                              \
-  do {                                                                                             \
-    if ((count) == 0) return;                                                                      \
-    kernel<<<lt_cuda_blocks((count), LT_CUDA_THREADS), LT_CUDA_THREADS, 0, lt_cuda_stream>>>(     \
-        __VA_ARGS__);                                                                              \
-    CHECK_LAUNCH();                                                                                \
-  } while (0)
-
-/* dx = 0 unless accumulating: the scatters below then add into it. */
-#define ZERO_UNLESS(acc, p, bytes)                                                                 \
-  do {                                                                                             \
-    if (!(acc)) CHECK_CUDA(cudaMemsetAsync((p), 0, (bytes), lt_cuda_stream));                      \
-  } while (0)
-
 /* Shapes travel to kernels by value. */
 struct dims {
   int64_t d[LT_KMAX_DIMS];
@@ -56,8 +42,9 @@ static dims strides_of(int ndim, const int64_t *shape) {
 __global__ void maxpool_fwd_k(lt_pool_geom g, const float *x, float *y, uint8_t *argmax) {
   const size_t count = (size_t)g.n * g.c * g.oh * g.ow;
   GRID_STRIDE(i, count) {
-    const int ox = (int)(i % g.ow), oy = (int)((i / g.ow) % g.oh);
-    const size_t p = i / ((size_t)g.oh * g.ow);
+    const unsigned ow = g.ow, oh = g.oh;
+    const int ox = (int)(i % ow), oy = (int)((i / ow) % oh);
+    const size_t p = i / (oh * ow);
     const float *xp = x + p * g.h * g.w;
     const int y0 = oy * g.stride_h - g.pad_t, x0 = ox * g.stride_w - g.pad_l;
     float best = -INFINITY;
@@ -86,8 +73,9 @@ __global__ void maxpool_fwd_k(lt_pool_geom g, const float *x, float *y, uint8_t 
 __global__ void maxpool_bwd_k(lt_pool_geom g, const uint8_t *argmax, const float *dy, float *dx) {
   const size_t count = (size_t)g.n * g.c * g.oh * g.ow;
   GRID_STRIDE(i, count) {
-    const int ox = (int)(i % g.ow), oy = (int)((i / g.ow) % g.oh);
-    const size_t p = i / ((size_t)g.oh * g.ow);
+    const unsigned ow = g.ow, oh = g.oh;
+    const int ox = (int)(i % ow), oy = (int)((i / ow) % oh);
+    const size_t p = i / (oh * ow);
     const int a = argmax[i];
     const int iy = oy * g.stride_h - g.pad_t + (a / g.kw) * g.dil_h;
     const int ix = ox * g.stride_w - g.pad_l + (a % g.kw) * g.dil_w;
@@ -138,8 +126,9 @@ __device__ win1 avg_window(int o, int in, int k, int stride, int pad_b, int pad_
 __global__ void avgpool_k(lt_pool_geom g, const float *src, float *dst, int dir) {
   const size_t count = (size_t)g.n * g.c * g.oh * g.ow;
   GRID_STRIDE(i, count) {
-    const int ox = (int)(i % g.ow), oy = (int)((i / g.ow) % g.oh);
-    const size_t p = i / ((size_t)g.oh * g.ow);
+    const unsigned ow = g.ow, oh = g.oh;
+    const int ox = (int)(i % ow), oy = (int)((i / ow) % oh);
+    const size_t p = i / (oh * ow);
     const win1 wy = avg_window(oy, g.h, g.kh, g.stride_h, g.pad_t, g.pad_b, g.dil_h,
                                g.count_include_pad);
     const win1 wx = avg_window(ox, g.w, g.kw, g.stride_w, g.pad_l, g.pad_r, g.dil_w,
@@ -181,10 +170,10 @@ extern "C" void lt_cuda_avgpool_bwd(const lt_pool_geom *g, const float *dy, floa
  * Warp-uniform loop bounds keep every lane in the shuffles. */
 __global__ void gap_fwd_k(int planes, int hw, const float *x, float *y) {
   const int lane = threadIdx.x & 31;
-  const size_t warps = ((size_t)gridDim.x * blockDim.x) >> 5;
-  for (size_t p = ((size_t)blockIdx.x * blockDim.x + threadIdx.x) >> 5; p < (size_t)planes;
+  const unsigned warps = (gridDim.x * blockDim.x) >> 5;
+  for (unsigned p = (blockIdx.x * blockDim.x + threadIdx.x) >> 5; p < (unsigned)planes;
        p += warps) {
-    const float *xp = x + p * hw;
+    const float *xp = x + (size_t)p * hw;
     float s = 0.0f;
     for (int i = lane; i < hw; i += 32) s += xp[i];
     for (int o = 16; o > 0; o >>= 1) s += __shfl_down_sync(0xffffffffu, s, o);
@@ -194,7 +183,7 @@ __global__ void gap_fwd_k(int planes, int hw, const float *x, float *y) {
 
 __global__ void gap_bwd_k(size_t count, int hw, const float *dy, float *dx, int acc) {
   GRID_STRIDE(i, count) {
-    const float v = dy[i / hw] / (float)hw;
+    const float v = dy[i / (unsigned)hw] / (float)hw;
     dx[i] = acc ? dx[i] + v : v;
   }
 }
@@ -248,8 +237,8 @@ __global__ void upsample_k(int mode, int ac, int planes, int h, int w, int oh, i
                            const float *src, float *dst, int dir) {
   const size_t count = (size_t)planes * oh * ow;
   GRID_STRIDE(i, count) {
-    const int ox = (int)(i % ow), oy = (int)((i / ow) % oh);
-    const size_t p = i / ((size_t)oh * ow);
+    const int ox = (int)(i % (unsigned)ow), oy = (int)((i / (unsigned)ow) % (unsigned)oh);
+    const size_t p = i / ((unsigned)oh * ow);
     const tap1 ty = upsample_tap(mode, ac, h, oh, oy), tx = upsample_tap(mode, ac, w, ow, ox);
     const size_t r0 = p * h * w + (size_t)ty.i0 * w, r1 = p * h * w + (size_t)ty.i1 * w;
     if (dir == 0) {
@@ -311,11 +300,12 @@ __device__ __forceinline__ float grad_b(int op, float dy, float a, float b) {
 
 /* Offsets of output element i in a and b. */
 __device__ __forceinline__ void bin_offsets(int ndim, const dims &ys, const dims &as,
-                                            const dims &bs, size_t i, int64_t *ao, int64_t *bo) {
-  int64_t r = (int64_t)i, a = 0, b = 0;
+                                            const dims &bs, unsigned i, int64_t *ao, int64_t *bo) {
+  unsigned r = (unsigned)i;
+  int64_t a = 0, b = 0;
   for (int d = ndim - 1; d >= 0; d--) {
-    const int64_t id = r % ys.d[d];
-    r /= ys.d[d];
+    const unsigned id = r % (unsigned)ys.d[d];
+    r /= (unsigned)ys.d[d];
     a += id * as.d[d];
     b += id * bs.d[d];
   }
@@ -402,7 +392,7 @@ extern "C" void lt_cuda_concat(int ninputs, const void *const *inputs, const int
 __global__ void split_add_k(int64_t outer, int64_t seg, int64_t yrow, const float *src,
                             float *dst) {
   const size_t count = (size_t)(outer * seg);
-  GRID_STRIDE(i, count) dst[i] += src[(int64_t)(i / seg) * yrow + (int64_t)(i % seg)];
+  GRID_STRIDE(i, count) dst[i] += src[(int64_t)(i / (unsigned)seg) * yrow + i % (unsigned)seg];
 }
 
 extern "C" void lt_cuda_split(int noutputs, void *const *outputs, const int64_t *sizes,
@@ -417,6 +407,7 @@ extern "C" void lt_cuda_split(int noutputs, void *const *outputs, const int64_t 
     if (outputs[i] && seg && outer) {
       if (accumulate_f32) {
         const size_t count = (size_t)outer * (seg / sizeof(float));
+        CHECK_COUNT(count);
         split_add_k<<<lt_cuda_blocks(count, LT_CUDA_THREADS), LT_CUDA_THREADS, 0,
                       lt_cuda_stream>>>(outer, (int64_t)(seg / sizeof(float)),
                                         (int64_t)(yrow / sizeof(float)),
@@ -447,10 +438,11 @@ __global__ void gather_k(int ndim, dims ys, dims xst, int64_t base, size_t count
                          void *y) {
   typedef typename elem_t<E>::type T;
   GRID_STRIDE(i, count) {
-    int64_t r = (int64_t)i, off = base;
+    unsigned r = i;
+    int64_t off = base;
     for (int d = ndim - 1; d >= 0; d--) {
-      off += (r % ys.d[d]) * xst.d[d];
-      r /= ys.d[d];
+      off += (int64_t)(r % (unsigned)ys.d[d]) * xst.d[d];
+      r /= (unsigned)ys.d[d];
     }
     ((T *)y)[i] = ((const T *)x)[off];
   }
@@ -461,6 +453,7 @@ static void gather(size_t elem, int ndim, dims ys, dims xst, int64_t base, size_
                    const void *x, void *y) {
   const unsigned blocks = lt_cuda_blocks(count, LT_CUDA_THREADS);
   if (count == 0) return;
+  CHECK_COUNT(count);
   switch (elem) {
   case 1: gather_k<1><<<blocks, LT_CUDA_THREADS, 0, lt_cuda_stream>>>(ndim, ys, xst, base, count, x, y); break;
   case 2: gather_k<2><<<blocks, LT_CUDA_THREADS, 0, lt_cuda_stream>>>(ndim, ys, xst, base, count, x, y); break;
@@ -496,10 +489,11 @@ extern "C" void lt_cuda_slice_fwd(int ndim, const int64_t *xshape, const int64_t
 __global__ void slice_bwd_k(int ndim, dims ys, dims sst, int64_t base, size_t count,
                             const float *dy, float *dx) {
   GRID_STRIDE(i, count) {
-    int64_t r = (int64_t)i, off = base;
+    unsigned r = i;
+    int64_t off = base;
     for (int d = ndim - 1; d >= 0; d--) {
-      off += (r % ys.d[d]) * sst.d[d];
-      r /= ys.d[d];
+      off += (int64_t)(r % (unsigned)ys.d[d]) * sst.d[d];
+      r /= (unsigned)ys.d[d];
     }
     dx[off] += dy[i];
   }
@@ -522,11 +516,12 @@ extern "C" void lt_cuda_slice_bwd(int ndim, const int64_t *xshape, const int64_t
 __global__ void pad_k(int ndim, dims from_shape, dims to_shape, dims to_st, dims shift,
                       size_t count, float value, const float *src, float *dst, int dir, int acc) {
   GRID_STRIDE(i, count) {
-    int64_t r = (int64_t)i, off = 0;
+    unsigned r = i;
+    int64_t off = 0;
     int inside = 1;
     for (int d = ndim - 1; d >= 0; d--) {
-      const int64_t t = r % from_shape.d[d] + shift.d[d];
-      r /= from_shape.d[d];
+      const int64_t t = (int64_t)(r % (unsigned)from_shape.d[d]) + shift.d[d];
+      r /= (unsigned)from_shape.d[d];
       inside &= t >= 0 && t < to_shape.d[d];
       off += t * to_st.d[d];
     }
