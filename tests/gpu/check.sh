@@ -35,7 +35,19 @@ budget() {
 export PATH="$PATH:/usr/local/cuda/bin"
 command -v nvcc >/dev/null || die "nvcc not found (looked in PATH and /usr/local/cuda/bin)"
 command -v cmake >/dev/null || die "cmake not found"
-command -v dpkg-deb >/dev/null || die "dpkg-deb not found: cannot unpack the carried .deb files"
+# A .deb is an ar archive whose data.tar.* holds the files; dpkg-deb -x unpacks it, ar + tar too.
+unpack_deb() {
+  if command -v dpkg-deb >/dev/null; then
+    dpkg-deb -x "$1" "$2"
+  else
+    local member z
+    member=$(ar t "$1" | grep '^data\.tar') || return 1
+    case $member in *.xz) z=-J ;; *.zst) z=--zstd ;; *.gz) z=-z ;; *) z= ;; esac
+    ar p "$1" "$member" | tar -x $z -C "$2"
+  fi
+}
+command -v dpkg-deb >/dev/null || command -v ar >/dev/null ||
+  die "neither dpkg-deb nor ar found: cannot unpack the carried .deb files"
 PY=${PYTHON:-python3}
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader 2>&1 | sed 's/^/gpu: /'
 say "nvcc $(nvcc --version | sed -n 's/.*release \([0-9.]*\).*/\1/p'), $(cmake --version | head -1)"
@@ -44,7 +56,7 @@ say "nvcc $(nvcc --version | sed -n 's/.*release \([0-9.]*\).*/\1/p'), $(cmake -
 ls "$debs"/*.deb >/dev/null 2>&1 ||
   die "no .deb files in $debs: run tests/gpu/fetch-debs.sh on a machine with apt, then carry tests/gpu/.debs"
 rm -rf "$prefix" && mkdir -p "$prefix"
-for f in "$debs"/*.deb; do dpkg-deb -x "$f" "$prefix" || die "unpacking $f"; done
+for f in "$debs"/*.deb; do unpack_deb "$f" "$prefix" || die "unpacking $f"; done
 lib="$prefix/usr/lib/x86_64-linux-gnu"
 # Links that dpkg's maintainer scripts would make: absolute symlinks re-pointed into the prefix,
 # and the Debian alternatives that choose OpenBLAS as BLAS and LAPACK.
