@@ -65,4 +65,7 @@ if [ ! -s "$fmnist" ]; then
   rm -rf "$idx"
   echo "setup: wrote $fmnist"
 fi
+# Surrogate data for the loader example (schema/jobs/train-surrogate.example.json): a real
+# Gray-Scott simulation, small enough to make in a fraction of a second.
+[ -s build/data/surrogate.h5 ] || build/bin/lathe data gen-surrogate --out build/data/surrogate.h5 --samples 384 --grid 32 >/dev/null
 echo "setup: built $root/build/bin: $(ls build/bin | grep -xE 'lathe|lathe-server|lathe-worker' | tr '\n' ' ')"
