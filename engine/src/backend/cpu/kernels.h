@@ -6,7 +6,9 @@
  * it (fan-out in the graph, gradient accumulation). Any output pointer that is NULL is skipped
  * (e.g. no dx for the first layer, no db when the layer has no bias).
  *
- * Kernels run multi-threaded with OpenMP and call OpenBLAS sgemm outside parallel regions.
+ * Kernels run multi-threaded with OpenMP. They call OpenBLAS sgemm outside parallel regions, except
+ * the im2col convolutions, which split the batch across threads and pin sgemm to one thread for
+ * the duration (kernels_conv.c).
  * Every CUDA kernel in backend/cuda has one of these as its CPU twin, with the same arguments.
  *
  * Not for: shape inference, FLOPs or the graph: that is ops/ and graph/.
@@ -43,8 +45,9 @@ typedef struct lt_conv_geom {
  * channels not divisible by groups). transpose selects the conv_transpose formula. */
 int lt_conv_geom_finish(lt_conv_geom *g, int transpose);
 
-/* Bytes of scratch for fwd and bwd: at most max(4 MiB, 4*(c*kh*kw + s)*oh*ow), 0 for 1×1
- * stride-1 unpadded and for depthwise (groups == c) convolutions. */
+/* Bytes of scratch for fwd and bwd, whatever the thread count: max(16 MiB,
+ * 4*((c*kh*kw + s)*oh*ow + s*(c/groups)*kh*kw)), 0 for 1×1 stride-1 unpadded and for depthwise
+ * (groups == c) convolutions. */
 size_t lt_cpu_conv2d_workspace(const lt_conv_geom *g);
 void lt_cpu_conv2d_fwd(const lt_conv_geom *g, const float *x, const float *w, const float *b,
                        float *y, void *ws);

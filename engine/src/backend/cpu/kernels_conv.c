@@ -4,8 +4,8 @@
  * Lowering. A chunk of nb images is unfolded by im2col into one column matrix
  * col (c*kh*kw, nb*oh*ow), so that the GEMM's N dimension spans several images (ResNet-style
  * layers have few channels, and per-image GEMMs with N = 64 run far below the sgemm rate). The GEMM
- * writes a channel-major product (s, nb*oh*ow) that one parallel pass reorders into NCHW (adding
- * the bias on the way). Backward data is the transposed GEMM followed by col2im; backward filter
+ * writes a channel-major product (s, nb*oh*ow) that one pass reorders into NCHW (adding the
+ * bias on the way). Backward data is the transposed GEMM followed by col2im; backward filter
  * multiplies the reordered dy by the same im2col. 1×1 stride-1 unpadded convolutions skip im2col
  * and use the input as the column matrix, image by image. Depthwise convolutions (one input
  * channel per group) are direct loops: their per-group GEMMs would be too small to pay.
@@ -14,20 +14,31 @@
  * data is conv2d's forward and its backward filter is conv2d's backward filter with x and dy
  * swapped, all on the "mirror" geometry built by mirror_geom. One implementation serves both.
  *
- * sgemm is always called outside OpenMP parallel regions (OpenBLAS runs its own threads).
+ * Threads. The batch is split into one contiguous range of images per OpenMP thread ("teams",
+ * plan_teams), and each team runs the whole lowering on its range with a single-threaded sgemm
+ * (OpenBLAS is pinned to one thread for the duration). ResNet-style GEMMs (M = 16..64) scale
+ * poorly across threads inside sgemm, and this way im2col, the reorders and col2im run in parallel
+ * on data the same core wrote. Backward filter sums per-team partial weight gradients in team
+ * order, so results are reproducible at a given thread count. 1×1 and depthwise paths keep
+ * OpenBLAS's own threads and OpenMP loops.
  */
 #include "backend/cpu/kernels.h"
 
 #include <cblas.h>
+#include <omp.h>
 #include <string.h>
 
-/* Target size of the scratch of one chunk (column matrix + channel-major product). The batch is
- * cut into chunks of whole images so that this bound holds; a single image that needs more gets a
- * chunk of its own. 4 MiB keeps the column matrix in cache between im2col writing it and sgemm
- * packing it. Measured on ResNet-20's convs at batch 128, single-threaded by process CPU time
- * (bench_conv --cpu): 1, 2 and 4 MiB within 3% of each other, 8 MiB 10% slower, 32 MiB 30-40%
- * slower. N = images*oh*ow stays >= 1,500 for every ResNet-20 layer. */
-#define LT_CONV_CHUNK_BYTES ((size_t)4 << 20)
+/* Scratch of one team: its column matrix and channel-major product for one chunk of images, and
+ * its partial weight gradient. Each chunk holds as many whole images as fit (a single image that
+ * needs more gets a chunk of its own). The size keeps the column matrix in cache between im2col
+ * writing it and sgemm packing it: measured on ResNet-20's convs at batch 128, single-threaded by
+ * process CPU time (bench_conv --cpu), 1, 2 and 4 MiB within 3% of each other, 8 MiB 10% slower,
+ * 32 MiB 30-40% slower. It does not depend on the thread count, so neither do the chunks, and the
+ * forward and backward data give the same bits at any number of threads. */
+#define LT_CONV_TEAM_BYTES ((size_t)2 << 20)
+/* Teams the workspace has room for: the workspace is sized before the thread count is known (and
+ * the count may change after), so it holds this many team slices, 16 MiB in all. */
+#define LT_CONV_MAX_TEAMS 8
 
 void lt_cpu_gemm(int trans_a, int trans_b, int m, int n, int k, float alpha, const float *a,
                  int lda, const float *b, int ldb, float beta, float *c, int ldc) {
@@ -70,18 +81,14 @@ int lt_conv_geom_finish(lt_conv_geom *g, int transpose) {
 
 /* ---- im2col / col2im ----------------------------------------------------------------------- */
 
-/* The four movement helpers below (im2col, col2im_add, cm_to_nchw, nchw_to_cm) are orphaned
- * worksharing loops (`omp for nowait`): callers run them inside one parallel region per chunk,
- * pairing the tail of one chunk with the head of the next, so that each chunk costs one hand-over
- * between the OpenMP team and OpenBLAS's threads instead of two or three. Called outside a
- * parallel region they run serially. */
+/* The four movement helpers below (im2col, col2im, cm_to_nchw, nchw_to_cm) are serial: each team
+ * runs them on its own images (see plan_teams). */
 
 /* Unfolds images [0, nb) of x (nb, c, h, w) into col (c*kh*kw, ld) at column offset
  * img*oh*ow; ld = nb*oh*ow. Zero where the window reads padding. */
 static void im2col(const lt_conv_geom *g, int nb, const float *restrict x, float *restrict col) {
   const int c = g->c, h = g->h, w = g->w, oh = g->oh, ow = g->ow, kh = g->kh, kw = g->kw;
   const size_t ohw = (size_t)oh * ow, ld = (size_t)nb * ohw;
-#pragma omp for collapse(2) schedule(static) nowait
   for (int img = 0; img < nb; img++)
     for (int ch = 0; ch < c; ch++) {
       const float *restrict xp = x + ((size_t)img * c + ch) * h * w; /* (h, w) */
@@ -125,7 +132,6 @@ static void col2im(const lt_conv_geom *g, int nb, const float *restrict col, flo
                    int accumulate) {
   const int c = g->c, h = g->h, w = g->w, oh = g->oh, ow = g->ow, kh = g->kh, kw = g->kw;
   const size_t ohw = (size_t)oh * ow, ld = (size_t)nb * ohw;
-#pragma omp for collapse(2) schedule(static) nowait
   for (int img = 0; img < nb; img++)
     for (int ch = 0; ch < c; ch++) {
       float *restrict xp = x + ((size_t)img * c + ch) * h * w;
@@ -170,27 +176,67 @@ static size_t floats_per_image(const lt_conv_geom *g) {
   return ((size_t)g->c * g->kh * g->kw + (size_t)g->s) * g->oh * g->ow;
 }
 
-/* Images per chunk so that the scratch stays within LT_CONV_CHUNK_BYTES (at least one). */
-static int chunk_images(const lt_conv_geom *g) {
-  size_t per = floats_per_image(g) * sizeof(float);
-  size_t nb = per ? LT_CONV_CHUNK_BYTES / per : (size_t)g->n;
-  if (nb < 1) nb = 1;
-  if (nb > (size_t)g->n) nb = (size_t)g->n;
-  return (int)nb;
+/* Floats of one weight gradient: each team's partial dw in backward filter. */
+static size_t floats_dw(const lt_conv_geom *g) {
+  return (size_t)g->s * (g->c / g->groups) * g->kh * g->kw;
 }
 
-/* Bound: max(LT_CONV_CHUNK_BYTES, 4 * (c*kh*kw + s) * oh*ow) bytes, i.e. 4 MiB unless one
- * image's scratch alone is larger; 0 for 1×1 stride-1 unpadded and for depthwise convolutions.
- * The same scratch serves forward, backward data and backward filter. */
+/* Floats of one team's slice: LT_CONV_TEAM_BYTES, or one image's scratch and one partial dw when
+ * that alone is larger. */
+static size_t floats_team(const lt_conv_geom *g) {
+  const size_t one = floats_per_image(g) + floats_dw(g);
+  return LT_CONV_TEAM_BYTES / sizeof(float) > one ? LT_CONV_TEAM_BYTES / sizeof(float) : one;
+}
+
+/* Floats of the whole workspace: LT_CONV_MAX_TEAMS slices of LT_CONV_TEAM_BYTES, or a single
+ * slice when one image alone needs more (a large image then runs as one team, with OpenBLAS's
+ * threads, rather than multiplying its scratch by the thread count). */
+static size_t floats_workspace(const lt_conv_geom *g) {
+  const size_t team = floats_team(g), most = LT_CONV_MAX_TEAMS * LT_CONV_TEAM_BYTES / sizeof(float);
+  return team > most ? team : most;
+}
+
+/* How a convolution's batch is split. The batch is cut into fixed chunks of nb images; each team
+ * owns a contiguous run of chunks and a slice of team_floats floats of the workspace: col
+ * (c*kh*kw, nb*oh*ow), then prod (s, nb*oh*ow), then a partial dw (s, c/groups, kh, kw). */
+typedef struct conv_plan {
+  int teams;          /* one per OpenMP thread, at most one per chunk */
+  int nb;             /* images per chunk (GEMM N = nb*oh*ow) */
+  int chunks;         /* ceil(n / nb) */
+  size_t col_floats;  /* c*kh*kw * nb*oh*ow */
+  size_t dw_floats;   /* floats_dw */
+  size_t team_floats; /* floats_team */
+} conv_plan;
+
+/* Small ResNet-style GEMMs (M = 16..64) scale poorly inside sgemm, so splitting the batch and
+ * running one single-threaded sgemm per team keeps every core busy, and im2col and the reorders
+ * run on data the same core just wrote. */
+static conv_plan plan_teams(const lt_conv_geom *g) {
+  const size_t per = floats_per_image(g), dwf = floats_dw(g), team = floats_team(g);
+  size_t nb = (team - dwf) / per;
+  if (nb > (size_t)g->n) nb = (size_t)g->n;
+  if (nb < 1) nb = 1;
+  conv_plan p = {.nb = (int)nb, .dw_floats = dwf, .team_floats = team};
+  p.chunks = (int)((g->n + nb - 1) / nb);
+  p.teams = omp_get_max_threads();
+  if (p.teams > p.chunks) p.teams = p.chunks;
+  if ((size_t)p.teams > floats_workspace(g) / team) p.teams = (int)(floats_workspace(g) / team);
+  if (p.teams < 1) p.teams = 1;
+  p.col_floats = (size_t)g->c * g->kh * g->kw * nb * g->oh * g->ow;
+  return p;
+}
+
+/* Bound: max(LT_CONV_MAX_TEAMS * LT_CONV_TEAM_BYTES, one image's scratch + one dw), i.e. 16 MiB
+ * unless a single image needs more; 0 for 1×1 stride-1 unpadded and for depthwise convolutions.
+ * The same scratch serves forward, backward data and backward filter at any thread count. */
 size_t lt_cpu_conv2d_workspace(const lt_conv_geom *g) {
   if (is_pointwise(g) || is_depthwise(g)) return 0;
-  return (size_t)chunk_images(g) * floats_per_image(g) * sizeof(float);
+  return floats_workspace(g) * sizeof(float);
 }
 
 /* y (nb, s, ohw) = [accumulate ? y : 0] + p (s, nb*ohw) + b (s) (b may be NULL). */
 static void cm_to_nchw(int nb, int s, size_t ohw, const float *restrict p, const float *restrict b,
                        float *restrict y, int accumulate) {
-#pragma omp for collapse(2) schedule(static) nowait
   for (int img = 0; img < nb; img++)
     for (int ch = 0; ch < s; ch++) {
       const float *restrict src = p + ((size_t)ch * nb + img) * ohw;
@@ -207,7 +253,6 @@ static void cm_to_nchw(int nb, int s, size_t ohw, const float *restrict p, const
 
 /* p (s, nb*ohw) = y (nb, s, ohw): the inverse reorder, for dy. */
 static void nchw_to_cm(int nb, int s, size_t ohw, const float *restrict y, float *restrict p) {
-#pragma omp for collapse(2) schedule(static) nowait
   for (int ch = 0; ch < s; ch++)
     for (int img = 0; img < nb; img++)
       memcpy(p + ((size_t)ch * nb + img) * ohw, y + ((size_t)img * s + ch) * ohw,
@@ -348,11 +393,86 @@ static void dw_bwd_filter(const lt_conv_geom *g, const float *x, const float *dy
 
 /* ---- conv2d, shared by conv_transpose2d ---------------------------------------------------- */
 
+/* Runs the statements (team) for team = 0..teams-1, one team per OpenMP thread. With several teams sgemm
+ * is pinned to one thread for the duration (each team's GEMMs are its own); a single team keeps
+ * OpenBLAS's threads, so a batch of one still runs its GEMM in parallel. The loop form makes every
+ * team run even when the region gets fewer threads than asked (nested inside another region). */
+#define CONV_TEAMS(teams, team, ...)                                                               \
+  do {                                                                                             \
+    const int nteams_ = (teams);                                                                   \
+    const int blas_threads_ = nteams_ > 1 ? openblas_get_num_threads() : 0;                        \
+    if (nteams_ > 1) openblas_set_num_threads(1);                                                  \
+    _Pragma("omp parallel for num_threads(nteams_) schedule(static, 1)")                           \
+    for (int team = 0; team < nteams_; team++) {                                                   \
+      __VA_ARGS__                                                                                  \
+    }                                                                                              \
+    if (nteams_ > 1) openblas_set_num_threads(blas_threads_);                                      \
+  } while (0)
+
+/* Images [*i0, *i1) of the batch that a team owns: a contiguous run of whole chunks. */
+static void team_range(const lt_conv_geom *g, const conv_plan *p, int team, int *i0, int *i1) {
+  const int c0 = (int)((int64_t)p->chunks * team / p->teams);
+  const int c1 = (int)((int64_t)p->chunks * (team + 1) / p->teams);
+  *i0 = c0 * p->nb < g->n ? c0 * p->nb : g->n;
+  *i1 = c1 * p->nb < g->n ? c1 * p->nb : g->n;
+}
+
+/* y[i0:i1] [+]= conv(x[i0:i1], w) + b, in chunks of at most p->nb images. */
+static void fwd_range(const lt_conv_geom *g, const conv_plan *p, int i0, int i1, const float *x,
+                      const float *w, const float *b, float *y, int accumulate, float *col,
+                      float *prod) {
+  const int G = g->groups, cg = g->c / G, sg = g->s / G, kk = g->kh * g->kw;
+  const size_t hw = (size_t)g->h * g->w, ohw = (size_t)g->oh * g->ow;
+  for (int a = i0; a < i1; a += p->nb) {
+    const int nb = i1 - a < p->nb ? i1 - a : p->nb, ncols = (int)(nb * ohw);
+    im2col(g, nb, x + (size_t)a * g->c * hw, col);
+    for (int gr = 0; gr < G; gr++)
+      lt_cpu_gemm(0, 0, sg, ncols, cg * kk, 1.0f, w + (size_t)gr * sg * cg * kk, cg * kk,
+                  col + (size_t)gr * cg * kk * ncols, ncols, 0.0f, prod + (size_t)gr * sg * ncols,
+                  ncols);
+    cm_to_nchw(nb, g->s, ohw, prod, b, y + (size_t)a * g->s * ohw, accumulate);
+  }
+}
+
+/* dx[i0:i1] [+]= convᵀ(dy[i0:i1], w). */
+static void bwd_data_range(const lt_conv_geom *g, const conv_plan *p, int i0, int i1,
+                           const float *dy, const float *w, float *dx, int accumulate, float *col,
+                           float *prod) {
+  const int G = g->groups, cg = g->c / G, sg = g->s / G, kk = g->kh * g->kw;
+  const size_t hw = (size_t)g->h * g->w, ohw = (size_t)g->oh * g->ow;
+  for (int a = i0; a < i1; a += p->nb) {
+    const int nb = i1 - a < p->nb ? i1 - a : p->nb, ncols = (int)(nb * ohw);
+    nchw_to_cm(nb, g->s, ohw, dy + (size_t)a * g->s * ohw, prod);
+    for (int gr = 0; gr < G; gr++)
+      lt_cpu_gemm(1, 0, cg * kk, ncols, sg, 1.0f, w + (size_t)gr * sg * cg * kk, cg * kk,
+                  prod + (size_t)gr * sg * ncols, ncols, 0.0f, col + (size_t)gr * cg * kk * ncols,
+                  ncols);
+    col2im(g, nb, col, dx + (size_t)a * g->c * hw, accumulate);
+  }
+}
+
+/* dw [+]= dy[i0:i1] ⋆ x[i0:i1]. */
+static void bwd_filter_range(const lt_conv_geom *g, const conv_plan *p, int i0, int i1,
+                             const float *x, const float *dy, float *dw, int accumulate,
+                             float *col, float *prod) {
+  const int G = g->groups, cg = g->c / G, sg = g->s / G, kk = g->kh * g->kw;
+  const size_t hw = (size_t)g->h * g->w, ohw = (size_t)g->oh * g->ow;
+  for (int a = i0; a < i1; a += p->nb) {
+    const int nb = i1 - a < p->nb ? i1 - a : p->nb, ncols = (int)(nb * ohw);
+    im2col(g, nb, x + (size_t)a * g->c * hw, col);
+    nchw_to_cm(nb, g->s, ohw, dy + (size_t)a * g->s * ohw, prod);
+    for (int gr = 0; gr < G; gr++)
+      lt_cpu_gemm(0, 1, sg, cg * kk, ncols, 1.0f, prod + (size_t)gr * sg * ncols, ncols,
+                  col + (size_t)gr * cg * kk * ncols, ncols, (accumulate || a > i0) ? 1.0f : 0.0f,
+                  dw + (size_t)gr * sg * cg * kk, cg * kk);
+  }
+}
+
 /* y [+]= conv(x, w) + b. */
 static void conv_fwd(const lt_conv_geom *g, const float *x, const float *w, const float *b,
                      float *y, int accumulate, void *ws) {
-  const int G = g->groups, cg = g->c / G, sg = g->s / G, kk = g->kh * g->kw;
-  const size_t hw = (size_t)g->h * g->w, ohw = (size_t)g->oh * g->ow;
+  const int G = g->groups, cg = g->c / G, sg = g->s / G;
+  const size_t hw = (size_t)g->h * g->w;
   if (is_depthwise(g)) {
     dw_fwd(g, x, w, b, y, accumulate);
     return;
@@ -376,33 +496,20 @@ static void conv_fwd(const lt_conv_geom *g, const float *x, const float *w, cons
     }
     return;
   }
-  const int nbmax = chunk_images(g);
-  float *col = ws;                                     /* (c*kk, nb*ohw) */
-  float *prod = col + (size_t)g->c * kk * nbmax * ohw; /* (s, nb*ohw) */
-#pragma omp parallel
-  im2col(g, g->n < nbmax ? g->n : nbmax, x, col);
-  for (int i0 = 0; i0 < g->n; i0 += nbmax) {
-    const int nb = g->n - i0 < nbmax ? g->n - i0 : nbmax;
-    const int ncols = (int)(nb * ohw);
-    for (int gr = 0; gr < G; gr++)
-      lt_cpu_gemm(0, 0, sg, ncols, cg * kk, 1.0f, w + (size_t)gr * sg * cg * kk, cg * kk,
-                  col + (size_t)gr * cg * kk * ncols, ncols, 0.0f, prod + (size_t)gr * sg * ncols,
-                  ncols);
-    /* col is free once the GEMM returns: unfold the next chunk while this one is reordered */
-    const int next = i0 + nbmax, nbn = g->n - next < nbmax ? g->n - next : nbmax;
-#pragma omp parallel
-    {
-      cm_to_nchw(nb, g->s, ohw, prod, b, y + (size_t)i0 * g->s * ohw, accumulate);
-      if (next < g->n) im2col(g, nbn, x + (size_t)next * g->c * hw, col);
-    }
-  }
+  const conv_plan p = plan_teams(g);
+  CONV_TEAMS(p.teams, t, {
+    int i0, i1;
+    team_range(g, &p, t, &i0, &i1);
+    float *col = (float *)ws + (size_t)t * p.team_floats;
+    fwd_range(g, &p, i0, i1, x, w, b, y, accumulate, col, col + p.col_floats);
+  });
 }
 
 /* dx [+]= convᵀ(dy, w). */
 static void conv_bwd_data(const lt_conv_geom *g, const float *dy, const float *w, float *dx,
                           int accumulate, void *ws) {
-  const int G = g->groups, cg = g->c / G, sg = g->s / G, kk = g->kh * g->kw;
-  const size_t hw = (size_t)g->h * g->w, ohw = (size_t)g->oh * g->ow;
+  const int G = g->groups, cg = g->c / G, sg = g->s / G;
+  const size_t hw = (size_t)g->h * g->w;
   if (is_depthwise(g)) {
     dw_bwd_data(g, dy, w, dx, accumulate);
     return;
@@ -417,33 +524,22 @@ static void conv_bwd_data(const lt_conv_geom *g, const float *dy, const float *w
                     (int)hw);
     return;
   }
-  const int nbmax = chunk_images(g);
-  float *col = ws;                                     /* (c*kk, nb*ohw) */
-  float *prod = col + (size_t)g->c * kk * nbmax * ohw; /* (s, nb*ohw): dy channel-major */
-#pragma omp parallel
-  nchw_to_cm(g->n < nbmax ? g->n : nbmax, g->s, ohw, dy, prod);
-  for (int i0 = 0; i0 < g->n; i0 += nbmax) {
-    const int nb = g->n - i0 < nbmax ? g->n - i0 : nbmax;
-    const int ncols = (int)(nb * ohw);
-    for (int gr = 0; gr < G; gr++)
-      lt_cpu_gemm(1, 0, cg * kk, ncols, sg, 1.0f, w + (size_t)gr * sg * cg * kk, cg * kk,
-                  prod + (size_t)gr * sg * ncols, ncols, 0.0f, col + (size_t)gr * cg * kk * ncols,
-                  ncols);
-    /* prod is free once the GEMM returns: reorder the next chunk's dy while this one folds */
-    const int next = i0 + nbmax, nbn = g->n - next < nbmax ? g->n - next : nbmax;
-#pragma omp parallel
-    {
-      col2im(g, nb, col, dx + (size_t)i0 * g->c * hw, accumulate);
-      if (next < g->n) nchw_to_cm(nbn, g->s, ohw, dy + (size_t)next * g->s * ohw, prod);
-    }
-  }
+  const conv_plan p = plan_teams(g);
+  CONV_TEAMS(p.teams, t, {
+    int i0, i1;
+    team_range(g, &p, t, &i0, &i1);
+    float *col = (float *)ws + (size_t)t * p.team_floats;
+    bwd_data_range(g, &p, i0, i1, dy, w, dx, accumulate, col, col + p.col_floats);
+  });
 }
 
-/* dw [+]= dy ⋆ x (no bias: callers reduce the right tensor for it). */
+/* dw [+]= dy ⋆ x (no bias: callers reduce the right tensor for it). With several teams each
+ * forms the product of its images in its own slice, and one pass sums the slices in team order
+ * (fixed, so the result does not depend on scheduling). */
 static void conv_bwd_filter(const lt_conv_geom *g, const float *x, const float *dy, float *dw,
                             int accumulate, void *ws) {
-  const int G = g->groups, cg = g->c / G, sg = g->s / G, kk = g->kh * g->kw;
-  const size_t hw = (size_t)g->h * g->w, ohw = (size_t)g->oh * g->ow;
+  const int G = g->groups, cg = g->c / G, sg = g->s / G;
+  const size_t hw = (size_t)g->h * g->w;
   if (is_depthwise(g)) {
     dw_bwd_filter(g, x, dy, dw, accumulate);
     return;
@@ -457,21 +553,25 @@ static void conv_bwd_filter(const lt_conv_geom *g, const float *x, const float *
                     (accumulate || img > 0) ? 1.0f : 0.0f, dw + (size_t)gr * sg * cg, cg);
     return;
   }
-  const int nbmax = chunk_images(g);
-  float *col = ws;
-  float *prod = col + (size_t)g->c * kk * nbmax * ohw;
-  for (int i0 = 0; i0 < g->n; i0 += nbmax) {
-    const int nb = g->n - i0 < nbmax ? g->n - i0 : nbmax;
-    const int ncols = (int)(nb * ohw);
-#pragma omp parallel
-    {
-      im2col(g, nb, x + (size_t)i0 * g->c * hw, col);
-      nchw_to_cm(nb, g->s, ohw, dy + (size_t)i0 * g->s * ohw, prod);
-    }
-    for (int gr = 0; gr < G; gr++)
-      lt_cpu_gemm(0, 1, sg, cg * kk, ncols, 1.0f, prod + (size_t)gr * sg * ncols, ncols,
-                  col + (size_t)gr * cg * kk * ncols, ncols, (accumulate || i0 > 0) ? 1.0f : 0.0f,
-                  dw + (size_t)gr * sg * cg * kk, cg * kk);
+  const conv_plan p = plan_teams(g);
+  if (p.teams == 1) {
+    bwd_filter_range(g, &p, 0, g->n, x, dy, dw, accumulate, ws, (float *)ws + p.col_floats);
+    return;
+  }
+  const size_t col_prod = p.team_floats - p.dw_floats;
+  CONV_TEAMS(p.teams, t, {
+    int i0, i1;
+    team_range(g, &p, t, &i0, &i1);
+    float *col = (float *)ws + (size_t)t * p.team_floats;
+    bwd_filter_range(g, &p, i0, i1, x, dy, col + col_prod, 0, col, col + p.col_floats);
+  });
+  const float *part = (const float *)ws + col_prod;
+#pragma omp parallel for schedule(static)
+  for (size_t i = 0; i < p.dw_floats; i++) {
+    float acc = accumulate ? dw[i] : 0.0f;
+    for (int t = 0; t < p.teams; t++)
+      acc += part[(size_t)t * p.team_floats + i];
+    dw[i] = acc;
   }
 }
 
