@@ -5,9 +5,11 @@
 #include "job.h"
 
 int job_inspect_run(job_ctx *job, cJSON **result);
+int job_compress_run(job_ctx *job, cJSON **result);
 
 static const job_kind job_kinds[] = {
     {"inspect", job_inspect_run},
+    {"compress", job_compress_run},
 };
 
 const job_kind *job_kind_find(const char *kind) {

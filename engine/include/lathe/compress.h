@@ -168,6 +168,9 @@ lt_status lt_lat_estimate(lt_graph *g, const lt_roofline *rf, int batch, int pro
 /* Median forward latency (ms) of a whole graph at batch, measured as the profiler measures. */
 lt_status lt_lat_measure_graph(lt_graph *g, lt_backend *be, int batch, const lt_lat_opts *o,
                                double *ms, lt_err *err);
+/* Median forward latency (ms) of layer l alone at batch: dense (rank 0) or as its Tucker-2 block. */
+lt_status lt_lat_measure_layer(const lt_compress_layer *l, int rank, lt_backend *be, int batch,
+                               const lt_lat_opts *o, double *ms, lt_err *err);
 /* The rank step: the most common distance between ranks where latency jumps up (>= 5% over the
  * previous probe), rounded to a multiple of probe_step; probe_step when there are no jumps. */
 int lt_lat_find_step(const lt_lat_table *t);

@@ -266,6 +266,17 @@ static void entry_ranks(lt_lat_entry *e, int probe_step) {
   memcpy(e->ranks, l.cand, sizeof(int) * (size_t)l.n_cand);
 }
 
+lt_status lt_lat_measure_layer(const lt_compress_layer *l, int rank, lt_backend *be, int batch,
+                               const lt_lat_opts *o, double *ms, lt_err *err) {
+  lt_lat_entry e;
+  entry_from_layer(l, &e);
+  lt_graph *bg = block_graph(&e, rank, err);
+  if (!bg) return err ? err->status : LT_ERR_INTERNAL;
+  lt_status st = lt_lat_measure_graph(bg, be, batch, o, ms, err);
+  lt_graph_free(bg);
+  return st;
+}
+
 /* Table setup shared by measuring and estimating: checks a cache against this device and batch. */
 static lt_status table_begin(lt_lat_table *t, const char *device, int batch, int probe_step,
                              int estimated, lt_err *err) {

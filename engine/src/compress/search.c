@@ -282,6 +282,10 @@ static lt_status search_setup(search_state *s, const lt_graph *g, lt_backend *be
     if (node < 0) return lt_errorf(err, LT_ERR_INVALID, "layer %s is not in the model", L[l].name);
     lt_status st = lt_compress_factorize_conv(s->sg, node, y->r, err);
     if (st) return st;
+  }
+  /* Value ids only now: every rewrite prunes, which renumbers values. */
+  for (int l = 0; l < n; l++) {
+    search_layer *y = &s->L[l];
     y->core = value_of(s->sg, L[l].name, "core.weight");
     y->u_in = value_of(s->sg, L[l].name, "u_in.weight");
     y->u_out = value_of(s->sg, L[l].name, "u_out.weight");
@@ -349,26 +353,41 @@ static lt_status search_check(const lt_graph *g, lt_backend *be, const lt_compre
   return LT_OK;
 }
 
-/* Argmax ranks over the target: steps down the layer whose next lower candidate loses the least
- * logit per unit of cost saved, until the target is met (the check guarantees it can be). */
-static double search_repair(search_state *s, int *pick) {
-  const lt_search_config *c = s->cfg;
-  for (;;) {
-    double cost = c->fixed_cost;
-    for (int l = 0; l < s->n; l++) cost += s->L[l].cost[pick[l]];
-    if (cost <= c->target_value) return cost;
-    int best = -1;
-    double best_score = INFINITY;
-    for (int l = 0; l < s->n; l++) {
-      const search_layer *y = &s->L[l];
-      if (pick[l] == 0) continue;
-      const float *a = lt_tensor_f32(y->alpha);
-      double saved = y->cost[pick[l]] - y->cost[pick[l] - 1];
-      double score = (a[pick[l]] - a[pick[l] - 1]) / fmax(saved, 1e-12);
-      if (saved > 0 && score < best_score) best_score = score, best = l;
+/* Total cost of the picked candidates. */
+static double search_cost(const search_state *s, const int *pick) {
+  double cost = s->cfg->fixed_cost;
+  for (int l = 0; l < s->n; l++) cost += s->L[l].cost[pick[l]];
+  return cost;
+}
+
+/* Fits the argmax ranks to the target. Over it: step down the layer whose next lower candidate
+ * gives up the least logit per unit of cost saved, until the target is met (search_check made
+ * sure it can be). Then, since the annealed logits can settle well under the budget, spend what
+ * is left: step up the layer whose next candidate loses the least logit per unit of cost, while
+ * the target still holds. */
+static void search_fit(search_state *s, int *pick) {
+  const double T = s->cfg->target_value;
+  for (int dir = -1; dir <= 1; dir += 2) {
+    for (;;) {
+      double cost = search_cost(s, pick);
+      if (dir < 0 && cost <= T) break;
+      int best = -1;
+      double best_score = INFINITY;
+      for (int l = 0; l < s->n; l++) {
+        const search_layer *y = &s->L[l];
+        int to = pick[l] + dir;
+        if (to < 0 || to >= y->n_cand) continue;
+        const float *a = lt_tensor_f32(y->alpha);
+        double dcost = (y->cost[to] - y->cost[pick[l]]) * dir; /* > 0 when the step moves cost
+                                                                  the intended way */
+        if (dcost <= 0) continue;
+        if (dir > 0 && cost + dcost > T) continue;
+        double score = (a[pick[l]] - a[to]) / dcost;
+        if (score < best_score) best_score = score, best = l;
+      }
+      if (best < 0) break;
+      pick[best] += dir;
     }
-    if (best < 0) return cost;
-    pick[best]--;
   }
 }
 
@@ -506,7 +525,7 @@ lt_status lt_compress_search(const lt_graph *g, lt_backend *be, const lt_compres
     }
   }
   for (int l = 0; l < n; l++) pick[l] = search_argmax(&s.L[l]);
-  search_repair(&s, pick);
+  search_fit(&s, pick);
   for (int l = 0; l < n; l++) ranks[l] = s.L[l].cand[pick[l]];
   if (trained_out) st = search_trained_graph(&s, g, L, ranks, trained_out, err);
 done:
