@@ -237,8 +237,10 @@ typedef struct lt_search_config {
 
 lt_search_config lt_search_config_default(void);
 
-/* Runs the search on a copy of g (g is not modified) and writes each layer's argmax rank into
- * ranks (n). The caller then factorises g afresh at those ranks (lt_compress_apply) or, to keep
+/* Runs the search on a copy of g (g is not modified) and writes each layer's chosen rank into
+ * ranks (n): the argmax of its logits, then fitted to the target (layers whose logits lose least
+ * per unit of cost step down while over it, step up while budget is left). Fails with
+ * LT_ERR_INVALID, before any work, when even the smallest ranks miss the target or n is 0. The caller then factorises g afresh at those ranks (lt_compress_apply) or, to keep
  * what the search trained, uses trained_out: when non-NULL it receives the searched copy with
  * each layer truncated to its chosen rank (re-decomposed from the trained weights). */
 lt_status lt_compress_search(const lt_graph *g, lt_backend *be, const lt_compress_layer *l, int n,
