@@ -6,10 +6,14 @@
 
 #include "lathe/core.h"
 
+int cmd_profile(int argc, char **argv);
+
 static const cli_command cli_commands[] = {
     {"run", "run a job file, JSON-lines events on stdout: lathe run JOB.json --out DIR", cmd_run},
     {"inspect", "print a JSON summary of an HDF5 dataset: lathe inspect [--exact] FILE",
      cmd_inspect},
+    {"profile", "measure a latency table for compress: lathe profile MODEL --out TABLE.json",
+     cmd_profile},
     {"version", "print the version and the compiled backends: lathe --version", cmd_version},
 };
 

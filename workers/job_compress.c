@@ -638,8 +638,28 @@ int job_compress_run(job_ctx *job, cJSON **result) {
     sum_dense_ms += c.L[l].dense_ms;
     sum_dense += lt_compress_layer_cost(&c.L[l], c.kind, -1);
   }
-  double fixed_ms = foreign ? 0 : ms0 - sum_dense_ms;
-  double before = c.kind == LT_TARGET_LATENCY && foreign ? sum_dense_ms : jc_model_cost(&c, c.g, ms0);
+  /* A table from the cache was measured at another time, and a shared machine's speed drifts:
+   * time the dense layers again now, and carry the whole-model latency into the table's scale
+   * (scale = table / now) so that the layers outside the search, the target and the prediction
+   * all agree with the table. A table measured just now gives scale 1 up to noise. */
+  double scale = 1, sum_now = 0;
+  if (!foreign) {
+    for (int l = 0; l < c.n; l++) {
+      double m;
+      if (lt_lat_measure_layer(&c.L[l], 0, c.be, c.lat_batch, NULL, &m, &c.err)) {
+        rc = jc_fail_engine(&c, "dense layer latency");
+        goto done;
+      }
+      sum_now += m;
+    }
+    scale = sum_dense_ms / sum_now;
+    job_emit_log(job, "info", "dense layers: %.3f ms in the table, %.3f ms now (scale %.3f)",
+                 sum_dense_ms, sum_now, scale);
+  }
+  double fixed_ms = foreign ? 0 : (ms0 - sum_now) * scale;
+  double before = c.kind == LT_TARGET_LATENCY && foreign ? sum_dense_ms
+                  : c.kind == LT_TARGET_LATENCY          ? ms0 * scale
+                                                         : jc_model_cost(&c, c.g, ms0);
   c.fixed = c.kind == LT_TARGET_LATENCY ? fixed_ms : before - sum_dense;
   double tv = jc_num(to, "value", 0);
   c.target = tv > 0 ? tv : (1 - jc_num(to, "reduction", 0.7)) * before;
@@ -766,8 +786,9 @@ int job_compress_run(job_ctx *job, cJSON **result) {
     cJSON_AddNullToObject(res, "latency_ms_predicted");
     cJSON_AddNullToObject(res, "latency_prediction_error");
   } else {
-    cJSON_AddNumberToObject(res, "latency_ms_predicted", pred_ms);
-    cJSON_AddNumberToObject(res, "latency_prediction_error", (pred_ms - ms1) / ms1);
+    cJSON_AddNumberToObject(res, "latency_ms_predicted", pred_ms / scale);
+    cJSON_AddNumberToObject(res, "latency_prediction_error", (pred_ms / scale - ms1) / ms1);
+    cJSON_AddNumberToObject(res, "latency_table_scale", scale);
   }
   cJSON_AddStringToObject(res, "device", c.be->description);
   cJSON *lt = cJSON_AddObjectToObject(res, "latency_table");

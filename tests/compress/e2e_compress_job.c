@@ -66,16 +66,26 @@ static double num(const cJSON *o, const char *k) {
 #define MODEL "{\"file\": \"" DATA "/models/resnet20-cifar10-bn.onnx\"}"
 #define NORM "\"normalisation\": {\"mean\": [0.4914, 0.4822, 0.4465], \"std\": [0.2470, 0.2435, 0.2616]}"
 
-static void spec_small(char *buf, size_t cap, const char *model, const char *dataset,
-                       const char *target, int search_steps, int ft_steps,
-                       const char *baselines) {
+/* A spec with tiny budgets; latency NULL: batch 4, measured, cached in dir/cache. */
+static void spec_small_lat(char *buf, size_t cap, const char *model, const char *dataset,
+                           const char *target, int search_steps, int ft_steps,
+                           const char *baselines, const char *latency) {
+  char lat[600];
+  if (latency) snprintf(lat, sizeof lat, "%s", latency);
+  else snprintf(lat, sizeof lat, "{\"batch\": 4, \"cache_dir\": \"%s/cache\"}", dir);
   snprintf(buf, cap,
            "{\"model\": %s, \"dataset\": \"%s\", \"splits\": {\"train\": \"train\", \"test\": "
            "\"test\"}, \"eval_samples\": 200, \"target\": %s, \"search\": {\"steps\": %d, "
            "\"batch_size\": 16}, \"finetune\": {\"steps\": %d, \"batch_size\": 32}, "
            "\"baselines\": %s, \"sensitivity\": {\"ratios\": 3, \"samples\": 64}, \"latency\": "
-           "{\"batch\": 4, \"cache_dir\": \"%s/cache\"}, " NORM ", \"threads\": 2}",
-           model, dataset, target, search_steps, ft_steps, baselines, dir);
+           "%s, " NORM ", \"threads\": 2}",
+           model, dataset, target, search_steps, ft_steps, baselines, lat);
+}
+
+static void spec_small(char *buf, size_t cap, const char *model, const char *dataset,
+                       const char *target, int search_steps, int ft_steps,
+                       const char *baselines) {
+  spec_small_lat(buf, cap, model, dataset, target, search_steps, ft_steps, baselines, NULL);
 }
 
 TEST_CASE(compress_job_meets_target_caches_table_and_refuses_bad_input) {
@@ -124,6 +134,24 @@ TEST_CASE(compress_job_meets_target_caches_table_and_refuses_bad_input) {
   CHECK(rc == 2);
   CHECK_STR_CONTAINS(ev, "cannot be met");
   CHECK_STR_CONTAINS(ev, "(5 from the cache");
+  free(ev);
+
+  /* A latency target with a table measured by `lathe profile` (the path for compressing for
+   * another device), and a roofline estimate, labelled as such. */
+  char cmd[1024], lat[1024];
+  snprintf(cmd, sizeof cmd, "OMP_WAIT_POLICY=passive %s profile %s/models/resnet20-cifar10.onnx "
+           "--out %s/profiled.json --batch 16 --threads 2 > /dev/null", LATHE_BIN, DATA, dir);
+  CHECK(system(cmd) == 0);
+  snprintf(lat, sizeof lat, "{\"batch\": 16, \"table\": \"%s/profiled.json\"}", dir);
+  spec_small_lat(spec, sizeof spec, MODEL, DATA "/cifar10-jpeg.h5",
+                 "{\"kind\": \"latency\", \"reduction\": 0.2}", 4, 0, "[]", lat);
+  rc = run_job(spec, "table", &ev);
+  CHECK_MSG(rc == 0, "latency-target job with a given table exited %d", rc);
+  r = result_of(ev);
+  target = cJSON_GetObjectItemCaseSensitive(r, "target");
+  CHECK(cJSON_IsTrue(cJSON_GetObjectItemCaseSensitive(target, "met")));
+  CHECK_STR_CONTAINS(ev, "latency table from");
+  cJSON_Delete(r);
   free(ev);
 
   /* A model with no compressible layer: 1x1 conv, global pool, flatten. */
