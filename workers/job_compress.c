@@ -804,6 +804,18 @@ int job_compress_run(job_ctx *job, cJSON **result) {
   if (c.kind == LT_TARGET_LATENCY && foreign) achieved = jc_ranks_cost(&c, pick);
   cJSON_AddNumberToObject(tg, "achieved", achieved);
   cJSON_AddBoolToObject(tg, "met", achieved <= c.target * (1 + 1e-9));
+  /* The trajectory in brief (at most 100 points) for the result view; all of it is an artifact. */
+  cJSON *tj = cJSON_AddObjectToObject(res, "search_trajectory");
+  cJSON *ts = cJSON_AddArrayToObject(tj, "step"), *te = cJSON_AddArrayToObject(tj, "expected_cost"),
+        *ta = cJSON_AddArrayToObject(tj, "argmax_cost");
+  int nt = cJSON_GetArraySize(c.traj), every = nt / 100 + 1;
+  for (int i = 0; i < nt; i++) {
+    if (i % every && i != nt - 1) continue;
+    const cJSON *p = cJSON_GetArrayItem(c.traj, i);
+    cJSON_AddItemToArray(ts, cJSON_CreateNumber(jc_num(p, "step", 0)));
+    cJSON_AddItemToArray(te, cJSON_CreateNumber(jc_num(p, "expected_cost", 0)));
+    cJSON_AddItemToArray(ta, cJSON_CreateNumber(jc_num(p, "argmax_cost", 0)));
+  }
   cJSON_AddItemToObject(res, "phases_s", c.phases);
   c.phases = NULL;
   job_emit_progress(job, 1, "done", 0);

@@ -1,12 +1,14 @@
 // Result views per job kind. Each returns a cleanup function for the charts it made.
 import { h, table, fmtBytes, fmtNum } from '../dom.js';
 import { barChart } from '../charts.js';
+import { renderCompress } from './result_compress.js';
 
 export function renderResult(box, job) {
   const r = job.result;
   const charts = [];
   if (job.kind === 'inspect') renderInspect(box, r);
   else if (job.kind === 'train') renderTrain(box, r, charts);
+  else if (job.kind === 'compress') renderCompress(box, r, charts);
   else box.append(h('pre', { class: 'spec' }, JSON.stringify(r, null, 2)));
   return () => charts.forEach((c) => c.destroy());
 }
