@@ -52,4 +52,14 @@ build build -DCMAKE_BUILD_TYPE=RelWithDebInfo
 if [ "${1:-}" = "--asan" ]; then
   build build-asan -DCMAKE_BUILD_TYPE=Debug -DLATHE_SANITIZE=ON
 fi
-echo "setup: built $root/build/bin: $(ls build/bin | tr '\n' ' ')"
+# Demo and test data: Fashion-MNIST (Debian's dataset-fashion-mnist, gzipped IDX) as Lathe HDF5.
+fmnist=build/data/fashion-mnist.h5
+if [ ! -s "$fmnist" ]; then
+  idx=$(mktemp -d)
+  for f in /usr/share/datasets/fashion-mnist/*-ubyte.gz; do gunzip -c "$f" >"$idx/$(basename "$f" .gz)"; done
+  mkdir -p build/data
+  build/bin/lathe data convert "$idx" "$fmnist.tmp" >/dev/null && mv "$fmnist.tmp" "$fmnist"
+  rm -rf "$idx"
+  echo "setup: wrote $fmnist"
+fi
+echo "setup: built $root/build/bin: $(ls build/bin | grep -vE '^(test_|engine_|kernels_|loader_|actcomp_|onnx_|server_|workers_|compress_|train_|bench)' | tr '\n' ' ')"

@@ -8,6 +8,9 @@ cd "$root"
 scripts/setup.sh --asan || exit 1
 
 export LATHE_ROOT="$root"
+# Idle OpenMP threads must not spin: they would take the 2 cores from OpenBLAS (lathe sets this
+# itself; test programs get it here).
+export OMP_WAIT_POLICY=${OMP_WAIT_POLICY:-passive}
 passed=0 failed=0 skipped=0 status=0
 run_ctest() { # dir label-args...
   local dir=$1; shift

@@ -436,13 +436,14 @@ static int http_route_find(http_req *r, const char *url, const char *method) {
   return -1;
 }
 
-/* Bearer token from Authorization (or access_token on the events route, for EventSource, which
+/* Bearer token from Authorization (or access_token on the event routes, for EventSource, which
  * cannot set headers). 0, or the 401/403 has been answered. */
 static int http_authenticate(http_req *r) {
   const char *h = http_req_header(r, "Authorization");
   const char *secret = NULL;
   if (h && strncasecmp(h, "Bearer ", 7) == 0) secret = h + 7;
-  else if (!h && strcmp(r->rt->pattern, "/api/v1/jobs/{job}/events") == 0)
+  else if (!h && (strcmp(r->rt->pattern, "/api/v1/jobs/{job}/events") == 0 ||
+                  strcmp(r->rt->pattern, "/api/v1/changes") == 0))
     secret = http_req_arg(r, "access_token");
   if (!secret) {
     http_respond_errorf(r, 401, "unauthorized",

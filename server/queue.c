@@ -92,15 +92,20 @@ static cJSON *queue_job_from_row(sqlite3_stmt *st) {
   cJSON_AddNumberToObject(o, "attempt", (double)sqlite3_column_int64(st, 4));
   cJSON_AddNumberToObject(o, "max_attempts", (double)sqlite3_column_int64(st, 5));
   queue_add_json_text(o, "spec", st, 6);
-  cJSON *progress = NULL;
+  /* progress always carries fraction, message and eta_s, whatever was stored (a job that
+   * succeeded without ever reporting progress has only the fraction the completion set). */
   const char *ptext = (const char *)sqlite3_column_text(st, 7);
-  if (ptext) progress = cJSON_Parse(ptext);
-  if (!progress) {
+  cJSON *progress = ptext ? cJSON_Parse(ptext) : NULL;
+  if (!cJSON_IsObject(progress)) {
+    cJSON_Delete(progress);
     progress = cJSON_CreateObject();
-    cJSON_AddNumberToObject(progress, "fraction", 0);
-    cJSON_AddNullToObject(progress, "message");
-    cJSON_AddNullToObject(progress, "eta_s");
   }
+  if (!cJSON_IsNumber(cJSON_GetObjectItemCaseSensitive(progress, "fraction"))) {
+    cJSON_DeleteItemFromObjectCaseSensitive(progress, "fraction");
+    cJSON_AddNumberToObject(progress, "fraction", 0);
+  }
+  if (!cJSON_GetObjectItemCaseSensitive(progress, "message")) cJSON_AddNullToObject(progress, "message");
+  if (!cJSON_GetObjectItemCaseSensitive(progress, "eta_s")) cJSON_AddNullToObject(progress, "eta_s");
   cJSON_AddItemToObject(o, "progress", progress);
   queue_add_json_text(o, "result", st, 8);
   const char *error = (const char *)sqlite3_column_text(st, 9);
@@ -207,6 +212,51 @@ cJSON *queue_events_after(db_conn *db, const char *id, int64_t after, int limit,
     return NULL;
   }
   return items;
+}
+
+int queue_events_last_id(db_conn *db, int64_t *out, srv_err *e) {
+  sqlite3_stmt *st = db_stmt(db, "SELECT coalesce(MAX(seq), 0) FROM job_events", e);
+  if (!st) return -1;
+  int rc = sqlite3_step(st);
+  *out = rc == SQLITE_ROW ? sqlite3_column_int64(st, 0) : 0;
+  sqlite3_reset(st);
+  return rc == SQLITE_ROW ? 0 : DB_FAIL(db, e);
+}
+
+cJSON *queue_changes_after(db_conn *db, int64_t after, int limit, srv_err *e) {
+  /* seq is the primary key, so `seq > ?` is a range scan however long the log grows. */
+  sqlite3_stmt *st = db_stmt(db,
+                             "SELECT job_id, MAX(seq) AS last FROM job_events WHERE seq > ?1 "
+                             "AND type IN ('state', 'progress', 'result', 'artifact') "
+                             "GROUP BY job_id ORDER BY last LIMIT ?2",
+                             e);
+  if (!st) return NULL;
+  sqlite3_bind_int64(st, 1, after);
+  sqlite3_bind_int(st, 2, limit);
+  cJSON *ids = cJSON_CreateArray();
+  int rc;
+  while ((rc = sqlite3_step(st)) == SQLITE_ROW) {
+    cJSON *row = cJSON_CreateObject();
+    cJSON_AddStringToObject(row, "job", (const char *)sqlite3_column_text(st, 0));
+    cJSON_AddNumberToObject(row, "id", (double)sqlite3_column_int64(st, 1));
+    cJSON_AddItemToArray(ids, row);
+  }
+  sqlite3_reset(st);
+  if (rc != SQLITE_DONE) {
+    cJSON_Delete(ids);
+    DB_FAIL(db, e);
+    return NULL;
+  }
+  /* The job objects are read after the statement is reset: queue_job_get uses its own. */
+  cJSON *row;
+  cJSON_ArrayForEach(row, ids) {
+    cJSON *id = cJSON_DetachItemFromObject(row, "job");
+    srv_err ignore = {0};
+    cJSON *job = queue_job_get(db, id->valuestring, &ignore); /* NULL if deleted meanwhile */
+    cJSON_AddItemToObject(row, "job", job ? job : cJSON_CreateNull());
+    cJSON_Delete(id);
+  }
+  return ids;
 }
 
 /* ---- create, list, cancel, retry --------------------------------------------------------- */
@@ -687,10 +737,8 @@ int queue_events_append(db_conn *db, const char *id, int64_t attempt, const cJSO
   int64_t now = util_now_ms();
   cJSON_ArrayForEach(ev, events) {
     const char *type = util_json_str(ev, "type");
-    if (strcmp(type, "metric") == 0) {
-      if (queue_metric_add(db, id, attempt, ev, now, e) != 0) goto fail;
-      continue;
-    }
+    /* Metrics go to their series and also to the event log, which is what live views follow. */
+    if (strcmp(type, "metric") == 0 && queue_metric_add(db, id, attempt, ev, now, e) != 0) goto fail;
     if (strcmp(type, "progress") == 0 && queue_progress_set(db, id, ev, now, e) != 0) goto fail;
     char *text = cJSON_PrintUnformatted(ev);
     size_t len = text ? strlen(text) : 0;

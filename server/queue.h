@@ -83,6 +83,11 @@ int queue_event_add(db_conn *db, const char *id, int64_t attempt, const char *ty
                     const cJSON *data, srv_err *e);
 /* Events with seq > after, oldest first, at most limit: [{"id", "type", "data", "time"}]. */
 cJSON *queue_events_after(db_conn *db, const char *id, int64_t after, int limit, srv_err *e);
+/* The change feed behind GET /api/v1/changes: for every job whose state, progress or result
+ * changed after event `after`, one {"id": seq of its latest such event, "job": <job object>},
+ * oldest change first. */
+int queue_events_last_id(db_conn *db, int64_t *out, srv_err *e); /* 0 when the log is empty */
+cJSON *queue_changes_after(db_conn *db, int64_t after, int limit, srv_err *e);
 /* The job's state into out (16 bytes); 404 when unknown. */
 int queue_job_state(db_conn *db, const char *id, char *out, srv_err *e);
 /* {"job", "series": [{"key", "total", "points": [{"step", "value", "time"}]}]}, each series

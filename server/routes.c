@@ -138,6 +138,13 @@ static void route_schema_kind(http_req *r) {
   http_respond_response(r, 200, resp);
 }
 
+/* The job kinds this server accepts (what the UI offers in its new-job form). */
+static void route_schema_kinds(http_req *r) {
+  cJSON *out = cJSON_CreateObject(), *kinds = cJSON_AddArrayToObject(out, "kinds");
+  for (const char *const *k = spec_kinds(); *k; k++) cJSON_AddItemToArray(kinds, cJSON_CreateString(*k));
+  http_respond_json(r, 200, out);
+}
+
 /* ---- models and datasets ----------------------------------------------------------------- */
 
 /* The file kind a route serves, from its pattern. */
@@ -387,7 +394,7 @@ static void route_job_metrics(http_req *r) {
 /* SSE stream state: the reader callback runs on the connection's own thread. */
 typedef struct routes_sse {
   server *srv;
-  char job[UTIL_ID_LEN];
+  char job[UTIL_ID_LEN]; /* empty: the change feed of every job (GET /api/v1/changes) */
   int64_t last_id;   /* last event id sent */
   char *pend;        /* formatted bytes not yet handed to MHD, owned */
   size_t pend_len, pend_off;
@@ -404,9 +411,11 @@ static void routes_sse_free(void *cls) {
 static int routes_sse_fill(routes_sse *s) {
   db_conn *db = db_pool_acquire(s->srv->pool);
   srv_err e = {0};
-  cJSON *events = queue_events_after(db, s->job, s->last_id, 100, &e);
-  char state[16] = "";
-  int have_state = queue_job_state(db, s->job, state, &e) == 0;
+  int feed = s->job[0] == '\0';
+  cJSON *events = feed ? queue_changes_after(db, s->last_id, 100, &e)
+                       : queue_events_after(db, s->job, s->last_id, 100, &e);
+  char state[16] = "running"; /* the feed never ends */
+  int have_state = feed || queue_job_state(db, s->job, state, &e) == 0;
   db_pool_release(s->srv->pool, db);
   if (!events || !have_state) {
     cJSON_Delete(events);
@@ -424,8 +433,12 @@ static int routes_sse_fill(routes_sse *s) {
   size_t cap = 0;
   const cJSON *ev;
   cJSON_ArrayForEach(ev, events) {
-    char *data = cJSON_PrintUnformatted(cJSON_GetObjectItem(ev, "data"));
-    const char *type = util_json_str(ev, "type");
+    /* A change-feed row is {"id", "job"}: sent as event "job" with data {"job": ...}. */
+    cJSON *data_obj = feed ? cJSON_CreateObject() : NULL;
+    if (feed) cJSON_AddItemReferenceToObject(data_obj, "job", cJSON_GetObjectItem(ev, "job"));
+    char *data = cJSON_PrintUnformatted(feed ? data_obj : cJSON_GetObjectItem(ev, "data"));
+    cJSON_Delete(data_obj);
+    const char *type = feed ? "job" : util_json_str(ev, "type");
     int64_t id = (int64_t)cJSON_GetObjectItem(ev, "id")->valuedouble;
     size_t need = (data ? strlen(data) : 4) + strlen(type ? type : "") + 64;
     if (s->pend_len + need > cap) {
@@ -543,6 +556,43 @@ static void route_job_events(http_req *r) {
     }
     cJSON_Delete(events);
   }
+}
+
+/* GET /api/v1/changes: an SSE stream of every job change (state, progress, result, artifacts),
+ * one `event: job` with the whole job object per change; what the dashboard follows. */
+static void route_changes(http_req *r) {
+  const char *last_event = http_req_header(r, "Last-Event-ID");
+  int64_t after = 0;
+  if (last_event && util_parse_i64(last_event, 0, INT64_MAX, &after) != 0) {
+    http_respond_errorf(r, 400, "invalid_parameter", "Last-Event-ID must be an event id");
+    return;
+  }
+  if (!last_event) {
+    /* A new subscriber starts from now: the job list it just loaded is the past. */
+    srv_err e = {0};
+    if (queue_events_last_id(http_req_db(r), &after, &e) != 0) {
+      http_respond_error(r, &e);
+      return;
+    }
+  }
+  http_req_db_release(r);
+  routes_sse *s = calloc(1, sizeof *s);
+  if (!s) {
+    http_respond_errorf(r, 500, "internal", "out of memory");
+    return;
+  }
+  s->srv = r->srv;
+  s->last_id = after;
+  struct MHD_Response *resp =
+      MHD_create_response_from_callback(MHD_SIZE_UNKNOWN, 16384, routes_sse_read, s, routes_sse_free);
+  if (!resp) {
+    routes_sse_free(s);
+    return;
+  }
+  http_response_add_common(resp, "text/event-stream");
+  MHD_add_response_header(resp, "Cache-Control", "no-store");
+  MHD_add_response_header(resp, "X-Accel-Buffering", "no");
+  http_respond_response(r, 200, resp);
 }
 
 static void route_job_artifacts(http_req *r) {
@@ -806,6 +856,7 @@ static const route routes[] = {
     R_GET("/healthz", AUTH_NEED_NONE, route_healthz),
     R_GET("/metrics", AUTH_NEED_READ, route_metrics),
     R_GET("/api/v1/openapi.json", AUTH_NEED_READ, route_openapi),
+    R_GET("/api/v1/schemas/jobs", AUTH_NEED_READ, route_schema_kinds),
     R_GET("/api/v1/schemas/jobs/{kind}", AUTH_NEED_READ, route_schema_kind),
     {"POST", "/api/v1/models", AUTH_NEED_SUBMIT, HTTP_BODY_UPLOAD, route_upload, route_upload_precheck},
     {"PUT", "/api/v1/models", AUTH_NEED_SUBMIT, HTTP_BODY_UPLOAD, route_upload, route_upload_precheck},
@@ -826,6 +877,7 @@ static const route routes[] = {
     R_ACTION("/api/v1/jobs/{job}/retry", AUTH_NEED_SUBMIT, route_job_retry),
     R_GET("/api/v1/jobs/{job}/metrics", AUTH_NEED_WORKER_READ, route_job_metrics),
     R_GET("/api/v1/jobs/{job}/events", AUTH_NEED_WORKER_READ, route_job_events),
+    R_GET("/api/v1/changes", AUTH_NEED_READ, route_changes),
     R_GET("/api/v1/jobs/{job}/artifacts", AUTH_NEED_WORKER_READ, route_job_artifacts),
     R_GET("/api/v1/artifacts/{artifact}", AUTH_NEED_READ, route_file_get),
     R_GET("/api/v1/artifacts/{artifact}/content", AUTH_NEED_READ, route_file_content),

@@ -36,6 +36,9 @@ int store_init(store *s, const char *root, srv_err *e) {
   char path[1100];
   snprintf(s->root, sizeof s->root, "%s", root);
   pthread_mutex_init(&s->mu, NULL);
+  pthread_mutex_init(&s->inspect_mu, NULL);
+  pthread_cond_init(&s->inspect_free, NULL);
+  s->inspect_running = 0;
   if (store_mkdir(root, e) != 0) return -1;
   snprintf(path, sizeof path, "%s/tmp", root);
   if (store_mkdir(path, e) != 0) return -1;
@@ -173,7 +176,7 @@ static int store_inspect_run(const store *s, const char *path, char **out, char 
     setrlimit(RLIMIT_CPU, &cpu);
     struct rlimit core = {0, 0};
     setrlimit(RLIMIT_CORE, &core);
-    int devnull = open("/dev/null", O_RDONLY);
+    int devnull = open("/dev/null", O_RDONLY | O_CLOEXEC);
     if (devnull >= 0) dup2(devnull, 0);
     dup2(po[1], 1);
     dup2(pe[1], 2);
@@ -287,7 +290,16 @@ cJSON *store_upload_inspect(store *s, store_upload *up, const char *kind, srv_er
     return NULL;
   }
   char *out = NULL, err[STORE_INSPECT_ERR_MAX];
+  pthread_mutex_lock(&s->inspect_mu);
+  while (s->inspect_running >= STORE_INSPECT_PARALLEL)
+    pthread_cond_wait(&s->inspect_free, &s->inspect_mu);
+  s->inspect_running++;
+  pthread_mutex_unlock(&s->inspect_mu);
   int rc = store_inspect_run(s, up->tmp, &out, err, sizeof err);
+  pthread_mutex_lock(&s->inspect_mu);
+  s->inspect_running--;
+  pthread_cond_signal(&s->inspect_free);
+  pthread_mutex_unlock(&s->inspect_mu);
   cJSON *summary = NULL;
   if (rc == 0 && out && util_json_depth(out, strlen(out)) <= 64) summary = cJSON_Parse(out);
   free(out);

@@ -26,7 +26,14 @@ typedef struct store {
   int64_t inspect_mem_bytes; /* RLIMIT_AS of the child; 0 = no limit */
   int64_t inspect_cpu_s;
   pthread_mutex_t mu;    /* orders blob rename+insert against delete+unlink */
+  /* At most STORE_INSPECT_PARALLEL inspect children at once, so a burst of uploads cannot fork
+   * a child per connection; later uploads wait their turn. */
+  pthread_mutex_t inspect_mu;
+  pthread_cond_t inspect_free;
+  int inspect_running;   /* guarded by inspect_mu */
 } store;
+
+#define STORE_INSPECT_PARALLEL 2
 
 typedef struct store_upload store_upload;
 

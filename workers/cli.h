@@ -26,5 +26,9 @@ int cli_main(int argc, char **argv);
 int cmd_run(int argc, char **argv);
 int cmd_inspect(int argc, char **argv);
 int cmd_version(int argc, char **argv);
+int cmd_eval(int argc, char **argv);
+int cmd_data_convert(int argc, char **argv);
+int cmd_gen_surrogate(int argc, char **argv);
+int cmd_bench_codec(int argc, char **argv);
 
 #endif

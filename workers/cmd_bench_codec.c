@@ -11,7 +11,8 @@
  * separately, summed over all tensors. Times are wall-clock by default; --clock cpu uses the
  * process CPU time instead, which on a shared, oversubscribed machine tracks what one idle core
  * would do far better than wall time (with one thread; with several it sums their time). Each decode is checked: LORENZO must meet |x - x'| <= eb
- * everywhere and keep zeros; the others report their max error and how many zeros survive. */
+ * everywhere and keep zeros; the others report their max error and how many zeros survive.
+ * Exit status as every lathe command: 0, 2 for bad usage or input, 3 for a runtime failure. */
 #include "lathe/actcomp.h"
 
 #include <hdf5.h>
@@ -276,5 +277,5 @@ int cmd_bench_codec(int argc, char **argv) {
   free(y);
   for (int i = 0; i < s.count; i++) free(s.t[i].x);
   free(s.t);
-  return rc;
+  return rc ? 3 : 0; /* a codec failure or a bound violation is a runtime failure */
 }

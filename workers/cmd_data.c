@@ -17,10 +17,7 @@ static const char cmd_data_usage[] =
     "      t10k-images-idx3-ubyte, t10k-labels-idx1-ubyte (gunzip them first), or\n"
     "      an HDF5 JPEG container (jpeg + offsets + y per split)\n";
 
-static int cmd_data_exit(lt_status st) {
-  return st == LT_ERR_NOMEM || st == LT_ERR_INTERNAL || st == LT_ERR_IO ? JOB_EXIT_FAILED
-                                                                       : JOB_EXIT_BAD_INPUT;
-}
+int job_train_exit_code(lt_status st); /* workers/job_train.c */
 
 int cmd_data_convert(int argc, char **argv) {
   const char *in = NULL, *out = NULL;
@@ -72,7 +69,7 @@ int cmd_data_convert(int argc, char **argv) {
   }
   if (st) {
     fprintf(stderr, "lathe data convert: %s\n", err.msg);
-    return cmd_data_exit(st);
+    return job_train_exit_code(st);
   }
   char splits[256];
   if (lt_dataset_list_splits(out, splits, sizeof splits, &err) == LT_OK)

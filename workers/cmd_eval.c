@@ -33,10 +33,7 @@ static int cmd_eval_floats(const char *s, float *vals, int cap) {
   return n;
 }
 
-static int cmd_eval_exit(lt_status st) {
-  return st == LT_ERR_NOMEM || st == LT_ERR_INTERNAL || st == LT_ERR_IO ? JOB_EXIT_FAILED
-                                                                       : JOB_EXIT_BAD_INPUT;
-}
+int job_train_exit_code(lt_status st); /* workers/job_train.c */
 
 int cmd_eval(int argc, char **argv) {
   const char *model = NULL, *data = NULL, *split = "test", *ckpt = NULL;
@@ -89,7 +86,7 @@ int cmd_eval(int argc, char **argv) {
   lt_dataset_free(ds);
   if (st) {
     fprintf(stderr, "lathe eval: %s\n", err.msg);
-    return cmd_eval_exit(st);
+    return job_train_exit_code(st);
   }
   if (isnan(r.accuracy))
     printf("{\"accuracy\":null,\"loss\":%.6g,\"samples\":%lld}\n", r.loss, (long long)r.samples);

@@ -8,6 +8,7 @@
  * 4 KiB-aligned so that a loader can pread (even O_DIRECT) whole samples, and are written run by
  * run so memory stays bounded whatever the size. /train/params and /test/params hold (F, k) per
  * sample. */
+#include "cli.h"
 #include "lathe/core.h"
 
 #include <getopt.h>
@@ -20,7 +21,6 @@
 #define GS_DV 0.08f
 #define GS_DT 1.0f
 
-int cmd_gen_surrogate(int argc, char **argv);
 
 typedef struct gs_opts {
   const char *out;

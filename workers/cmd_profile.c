@@ -15,7 +15,6 @@
 
 /* Shared with the compress job (workers/job_compress.c). */
 int compress_lat_write(const char *path, const lt_lat_table *t, char *why, size_t cap);
-lt_graph *compress_model_load(const char *ref, int is_zoo, const lt_zoo_opts *zo, lt_err *err);
 
 int cmd_profile(int argc, char **argv) {
   const char *model = NULL, *out = NULL, *device = "cpu";
@@ -46,9 +45,7 @@ int cmd_profile(int argc, char **argv) {
     fprintf(stderr, "lathe profile: device %s: %s\n", device, err.msg);
     return 2;
   }
-  int is_zoo = 0;
-  for (const char *const *n = lt_zoo_names(); *n; n++) is_zoo |= !strcmp(*n, model);
-  lt_graph *g = compress_model_load(model, is_zoo, NULL, &err);
+  lt_graph *g = lt_model_load(model, NULL, NULL, NULL, &err);
   if (!g) {
     fprintf(stderr, "lathe profile: %s\n", err.msg);
     return 2;

@@ -466,9 +466,13 @@ typedef struct inspect_walk {
   size_t attr_budget;
 } inspect_walk;
 
-static void inspect_dataset_layout(hid_t ds, cJSON *o) {
+/* Adds layout, chunks, filters and compression. A chunk larger than a fixed maximum dimension
+ * is something HDF5 never writes (H5Pset_chunk refuses it) but, when a damaged file claims it,
+ * reads past its own buffers: such a file is refused (-1, why filled) before any data is read. */
+static int inspect_dataset_layout(hid_t ds, int rank, const hsize_t *maxdims, cJSON *o, char *why,
+                                  size_t cap) {
   hid_t dcpl = H5Dget_create_plist(ds);
-  if (dcpl < 0) return;
+  if (dcpl < 0) return 0;
   H5D_layout_t layout = H5Pget_layout(dcpl);
   static const char *const names[] = {"compact", "contiguous", "chunked", "virtual"};
   cJSON_AddStringToObject(o, "layout", layout >= 0 && layout <= 3 ? names[layout] : "unknown");
@@ -476,6 +480,15 @@ static void inspect_dataset_layout(hid_t ds, cJSON *o) {
     hsize_t chunk[INSPECT_MAX_RANK];
     int crank = H5Pget_chunk(dcpl, INSPECT_MAX_RANK, chunk);
     cJSON_AddItemToObject(o, "chunks", crank > 0 ? inspect_json_dims(crank, chunk) : cJSON_CreateNull());
+    int bad = crank != rank;
+    for (int d = 0; !bad && d < rank; d++)
+      bad = chunk[d] == 0 || (maxdims[d] != H5S_UNLIMITED && chunk[d] > maxdims[d]);
+    if (bad) {
+      snprintf(why, cap, "its chunk shape does not fit its dataspace (a chunk dimension is 0 or larger "
+               "than the fixed maximum, or the ranks differ: %d and %d)", crank, rank);
+      H5Pclose(dcpl);
+      return -1;
+    }
   } else {
     cJSON_AddNullToObject(o, "chunks");
   }
@@ -505,6 +518,44 @@ static void inspect_dataset_layout(hid_t ds, cJSON *o) {
   cJSON_AddItemToObject(o, "filters", filters);
   cJSON_AddStringToObject(o, "compression", compression);
   H5Pclose(dcpl);
+  return 0;
+}
+
+/* Unfiltered data has a known size: contiguous storage is every element, each unfiltered chunk
+ * is a full chunk. A damaged file that disagrees (a lost filter pipeline, a wrong size) would
+ * make HDF5 read past its buffers, so it is refused. -1 with why filled. */
+static int inspect_storage_check(hid_t ds, size_t elem_size, hssize_t npoints, char *why,
+                                 size_t cap) {
+  hid_t dcpl = H5Dget_create_plist(ds);
+  if (dcpl < 0) return 0;
+  H5D_layout_t layout = H5Pget_layout(dcpl);
+  int nf = H5Pget_nfilters(dcpl);
+  hsize_t chunk[INSPECT_MAX_RANK];
+  int crank = layout == H5D_CHUNKED ? H5Pget_chunk(dcpl, INSPECT_MAX_RANK, chunk) : 0;
+  H5Pclose(dcpl);
+  hsize_t stored = H5Dget_storage_size(ds);
+  uint64_t expect = 0;
+  if (layout == H5D_CONTIGUOUS && stored != 0) {
+    if (__builtin_mul_overflow((uint64_t)npoints, (uint64_t)elem_size, &expect)) expect = 0;
+  } else if (layout == H5D_CHUNKED && nf == 0 && crank > 0) {
+    hsize_t nchunks = 0;
+    hid_t space = H5Dget_space(ds); /* HDF5 1.10 does not take H5S_ALL here */
+    herr_t rc = space < 0 ? -1 : H5Dget_num_chunks(ds, space, &nchunks);
+    if (space >= 0) H5Sclose(space);
+    if (rc < 0) {
+      H5Eclear2(H5E_DEFAULT);
+      return 0;
+    }
+    expect = (uint64_t)elem_size * nchunks;
+    for (int d = 0; d < crank; d++)
+      if (__builtin_mul_overflow(expect, (uint64_t)chunk[d], &expect)) expect = 0;
+  } else {
+    return 0;
+  }
+  if ((uint64_t)stored == expect) return 0;
+  snprintf(why, cap, "its unfiltered data takes %llu bytes in the file, but its shape needs %llu",
+           (unsigned long long)stored, (unsigned long long)expect);
+  return -1;
 }
 
 static int inspect_dataset_describe(hid_t ds, cJSON *o, inspect_walk *w, const char *path) {
@@ -520,6 +571,19 @@ static int inspect_dataset_describe(hid_t ds, cJSON *o, inspect_walk *w, const c
   char dtype[32];
   inspect_dtype_name(type, dtype, sizeof dtype);
   cJSON_AddStringToObject(o, "dtype", dtype);
+  /* a number wider than 16 bytes, or whose bits lie outside its bytes, is a damaged type
+   * (HDF5 over-reads converting it) */
+  if (inspect_dtype_is_numeric(type)) {
+    size_t size = H5Tget_size(type), prec = H5Tget_precision(type);
+    int off = H5Tget_offset(type);
+    if (size == 0 || size > 16 || prec == 0 || off < 0 || prec + (size_t)off > size * 8) {
+      H5Tclose(type);
+      H5Sclose(space);
+      return inspect_fail(w->err, w->errcap, JOB_EXIT_BAD_INPUT,
+                          "%s: its number type is %zu bytes with %zu bits at offset %d; the file "
+                          "is damaged", path, size, prec, off);
+    }
+  }
   int rank = H5Sget_simple_extent_ndims(space);
   hsize_t dims[INSPECT_MAX_RANK];
   if (rank > 0 && rank <= INSPECT_MAX_RANK) H5Sget_simple_extent_dims(space, dims, NULL);
@@ -527,7 +591,29 @@ static int inspect_dataset_describe(hid_t ds, cJSON *o, inspect_walk *w, const c
   hssize_t n = H5Sget_simple_extent_npoints(space);
   cJSON_AddNumberToObject(o, "elements", (double)(n > 0 ? n : 0));
   cJSON_AddNumberToObject(o, "storage_bytes", (double)H5Dget_storage_size(ds));
-  inspect_dataset_layout(ds, o);
+  hsize_t maxdims[INSPECT_MAX_RANK];
+  if (rank > 0 && rank <= INSPECT_MAX_RANK) H5Sget_simple_extent_dims(space, NULL, maxdims);
+  /* HDF5 never writes a current size above the maximum; a damaged one would make an exact
+   * inspect read a dataspace that does not exist */
+  for (int d = 0; d < rank && d < INSPECT_MAX_RANK; d++)
+    if (maxdims[d] != H5S_UNLIMITED && dims[d] > maxdims[d]) {
+      H5Tclose(type);
+      H5Sclose(space);
+      return inspect_fail(w->err, w->errcap, JOB_EXIT_BAD_INPUT,
+                          "%s: dimension %d is %llu, above its maximum %llu; the file is damaged",
+                          path, d, (unsigned long long)dims[d], (unsigned long long)maxdims[d]);
+    }
+  char why[256];
+  if (inspect_dataset_layout(ds, rank > 0 ? rank : 0, maxdims, o, why, sizeof why) != 0) {
+    H5Tclose(type);
+    H5Sclose(space);
+    return inspect_fail(w->err, w->errcap, JOB_EXIT_BAD_INPUT, "%s: %s; the file is damaged", path, why);
+  }
+  if (inspect_dtype_is_numeric(type) && inspect_storage_check(ds, H5Tget_size(type), n, why, sizeof why)) {
+    H5Tclose(type);
+    H5Sclose(space);
+    return inspect_fail(w->err, w->errcap, JOB_EXIT_BAD_INPUT, "%s: %s; the file is damaged", path, why);
+  }
   /* what the statistics pass will read, so that progress reaches 1 in both modes */
   if (inspect_dtype_is_numeric(type) && n > 0)
     w->numeric_elems += w->exact || n <= INSPECT_SAMPLE_ELEMS ? (uint64_t)n : INSPECT_SAMPLE_ELEMS;
@@ -758,11 +844,11 @@ typedef struct inspect_format {
   int (*inspect_plain)(const char *path, cJSON **out, char *err, size_t cap); /* no options */
 } inspect_format;
 
-/* ONNX has no signature (a protobuf message); once workers/inspect_onnx.c is in the tree, add
- *   {"ONNX model", NULL, NULL, inspect_onnx_json},
- * below, and a non-HDF5 file is then tried as ONNX. */
+/* ONNX has no signature (a protobuf message): a file no probe claims is tried as ONNX, whose
+ * reader refuses what it cannot parse. */
 static const inspect_format inspect_formats[] = {
     {"HDF5", inspect_probe_hdf5, inspect_hdf5_json, NULL},
+    {"ONNX model", NULL, NULL, inspect_onnx_json},
 };
 
 int inspect_file_json(const char *path, const inspect_opts *opts, cJSON **out, char *err,

@@ -166,17 +166,6 @@ int compress_lat_write(const char *path, const lt_lat_table *t, char *why, size_
   return rc;
 }
 
-/* Loads a model reference: a zoo name, or a file that is a Lathe checkpoint (HDF5) or ONNX. */
-lt_graph *compress_model_load(const char *ref, int is_zoo, const lt_zoo_opts *zo, lt_err *err) {
-  if (is_zoo) return lt_zoo_build(ref, zo, err);
-  unsigned char magic[8] = {0};
-  FILE *f = fopen(ref, "rb");
-  size_t n = f ? fread(magic, 1, sizeof magic, f) : 0;
-  if (f) fclose(f);
-  if (n == 8 && !memcmp(magic, "\211HDF\r\n\032\n", 8)) return lt_model_load(ref, zo, NULL, NULL, err);
-  return lt_onnx_load(ref, NULL, err);
-}
-
 /* ---- the job -------------------------------------------------------------------------------- */
 
 static double jc_num(const cJSON *obj, const char *key, double fallback) {
@@ -517,10 +506,12 @@ static int jc_load(jc *c) {
     ref = job_resolve_ref(c->job, jc_str(model, "file", ""));
     if (!ref) return JOB_EXIT_BAD_INPUT;
   }
-  lt_zoo_opts zo = {.in_channels = c->train->c, .height = c->train->h, .width = c->train->w,
-                    .num_classes = (int)jc_num(model, "num_classes", 10),
+  /* A zoo model is built for the data; a file keeps its own input shape, so that data that does
+   * not fit it is reported rather than imported at another size. */
+  lt_zoo_opts zo = {.num_classes = (int)jc_num(model, "num_classes", 10),
                     .seed = (uint64_t)jc_num(spec, "seed", 1)};
-  if (!(c->g = compress_model_load(ref, zoo != NULL, &zo, &c->err)))
+  if (zoo) zo.in_channels = c->train->c, zo.height = c->train->h, zo.width = c->train->w;
+  if (!(c->g = lt_model_load(ref, &zo, NULL, NULL, &c->err)))
     return jc_fail_engine(c, "model");
   c->test_view = *c->test;
   int64_t es = (int64_t)jc_num(spec, "eval_samples", 0);

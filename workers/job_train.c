@@ -2,8 +2,7 @@
  * loads the model, loads the splits, runs lt_train_run with events per step and per epoch, and
  * returns the result summary. Checkpoints go to OUT/checkpoint.h5; when that file already exists
  * (the same job run again after a crash or kill -9) the run resumes from it and ends where an
- * uninterrupted run ends. The final checkpoint is the artifact (plus model.onnx once the ONNX
- * writer exists).
+ * uninterrupted run ends. Artifacts: the final checkpoint and the trained model as model.onnx.
  *
  * The spec objects `loader` and `activation_compression` belong to other issues; they slot in as
  * lt_train_config fields read here. */
@@ -14,6 +13,7 @@
 
 #include "job.h"
 #include "lathe/backend.h"
+#include "lathe/onnx.h"
 #include "lathe/train.h"
 
 /* Spec accessors: the validator has filled defaults, so a missing value is a schema bug; the
@@ -146,8 +146,10 @@ static int jt_config(job_ctx *job, const cJSON *spec, const lt_dataset *train,
   return JOB_EXIT_OK;
 }
 
-/* lt_status of a failed engine call → exit code: the caller's input, or this machine. */
-static int jt_exit(lt_status st) {
+/* lt_status of a failed engine call → exit status: this machine's trouble (memory, disk, a
+ * broken invariant, a stop request) is retried; anything else is the caller's input. Shared with
+ * `lathe eval` and `lathe data convert`. */
+int job_train_exit_code(lt_status st) {
   return st == LT_ERR_NOMEM || st == LT_ERR_INTERNAL || st == LT_ERR_IO || st == LT_ERR_CANCELLED
              ? JOB_EXIT_FAILED
              : JOB_EXIT_BAD_INPUT;
@@ -211,11 +213,11 @@ int job_train_run(job_ctx *job, cJSON **result) {
   lt_graph *g = NULL;
   int rc = JOB_EXIT_OK;
   if (!train) {
-    rc = job_fail(job, jt_exit(err.status), "%s", err.msg);
+    rc = job_fail(job, job_train_exit_code(err.status), "%s", err.msg);
     goto done;
   }
   if (val_split[0] && !(val = lt_dataset_load(dpath, val_split, NULL, &err))) {
-    rc = job_fail(job, jt_exit(err.status), "%s", err.msg);
+    rc = job_fail(job, job_train_exit_code(err.status), "%s", err.msg);
     goto done;
   }
   lt_zoo_opts zo = {.in_channels = train->c, .height = train->h, .width = train->w,
@@ -225,7 +227,7 @@ int job_train_run(job_ctx *job, cJSON **result) {
   else zo.num_classes = num_classes;
   lt_ckpt_meta meta;
   if (!(g = lt_model_load(mref, &zo, NULL, &meta, &err))) {
-    rc = job_fail(job, jt_exit(err.status), "%s", err.msg);
+    rc = job_fail(job, job_train_exit_code(err.status), "%s", err.msg);
     goto done;
   }
 
@@ -248,10 +250,16 @@ int job_train_run(job_ctx *job, cJSON **result) {
   lt_train_result r;
   lt_status s = lt_train_run(g, be, &c, &r, &err);
   if (s) {
-    rc = job_fail(job, jt_exit(s), "%s", err.msg);
+    rc = job_fail(job, job_train_exit_code(s), "%s", err.msg);
     goto done;
   }
   job_emit_artifact(job, "checkpoint.h5", ckpt);
+  char onnx[4200];
+  snprintf(onnx, sizeof onnx, "%s/model.onnx", job->out_dir);
+  /* The checkpoint is the result that resumes and evaluates; a model the ONNX writer cannot
+   * express is reported, not a failed job. */
+  if (lt_onnx_save(g, onnx, &err) == LT_OK) job_emit_artifact(job, "model.onnx", onnx);
+  else job_emit_log(job, "warn", "model.onnx not written: %s", err.msg);
   job_emit_progress(job, 1, "done", 0);
   *result = jt_result(&r, ckpt);
 done:

@@ -10,6 +10,7 @@ with batch norm in training mode, and writes to an HDF5 file:
   /dy/<layer>          float32  dL/d(output) of that layer (cross-entropy loss), for the
                                 gradient-error test
   /w/<layer>           float32  the layer's weight
+  /y                   int32    the labels of the batch
   attributes per acts dataset: kind ("conv"/"linear"), stride, pad
 
 Usage: capture_activations.py OUT.h5 [--n 256] [--data DIR]
@@ -145,6 +146,7 @@ def main():
     with h5py.File(a.out, "w") as f:
         f.attrs["source"] = "ResNet-20 (resnet20-cifar10-bn.onnx), %d CIFAR-10 test JPEGs, BN train mode" % a.n
         f.attrs["zero_fraction"] = zeros / total
+        f.create_dataset("y", data=y.numpy().astype(np.int32))
         for order, (name, mod) in enumerate(layers):
             d = f.create_dataset("acts/" + name, data=acts[name].numpy())
             d.attrs["order"] = order

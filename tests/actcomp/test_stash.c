@@ -185,11 +185,58 @@ TEST_CASE(stash_argmax_beyond_2x2_stays_exact_and_off_mode_keeps_everything) {
   CHECK(wrong == 0);
   p->release(p->user, h);
   lt_ac_stash_free(st);
+  /* Noise at a tiny bound does not compress: the stash keeps the smaller exact copy. */
+  lt_ac_config tiny = lt_ac_config_default();
+  tiny.mode = LT_AC_FIXED;
+  tiny.eb = 1e-7;
+  lt_ac_stash *st2 = lt_ac_stash_new(&tiny, &err);
+  p = lt_ac_stash_policy(st2);
+  REQUIRE(p->store(p->user, &g, 0, 0, LT_SAVE_WEIGHT_INPUT, &t, &h, &err) == LT_OK);
+  REQUIRE(p->load(p->user, h, &d, &err) == LT_OK);
+  CHECK(!memcmp(x, y, sizeof x));
+  lt_ac_stash_step_end(st2);
+  lt_ac_report rep;
+  lt_ac_stash_report(st2, &rep);
+  CHECK(rep.n_layers == 1 && rep.layers[0].bytes_held <= rep.layers[0].bytes_dense + 128);
+  p->release(p->user, h);
+  lt_ac_stash_free(st2);
   /* Bad configurations are refused with a message. */
   cfg.mode = LT_AC_ADAPTIVE;
   cfg.rho = -1;
   CHECK(lt_ac_stash_new(&cfg, &err) == NULL);
   CHECK_STR_CONTAINS(err.msg, "rho");
+}
+
+TEST_CASE(stash_relative_mode_bound_follows_the_value_range) {
+  lt_ac_config cfg = lt_ac_config_default();
+  cfg.mode = LT_AC_RELATIVE;
+  cfg.rel = 0.01;
+  lt_err err = {0};
+  lt_ac_stash *st = lt_ac_stash_new(&cfg, &err);
+  const lt_stash_policy *p = lt_ac_stash_policy(st);
+  lt_node nodes[1];
+  lt_graph g = conv_graph(nodes, 1, 1);
+  enum { N = 5000 };
+  float x[N], y[N];
+  for (int i = 0; i < N; i++) x[i] = 5.0f * (float)lt_rng_uniform(&rng) - 1.0f;
+  x[0] = -1.0f;
+  x[1] = 4.0f; /* range exactly 5 */
+  int64_t shape[2] = {50, 100};
+  lt_tensor t = lt_tensor_wrap(LT_F32, 2, shape, x), d = lt_tensor_wrap(LT_F32, 2, shape, y);
+  void *h;
+  REQUIRE(p->store(p->user, &g, 0, 0, LT_SAVE_WEIGHT_INPUT, &t, &h, &err) == LT_OK);
+  double eb = lt_ac_stash_layer_eb(st, 0);
+  CHECK_NEAR(eb, 0.05, 1e-6);
+  REQUIRE(p->load(p->user, h, &d, &err) == LT_OK);
+  int bad = 0;
+  for (int i = 0; i < N; i++) bad += !(fabs((double)x[i] - y[i]) <= eb);
+  CHECK(bad == 0);
+  p->release(p->user, h);
+  lt_ac_stash_step_end(st);
+  lt_ac_report rep;
+  lt_ac_stash_report(st, &rep);
+  CHECK(rep.n_layers == 1 && rep.layers[0].n_history == 1 && rep.layers[0].eb_history[0] == eb);
+  lt_ac_stash_free(st);
 }
 
 /* Runs the adaptive controller on one conv layer: a first exact window, then compressed steps
@@ -388,6 +435,7 @@ int main(int argc, char **argv) {
   acts_path = argc > 1 ? argv[1] : NULL;
   RUN(stash_compact_forms_restore_what_backward_needs);
   RUN(stash_argmax_beyond_2x2_stays_exact_and_off_mode_keeps_everything);
+  RUN(stash_relative_mode_bound_follows_the_value_range);
   RUN(controller_first_window_exact_then_formula_bound);
   RUN(controller_observed_over_predicted_dw_error_on_relu_conv_stack);
   RUN(controller_observed_over_predicted_dw_error_on_resnet20_layers);

@@ -12,6 +12,7 @@
 #include <omp.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <string.h>
 
 #include "backend/cpu/kernels.h"
 #include "lathe/backend.h"
@@ -61,8 +62,10 @@ int main(int argc, char **argv) {
   }
   for (int i = 0; i < np; i++) grads[i] = lt_exec_param_grad(ex, ids[i]);
   lt_rng r = lt_rng_make(3, 0);
-  float *x = lt_tensor_f32(lt_exec_input(ex, 0));
+  /* A host batch copied in every step, as the training loop does: the executor may reuse the
+   * input buffer for activations once the first layer's backward is done. */
   size_t nx = (size_t)batch * 3 * 32 * 32;
+  float *x = malloc(nx * sizeof(float));
   for (size_t i = 0; i < nx; i++) x[i] = lt_rng_normal(&r);
   int32_t *labels = malloc(sizeof(int32_t) * batch);
   for (int i = 0; i < batch; i++) labels[i] = (int32_t)lt_rng_below(&r, 10);
@@ -70,12 +73,13 @@ int main(int argc, char **argv) {
   double t_train = 0, loss = 0;
   for (int s = -1; s < train_steps; s++) { /* step -1 warms up */
     double t0 = lt_now();
-    lt_exec_forward(ex, &err);
+    memcpy(lt_tensor_f32(lt_exec_input(ex, 0)), x, nx * sizeof(float));
+    if (lt_exec_forward(ex, &err)) break;
     loss = lt_cpu_softmax_xent(batch, 10, lt_tensor_f32(lt_exec_output(ex, 0)), labels,
-                               1.0f / batch, lt_tensor_f32(lt_exec_output_grad(ex, 0)), NULL);
+                               1.0f / batch, lt_tensor_f32(lt_exec_output_grad(ex, 0)), NULL) /
+           batch;
     lt_exec_zero_grads(ex);
-    lt_exec_backward(ex, &err);
-    lt_optim_step(opt, grads, 0.01f, &err);
+    if (lt_exec_backward(ex, &err) || lt_optim_step(opt, grads, 0.01f, &err)) break;
     if (s >= 0) t_train += lt_now() - t0;
   }
   lt_mem_stats mem;
@@ -86,13 +90,16 @@ int main(int argc, char **argv) {
     fprintf(stderr, "bench_resnet20: %s\n", err.msg);
     return 1;
   }
-  float *xi = lt_tensor_f32(lt_exec_input(inf, 0));
-  for (size_t i = 0; i < nx; i++) xi[i] = lt_rng_normal(&r);
   double t_inf = 0;
   for (int s = -1; s < infer_steps; s++) {
     double t0 = lt_now();
-    lt_exec_forward(inf, &err);
+    memcpy(lt_tensor_f32(lt_exec_input(inf, 0)), x, nx * sizeof(float));
+    if (lt_exec_forward(inf, &err)) break;
     if (s >= 0) t_inf += lt_now() - t0;
+  }
+  if (err.status) {
+    fprintf(stderr, "bench_resnet20: %s\n", err.msg);
+    return 1;
   }
   double macs = (double)lt_graph_macs(g);
   double train_ips = train_steps * (double)batch / t_train, infer_ips = infer_steps * (double)batch / t_inf;
@@ -109,6 +116,6 @@ int main(int argc, char **argv) {
   lt_exec_free(inf);
   lt_optim_free(opt);
   lt_graph_free(g);
-  free(ids), free(params), free(grads), free(labels);
+  free(ids), free(params), free(grads), free(labels), free(x);
   return 0;
 }

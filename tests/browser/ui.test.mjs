@@ -35,7 +35,7 @@ try {
   cluster.startWorker(cluster.token('worker'), 'browser-worker');
   const ds = await cluster.api(admin, 'POST', '/datasets?name=fashion-mnist.h5', readFileSync(fmnist), { 'Content-Type': 'application/octet-stream' });
   assert(ds.status === 201, 'dataset upload: ' + JSON.stringify(ds.body));
-  const trainSpec = (steps) => ({ model: 'smallcnn', dataset: ds.body.id, epochs: 1, batch_size: 64, max_steps: steps, lr: 0.05 });
+  const trainSpec = (steps) => ({ model: { zoo: 'smallcnn' }, dataset: ds.body.id, epochs: 1, batch_size: 64, max_steps: steps, lr: 0.05 });
 
   browser = await chromium.launch({ executablePath: CHROMIUM, args: ['--no-sandbox', '--disable-gpu', '--disable-background-networking', '--disable-component-update', '--disable-sync', '--no-first-run'] });
   const page = await browser.newPage({ viewport: { width: 1280, height: 900 } });
@@ -69,11 +69,10 @@ try {
   await step('submit a train job from the form and watch its chart update live', async () => {
     await page.goto(cluster.url + '/#/new?kind=train');
     await page.locator('select#kind').selectOption('train');
-    const spec = trainSpec(150);
-    for (const [k, v] of Object.entries(spec)) {
-      const input = page.locator(`[data-path="$.spec.${k}"]`).first();
-      if (await input.evaluate((el) => el.tagName) === 'SELECT') await input.selectOption(String(v).startsWith('ds_') ? v : JSON.stringify(v)).catch(() => input.selectOption(String(v)));
-      else await input.fill(String(v));
+    await page.locator('[data-path="$.spec.model.zoo"]').selectOption(JSON.stringify('smallcnn'));
+    await page.locator('[data-path="$.spec.dataset"]').selectOption(ds.body.id);
+    for (const [k, v] of [['epochs', 1], ['batch_size', 64], ['max_steps', 150], ['lr', 0.05]]) {
+      await page.locator(`[data-path="$.spec.${k}"]`).fill(String(v));
     }
     await page.getByRole('button', { name: 'Submit job' }).click();
     await page.waitForURL(/#\/jobs\/job_/);
@@ -90,6 +89,8 @@ try {
     await page.reload();
     await page.getByRole('heading', { name: 'Result' }).waitFor({ timeout: 30000 });
     await page.getByText('Validation accuracy').waitFor();
+    const text = await page.locator('main').innerText();
+    assert(!/(^|\n)\s*(null|undefined|NaN)\s*(\n|$)/.test(text), 'no stray null/undefined/NaN rendered on the job page');
     await page.screenshot({ path: join(shots, 'job-result.png'), fullPage: true });
   });
 

@@ -99,6 +99,13 @@ TEST_CASE(graph_broadcast_slice_pad_concat_shapes) {
   CHECK(g->values[q].shape[0] == 12);
   CHECK(lt_graph_add_node(g, LT_OP_CONCAT, "cat2", (int[]){q, x}, 2, &cat, &err) < 0);
   CHECK_STR_CONTAINS(err.msg, "does not match");
+  /* The data-movement kernels index at most 6 axes, the batch included. */
+  int deep = lt_graph_add_input(g, "deep", LT_F32, 6, (int64_t[]){1, 2, 1, 2, 1, 2});
+  lt_node_attrs tr = lt_attrs_default();
+  tr.n_ints = 6;
+  for (int i = 0; i < 6; i++) tr.ints[i] = 5 - i;
+  CHECK(lt_graph_add_node(g, LT_OP_TRANSPOSE, "deep.t", &deep, 1, &tr, &err) < 0);
+  CHECK_STR_CONTAINS(err.msg, "per-sample rank 6 exceeds");
   lt_graph_free(g);
 }
 

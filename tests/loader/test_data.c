@@ -5,6 +5,7 @@
 #define _GNU_SOURCE /* O_DIRECT */
 #include "lathe/loader.h"
 #include "test.h"
+#include "fault_pread.h"
 
 #include <errno.h>
 #include <fcntl.h>
@@ -332,16 +333,6 @@ TEST_CASE(loader_file_truncated_mid_epoch_is_a_clear_error) {
   CHECK(lt_loader_next(ld, &b, &err) == LT_ERR_IO); /* and stays failed */
   lt_loader_close(ld);
   remove(path);
-}
-
-/* A pread hook that fails after a number of calls, as a disk error would. */
-static ssize_t failing_pread(void *user, int fd, void *buf, size_t n, off_t off) {
-  int *left = user;
-  if (__atomic_sub_fetch(left, 1, __ATOMIC_SEQ_CST) < 0) {
-    errno = EIO;
-    return -1;
-  }
-  return pread(fd, buf, n, off);
 }
 
 TEST_CASE(loader_read_error_mid_epoch_is_a_clear_error) {

@@ -5,6 +5,7 @@
  * mid-epoch) reaches every rank instead of hanging them. */
 #include "lathe/loader.h"
 #include "test.h"
+#include "fault_pread.h"
 
 #include <errno.h>
 #include <hdf5.h>
@@ -63,6 +64,7 @@ TEST_CASE(loader_mpi_ranks_cover_global_batches_and_gradient_matches_single_proc
   for (int k = 0; k < D; k++) w[k] = 0.01f * (float)((k * 7919) % 13 - 6);
   double worst_rel = 0;
   int bad = 0, max_local = 0;
+  double seen_imbalance = 0;
   lt_loader_batch b;
   for (int e = 0; e < o.epochs; e++) {
     lt_plan_permutation(o.seed, e, N, perm);
@@ -71,8 +73,12 @@ TEST_CASE(loader_mpi_ranks_cover_global_batches_and_gradient_matches_single_proc
       int n = (int)b.n_local;
       if (n > max_local) max_local = n;
       MPI_Allgather(&n, 1, MPI_INT, counts, 1, MPI_INT, MPI_COMM_WORLD);
-      int tot = 0;
-      for (int r = 0; r < size; r++) displs[r] = tot, tot += counts[r];
+      int tot = 0, most = 0;
+      for (int r = 0; r < size; r++) {
+        displs[r] = tot, tot += counts[r];
+        if (counts[r] > most) most = counts[r];
+      }
+      seen_imbalance += (double)most * size / (double)tot;
       MPI_Allgatherv(b.indices, n, MPI_INT64_T, all, counts, displs, MPI_INT64_T, MPI_COMM_WORLD);
       int64_t gn = N - s * B < B ? N - s * B : B;
       if (tot != gn || b.global_n != gn) bad = 1;
@@ -118,6 +124,11 @@ TEST_CASE(loader_mpi_ranks_cover_global_batches_and_gradient_matches_single_proc
   /* the same sums in another order: float reassociation only */
   CHECK(worst_rel < 1e-4);
   CHECK(samples == N * o.epochs);
+  /* the plan-derived imbalance agrees with what the ranks actually got */
+  double imb = st.batch_imbalance, imb_max = imb;
+  MPI_Allreduce(MPI_IN_PLACE, &imb_max, 1, MPI_DOUBLE, MPI_MAX, MPI_COMM_WORLD);
+  CHECK(imb == imb_max && imb >= 1.0);
+  CHECK_NEAR(imb, seen_imbalance / (double)st.steps, 1e-9);
   free(perm);
   free(all);
   free(want);
@@ -140,15 +151,6 @@ TEST_CASE(loader_mpi_open_failure_on_one_rank_fails_all) {
   if (rank == size - 1) CHECK_STR_CONTAINS(err.msg, "not found");
   else CHECK_STR_CONTAINS(err.msg, "failed");
   lt_loader_close(ld);
-}
-
-static ssize_t failing_pread(void *user, int fd, void *buf, size_t n, off_t off) {
-  int *left = user;
-  if (__atomic_sub_fetch(left, 1, __ATOMIC_SEQ_CST) < 0) {
-    errno = EIO;
-    return -1;
-  }
-  return pread(fd, buf, n, off);
 }
 
 TEST_CASE(loader_mpi_read_error_on_one_rank_reaches_every_rank) {

@@ -7,6 +7,8 @@
 #include <unistd.h>
 
 #include "io/pb.h"
+#include "lathe/backend.h"
+#include "lathe/exec.h"
 #include "lathe/onnx.h"
 #include "onnx_builder.h"
 #include "test.h"
@@ -276,6 +278,49 @@ TEST_CASE(onnx_export_with_duplicate_node_names_reimports) {
   pb_buf_free(&m);
 }
 
+/* MatMul with a constant weight becomes a linear layer (the weight transposed to (M, K)), and a
+ * binary op may take its constant first: y = 1 - (x W + b), checked by hand on two samples. */
+TEST_CASE(onnx_matmul_and_constant_first_sub_compute_by_hand) {
+  pb_buf g = {0}, m = {0};
+  const float w[4 * 3] = {1, 0, 2, 0, 1, 0, -1, 0, 1, 0.5f, 0.5f, 0.5f}; /* (K=4, M=3) */
+  const float b[3] = {0.1f, 0.2f, 0.3f}, one = 1.f;
+  int64_t wd[2] = {4, 3}, bd[1] = {3}, none[1] = {0};
+  ob_tensor(&g, 5, "w", 2, wd, w, 12);
+  ob_tensor(&g, 5, "b", 1, bd, b, 3);
+  ob_tensor(&g, 5, "one", 0, none, &one, 1);
+  ob_node(&g, "MatMul", "mm", OB_LIST("x", "w"), OB_LIST("h"), NULL);
+  ob_node(&g, "Add", "bias", OB_LIST("h", "b"), OB_LIST("hb"), NULL);
+  ob_node(&g, "Sub", "flip", OB_LIST("one", "hb"), OB_LIST("y"), NULL);
+  int64_t xd[2] = {-1, 4}, yd[2] = {-1, 3};
+  ob_valinfo(&g, 11, "x", 2, xd);
+  ob_valinfo(&g, 12, "y", 2, yd);
+  ob_model(&m, &g, 13);
+  lt_err err = {0};
+  lt_graph *gr = lt_onnx_load_buffer(m.data, m.len, NULL, &err);
+  pb_buf_free(&g);
+  pb_buf_free(&m);
+  REQUIRE(gr != NULL);
+  CHECK(gr->n_nodes == 3 && gr->nodes[0].op == LT_OP_LINEAR && gr->nodes[2].op == LT_OP_SUB);
+  CHECK(lt_graph_macs(gr) == 12);
+  lt_backend *be = lt_backend_get("cpu", &err);
+  lt_exec *ex = be ? lt_exec_create(gr, 2, LT_MODE_INFER, be, NULL, &err) : NULL;
+  CHECK_MSG(ex != NULL, "%s", err.msg);
+  if (ex) {
+    const float x[8] = {1, 2, 3, 4, -1, 0.5f, 0, 2};
+    memcpy(lt_exec_input(ex, 0)->data, x, sizeof x);
+    CHECK(lt_exec_forward(ex, &err) == LT_OK);
+    const float *y = lt_tensor_f32(lt_exec_output(ex, 0));
+    for (int n = 0; n < 2; n++)
+      for (int j = 0; j < 3; j++) {
+        float h = b[j];
+        for (int k = 0; k < 4; k++) h += x[n * 4 + k] * w[k * 3 + j];
+        CHECK_NEAR(y[n * 3 + j], 1.f - h, 1e-5);
+      }
+    lt_exec_free(ex);
+  }
+  lt_graph_free(gr);
+}
+
 static const char *data_dir;
 
 TEST_CASE(onnx_shared_resnet20_files_import) {
@@ -335,6 +380,7 @@ int main(int argc, char **argv) {
   RUN(onnx_external_data_only_beside_the_model);
   RUN(onnx_export_reimport_keeps_graph);
   RUN(onnx_export_with_duplicate_node_names_reimports);
+  RUN(onnx_matmul_and_constant_first_sub_compute_by_hand);
   if (data_dir && access(data_dir, R_OK) == 0) {
     RUN(onnx_shared_resnet20_files_import);
     RUN(onnx_truncated_real_model_is_a_clear_error);

@@ -13,14 +13,14 @@ const ID = { job: 'job_0123456789abcdef', model: 'mdl_0123456789abcdef', dataset
 const RW = ['read', 'submit', 'admin', 'worker'], R = ['read', 'submit', 'admin'], S = ['submit', 'admin'],
       W = ['worker', 'admin'], A = ['admin'];
 const ROUTES = [
-  ['GET', '/metrics', R], ['GET', '/api/v1/openapi.json', R], ['GET', '/api/v1/schemas/jobs/{kind}', R],
+  ['GET', '/metrics', R], ['GET', '/api/v1/openapi.json', R], ['GET', '/api/v1/schemas/jobs', R], ['GET', '/api/v1/schemas/jobs/{kind}', R],
   ['POST', '/api/v1/models', S], ['PUT', '/api/v1/models', S], ['GET', '/api/v1/models', RW],
   ['GET', '/api/v1/models/{model}', RW], ['GET', '/api/v1/models/{model}/content', RW], ['DELETE', '/api/v1/models/{model}', S],
   ['POST', '/api/v1/datasets', S], ['PUT', '/api/v1/datasets', S], ['GET', '/api/v1/datasets', RW],
   ['GET', '/api/v1/datasets/{dataset}', RW], ['GET', '/api/v1/datasets/{dataset}/content', RW], ['DELETE', '/api/v1/datasets/{dataset}', S],
   ['POST', '/api/v1/jobs', S], ['GET', '/api/v1/jobs', RW], ['GET', '/api/v1/jobs/{job}', RW],
   ['POST', '/api/v1/jobs/{job}/cancel', S], ['POST', '/api/v1/jobs/{job}/retry', S], ['GET', '/api/v1/jobs/{job}/metrics', RW],
-  ['GET', '/api/v1/jobs/{job}/events', RW], ['GET', '/api/v1/jobs/{job}/artifacts', RW],
+  ['GET', '/api/v1/jobs/{job}/events', RW], ['GET', '/api/v1/jobs/{job}/artifacts', RW], ['GET', '/api/v1/changes', R],
   ['GET', '/api/v1/artifacts/{artifact}', R], ['GET', '/api/v1/artifacts/{artifact}/content', R],
   ['GET', '/api/v1/workers', R], ['POST', '/api/v1/workers/claim', W], ['POST', '/api/v1/workers/heartbeat', W],
   ['POST', '/api/v1/workers/events', W], ['PUT', '/api/v1/workers/artifacts', W], ['POST', '/api/v1/workers/complete', W],

@@ -7,7 +7,7 @@ import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { startServer, api, check, finish, makeH5 } from './lib.mjs';
+import { startServer, api, check, finish, makeH5, sleep } from './lib.mjs';
 
 const require = createRequire(import.meta.url);
 const Ajv2020 = require('ajv/dist/2020').default;
@@ -156,6 +156,29 @@ try {
   check(empty.status === 204, 'claim on an empty queue answers 204 after wait_s');
   await call(srv, 'GET', '/api/v1/workers', { token: T.read });
 
+  // Long polls wake on the change they wait for, well before their wait ends.
+  let t0 = Date.now();
+  const waiting = w('/api/v1/workers/claim', { worker: 'oa:3:cpu', device: 'cpu', wait_s: 10 });
+  await sleep(300);
+  const fresh = (await call(srv, 'POST', '/api/v1/jobs', { token: T.submit, json: spec })).json;
+  const woke = await waiting;
+  check(woke.status === 200 && woke.json?.job?.id === fresh?.id && Date.now() - t0 < 3000,
+    `a waiting claim is woken by a submission (${woke.status} after ${Date.now() - t0} ms)`);
+  const lastId = (await call(srv, 'GET', `/api/v1/jobs/${fresh.id}/events`, { token: T.read })).json.last_id;
+  t0 = Date.now();
+  const polling = call(srv, 'GET', `/api/v1/jobs/${fresh.id}/events?after=${lastId}&wait=10`, { token: T.read });
+  await sleep(300);
+  await w('/api/v1/workers/events', { job: fresh.id, attempt: woke.json.attempt, events: [{ type: 'log', level: 'info', message: 'wake' }] });
+  const polled = (await polling).json;
+  check(polled?.events?.[0]?.data?.message === 'wake' && Date.now() - t0 < 3000,
+    `an events long poll is woken by a new event (after ${Date.now() - t0} ms)`);
+  await w('/api/v1/workers/complete', { job: fresh.id, attempt: woke.json.attempt, state: 'succeeded', result: {} });
+
+  // Concurrent uploads all get checked (inspect children run at most two at a time).
+  const many = await Promise.all(Array.from({ length: 5 }, (_, i) =>
+    call(srv, 'POST', `/api/v1/datasets?name=par${i}.h5`, { token: T.submit, body: h5, headers: octet })));
+  check(many.every((m) => m.status === 201), `five concurrent uploads all stored (${many.map((m) => m.status)})`);
+
   // Tokens.
   const tok = (await call(srv, 'POST', '/api/v1/tokens', { token: T.admin, json: { scope: 'read', name: 'dash' } })).json;
   check((await api(srv, 'GET', '/api/v1/jobs', { token: tok.token })).status === 200, 'a created token works');
@@ -170,10 +193,10 @@ try {
   await call(srv, 'DELETE', `/api/v1/datasets/${mine.id}`, { token: T.admin });
 
   const prom = await api(srv, 'GET', '/metrics', { token: T.read });
-  check(prom.status === 200 && /lathe_jobs\{state="succeeded"\} 1/.test(prom.text) && /lathe_jobs\{state="failed"\} 1/.test(prom.text),
+  check(prom.status === 200 && /lathe_jobs\{state="succeeded"\} 2/.test(prom.text) && /lathe_jobs\{state="failed"\} 1/.test(prom.text),
     'Prometheus metrics count jobs by state');
   check(/lathe_http_request_duration_seconds_bucket\{route="GET \/api\/v1\/jobs\/\{job\}",le="0.01"\}/.test(prom.text), 'latency histogram by route');
-  check(/lathe_workers_seen 2/.test(prom.text) && /lathe_queue_oldest_age_seconds/.test(prom.text), 'workers seen and queue age');
+  check(/lathe_workers_seen 3/.test(prom.text) && /lathe_queue_oldest_age_seconds/.test(prom.text), 'workers seen and queue age');
   const page = await api(srv, 'GET', '/');
   check(page.status === 200 && page.headers.get('content-type')?.startsWith('text/html') && /Lathe/.test(page.text), '/ serves web/index.html');
   const js = await api(srv, 'GET', '/app.js');

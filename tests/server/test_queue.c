@@ -80,6 +80,9 @@ TEST_CASE(queue_claim_complete_succeeds) {
   CHECK(strcmp(util_json_str(job, "state"), "succeeded") == 0);
   CHECK(cJSON_GetObjectItem(cJSON_GetObjectItem(job, "result"), "rows")->valueint == 3);
   CHECK(cJSON_GetObjectItem(cJSON_GetObjectItem(job, "progress"), "fraction")->valuedouble == 1);
+  /* Regression: a job that never reported progress still has the whole progress object. */
+  CHECK(cJSON_IsNull(cJSON_GetObjectItem(cJSON_GetObjectItem(job, "progress"), "message")));
+  CHECK(cJSON_IsNull(cJSON_GetObjectItem(cJSON_GetObjectItem(job, "progress"), "eta_s")));
   CHECK(cJSON_IsString(cJSON_GetObjectItem(job, "finished_at")));
   cJSON_Delete(job);
   /* A second completion of the same attempt is stale. */
@@ -290,8 +293,14 @@ TEST_CASE(queue_events_validated_all_or_nothing) {
   CHECK(job && cJSON_GetObjectItem(cJSON_GetObjectItem(job, "progress"), "fraction")->valuedouble == 0.25);
   cJSON_Delete(job);
   cJSON *evs = queue_events_after(db, id, 2, 100, &e);
-  CHECK(evs && cJSON_GetArraySize(evs) == 1); /* the progress; metrics go to the series */
+  /* the progress and the metric: metrics go to their series and to the log live charts follow */
+  CHECK(evs && cJSON_GetArraySize(evs) == 2);
   cJSON_Delete(evs);
+  cJSON *series = queue_metrics(db, id, "train.loss", 100, &e);
+  char *text = series ? cJSON_PrintUnformatted(series) : NULL;
+  CHECK(text && strstr(text, "\"value\":2") != NULL);
+  free(text);
+  cJSON_Delete(series);
   db_close(db);
 }
 

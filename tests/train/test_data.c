@@ -114,7 +114,7 @@ TEST_CASE(data_good_file_loads_with_uint8_kept) {
 }
 
 TEST_CASE(data_missing_path_is_named) {
-  const char *m = load_fails(tpath("nope.h5"), "train", 0, LT_ERR_IO);
+  const char *m = load_fails(tpath("nope.h5"), "train", 0, LT_ERR_INVALID);
   CHECK_STR_CONTAINS(m, "does not exist");
   CHECK_STR_CONTAINS(m, "nope.h5");
 }

@@ -333,6 +333,68 @@ TEST_CASE(lathe_inspect_refuses_file_that_crashes_hdf5) {
   CHECK_STR_CONTAINS(out, "is damaged");
 }
 
+/* Regressions found by byte-flip fuzzing under AddressSanitizer: files HDF5 1.10 opens but then
+ * reads past its own buffers on (a chunk larger than a fixed maximum dimension, a current size
+ * above the maximum, a chunked dataset whose filter pipeline was lost, a 28932-byte float). Each
+ * is refused before any data is read, with exit 2 and what is wrong. */
+TEST_CASE(lathe_inspect_refuses_inconsistent_datasets_before_reading) {
+  static const char *const cases[][2] = {
+      {"chunk-above-maxdims.h5", "its chunk shape does not fit its dataspace"},
+      {"dims-above-maxdims.h5", "dimension 1 is 3808428035, above its maximum 3"},
+      {"lost-filter-pipeline.h5", "its unfiltered data takes 1618 bytes in the file, but its shape needs 20000"},
+      {"float-type-28932-bytes.h5", "its number type is 28932 bytes"},
+  };
+  for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+    static char out[1 << 16];
+    char args[1024];
+    snprintf(args, sizeof args, "inspect --exact %s/tests/workers/data/%s", LATHE_SOURCE_DIR, cases[i][0]);
+    int rc = run_cli(args, out, sizeof out);
+    CHECK_MSG(rc == 2, "%s: exit %d", cases[i][0], rc);
+    CHECK_STR_CONTAINS(out, cases[i][1]);
+    CHECK_STR_CONTAINS(out, "the file is damaged");
+  }
+}
+
+/* Byte flips in a valid file: every damaged copy gets exit 0 or 2 (with the crash guard catching
+ * what HDF5 itself cannot survive), never a signal or a hang. */
+TEST_CASE(lathe_inspect_survives_damaged_copies) {
+  char good[512], bad[512];
+  path_in_dir(good, sizeof good, "good.h5");
+  path_in_dir(bad, sizeof bad, "flipped.h5");
+  FILE *fp = fopen(good, "rb");
+  REQUIRE(fp);
+  static unsigned char orig[1 << 20], buf[1 << 20];
+  size_t n = fread(orig, 1, sizeof orig, fp);
+  fclose(fp);
+  unsigned long long x = 0x9E3779B97F4A7C15ull;
+  int refused = 0, read_ok = 0;
+  for (int round = 0; round < 60; round++) {
+    memcpy(buf, orig, n);
+    for (int k = 0; k < 1 + round % 16; k++) {
+      x ^= x << 13;
+      x ^= x >> 7;
+      x ^= x << 17;
+      buf[(x >> 8) % n] = (unsigned char)x;
+    }
+    write_bytes("flipped.h5", buf, n);
+    static char out[1 << 16];
+    char args[1024];
+    snprintf(args, sizeof args, "inspect %s", bad);
+    char cmd[2048];
+    snprintf(cmd, sizeof cmd, "timeout 30 %s %s >/dev/null 2>&1; echo $?", LATHE_BIN, args);
+    FILE *p = popen(cmd, "r");
+    REQUIRE(p);
+    size_t got = fread(out, 1, sizeof out - 1, p);
+    out[got] = 0;
+    pclose(p);
+    int rc = atoi(out);
+    CHECK_MSG(rc == 0 || rc == 2, "round %d: exit %d (124 = hang, >128 = signal)", round, rc);
+    refused += rc == 2;
+    read_ok += rc == 0;
+  }
+  CHECK(refused > 0); /* the flips did damage something */
+}
+
 int main(void) {
   H5Eset_auto2(H5E_DEFAULT, NULL, NULL);
   snprintf(dir, sizeof dir, "/tmp/lathe-test-inspect-XXXXXX");
@@ -344,6 +406,8 @@ int main(void) {
   RUN(inspect_summary_size_is_bounded);
   RUN(lathe_inspect_cli_exit_codes);
   RUN(lathe_inspect_refuses_file_that_crashes_hdf5);
+  RUN(lathe_inspect_refuses_inconsistent_datasets_before_reading);
+  RUN(lathe_inspect_survives_damaged_copies);
   char cmd[512];
   snprintf(cmd, sizeof cmd, "rm -rf '%s'", dir);
   if (system(cmd) != 0) fprintf(stderr, "could not remove %s\n", dir);

@@ -43,12 +43,14 @@ export async function get(path, params) {
   return parse(await fetch('/api/v1' + path + q, { headers: headers() }));
 }
 
+// POST with a JSON body, or with none (actions such as cancel and retry take no body).
 export async function post(path, body, extraHeaders = {}) {
-  return parse(await fetch('/api/v1' + path, {
-    method: 'POST',
-    headers: headers({ 'Content-Type': 'application/json', ...extraHeaders }),
-    body: body === undefined ? '{}' : JSON.stringify(body),
-  }));
+  const init = { method: 'POST', headers: headers(extraHeaders) };
+  if (body !== undefined) {
+    init.headers['Content-Type'] = 'application/json';
+    init.body = JSON.stringify(body);
+  }
+  return parse(await fetch('/api/v1' + path, init));
 }
 
 export async function del(path) {

@@ -118,6 +118,6 @@ export function barChart(container, title, labels, datasets, opts = {}) {
     type: 'bar',
     data: { labels, datasets: datasets.map((d, i) => ({ backgroundColor: COLORS[i % COLORS.length], ...d })) },
     options: { animation: false, maintainAspectRatio: false, indexAxis: opts.horizontal ? 'y' : 'x',
-      scales: { y: { type: opts.log ? 'logarithmic' : 'linear' } } },
+      scales: { [opts.horizontal ? 'x' : 'y']: { type: opts.log ? 'logarithmic' : 'linear' } } },
   });
 }

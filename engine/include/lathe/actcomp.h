@@ -20,10 +20,18 @@
  *
  * The LORENZO codec: prequantise q = round(x / 2eb) (int32, zeros stay zero, non-finite or
  * bound-missing values stored raw), 2-D Lorenzo prediction on the integers per H×W plane (the
- * last two dims), residual codes within radius 2^15, canonical length-limited Huffman in fixed
- * chunks with per-chunk bit counts (parallel decode), optional zstd pass, CRC-32C over the
- * stream. Every element decodes within eb; the decoder checks the whole stream before trusting
- * it and rejects malformed input with LT_ERR_FORMAT.
+ * last two dims) or no prediction, whichever a sample of planes says codes smaller (post-ReLU
+ * maps at coarse bounds prefer none), residual codes within radius 2^15, canonical
+ * length-limited Huffman in fixed chunks with per-chunk bit counts (parallel decode), optional
+ * zstd pass, CRC-32C over the stream. Every element decodes within eb; the decoder checks the
+ * whole stream before trusting it and rejects malformed input with LT_ERR_FORMAT. AVX-512, AVX2
+ * or scalar kernels are picked at run time; threads work on planes (encode) and chunks (decode).
+ * Scratch: about 2 bytes per element plus 12 bytes per element of one row, per thread (so 1-D
+ * tensors, one long row, cost more).
+ *
+ * Measured (tests/actcomp, `lathe bench codec`): on ResNet-20's conv/linear inputs it beats
+ * SZ3's ratio at every bound with zeros exact, at 1.5+ GB/s compress and 2.3+ GB/s decompress
+ * on one core.
  *
  * Not for: general-purpose float compression of files (no streaming, one tensor per stream), or
  * lossy storage of anything whose error reaches other layers' gradients (use LT_SAVE_EXACT).
@@ -155,7 +163,8 @@ void lt_ac_stash_free(lt_ac_stash *st); /* releases everything still held */
 const lt_stash_policy *lt_ac_stash_policy(lt_ac_stash *st);
 /* Marks the end of a training step: advances the controller (every W steps in ADAPTIVE). */
 void lt_ac_stash_step_end(lt_ac_stash *st);
-/* The eb the next store() of this node would use (0 = exact). */
+/* The bound of this node: for conv/linear inputs in FIXED and ADAPTIVE modes the one its next
+ * store() uses, otherwise (RELATIVE, batch-norm inputs) the one its last store() used; 0 = exact. */
 double lt_ac_stash_layer_eb(const lt_ac_stash *st, int node);
 
 #define LT_AC_HISTORY 64 /* eb updates kept per layer (the most recent) */

@@ -86,6 +86,8 @@ typedef struct lt_exec_plan_stats {
 } lt_exec_plan_stats;
 void lt_exec_plan_stats_get(const lt_exec *ex, lt_exec_plan_stats *out);
 
+/* Sorts g topologically and re-infers its shapes, then plans and allocates every buffer for this
+ * batch. The graph must outlive the executor; its parameters are used in place on CPU. */
 lt_exec *lt_exec_create(lt_graph *g, int batch, lt_mode mode, lt_backend *be,
                         const lt_exec_opts *opts, lt_err *err);
 void lt_exec_free(lt_exec *ex);
@@ -111,8 +113,10 @@ void lt_exec_set_forward_hook(lt_exec *ex, lt_exec_hook fn, void *user);
  * where the executor works on the graph's parameter tensors directly). */
 lt_status lt_exec_sync_params(lt_exec *ex, int to_device, lt_err *err);
 
-/* Bytes the stash held at the end of the last forward: dense is what exact storage would take,
- * held what was actually kept (equal without a policy). */
+/* Bytes the stash held at the end of the last forward: dense is what exact storage would take
+ * (each saved value once, BN batch statistics included), held what was actually kept (equal
+ * without a policy; with one, the buffers kept in place plus what the policy allocated under
+ * LT_MEM_SAVED during that forward). */
 void lt_exec_saved_bytes(const lt_exec *ex, int64_t *dense, int64_t *held);
 
 #ifdef __cplusplus

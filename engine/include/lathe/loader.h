@@ -155,12 +155,17 @@ typedef struct lt_loader_batch {
   int64_t hits;            /* of n_local, served from the buffer */
 } lt_loader_batch;
 
+/* A job's loader.* result fields come from here: hit_rate = hits / samples, storage_bytes,
+ * storage_requests (sum them over ranks), stall_fraction = stall_s / total_s, batch_imbalance. */
 typedef struct lt_loader_stats {
+  int64_t steps;            /* delivered */
   int64_t samples;          /* delivered on this rank */
   int64_t hits;             /* of which from the buffer */
   int64_t storage_bytes;    /* bytes requested from storage by this rank */
   int64_t storage_requests; /* pread calls issued (after merging) */
   double stall_s;           /* time spent inside lt_loader_next (waits for reads and ranks, copies) */
+  double batch_imbalance;   /* mean over steps of max/mean local batch over ranks (from the plan:
+                             * the same on every rank); 1 = equal local batches */
   double total_s;           /* time since open */
 } lt_loader_stats;
 

@@ -131,12 +131,13 @@ void lt_train_set_threads(int n);
 /* ---- models by reference ----------------------------------------------------------------- */
 
 /* The one place that turns a model reference into a graph, for `lathe eval` and the train job:
- *   a zoo name ("resnet20")  built with zoo (seed, sizes, classes), then weights from
- *                            checkpoint when that is non-NULL;
+ *   a zoo name ("resnet20")  built with zoo (seed, sizes, classes);
+ *   an ONNX file             read with lt_onnx_load (zoo's in_channels/height/width, when set,
+ *                            fix the input shape);
  *   a checkpoint file        its recorded zoo model rebuilt (zoo supplies the input size,
  *                            num_classes comes from the checkpoint) and its weights loaded.
- * ONNX files become one more case here once lathe/onnx.h exists. meta (may be NULL) receives the
- * checkpoint's metadata, zeroed when no checkpoint was read. */
+ * checkpoint (zoo names and ONNX files only, may be NULL) then loads weights into the graph.
+ * meta (may be NULL) receives the checkpoint's metadata, zeroed when none was read. */
 lt_graph *lt_model_load(const char *ref, const lt_zoo_opts *zoo, const char *checkpoint,
                         lt_ckpt_meta *meta, lt_err *err);
 

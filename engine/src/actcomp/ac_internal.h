@@ -74,6 +74,9 @@ int64_t ac_huff_encode(const uint16_t *codes, int64_t n, const uint32_t *enc, ui
 
 typedef struct ac_huff_dec {
   uint32_t table[1 << AC_TABLE_BITS]; /* (len << 16) | sym; len 0: long or invalid code */
+  /* Two symbols per lookup where both codes fit the table bits: sym1 | sym2 << 16 | total
+   * length << 32 | count << 40, count 1 (one code) or 2; 0: long or invalid first code. */
+  uint64_t pair[1 << AC_TABLE_BITS];
   uint32_t first[AC_MAXLEN + 2];      /* canonical first code per length */
   uint32_t count[AC_MAXLEN + 2];      /* symbols per length */
   uint32_t offset[AC_MAXLEN + 2];     /* index of the first symbol of each length in sorted */

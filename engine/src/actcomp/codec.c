@@ -298,7 +298,6 @@ static void code_plane(const ac_kernels *k, const float *x, const ac_qp *qp, int
   hist_add(codes + base, rows * w, hist, sub);
 }
 
-
 static lt_status lorenzo_encode(lt_ac_codec *c, const float *x, int ndim, const int64_t *shape,
                                 double eb, lt_ac_buf *out, lt_err *err) {
   int64_t n, h, w;

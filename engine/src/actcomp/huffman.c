@@ -161,7 +161,7 @@ int64_t ac_huff_encode(const uint16_t *codes, int64_t n, const uint32_t *enc, ui
     store_le64(p, acc);
     p += nb >> 3;
     total += nb & ~7;
-    acc = nb >= 64 ? 0 : acc >> (nb & ~7);
+    acc >>= nb & ~7; /* nb <= 55 here */
     nb &= 7;
   }
   for (; i < n; i++) {
@@ -210,6 +210,21 @@ int ac_huff_dec_build(ac_huff_dec *d, const uint16_t *syms, const uint8_t *lens,
       for (uint32_t x = r; x < (1u << AC_TABLE_BITS); x += 1u << l)
         d->table[x] = ((uint32_t)l << 16) | sym;
     }
+  /* Pairs: the first code's length fixes where the second starts; the second counts only if
+   * the known remaining bits determine it (its length fits in what is left of the index). */
+  for (uint32_t i = 0; i < (1u << AC_TABLE_BITS); i++) {
+    uint32_t e1 = d->table[i], l1 = e1 >> 16;
+    if (!l1) {
+      d->pair[i] = 0;
+      continue;
+    }
+    uint32_t e2 = d->table[i >> l1], l2 = e2 >> 16;
+    if (l2 && l1 + l2 <= AC_TABLE_BITS)
+      d->pair[i] = (e1 & 0xffff) | (uint64_t)(e2 & 0xffff) << 16 | (uint64_t)(l1 + l2) << 32 |
+                   (uint64_t)2 << 40;
+    else
+      d->pair[i] = (e1 & 0xffff) | (uint64_t)l1 << 32 | (uint64_t)1 << 40;
+  }
   return 0;
 }
 
@@ -260,38 +275,61 @@ int ac_huff_decode_group(const ac_huff_dec *d, const uint8_t *payload, size_t si
     pos[k] += l_;                                                                                 \
   } while (0)
 
+  /* One or two symbols per lookup from the pair table. Both output slots are written, so at
+   * least two symbols must be left in the chunk; a long code takes the slow path for one. */
+#define AC_DEC2(k, v)                                                                             \
+  do {                                                                                            \
+    uint64_t p_ = pair[(v) & mask];                                                               \
+    uint32_t n_ = (uint32_t)(p_ >> 40), l_;                                                       \
+    if (__builtin_expect(n_ == 0, 0)) {                                                           \
+      uint32_t e_ = decode_long(d, (v));                                                          \
+      l_ = e_ >> 16;                                                                              \
+      bad |= (l_ == 0);                                                                           \
+      out[k][0] = (int32_t)(e_ & 0xffff) - AC_RADIUS;                                             \
+      n_ = 1;                                                                                     \
+    } else {                                                                                      \
+      l_ = (uint32_t)(p_ >> 32) & 0xff;                                                           \
+      out[k][0] = (int32_t)(p_ & 0xffff) - AC_RADIUS;                                             \
+      out[k][1] = (int32_t)((p_ >> 16) & 0xffff) - AC_RADIUS;                                     \
+    }                                                                                             \
+    out[k] += n_;                                                                                 \
+    left[k] -= n_;                                                                                \
+    (v) >>= l_;                                                                                   \
+    pos[k] += l_;                                                                                 \
+  } while (0)
+
+  const uint64_t *pair = d->pair;
   if (nch == AC_GROUP) {
-    /* After a reload at least 57 bits are valid: three codes of at most 16 bits per reload. */
+    /* After a reload at least 57 bits are valid: three lookups of at most 16 bits each, giving
+     * up to six symbols, so each stream needs six left. */
     for (;;) {
       int ok = 1;
-      for (int k = 0; k < AC_GROUP; k++) ok &= (left[k] >= 3) & ((pos[k] >> 3) + 8 <= size);
+      for (int k = 0; k < AC_GROUP; k++) ok &= (left[k] >= 6) & ((pos[k] >> 3) + 8 <= size);
       if (!ok) break;
       uint64_t v0 = load_le64(payload + (pos[0] >> 3)) >> (pos[0] & 7);
       uint64_t v1 = load_le64(payload + (pos[1] >> 3)) >> (pos[1] & 7);
       uint64_t v2 = load_le64(payload + (pos[2] >> 3)) >> (pos[2] & 7);
       uint64_t v3 = load_le64(payload + (pos[3] >> 3)) >> (pos[3] & 7);
-      AC_DEC1(0, v0);
-      AC_DEC1(1, v1);
-      AC_DEC1(2, v2);
-      AC_DEC1(3, v3);
-      AC_DEC1(0, v0);
-      AC_DEC1(1, v1);
-      AC_DEC1(2, v2);
-      AC_DEC1(3, v3);
-      AC_DEC1(0, v0);
-      AC_DEC1(1, v1);
-      AC_DEC1(2, v2);
-      AC_DEC1(3, v3);
-      for (int k = 0; k < AC_GROUP; k++) left[k] -= 3;
+      AC_DEC2(0, v0);
+      AC_DEC2(1, v1);
+      AC_DEC2(2, v2);
+      AC_DEC2(3, v3);
+      AC_DEC2(0, v0);
+      AC_DEC2(1, v1);
+      AC_DEC2(2, v2);
+      AC_DEC2(3, v3);
+      AC_DEC2(0, v0);
+      AC_DEC2(1, v1);
+      AC_DEC2(2, v2);
+      AC_DEC2(3, v3);
     }
   }
   for (int k = 0; k < nch; k++) {
-    while (left[k] >= 3 && (pos[k] >> 3) + 8 <= size) {
+    while (left[k] >= 6 && (pos[k] >> 3) + 8 <= size) {
       uint64_t v = load_le64(payload + (pos[k] >> 3)) >> (pos[k] & 7);
-      AC_DEC1(k, v);
-      AC_DEC1(k, v);
-      AC_DEC1(k, v);
-      left[k] -= 3;
+      AC_DEC2(k, v);
+      AC_DEC2(k, v);
+      AC_DEC2(k, v);
     }
     for (; left[k] > 0; left[k]--) {
       uint64_t v = peek_safe(payload, size, pos[k]);
@@ -300,6 +338,7 @@ int ac_huff_decode_group(const ac_huff_dec *d, const uint8_t *payload, size_t si
     if (pos[k] != ch[k].bit0 + ch[k].nbits) bad = 1;
   }
 #undef AC_DEC1
+#undef AC_DEC2
   return bad ? -1 : 0;
 }
 

@@ -20,6 +20,7 @@
  * dW error (E = X − X' through the layer's weight-gradient product) against the predicted
  * σ = eb·√(N(1−R)/3)·δ_rms. */
 #include "actcomp/ac_internal.h"
+#include "backend/cpu/kernels.h"
 
 #include <cblas.h>
 #include <immintrin.h>
@@ -40,7 +41,7 @@ typedef struct ac_entry {
 typedef struct ac_layer {
   int seen;
   lt_save_kind kind;
-  double eb;          /* ADAPTIVE: the layer's bound (0 = exact); others: the last bound used */
+  double eb;          /* ADAPTIVE conv/linear inputs: the layer's bound (0 = exact) */
   double eb_used;     /* bound of the last store */
   double zero_frac;   /* R of the last stored input (exact zeros of the original) */
   int64_t step_dense, step_held, last_dense, last_held;
@@ -174,19 +175,8 @@ static int st_keeps_buffer(void *user, const lt_graph *g, int node, int slot, lt
   return 0; /* store() always makes its own copy */
 }
 
-/* 1-bit ReLU masks, LSB first within each byte (the layout of lt_cpu_relu_mask_pack in
- * backend/cpu/kernels.h, whose implementation lives on another branch): AVX-512 compares write
- * 16 bits at a time, the scalar loop is the fallback and the tail. */
-__attribute__((target("avx512f"))) static int64_t pack_mask1_avx512(const float *y, int64_t n,
-                                                                   uint8_t *mask) {
-  int64_t i = 0;
-  for (; i + 16 <= n; i += 16) {
-    uint16_t m = _mm512_cmp_ps_mask(_mm512_loadu_ps(y + i), _mm512_setzero_ps(), _CMP_GT_OQ);
-    memcpy(mask + i / 8, &m, 2);
-  }
-  return i;
-}
-
+/* Restores a 1-bit ReLU mask (lt_cpu_relu_mask_pack's layout, LSB first) as 1.0/0.0: the sign
+ * pattern that ReLU backward reads. AVX-512 expands 16 bits per store; scalar for the rest. */
 __attribute__((target("avx512f"))) static int64_t unpack_mask1_avx512(const uint8_t *mask,
                                                                      int64_t n, float *y) {
   int64_t i = 0;
@@ -198,34 +188,18 @@ __attribute__((target("avx512f"))) static int64_t unpack_mask1_avx512(const uint
   return i;
 }
 
-static int have_avx512(void) {
-  __builtin_cpu_init();
-  return __builtin_cpu_supports("avx512f");
-}
-
-static void pack_mask1(const float *y, int64_t n, uint8_t *mask) {
-  int64_t i = have_avx512() ? pack_mask1_avx512(y, n, mask) : 0;
-  memset(mask + i / 8, 0, (size_t)((n + 7) / 8 - i / 8));
-  for (; i < n; i++) mask[i >> 3] |= (uint8_t)((y[i] > 0.0f) << (i & 7));
-}
-
 static void unpack_mask1(const uint8_t *mask, int64_t n, float *y) {
-  int64_t i = have_avx512() ? unpack_mask1_avx512(mask, n, y) : 0;
+  __builtin_cpu_init();
+  int64_t i = __builtin_cpu_supports("avx512f") ? unpack_mask1_avx512(mask, n, y) : 0;
   for (; i < n; i++) y[i] = (mask[i >> 3] >> (i & 7)) & 1 ? 1.0f : 0.0f;
 }
 
-/* 2-bit packing of 2×2 window indices, 4 per byte LSB first; -1 when an index exceeds 3. */
+/* 2-bit argmax packing applies to 2×2 windows only: -1 when an index exceeds 3. */
 static int pack2(const uint8_t *a, int64_t n, uint8_t *p) {
-  memset(p, 0, (size_t)(n + 3) / 4);
-  for (int64_t i = 0; i < n; i++) {
+  for (int64_t i = 0; i < n; i++)
     if (a[i] > 3) return -1;
-    p[i >> 2] |= (uint8_t)(a[i] << (2 * (i & 3)));
-  }
+  lt_cpu_argmax_pack2((size_t)n, a, p);
   return 0;
-}
-
-static void unpack2(const uint8_t *p, int64_t n, uint8_t *a) {
-  for (int64_t i = 0; i < n; i++) a[i] = (p[i >> 2] >> (2 * (i & 3))) & 3;
 }
 
 static lt_status st_store(void *user, const lt_graph *g, int node, int slot, lt_save_kind kind,
@@ -256,9 +230,11 @@ static lt_status st_store(void *user, const lt_graph *g, int node, int slot, lt_
     rc = lt_ac_encode(st->codec, LT_AC_KIND_LORENZO, lt_tensor_f32(t), t->ndim, t->shape, eb,
                       &st->tmp, err);
     if (rc) goto fail;
-    e->form = FORM_CODEC;
-    src = st->tmp.data;
-    bytes = st->tmp.len;
+    if (st->tmp.len < bytes) { /* incompressible (noise at a tiny bound): the exact copy is smaller */
+      e->form = FORM_CODEC;
+      src = st->tmp.data;
+      bytes = st->tmp.len;
+    }
   } else if (on && f32 && kind == LT_SAVE_RELU_OUTPUT) {
     e->form = FORM_MASK1;
     bytes = (size_t)(e->n + 7) / 8;
@@ -273,7 +249,7 @@ static lt_status st_store(void *user, const lt_graph *g, int node, int slot, lt_
   }
   e->bytes = bytes ? bytes : 1;
   if (e->form == FORM_MASK1) {
-    pack_mask1(lt_tensor_f32(t), e->n, e->data);
+    lt_cpu_relu_mask_pack((size_t)e->n, lt_tensor_f32(t), e->data);
   } else if (e->form == FORM_PACK2 && pack2(t->data, e->n, e->data)) {
     /* Windows larger than 2×2: keep the indices exact. */
     lt_free(LT_MEM_SAVED, e->data, e->bytes);
@@ -288,12 +264,12 @@ static lt_status st_store(void *user, const lt_graph *g, int node, int slot, lt_
     memcpy(e->data, src, bytes);
   }
 
+  l->eb_used = eb;
   if (kind == LT_SAVE_WEIGHT_INPUT && f32) {
     int64_t zeros = 0;
     const float *x = lt_tensor_f32(t);
     for (int64_t i = 0; i < e->n; i++) zeros += x[i] == 0.0f;
     l->zero_frac = e->n ? (double)zeros / (double)e->n : 0;
-    l->eb_used = eb;
     /* A sampled step keeps the original too, for observe() to measure the real dW error. */
     if (eb > 0 && st->cfg.sample_every > 0 && st->step % st->cfg.sample_every == 0) {
       lt_free(LT_MEM_WORKSPACE, l->exact, (size_t)l->exact_n * sizeof *l->exact);
@@ -339,7 +315,7 @@ static lt_status st_load(void *user, void *handle, lt_tensor *dst, lt_err *err) 
     return LT_OK;
   }
   case FORM_MASK1: unpack_mask1(e->data, e->n, lt_tensor_f32(dst)); return LT_OK;
-  case FORM_PACK2: unpack2(e->data, e->n, dst->data); return LT_OK;
+  case FORM_PACK2: lt_cpu_argmax_unpack2((size_t)e->n, e->data, dst->data); return LT_OK;
   default: memcpy(dst->data, e->data, (size_t)e->dense); return LT_OK;
   }
 }
@@ -521,12 +497,9 @@ const lt_stash_policy *lt_ac_stash_policy(lt_ac_stash *st) { return &st->policy;
 double lt_ac_stash_layer_eb(const lt_ac_stash *st, int node) {
   if (node < 0 || node >= st->n_layers) return st->cfg.mode == LT_AC_FIXED ? st->cfg.eb : 0;
   const ac_layer *l = &st->layers[node];
-  switch (st->cfg.mode) {
-  case LT_AC_FIXED: return st->cfg.eb;
-  case LT_AC_ADAPTIVE: return l->eb;
-  case LT_AC_RELATIVE: return l->eb_used;
-  default: return 0;
-  }
+  if (l->kind == LT_SAVE_WEIGHT_INPUT && st->cfg.mode == LT_AC_ADAPTIVE) return l->eb;
+  if (l->kind == LT_SAVE_WEIGHT_INPUT && st->cfg.mode == LT_AC_FIXED) return st->cfg.eb;
+  return l->eb_used; /* relative bounds and batch-norm inputs depend on the data: the last one */
 }
 
 void lt_ac_stash_step_end(lt_ac_stash *st) {

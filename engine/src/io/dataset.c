@@ -383,13 +383,14 @@ static hid_t ds_file_open(const char *path, lt_err *err) {
   ds_h5_quiet();
   struct stat sb;
   if (stat(path, &sb) != 0) {
-    lt_errorf(err, LT_ERR_IO,
+    /* A path that names nothing is the caller's mistake, not a failing disk. */
+    lt_errorf(err, LT_ERR_INVALID,
               "dataset file %s does not exist; check the path (lathe data convert writes one)",
               path);
     return -1;
   }
   if (!S_ISREG(sb.st_mode)) {
-    lt_errorf(err, LT_ERR_IO, "dataset path %s is not a regular file", path);
+    lt_errorf(err, LT_ERR_INVALID, "dataset path %s is not a regular file", path);
     return -1;
   }
   if (H5Fis_hdf5(path) <= 0) {

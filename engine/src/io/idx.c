@@ -16,7 +16,9 @@ static uint32_t idx_be32(const uint8_t *p) {
 lt_status lt_idx_read(const char *path, lt_idx *out, lt_err *err) {
   memset(out, 0, sizeof *out);
   FILE *f = fopen(path, "rb");
-  if (!f) return lt_errorf(err, LT_ERR_IO, "cannot open IDX file %s: %s", path, strerror(errno));
+  if (!f)
+    return lt_errorf(err, errno == ENOENT ? LT_ERR_INVALID : LT_ERR_IO,
+                     "cannot open IDX file %s: %s", path, strerror(errno));
   lt_status st = LT_OK;
   uint8_t head[4 + 4 * 4];
   struct stat sb;

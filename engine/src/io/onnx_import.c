@@ -1197,13 +1197,10 @@ static lt_status map_node(imp *im) {
   const char *op = n->op;
   ent *x = input(im, 0);
   lt_node_attrs a = lt_attrs_default();
-  if (!x || x->kind != ENT_VALUE) {
-    if (!strcmp(op, "Add") || !strcmp(op, "Mul")) { /* commutative: constant first is fine */
-    } else if (!strcmp(op, "Sub") || !strcmp(op, "Div")) {
-    } else {
-      return node_err(im, LT_ERR_UNSUPPORTED, "the first input must be the data tensor");
-    }
-  }
+  /* Binary ops may take the constant first (2 - x); every other op's data is input 0. */
+  int binary = !strcmp(op, "Add") || !strcmp(op, "Sub") || !strcmp(op, "Mul") || !strcmp(op, "Div");
+  if ((!x || x->kind != ENT_VALUE) && !binary)
+    return node_err(im, LT_ERR_UNSUPPORTED, "the first input must be the data tensor");
   if (!strcmp(op, "Conv")) return map_conv(im, x, 0);
   if (!strcmp(op, "ConvTranspose")) return map_conv(im, x, 1);
   if (!strcmp(op, "BatchNormalization")) return map_batchnorm(im, x);
@@ -1500,6 +1497,11 @@ static lt_graph *import_model(ox_model *m, const lt_onnx_load_opts *opts, lt_err
   im.opset = m->opset;
   size_t names = (size_t)m->n_inits + (size_t)m->n_inputs + (size_t)m->n_outputs;
   for (int i = 0; i < m->n_nodes; i++) names += (size_t)m->nodes[i].n_in + (size_t)m->nodes[i].n_out;
+  if (names > ((size_t)1 << 22)) {
+    lt_errorf(err, LT_ERR_UNSUPPORTED, "model makes %zu tensor references, beyond the 4 M Lathe "
+              "imports", names);
+    return NULL;
+  }
   size_t tcap = 16;
   while (tcap < 2 * names + 16) tcap *= 2;
   im.tcap = (int)tcap;

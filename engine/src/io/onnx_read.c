@@ -49,7 +49,7 @@ static lt_status bump(int *n, int cap, const char *what, lt_err *err) {
   return LT_OK;
 }
 
-static lt_status lt_dtype_of(int onnx_type, lt_dtype *out, lt_err *err) {
+static lt_status ox_lt_dtype(int onnx_type, lt_dtype *out, lt_err *err) {
   switch (onnx_type) {
   case OX_FLOAT: case OX_DOUBLE: *out = LT_F32; return LT_OK;
   case OX_UINT8: case OX_BOOL: *out = LT_U8; return LT_OK;
@@ -199,7 +199,7 @@ static lt_status parse_tensor(const uint8_t *buf, size_t len, const char *dir, l
   lt_tensor *t = NULL;
   lt_dtype lt = LT_F32;
   if (st) goto done;
-  if ((st = lt_dtype_of((int)dtype, &lt, err))) goto done;
+  if ((st = ox_lt_dtype((int)dtype, &lt, err))) goto done;
   int64_t numel = 1;
   for (size_t i = 0; i < ndim; i++) {
     if (dims[i] < 0 || (dims[i] > 0 && numel > OX_MAX_TENSOR_ELEMS / dims[i])) {

@@ -43,6 +43,7 @@ struct ring_slot {
   int64_t g;           /* global step (over all epochs) held here, -1 when free */
   int epoch;
   int64_t step, n_local, global_n, hits;
+  double imbalance;    /* max over ranks of the local batch / mean local batch, from the plan */
   int64_t *indices;    /* (B) sample ids computed here, in position order */
   uint8_t *flags;      /* (B) LT_PLAN_* of each */
   uint32_t *bslot;     /* (B) buffer slot of each hit or insert */
@@ -81,6 +82,7 @@ struct lt_loader {
   int n_ring;            /* k + 1 */
   ring_slot *ring;       /* (n_ring) */
   want *wants;           /* (2B) scratch of the submitter */
+  int64_t *rank_count;   /* (P) scratch of the submitter: local batch of each rank */
   int64_t cap;           /* buffer slots on this rank */
   uint8_t *buf_x;        /* (cap, xb) the samples this rank keeps */
   uint8_t *buf_y;        /* (cap, yb) */
@@ -98,9 +100,15 @@ struct lt_loader {
   lt_loader_stats stats;
   double io_busy_s;      /* summed thread time in pread (under mu) */
   int64_t samples_read;
-  double compute_s;      /* time between lt_loader_next calls */
+  /* compute per sample of recent steps: the time between lt_loader_next calls over the local
+   * batch. The median of these is the estimate, so that pauses between epochs (evaluation,
+   * checkpoints, a benchmark's cache drop) do not pass for compute. */
+  double *compute_per_sample; /* (steps_per_epoch) ring */
+  int64_t n_compute;          /* entries filled since the last estimate (≤ steps_per_epoch) */
+  int64_t last_n_local;       /* local batch handed out by the previous call, 0 before any */
   double t_open, t_return;
   double next_load_cost, next_compute_cost; /* agreed estimates for the next epoch's plan, 0 = none */
+  double imbalance_sum;  /* of the delivered steps' imbalance */
   lt_status failed;      /* sticky: after a failure every call returns it */
   lt_err fail_err;
 };
@@ -275,6 +283,11 @@ static void add_want(lt_loader *ld, int64_t *n, int si, int64_t sample, uint8_t 
   }
 }
 
+static int cmp_double(const void *a, const void *b) {
+  double x = *(const double *)a, y = *(const double *)b;
+  return (x > y) - (x < y);
+}
+
 /* The cost balance needs per-sample load and compute estimates that every rank agrees on. They
  * are measured up to the delivery of the step just before the next epoch's first step is
  * submitted, added over ranks in one small all-reduce (right after the error flag, so every rank
@@ -286,8 +299,12 @@ static void measure_costs(lt_loader *ld) {
   pthread_mutex_lock(&ld->mu);
   io_busy = ld->io_busy_s;
   pthread_mutex_unlock(&ld->mu);
-  double m[4] = {io_busy / ld->o.io_threads, (double)ld->samples_read, ld->compute_s,
-                 (double)ld->stats.samples};
+  int64_t k = ld->n_compute < ld->steps_per_epoch ? ld->n_compute : ld->steps_per_epoch;
+  qsort(ld->compute_per_sample, (size_t)k, sizeof(double), cmp_double);
+  double median = k ? ld->compute_per_sample[k / 2] : 0;
+  ld->n_compute = 0;
+  /* sums over ranks: load as total busy time over total reads, compute as the mean median */
+  double m[4] = {io_busy / ld->o.io_threads, (double)ld->samples_read, median, k ? 1.0 : 0.0};
   if (ld->collective) ld_comm_sum(m, 4);
   if (m[0] > 0 && m[1] > 0 && m[2] > 0 && m[3] > 0) {
     ld->next_load_cost = m[0] / m[1];
@@ -312,7 +329,9 @@ static lt_status submit(lt_loader *ld, lt_err *err) {
   s->st = LT_OK;
   int64_t p0 = step * ld->B, p1 = p0 + ld->B < ld->N ? p0 + ld->B : ld->N, n = 0, nw = 0, hits = 0;
   s->global_n = p1 - p0;
+  memset(ld->rank_count, 0, (size_t)ld->n_ranks * sizeof *ld->rank_count);
   for (int64_t i = p0; i < p1; i++) {
+    ld->rank_count[v->rank[i]]++;
     if (v->rank[i] != ld->rank) continue;
     s->indices[n] = v->perm[i];
     s->flags[n] = v->flags[i];
@@ -327,6 +346,10 @@ static lt_status submit(lt_loader *ld, lt_err *err) {
   }
   s->n_local = n;
   s->hits = hits;
+  int64_t most = 0;
+  for (int r = 0; r < ld->n_ranks; r++)
+    if (ld->rank_count[r] > most) most = ld->rank_count[r];
+  s->imbalance = (double)most * ld->n_ranks / (double)s->global_n;
   ld->samples_read += n - hits;
   /* sort by offset and merge neighbours into reads of bounded gap and size */
   qsort(ld->wants, (size_t)nw, sizeof(want), want_cmp);
@@ -444,6 +467,8 @@ static lt_status open_local(lt_loader *ld, lt_err *err) {
   if (!(ld->ring = ld_calloc(ld->n_ring * sizeof(ring_slot), err)) ||
       !(ld->wants = ld_calloc(2 * B * sizeof(want), err)) ||
       !(ld->queue = ld_calloc(ld->q_cap * sizeof(io_req *), err)) ||
+      !(ld->rank_count = ld_calloc(ld->n_ranks * sizeof(int64_t), err)) ||
+      !(ld->compute_per_sample = ld_calloc(ld->steps_per_epoch * sizeof(double), err)) ||
       !(ld->buf_x = ld_calloc(ld->cap * ld->xb, err)) || !(ld->buf_y = ld_calloc(ld->cap * ld->yb, err)))
     return err->status;
   for (int i = 0; i < ld->n_ring; i++) {
@@ -530,7 +555,10 @@ lt_status lt_loader_next(lt_loader *ld, lt_loader_batch *b, lt_err *err) {
     return ld->failed;
   }
   double t_in = lt_now();
-  ld->compute_s += t_in - ld->t_return;
+  if (ld->last_n_local > 0) {
+    ld->compute_per_sample[ld->n_compute % ld->steps_per_epoch] = (t_in - ld->t_return) / (double)ld->last_n_local;
+    ld->n_compute++;
+  }
   memset(b, 0, sizeof *b);
   int64_t g = ld->next_deliver;
   if (g >= ld->total_steps) {
@@ -575,9 +603,12 @@ lt_status lt_loader_next(lt_loader *ld, lt_loader_batch *b, lt_err *err) {
   b->x = s->x;
   b->y = ld->n_src > 1 ? s->y : NULL;
   b->hits = s->hits;
+  ld->stats.steps++;
+  ld->imbalance_sum += s->imbalance;
   ld->stats.samples += s->n_local;
   ld->stats.hits += s->hits;
   ld->next_deliver++;
+  ld->last_n_local = s->n_local;
   ld->t_return = lt_now();
   /* the whole call counts as stall: waiting for reads, for the slowest rank at the error flag,
    * and the copies in and out of the buffer are all time the training loop does not compute */
@@ -589,6 +620,7 @@ void lt_loader_get_stats(const lt_loader *ld, lt_loader_stats *out) {
   pthread_mutex_lock((pthread_mutex_t *)&ld->mu);
   *out = ld->stats;
   pthread_mutex_unlock((pthread_mutex_t *)&ld->mu);
+  out->batch_imbalance = ld->stats.steps ? ld->imbalance_sum / (double)ld->stats.steps : 1.0;
   out->total_s = lt_now() - ld->t_open;
 }
 
@@ -629,6 +661,8 @@ void lt_loader_close(lt_loader *ld) {
   ld_free(ld->ring, ld->ring ? ld->n_ring * sizeof(ring_slot) : 0);
   ld_free(ld->wants, ld->wants ? 2 * B * sizeof(want) : 0);
   ld_free(ld->queue, ld->queue ? ld->q_cap * sizeof(io_req *) : 0);
+  ld_free(ld->rank_count, ld->rank_count ? ld->n_ranks * sizeof(int64_t) : 0);
+  ld_free(ld->compute_per_sample, ld->compute_per_sample ? ld->steps_per_epoch * sizeof(double) : 0);
   ld_free(ld->buf_x, ld->buf_x ? ld->cap * ld->xb : 0);
   ld_free(ld->buf_y, ld->buf_y ? ld->cap * ld->yb : 0);
   lt_plan_free(ld->plan);

@@ -12,7 +12,6 @@
 #define NO_RANK UINT16_MAX
 #define NO_SLOT UINT32_MAX
 #define NO_SAMPLE UINT32_MAX
-#define NEVER UINT64_MAX
 /* Philox stream tags: the high 32 bits name the purpose, the low 32 bits the permutation number,
  * so that the loader's draws never collide with initialisation or augmentation streams. */
 #define STREAM_PERM 0x4C445031ull /* "LDP1" */
@@ -123,11 +122,16 @@ struct lt_plan {
   /* solar: per-rank FIFO ring, the rings of all ranks laid end to end in one (C) array */
   uint32_t *fifo;                /* (C) sample ids */
   int64_t *fifo_base, *fifo_head; /* (P) start of the rank's ring in fifo; index of its oldest */
-  /* belady: per-rank max-heap on next-use time, laid end to end in one (C) array */
-  uint32_t *heap;       /* (C) sample ids */
-  int64_t *heap_base;   /* (P) */
-  uint32_t *heap_pos;   /* (N) index of a buffered sample within its rank's heap */
-  uint64_t *next_use;   /* (N) global position (epoch·N + p) of a buffered sample's next use */
+  /* belady. Each sample is used once per epoch, so a buffered sample not yet used this epoch
+   * ("pending") is always needed sooner than one already used, whose next use is its position in
+   * the next epoch; and any newcomer is needed only next epoch. Belady therefore never evicts a
+   * pending sample: it evicts the used sample needed latest next epoch, or bypasses. Only the used
+   * samples need an order: per rank a max-heap of their next-epoch positions (keys are unique,
+   * next_perm maps a key back to its sample). At an epoch boundary every used sample becomes
+   * pending and the heaps empty. */
+  uint32_t *heap;       /* (C) next-epoch positions, the ranks' heaps laid end to end */
+  int64_t *heap_base;   /* (P) start of each rank's heap */
+  int64_t *heap_n;      /* (P) entries in each rank's heap */
   uint32_t *next_perm;  /* (N) the next epoch's permutation (belady looks one epoch ahead) */
   uint32_t *next_pos;   /* (N) inverse of next_perm */
   /* the epoch view handed out */
@@ -169,8 +173,7 @@ void lt_plan_free(lt_plan *p) {
   PLAN_FREE(p->fifo_head, p->fifo_head ? P : 0);
   PLAN_FREE(p->heap, p->heap ? C : 0);
   PLAN_FREE(p->heap_base, p->heap_base ? P : 0);
-  PLAN_FREE(p->heap_pos, p->heap_pos ? N : 0);
-  PLAN_FREE(p->next_use, p->next_use ? N : 0);
+  PLAN_FREE(p->heap_n, p->heap_n ? P : 0);
   PLAN_FREE(p->next_perm, p->next_perm ? N : 0);
   PLAN_FREE(p->next_pos, p->next_pos ? N : 0);
   PLAN_FREE(p->view.perm, N);
@@ -301,7 +304,7 @@ lt_plan *lt_plan_create(const lt_plan_opts *o, lt_err *err) {
          (p->fifo_head = plan_alloc(P, 8, err));
   if (ok && pol == LT_LOADER_POLICY_BELADY)
     ok = (p->heap = plan_alloc(C, 4, err)) && (p->heap_base = plan_alloc(P, 8, err)) &&
-         (p->heap_pos = plan_alloc(N, 4, err)) && (p->next_use = plan_alloc(N, 8, err)) &&
+         (p->heap_n = plan_alloc(P, 8, err)) &&
          (p->next_perm = plan_alloc(N, 4, err)) && (p->next_pos = plan_alloc(N, 4, err));
   if (!ok) {
     lt_plan_free(p);
@@ -361,48 +364,36 @@ static void lru_push_front(lt_plan *p, int r, uint32_t s) {
   p->lru_head[r] = s;
 }
 
-/* Max-heap on next_use within rank r's section of p->heap: the root is evicted first. */
-static void heap_swap(lt_plan *p, uint32_t *h, int64_t a, int64_t b) {
-  uint32_t t = h[a];
-  h[a] = h[b];
-  h[b] = t;
-  p->heap_pos[h[a]] = (uint32_t)a;
-  p->heap_pos[h[b]] = (uint32_t)b;
-}
-
-static void heap_up(lt_plan *p, uint32_t *h, int64_t i) {
-  while (i > 0) {
-    int64_t parent = (i - 1) / 2;
-    if (p->next_use[h[parent]] >= p->next_use[h[i]]) break;
-    heap_swap(p, h, i, parent);
-    i = parent;
+/* Max-heap of keys h (n entries): the root is the key needed latest. */
+static void heap_push(uint32_t *h, int64_t n, uint32_t key) {
+  int64_t i = n;
+  while (i > 0 && h[(i - 1) / 2] < key) {
+    h[i] = h[(i - 1) / 2];
+    i = (i - 1) / 2;
   }
+  h[i] = key;
 }
 
-static void heap_down(lt_plan *p, uint32_t *h, int64_t n, int64_t i) {
+static void heap_replace_top(uint32_t *h, int64_t n, uint32_t key) {
+  int64_t i = 0;
   for (;;) {
-    int64_t l = 2 * i + 1, r = l + 1, m = i;
-    if (l < n && p->next_use[h[l]] > p->next_use[h[m]]) m = l;
-    if (r < n && p->next_use[h[r]] > p->next_use[h[m]]) m = r;
-    if (m == i) return;
-    heap_swap(p, h, i, m);
+    int64_t l = 2 * i + 1, m = l;
+    if (l >= n) break;
+    if (l + 1 < n && h[l + 1] > h[l]) m = l + 1;
+    if (h[m] <= key) break;
+    h[i] = h[m];
     i = m;
   }
-}
-
-/* Global time of sample s's next use after the current epoch (it is used once per epoch). */
-static uint64_t belady_next(const lt_plan *p, int epoch, uint32_t s) {
-  if (epoch + 1 >= p->o.epochs) return NEVER;
-  return (uint64_t)(epoch + 1) * (uint64_t)p->o.n_samples + p->next_pos[s];
+  h[i] = key;
 }
 
 static void on_hit(lt_plan *p, int epoch, int r, uint32_t s) {
   if (p->lru_prev) {
     lru_unlink(p, r, s);
     lru_push_front(p, r, s);
-  } else if (p->heap) {
-    p->next_use[s] = belady_next(p, epoch, s);
-    heap_up(p, p->heap + p->heap_base[r], p->heap_pos[s]);
+  } else if (p->heap && epoch + 1 < p->o.epochs) {
+    /* pending → used: from now on it is needed at its position in the next epoch */
+    heap_push(p->heap + p->heap_base[r], p->heap_n[r]++, p->next_pos[s]);
   }
 }
 
@@ -436,22 +427,15 @@ static uint32_t on_read(lt_plan *p, int epoch, int r, uint32_t s) {
     break;
   }
   case LT_LOADER_POLICY_BELADY: {
-    uint64_t next = belady_next(p, epoch, s);
-    uint32_t *h = p->heap + p->heap_base[r];
-    if (next == NEVER) return NO_SLOT;
+    if (epoch + 1 >= p->o.epochs) return NO_SLOT; /* never needed again */
+    uint32_t key = p->next_pos[s], *h = p->heap + p->heap_base[r];
     if (p->used[r] == cap) {
-      if (p->next_use[h[0]] <= next) return NO_SLOT; /* bypass: the newcomer is needed last */
-      victim = h[0];
-      h[0] = s;
-      p->heap_pos[s] = 0;
-      p->next_use[s] = next;
-      heap_down(p, h, cap, 0);
+      /* full: only a used sample needed later than the newcomer may go; else bypass */
+      if (p->heap_n[r] == 0 || h[0] <= key) return NO_SLOT;
+      victim = p->next_perm[h[0]];
+      heap_replace_top(h, p->heap_n[r], key);
     } else {
-      int64_t i = p->used[r];
-      h[i] = s;
-      p->heap_pos[s] = (uint32_t)i;
-      p->next_use[s] = next;
-      heap_up(p, h, i);
+      heap_push(h, p->heap_n[r]++, key);
     }
     break;
   }
@@ -500,6 +484,7 @@ const lt_plan_epoch *lt_plan_next_epoch(lt_plan *p, lt_err *err) {
   if (p->next_perm) {
     /* belady: the permutation computed as "next" last epoch is this epoch's; draw the one after */
     memcpy(v->perm, p->next_perm, (size_t)N * 4);
+    for (int r = 0; r < P; r++) p->heap_n[r] = 0; /* every used sample becomes pending */
     if (e + 1 < p->o.epochs) {
       lt_plan_permutation(p->o.seed, e + 1, N, p->next_perm);
       for (int64_t i = 0; i < N; i++) p->next_pos[p->next_perm[i]] = (uint32_t)i;

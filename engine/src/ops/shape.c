@@ -150,6 +150,19 @@ static lt_status check_batched(const lt_graph *g, const lt_node *n, lt_err *err)
   return LT_OK;
 }
 
+/* Slice, Pad and Transpose index every axis in the kernels, which take LT_KMAX_DIMS dims with the
+ * batch among them. */
+static lt_status check_kernel_rank(const lt_graph *g, const lt_node *n, lt_err *err) {
+  const lt_value *x = lt_op_in(g, n, 0);
+  if (x->ndim + 1 > LT_KMAX_DIMS)
+    return lt_op_fail(err, LT_ERR_UNSUPPORTED, n,
+                      "per-sample rank %d exceeds the %d this op supports; reshape to fewer axes",
+                      x->ndim, LT_KMAX_DIMS - 1);
+  if (x->ndim < 1)
+    return lt_op_fail(err, LT_ERR_INVALID, n, "input '%s' has no axes to index", x->name);
+  return LT_OK;
+}
+
 /* Full shape of a tensor as the kernels see it, and the element size. */
 static size_t ctx_elem(const lt_tensor *t) { return lt_dtype_size(t->dtype); }
 
@@ -255,6 +268,7 @@ static lt_status slice_plan(const lt_graph *g, const lt_node *n, int64_t *first,
 static lt_status slice_infer(const lt_graph *g, const lt_node *n, lt_value *out, lt_err *err) {
   lt_status st = check_batched(g, n, err);
   if (st) return st;
+  if ((st = check_kernel_rank(g, n, err))) return st;
   int64_t first[LT_MAX_DIMS], len[LT_MAX_DIMS];
   if ((st = slice_plan(g, n, first, len, err))) return st;
   lt_op_out_like(out, lt_op_in(g, n, 0));
@@ -298,6 +312,7 @@ const lt_op_desc lt_op_slice = {.name = "Slice", .min_in = 1, .max_in = 1, .infe
 static lt_status pad_infer(const lt_graph *g, const lt_node *n, lt_value *out, lt_err *err) {
   lt_status st = check_batched(g, n, err);
   if (st) return st;
+  if ((st = check_kernel_rank(g, n, err))) return st;
   if ((st = lt_op_check_f32(g, n, 0, -1, "input", err))) return st;
   const lt_value *x = lt_op_in(g, n, 0);
   int r = x->ndim;
@@ -419,6 +434,7 @@ static lt_status transpose_infer(const lt_graph *g, const lt_node *n, lt_value *
                                  lt_err *err) {
   lt_status st = check_batched(g, n, err);
   if (st) return st;
+  if ((st = check_kernel_rank(g, n, err))) return st;
   const lt_value *x = lt_op_in(g, n, 0);
   int seen[LT_MAX_DIMS] = {0};
   if (n->a.n_ints != x->ndim)

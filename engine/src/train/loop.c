@@ -386,6 +386,17 @@ lt_status lt_train_run(lt_graph *g, lt_backend *be, const lt_train_config *c, lt
     m.epoch_step = m.epoch_seen = m.epoch_correct = 0;
     m.epoch_loss_sum = 0;
   }
+  if (r->epochs == 0) {
+    /* Resumed from a checkpoint of a finished run: nothing trained, so report where it stands. */
+    r->epochs = m.epoch;
+    r->train_loss = NAN;
+    if (c->val) {
+      lt_eval_result ev;
+      if ((st = lt_evaluate(g, be, c->val, &c->batch.norm, B, &ev, err))) goto done;
+      r->val_loss = ev.loss;
+      r->val_accuracy = ev.accuracy;
+    }
+  }
   r->steps = m.step;
   r->samples_per_s = train_time > 0 ? train_samples / train_time : 0;
   lt_mem_get_stats(&r->mem);

@@ -10,9 +10,9 @@ set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 BUILD=${BUILD:-build}
 OUT=${OUT:-$BUILD/bench-loader}
-N=${N:-1024}            # samples; grid 128 → 256 KiB per sample (x and y)
+N=${N:-2048}            # samples; grid 128 → 256 KiB per sample (x and y): 512 MiB
 GRID=${GRID:-128}
-BATCH=${BATCH:-32}
+BATCH=${BATCH:-128}    # global; 32 per rank (smaller batches make integer splits uneven)
 EPOCHS=${EPOCHS:-4}     # epoch 0 fills the buffer, the last has nothing to prefetch: steady = middle
 RANKS=${RANKS:-4}
 BW=${BW:-200e6}         # bytes/s shared by all readers

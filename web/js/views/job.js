@@ -18,7 +18,7 @@ export async function render(main, [id]) {
   let resultCleanup = null;
 
   function drawHead() {
-    clear(head).append(
+    clear(head).append(...[
       h('h1', {}, `${job.kind} job `, h('code', {}, job.id), ' ', stateBadge(job.state)),
       h('div', { class: 'toolbar' },
         !TERMINAL.has(job.state) ? h('button', { type: 'button', onclick: cancel }, 'Cancel') : null,
@@ -33,7 +33,8 @@ export async function render(main, [id]) {
         h('dt', {}, 'Priority'), h('dd', {}, String(job.priority)),
         h('dt', {}, 'Created'), h('dd', {}, fmtTime(job.created_at)),
         h('dt', {}, 'Duration'), h('dd', {}, fmtDuration(jobDuration(job)))),
-      job.error ? h('div', { class: 'error', role: 'status' }, h('strong', {}, 'Error: '), h('pre', {}, job.error)) : null);
+      job.error ? h('div', { class: 'error', role: 'status' }, h('strong', {}, 'Error: '), h('pre', {}, job.error)) : null,
+    ].filter(Boolean)); // DOM append would print a null as the text "null"
   }
   async function cancel() {
     try { job = await post(`/jobs/${id}/cancel`); drawHead(); flash('Cancel requested.', 'info'); } catch (e) { showError(e); }

@@ -72,7 +72,7 @@ export async function render(main, _m, params) {
 
   // Live: the global stream carries every job change; rows on this page update in place and new
   // jobs that match the filters appear on the first page.
-  const stop = stream('/events', (ev) => {
+  const stop = stream('/changes', (ev) => {
     const j = ev.data && ev.data.job;
     if (!j) return;
     const matches = (!state || j.state === state) && (!kind || j.kind === kind);

@@ -4,14 +4,10 @@
 import { get, post } from '../api.js';
 import { h, clear, showError, flash } from '../dom.js';
 
-const KINDS = ['train', 'compress', 'inspect'];
-
 export async function render(main, _m, params) {
-  let kinds = [];
+  const { kinds } = await get('/schemas/jobs');
   const schemas = {};
-  for (const k of KINDS) {
-    try { schemas[k] = await get(`/schemas/jobs/${k}`); kinds.push(k); } catch (e) { if (e.status !== 404) throw e; }
-  }
+  for (const k of kinds) schemas[k] = await get(`/schemas/jobs/${k}`);
   let prefill = {};
   let kind = params.get('kind') || kinds[0];
   const from = params.get('from');
