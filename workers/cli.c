@@ -6,6 +6,7 @@
 
 #include "lathe/core.h"
 
+
 static const cli_command cli_commands[] = {
     {"run", "run a job file, JSON-lines events on stdout: lathe run JOB.json --out DIR", cmd_run},
     {"inspect", "print a JSON summary of an HDF5 dataset or an ONNX model: lathe inspect [--exact] FILE",
@@ -20,6 +21,8 @@ static const cli_command cli_commands[] = {
     {"bench codec",
      "activation codec ratio and GB/s vs ZFP and zstd: lathe bench codec [--input ACTS.h5] [--eb LIST]",
      cmd_bench_codec},
+    {"profile", "measure a latency table for compress: lathe profile MODEL --out TABLE.json",
+     cmd_profile},
     {"version", "print the version and the compiled backends: lathe --version", cmd_version},
 };
 

@@ -30,5 +30,6 @@ int cmd_eval(int argc, char **argv);
 int cmd_data_convert(int argc, char **argv);
 int cmd_gen_surrogate(int argc, char **argv);
 int cmd_bench_codec(int argc, char **argv);
+int cmd_profile(int argc, char **argv);
 
 #endif

@@ -6,10 +6,12 @@
 
 int job_inspect_run(job_ctx *job, cJSON **result);
 int job_train_run(job_ctx *job, cJSON **result);
+int job_compress_run(job_ctx *job, cJSON **result);
 
 static const job_kind job_kinds[] = {
     {"inspect", job_inspect_run},
     {"train", job_train_run},
+    {"compress", job_compress_run},
 };
 
 const job_kind *job_kind_find(const char *kind) {

@@ -10,12 +10,23 @@
  *
  *   lt_compress_factorize_conv(g, node, 16, &err);          // conv → 1×1, k×k, 1×1 in the graph
  *
- * Not for: choosing ranks (the search) or measuring latency.
+ * Usage (the whole pipeline, as workers/job_compress.c runs it):
+ *   lt_compress_layer *L; int n;
+ *   lt_compress_layers_find(g, 4, &L, &n, &err);             // compressible convs, ranks 4, 8, …
+ *   lt_lat_table t = {0};
+ *   lt_lat_profile(g, be, 64, NULL, &t, &err);               // measures what t does not hold yet
+ *   lt_compress_layers_set_latency(L, n, &t, t.step);        // candidates = multiples of the step
+ *   lt_search_config sc = lt_search_config_default(); ... sc.target_value = ...;
+ *   lt_compress_search(g, be, L, n, &sc, ranks, &err);       // ranks (n), 0 = stays dense
+ *   lt_compress_apply(g, L, n, ranks, &err);                 // fresh HOSVD at the chosen ranks
+ *
+ * Not for: reading job specs, JSON, files (workers/job_compress.c), or fine-tuning (train.h).
  */
 #ifndef LATHE_COMPRESS_H
 #define LATHE_COMPRESS_H
 
-#include "lathe/graph.h"
+#include "lathe/data.h"
+#include "lathe/exec.h"
 
 #ifdef __cplusplus
 extern "C" {
@@ -68,6 +79,173 @@ int lt_tucker2_max_rank(int s, int c, int kh, int kw, int step);
  * inherit stride/padding/dilation on the k×k core, and the bias on the last factor. */
 lt_status lt_compress_factorize_conv(lt_graph *g, int node, int rank, lt_err *err);
 lt_status lt_compress_factorize_linear(lt_graph *g, int node, int rank, lt_err *err);
+
+/* ---- compressible layers ---------------------------------------------------------------- */
+
+#define LT_COMPRESS_MAX_CAND 64
+
+/* One convolution the search may factorise, its candidate ranks and what each costs. Costs are
+ * per sample (MACs, parameters) or per batch of the latency table (milliseconds). */
+typedef struct lt_compress_layer {
+  char name[128];              /* conv node name (node ids change with rewrites; names do not) */
+  int s, c, kh, kw;            /* weight (s, c, kh, kw) */
+  int in_h, in_w, out_h, out_w;
+  lt_node_attrs a;             /* the conv's geometry (stride, pads, dilation) */
+  int max_rank;                /* largest tied rank cheaper than dense in MACs (multiple of step) */
+  int n_cand;
+  int cand[LT_COMPRESS_MAX_CAND]; /* ascending ranks, multiples of the step, ≤ max_rank */
+  int64_t dense_macs, dense_params;
+  int64_t macs[LT_COMPRESS_MAX_CAND], params[LT_COMPRESS_MAX_CAND];
+  double dense_ms;                /* latency of the dense conv; NaN until set from a table */
+  double ms[LT_COMPRESS_MAX_CAND];
+} lt_compress_layer;
+
+/* Every dense conv (groups 1, kernel larger than 1×1) with constant weights for which some tied
+ * rank (a multiple of step) is cheaper than the dense conv. *out is malloc'd (free()); *n may be 0
+ * (the caller decides whether a model with nothing to compress is an error). Candidates are the
+ * multiples of step up to max_rank; at most LT_COMPRESS_MAX_CAND (the step grows per layer when
+ * needed). */
+lt_status lt_compress_layers_find(const lt_graph *g, int step, lt_compress_layer **out, int *n,
+                                  lt_err *err);
+/* Re-derives the candidates of every layer as multiples of step (max_rank too). */
+void lt_compress_layers_set_step(lt_compress_layer *l, int n, int step);
+
+/* MACs per sample and parameters of a conv factorised at tied rank r with this geometry (the 1×1
+ * input factor runs at the input resolution, the core and output factor at the output one). */
+int64_t lt_compress_layer_macs(const lt_compress_layer *l, int r);
+int64_t lt_compress_layer_params(const lt_compress_layer *l, int r);
+
+/* Replaces each layer i with ranks[i] > 0 by its Tucker-2 factors at that rank (a fresh
+ * truncated HOSVD of the weight g holds now); ranks[i] == 0 leaves it dense. */
+lt_status lt_compress_apply(lt_graph *g, const lt_compress_layer *l, int n, const int *ranks,
+                            lt_err *err);
+
+/* ---- latency table -------------------------------------------------------------------------- */
+
+/* One distinct conv shape: the dense conv and its factorised block at each probed rank, timed as
+ * a forward pass of a graph holding just that block, at the table's batch. */
+typedef struct lt_lat_entry {
+  int s, c, kh, kw, in_h, in_w;
+  int stride[2], pads[4], dilation[2];
+  double dense_ms;
+  int n;
+  int ranks[LT_COMPRESS_MAX_CAND]; /* ascending */
+  double ms[LT_COMPRESS_MAX_CAND];
+} lt_lat_entry;
+
+typedef struct lt_lat_table {
+  char device[256];  /* the backend's description (fingerprint) the table was measured on */
+  int batch;
+  int estimated;     /* 1: roofline estimate, not a measurement */
+  int probe_step;    /* ranks were probed at multiples of this */
+  int step;          /* the rank step where latency jumps (a multiple of probe_step) */
+  int n, cap;
+  lt_lat_entry *e;   /* (n) owned (malloc) */
+} lt_lat_table;
+
+typedef struct lt_lat_opts {
+  int probe_step;   /* ranks probed at multiples of this; 0: 4 */
+  int warmup;       /* forward passes before timing; 0: 2 */
+  int min_reps, max_reps; /* 0: 5 and 40 */
+  double max_s;     /* time cap per measurement (seconds); 0: 0.5 */
+  double rel_tol;   /* stop once the median moves less than this; 0: 0.02 */
+} lt_lat_opts;
+
+/* Peak figures of a device for a roofline estimate. */
+typedef struct lt_roofline {
+  double gflops;   /* peak multiply-adds ×2 per second / 1e9 */
+  double gbytes_s; /* memory bandwidth, GB/s */
+} lt_roofline;
+
+/* Measures every conv shape of g's compressible layers that t does not already hold (a cache
+ * loaded from a file, or a table measured elsewhere) at t->batch (set it, or pass batch > 0 for
+ * a new table), then finds the step. A table for another device or batch is refused. */
+lt_status lt_lat_profile(lt_graph *g, lt_backend *be, int batch, const lt_lat_opts *o,
+                         lt_lat_table *t, lt_err *err);
+/* The same table from a roofline model (t->estimated = 1). */
+lt_status lt_lat_estimate(lt_graph *g, const lt_roofline *rf, int batch, int probe_step,
+                          lt_lat_table *t, lt_err *err);
+/* Median forward latency (ms) of a whole graph at batch, measured as the profiler measures. */
+lt_status lt_lat_measure_graph(lt_graph *g, lt_backend *be, int batch, const lt_lat_opts *o,
+                               double *ms, lt_err *err);
+/* Median forward latency (ms) of layer l alone at batch: dense (rank 0) or as its Tucker-2 block. */
+lt_status lt_lat_measure_layer(const lt_compress_layer *l, int rank, lt_backend *be, int batch,
+                               const lt_lat_opts *o, double *ms, lt_err *err);
+/* The rank step: the most common distance between ranks where latency jumps up (>= 5% over the
+ * previous probe), rounded to a multiple of probe_step; probe_step when there are no jumps. */
+int lt_lat_find_step(const lt_lat_table *t);
+/* Appends an entry (copied); LT_ERR_NOMEM on failure. */
+lt_status lt_lat_table_add(lt_lat_table *t, const lt_lat_entry *e, lt_err *err);
+const lt_lat_entry *lt_lat_lookup(const lt_lat_table *t, const lt_compress_layer *l);
+void lt_lat_table_free(lt_lat_table *t);
+/* Copies latencies from the table into the layers (dense_ms, ms per candidate), with candidates
+ * re-derived as multiples of step. LT_ERR_INVALID when a layer's shape or a rank is missing. */
+lt_status lt_compress_layers_set_latency(lt_compress_layer *l, int n, const lt_lat_table *t,
+                                         int step, lt_err *err);
+
+/* ---- the differentiable search -------------------------------------------------------------- */
+
+/* Candidates are prefixes of one decomposition, so the Gumbel-softmax mixture Σ_i m_i f_i of a
+ * layer is one factorised layer whose core G (r, r, p) is masked: G_eff[a][b] = c_max(a,b) G[a][b]
+ * with c_j = Σ_{i: cand_i > j} m_i. These are the pieces, exposed for the test that pins them. */
+void lt_mixture_cummask(int n_cand, const int *cand, const float *m, float *c /* (cand[n-1]) */);
+void lt_mixture_apply(const float *g, int r, int p, const float *c, float *g_eff);
+/* From dL/dG_eff: dG = M ⊙ dG_eff and dc_j = Σ_{max(a,b)=j} G[a][b] dG_eff[a][b]. */
+void lt_mixture_backward(const float *g, int r, int p, const float *c, const float *dg_eff,
+                         float *dg, double *dc);
+/* dm_i = Σ_{j < cand_i} dc_j (through the cumulative sum). */
+void lt_mixture_dm(int n_cand, const int *cand, const double *dc, double *dm);
+/* m = softmax((alpha + gumbel) / tau); gumbel may be NULL (plain softmax). */
+void lt_gumbel_softmax(int n, const double *alpha, const double *gumbel, double tau, double *m);
+/* dalpha_k = (1/tau) m_k (dm_k - Σ_i m_i dm_i). */
+void lt_gumbel_softmax_backward(int n, const double *m, double tau, const double *dm,
+                                double *dalpha);
+
+typedef enum lt_target_kind { LT_TARGET_LATENCY = 0, LT_TARGET_FLOPS, LT_TARGET_PARAMS } lt_target_kind;
+
+/* Cost of layer l at candidate i (i < 0: dense) in the target's unit. */
+double lt_compress_layer_cost(const lt_compress_layer *l, lt_target_kind kind, int i);
+
+typedef struct lt_search_progress {
+  int64_t step, steps;
+  double tau;
+  double task_loss, loss, fm_loss, fm_weight;
+  double expected_cost;  /* E[cost] of the whole model under the current mixture */
+  double argmax_cost;    /* cost of the argmax ranks */
+  const int *ranks;      /* (n_layers) argmax ranks */
+  int n_layers;
+} lt_search_progress;
+
+typedef struct lt_search_config {
+  const lt_dataset *train;  /* samples [0, n_weights) train weights, [n_weights, n) the logits */
+  int64_t n_weights;
+  lt_batch_opts batch;      /* normalisation (and augmentation for the weight steps) */
+  int batch_size;
+  int64_t steps;            /* alternating steps (one weight and one logit update each) */
+  double lr_weights, momentum, weight_decay; /* SGD */
+  double lr_logits;         /* Adam on the logits */
+  double tau_start, tau_end; /* exponential annealing */
+  double beta;              /* hardware loss exponent */
+  lt_target_kind target;
+  double target_value;      /* whole-model budget in the target's unit */
+  double fixed_cost;        /* cost of everything outside the searched layers */
+  double fm_weight;         /* feature-map loss weight at step 0, decaying linearly to 0 */
+  uint64_t seed;
+  int (*on_step)(void *user, const lt_search_progress *p); /* non-zero stops: LT_ERR_CANCELLED */
+  void *user;
+} lt_search_config;
+
+lt_search_config lt_search_config_default(void);
+
+/* Runs the search on a copy of g (g is not modified) and writes each layer's chosen rank into
+ * ranks (n): the argmax of its logits, then fitted to the target (layers whose logits lose least
+ * per unit of cost step down while over it, step up while budget is left). Fails with
+ * LT_ERR_INVALID, before any work, when even the smallest ranks miss the target or n is 0. The caller then factorises g afresh at those ranks (lt_compress_apply) or, to keep
+ * what the search trained, uses trained_out: when non-NULL it receives the searched copy with
+ * each layer truncated to its chosen rank (re-decomposed from the trained weights). */
+lt_status lt_compress_search(const lt_graph *g, lt_backend *be, const lt_compress_layer *l, int n,
+                             const lt_search_config *c, int *ranks, lt_graph **trained_out,
+                             lt_err *err);
 
 #ifdef __cplusplus
 }

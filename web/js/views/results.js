@@ -2,12 +2,14 @@
 import { h, table, fmtBytes, fmtNum } from '../dom.js';
 import { barChart } from '../charts.js';
 import { renderLoader } from './result_loader.js';
+import { renderCompress } from './result_compress.js';
 
 export function renderResult(box, job) {
   const r = job.result;
   const charts = [];
   if (job.kind === 'inspect') renderInspect(box, r);
   else if (job.kind === 'train') renderTrain(box, r, charts);
+  else if (job.kind === 'compress') renderCompress(box, r, charts);
   else box.append(h('pre', { class: 'spec' }, JSON.stringify(r, null, 2)));
   return () => charts.forEach((c) => c.destroy());
 }

@@ -1,0 +1,118 @@
+/* The profiler and the search on small models: the rank step is read off a latency staircase;
+ * a cached table is reused (nothing is measured twice); the search meets a FLOPs target and its
+ * cost model agrees with the graph's own MAC count after the rewrite; impossible targets and
+ * models with nothing to compress get errors that say what to do. */
+#include "lathe/backend.h"
+#include "lathe/compress.h"
+#include "lathe/exec.h"
+#include "lathe/zoo.h"
+#include "test.h"
+
+TEST_CASE(rank_step_is_the_distance_between_latency_jumps) {
+  lt_lat_table t = {.probe_step = 4, .batch = 1};
+  lt_lat_entry e = {.s = 64, .c = 64, .kh = 3, .kw = 3, .in_h = 8, .in_w = 8, .n = 12};
+  /* A staircase: flat within each 16 ranks, a jump after every multiple of 16. */
+  for (int k = 0; k < e.n; k++) e.ranks[k] = 4 * (k + 1), e.ms[k] = 1.0 + (double)((4 * k) / 16);
+  REQUIRE(lt_lat_table_add(&t, &e, NULL) == LT_OK);
+  CHECK(lt_lat_find_step(&t) == 16);
+  /* No staircase (smooth growth below the 5% jump threshold): the probe step. */
+  for (int k = 0; k < e.n; k++) t.e[0].ms[k] = 1.0 + 0.01 * k;
+  CHECK(lt_lat_find_step(&t) == 4);
+  lt_lat_table_free(&t);
+}
+
+TEST_CASE(profile_reuses_a_cached_table) {
+  lt_err err = {0};
+  lt_zoo_opts o = {.seed = 1};
+  lt_graph *g = lt_zoo_build("smallcnn", &o, &err);
+  REQUIRE(g != NULL);
+  lt_backend *be = lt_backend_get("cpu", &err);
+  lt_lat_opts lo = {.probe_step = 8, .min_reps = 3, .max_reps = 3};
+  lt_lat_table t = {0};
+  REQUIRE(lt_lat_profile(g, be, 2, &lo, &t, &err) == LT_OK);
+  CHECK(t.n == 1); /* smallcnn: only conv 32→64 (conv 1→32 has no rank below its 1 input) */
+  for (int i = 0; i < t.n; i++) {
+    CHECK(t.e[i].dense_ms > 0);
+    for (int k = 0; k < t.e[i].n; k++) CHECK(t.e[i].ms[k] > 0);
+  }
+  double first = t.e[0].dense_ms;
+  REQUIRE(lt_lat_profile(g, be, 2, &lo, &t, &err) == LT_OK);
+  CHECK(t.n == 1 && t.e[0].dense_ms == first); /* nothing re-measured */
+  /* A table from another batch is refused rather than silently mixed. */
+  CHECK(lt_lat_profile(g, be, 4, &lo, &t, &err) == LT_ERR_INVALID);
+  CHECK_STR_CONTAINS(err.msg, "measure a new one");
+  lt_lat_table_free(&t);
+  lt_graph_free(g);
+}
+
+/* A labelled dataset in memory (not from a file): n random 1×28×28 images, 10 classes. */
+static lt_dataset fake_data(int64_t n, uint8_t **x, int32_t **y) {
+  *x = malloc((size_t)n * 28 * 28);
+  *y = malloc(sizeof(int32_t) * (size_t)n);
+  lt_rng r = lt_rng_make(5, 0);
+  for (int64_t i = 0; i < n * 28 * 28; i++) (*x)[i] = (uint8_t)lt_rng_below(&r, 256);
+  for (int64_t i = 0; i < n; i++) (*y)[i] = (int32_t)lt_rng_below(&r, 10);
+  lt_dataset ds = {.split = "train", .n = n, .c = 1, .h = 28, .w = 28, .x_dtype = LT_U8,
+                   .x = *x, .labels = *y, .num_classes = 10};
+  return ds;
+}
+
+TEST_CASE(search_meets_a_flops_target_and_its_cost_model_matches_the_graph) {
+  lt_err err = {0};
+  lt_zoo_opts o = {.seed = 2};
+  lt_graph *g = lt_zoo_build("smallcnn", &o, &err);
+  REQUIRE(g != NULL);
+  lt_backend *be = lt_backend_get("cpu", &err);
+  lt_compress_layer *L;
+  int n;
+  REQUIRE(lt_compress_layers_find(g, 4, &L, &n, &err) == LT_OK);
+  REQUIRE(n == 1);
+  uint8_t *x;
+  int32_t *y;
+  lt_dataset ds = fake_data(64, &x, &y);
+  double before = (double)lt_graph_macs(g), dense = 0;
+  for (int l = 0; l < n; l++) dense += (double)L[l].dense_macs;
+  lt_search_config c = lt_search_config_default();
+  c.train = &ds;
+  c.n_weights = 48;
+  c.batch_size = 8;
+  c.steps = 6;
+  c.target = LT_TARGET_FLOPS;
+  c.fixed_cost = before - dense;
+  c.target_value = 0.5 * before;
+  int ranks[1];
+  lt_graph *trained = NULL;
+  REQUIRE(lt_compress_search(g, be, L, n, &c, ranks, &trained, &err) == LT_OK);
+  double predicted = c.fixed_cost;
+  for (int l = 0; l < n; l++) {
+    int i = 0;
+    while (i < L[l].n_cand && L[l].cand[i] != ranks[l]) i++;
+    REQUIRE(i < L[l].n_cand);
+    predicted += (double)L[l].macs[i];
+  }
+  CHECK(predicted <= c.target_value);
+  CHECK_NEAR((double)lt_graph_macs(trained), predicted, 0.5);
+  /* The trained copy runs. */
+  lt_exec *ex = lt_exec_create(trained, 2, LT_MODE_INFER, be, NULL, &err);
+  CHECK(ex && lt_exec_forward(ex, &err) == LT_OK);
+  lt_exec_free(ex);
+  lt_graph_free(trained);
+
+  /* An impossible target: even the smallest ranks cost more. */
+  c.target_value = c.fixed_cost + 1;
+  CHECK(lt_compress_search(g, be, L, n, &c, ranks, NULL, &err) == LT_ERR_INVALID);
+  CHECK_STR_CONTAINS(err.msg, "cannot be met");
+  /* Nothing to compress. */
+  c.target_value = before;
+  CHECK(lt_compress_search(g, be, L, 0, &c, ranks, NULL, &err) == LT_ERR_INVALID);
+  CHECK_STR_CONTAINS(err.msg, "no compressible");
+  free(L), free(x), free(y);
+  lt_graph_free(g);
+}
+
+int main(void) {
+  RUN(rank_step_is_the_distance_between_latency_jumps);
+  RUN(profile_reuses_a_cached_table);
+  RUN(search_meets_a_flops_target_and_its_cost_model_matches_the_graph);
+  return test_summary();
+}
