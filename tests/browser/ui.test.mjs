@@ -115,6 +115,39 @@ try {
     await page.screenshot({ path: join(shots, 'compare.png'), fullPage: true });
   });
 
+  await step('compress result view: layer table, rank and latency charts, baselines', async () => {
+    const models = (await cluster.api(admin, 'GET', '/models')).body.items;
+    const model = models.find((m) => m.name === 'resnet20-cifar10.onnx');
+    const cifar = await cluster.api(admin, 'POST', '/datasets?name=cifar10-jpeg.h5', readFileSync(join(shared, 'cifar10-jpeg.h5')), { 'Content-Type': 'application/octet-stream' });
+    assert(model && cifar.status === 201, 'inputs for the compress job');
+    const spec = { model: { file: model.id }, dataset: cifar.body.id, eval_samples: 200, target: { kind: 'flops', reduction: 0.5 },
+      search: { steps: 4, batch_size: 16 }, finetune: { steps: 2, batch_size: 16 }, baselines: ['uniform'], latency: { batch: 4 },
+      normalisation: { mean: [0.4914, 0.4822, 0.4465], std: [0.2470, 0.2435, 0.2616] }, threads: 2 };
+    const r = await cluster.api(admin, 'POST', '/jobs', { kind: 'compress', spec });
+    assert(r.status === 201, 'compress submit: ' + JSON.stringify(r.body));
+    await cluster.waitJob(admin, r.body.id, ['succeeded'], 400000);
+    await page.goto(`${cluster.url}/#/jobs/${r.body.id}`);
+    await page.getByRole('heading', { name: 'Result' }).waitFor({ timeout: 30000 });
+    await page.locator('table.layers tbody tr').first().waitFor();
+    const figs = await page.locator('#main section figure.chart').count();
+    assert(figs >= 4, `compress result shows ${figs} charts`);
+    await page.screenshot({ path: join(shots, 'compress-result.png'), fullPage: true });
+  });
+
+  await step('loader result view: per-epoch loading and per-rank batches', async () => {
+    const sur = resolve(bin, '../data/surrogate.h5');
+    assert(existsSync(sur), `${sur} missing (scripts/setup.sh generates it)`);
+    const d = await cluster.api(admin, 'POST', '/datasets?name=surrogate.h5', readFileSync(sur), { 'Content-Type': 'application/octet-stream' });
+    const ex = JSON.parse(readFileSync(join(root, 'schema/jobs/train-surrogate.example.json'), 'utf8'));
+    const r = await cluster.api(admin, 'POST', '/jobs', { kind: 'train', spec: { ...ex.spec, dataset: d.body.id, ranks: 1, max_steps: 12 } });
+    assert(r.status === 201, 'surrogate submit: ' + JSON.stringify(r.body));
+    await cluster.waitJob(admin, r.body.id, ['succeeded'], 240000);
+    await page.goto(`${cluster.url}/#/jobs/${r.body.id}`);
+    await page.getByRole('heading', { name: 'Data loading' }).waitFor({ timeout: 30000 });
+    await page.locator('table.loader-epochs tbody tr').first().waitFor();
+    await page.screenshot({ path: join(shots, 'loader-result.png'), fullPage: true });
+  });
+
   await step('dashboard readable at phone width', async () => {
     await page.setViewportSize({ width: 390, height: 844 });
     await page.goto(`${cluster.url}/#/jobs`);
