@@ -139,12 +139,13 @@ try {
     assert(existsSync(sur), `${sur} missing (scripts/setup.sh generates it)`);
     const d = await cluster.api(admin, 'POST', '/datasets?name=surrogate.h5', readFileSync(sur), { 'Content-Type': 'application/octet-stream' });
     const ex = JSON.parse(readFileSync(join(root, 'schema/jobs/train-surrogate.example.json'), 'utf8'));
-    const r = await cluster.api(admin, 'POST', '/jobs', { kind: 'train', spec: { ...ex.spec, dataset: d.body.id, ranks: 1, max_steps: 12 } });
+    const r = await cluster.api(admin, 'POST', '/jobs', { kind: 'train', spec: { ...ex.spec, dataset: d.body.id, ranks: 2, max_steps: 12 } });
     assert(r.status === 201, 'surrogate submit: ' + JSON.stringify(r.body));
     await cluster.waitJob(admin, r.body.id, ['succeeded'], 240000);
     await page.goto(`${cluster.url}/#/jobs/${r.body.id}`);
     await page.getByRole('heading', { name: 'Data loading' }).waitFor({ timeout: 30000 });
     await page.locator('table.loader-epochs tbody tr').first().waitFor();
+    assert(await page.locator('table.loader-ranks tbody tr').count() === 2, 'per-rank batch table has the 2 ranks the worker launched with mpirun');
     await page.screenshot({ path: join(shots, 'loader-result.png'), fullPage: true });
   });
 
