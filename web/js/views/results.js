@@ -1,6 +1,7 @@
 // Result views per job kind. Each returns a cleanup function for the charts it made.
 import { h, table, fmtBytes, fmtNum } from '../dom.js';
 import { barChart } from '../charts.js';
+import { renderActcomp } from './result_actcomp.js';
 
 export function renderResult(box, job) {
   const r = job.result;
@@ -62,4 +63,5 @@ function renderTrain(box, r, charts) {
     ], keys, { caption: 'Peak memory by category' }));
     charts.push(barChart(box, 'Peak memory by category (bytes)', keys, [{ label: 'peak bytes', data: keys.map((k) => mem[k]) }], { horizontal: true }));
   }
+  if (r.activation_compression) renderActcomp(box, r, charts);
 }
