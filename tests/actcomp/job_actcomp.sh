@@ -21,21 +21,8 @@ rm -rf "$run"; mkdir -p "$run"
 trap 'rm -rf "$run"' EXIT
 export OMP_WAIT_POLICY=PASSIVE
 
-# job FILE OVERRIDES: the example spec with its dataset pointed at $data and the given
-# keys of .spec replaced (a JSON object merged one level deep, objects two levels).
-job() {
-  /usr/bin/python3 - "$root/schema/jobs/train-actcomp.example.json" "$data" "$2" > "$1" <<'PY'
-import json, sys
-j = json.load(open(sys.argv[1]))
-j["spec"]["dataset"] = sys.argv[2]
-for k, v in json.loads(sys.argv[3]).items():
-    if isinstance(v, dict) and isinstance(j["spec"].get(k), dict):
-        j["spec"][k].update(v)
-    else:
-        j["spec"][k] = v
-print(json.dumps(j))
-PY
-}
+# job FILE OVERRIDES: the example job on $data with .spec keys overridden (make_job.py).
+job() { /usr/bin/python3 "$here/make_job.py" "$root/schema/jobs/train-actcomp.example.json" "$data" "$2" > "$1"; }
 
 case $what in
 fields)
