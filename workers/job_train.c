@@ -44,6 +44,7 @@ typedef struct jt_ac {
   lt_ac_stash *st;    /* owned; NULL when activation_compression.mode is off */
   const lt_graph *g;  /* borrowed: node names for metric keys and the result */
   int window;         /* metrics every this many steps (the controller's update window) */
+  int exact_steps;    /* adaptive: the first window, run exact; the report's peaks restart after */
   int sample_every;   /* steps on which the stash measured observed/predicted dW error */
 } jt_ac;
 
@@ -85,6 +86,7 @@ static int jt_ac_open(job_ctx *job, const cJSON *spec, const lt_graph *g, jt_ac 
   ac->g = g;
   /* Fixed and relative bounds do not move with a window; report them at the adaptive default. */
   ac->window = cfg.mode == LT_AC_ADAPTIVE ? cfg.window : lt_ac_config_default().window;
+  ac->exact_steps = cfg.mode == LT_AC_ADAPTIVE ? cfg.window : 0;
   ac->sample_every = cfg.sample_every;
   return JOB_EXIT_OK;
 }
@@ -112,6 +114,7 @@ static void jt_ac_step(jt_ac *ac, job_ctx *job, int64_t step) {
   lt_ac_stash_report(ac->st, &rep);
   const int sampled = ac->sample_every > 0 && rep.step % ac->sample_every == 0;
   lt_ac_stash_step_end(ac->st);
+  if (rep.step + 1 == ac->exact_steps) lt_ac_stash_reset_peaks(ac->st);
   const int window_end = step % ac->window == 0;
   if (!window_end && !sampled) return;
   lt_ac_stash_report(ac->st, &rep);
@@ -145,8 +148,9 @@ static const char *jt_ac_kind_name(lt_save_kind k) {
   return "exact";
 }
 
-/* result.activation_compression: totals of the last step, peaks over the run, and per layer the
- * bytes, the bound's history and the measured gradient error. */
+/* result.activation_compression: totals of the last step, peaks within a step over the run
+ * (adaptive: after its exact first window; memory_peak_bytes.activations_saved has the whole
+ * run's), and per layer the bytes, the bound's history and the measured gradient error. */
 static void jt_ac_result(const jt_ac *ac, const cJSON *spec, cJSON *res) {
   if (!ac->st) return;
   lt_ac_report rep;
