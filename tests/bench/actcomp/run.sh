@@ -4,9 +4,10 @@
 #   tests/bench/actcomp/run.sh [BUILD_DIR] [PART ...]     (from the repository root)
 #
 # Parts (all by default):
-#   fmnist    schema/jobs/train-actcomp.example.json (small CNN, Fashion-MNIST, 3 epochs) exact and
-#             adaptive for each of $SEEDS (default "1 2 3"): test accuracy per seed, the mean
-#             difference, and whether every seed lies within ±0.3 pp.
+#   fmnist    schema/jobs/train-actcomp.example.json (small CNN, Fashion-MNIST, $FMNIST_EPOCHS
+#             epochs, default the example's 3) exact and adaptive for each of $SEEDS (default
+#             "1 2 3"): test accuracy per seed, the mean difference, and whether every seed lies
+#             within ±0.3 pp.
 #   resnet20  ResNet-20 on the CIFAR-10 JPEG data ($CIFAR), $RESNET_STEPS steps (default 60) at
 #             batch 128 exact, adaptive with exact batch-norm inputs, adaptive with lossy ones:
 #             peak saved-activation bytes within a step (masks and codec metadata included) and
@@ -29,6 +30,7 @@ SEEDS=${SEEDS:-1 2 3}
 RESNET_STEPS=${RESNET_STEPS:-60}
 RESNET_EPOCHS=${RESNET_EPOCHS:-0}
 CAP_MIB=${CAP_MIB:-512}
+FMNIST_EPOCHS=${FMNIST_EPOCHS:-3}
 export OMP_WAIT_POLICY=PASSIVE
 work=$(mktemp -d "${TMPDIR:-/tmp}/actcomp-bench.XXXXXX")
 trap 'rm -rf "$work"' EXIT
@@ -48,7 +50,7 @@ fmnist)
   for seed in $SEEDS; do
     for mode in off adaptive; do
       mkjob "$root/schema/jobs/train-actcomp.example.json" "$data" \
-        "{\"seed\": $seed, \"activation_compression\": {\"mode\": \"$mode\"}}" > "$work/fm.$mode.$seed.json"
+        "{\"seed\": $seed, \"epochs\": $FMNIST_EPOCHS, \"activation_compression\": {\"mode\": \"$mode\"}}" > "$work/fm.$mode.$seed.json"
       run "fm.$mode.$seed" "$work/fm.$mode.$seed.json"
     done
   done
