@@ -84,8 +84,7 @@ static int jt_ac_open(job_ctx *job, const cJSON *spec, const lt_graph *g, jt_ac 
     return job_fail(job, job_train_exit_code(err.status), "$.spec.activation_compression: %s",
                     err.msg);
   ac->g = g;
-  /* Fixed and relative bounds do not move with a window; report them at the adaptive default. */
-  ac->window = cfg.mode == LT_AC_ADAPTIVE ? cfg.window : lt_ac_config_default().window;
+  ac->window = cfg.window; /* the schema keeps it >= 1 in every mode */
   ac->exact_steps = cfg.mode == LT_AC_ADAPTIVE ? cfg.window : 0;
   ac->sample_every = cfg.sample_every;
   return JOB_EXIT_OK;
