@@ -12,7 +12,7 @@ APT_PACKAGES=(
   libmicrohttpd-dev libsqlite3-dev libcjson-dev libcurl4-openssl-dev libssl-dev
   libhdf5-dev hdf5-tools libopenblas-dev liblapacke-dev libturbojpeg0-dev libzstd-dev libzfp-dev
   libopenmpi-dev openmpi-bin
-  nodejs npm chromium wrk curl
+  chromium wrk curl
   python3-torch python3-h5py python3-numpy python3-onnx
   dataset-fashion-mnist
 )
@@ -21,6 +21,9 @@ missing=()
 for p in "${APT_PACKAGES[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
 done
+# Node.js: the machine image may bring its own (newer) node and npm; Debian's are used otherwise.
+command -v node >/dev/null || missing+=(nodejs)
+command -v npm >/dev/null || missing+=(npm)
 if [ ${#missing[@]} -gt 0 ]; then
   echo "setup: installing ${missing[*]}"
   sudo=""
@@ -62,4 +65,4 @@ if [ ! -s "$fmnist" ]; then
   rm -rf "$idx"
   echo "setup: wrote $fmnist"
 fi
-echo "setup: built $root/build/bin: $(ls build/bin | grep -vE '^(test_|engine_|kernels_|loader_|actcomp_|onnx_|server_|workers_|compress_|train_|bench)' | tr '\n' ' ')"
+echo "setup: built $root/build/bin: $(ls build/bin | grep -xE 'lathe|lathe-server|lathe-worker' | tr '\n' ' ')"

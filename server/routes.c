@@ -487,6 +487,28 @@ static ssize_t routes_sse_read(void *cls, uint64_t pos, char *buf, size_t max) {
   }
 }
 
+/* Answers with an SSE stream of job's events (job "" = the change feed) after event id `after`. */
+static void routes_sse_start(http_req *r, const char *job, int64_t after) {
+  routes_sse *s = calloc(1, sizeof *s);
+  if (!s) {
+    http_respond_errorf(r, 500, "internal", "out of memory");
+    return;
+  }
+  s->srv = r->srv;
+  snprintf(s->job, sizeof s->job, "%.*s", UTIL_ID_LEN - 1, job);
+  s->last_id = after;
+  struct MHD_Response *resp =
+      MHD_create_response_from_callback(MHD_SIZE_UNKNOWN, 16384, routes_sse_read, s, routes_sse_free);
+  if (!resp) {
+    routes_sse_free(s);
+    return;
+  }
+  http_response_add_common(resp, "text/event-stream");
+  MHD_add_response_header(resp, "Cache-Control", "no-store");
+  MHD_add_response_header(resp, "X-Accel-Buffering", "no");
+  http_respond_response(r, 200, resp);
+}
+
 static void route_job_events(http_req *r) {
   srv_err e = {0};
   char state[16];
@@ -510,24 +532,7 @@ static void route_job_events(http_req *r) {
   }
   http_req_db_release(r);
   if (accept && strstr(accept, "text/event-stream")) {
-    routes_sse *s = calloc(1, sizeof *s);
-    if (!s) {
-      http_respond_errorf(r, 500, "internal", "out of memory");
-      return;
-    }
-    s->srv = r->srv;
-    snprintf(s->job, sizeof s->job, "%.*s", UTIL_ID_LEN - 1, r->params[0]);
-    s->last_id = after;
-    struct MHD_Response *resp =
-        MHD_create_response_from_callback(MHD_SIZE_UNKNOWN, 16384, routes_sse_read, s, routes_sse_free);
-    if (!resp) {
-      routes_sse_free(s);
-      return;
-    }
-    http_response_add_common(resp, "text/event-stream");
-    MHD_add_response_header(resp, "Cache-Control", "no-store");
-    MHD_add_response_header(resp, "X-Accel-Buffering", "no");
-    http_respond_response(r, 200, resp);
+    routes_sse_start(r, r->params[0], after);
     return;
   }
   /* Long-poll fallback: events after `after`, waiting up to `wait` s for the first one. */
@@ -576,23 +581,7 @@ static void route_changes(http_req *r) {
     }
   }
   http_req_db_release(r);
-  routes_sse *s = calloc(1, sizeof *s);
-  if (!s) {
-    http_respond_errorf(r, 500, "internal", "out of memory");
-    return;
-  }
-  s->srv = r->srv;
-  s->last_id = after;
-  struct MHD_Response *resp =
-      MHD_create_response_from_callback(MHD_SIZE_UNKNOWN, 16384, routes_sse_read, s, routes_sse_free);
-  if (!resp) {
-    routes_sse_free(s);
-    return;
-  }
-  http_response_add_common(resp, "text/event-stream");
-  MHD_add_response_header(resp, "Cache-Control", "no-store");
-  MHD_add_response_header(resp, "X-Accel-Buffering", "no");
-  http_respond_response(r, 200, resp);
+  routes_sse_start(r, "", after);
 }
 
 static void route_job_artifacts(http_req *r) {

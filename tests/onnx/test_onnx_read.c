@@ -321,6 +321,43 @@ TEST_CASE(onnx_matmul_and_constant_first_sub_compute_by_hand) {
   lt_graph_free(gr);
 }
 
+/* Regression (fuzz oom-be4697c1): folded ConstantOfShape/Concat results, each under the
+ * per-tensor cap, added up to gigabytes; the total held by folded constants is capped too. */
+TEST_CASE(onnx_folding_memory_is_bounded) {
+  pb_buf g = {0}, m = {0};
+  int64_t big[1] = {(int64_t)1 << 24}; /* 16 M floats = 64 MiB per constant */
+  pb_buf t = {0}; /* shape tensor {2^25} as int64 raw data */
+  pb_put_int(&t, 1, 1);
+  pb_put_int(&t, 2, 7);
+  pb_put_str(&t, 8, "shape");
+  pb_put_bytes(&t, 9, big, 8);
+  pb_put_msg(&g, 5, &t);
+  pb_buf_free(&t);
+  /* Five constants of 64 MiB each: every one is under the per-tensor cap, together not. */
+  char out[5][8];
+  for (int k = 0; k < 5; k++) {
+    snprintf(out[k], sizeof out[k], "c%d", k);
+    const char *outs[2] = {out[k], NULL};
+    ob_node(&g, "ConstantOfShape", out[k], OB_LIST("shape"), outs, NULL);
+  }
+  ob_node(&g, "Relu", "r", OB_LIST("x"), OB_LIST("y"), NULL);
+  int64_t xd[2] = {-1, 4};
+  ob_valinfo(&g, 11, "x", 2, xd);
+  ob_valinfo(&g, 12, "y", 2, xd);
+  ob_model(&m, &g, 13);
+  lt_err err = {0};
+  lt_mem_stats before, after;
+  lt_mem_get_stats(&before);
+  lt_graph *gr = lt_onnx_load_buffer(m.data, m.len, NULL, &err);
+  lt_mem_get_stats(&after);
+  CHECK(gr == NULL);
+  CHECK_STR_CONTAINS(err.msg, "constant folding would hold more than");
+  CHECK(after.current[LT_MEM_WEIGHTS] == before.current[LT_MEM_WEIGHTS]); /* nothing leaked */
+  lt_graph_free(gr);
+  pb_buf_free(&g);
+  pb_buf_free(&m);
+}
+
 static const char *data_dir;
 
 TEST_CASE(onnx_shared_resnet20_files_import) {
@@ -381,6 +418,7 @@ int main(int argc, char **argv) {
   RUN(onnx_export_reimport_keeps_graph);
   RUN(onnx_export_with_duplicate_node_names_reimports);
   RUN(onnx_matmul_and_constant_first_sub_compute_by_hand);
+  RUN(onnx_folding_memory_is_bounded);
   if (data_dir && access(data_dir, R_OK) == 0) {
     RUN(onnx_shared_resnet20_files_import);
     RUN(onnx_truncated_real_model_is_a_clear_error);

@@ -44,6 +44,7 @@ typedef struct imp {
   int64_t opset;
   lt_err *err;
   const ox_node *node; /* the node being converted, for error messages */
+  int64_t folded_bytes; /* held by constants made at import (folds, clones) */
 } imp;
 
 /* ---- name table ------------------------------------------------------------------------------ */
@@ -175,9 +176,18 @@ static lt_status def_const(imp *im, lt_tensor *t, uint8_t *dyn) {
   return LT_OK;
 }
 
-/* Folded constants are shape vectors and the odd transposed weight; this cap keeps a hostile
- * ConstantOfShape from allocating gigabytes. */
-#define MAX_FOLDED_ELEMS ((int64_t)1 << 26)
+/* Folded constants are shape vectors and the odd transposed weight; these caps keep hostile
+ * ConstantOfShape / Concat chains from allocating gigabytes (found by fuzzing: oom-be4697c1). */
+#define MAX_FOLDED_ELEMS ((int64_t)1 << 25)
+#define MAX_FOLDED_BYTES ((int64_t)256 << 20)
+
+static lt_status fold_account(imp *im, int64_t bytes) {
+  if (bytes > MAX_FOLDED_BYTES - im->folded_bytes)
+    return node_err(im, LT_ERR_UNSUPPORTED, "constant folding would hold more than %lld MiB",
+                    (long long)(MAX_FOLDED_BYTES >> 20));
+  im->folded_bytes += bytes;
+  return LT_OK;
+}
 
 static lt_tensor *new_tensor(imp *im, lt_dtype dt, int ndim, const int64_t *shape) {
   int64_t numel = 1;
@@ -188,6 +198,7 @@ static lt_tensor *new_tensor(imp *im, lt_dtype dt, int ndim, const int64_t *shap
     }
     numel *= shape[i];
   }
+  if (fold_account(im, numel * (int64_t)lt_dtype_size(dt))) return NULL;
   return lt_tensor_new(dt, ndim, shape, LT_MEM_WEIGHTS, im->err);
 }
 
@@ -352,6 +363,7 @@ static lt_status fold_reshape(imp *im, const ent *src, int ndim, const int64_t *
   if (lt_shape_numel(ndim, shape) != lt_tensor_numel(src->c))
     return node_err(im, LT_ERR_FORMAT, "reshaping a constant of %lld elements to %lld",
                     (long long)lt_tensor_numel(src->c), (long long)lt_shape_numel(ndim, shape));
+  if (fold_account(im, (int64_t)lt_tensor_nbytes(src->c))) return im->err->status;
   lt_tensor *t = lt_tensor_clone(src->c, LT_MEM_WEIGHTS, im->err);
   if (!t) return im->err ? im->err->status : LT_ERR_NOMEM;
   t->ndim = ndim;
@@ -713,6 +725,7 @@ static lt_status fold_constant(imp *im) {
   const ox_node *n = im->node;
   const ox_attr *a;
   if ((a = ox_node_attr(n, "value")) && a->t) {
+    if (fold_account(im, (int64_t)lt_tensor_nbytes(a->t))) return im->err->status;
     lt_tensor *t = lt_tensor_clone(a->t, LT_MEM_WEIGHTS, im->err);
     return t ? def_const(im, t, NULL) : LT_ERR_NOMEM;
   }
@@ -1485,6 +1498,8 @@ static lt_status node_order(imp *im, int *order) {
 }
 
 static lt_graph *import_model(ox_model *m, const lt_onnx_load_opts *opts, lt_err *err) {
+  lt_err scratch; /* the converters read the status back from the error */
+  if (!err) err = &scratch;
   if (m->opset < 9 || m->opset > 17) {
     lt_errorf(err, LT_ERR_UNSUPPORTED, "model uses opset %lld; Lathe imports opsets 9 to 17 "
               "(re-export, e.g. torch.onnx.export(..., opset_version=13))", (long long)m->opset);
