@@ -99,17 +99,22 @@ def load(n):
     tp = [e["value"] for e in ev if e["type"] == "metric" and e["key"] == "throughput.samples_per_s" and e["step"] > 20]
     return res, statistics.median(tp) if tp else float("nan")
 base, tb = load("r20.off.exact")
-print(f"resnet20 exact: peak saved {base['memory_peak_bytes']['activations_saved']/2**20:.1f} MiB, "
-      f"median step {128/tb*1000:.0f} ms; val acc {base['final']['val_accuracy']}")
+exact_saved = base['memory_peak_bytes']['activations_saved']
+print(f"resnet20 exact: peak saved {exact_saved/2**20:.1f} MiB (the executor keeps each saved value "
+      f"once), median step {128/tb*1000:.0f} ms; val acc {base['final']['val_accuracy']}")
 for n in ("r20.adaptive.exact", "r20.adaptive.lossy"):
     r, t = load(n)
     c = r["activation_compression"]
     big = sorted(c["layers"], key=lambda l: -l["bytes_after"])[:4]
-    print(f"resnet20 {n[4:]}: peak saved-activation bytes {c['peak_saved_bytes_before']/2**20:.1f} -> "
-          f"{c['peak_saved_bytes_after']/2**20:.2f} MiB = {c['peak_ratio']:.2f}x (last step "
-          f"{c['ratio']:.2f}x); allocator peak LT_MEM_SAVED {base['memory_peak_bytes']['activations_saved']/2**20:.1f} -> "
-          f"{r['memory_peak_bytes']['activations_saved']/2**20:.1f} MiB; median step {128/t*1000:.0f} ms, "
-          f"overhead {100*(tb/t-1):+.1f}%; val acc {r['final']['val_accuracy']}")
+    # Two reductions: against the exact run's saved bytes (what training without compression
+    # really holds), and the stash's own per-layer accounting, where a ReLU output kept by the
+    # ReLU and the next conv counts twice (as mask and as conv input).
+    print(f"resnet20 {n[4:]}: peak saved-activation bytes after the first window "
+          f"{c['peak_saved_bytes_after']/2**20:.2f} MiB: {exact_saved/c['peak_saved_bytes_after']:.2f}x "
+          f"less than the exact run's {exact_saved/2**20:.1f} MiB; per-layer accounting "
+          f"{c['peak_saved_bytes_before']/2**20:.1f} MiB -> {c['peak_ratio']:.2f}x (last step {c['ratio']:.2f}x); "
+          f"whole-run allocator peak {r['memory_peak_bytes']['activations_saved']/2**20:.1f} MiB (exact first "
+          f"window); median step {128/t*1000:.0f} ms, overhead {100*(tb/t-1):+.1f}%; val acc {r['final']['val_accuracy']}")
     kinds = {}
     for l in c["layers"]:
         k = kinds.setdefault(l["kind"], [0, 0])
