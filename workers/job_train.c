@@ -46,6 +46,8 @@ typedef struct jt_ac {
   int window;         /* metrics every this many steps (the controller's update window) */
   int exact_steps;    /* adaptive: the first window, run exact; the report's peaks restart after */
   int sample_every;   /* steps on which the stash measured observed/predicted dW error */
+  int64_t step0;      /* optimizer steps before the stash's first (a resumed run starts later):
+                         the stash counts its own steps, the result reports the run's; -1 unset */
 } jt_ac;
 
 /* spec.activation_compression → lt_ac_config. Returns the mode (LT_AC_OFF: no policy at all, so
@@ -84,6 +86,7 @@ static int jt_ac_open(job_ctx *job, const cJSON *spec, const lt_graph *g, jt_ac 
     return job_fail(job, job_train_exit_code(err.status), "$.spec.activation_compression: %s",
                     err.msg);
   ac->g = g;
+  ac->step0 = -1;
   ac->window = cfg.window; /* the schema keeps it >= 1 in every mode */
   ac->exact_steps = cfg.mode == LT_AC_ADAPTIVE ? cfg.window : 0;
   ac->sample_every = cfg.sample_every;
@@ -108,6 +111,7 @@ static void jt_ac_key(char *key, size_t cap, const char *prefix, const lt_graph 
  * emits per-layer bounds, saved bytes and the observed/predicted gradient error. */
 static void jt_ac_step(jt_ac *ac, job_ctx *job, int64_t step) {
   if (!ac->st) return;
+  if (ac->step0 < 0) ac->step0 = step - 1;
   /* The stash samples on its own step count, which step_end is about to advance. */
   lt_ac_report rep;
   lt_ac_stash_report(ac->st, &rep);
@@ -180,7 +184,7 @@ static void jt_ac_result(const jt_ac *ac, const cJSON *spec, cJSON *res) {
     cJSON *h = cJSON_AddArrayToObject(x, "eb_history");
     for (int k = 0; k < l->n_history; k++) {
       cJSON *pt = cJSON_CreateObject();
-      cJSON_AddNumberToObject(pt, "step", (double)l->eb_step[k]);
+      cJSON_AddNumberToObject(pt, "step", (double)(l->eb_step[k] + (ac->step0 > 0 ? ac->step0 : 0)));
       cJSON_AddNumberToObject(pt, "eb", l->eb_history[k]);
       cJSON_AddItemToArray(h, pt);
     }

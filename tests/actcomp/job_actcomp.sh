@@ -80,6 +80,25 @@ check(len(opk) >= 4 and all(v > 0 for k in opk for _, v in m[k]),
       f"actcomp.obs_pred.<layer> on sampled steps: {sorted(opk)}")
 sys.exit(1 if fail else 0)
 PY
+  # A resumed run (the same output folder, more steps) reports the run's step numbers, not the
+  # stash's own count, which restarts with the process: 30 steps, then resumed to 60 (two epochs,
+  # since the checkpoint at the end of a run points at the next epoch).
+  job "$run/r30.json" '{"epochs": 2, "max_steps": 30, "splits": {"val": ""}, "schedule": {"warmup_epochs": 0},
+      "activation_compression": {"window": 10, "sample_every": 0}}'
+  sed 's/"max_steps": 30/"max_steps": 60/' "$run/r30.json" > "$run/r60.json"
+  "$lathe" run "$run/r30.json" --out "$run/resume" > "$run/r30.log" 2>&1 &&
+    "$lathe" run "$run/r60.json" --out "$run/resume" > "$run/r60.log" 2>&1 ||
+    { echo "FAIL the resumed job failed"; tail -n 3 "$run/r30.log" "$run/r60.log"; exit 1; }
+  /usr/bin/python3 - "$run/r60.log" <<'PY' || exit 1
+import json, sys
+ev = [json.loads(l) for l in open(sys.argv[1]) if l.startswith("{")]
+assert any(e["type"] == "log" and "resuming" in e["message"] for e in ev), "the second run did not resume"
+ac = [e for e in ev if e["type"] == "result"][0]["summary"]["activation_compression"]
+steps = sorted({p["step"] for l in ac["layers"] for p in l["eb_history"]})
+ok = steps == [40, 50, 60]
+print(("ok   " if ok else "FAIL ") + f"resumed at step 30: eb updates at run steps {steps} (want [40, 50, 60])")
+sys.exit(0 if ok else 1)
+PY
   # A configuration the stash refuses is the caller's fault: exit 2, and the message names it.
   job "$run/bad.json" '{"max_steps": 2, "schedule": {"warmup_epochs": 0}, "activation_compression": {"eb_min": 0.5, "eb_max": 0.1}}'
   "$lathe" run "$run/bad.json" --out "$run/bad" > "$run/badlog" 2>&1
