@@ -7,8 +7,9 @@
  * With a `loader` object the training split is not read into memory: the clairvoyant loader
  * (lathe/loader.h) reads batches straight from the file, on every MPI rank when the worker runs the
  * job under `mpirun -np ranks`; rank 0 alone prints events and writes the checkpoint, and the result
- * adds loader.* figures summed over ranks. The spec object `activation_compression` belongs to
- * another issue; it slots in as an lt_train_config field read here. */
+ * adds loader.* figures summed over ranks. `activation_compression` (issue 8) becomes the stash
+ * policy lt_train_config.stash, with its metrics emitted from the step callback and its report
+ * added to the result (the jt_ac_* functions below). */
 #include <hdf5.h>
 #include <math.h>
 #include <stdlib.h>
@@ -17,6 +18,7 @@
 #include <unistd.h>
 
 #include "job.h"
+#include "lathe/actcomp.h"
 #include "lathe/backend.h"
 #include "lathe/config.h"
 #include "lathe/onnx.h"
@@ -42,12 +44,179 @@ static const cJSON *jt_obj(const cJSON *obj, const char *key) {
   return cJSON_GetObjectItemCaseSensitive(obj, key);
 }
 
+/* ---- activation compression (specs/actcomp.md) --------------------------------------------- */
+
+int job_train_exit_code(lt_status st); /* below */
+
+/* The stash policy of a run and what its metrics need. */
+typedef struct jt_ac {
+  lt_ac_stash *st;    /* owned; NULL when activation_compression.mode is off */
+  const lt_graph *g;  /* borrowed: node names for metric keys and the result */
+  int window;         /* metrics every this many steps (the controller's update window) */
+  int exact_steps;    /* adaptive: the first window, run exact; the report's peaks restart after */
+  int sample_every;   /* steps on which the stash measured observed/predicted dW error */
+  int64_t step0;      /* optimizer steps before the stash's first (a resumed run starts later):
+                         the stash counts its own steps, the result reports the run's; -1 unset */
+} jt_ac;
+
+/* spec.activation_compression → lt_ac_config. Returns the mode (LT_AC_OFF: no policy at all, so
+ * saved tensors stay zero-copy in their forward buffers). */
+static lt_ac_mode jt_ac_config(const cJSON *spec, lt_ac_config *cfg) {
+  const cJSON *a = jt_obj(spec, "activation_compression");
+  const char *mode = jt_str(a, "mode", "off");
+  *cfg = lt_ac_config_default();
+  cfg->mode = !strcmp(mode, "fixed")      ? LT_AC_FIXED
+              : !strcmp(mode, "relative") ? LT_AC_RELATIVE
+              : !strcmp(mode, "adaptive") ? LT_AC_ADAPTIVE
+                                          : LT_AC_OFF;
+  cfg->eb = jt_num(a, "eb", cfg->eb);
+  cfg->rel = jt_num(a, "relative", cfg->rel);
+  cfg->rho = jt_num(a, "rho", cfg->rho);
+  cfg->window = (int)jt_num(a, "window", cfg->window);
+  cfg->smoothing = jt_num(a, "smoothing", cfg->smoothing);
+  cfg->eb_min = jt_num(a, "eb_min", cfg->eb_min);
+  cfg->eb_max = jt_num(a, "eb_max", cfg->eb_max);
+  const cJSON *bn = jt_obj(a, "bn");
+  cfg->bn_mode = !strcmp(jt_str(bn, "mode", "exact"), "lossy") ? LT_AC_BN_LOSSY : LT_AC_BN_EXACT;
+  cfg->bn_eb_scale = jt_num(bn, "scale", cfg->bn_eb_scale);
+  const cJSON *z = jt_obj(a, "zstd");
+  if (cJSON_IsBool(z) && !cJSON_IsTrue(z)) cfg->codec.zstd_level = 0;
+  cfg->sample_every = (int)jt_num(a, "sample_every", cfg->sample_every);
+  return cfg->mode;
+}
+
+/* Creates the policy for a spec that asks for one. 0, or an exit status with job->error set. */
+static int jt_ac_open(job_ctx *job, const cJSON *spec, const lt_graph *g, jt_ac *ac) {
+  lt_ac_config cfg;
+  memset(ac, 0, sizeof *ac);
+  if (jt_ac_config(spec, &cfg) == LT_AC_OFF) return JOB_EXIT_OK;
+  lt_err err = {0};
+  if (!(ac->st = lt_ac_stash_new(&cfg, &err)))
+    return job_fail(job, job_train_exit_code(err.status), "$.spec.activation_compression: %s",
+                    err.msg);
+  ac->g = g;
+  ac->step0 = -1;
+  ac->window = cfg.window; /* the schema keeps it >= 1 in every mode */
+  ac->exact_steps = cfg.mode == LT_AC_ADAPTIVE ? cfg.window : 0;
+  ac->sample_every = cfg.sample_every;
+  return JOB_EXIT_OK;
+}
+
+/* A node's name as a metric-key segment: the server takes [A-Za-z0-9._-] only (ONNX names carry
+ * slashes and colons). */
+static void jt_ac_key(char *key, size_t cap, const char *prefix, const lt_graph *g, int node) {
+  const char *name = node < g->n_nodes && g->nodes[node].name ? g->nodes[node].name : "node";
+  int n = snprintf(key, cap, "%s.", prefix);
+  size_t i = n > 0 && (size_t)n < cap ? (size_t)n : 0;
+  for (const char *c = name; *c && i + 1 < cap && i < 120; c++, i++)
+    key[i] = (*c >= 'a' && *c <= 'z') || (*c >= 'A' && *c <= 'Z') || (*c >= '0' && *c <= '9') ||
+                     *c == '.' || *c == '_' || *c == '-'
+                 ? *c
+                 : '_';
+  key[i] = 0;
+}
+
+/* After every optimizer step: advances the controller, and every window (and on sampled steps)
+ * emits per-layer bounds, saved bytes and the observed/predicted gradient error. */
+static void jt_ac_step(jt_ac *ac, job_ctx *job, int64_t step) {
+  if (!ac->st) return;
+  if (ac->step0 < 0) ac->step0 = step - 1;
+  /* The stash samples on its own step count, which step_end is about to advance. */
+  lt_ac_report rep;
+  lt_ac_stash_report(ac->st, &rep);
+  const int sampled = ac->sample_every > 0 && rep.step % ac->sample_every == 0;
+  lt_ac_stash_step_end(ac->st);
+  if (rep.step + 1 == ac->exact_steps) lt_ac_stash_reset_peaks(ac->st);
+  const int window_end = step % ac->window == 0;
+  if (!window_end && !sampled) return;
+  lt_ac_stash_report(ac->st, &rep);
+  char key[160];
+  for (int i = 0; i < rep.n_layers; i++) {
+    const lt_ac_layer_report *l = &rep.layers[i];
+    if (l->kind != LT_SAVE_WEIGHT_INPUT && l->kind != LT_SAVE_BN_INPUT) continue;
+    if (window_end) {
+      jt_ac_key(key, sizeof key, "actcomp.eb", ac->g, l->node);
+      job_emit_metric(job, key, step, l->eb);
+    }
+    if (sampled && l->n_samples > 0 && l->last_predicted_sigma > 0) {
+      jt_ac_key(key, sizeof key, "actcomp.obs_pred", ac->g, l->node);
+      job_emit_metric(job, key, step, l->last_observed_sigma / l->last_predicted_sigma);
+    }
+  }
+  if (window_end) {
+    job_emit_metric(job, "actcomp.saved_bytes.before", step, (double)rep.bytes_dense);
+    job_emit_metric(job, "actcomp.saved_bytes.after", step, (double)rep.bytes_held);
+  }
+}
+
+static const char *jt_ac_kind_name(lt_save_kind k) {
+  switch (k) {
+  case LT_SAVE_WEIGHT_INPUT: return "weight_input";
+  case LT_SAVE_RELU_OUTPUT: return "relu_mask";
+  case LT_SAVE_POOL_ARGMAX: return "pool_argmax";
+  case LT_SAVE_BN_INPUT: return "bn_input";
+  case LT_SAVE_EXACT: break;
+  }
+  return "exact";
+}
+
+/* result.activation_compression: totals of the last step, peaks within a step over the run
+ * (adaptive: after its exact first window; memory_peak_bytes.activations_saved has the whole
+ * run's), and per layer the bytes, the bound's history and the measured gradient error. */
+static void jt_ac_result(const jt_ac *ac, const cJSON *spec, cJSON *res) {
+  if (!ac->st) return;
+  lt_ac_report rep;
+  lt_ac_stash_report(ac->st, &rep);
+  const cJSON *a = jt_obj(spec, "activation_compression");
+  cJSON *o = cJSON_AddObjectToObject(res, "activation_compression");
+  cJSON_AddStringToObject(o, "mode", jt_str(a, "mode", "off"));
+  cJSON_AddNumberToObject(o, "ratio", rep.bytes_held ? (double)rep.bytes_dense / rep.bytes_held : 0);
+  cJSON_AddNumberToObject(o, "saved_bytes_before", (double)rep.bytes_dense);
+  cJSON_AddNumberToObject(o, "saved_bytes_after", (double)rep.bytes_held);
+  cJSON_AddNumberToObject(o, "peak_saved_bytes_before", (double)rep.peak_dense);
+  cJSON_AddNumberToObject(o, "peak_saved_bytes_after", (double)rep.peak_held);
+  cJSON_AddNumberToObject(o, "peak_ratio",
+                          rep.peak_held ? (double)rep.peak_dense / rep.peak_held : 0);
+  const char *base = jt_str(a, "baseline_job", NULL);
+  if (base) cJSON_AddStringToObject(o, "baseline_job", base);
+  cJSON *layers = cJSON_AddArrayToObject(o, "layers");
+  for (int i = 0; i < rep.n_layers; i++) {
+    const lt_ac_layer_report *l = &rep.layers[i];
+    cJSON *x = cJSON_CreateObject();
+    const lt_node *nd = l->node < ac->g->n_nodes ? &ac->g->nodes[l->node] : NULL;
+    cJSON_AddStringToObject(x, "name", nd && nd->name ? nd->name : "?");
+    cJSON_AddStringToObject(x, "op", nd ? lt_op_name(nd->op) : "?");
+    cJSON_AddStringToObject(x, "kind", jt_ac_kind_name(l->kind));
+    cJSON_AddNumberToObject(x, "bytes_before", (double)l->bytes_dense);
+    cJSON_AddNumberToObject(x, "bytes_after", (double)l->bytes_held);
+    cJSON_AddNumberToObject(x, "eb", l->eb);
+    cJSON *h = cJSON_AddArrayToObject(x, "eb_history");
+    for (int k = 0; k < l->n_history; k++) {
+      cJSON *pt = cJSON_CreateObject();
+      cJSON_AddNumberToObject(pt, "step", (double)(l->eb_step[k] + (ac->step0 > 0 ? ac->step0 : 0)));
+      cJSON_AddNumberToObject(pt, "eb", l->eb_history[k]);
+      cJSON_AddItemToArray(h, pt);
+    }
+    if (l->n_samples) {
+      cJSON *g = cJSON_AddObjectToObject(x, "grad_error");
+      cJSON_AddNumberToObject(g, "samples", l->n_samples);
+      cJSON_AddNumberToObject(g, "observed_sigma", l->last_observed_sigma);
+      cJSON_AddNumberToObject(g, "predicted_sigma", l->last_predicted_sigma);
+      cJSON_AddNumberToObject(g, "mean_ratio", l->mean_ratio);
+    }
+    cJSON_AddItemToArray(layers, x);
+  }
+}
+
+/* ---- callbacks ---------------------------------------------------------------------------- */
+
 /* What the callbacks need. */
 typedef struct jt_state {
   job_ctx *job;
   double started;
   int64_t last_progress_step;
   cJSON *loader_epochs; /* with a loader: one object per epoch for the result, owned */
+  jt_ac ac;
 } jt_state;
 
 static void jt_emit_memory(job_ctx *job, int64_t step, const lt_mem_stats *mem) {
@@ -63,6 +232,7 @@ static void jt_emit_memory(job_ctx *job, int64_t step, const lt_mem_stats *mem) 
 
 static int jt_on_step(void *user, const lt_train_progress *p) {
   jt_state *s = user;
+  jt_ac_step(&s->ac, s->job, p->step);
   job_emit_metric(s->job, "train.loss", p->step, p->loss);
   if (!isnan(p->accuracy)) job_emit_metric(s->job, "train.accuracy", p->step, p->accuracy);
   job_emit_metric(s->job, "lr", p->step, p->lr);
@@ -347,7 +517,7 @@ int job_train_run(job_ctx *job, cJSON **result) {
   lt_dataset geo;
   lt_dataset *train = NULL, *val = NULL;
   lt_graph *g = NULL;
-  jt_state st = {job, lt_now(), 0, NULL};
+  jt_state st = {.job = job, .started = lt_now()}; /* before the first goto: done: frees it */
   int rc = JOB_EXIT_OK;
   const char *dpath = job_file(job, "dataset");
   if (!dpath) {
@@ -424,6 +594,8 @@ int job_train_run(job_ctx *job, cJSON **result) {
   c.resume_from = resume ? ckpt : NULL;
   snprintf(c.meta.model, sizeof c.meta.model, "%s", zoo ? zoo : meta.model);
   c.meta.num_classes = zoo ? num_classes : meta.num_classes;
+  if ((rc = jt_ac_open(job, spec, g, &st.ac))) goto done;
+  c.stash = st.ac.st ? lt_ac_stash_policy(st.ac.st) : NULL;
   c.on_step = jt_on_step;
   c.on_epoch = jt_on_epoch;
   c.user = &st;
@@ -469,11 +641,13 @@ int job_train_run(job_ctx *job, cJSON **result) {
   job_emit_progress(job, 1, "done", 0);
   *result = jt_result(&r, ckpt);
   if (ld) jt_loader_result(*result, &r, &lopts, &st);
+  jt_ac_result(&st.ac, spec, *result);
 done:
   /* a rank that failed before the agreement still takes part in it, so the others stop too */
   if (mpi_began && !ld_agreed) lt_loader_agree(LT_ERR_INVALID, &(lt_err){0});
   lt_loader_close(ld);
   cJSON_Delete(st.loader_epochs);
+  lt_ac_stash_free(st.ac.st);
   lt_graph_free(g);
   lt_dataset_free(val);
   lt_dataset_free(train);

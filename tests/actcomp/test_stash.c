@@ -316,6 +316,8 @@ TEST_CASE(controller_first_window_exact_then_formula_bound) {
   int64_t xs[4] = {N, C, H, W}, ys[4] = {N, S, H, W}, ws[4] = {S, C, 3, 3};
   lt_tensor t = lt_tensor_wrap(LT_F32, 4, xs, x), tdy = lt_tensor_wrap(LT_F32, 4, ys, dy),
             tdw = lt_tensor_wrap(LT_F32, 4, ws, dw);
+  lt_ac_report rep;
+  int64_t exact_peak = 0;
   for (int step = 0; step < 4; step++) {
     void *h;
     REQUIRE(p->store(p->user, &g, 0, 0, LT_SAVE_WEIGHT_INPUT, &t, &h, &err) == LT_OK);
@@ -323,8 +325,22 @@ TEST_CASE(controller_first_window_exact_then_formula_bound) {
     p->release(p->user, h);
     lt_ac_stash_step_end(st);
     if (step == 0) CHECK(lt_ac_stash_layer_eb(st, 0) == 0); /* still in the first window */
-    if (step == 1) CHECK_NEAR(lt_ac_stash_layer_eb(st, 0), expect, 1e-9 * expect);
+    if (step == 1) {
+      CHECK_NEAR(lt_ac_stash_layer_eb(st, 0), expect, 1e-9 * expect);
+      /* The exact window's peak, then peaks restarted for the compressed steps. */
+      lt_ac_stash_report(st, &rep);
+      exact_peak = rep.peak_held;
+      CHECK(exact_peak >= rep.peak_dense);
+      lt_ac_stash_reset_peaks(st);
+      lt_ac_stash_report(st, &rep);
+      CHECK(rep.peak_held == 0 && rep.peak_dense == 0); /* nothing held between steps */
+    }
   }
+  lt_ac_stash_report(st, &rep);
+  CHECK_MSG(rep.peak_held > 0 && rep.peak_held < exact_peak,
+            "peak after reset %lld, exact window %lld", (long long)rep.peak_held,
+            (long long)exact_peak);
+  CHECK(rep.peak_dense == (int64_t)sizeof x);
   /* Same statistics again: smoothing keeps it there. */
   CHECK_NEAR(lt_ac_stash_layer_eb(st, 0), expect, 1e-9 * expect);
   lt_ac_stash_free(st);

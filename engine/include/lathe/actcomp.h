@@ -194,6 +194,10 @@ typedef struct lt_ac_report {
 } lt_ac_report;
 
 void lt_ac_stash_report(lt_ac_stash *st, lt_ac_report *out);
+/* Restarts the report's peaks (peak_dense, peak_held) from what is held now. The train job calls
+ * it when the adaptive controller's exact first window ends, so that the peaks it reports are
+ * those of compressed training; the allocator's LT_MEM_SAVED peak still covers the whole run. */
+void lt_ac_stash_reset_peaks(lt_ac_stash *st);
 
 #ifdef __cplusplus
 }

@@ -575,3 +575,8 @@ void lt_ac_stash_report(lt_ac_stash *st, lt_ac_report *out) {
     out->n_layers = j;
   }
 }
+
+void lt_ac_stash_reset_peaks(lt_ac_stash *st) {
+  st->peak_dense = st->cur_dense;
+  st->peak_held = st->cur_held;
+}

@@ -3,6 +3,7 @@ import { h, table, fmtBytes, fmtNum } from '../dom.js';
 import { barChart } from '../charts.js';
 import { renderLoader } from './result_loader.js';
 import { renderCompress } from './result_compress.js';
+import { renderActcomp } from './result_actcomp.js';
 
 export function renderResult(box, job) {
   const r = job.result;
@@ -66,4 +67,5 @@ function renderTrain(box, r, charts) {
     charts.push(barChart(box, 'Peak memory by category (bytes)', keys, [{ label: 'peak bytes', data: keys.map((k) => mem[k]) }], { horizontal: true }));
   }
   if (r.loader) renderLoader(box, r, charts);
+  if (r.activation_compression) renderActcomp(box, r, charts);
 }
