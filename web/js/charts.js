@@ -6,8 +6,14 @@ const GROUPS = [
   { id: 'loss', title: 'Loss', match: (k) => /(^|\.)loss$/.test(k) },
   { id: 'accuracy', title: 'Accuracy', match: (k) => /accuracy$/.test(k) },
   { id: 'lr', title: 'Learning rate', match: (k) => k === 'lr' || k.endsWith('.lr') },
-  { id: 'throughput', title: 'Throughput (samples/s)', match: (k) => k.startsWith('throughput') },
+  { id: 'throughput', title: 'Throughput (samples/s)', match: (k) => k.startsWith('throughput') || k === 'loader.samples_per_s' },
   { id: 'memory', title: 'Memory (bytes)', match: (k) => k.startsWith('memory.') },
+  { id: 'actcomp-eb', title: 'Activation error bound per layer', match: (k) => k.startsWith('actcomp.eb.') },
+  { id: 'actcomp-obs', title: 'Observed / predicted gradient error', match: (k) => k.startsWith('actcomp.obs_pred.') },
+  { id: 'actcomp-bytes', title: 'Saved activation bytes', match: (k) => k.startsWith('actcomp.saved_bytes') },
+  { id: 'search-cost', title: 'Search: expected cost', match: (k) => /^search\.(expected|flops|latency|params)/.test(k) },
+  { id: 'loader-bytes', title: 'Loader: bytes from storage', match: (k) => k.startsWith('loader.storage') },
+  { id: 'loader', title: 'Loader: hit rate and stall fraction', match: (k) => k === 'loader.hit_rate' || k === 'loader.stall_fraction' },
 ];
 const COLORS = ['#2563eb', '#dc2626', '#16a34a', '#9333ea', '#ea580c', '#0891b2', '#be185d', '#4d7c0f'];
 
