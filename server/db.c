@@ -232,3 +232,32 @@ void db_pool_release(db_pool *p, db_conn *db) {
   pthread_cond_signal(&p->freed);
   pthread_mutex_unlock(&p->mu);
 }
+
+cJSON *db_page_collect(db_conn *db, sqlite3_stmt *st, int limit, cJSON *(*row)(sqlite3_stmt *st),
+                       int seq_col, srv_err *e) {
+  cJSON *out = cJSON_CreateObject();
+  cJSON *items = cJSON_AddArrayToObject(out, "items");
+  int rc, n = 0;
+  int64_t last = 0;
+  while ((rc = sqlite3_step(st)) == SQLITE_ROW) {
+    if (n == limit) break;
+    cJSON_AddItemToArray(items, row(st));
+    last = sqlite3_column_int64(st, seq_col);
+    n++;
+  }
+  int more = rc == SQLITE_ROW;
+  sqlite3_reset(st);
+  if (rc != SQLITE_ROW && rc != SQLITE_DONE) {
+    cJSON_Delete(out);
+    DB_FAIL(db, e);
+    return NULL;
+  }
+  if (more) {
+    char tok[40];
+    util_page_token_encode(last, tok);
+    cJSON_AddStringToObject(out, "next_page_token", tok);
+  } else {
+    cJSON_AddNullToObject(out, "next_page_token");
+  }
+  return out;
+}

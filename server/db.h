@@ -13,6 +13,7 @@
 #ifndef LATHE_SERVER_DB_H
 #define LATHE_SERVER_DB_H
 
+#include <cjson/cJSON.h>
 #include <sqlite3.h>
 
 #include "util.h"
@@ -54,6 +55,12 @@ void db_checkpoint(db_conn *db);
 /* Turns a failed sqlite call into a 500 with file and line. */
 int db_fail_at(db_conn *db, srv_err *e, const char *file, int line);
 #define DB_FAIL(db, e) db_fail_at((db), (e), __FILE__, __LINE__)
+
+/* Steps a bound statement that asks for limit + 1 rows in page order and returns
+ * {"items": [row(st)...], "next_page_token": token of column seq_col of the last row, or null};
+ * the extra row only says whether a next page exists. NULL with e set on a database error. */
+cJSON *db_page_collect(db_conn *db, sqlite3_stmt *st, int limit, cJSON *(*row)(sqlite3_stmt *st),
+                       int seq_col, srv_err *e);
 
 /* Highest migration version compiled in. */
 int db_schema_version(void);

@@ -356,31 +356,7 @@ cJSON *queue_job_list(db_conn *db, const char *state, const char *kind, int limi
   if (state) sqlite3_bind_text(st, 2, state, -1, SQLITE_STATIC);
   if (kind) sqlite3_bind_text(st, 3, kind, -1, SQLITE_STATIC);
   sqlite3_bind_int(st, 4, limit + 1); /* one extra row says whether a next page exists */
-  cJSON *out = cJSON_CreateObject();
-  cJSON *items = cJSON_AddArrayToObject(out, "items");
-  int rc, n = 0;
-  int64_t last_seq = 0;
-  while ((rc = sqlite3_step(st)) == SQLITE_ROW) {
-    if (n == limit) break;
-    cJSON_AddItemToArray(items, queue_job_from_row(st));
-    last_seq = sqlite3_column_int64(st, 18);
-    n++;
-  }
-  int more = rc == SQLITE_ROW;
-  sqlite3_reset(st);
-  if (rc != SQLITE_ROW && rc != SQLITE_DONE) {
-    cJSON_Delete(out);
-    DB_FAIL(db, e);
-    return NULL;
-  }
-  if (more) {
-    char tok[40];
-    util_page_token_encode(last_seq, tok);
-    cJSON_AddStringToObject(out, "next_page_token", tok);
-  } else {
-    cJSON_AddNullToObject(out, "next_page_token");
-  }
-  return out;
+  return db_page_collect(db, st, limit, queue_job_from_row, 18, e);
 }
 
 /* Runs one UPDATE … RETURNING JOB_COLS bound to (id, now) inside a transaction, adds the state

@@ -476,31 +476,7 @@ cJSON *store_file_list(db_conn *db, const char *kind, const char *job_id, int li
   sqlite3_bind_int64(st, 2, before);
   if (job_id) sqlite3_bind_text(st, 3, job_id, -1, SQLITE_STATIC);
   sqlite3_bind_int(st, 4, limit + 1);
-  cJSON *out = cJSON_CreateObject();
-  cJSON *items = cJSON_AddArrayToObject(out, "items");
-  int rc, n = 0;
-  int64_t last = 0;
-  while ((rc = sqlite3_step(st)) == SQLITE_ROW) {
-    if (n == limit) break;
-    cJSON_AddItemToArray(items, store_file_from_row(st));
-    last = sqlite3_column_int64(st, 9);
-    n++;
-  }
-  int more = rc == SQLITE_ROW;
-  sqlite3_reset(st);
-  if (rc != SQLITE_ROW && rc != SQLITE_DONE) {
-    cJSON_Delete(out);
-    DB_FAIL(db, e);
-    return NULL;
-  }
-  if (more) {
-    char tok[40];
-    util_page_token_encode(last, tok);
-    cJSON_AddStringToObject(out, "next_page_token", tok);
-  } else {
-    cJSON_AddNullToObject(out, "next_page_token");
-  }
-  return out;
+  return db_page_collect(db, st, limit, store_file_from_row, 9, e);
 }
 
 /* 1 when a queued or running job's spec names id (or on error, with e set): deleting the file

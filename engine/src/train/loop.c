@@ -252,6 +252,17 @@ static lt_status loop_check_backend(const lt_backend *be, lt_err *err) {
 static lt_status loop_run_loader(lt_graph *g, lt_backend *be, const lt_train_config *c,
                                  lt_train_result *r, lt_err *err);
 
+/* The run's length in optimizer steps (epochs × steps per epoch, capped by max_steps) and its
+ * schedule, whose total defaults to that length; shared by the in-memory and the loader loops. */
+static lt_status loop_schedule(const lt_train_config *c, int64_t steps_per_epoch, int64_t *total,
+                               lt_schedule *sched, lt_err *err) {
+  *total = c->epochs * steps_per_epoch;
+  if (c->max_steps > 0 && c->max_steps < *total) *total = c->max_steps;
+  *sched = c->sched;
+  if (sched->total_steps == 0) sched->total_steps = *total;
+  return lt_schedule_check(sched, err);
+}
+
 lt_status lt_train_run(lt_graph *g, lt_backend *be, const lt_train_config *c, lt_train_result *r,
                        lt_err *err) {
   if (c->loader) return loop_run_loader(g, be, c, r, err);
@@ -263,11 +274,9 @@ lt_status lt_train_run(lt_graph *g, lt_backend *be, const lt_train_config *c, lt
   if (st) return st;
   const int B = c->batch_size;
   const int64_t spe = c->train->n / B;
-  int64_t total = c->epochs * spe;
-  if (c->max_steps > 0 && c->max_steps < total) total = c->max_steps;
-  lt_schedule sched = c->sched;
-  if (sched.total_steps == 0) sched.total_steps = total;
-  if ((st = lt_schedule_check(&sched, err))) return st;
+  int64_t total;
+  lt_schedule sched;
+  if ((st = loop_schedule(c, spe, &total, &sched, err))) return st;
 
   lt_mem_reset_peaks();
   int np = lt_train_params(g, NULL, 0);
@@ -632,11 +641,9 @@ static lt_status loop_run_loader(lt_graph *g, lt_backend *be, const lt_train_con
 
   const int64_t N = lt_loader_n_samples(ld), B = c->batch_size;
   const int64_t spe = (N + B - 1) / B, local_max = B < N ? B : N;
-  int64_t total = c->epochs * spe;
-  if (c->max_steps > 0 && c->max_steps < total) total = c->max_steps;
-  lt_schedule sched = c->sched;
-  if (sched.total_steps == 0) sched.total_steps = total;
-  if ((st = lt_schedule_check(&sched, err))) return st;
+  int64_t total;
+  lt_schedule sched;
+  if ((st = loop_schedule(c, spe, &total, &sched, err))) return st;
 
   lt_mem_reset_peaks();
   int np = lt_train_params(g, NULL, 0);
