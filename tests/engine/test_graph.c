@@ -1,5 +1,7 @@
 /* Graph IR: building, per-sample shape inference, errors for bad arity and impossible geometry,
  * cycles and dangling values, pruning, cloning, and MAC/parameter counts of the zoo. */
+#include <stdio.h>
+
 #include "lathe/graph.h"
 #include "lathe/zoo.h"
 #include "test.h"
@@ -250,6 +252,43 @@ TEST_CASE(zoo_init_is_a_function_of_the_seed) {
   lt_graph_free(g3);
 }
 
+/* The name index: every name found after 200,000 appends (a scan would take minutes), a failed
+ * add's rolled-back value leaves no stale hit, and pruning and cloning keep lookups right. */
+TEST_CASE(graph_name_lookup_is_indexed_and_survives_prune_and_clone) {
+  enum { N = 200000 };
+  lt_err err = {0};
+  lt_graph *g = lt_graph_new();
+  int prev = lt_graph_add_input(g, "x", LT_F32, 1, (int64_t[]){4});
+  char name[32];
+  for (int i = 0; i < N; i++) {
+    snprintf(name, sizeof name, "relu_%d", i);
+    prev = lt_graph_add_node(g, LT_OP_RELU, name, &prev, 1, NULL, &err);
+    if (prev < 0) break;
+  }
+  CHECK(prev == N);
+  lt_graph_set_output(g, prev);
+  int ok = 1;
+  for (int i = 0; i < N; i += 7) {
+    snprintf(name, sizeof name, "relu_%d", i);
+    ok &= lt_graph_find_value(g, name) == i + 1;
+  }
+  CHECK(ok);
+  CHECK(lt_graph_find_value(g, "x") == 0);
+  CHECK(lt_graph_find_value(g, "relu_") == -1 && lt_graph_find_value(g, "") == -1);
+  CHECK(lt_graph_add_node(g, LT_OP_RELU, "relu_5", &prev, 1, NULL, &err) < 0); /* duplicate */
+  /* An unconnected branch: pruned away, its names must disappear, the chain's ids shift. */
+  int side = lt_graph_add_node(g, LT_OP_RELU, "side", (int[]){0}, 1, NULL, &err);
+  CHECK(side == N + 1 && lt_graph_find_value(g, "side") == side);
+  lt_graph *c = lt_graph_clone(g, &err);
+  CHECK(c && lt_graph_find_value(c, "side") == side && lt_graph_find_value(c, "relu_123") == 124);
+  lt_graph_prune(g);
+  CHECK(lt_graph_find_value(g, "side") == -1);
+  CHECK(lt_graph_find_value(g, "relu_199999") == g->n_values - 1);
+  CHECK(lt_graph_add_node(g, LT_OP_RELU, "side", (int[]){0}, 1, NULL, &err) == g->n_values - 1);
+  lt_graph_free(c);
+  lt_graph_free(g);
+}
+
 int main(void) {
   RUN(graph_conv_shape_inference_per_sample);
   RUN(graph_bad_arity_is_refused_with_a_message);
@@ -259,6 +298,7 @@ int main(void) {
   RUN(graph_toposort_orders_and_finds_cycles_and_dangling_values);
   RUN(graph_prune_removes_what_no_output_needs);
   RUN(graph_clone_is_deep);
+  RUN(graph_name_lookup_is_indexed_and_survives_prune_and_clone);
   RUN(zoo_macs_and_params_match_published_figures);
   RUN(zoo_builds_every_model_and_refuses_unknown_names);
   RUN(zoo_init_is_a_function_of_the_seed);

@@ -119,6 +119,10 @@ typedef struct lt_graph {
   int n_nodes, cap_nodes;
   int n_inputs, inputs[LT_MAX_IO];
   int n_outputs, outputs[LT_MAX_IO];
+  /* Name index for lt_graph_find_value (graph.c keeps it): open addressing over value ids + 1,
+   * 0 = empty; name_cap == 0 means no index (lookups scan). */
+  int *name_slots;
+  int name_cap, name_used;
 } lt_graph;
 
 lt_graph *lt_graph_new(void);

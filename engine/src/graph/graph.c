@@ -37,6 +37,7 @@ static void value_clear(lt_value *v) {
 
 void lt_graph_free(lt_graph *g) {
   if (!g) return;
+  free(g->name_slots);
   for (int i = 0; i < g->n_values; i++) value_clear(&g->values[i]);
   for (int i = 0; i < g->n_nodes; i++) free(g->nodes[i].name);
   free(g->values);
@@ -44,9 +45,55 @@ void lt_graph_free(lt_graph *g) {
   free(g);
 }
 
+/* ---- name index ---------------------------------------------------------------------------
+ * ONNX graphs can hold 10^5 nodes, and import and export look every name up, so lookups go
+ * through a hash index instead of a scan. A slot holds a value id + 1. Entries are checked
+ * against the value's name, so a slot left behind by a rolled-back value is harmless. */
+
+static uint32_t name_hash(const char *s) {
+  uint32_t h = 2166136261u; /* FNV-1a */
+  for (; *s; s++) h = (h ^ (unsigned char)*s) * 16777619u;
+  return h;
+}
+
+static void index_put(lt_graph *g, int id) {
+  uint32_t m = (uint32_t)g->name_cap - 1, i = name_hash(g->values[id].name) & m;
+  while (g->name_slots[i]) i = (i + 1) & m;
+  g->name_slots[i] = id + 1;
+  g->name_used++;
+}
+
+/* Rebuilds the index over every value; without memory the graph falls back to scanning. */
+static void index_rebuild(lt_graph *g) {
+  free(g->name_slots);
+  g->name_slots = NULL;
+  g->name_cap = g->name_used = 0;
+  int cap = 64;
+  while (cap < 4 * g->n_values && cap < (1 << 29)) cap *= 2;
+  if (!(g->name_slots = calloc((size_t)cap, sizeof(int)))) return;
+  g->name_cap = cap;
+  for (int v = 0; v < g->n_values; v++) index_put(g, v);
+}
+
+/* Indexes value id, just appended: a table more than half full is rebuilt twice as large. */
+static void index_add(lt_graph *g, int id) {
+  if (g->name_cap == 0 || 2 * (g->name_used + 1) > g->name_cap)
+    index_rebuild(g);
+  else
+    index_put(g, id);
+}
+
 int lt_graph_find_value(const lt_graph *g, const char *name) {
-  for (int i = 0; i < g->n_values; i++)
-    if (strcmp(g->values[i].name, name) == 0) return i;
+  if (g->name_cap == 0) {
+    for (int i = 0; i < g->n_values; i++)
+      if (strcmp(g->values[i].name, name) == 0) return i;
+    return -1;
+  }
+  uint32_t m = (uint32_t)g->name_cap - 1, i = name_hash(name) & m;
+  for (; g->name_slots[i]; i = (i + 1) & m) {
+    int id = g->name_slots[i] - 1;
+    if (id < g->n_values && strcmp(g->values[id].name, name) == 0) return id;
+  }
   return -1;
 }
 
@@ -80,7 +127,9 @@ static int graph_push_value(lt_graph *g, const char *name, lt_value_kind kind, l
   }
   v->kind = kind;
   v->producer = -1;
-  return g->n_values++;
+  int id = g->n_values++;
+  index_add(g, id);
+  return id;
 }
 
 int lt_graph_add_input(lt_graph *g, const char *name, lt_dtype dtype, int ndim,
@@ -333,6 +382,7 @@ void lt_graph_prune(lt_graph *g) {
   g->n_nodes = nn;
   for (int i = 0; i < g->n_inputs; i++) g->inputs[i] = remap[g->inputs[i]];
   for (int i = 0; i < g->n_outputs; i++) g->outputs[i] = remap[g->outputs[i]];
+  index_rebuild(g);
 done:
   free(live_v);
   free(live_n);
@@ -368,6 +418,7 @@ lt_graph *lt_graph_clone(const lt_graph *g, lt_err *err) {
   memcpy(c->inputs, g->inputs, sizeof c->inputs);
   c->n_outputs = g->n_outputs;
   memcpy(c->outputs, g->outputs, sizeof c->outputs);
+  index_rebuild(c);
   return c;
 nomem:
   lt_errorf(err, LT_ERR_NOMEM, "out of memory cloning a graph of %d values", g->n_values);
