@@ -1,3 +1,4 @@
+#define _GNU_SOURCE /* POLLRDHUP */
 /* server/http.c — libmicrohttpd glue: daemon setup and limits, the access handler (routing,
  * auth, body intake), responses, static files and per-route Prometheus counters. */
 #include "http.h"
@@ -6,11 +7,13 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <netinet/in.h>
+#include <poll.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
+#include <sys/socket.h>
 #include <sys/stat.h>
 #include <time.h>
 #include <unistd.h>
@@ -167,6 +170,19 @@ void http_req_db_release(http_req *r) {
 
 const char *http_req_arg(http_req *r, const char *key) {
   return MHD_lookup_connection_value(r->con, MHD_GET_ARGUMENT_KIND, key);
+}
+
+int http_req_client_gone(http_req *r) {
+  const union MHD_ConnectionInfo *ci =
+      MHD_get_connection_info(r->con, MHD_CONNECTION_INFO_CONNECTION_FD);
+  if (!ci) return 0;
+  struct pollfd p = {.fd = ci->connect_fd, .events = POLLIN | POLLRDHUP};
+  if (poll(&p, 1, 0) <= 0) return 0;
+  if (p.revents & (POLLRDHUP | POLLHUP | POLLERR | POLLNVAL)) return 1;
+  /* Readable: either bytes the client sent after its request (still there) or end of stream. */
+  char c;
+  ssize_t n = recv(ci->connect_fd, &c, 1, MSG_PEEK | MSG_DONTWAIT);
+  return n == 0 || (n < 0 && errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR);
 }
 
 const char *http_req_header(http_req *r, const char *key) {

@@ -100,6 +100,9 @@ struct http_req {
 /* Borrows a database connection for the rest of the request (or until released). */
 db_conn *http_req_db(http_req *r);
 void http_req_db_release(http_req *r);
+/* 1 when the client has closed its end (or the socket failed): long polls stop waiting for it,
+ * and a claim is not handed to a worker that is no longer there. */
+int http_req_client_gone(http_req *r);
 /* Query parameter or NULL. */
 const char *http_req_arg(http_req *r, const char *key);
 const char *http_req_header(http_req *r, const char *key);

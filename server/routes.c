@@ -651,6 +651,7 @@ static void route_worker_claim(http_req *r) {
     uint64_t gen = queue_notify_gen();
     /* The first round always claims (it also records the worker as seen); later rounds only
      * take the write lock when a read says a job is there, since every queue write wakes them. */
+    if (round > 0 && http_req_client_gone(r)) return; /* nobody to answer; take no job */
     int worth = round == 0 ? 1 : queue_claimable(http_req_db(r), kinds, &e);
     cJSON *claim =
         worth > 0 ? queue_claim(http_req_db(r), &r->srv->cfg.queue, worker, device, kinds, &e) : NULL;

@@ -192,6 +192,27 @@ try {
   r = await api(srv, 'POST', `/api/v1/jobs/${job}/retry`, { token: T.submit });
   check(r.status === 409 && r.json?.code === 'invalid_state', `retry of a running job -> 409 (got ${r.status})`);
 
+  // --- a claim long-poll whose worker went away takes no job ---
+  {
+    const body = JSON.stringify({ worker: 'test:gone:cpu', device: 'cpu', kinds: ['inspect'], wait_s: 6 });
+    const req = `POST /api/v1/workers/claim HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer ${T.worker}\r\n` +
+      `Content-Type: application/json\r\nContent-Length: ${Buffer.byteLength(body)}\r\n\r\n${body}`;
+    await raw(srv, req, { ms: 400 }); // the worker disappears 0.4 s into its long poll
+    r = await post('/api/v1/jobs', JSON.stringify({ kind: 'inspect', spec: { dataset: ds } }));
+    const job2 = r.json?.id;
+    await sleep(1800); // the abandoned poll would have claimed it by now
+    r = await api(srv, 'GET', `/api/v1/jobs/${job2}`, { token: T.read });
+    check(r.json?.state === 'queued', `a job submitted after the poller vanished stays queued (got ${r.json?.state})`);
+    // (the first job, its lease lapsed meanwhile, may come first: it is older)
+    let got = [];
+    for (let i = 0; i < 2 && !got.some((c) => c.id === job2); i++) {
+      r = await wpost('/api/v1/workers/claim', { worker: 'test:3:cpu', device: 'cpu', kinds: ['inspect'], wait_s: 1 });
+      got.push({ id: r.json?.job?.id, attempt: r.json?.attempt });
+    }
+    check(got.some((c) => c.id === job2 && c.attempt === 1),
+      `a live worker then claims it as attempt 1 (got ${JSON.stringify(got)})`);
+  }
+
   // --- still healthy, nothing left behind ---
   r = await api(srv, 'GET', '/healthz');
   check(r.status === 200, 'the server is still healthy after all of it');
