@@ -231,7 +231,8 @@ static conv_plan plan_teams(const lt_conv_geom *g) {
  * The same scratch serves forward, backward data and backward filter at any thread count. */
 size_t lt_cpu_conv2d_workspace(const lt_conv_geom *g) {
   if (is_pointwise(g) || is_depthwise(g)) return 0;
-  return floats_workspace(g) * sizeof(float);
+  const size_t im2col = floats_workspace(g) * sizeof(float), wino = lt_cpu_winograd_workspace(g);
+  return wino > im2col ? wino : im2col;
 }
 
 /* y (nb, s, ohw) = [accumulate ? y : 0] + p (s, nb*ohw) + b (s) (b may be NULL). */
@@ -496,6 +497,10 @@ static void conv_fwd(const lt_conv_geom *g, const float *x, const float *w, cons
     }
     return;
   }
+  if (lt_cpu_winograd_active(g)) {
+    lt_cpu_winograd_fwd(g, x, w, b, y, accumulate, ws);
+    return;
+  }
   const conv_plan p = plan_teams(g);
   CONV_TEAMS(p.teams, t, {
     int i0, i1;
@@ -522,6 +527,10 @@ static void conv_bwd_data(const lt_conv_geom *g, const float *dy, const float *w
                     dy + ((size_t)img * g->s + (size_t)gr * sg) * hw, (int)hw,
                     accumulate ? 1.0f : 0.0f, dx + ((size_t)img * g->c + (size_t)gr * cg) * hw,
                     (int)hw);
+    return;
+  }
+  if (lt_cpu_winograd_active(g)) {
+    lt_cpu_winograd_bwd_data(g, dy, w, dx, accumulate, ws);
     return;
   }
   const conv_plan p = plan_teams(g);
@@ -551,6 +560,10 @@ static void conv_bwd_filter(const lt_conv_geom *g, const float *x, const float *
         lt_cpu_gemm(0, 1, sg, cg, (int)hw, 1.0f, dy + ((size_t)img * g->s + (size_t)gr * sg) * hw,
                     (int)hw, x + ((size_t)img * g->c + (size_t)gr * cg) * hw, (int)hw,
                     (accumulate || img > 0) ? 1.0f : 0.0f, dw + (size_t)gr * sg * cg, cg);
+    return;
+  }
+  if (lt_cpu_winograd_active(g)) {
+    lt_cpu_winograd_bwd_filter(g, x, dy, dw, accumulate, ws);
     return;
   }
   const conv_plan p = plan_teams(g);

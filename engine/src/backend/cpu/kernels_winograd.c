@@ -1,0 +1,411 @@
+/* Winograd F(2×2, 3×3) convolution on the CPU: the fast path of kernels_conv.c for 3×3 stride-1
+ * convolutions (groups 1, dilation 1, top and left padding at most 2), for forward, backward data
+ * and backward filter.
+ *
+ * Algorithm (Lavin & Gray 2016). The output is cut into 2×2 tiles; the 4×4 input patch d of a
+ * tile goes to V = Bᵀ d B, the 3×3 filter g to U = G g Gᵀ, and the tile is Aᵀ [Σ_c U ⊙ V] A: for
+ * each of the 16 "frequencies" ξ a product M_ξ (tiles, s) = V_ξ (tiles, c) · U_ξ (c, s), with
+ * 16/36 = 0.44 of the direct convolution's multiplies. Backward data is the forward on dy with
+ * the filter rotated by 180° and transposed (c ↔ s) and padding 2 - p (hence p <= 2). Backward
+ * filter uses the transposed transforms: dU_ξ (s, c) = Σ_tiles (A dY Aᵀ)_ξ ⊗ V_ξ, one product per
+ * frequency with the tiles as the reduction, then dw = Gᵀ dU G. F(2×2) transforms have entries
+ * 0, ±1 and ±½, so the rounding error stays close to the direct convolution's (F(4×4, 3×3) would
+ * save another 44% of multiplies at several times the error: not used).
+ *
+ * Layout. The Winograd domain is channel-innermost with channels padded to multiples of 16
+ * (cp, sp): V (16, tp, cp), M (16, tp, sp), U (16, cp, sp), so the transforms run on whole
+ * 16-float vectors of channels and each per-frequency product is a small row-major GEMM with
+ * 16-float columns. A chunk of images is first reordered from NCHW into xt (nb, hp, wp, cp), a
+ * zero-bordered channel-innermost copy covering every tile's patch; the output transform writes
+ * one tile row at a time into a small buffer that is reordered into NCHW y.
+ *
+ * Threads and chunks are as in kernels_conv.c: the batch is cut into chunks of nb whole images,
+ * nb chosen so that one chunk's xt, V and M (about WG_TEAM_BYTES) stay in the core's L2 between
+ * the input transform, the products and the output transform; each OpenMP thread ("team") owns a
+ * contiguous run of chunks and a slice of the workspace. Forward and backward data results do
+ * not depend on the chunking or the thread count at all (every output element is computed by one
+ * fixed sequence of operations). Backward filter keeps one partial dU per team and sums them in
+ * team order, so it is reproducible at a given thread count.
+ *
+ * Instruction sets. The vector code (kernels_winograd_body.h: micro-kernel, transforms) is
+ * written with GCC vector extensions and compiled three times: for AVX-512, for AVX2+FMA without
+ * AVX-512, and for the build's own target (portable); the first call picks the best one the CPU
+ * has (__builtin_cpu_supports), so the build needs no -march flags. LATHE_CONV_WINOGRAD (or
+ * lt_cpu_winograd_set_mode) selects: "0"/"off" (im2col everywhere), "generic", "avx2", "avx512",
+ * or automatic (unset or anything else).
+ */
+#include "backend/cpu/kernels.h"
+
+#include <omp.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+
+/* Bytes of one team's chunk scratch (xt, V, M, ...). Measured on ResNet-20's layers at batch 128
+ * (bench_conv): see the report in the commit that set it. */
+#define WG_TEAM_BYTES ((size_t)1 << 20)
+/* Team slices the workspace has room for (the thread count is not known when it is sized). */
+#define WG_MAX_TEAMS 8
+/* Images whose single-image scratch exceeds this take the im2col path instead. */
+#define WG_MAX_SLICE_BYTES ((size_t)64 << 20)
+
+typedef float wg_v16 __attribute__((vector_size(64), may_alias));
+#define WG_V(p) (*(wg_v16 *)(uintptr_t)(p))
+
+/* One forward-type pass: input (c, h, w) -> output (s, oh, ow), top/left padding pt, pl. */
+typedef struct wg_shape {
+  int c, s, h, w, oh, ow, pt, pl;
+  int cp, sp; /* channels rounded up to 16 */
+  int ty, tx; /* 2×2 tiles per image: ceil(oh/2), ceil(ow/2) */
+  int hp, wp; /* rows and columns of xt: every tile's 4×4 patch, 2*ty + 2, 2*tx + 2 */
+} wg_shape;
+
+static int round16(int v) { return (v + 15) & ~15; }
+
+static wg_shape shape_make(int c, int s, int h, int w, int oh, int ow, int pt, int pl) {
+  wg_shape sh = {.c = c, .s = s, .h = h, .w = w, .oh = oh, .ow = ow, .pt = pt, .pl = pl};
+  sh.cp = round16(c);
+  sh.sp = round16(s);
+  sh.ty = (oh + 1) / 2;
+  sh.tx = (ow + 1) / 2;
+  sh.hp = 2 * sh.ty + 2;
+  sh.wp = 2 * sh.tx + 2;
+  return sh;
+}
+
+static wg_shape shape_fwd(const lt_conv_geom *g) {
+  return shape_make(g->c, g->s, g->h, g->w, g->oh, g->ow, g->pad_t, g->pad_l);
+}
+
+/* Backward data as a forward pass: dy (s, oh, ow) -> dx (c, h, w), padding 2 - p. */
+static wg_shape shape_bwd_data(const lt_conv_geom *g) {
+  return shape_make(g->s, g->c, g->oh, g->ow, g->h, g->w, 2 - g->pad_t, 2 - g->pad_l);
+}
+
+/* Floats of chunk scratch per image, and fixed per team, for a forward-type pass (filt = 0: xt,
+ * V, M, and the tile-row buffer) or backward filter (filt = 1: dU, xt, V, dyt, M'). The fixed
+ * part covers rounding the tile count up to a multiple of 16. All are multiples of 16. */
+static size_t floats_per_image(const wg_shape *sh, int filt) {
+  const size_t tiles = (size_t)sh->ty * sh->tx;
+  size_t f = (size_t)sh->hp * sh->wp * sh->cp + 16 * tiles * (size_t)(sh->cp + sh->sp);
+  if (filt) f += 4 * tiles * sh->sp;
+  return f;
+}
+static size_t floats_fixed(const wg_shape *sh, int filt) {
+  return 16 * 15 * (size_t)(sh->cp + sh->sp) +
+         (filt ? 16 * (size_t)sh->sp * sh->cp : 4 * (size_t)sh->tx * sh->sp);
+}
+
+typedef struct wg_plan {
+  int nb, chunks, teams;
+  size_t slice; /* floats of one team's slice */
+} wg_plan;
+
+static wg_plan plan_pass(const wg_shape *sh, int n, int filt) {
+  const size_t per = floats_per_image(sh, filt), fix = floats_fixed(sh, filt);
+  const size_t budget = WG_TEAM_BYTES / sizeof(float);
+  size_t nb = budget > fix ? (budget - fix) / per : 0;
+  if (nb > (size_t)n) nb = (size_t)n;
+  if (nb < 1) nb = 1;
+  wg_plan p = {.nb = (int)nb, .slice = nb * per + fix};
+  p.chunks = (int)((n + nb - 1) / nb);
+  return p;
+}
+
+/* Floats of all team slices: room for WG_MAX_TEAMS slices of WG_TEAM_BYTES, or one slice when a
+ * single image needs more. */
+static size_t floats_slices(const lt_conv_geom *g) {
+  const wg_shape f = shape_fwd(g), d = shape_bwd_data(g);
+  size_t most = plan_pass(&f, g->n, 0).slice;
+  const size_t bd = plan_pass(&d, g->n, 0).slice, bf = plan_pass(&f, g->n, 1).slice;
+  if (bd > most) most = bd;
+  if (bf > most) most = bf;
+  const size_t teams = WG_MAX_TEAMS * (WG_TEAM_BYTES / sizeof(float));
+  return most > teams ? most : teams;
+}
+
+static size_t slice_max(const lt_conv_geom *g) {
+  const wg_shape f = shape_fwd(g), d = shape_bwd_data(g);
+  size_t most = plan_pass(&f, g->n, 0).slice;
+  const size_t bd = plan_pass(&d, g->n, 0).slice, bf = plan_pass(&f, g->n, 1).slice;
+  if (bd > most) most = bd;
+  return bf > most ? bf : most;
+}
+
+int lt_cpu_winograd_eligible(const lt_conv_geom *g) {
+  if (g->kh != 3 || g->kw != 3 || g->stride_h != 1 || g->stride_w != 1 || g->dil_h != 1 ||
+      g->dil_w != 1 || g->groups != 1 || g->pad_t > 2 || g->pad_l > 2 || g->pad_t < 0 ||
+      g->pad_l < 0 || g->pad_b < 0 || g->pad_r < 0 || g->oh < 1 || g->ow < 1)
+    return 0;
+  return slice_max(g) * sizeof(float) <= WG_MAX_SLICE_BYTES;
+}
+
+size_t lt_cpu_winograd_workspace(const lt_conv_geom *g) {
+  if (!lt_cpu_winograd_eligible(g)) return 0;
+  const size_t u = 16 * (size_t)round16(g->c) * round16(g->s);
+  return (16 + u + floats_slices(g)) * sizeof(float);
+}
+
+/* ---- the per-ISA vector code --------------------------------------------------------------- */
+
+typedef struct wg_impl {
+  const char *name;
+  void (*gemm)(int m, int n, int k, const float *a, ptrdiff_t sam, ptrdiff_t sak, const float *b,
+               ptrdiff_t ldb, float *c, ptrdiff_t ldc, int accumulate);
+  void (*in_tf)(const wg_shape *sh, int nb, const float *xt, float *V, int tp);
+  void (*dy_tf)(const wg_shape *sh, int nb, const float *dyt, float *M, int tp);
+  void (*out_tf)(const wg_shape *sh, int nb, const float *M, int tp, const float *b, float *y,
+                 int accumulate, float *yrow);
+} wg_impl;
+
+#define WG_IMPL(sfx)                                                                               \
+  { #sfx, wg_gemm_##sfx, wg_in_tf_##sfx, wg_dy_tf_##sfx, wg_out_tf_##sfx }
+
+#if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__)
+#define WG_HAVE_X86 1
+#pragma GCC push_options
+#pragma GCC target("avx512f,avx512dq,avx512bw,avx512vl,avx2,fma")
+#define WG_FN(f) wg_##f##_avx512
+#define WG_ACC 16
+#define WG_NVMAX 4
+#include "backend/cpu/kernels_winograd_body.h"
+#undef WG_FN
+#undef WG_ACC
+#undef WG_NVMAX
+#pragma GCC pop_options
+
+#pragma GCC push_options
+#pragma GCC target("avx2,fma,no-avx512f")
+#define WG_FN(f) wg_##f##_avx2
+#define WG_ACC 4
+#define WG_NVMAX 1
+#include "backend/cpu/kernels_winograd_body.h"
+#undef WG_FN
+#undef WG_ACC
+#undef WG_NVMAX
+#pragma GCC pop_options
+#endif
+
+/* The build's own target: whatever the compiler flags allow. */
+#define WG_FN(f) wg_##f##_generic
+#define WG_ACC 4
+#define WG_NVMAX 1
+#include "backend/cpu/kernels_winograd_body.h"
+#undef WG_FN
+#undef WG_ACC
+#undef WG_NVMAX
+
+static const wg_impl impl_generic = WG_IMPL(generic);
+#ifdef WG_HAVE_X86
+static const wg_impl impl_avx2 = WG_IMPL(avx2);
+static const wg_impl impl_avx512 = WG_IMPL(avx512);
+#endif
+
+static int wg_mode = -1; /* LT_WINOGRAD_*, -1 until the first use reads the environment */
+
+void lt_cpu_winograd_set_mode(int mode) { __atomic_store_n(&wg_mode, mode, __ATOMIC_RELAXED); }
+
+int lt_cpu_winograd_mode(void) {
+  int m = __atomic_load_n(&wg_mode, __ATOMIC_RELAXED);
+  if (m >= 0) return m;
+  const char *e = getenv("LATHE_CONV_WINOGRAD");
+  m = LT_WINOGRAD_AUTO;
+  if (e && (!strcmp(e, "0") || !strcmp(e, "off"))) m = LT_WINOGRAD_OFF;
+  else if (e && !strcmp(e, "generic")) m = LT_WINOGRAD_GENERIC;
+  else if (e && !strcmp(e, "avx2")) m = LT_WINOGRAD_AVX2;
+  else if (e && !strcmp(e, "avx512")) m = LT_WINOGRAD_AVX512;
+  __atomic_store_n(&wg_mode, m, __ATOMIC_RELAXED);
+  return m;
+}
+
+/* The implementation the mode asks for, lowered to what the CPU has; NULL when off. */
+static const wg_impl *wg_pick(void) {
+  const int m = lt_cpu_winograd_mode();
+  if (m == LT_WINOGRAD_OFF) return NULL;
+#ifdef WG_HAVE_X86
+  const int avx512 = __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512dq") &&
+                     __builtin_cpu_supports("avx512bw") && __builtin_cpu_supports("avx512vl");
+  const int avx2 = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+  if ((m == LT_WINOGRAD_AUTO || m == LT_WINOGRAD_AVX512) && avx512) return &impl_avx512;
+  if (m != LT_WINOGRAD_GENERIC && avx2) return &impl_avx2;
+#endif
+  return &impl_generic;
+}
+
+const char *lt_cpu_winograd_impl_name(void) {
+  const wg_impl *im = wg_pick();
+  return im ? im->name : "off";
+}
+
+int lt_cpu_winograd_active(const lt_conv_geom *g) {
+  return lt_cpu_winograd_eligible(g) && wg_pick() != NULL;
+}
+
+/* ---- movement and filter transforms (scalar) ----------------------------------------------- */
+
+/* xt (nb, hp, wp, cp) = x (nb, c, h, w) placed at row pt, column pl, zero elsewhere (padding,
+ * padded channels); input rows and columns beyond xt are not read by any tile and are dropped. */
+static void to_tiles(const wg_shape *sh, int nb, int c, int h, int w, int cp, int hp, int wp,
+                     int pt, int pl, const float *restrict x, float *restrict xt) {
+  const int rows = h < hp - pt ? h : hp - pt, cols = w < wp - pl ? w : wp - pl;
+  for (int img = 0; img < nb; img++) {
+    float *restrict xi = xt + (size_t)img * hp * wp * cp;
+    memset(xi, 0, sizeof(float) * (size_t)hp * wp * cp);
+    for (int ch = 0; ch < c; ch++)
+      for (int yy = 0; yy < rows; yy++) {
+        const float *restrict src = x + (((size_t)img * c + ch) * h + yy) * w;
+        float *restrict dst = xi + ((size_t)(yy + pt) * wp + pl) * cp + ch;
+        for (int xx = 0; xx < cols; xx++)
+          dst[(size_t)xx * cp] = src[xx];
+      }
+  }
+  (void)sh;
+}
+
+/* U[ξ][k][n] = (G g Gᵀ)[ξ] with g = w[n][k] (forward) or g = w[k][n] rotated by 180° (backward
+ * data), G = [1 0 0; ½ ½ ½; ½ -½ ½; 0 0 1]; padded entries are zero. */
+static void filter_tf(const wg_shape *sh, const float *restrict w, int flip, float *restrict U) {
+  const int cp = sh->cp, sp = sh->sp;
+  memset(U, 0, sizeof(float) * 16 * (size_t)cp * sp);
+#pragma omp parallel for schedule(static)
+  for (int k = 0; k < sh->c; k++)
+    for (int n = 0; n < sh->s; n++) {
+      const float *src = w + ((size_t)(flip ? k * sh->s + n : n * sh->c + k)) * 9;
+      float g[3][3], a[4][3];
+      for (int i = 0; i < 3; i++)
+        for (int j = 0; j < 3; j++)
+          g[i][j] = flip ? src[(2 - i) * 3 + (2 - j)] : src[i * 3 + j];
+      for (int j = 0; j < 3; j++) {
+        a[0][j] = g[0][j];
+        a[1][j] = 0.5f * (g[0][j] + g[1][j] + g[2][j]);
+        a[2][j] = 0.5f * (g[0][j] - g[1][j] + g[2][j]);
+        a[3][j] = g[2][j];
+      }
+      for (int i = 0; i < 4; i++) {
+        float *u = U + ((size_t)(4 * i) * cp + k) * sp + n;
+        const size_t fs = (size_t)cp * sp;
+        u[0] = a[i][0];
+        u[fs] = 0.5f * (a[i][0] + a[i][1] + a[i][2]);
+        u[2 * fs] = 0.5f * (a[i][0] - a[i][1] + a[i][2]);
+        u[3 * fs] = a[i][2];
+      }
+    }
+}
+
+/* ---- the passes ---------------------------------------------------------------------------- */
+
+/* Aligns the workspace to 64 bytes (the size function adds the 16 floats of slack). */
+static float *ws_align(void *ws) { return (float *)(((uintptr_t)ws + 63) & ~(uintptr_t)63); }
+
+static int team_count(const wg_plan *p, size_t slices_floats) {
+  int t = omp_get_max_threads();
+  if (t > p->chunks) t = p->chunks;
+  if ((size_t)t > slices_floats / p->slice) t = (int)(slices_floats / p->slice);
+  if (t > WG_MAX_TEAMS) t = WG_MAX_TEAMS;
+  return t < 1 ? 1 : t;
+}
+
+/* Chunks [*c0, *c1) of a team: a contiguous run. */
+static void team_chunks(const wg_plan *p, int teams, int team, int *c0, int *c1) {
+  *c0 = (int)((int64_t)p->chunks * team / teams);
+  *c1 = (int)((int64_t)p->chunks * (team + 1) / teams);
+}
+
+/* y [+]= conv(x, w) + b on the pass shape sh (forward, or backward data with flip). */
+static void fwd_pass(const wg_impl *im, const wg_shape *sh, int n, const float *x, const float *w,
+                     int flip, const float *b, float *y, int accumulate, float *ws,
+                     size_t slices_floats) {
+  const int cp = sh->cp, sp = sh->sp, tiles = sh->ty * sh->tx;
+  float *U = ws, *slices = ws + 16 * (size_t)cp * sp;
+  filter_tf(sh, w, flip, U);
+  const wg_plan p = plan_pass(sh, n, 0);
+  const int teams = team_count(&p, slices_floats);
+  const size_t xin = (size_t)sh->c * sh->h * sh->w, yout = (size_t)sh->s * sh->oh * sh->ow;
+#pragma omp parallel for num_threads(teams) schedule(static, 1)
+  for (int team = 0; team < teams; team++) {
+    int c0, c1;
+    team_chunks(&p, teams, team, &c0, &c1);
+    float *xt = slices + (size_t)team * p.slice;
+    for (int ch = c0; ch < c1; ch++) {
+      const int a = ch * p.nb, nb = n - a < p.nb ? n - a : p.nb, tp = round16(nb * tiles);
+      float *V = xt + (size_t)nb * sh->hp * sh->wp * cp, *M = V + 16 * (size_t)tp * cp;
+      float *yrow = M + 16 * (size_t)tp * sp;
+      to_tiles(sh, nb, sh->c, sh->h, sh->w, cp, sh->hp, sh->wp, sh->pt, sh->pl, x + a * xin, xt);
+      im->in_tf(sh, nb, xt, V, tp);
+      for (int f = 0; f < 16; f++)
+        im->gemm(tp, sp, cp, V + (size_t)f * tp * cp, cp, 1, U + (size_t)f * cp * sp, sp,
+                 M + (size_t)f * tp * sp, sp, 0);
+      im->out_tf(sh, nb, M, tp, b, y + a * yout, accumulate, yrow);
+    }
+  }
+}
+
+void lt_cpu_winograd_fwd(const lt_conv_geom *g, const float *x, const float *w, const float *b,
+                         float *y, int accumulate, void *ws) {
+  const wg_shape sh = shape_fwd(g);
+  fwd_pass(wg_pick() ? wg_pick() : &impl_generic, &sh, g->n, x, w, 0, b, y, accumulate,
+           ws_align(ws), floats_slices(g));
+}
+
+void lt_cpu_winograd_bwd_data(const lt_conv_geom *g, const float *dy, const float *w, float *dx,
+                              int accumulate, void *ws) {
+  const wg_shape sh = shape_bwd_data(g);
+  fwd_pass(wg_pick() ? wg_pick() : &impl_generic, &sh, g->n, dy, w, 1, NULL, dx, accumulate,
+           ws_align(ws), floats_slices(g));
+}
+
+void lt_cpu_winograd_bwd_filter(const lt_conv_geom *g, const float *x, const float *dy, float *dw,
+                                int accumulate, void *ws) {
+  const wg_impl *im = wg_pick() ? wg_pick() : &impl_generic;
+  const wg_shape sh = shape_fwd(g);
+  const int cp = sh.cp, sp = sh.sp, tiles = sh.ty * sh.tx, n = g->n;
+  float *slices = ws_align(ws) + 16 * (size_t)cp * sp;
+  const wg_plan p = plan_pass(&sh, n, 1);
+  const int teams = team_count(&p, floats_slices(g));
+  const size_t xin = (size_t)sh.c * sh.h * sh.w, yout = (size_t)sh.s * sh.oh * sh.ow;
+  const size_t du_floats = 16 * (size_t)sp * cp;
+#pragma omp parallel for num_threads(teams) schedule(static, 1)
+  for (int team = 0; team < teams; team++) {
+    int c0, c1;
+    team_chunks(&p, teams, team, &c0, &c1);
+    float *dU = slices + (size_t)team * p.slice, *xt = dU + du_floats;
+    for (int ch = c0; ch < c1; ch++) {
+      const int a = ch * p.nb, nb = n - a < p.nb ? n - a : p.nb, tp = round16(nb * tiles);
+      float *V = xt + (size_t)nb * sh.hp * sh.wp * cp, *dyt = V + 16 * (size_t)tp * cp;
+      float *M = dyt + (size_t)nb * 4 * tiles * sp;
+      to_tiles(&sh, nb, sh.c, sh.h, sh.w, cp, sh.hp, sh.wp, sh.pt, sh.pl, x + a * xin, xt);
+      im->in_tf(&sh, nb, xt, V, tp);
+      to_tiles(&sh, nb, sh.s, sh.oh, sh.ow, sp, 2 * sh.ty, 2 * sh.tx, 0, 0, dy + a * yout, dyt);
+      im->dy_tf(&sh, nb, dyt, M, tp);
+      for (int f = 0; f < 16; f++)
+        im->gemm(sp, cp, tp, M + (size_t)f * tp * sp, 1, sp, V + (size_t)f * tp * cp, cp,
+                 dU + (size_t)f * sp * cp, cp, ch > c0);
+    }
+  }
+  /* dw = Gᵀ (Σ_teams dU) G, the sum in team order; Gᵀ = [1 ½ ½ 0; 0 ½ -½ 0; 0 ½ ½ 1]. */
+  const int S = g->s, C = g->c;
+#pragma omp parallel for schedule(static)
+  for (int sc = 0; sc < S * C; sc++) {
+    const int s = sc / C, c = sc % C;
+    float u[4][4], b[3][4];
+    for (int f = 0; f < 16; f++) {
+      const size_t off = ((size_t)f * sp + s) * cp + c;
+      float acc = slices[off];
+      for (int t = 1; t < teams; t++)
+        acc += slices[(size_t)t * p.slice + off];
+      u[f / 4][f % 4] = acc;
+    }
+    for (int j = 0; j < 4; j++) {
+      b[0][j] = u[0][j] + 0.5f * (u[1][j] + u[2][j]);
+      b[1][j] = 0.5f * (u[1][j] - u[2][j]);
+      b[2][j] = 0.5f * (u[1][j] + u[2][j]) + u[3][j];
+    }
+    float *o = dw + (size_t)sc * 9;
+    for (int i = 0; i < 3; i++) {
+      const float r[3] = {b[i][0] + 0.5f * (b[i][1] + b[i][2]), 0.5f * (b[i][1] - b[i][2]),
+                          0.5f * (b[i][1] + b[i][2]) + b[i][3]};
+      for (int j = 0; j < 3; j++)
+        o[i * 3 + j] = accumulate ? o[i * 3 + j] + r[j] : r[j];
+    }
+  }
+}

@@ -1,0 +1,191 @@
+/* The vectorised parts of the Winograd convolution (kernels_winograd.c), written once with GCC
+ * vector extensions and compiled once per instruction set: kernels_winograd.c includes this file
+ * several times, each time inside a `#pragma GCC target` region and with WG_FN(name) giving the
+ * functions a per-ISA suffix. WG_ACC is how many 16-float accumulators one micro-kernel call
+ * keeps (16 on AVX-512, where a wg_v16 is one zmm register; fewer where it is two ymm or four xmm
+ * registers) and WG_NVMAX the widest column block in 16-float vectors.
+ *
+ * Layouts (see kernels_winograd.c): V (16, tp, cp), M (16, tp, sp), U (16, cp, sp), xt
+ * (nb, hp, wp, cp), channels innermost and padded to multiples of 16, so every access below is
+ * a whole aligned wg_v16. */
+
+/* C (m, n) [+]= A (m, k) · B (k, n) for mr rows and nv 16-float column vectors: A's element
+ * (i, kk) is a[i*sam + kk*sak] (broadcast), B and C are row-major with leading dimensions ldb,
+ * ldc. mr and nv are constants at every call, so the accumulators live in registers. */
+static inline __attribute__((always_inline)) void WG_FN(kern)(const int mr, const int nv, int k,
+                                                             const float *restrict a,
+                                                             ptrdiff_t sam, ptrdiff_t sak,
+                                                             const float *restrict b,
+                                                             ptrdiff_t ldb, float *restrict c,
+                                                             ptrdiff_t ldc, int accumulate) {
+  wg_v16 acc[16][4];
+#pragma GCC unroll 16
+  for (int r = 0; r < mr; r++)
+#pragma GCC unroll 4
+    for (int v = 0; v < nv; v++)
+      acc[r][v] = accumulate ? WG_V(c + r * ldc + v * 16) : (wg_v16){0};
+  for (int kk = 0; kk < k; kk++) {
+    wg_v16 bv[4];
+    const float *restrict bk = b + kk * ldb, *restrict ak = a + kk * sak;
+#pragma GCC unroll 4
+    for (int v = 0; v < nv; v++)
+      bv[v] = WG_V(bk + v * 16);
+#pragma GCC unroll 16
+    for (int r = 0; r < mr; r++) {
+      const float av = ak[r * sam];
+#pragma GCC unroll 4
+      for (int v = 0; v < nv; v++)
+        acc[r][v] += av * bv[v];
+    }
+  }
+#pragma GCC unroll 16
+  for (int r = 0; r < mr; r++)
+#pragma GCC unroll 4
+    for (int v = 0; v < nv; v++)
+      WG_V(c + r * ldc + v * 16) = acc[r][v];
+}
+
+/* C (m, n) [+]= A (m, k) · B (k, n), m a multiple of 16, n a multiple of 16 (A strided as in
+ * kern). Column blocks of up to WG_NVMAX vectors, WG_ACC / nv rows per call. */
+static void WG_FN(gemm)(int m, int n, int k, const float *a, ptrdiff_t sam, ptrdiff_t sak,
+                        const float *b, ptrdiff_t ldb, float *c, ptrdiff_t ldc, int accumulate) {
+  for (int n0 = 0; n0 < n;) {
+    const int left = (n - n0) / 16;
+    const int nv = left >= 4 && WG_NVMAX >= 4 ? 4 : left >= 2 && WG_NVMAX >= 2 ? 2 : 1;
+    const float *bn = b + n0;
+    float *cn = c + n0;
+    if (WG_NVMAX >= 4 && nv == 4) {
+      for (int m0 = 0; m0 < m; m0 += WG_ACC / 4)
+        WG_FN(kern)(WG_ACC / 4, 4, k, a + m0 * sam, sam, sak, bn, ldb, cn + m0 * ldc, ldc,
+                    accumulate);
+    } else if (WG_NVMAX >= 2 && nv == 2) {
+      for (int m0 = 0; m0 < m; m0 += WG_ACC / 2)
+        WG_FN(kern)(WG_ACC / 2, 2, k, a + m0 * sam, sam, sak, bn, ldb, cn + m0 * ldc, ldc,
+                    accumulate);
+    } else {
+      for (int m0 = 0; m0 < m; m0 += WG_ACC)
+        WG_FN(kern)(WG_ACC, 1, k, a + m0 * sam, sam, sak, bn, ldb, cn + m0 * ldc, ldc,
+                    accumulate);
+    }
+    n0 += nv * 16;
+  }
+}
+
+/* V[ξ][t][:] = (Bᵀ d B)[ξ] for the 4×4 input patch d of every tile t of nb images of xt
+ * (F(2×2, 3×3): Bᵀ = [1 0 -1 0; 0 1 1 0; 0 -1 1 0; 0 1 0 -1]); rows [t, tp) are zeroed. */
+static void WG_FN(in_tf)(const wg_shape *sh, int nb, const float *restrict xt, float *restrict V,
+                         int tp) {
+  const int cp = sh->cp, wp = sh->wp;
+  const ptrdiff_t xs = (ptrdiff_t)tp * cp;
+  int t = 0;
+  for (int img = 0; img < nb; img++)
+    for (int ty = 0; ty < sh->ty; ty++)
+      for (int tx = 0; tx < sh->tx; tx++, t++) {
+        const float *restrict base = xt + (((ptrdiff_t)img * sh->hp + 2 * ty) * wp + 2 * tx) * cp;
+        float *restrict v = V + (ptrdiff_t)t * cp;
+        for (int cb = 0; cb < cp; cb += 16) {
+          wg_v16 d[4][4], u[4][4];
+#pragma GCC unroll 4
+          for (int i = 0; i < 4; i++)
+#pragma GCC unroll 4
+            for (int j = 0; j < 4; j++)
+              d[i][j] = WG_V(base + ((ptrdiff_t)i * wp + j) * cp + cb);
+#pragma GCC unroll 4
+          for (int j = 0; j < 4; j++) {
+            u[0][j] = d[0][j] - d[2][j];
+            u[1][j] = d[1][j] + d[2][j];
+            u[2][j] = d[2][j] - d[1][j];
+            u[3][j] = d[1][j] - d[3][j];
+          }
+#pragma GCC unroll 4
+          for (int i = 0; i < 4; i++) {
+            WG_V(v + (4 * i + 0) * xs + cb) = u[i][0] - u[i][2];
+            WG_V(v + (4 * i + 1) * xs + cb) = u[i][1] + u[i][2];
+            WG_V(v + (4 * i + 2) * xs + cb) = u[i][2] - u[i][1];
+            WG_V(v + (4 * i + 3) * xs + cb) = u[i][1] - u[i][3];
+          }
+        }
+      }
+  for (int f = 0; f < 16 && t < tp; f++)
+    memset(V + f * xs + (ptrdiff_t)t * cp, 0, sizeof(float) * (size_t)(tp - t) * cp);
+}
+
+/* M'[ξ][t][:] = (A dY Aᵀ)[ξ] for the 2×2 output-gradient block dY of every tile of nb images of
+ * dyt (nb, 2*ty, 2*tx, sp) (A = [1 0; 1 1; 1 -1; 0 -1]); rows [t, tp) are zeroed. */
+static void WG_FN(dy_tf)(const wg_shape *sh, int nb, const float *restrict dyt,
+                         float *restrict M, int tp) {
+  const int sp = sh->sp, rw = 2 * sh->tx;
+  const ptrdiff_t xs = (ptrdiff_t)tp * sp;
+  int t = 0;
+  for (int img = 0; img < nb; img++)
+    for (int ty = 0; ty < sh->ty; ty++)
+      for (int tx = 0; tx < sh->tx; tx++, t++) {
+        const float *restrict base =
+            dyt + (((ptrdiff_t)img * 2 * sh->ty + 2 * ty) * rw + 2 * tx) * sp;
+        float *restrict m = M + (ptrdiff_t)t * sp;
+        for (int sb = 0; sb < sp; sb += 16) {
+          const wg_v16 d00 = WG_V(base + sb), d01 = WG_V(base + sp + sb);
+          const wg_v16 d10 = WG_V(base + (ptrdiff_t)rw * sp + sb);
+          const wg_v16 d11 = WG_V(base + (ptrdiff_t)(rw + 1) * sp + sb);
+          wg_v16 e[4][2];
+          e[0][0] = d00, e[0][1] = d01;
+          e[1][0] = d00 + d10, e[1][1] = d01 + d11;
+          e[2][0] = d00 - d10, e[2][1] = d01 - d11;
+          e[3][0] = -d10, e[3][1] = -d11;
+#pragma GCC unroll 4
+          for (int i = 0; i < 4; i++) {
+            WG_V(m + (4 * i + 0) * xs + sb) = e[i][0];
+            WG_V(m + (4 * i + 1) * xs + sb) = e[i][0] + e[i][1];
+            WG_V(m + (4 * i + 2) * xs + sb) = e[i][0] - e[i][1];
+            WG_V(m + (4 * i + 3) * xs + sb) = -e[i][1];
+          }
+        }
+      }
+  for (int f = 0; f < 16 && t < tp; f++)
+    memset(M + f * xs + (ptrdiff_t)t * sp, 0, sizeof(float) * (size_t)(tp - t) * sp);
+}
+
+/* y[img] [+]= Aᵀ M A + b for every tile of nb images (Aᵀ = [1 1 1 0; 0 1 -1 -1]), one tile row at
+ * a time through yrow (2, 2*tx, sp), which is then reordered into NCHW y (nb, s, oh, ow). */
+static void WG_FN(out_tf)(const wg_shape *sh, int nb, const float *restrict M, int tp,
+                          const float *restrict b, float *restrict y, int accumulate,
+                          float *restrict yrow) {
+  const int sp = sh->sp, rw = 2 * sh->tx, oh = sh->oh, ow = sh->ow;
+  const ptrdiff_t xs = (ptrdiff_t)tp * sp;
+  int t = 0;
+  for (int img = 0; img < nb; img++)
+    for (int ty = 0; ty < sh->ty; ty++) {
+      for (int tx = 0; tx < sh->tx; tx++, t++) {
+        const float *restrict m = M + (ptrdiff_t)t * sp;
+        float *restrict o = yrow + (ptrdiff_t)2 * tx * sp;
+        for (int sb = 0; sb < sp; sb += 16) {
+          wg_v16 u[2][4];
+#pragma GCC unroll 4
+          for (int j = 0; j < 4; j++) {
+            const wg_v16 m0 = WG_V(m + (0 + j) * xs + sb), m1 = WG_V(m + (4 + j) * xs + sb);
+            const wg_v16 m2 = WG_V(m + (8 + j) * xs + sb), m3 = WG_V(m + (12 + j) * xs + sb);
+            u[0][j] = m0 + m1 + m2;
+            u[1][j] = m1 - m2 - m3;
+          }
+#pragma GCC unroll 2
+          for (int i = 0; i < 2; i++) {
+            WG_V(o + (ptrdiff_t)i * rw * sp + sb) = u[i][0] + u[i][1] + u[i][2];
+            WG_V(o + ((ptrdiff_t)i * rw + 1) * sp + sb) = u[i][1] - u[i][2] - u[i][3];
+          }
+        }
+      }
+      for (int s = 0; s < sh->s; s++) {
+        const float bias = b ? b[s] : 0.0f;
+        for (int i = 0; i < 2 && 2 * ty + i < oh; i++) {
+          float *restrict dst = y + (((ptrdiff_t)img * sh->s + s) * oh + 2 * ty + i) * ow;
+          const float *restrict src = yrow + (ptrdiff_t)i * rw * sp + s;
+          if (accumulate)
+            for (int ox = 0; ox < ow; ox++)
+              dst[ox] += src[(ptrdiff_t)ox * sp] + bias;
+          else
+            for (int ox = 0; ox < ow; ox++)
+              dst[ox] = src[(ptrdiff_t)ox * sp] + bias;
+        }
+      }
+    }
+}
