@@ -47,6 +47,8 @@ static const shape shapes[] = {
     {1, 33, 11, 10, 20, 2, 2, 2, 2}, /* padding 2 */
     {2, 4, 3, 3, 4, 0, 1, 2, 0},     /* more asymmetry */
     {9, 24, 13, 13, 40, 1, 1, 1, 1}, /* several chunks per team */
+    {2, 20, 18, 35, 17, 1, 1, 1, 1}, /* whole and partial 16×16 reorder blocks */
+    {1, 16, 32, 32, 16, 1, 1, 1, 1}, /* ResNet-20 stage 1, one image */
 };
 
 static lt_conv_geom geom(const shape *s) {

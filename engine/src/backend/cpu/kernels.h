@@ -72,7 +72,8 @@ void lt_cpu_winograd_set_mode(int mode);
 int lt_cpu_winograd_mode(void);
 const char *lt_cpu_winograd_impl_name(void); /* "avx512", "avx2", "generic" or "off" */
 int lt_cpu_winograd_eligible(const lt_conv_geom *g);
-int lt_cpu_winograd_active(const lt_conv_geom *g); /* eligible and the mode is not off */
+/* eligible, the mode is not off, and in automatic mode at least 8 input and output channels */
+int lt_cpu_winograd_active(const lt_conv_geom *g);
 size_t lt_cpu_winograd_workspace(const lt_conv_geom *g);
 void lt_cpu_winograd_fwd(const lt_conv_geom *g, const float *x, const float *w, const float *b,
                          float *y, int accumulate, void *ws);

@@ -51,6 +51,7 @@
 
 typedef float wg_v16 __attribute__((vector_size(64), may_alias));
 #define WG_V(p) (*(wg_v16 *)(uintptr_t)(p))
+typedef int wg_i16 __attribute__((vector_size(64)));
 
 /* One forward-type pass: input (c, h, w) -> output (s, oh, ow), top/left padding pt, pl. */
 typedef struct wg_shape {
@@ -156,10 +157,12 @@ typedef struct wg_impl {
   void (*dy_tf)(const wg_shape *sh, int nb, const float *dyt, float *M, int tp);
   void (*out_tf)(const wg_shape *sh, int nb, const float *M, int tp, const float *b, float *y,
                  int accumulate, float *yrow);
+  void (*to_tiles)(int nb, int c, int h, int w, int cp, int hp, int wp, int pt, int pl,
+                   const float *x, float *xt);
 } wg_impl;
 
 #define WG_IMPL(sfx)                                                                               \
-  { #sfx, wg_gemm_##sfx, wg_in_tf_##sfx, wg_dy_tf_##sfx, wg_out_tf_##sfx }
+  { #sfx, wg_gemm_##sfx, wg_in_tf_##sfx, wg_dy_tf_##sfx, wg_out_tf_##sfx, wg_to_tiles_##sfx }
 
 #if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__)
 #define WG_HAVE_X86 1
@@ -237,30 +240,17 @@ const char *lt_cpu_winograd_impl_name(void) {
   return im ? im->name : "off";
 }
 
+/* In automatic mode, convolutions with fewer than 8 input or output channels stay on im2col:
+ * padding 3 channels to 16 (ResNet's first conv) makes Winograd slower than im2col there
+ * (bench_conv: conv1 3->16 at 24 vs 46 GFLOP/s, one thread). Forced modes take every eligible
+ * convolution (the tests use them on odd channel counts). */
 int lt_cpu_winograd_active(const lt_conv_geom *g) {
-  return lt_cpu_winograd_eligible(g) && wg_pick() != NULL;
+  const int m = lt_cpu_winograd_mode();
+  if (m == LT_WINOGRAD_OFF || !lt_cpu_winograd_eligible(g)) return 0;
+  return m != LT_WINOGRAD_AUTO || (g->c >= 8 && g->s >= 8);
 }
 
 /* ---- movement and filter transforms (scalar) ----------------------------------------------- */
-
-/* xt (nb, hp, wp, cp) = x (nb, c, h, w) placed at row pt, column pl, zero elsewhere (padding,
- * padded channels); input rows and columns beyond xt are not read by any tile and are dropped. */
-static void to_tiles(const wg_shape *sh, int nb, int c, int h, int w, int cp, int hp, int wp,
-                     int pt, int pl, const float *restrict x, float *restrict xt) {
-  const int rows = h < hp - pt ? h : hp - pt, cols = w < wp - pl ? w : wp - pl;
-  for (int img = 0; img < nb; img++) {
-    float *restrict xi = xt + (size_t)img * hp * wp * cp;
-    memset(xi, 0, sizeof(float) * (size_t)hp * wp * cp);
-    for (int ch = 0; ch < c; ch++)
-      for (int yy = 0; yy < rows; yy++) {
-        const float *restrict src = x + (((size_t)img * c + ch) * h + yy) * w;
-        float *restrict dst = xi + ((size_t)(yy + pt) * wp + pl) * cp + ch;
-        for (int xx = 0; xx < cols; xx++)
-          dst[(size_t)xx * cp] = src[xx];
-      }
-  }
-  (void)sh;
-}
 
 /* U[ξ][k][n] = (G g Gᵀ)[ξ] with g = w[n][k] (forward) or g = w[k][n] rotated by 180° (backward
  * data), G = [1 0 0; ½ ½ ½; ½ -½ ½; 0 0 1]; padded entries are zero. */
@@ -330,7 +320,7 @@ static void fwd_pass(const wg_impl *im, const wg_shape *sh, int n, const float *
       const int a = ch * p.nb, nb = n - a < p.nb ? n - a : p.nb, tp = round16(nb * tiles);
       float *V = xt + (size_t)nb * sh->hp * sh->wp * cp, *M = V + 16 * (size_t)tp * cp;
       float *yrow = M + 16 * (size_t)tp * sp;
-      to_tiles(sh, nb, sh->c, sh->h, sh->w, cp, sh->hp, sh->wp, sh->pt, sh->pl, x + a * xin, xt);
+      im->to_tiles(nb, sh->c, sh->h, sh->w, cp, sh->hp, sh->wp, sh->pt, sh->pl, x + a * xin, xt);
       im->in_tf(sh, nb, xt, V, tp);
       for (int f = 0; f < 16; f++)
         im->gemm(tp, sp, cp, V + (size_t)f * tp * cp, cp, 1, U + (size_t)f * cp * sp, sp,
@@ -373,9 +363,9 @@ void lt_cpu_winograd_bwd_filter(const lt_conv_geom *g, const float *x, const flo
       const int a = ch * p.nb, nb = n - a < p.nb ? n - a : p.nb, tp = round16(nb * tiles);
       float *V = xt + (size_t)nb * sh.hp * sh.wp * cp, *dyt = V + 16 * (size_t)tp * cp;
       float *M = dyt + (size_t)nb * 4 * tiles * sp;
-      to_tiles(&sh, nb, sh.c, sh.h, sh.w, cp, sh.hp, sh.wp, sh.pt, sh.pl, x + a * xin, xt);
+      im->to_tiles(nb, sh.c, sh.h, sh.w, cp, sh.hp, sh.wp, sh.pt, sh.pl, x + a * xin, xt);
       im->in_tf(&sh, nb, xt, V, tp);
-      to_tiles(&sh, nb, sh.s, sh.oh, sh.ow, sp, 2 * sh.ty, 2 * sh.tx, 0, 0, dy + a * yout, dyt);
+      im->to_tiles(nb, sh.s, sh.oh, sh.ow, sp, 2 * sh.ty, 2 * sh.tx, 0, 0, dy + a * yout, dyt);
       im->dy_tf(&sh, nb, dyt, M, tp);
       for (int f = 0; f < 16; f++)
         im->gemm(sp, cp, tp, M + (size_t)f * tp * sp, 1, sp, V + (size_t)f * tp * cp, cp,

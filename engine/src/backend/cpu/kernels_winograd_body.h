@@ -71,6 +71,65 @@ static void WG_FN(gemm)(int m, int n, int k, const float *a, ptrdiff_t sam, ptrd
   }
 }
 
+/* Transposes the 16×16 block r (r[i][j] -> r[j][i]) in four rounds of interleaving rows i and
+ * i + 8 (the perfect-shuffle transpose). */
+static inline __attribute__((always_inline)) void WG_FN(tr16)(wg_v16 r[16]) {
+  const wg_i16 lo = {0, 16, 1, 17, 2, 18, 3, 19, 4, 20, 5, 21, 6, 22, 7, 23};
+  const wg_i16 hi = {8, 24, 9, 25, 10, 26, 11, 27, 12, 28, 13, 29, 14, 30, 15, 31};
+#pragma GCC unroll 4
+  for (int k = 0; k < 4; k++) {
+    wg_v16 t[16];
+#pragma GCC unroll 8
+    for (int i = 0; i < 8; i++) {
+      t[2 * i] = __builtin_shuffle(r[i], r[i + 8], lo);
+      t[2 * i + 1] = __builtin_shuffle(r[i], r[i + 8], hi);
+    }
+#pragma GCC unroll 16
+    for (int i = 0; i < 16; i++)
+      r[i] = t[i];
+  }
+}
+
+/* xt (nb, hp, wp, cp) = x (nb, c, h, w) placed at row pt, column pl, zero elsewhere (padding,
+ * padded channels); input rows and columns beyond xt are not read by any tile and are dropped.
+ * Whole 16-channel × 16-column blocks go through tr16, the rest element by element. */
+static void WG_FN(to_tiles)(int nb, int c, int h, int w, int cp, int hp, int wp, int pt, int pl,
+                            const float *restrict x, float *restrict xt) {
+  const int rows = h < hp - pt ? h : hp - pt, cols = w < wp - pl ? w : wp - pl;
+  for (int img = 0; img < nb; img++) {
+    const float *restrict x0 = x + (size_t)img * c * h * w;
+    for (int r = 0; r < hp; r++) {
+      float *restrict row = xt + ((size_t)img * hp + r) * wp * cp;
+      const int yy = r - pt;
+      if (yy < 0 || yy >= rows) {
+        memset(row, 0, sizeof(float) * (size_t)wp * cp);
+        continue;
+      }
+      memset(row, 0, sizeof(float) * (size_t)pl * cp);
+      memset(row + (size_t)(pl + cols) * cp, 0, sizeof(float) * (size_t)(wp - pl - cols) * cp);
+      float *restrict dst = row + (size_t)pl * cp;
+      for (int cb = 0; cb < cp; cb += 16) {
+        int xx = 0;
+        if (cb + 16 <= c)
+          for (; xx + 16 <= cols; xx += 16) {
+            wg_v16 v[16];
+#pragma GCC unroll 16
+            for (int l = 0; l < 16; l++)
+              memcpy(&v[l], x0 + ((size_t)(cb + l) * h + yy) * w + xx, sizeof(wg_v16));
+            WG_FN(tr16)(v);
+#pragma GCC unroll 16
+            for (int j = 0; j < 16; j++)
+              WG_V(dst + (size_t)(xx + j) * cp + cb) = v[j];
+          }
+        for (; xx < cols; xx++)
+          for (int l = 0; l < 16; l++)
+            dst[(size_t)xx * cp + cb + l] =
+                cb + l < c ? x0[((size_t)(cb + l) * h + yy) * w + xx] : 0.0f;
+      }
+    }
+  }
+}
+
 /* V[ξ][t][:] = (Bᵀ d B)[ξ] for the 4×4 input patch d of every tile t of nb images of xt
  * (F(2×2, 3×3): Bᵀ = [1 0 -1 0; 0 1 1 0; 0 -1 1 0; 0 1 0 -1]); rows [t, tp) are zeroed. */
 static void WG_FN(in_tf)(const wg_shape *sh, int nb, const float *restrict xt, float *restrict V,
@@ -174,17 +233,48 @@ static void WG_FN(out_tf)(const wg_shape *sh, int nb, const float *restrict M, i
           }
         }
       }
-      for (int s = 0; s < sh->s; s++) {
-        const float bias = b ? b[s] : 0.0f;
-        for (int i = 0; i < 2 && 2 * ty + i < oh; i++) {
-          float *restrict dst = y + (((ptrdiff_t)img * sh->s + s) * oh + 2 * ty + i) * ow;
-          const float *restrict src = yrow + (ptrdiff_t)i * rw * sp + s;
+      /* yrow -> y: whole 16-channel × 16-column blocks through tr16, the rest one by one */
+      for (int i = 0; i < 2 && 2 * ty + i < oh; i++) {
+        float *restrict y0 = y + ((ptrdiff_t)img * sh->s * oh + 2 * ty + i) * ow;
+        const float *restrict src = yrow + (ptrdiff_t)i * rw * sp;
+        const ptrdiff_t plane = (ptrdiff_t)oh * ow;
+        int s0 = 0;
+        for (; s0 + 16 <= sh->s; s0 += 16) {
+          int ox = 0;
+          for (; ox + 16 <= ow; ox += 16) {
+            wg_v16 v[16];
+#pragma GCC unroll 16
+            for (int j = 0; j < 16; j++)
+              v[j] = WG_V(src + (ptrdiff_t)(ox + j) * sp + s0);
+            WG_FN(tr16)(v);
+#pragma GCC unroll 16
+            for (int l = 0; l < 16; l++) {
+              float *dst = y0 + (s0 + l) * plane + ox;
+              wg_v16 o = v[l] + (b ? b[s0 + l] : 0.0f);
+              if (accumulate) {
+                wg_v16 old;
+                memcpy(&old, dst, sizeof old);
+                o += old;
+              }
+              memcpy(dst, &o, sizeof o);
+            }
+          }
+          for (; ox < ow; ox++)
+            for (int l = 0; l < 16; l++) {
+              const float v = src[(ptrdiff_t)ox * sp + s0 + l] + (b ? b[s0 + l] : 0.0f);
+              float *dst = y0 + (s0 + l) * plane + ox;
+              *dst = accumulate ? *dst + v : v;
+            }
+        }
+        for (int s = s0; s < sh->s; s++) {
+          const float bias = b ? b[s] : 0.0f;
+          float *restrict dst = y0 + s * plane;
           if (accumulate)
             for (int ox = 0; ox < ow; ox++)
-              dst[ox] += src[(ptrdiff_t)ox * sp] + bias;
+              dst[ox] += src[(ptrdiff_t)ox * sp + s] + bias;
           else
             for (int ox = 0; ox < ow; ox++)
-              dst[ox] = src[(ptrdiff_t)ox * sp] + bias;
+              dst[ox] = src[(ptrdiff_t)ox * sp + s] + bias;
         }
       }
     }
