@@ -51,7 +51,6 @@
 
 typedef float wg_v16 __attribute__((vector_size(64), may_alias));
 #define WG_V(p) (*(wg_v16 *)(uintptr_t)(p))
-typedef int wg_i16 __attribute__((vector_size(64)));
 
 /* One forward-type pass: input (c, h, w) -> output (s, oh, ow), top/left padding pt, pl. */
 typedef struct wg_shape {

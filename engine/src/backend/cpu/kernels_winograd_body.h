@@ -74,15 +74,15 @@ static void WG_FN(gemm)(int m, int n, int k, const float *a, ptrdiff_t sam, ptrd
 /* Transposes the 16×16 block r (r[i][j] -> r[j][i]) in four rounds of interleaving rows i and
  * i + 8 (the perfect-shuffle transpose). */
 static inline __attribute__((always_inline)) void WG_FN(tr16)(wg_v16 r[16]) {
-  const wg_i16 lo = {0, 16, 1, 17, 2, 18, 3, 19, 4, 20, 5, 21, 6, 22, 7, 23};
-  const wg_i16 hi = {8, 24, 9, 25, 10, 26, 11, 27, 12, 28, 13, 29, 14, 30, 15, 31};
 #pragma GCC unroll 4
   for (int k = 0; k < 4; k++) {
     wg_v16 t[16];
 #pragma GCC unroll 8
     for (int i = 0; i < 8; i++) {
-      t[2 * i] = __builtin_shuffle(r[i], r[i + 8], lo);
-      t[2 * i + 1] = __builtin_shuffle(r[i], r[i + 8], hi);
+      t[2 * i] = __builtin_shufflevector(r[i], r[i + 8], 0, 16, 1, 17, 2, 18, 3, 19, 4, 20, 5, 21,
+                                         6, 22, 7, 23);
+      t[2 * i + 1] = __builtin_shufflevector(r[i], r[i + 8], 8, 24, 9, 25, 10, 26, 11, 27, 12, 28,
+                                             13, 29, 14, 30, 15, 31);
     }
 #pragma GCC unroll 16
     for (int i = 0; i < 16; i++)
