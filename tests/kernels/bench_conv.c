@@ -3,7 +3,7 @@
  * plain sgemm of the same lowered size (M = out channels, N = batch*oh*ow, K = in*kh*kw) measured
  * in the same run. Built, not run by ctest:
  *
- *   OMP_WAIT_POLICY=passive build/bin/bench_conv [--cpu] [BATCH [LAYER]]
+ *   OMP_WAIT_POLICY=passive build/bin/bench_conv [--cpu] [--tile 2|4] [BATCH [LAYER]]
  *
  * LAYER selects one row (for profiling). --cpu times with the process CPU clock instead of the
  * wall clock: run single-threaded (OMP_NUM_THREADS=1 OPENBLAS_NUM_THREADS=1) it gives stable
@@ -101,9 +101,18 @@ static float *filled(size_t n) {
 }
 
 int main(int argc, char **argv) {
-  if (argc > 1 && strcmp(argv[1], "--cpu") == 0) {
-    use_cpu_clock = 1;
-    argc--, argv++;
+  int tile = 0;
+  for (;;) {
+    if (argc > 1 && strcmp(argv[1], "--cpu") == 0) {
+      use_cpu_clock = 1;
+      argc--, argv++;
+    } else if (argc > 2 && strcmp(argv[1], "--tile") == 0) {
+      tile = atoi(argv[2]);
+      lt_cpu_winograd_set_tile(tile);
+      argc -= 2, argv += 2;
+    } else {
+      break;
+    }
   }
   const int batch = argc > 1 ? atoi(argv[1]) : 128;
   const int only = argc > 2 ? atoi(argv[2]) : -1;
@@ -120,8 +129,10 @@ int main(int argc, char **argv) {
     free(sq.ga), free(sq.gb), free(sq.gc);
   }
   const int mode = lt_cpu_winograd_mode();
-  printf("new path: %s (LATHE_CONV_WINOGRAD=%s)\n", lt_cpu_winograd_impl_name(),
-         getenv("LATHE_CONV_WINOGRAD") ? getenv("LATHE_CONV_WINOGRAD") : "(unset)");
+  printf("new path: %s (LATHE_CONV_WINOGRAD=%s), forward/backward-data tile %s\n",
+         lt_cpu_winograd_impl_name(),
+         getenv("LATHE_CONV_WINOGRAD") ? getenv("LATHE_CONV_WINOGRAD") : "(unset)",
+         tile ? (tile == 4 ? "4x4" : "2x2") : "default");
   printf("ResNet-20 conv layers, batch %d (GFLOP/s = 2*MACs/s of the direct convolution; median of %d)\n",
          batch, REPS);
   printf("%-26s %5s %7s | %-21s | %-21s | %-21s | %7s %6s\n", "layer", "count", "GFLOP",

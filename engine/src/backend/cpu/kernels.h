@@ -71,6 +71,10 @@ enum {
 void lt_cpu_winograd_set_mode(int mode);
 int lt_cpu_winograd_mode(void);
 const char *lt_cpu_winograd_impl_name(void); /* "avx512", "avx2", "generic" or "off" */
+/* Output tile of forward and backward data: 0 (the default) picks F(4×4, 3×3) for outputs of at
+ * least 16×16 and F(2×2, 3×3) below; 2 or 4 force one. Backward filter always uses F(2×2). For
+ * tests and benchmarks; the workspace covers both. */
+void lt_cpu_winograd_set_tile(int m);
 int lt_cpu_winograd_eligible(const lt_conv_geom *g);
 /* eligible, the mode is not off, and in automatic mode at least 8 input and output channels */
 int lt_cpu_winograd_active(const lt_conv_geom *g);

@@ -1,19 +1,26 @@
-/* Winograd F(2×2, 3×3) convolution on the CPU: the fast path of kernels_conv.c for 3×3 stride-1
+/* Winograd convolution on the CPU: the fast path of kernels_conv.c for 3×3 stride-1
  * convolutions (groups 1, dilation 1, top and left padding at most 2), for forward, backward data
  * and backward filter.
  *
- * Algorithm (Lavin & Gray 2016). The output is cut into 2×2 tiles; the 4×4 input patch d of a
- * tile goes to V = Bᵀ d B, the 3×3 filter g to U = G g Gᵀ, and the tile is Aᵀ [Σ_c U ⊙ V] A: for
- * each of the 16 "frequencies" ξ a product M_ξ (tiles, s) = V_ξ (tiles, c) · U_ξ (c, s), with
- * 16/36 = 0.44 of the direct convolution's multiplies. Backward data is the forward on dy with
- * the filter rotated by 180° and transposed (c ↔ s) and padding 2 - p (hence p <= 2). Backward
- * filter uses the transposed transforms: dU_ξ (s, c) = Σ_tiles (A dY Aᵀ)_ξ ⊗ V_ξ, one product per
- * frequency with the tiles as the reduction, then dw = Gᵀ dU G. F(2×2) transforms have entries
- * 0, ±1 and ±½, so the rounding error stays close to the direct convolution's (F(4×4, 3×3) would
- * save another 44% of multiplies at several times the error: not used).
+ * Algorithm (Lavin & Gray 2016). The output is cut into m×m tiles; the (m+2)×(m+2) input patch d
+ * of a tile goes to V = Bᵀ d B, the 3×3 filter g to U = G g Gᵀ, and the tile is
+ * Aᵀ [Σ_c U ⊙ V] A: for each of the nf = (m+2)² "frequencies" ξ a product
+ * M_ξ (tiles, s) = V_ξ (tiles, c) · U_ξ (c, s). F(2×2, 3×3) (m = 2, 16 frequencies) does 16/36 =
+ * 0.44 of the direct convolution's multiplies, F(4×4, 3×3) (m = 4, 36 frequencies, points 0, ±1,
+ * ±2) 36/144 = 0.25. Backward data is the forward on dy with the filter rotated by 180° and
+ * transposed (c ↔ s) and padding 2 - p (hence p <= 2). Backward filter uses the transposed
+ * transforms of F(2×2): dU_ξ (s, c) = Σ_tiles (A dY Aᵀ)_ξ ⊗ V_ξ, one product per frequency with
+ * the tiles as the reduction, then dw = Gᵀ dU G.
+ *
+ * Accuracy. F(2×2)'s transforms have entries 0, ±1 and ±½: test_winograd measures 2.5e-6 of the
+ * output's RMS against a float64 direct convolution (float32 im2col: about 1e-6). F(4×4)'s
+ * entries reach 8 and 1/24 and its error is about ten times larger (2.7e-5 of RMS on the same
+ * shapes), still within the PyTorch reference tolerance (1e-4). Forward and backward data use
+ * F(4×4) where it pays (outputs of at least 16×16, pick_m), backward filter always F(2×2): its
+ * sums run over every tile of the batch and its result feeds the optimiser directly.
  *
  * Layout. The Winograd domain is channel-innermost with channels padded to multiples of 16
- * (cp, sp): V (16, tp, cp), M (16, tp, sp), U (16, cp, sp), so the transforms run on whole
+ * (cp, sp): V (nf, tp, cp), M (nf, tp, sp), U (nf, cp, sp), so the transforms run on whole
  * 16-float vectors of channels and each per-frequency product is a small row-major GEMM with
  * 16-float columns. A chunk of images is first reordered from NCHW into xt (nb, hp, wp, cp), a
  * zero-bordered channel-innermost copy covering every tile's patch; the output transform writes
@@ -48,52 +55,74 @@
 #define WG_MAX_TEAMS 8
 /* Images whose single-image scratch exceeds this take the im2col path instead. */
 #define WG_MAX_SLICE_BYTES ((size_t)64 << 20)
+/* Output tile of forward and backward data: 0 picks per convolution (pick_m), 2 or 4 force
+ * F(2×2, 3×3) or F(4×4, 3×3). */
+#define WG_M_FWD 0
 
 typedef float wg_v16 __attribute__((vector_size(64), may_alias));
+/* Floats between consecutive frequencies of V (tp, c) or M: one cache line more than the matrix,
+ * so that the nf rows a transform reads or writes for one tile do not all fall into the same L1
+ * set when tp * c * 4 is a multiple of 4 KiB (as with 256 tiles × 16 channels). */
+#define WG_FSTRIDE(tp, c) ((ptrdiff_t)(tp) * (c) + 16)
 #define WG_V(p) (*(wg_v16 *)(uintptr_t)(p))
 
 /* One forward-type pass: input (c, h, w) -> output (s, oh, ow), top/left padding pt, pl. */
 typedef struct wg_shape {
   int c, s, h, w, oh, ow, pt, pl;
+  int m, nf;  /* output tile m×m (2 or 4), nf = (m+2)² frequencies */
   int cp, sp; /* channels rounded up to 16 */
-  int ty, tx; /* 2×2 tiles per image: ceil(oh/2), ceil(ow/2) */
-  int hp, wp; /* rows and columns of xt: every tile's 4×4 patch, 2*ty + 2, 2*tx + 2 */
+  int ty, tx; /* m×m tiles per image: ceil(oh/m), ceil(ow/m) */
+  int hp, wp; /* rows and columns of xt: every tile's (m+2)² patch, m*ty + 2, m*tx + 2 */
 } wg_shape;
 
 static int round16(int v) { return (v + 15) & ~15; }
 
-static wg_shape shape_make(int c, int s, int h, int w, int oh, int ow, int pt, int pl) {
-  wg_shape sh = {.c = c, .s = s, .h = h, .w = w, .oh = oh, .ow = ow, .pt = pt, .pl = pl};
+static wg_shape shape_make(int m, int c, int s, int h, int w, int oh, int ow, int pt, int pl) {
+  wg_shape sh = {.c = c, .s = s, .h = h, .w = w, .oh = oh, .ow = ow, .pt = pt, .pl = pl, .m = m};
+  sh.nf = (m + 2) * (m + 2);
   sh.cp = round16(c);
   sh.sp = round16(s);
-  sh.ty = (oh + 1) / 2;
-  sh.tx = (ow + 1) / 2;
-  sh.hp = 2 * sh.ty + 2;
-  sh.wp = 2 * sh.tx + 2;
+  sh.ty = (oh + m - 1) / m;
+  sh.tx = (ow + m - 1) / m;
+  sh.hp = m * sh.ty + 2;
+  sh.wp = m * sh.tx + 2;
   return sh;
 }
 
-static wg_shape shape_fwd(const lt_conv_geom *g) {
-  return shape_make(g->c, g->s, g->h, g->w, g->oh, g->ow, g->pad_t, g->pad_l);
+/* Tile sizes: forward and backward data m (wg_m_fwd, or pick_m), backward filter 2. */
+static int wg_m_fwd = WG_M_FWD;
+
+/* F(4×4) for outputs of at least 16×16, F(2×2) below: measured with bench_conv --tile, one
+ * thread, process CPU time, ResNet-20 at batch 128: F(4×4) forward 199 vs 155 effective GFLOP/s
+ * on 16->16 32×32 and 255 vs 220 on 32->32 16×16, but 183 vs 220 on 64->64 8×8 (2×2 tiles per
+ * image leave the per-frequency products short and the 6×6 patches overlap more). */
+static int pick_m(int oh, int ow) {
+  if (wg_m_fwd == 2 || wg_m_fwd == 4) return wg_m_fwd;
+  return oh >= 16 && ow >= 16 ? 4 : 2;
+}
+
+static wg_shape shape_fwd_m(const lt_conv_geom *g, int m) {
+  return shape_make(m, g->c, g->s, g->h, g->w, g->oh, g->ow, g->pad_t, g->pad_l);
 }
 
 /* Backward data as a forward pass: dy (s, oh, ow) -> dx (c, h, w), padding 2 - p. */
-static wg_shape shape_bwd_data(const lt_conv_geom *g) {
-  return shape_make(g->s, g->c, g->oh, g->ow, g->h, g->w, 2 - g->pad_t, 2 - g->pad_l);
+static wg_shape shape_bwd_data_m(const lt_conv_geom *g, int m) {
+  return shape_make(m, g->s, g->c, g->oh, g->ow, g->h, g->w, 2 - g->pad_t, 2 - g->pad_l);
 }
 
 /* Floats of chunk scratch per image, and fixed per team, for a forward-type pass (filt = 0: xt,
  * V, M, and the tile-row buffer) or backward filter (filt = 1: dU, xt, V, dyt, M'). The fixed
  * part covers rounding the tile count up to a multiple of 16. All are multiples of 16. */
 static size_t floats_per_image(const wg_shape *sh, int filt) {
-  const size_t tiles = (size_t)sh->ty * sh->tx;
-  size_t f = (size_t)sh->hp * sh->wp * sh->cp + 16 * tiles * (size_t)(sh->cp + sh->sp);
-  if (filt) f += 4 * tiles * sh->sp;
+  const size_t tiles = (size_t)sh->ty * sh->tx, nf = (size_t)sh->nf;
+  size_t f = (size_t)sh->hp * sh->wp * sh->cp + nf * tiles * (size_t)(sh->cp + sh->sp);
+  if (filt) f += (size_t)sh->m * sh->m * tiles * sh->sp;
   return f;
 }
 static size_t floats_fixed(const wg_shape *sh, int filt) {
-  return 16 * 15 * (size_t)(sh->cp + sh->sp) +
-         (filt ? 16 * (size_t)sh->sp * sh->cp : 4 * (size_t)sh->tx * sh->sp);
+  const size_t nf = (size_t)sh->nf;
+  return nf * 15 * (size_t)(sh->cp + sh->sp) + nf * 2 * 16 +
+         (filt ? nf * (size_t)sh->sp * sh->cp : (size_t)sh->m * sh->m * sh->tx * sh->sp);
 }
 
 typedef struct wg_plan {
@@ -114,22 +143,23 @@ static wg_plan plan_pass(const wg_shape *sh, int n, int filt) {
 
 /* Floats of all team slices: room for WG_MAX_TEAMS slices of WG_TEAM_BYTES, or one slice when a
  * single image needs more. */
-static size_t floats_slices(const lt_conv_geom *g) {
-  const wg_shape f = shape_fwd(g), d = shape_bwd_data(g);
-  size_t most = plan_pass(&f, g->n, 0).slice;
-  const size_t bd = plan_pass(&d, g->n, 0).slice, bf = plan_pass(&f, g->n, 1).slice;
-  if (bd > most) most = bd;
-  if (bf > most) most = bf;
-  const size_t teams = WG_MAX_TEAMS * (WG_TEAM_BYTES / sizeof(float));
-  return most > teams ? most : teams;
+/* The largest slice any pass needs, for either tile size (the tile size can be switched at run
+ * time: lt_cpu_winograd_set_tile). */
+static size_t slice_max(const lt_conv_geom *g) {
+  const wg_shape f2 = shape_fwd_m(g, 2), d2 = shape_bwd_data_m(g, 2);
+  const wg_shape f4 = shape_fwd_m(g, 4), d4 = shape_bwd_data_m(g, 4);
+  const size_t s[5] = {plan_pass(&f2, g->n, 0).slice, plan_pass(&d2, g->n, 0).slice,
+                       plan_pass(&f4, g->n, 0).slice, plan_pass(&d4, g->n, 0).slice,
+                       plan_pass(&f2, g->n, 1).slice};
+  size_t most = 0;
+  for (int i = 0; i < 5; i++)
+    if (s[i] > most) most = s[i];
+  return most;
 }
 
-static size_t slice_max(const lt_conv_geom *g) {
-  const wg_shape f = shape_fwd(g), d = shape_bwd_data(g);
-  size_t most = plan_pass(&f, g->n, 0).slice;
-  const size_t bd = plan_pass(&d, g->n, 0).slice, bf = plan_pass(&f, g->n, 1).slice;
-  if (bd > most) most = bd;
-  return bf > most ? bf : most;
+static size_t floats_slices(const lt_conv_geom *g) {
+  const size_t most = slice_max(g), teams = WG_MAX_TEAMS * (WG_TEAM_BYTES / sizeof(float));
+  return most > teams ? most : teams;
 }
 
 int lt_cpu_winograd_eligible(const lt_conv_geom *g) {
@@ -140,10 +170,12 @@ int lt_cpu_winograd_eligible(const lt_conv_geom *g) {
   return slice_max(g) * sizeof(float) <= WG_MAX_SLICE_BYTES;
 }
 
+/* Floats of U at the start of the workspace: room for 36 frequencies. */
+static size_t floats_u(const lt_conv_geom *g) { return 36 * (size_t)round16(g->c) * round16(g->s); }
+
 size_t lt_cpu_winograd_workspace(const lt_conv_geom *g) {
   if (!lt_cpu_winograd_eligible(g)) return 0;
-  const size_t u = 16 * (size_t)round16(g->c) * round16(g->s);
-  return (16 + u + floats_slices(g)) * sizeof(float);
+  return (16 + floats_u(g) + floats_slices(g)) * sizeof(float);
 }
 
 /* ---- the per-ISA vector code --------------------------------------------------------------- */
@@ -158,10 +190,14 @@ typedef struct wg_impl {
                  int accumulate, float *yrow);
   void (*to_tiles)(int nb, int c, int h, int w, int cp, int hp, int wp, int pt, int pl,
                    const float *x, float *xt);
+  void (*in_tf4)(const wg_shape *sh, int nb, const float *xt, float *V, int tp);
+  void (*out_tf4)(const wg_shape *sh, int nb, const float *M, int tp, const float *b, float *y,
+                  int accumulate, float *yrow);
 } wg_impl;
 
 #define WG_IMPL(sfx)                                                                               \
-  { #sfx, wg_gemm_##sfx, wg_in_tf_##sfx, wg_dy_tf_##sfx, wg_out_tf_##sfx, wg_to_tiles_##sfx }
+  { #sfx, wg_gemm_##sfx, wg_in_tf_##sfx, wg_dy_tf_##sfx, wg_out_tf_##sfx, wg_to_tiles_##sfx,     \
+    wg_in_tf4_##sfx, wg_out_tf4_##sfx }
 
 #if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__)
 #define WG_HAVE_X86 1
@@ -251,33 +287,36 @@ int lt_cpu_winograd_active(const lt_conv_geom *g) {
 
 /* ---- movement and filter transforms (scalar) ----------------------------------------------- */
 
+/* The filter transforms G (n×3, n = m + 2) for F(2×2, 3×3) and F(4×4, 3×3) (points 0, ±1, ±2). */
+static const double wg_g2[4][3] = {{1, 0, 0}, {0.5, 0.5, 0.5}, {0.5, -0.5, 0.5}, {0, 0, 1}};
+static const double wg_g4[6][3] = {{1.0 / 4, 0, 0},
+                                   {-1.0 / 6, -1.0 / 6, -1.0 / 6},
+                                   {-1.0 / 6, 1.0 / 6, -1.0 / 6},
+                                   {1.0 / 24, 1.0 / 12, 1.0 / 6},
+                                   {1.0 / 24, -1.0 / 12, 1.0 / 6},
+                                   {0, 0, 1}};
+
 /* U[ξ][k][n] = (G g Gᵀ)[ξ] with g = w[n][k] (forward) or g = w[k][n] rotated by 180° (backward
- * data), G = [1 0 0; ½ ½ ½; ½ -½ ½; 0 0 1]; padded entries are zero. */
+ * data), computed in double; padded entries are zero. */
 static void filter_tf(const wg_shape *sh, const float *restrict w, int flip, float *restrict U) {
-  const int cp = sh->cp, sp = sh->sp;
-  memset(U, 0, sizeof(float) * 16 * (size_t)cp * sp);
+  const int cp = sh->cp, sp = sh->sp, n6 = sh->m + 2;
+  const double(*G)[3] = sh->m == 4 ? wg_g4 : wg_g2;
+  memset(U, 0, sizeof(float) * (size_t)sh->nf * cp * sp);
 #pragma omp parallel for schedule(static)
   for (int k = 0; k < sh->c; k++)
     for (int n = 0; n < sh->s; n++) {
       const float *src = w + ((size_t)(flip ? k * sh->s + n : n * sh->c + k)) * 9;
-      float g[3][3], a[4][3];
+      double g[3][3], a[6][3];
       for (int i = 0; i < 3; i++)
         for (int j = 0; j < 3; j++)
           g[i][j] = flip ? src[(2 - i) * 3 + (2 - j)] : src[i * 3 + j];
-      for (int j = 0; j < 3; j++) {
-        a[0][j] = g[0][j];
-        a[1][j] = 0.5f * (g[0][j] + g[1][j] + g[2][j]);
-        a[2][j] = 0.5f * (g[0][j] - g[1][j] + g[2][j]);
-        a[3][j] = g[2][j];
-      }
-      for (int i = 0; i < 4; i++) {
-        float *u = U + ((size_t)(4 * i) * cp + k) * sp + n;
-        const size_t fs = (size_t)cp * sp;
-        u[0] = a[i][0];
-        u[fs] = 0.5f * (a[i][0] + a[i][1] + a[i][2]);
-        u[2 * fs] = 0.5f * (a[i][0] - a[i][1] + a[i][2]);
-        u[3 * fs] = a[i][2];
-      }
+      for (int i = 0; i < n6; i++)
+        for (int j = 0; j < 3; j++)
+          a[i][j] = G[i][0] * g[0][j] + G[i][1] * g[1][j] + G[i][2] * g[2][j];
+      for (int i = 0; i < n6; i++)
+        for (int j = 0; j < n6; j++)
+          U[((size_t)(n6 * i + j) * cp + k) * sp + n] =
+              (float)(a[i][0] * G[j][0] + a[i][1] * G[j][1] + a[i][2] * G[j][2]);
     }
 }
 
@@ -303,9 +342,9 @@ static void team_chunks(const wg_plan *p, int teams, int team, int *c0, int *c1)
 /* y [+]= conv(x, w) + b on the pass shape sh (forward, or backward data with flip). */
 static void fwd_pass(const wg_impl *im, const wg_shape *sh, int n, const float *x, const float *w,
                      int flip, const float *b, float *y, int accumulate, float *ws,
-                     size_t slices_floats) {
-  const int cp = sh->cp, sp = sh->sp, tiles = sh->ty * sh->tx;
-  float *U = ws, *slices = ws + 16 * (size_t)cp * sp;
+                     size_t u_floats, size_t slices_floats) {
+  const int cp = sh->cp, sp = sh->sp, tiles = sh->ty * sh->tx, nf = sh->nf;
+  float *U = ws, *slices = ws + u_floats;
   filter_tf(sh, w, flip, U);
   const wg_plan p = plan_pass(sh, n, 0);
   const int teams = team_count(&p, slices_floats);
@@ -317,38 +356,40 @@ static void fwd_pass(const wg_impl *im, const wg_shape *sh, int n, const float *
     float *xt = slices + (size_t)team * p.slice;
     for (int ch = c0; ch < c1; ch++) {
       const int a = ch * p.nb, nb = n - a < p.nb ? n - a : p.nb, tp = round16(nb * tiles);
-      float *V = xt + (size_t)nb * sh->hp * sh->wp * cp, *M = V + 16 * (size_t)tp * cp;
-      float *yrow = M + 16 * (size_t)tp * sp;
+      float *V = xt + (size_t)nb * sh->hp * sh->wp * cp, *M = V + nf * WG_FSTRIDE(tp, cp);
+      float *yrow = M + nf * WG_FSTRIDE(tp, sp);
       im->to_tiles(nb, sh->c, sh->h, sh->w, cp, sh->hp, sh->wp, sh->pt, sh->pl, x + a * xin, xt);
-      im->in_tf(sh, nb, xt, V, tp);
-      for (int f = 0; f < 16; f++)
-        im->gemm(tp, sp, cp, V + (size_t)f * tp * cp, cp, 1, U + (size_t)f * cp * sp, sp,
-                 M + (size_t)f * tp * sp, sp, 0);
-      im->out_tf(sh, nb, M, tp, b, y + a * yout, accumulate, yrow);
+      (sh->m == 4 ? im->in_tf4 : im->in_tf)(sh, nb, xt, V, tp);
+      for (int f = 0; f < nf; f++)
+        im->gemm(tp, sp, cp, V + f * WG_FSTRIDE(tp, cp), cp, 1, U + (size_t)f * cp * sp, sp,
+                 M + f * WG_FSTRIDE(tp, sp), sp, 0);
+      (sh->m == 4 ? im->out_tf4 : im->out_tf)(sh, nb, M, tp, b, y + a * yout, accumulate, yrow);
     }
   }
 }
 
+void lt_cpu_winograd_set_tile(int m) { wg_m_fwd = m == 2 || m == 4 ? m : 0; }
+
 void lt_cpu_winograd_fwd(const lt_conv_geom *g, const float *x, const float *w, const float *b,
                          float *y, int accumulate, void *ws) {
-  const wg_shape sh = shape_fwd(g);
+  const wg_shape sh = shape_fwd_m(g, pick_m(g->oh, g->ow));
   fwd_pass(wg_pick() ? wg_pick() : &impl_generic, &sh, g->n, x, w, 0, b, y, accumulate,
-           ws_align(ws), floats_slices(g));
+           ws_align(ws), floats_u(g), floats_slices(g));
 }
 
 void lt_cpu_winograd_bwd_data(const lt_conv_geom *g, const float *dy, const float *w, float *dx,
                               int accumulate, void *ws) {
-  const wg_shape sh = shape_bwd_data(g);
+  const wg_shape sh = shape_bwd_data_m(g, pick_m(g->h, g->w));
   fwd_pass(wg_pick() ? wg_pick() : &impl_generic, &sh, g->n, dy, w, 1, NULL, dx, accumulate,
-           ws_align(ws), floats_slices(g));
+           ws_align(ws), floats_u(g), floats_slices(g));
 }
 
 void lt_cpu_winograd_bwd_filter(const lt_conv_geom *g, const float *x, const float *dy, float *dw,
                                 int accumulate, void *ws) {
   const wg_impl *im = wg_pick() ? wg_pick() : &impl_generic;
-  const wg_shape sh = shape_fwd(g);
+  const wg_shape sh = shape_fwd_m(g, 2);
   const int cp = sh.cp, sp = sh.sp, tiles = sh.ty * sh.tx, n = g->n;
-  float *slices = ws_align(ws) + 16 * (size_t)cp * sp;
+  float *slices = ws_align(ws) + floats_u(g);
   const wg_plan p = plan_pass(&sh, n, 1);
   const int teams = team_count(&p, floats_slices(g));
   const size_t xin = (size_t)sh.c * sh.h * sh.w, yout = (size_t)sh.s * sh.oh * sh.ow;
@@ -360,14 +401,14 @@ void lt_cpu_winograd_bwd_filter(const lt_conv_geom *g, const float *x, const flo
     float *dU = slices + (size_t)team * p.slice, *xt = dU + du_floats;
     for (int ch = c0; ch < c1; ch++) {
       const int a = ch * p.nb, nb = n - a < p.nb ? n - a : p.nb, tp = round16(nb * tiles);
-      float *V = xt + (size_t)nb * sh.hp * sh.wp * cp, *dyt = V + 16 * (size_t)tp * cp;
+      float *V = xt + (size_t)nb * sh.hp * sh.wp * cp, *dyt = V + 16 * WG_FSTRIDE(tp, cp);
       float *M = dyt + (size_t)nb * 4 * tiles * sp;
       im->to_tiles(nb, sh.c, sh.h, sh.w, cp, sh.hp, sh.wp, sh.pt, sh.pl, x + a * xin, xt);
       im->in_tf(&sh, nb, xt, V, tp);
       im->to_tiles(nb, sh.s, sh.oh, sh.ow, sp, 2 * sh.ty, 2 * sh.tx, 0, 0, dy + a * yout, dyt);
       im->dy_tf(&sh, nb, dyt, M, tp);
       for (int f = 0; f < 16; f++)
-        im->gemm(sp, cp, tp, M + (size_t)f * tp * sp, 1, sp, V + (size_t)f * tp * cp, cp,
+        im->gemm(sp, cp, tp, M + f * WG_FSTRIDE(tp, sp), 1, sp, V + f * WG_FSTRIDE(tp, cp), cp,
                  dU + (size_t)f * sp * cp, cp, ch > c0);
     }
   }

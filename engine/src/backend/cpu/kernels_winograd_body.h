@@ -5,7 +5,8 @@
  * keeps (16 on AVX-512, where a wg_v16 is one zmm register; fewer where it is two ymm or four xmm
  * registers) and WG_NVMAX the widest column block in 16-float vectors.
  *
- * Layouts (see kernels_winograd.c): V (16, tp, cp), M (16, tp, sp), U (16, cp, sp), xt
+ * Layouts (see kernels_winograd.c): V (nf, tp, cp), M (nf, tp, sp) with frequency stride
+ * WG_FSTRIDE, U (nf, cp, sp), xt
  * (nb, hp, wp, cp), channels innermost and padded to multiples of 16, so every access below is
  * a whole aligned wg_v16. */
 
@@ -135,7 +136,7 @@ static void WG_FN(to_tiles)(int nb, int c, int h, int w, int cp, int hp, int wp,
 static void WG_FN(in_tf)(const wg_shape *sh, int nb, const float *restrict xt, float *restrict V,
                          int tp) {
   const int cp = sh->cp, wp = sh->wp;
-  const ptrdiff_t xs = (ptrdiff_t)tp * cp;
+  const ptrdiff_t xs = WG_FSTRIDE(tp, cp);
   int t = 0;
   for (int img = 0; img < nb; img++)
     for (int ty = 0; ty < sh->ty; ty++)
@@ -174,7 +175,7 @@ static void WG_FN(in_tf)(const wg_shape *sh, int nb, const float *restrict xt, f
 static void WG_FN(dy_tf)(const wg_shape *sh, int nb, const float *restrict dyt,
                          float *restrict M, int tp) {
   const int sp = sh->sp, rw = 2 * sh->tx;
-  const ptrdiff_t xs = (ptrdiff_t)tp * sp;
+  const ptrdiff_t xs = WG_FSTRIDE(tp, sp);
   int t = 0;
   for (int img = 0; img < nb; img++)
     for (int ty = 0; ty < sh->ty; ty++)
@@ -204,13 +205,63 @@ static void WG_FN(dy_tf)(const wg_shape *sh, int nb, const float *restrict dyt,
     memset(M + f * xs + (ptrdiff_t)t * sp, 0, sizeof(float) * (size_t)(tp - t) * sp);
 }
 
+/* Rows [oy0, oy0 + m) of image img of y [+]= yrow (m, rw, sp) + b, reordered into NCHW: whole
+ * 16-channel × 16-column blocks through tr16, the rest one by one. */
+static void WG_FN(scatter)(const wg_shape *sh, int img, int oy0, const float *restrict yrow,
+                           int rw, const float *restrict b, float *restrict y, int accumulate) {
+  const int sp = sh->sp, oh = sh->oh, ow = sh->ow;
+  for (int i = 0; i < sh->m && oy0 + i < oh; i++) {
+    float *restrict y0 = y + ((ptrdiff_t)img * sh->s * oh + oy0 + i) * ow;
+    const float *restrict src = yrow + (ptrdiff_t)i * rw * sp;
+    const ptrdiff_t plane = (ptrdiff_t)oh * ow;
+    int s0 = 0;
+    for (; s0 + 16 <= sh->s; s0 += 16) {
+      int ox = 0;
+      for (; ox + 16 <= ow; ox += 16) {
+        wg_v16 v[16];
+#pragma GCC unroll 16
+        for (int j = 0; j < 16; j++)
+          v[j] = WG_V(src + (ptrdiff_t)(ox + j) * sp + s0);
+        WG_FN(tr16)(v);
+#pragma GCC unroll 16
+        for (int l = 0; l < 16; l++) {
+          float *dst = y0 + (s0 + l) * plane + ox;
+          wg_v16 o = v[l] + (b ? b[s0 + l] : 0.0f);
+          if (accumulate) {
+            wg_v16 old;
+            memcpy(&old, dst, sizeof old);
+            o += old;
+          }
+          memcpy(dst, &o, sizeof o);
+        }
+      }
+      for (; ox < ow; ox++)
+        for (int l = 0; l < 16; l++) {
+          const float v = src[(ptrdiff_t)ox * sp + s0 + l] + (b ? b[s0 + l] : 0.0f);
+          float *dst = y0 + (s0 + l) * plane + ox;
+          *dst = accumulate ? *dst + v : v;
+        }
+    }
+    for (int s = s0; s < sh->s; s++) {
+      const float bias = b ? b[s] : 0.0f;
+      float *restrict dst = y0 + s * plane;
+      if (accumulate)
+        for (int ox = 0; ox < ow; ox++)
+          dst[ox] += src[(ptrdiff_t)ox * sp + s] + bias;
+      else
+        for (int ox = 0; ox < ow; ox++)
+          dst[ox] = src[(ptrdiff_t)ox * sp + s] + bias;
+    }
+  }
+}
+
 /* y[img] [+]= Aᵀ M A + b for every tile of nb images (Aᵀ = [1 1 1 0; 0 1 -1 -1]), one tile row at
  * a time through yrow (2, 2*tx, sp), which is then reordered into NCHW y (nb, s, oh, ow). */
 static void WG_FN(out_tf)(const wg_shape *sh, int nb, const float *restrict M, int tp,
                           const float *restrict b, float *restrict y, int accumulate,
                           float *restrict yrow) {
-  const int sp = sh->sp, rw = 2 * sh->tx, oh = sh->oh, ow = sh->ow;
-  const ptrdiff_t xs = (ptrdiff_t)tp * sp;
+  const int sp = sh->sp, rw = 2 * sh->tx;
+  const ptrdiff_t xs = WG_FSTRIDE(tp, sp);
   int t = 0;
   for (int img = 0; img < nb; img++)
     for (int ty = 0; ty < sh->ty; ty++) {
@@ -233,49 +284,113 @@ static void WG_FN(out_tf)(const wg_shape *sh, int nb, const float *restrict M, i
           }
         }
       }
-      /* yrow -> y: whole 16-channel × 16-column blocks through tr16, the rest one by one */
-      for (int i = 0; i < 2 && 2 * ty + i < oh; i++) {
-        float *restrict y0 = y + ((ptrdiff_t)img * sh->s * oh + 2 * ty + i) * ow;
-        const float *restrict src = yrow + (ptrdiff_t)i * rw * sp;
-        const ptrdiff_t plane = (ptrdiff_t)oh * ow;
-        int s0 = 0;
-        for (; s0 + 16 <= sh->s; s0 += 16) {
-          int ox = 0;
-          for (; ox + 16 <= ow; ox += 16) {
-            wg_v16 v[16];
-#pragma GCC unroll 16
-            for (int j = 0; j < 16; j++)
-              v[j] = WG_V(src + (ptrdiff_t)(ox + j) * sp + s0);
-            WG_FN(tr16)(v);
-#pragma GCC unroll 16
-            for (int l = 0; l < 16; l++) {
-              float *dst = y0 + (s0 + l) * plane + ox;
-              wg_v16 o = v[l] + (b ? b[s0 + l] : 0.0f);
-              if (accumulate) {
-                wg_v16 old;
-                memcpy(&old, dst, sizeof old);
-                o += old;
-              }
-              memcpy(dst, &o, sizeof o);
-            }
-          }
-          for (; ox < ow; ox++)
-            for (int l = 0; l < 16; l++) {
-              const float v = src[(ptrdiff_t)ox * sp + s0 + l] + (b ? b[s0 + l] : 0.0f);
-              float *dst = y0 + (s0 + l) * plane + ox;
-              *dst = accumulate ? *dst + v : v;
-            }
-        }
-        for (int s = s0; s < sh->s; s++) {
-          const float bias = b ? b[s] : 0.0f;
-          float *restrict dst = y0 + s * plane;
-          if (accumulate)
-            for (int ox = 0; ox < ow; ox++)
-              dst[ox] += src[(ptrdiff_t)ox * sp + s] + bias;
-          else
-            for (int ox = 0; ox < ow; ox++)
-              dst[ox] = src[(ptrdiff_t)ox * sp + s] + bias;
-        }
-      }
+      WG_FN(scatter)(sh, img, 2 * ty, yrow, rw, b, y, accumulate);
     }
 }
+
+/* ---- F(4×4, 3×3): 6×6 patches, 36 frequencies ---------------------------------------------- */
+
+/* o = Bᵀ d for the 6-point transform, Bᵀ = [4 0 -5 0 1 0; 0 -4 -4 1 1 0; 0 4 -4 -1 1 0;
+ * 0 -2 -1 2 1 0; 0 2 -1 -2 1 0; 0 4 0 -5 0 1]. */
+#define WG_BT6(d, o)                                                                               \
+  do {                                                                                             \
+    const wg_v16 p1_ = d[4] - 4.0f * d[2], p2_ = d[3] - 4.0f * d[1];                               \
+    const wg_v16 q1_ = d[4] - d[2], q2_ = 2.0f * (d[3] - d[1]);                                    \
+    o[0] = 4.0f * d[0] - 5.0f * d[2] + d[4];                                                       \
+    o[1] = p1_ + p2_;                                                                              \
+    o[2] = p1_ - p2_;                                                                              \
+    o[3] = q1_ + q2_;                                                                              \
+    o[4] = q1_ - q2_;                                                                              \
+    o[5] = 4.0f * d[1] - 5.0f * d[3] + d[5];                                                       \
+  } while (0)
+
+/* V[ξ][t][:] = (Bᵀ d B)[ξ] for the 6×6 patch d of every 4×4 tile; rows [t, tp) zeroed. */
+static void WG_FN(in_tf4)(const wg_shape *sh, int nb, const float *restrict xt, float *restrict V,
+                          int tp) {
+  const int cp = sh->cp, wp = sh->wp;
+  const ptrdiff_t xs = WG_FSTRIDE(tp, cp);
+  int t = 0;
+  for (int img = 0; img < nb; img++)
+    for (int ty = 0; ty < sh->ty; ty++)
+      for (int tx = 0; tx < sh->tx; tx++, t++) {
+        const float *restrict base = xt + (((ptrdiff_t)img * sh->hp + 4 * ty) * wp + 4 * tx) * cp;
+        float *restrict v = V + (ptrdiff_t)t * cp;
+        for (int cb = 0; cb < cp; cb += 16) {
+          wg_v16 u[6][6];
+#pragma GCC unroll 6
+          for (int j = 0; j < 6; j++) {
+            wg_v16 d[6], o[6];
+#pragma GCC unroll 6
+            for (int i = 0; i < 6; i++)
+              d[i] = WG_V(base + ((ptrdiff_t)i * wp + j) * cp + cb);
+            WG_BT6(d, o);
+#pragma GCC unroll 6
+            for (int i = 0; i < 6; i++)
+              u[i][j] = o[i];
+          }
+#pragma GCC unroll 6
+          for (int i = 0; i < 6; i++) {
+            wg_v16 o[6];
+            WG_BT6(u[i], o);
+#pragma GCC unroll 6
+            for (int j = 0; j < 6; j++)
+              WG_V(v + (6 * i + j) * xs + cb) = o[j];
+          }
+        }
+      }
+  for (int f = 0; f < 36 && t < tp; f++)
+    memset(V + f * xs + (ptrdiff_t)t * cp, 0, sizeof(float) * (size_t)(tp - t) * cp);
+}
+
+/* y = Aᵀ m for the 6-point transform, Aᵀ = [1 1 1 1 1 0; 0 1 -1 2 -2 0; 0 1 1 4 4 0;
+ * 0 1 -1 8 -8 1]. */
+#define WG_AT6(m, y)                                                                               \
+  do {                                                                                             \
+    const wg_v16 a_ = m[1] + m[2], b_ = m[1] - m[2], c_ = m[3] + m[4], d_ = m[3] - m[4];           \
+    y[0] = m[0] + a_ + c_;                                                                         \
+    y[1] = b_ + 2.0f * d_;                                                                         \
+    y[2] = a_ + 4.0f * c_;                                                                         \
+    y[3] = b_ + 8.0f * d_ + m[5];                                                                  \
+  } while (0)
+
+/* y [+]= Aᵀ M A + b for every 4×4 tile, one tile row at a time through yrow (4, 4*tx, sp). */
+static void WG_FN(out_tf4)(const wg_shape *sh, int nb, const float *restrict M, int tp,
+                           const float *restrict b, float *restrict y, int accumulate,
+                           float *restrict yrow) {
+  const int sp = sh->sp, rw = 4 * sh->tx;
+  const ptrdiff_t xs = WG_FSTRIDE(tp, sp);
+  int t = 0;
+  for (int img = 0; img < nb; img++)
+    for (int ty = 0; ty < sh->ty; ty++) {
+      for (int tx = 0; tx < sh->tx; tx++, t++) {
+        const float *restrict m = M + (ptrdiff_t)t * sp;
+        float *restrict o = yrow + (ptrdiff_t)4 * tx * sp;
+        for (int sb = 0; sb < sp; sb += 16) {
+          wg_v16 u[4][6];
+#pragma GCC unroll 6
+          for (int j = 0; j < 6; j++) {
+            wg_v16 c[6], r[4];
+#pragma GCC unroll 6
+            for (int i = 0; i < 6; i++)
+              c[i] = WG_V(m + (6 * i + j) * xs + sb);
+            WG_AT6(c, r);
+#pragma GCC unroll 4
+            for (int i = 0; i < 4; i++)
+              u[i][j] = r[i];
+          }
+#pragma GCC unroll 4
+          for (int i = 0; i < 4; i++) {
+            wg_v16 r[4];
+            WG_AT6(u[i], r);
+#pragma GCC unroll 4
+            for (int j = 0; j < 4; j++)
+              WG_V(o + ((ptrdiff_t)i * rw + j) * sp + sb) = r[j];
+          }
+        }
+      }
+      WG_FN(scatter)(sh, img, 4 * ty, yrow, rw, b, y, accumulate);
+    }
+}
+
+#undef WG_BT6
+#undef WG_AT6
