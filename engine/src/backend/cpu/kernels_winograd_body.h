@@ -122,10 +122,22 @@ static void WG_FN(to_tiles)(int nb, int c, int h, int w, int cp, int hp, int wp,
             for (int j = 0; j < 16; j++)
               WG_V(dst + (size_t)(xx + j) * cp + cb) = v[j];
           }
-        for (; xx < cols; xx++)
+        for (; xx < cols; xx += 16) {
+          /* the last columns, or a partial channel block: through a zeroed 16×16 block */
+          const int nx = cols - xx < 16 ? cols - xx : 16, nc = c - cb < 16 ? c - cb : 16;
+          float blk[16][16] __attribute__((aligned(64)));
+          memset(blk, 0, sizeof blk);
+          for (int l = 0; l < nc; l++)
+            for (int j = 0; j < nx; j++)
+              blk[l][j] = x0[((size_t)(cb + l) * h + yy) * w + xx + j];
+          wg_v16 v[16];
+#pragma GCC unroll 16
           for (int l = 0; l < 16; l++)
-            dst[(size_t)xx * cp + cb + l] =
-                cb + l < c ? x0[((size_t)(cb + l) * h + yy) * w + xx] : 0.0f;
+            v[l] = WG_V(blk[l]);
+          WG_FN(tr16)(v);
+          for (int j = 0; j < nx; j++)
+            WG_V(dst + (size_t)(xx + j) * cp + cb) = v[j];
+        }
       }
     }
   }
@@ -235,12 +247,21 @@ static void WG_FN(scatter)(const wg_shape *sh, int img, int oy0, const float *re
           memcpy(dst, &o, sizeof o);
         }
       }
-      for (; ox < ow; ox++)
+      if (ox < ow) {
+        /* the last columns: transpose a block padded with zeros, store nx of each row */
+        const int nx = ow - ox;
+        wg_v16 v[16];
+#pragma GCC unroll 16
+        for (int j = 0; j < 16; j++)
+          v[j] = j < nx ? WG_V(src + (ptrdiff_t)(ox + j) * sp + s0) : (wg_v16){0};
+        WG_FN(tr16)(v);
         for (int l = 0; l < 16; l++) {
-          const float v = src[(ptrdiff_t)ox * sp + s0 + l] + (b ? b[s0 + l] : 0.0f);
           float *dst = y0 + (s0 + l) * plane + ox;
-          *dst = accumulate ? *dst + v : v;
+          const float bias = b ? b[s0 + l] : 0.0f;
+          for (int j = 0; j < nx; j++)
+            dst[j] = accumulate ? dst[j] + v[l][j] + bias : v[l][j] + bias;
         }
+      }
     }
     for (int s = s0; s < sh->s; s++) {
       const float bias = b ? b[s] : 0.0f;
