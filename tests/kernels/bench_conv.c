@@ -14,9 +14,10 @@
  * over the time taken ("effective"). Times are the median of the repetitions.
  *
  * Every layer runs twice in the same process: the im2col path ("old", LT_WINOGRAD_OFF) and the
- * path the library picks ("new": Winograd F(2×2, 3×3) where lt_cpu_winograd_active, with the
- * instruction set printed; LATHE_CONV_WINOGRAD selects it as in kernels_winograd.c), with the
- * ratio new/old in speed.
+ * path the library picks ("new": Winograd where lt_cpu_winograd_active, with the instruction set
+ * printed; LATHE_CONV_WINOGRAD and LATHE_CONV_WINOGRAD_TILE select as in kernels_winograd.c),
+ * with the ratio new/old in speed. "fwd" is the training forward (lt_cpu_conv2d_fwd), "infer"
+ * the inference forward (lt_cpu_conv2d_fwd_infer: F(4×4) on outputs of 16×16 and more).
  */
 #include <stdio.h>
 #include <time.h>
@@ -81,6 +82,10 @@ static void run_fwd(void *p) {
   ctx *c = p;
   lt_cpu_conv2d_fwd(&c->g, c->x, c->w, NULL, c->y, c->ws);
 }
+static void run_infer(void *p) {
+  ctx *c = p;
+  lt_cpu_conv2d_fwd_infer(&c->g, c->x, c->w, NULL, c->y, c->ws);
+}
 static void run_bwd_data(void *p) {
   ctx *c = p;
   lt_cpu_conv2d_bwd_data(&c->g, c->dy, c->w, c->dx, 0, c->ws);
@@ -117,7 +122,7 @@ int main(int argc, char **argv) {
   const int batch = argc > 1 ? atoi(argv[1]) : 128;
   const int only = argc > 2 ? atoi(argv[2]) : -1;
   printf("clock: %s\n", use_cpu_clock ? "process CPU time" : "wall");
-  double tot[2][3] = {{0, 0, 0}, {0, 0, 0}}, tot_flops = 0;
+  double tot[2][4] = {{0, 0, 0, 0}, {0, 0, 0, 0}}, tot_flops = 0;
   const char *wait = getenv("OMP_WAIT_POLICY");
   /* Spinning OpenMP workers steal the cores from OpenBLAS's threads between regions; the
    * figures depend on this setting, so say it. */
@@ -135,8 +140,9 @@ int main(int argc, char **argv) {
          tile ? (tile == 4 ? "4x4" : "2x2") : "default");
   printf("ResNet-20 conv layers, batch %d (GFLOP/s = 2*MACs/s of the direct convolution; median of %d)\n",
          batch, REPS);
-  printf("%-26s %5s %7s | %-21s | %-21s | %-21s | %7s %6s\n", "layer", "count", "GFLOP",
-         "fwd old  new  ratio", "bwd_data old new ratio", "bwd_filt old new ratio", "sgemm", "ws MiB");
+  printf("%-26s %5s %7s | %-21s | %-21s | %-21s | %-21s | %7s %6s\n", "layer", "count", "GFLOP",
+         "fwd old  new  ratio", "bwd_data old new ratio", "bwd_filt old new ratio",
+         "infer old new ratio", "sgemm", "ws MiB");
   for (size_t li = 0; li < sizeof layers / sizeof layers[0]; li++) {
     if (only >= 0 && (size_t)only != li) continue;
     const layer *L = &layers[li];
@@ -154,19 +160,20 @@ int main(int argc, char **argv) {
     c.m = L->s, c.n = batch * c.g.oh * c.g.ow, c.k = L->c * 9;
     c.ga = filled((size_t)c.m * c.k), c.gb = filled((size_t)c.k * c.n), c.gc = filled((size_t)c.m * c.n);
     const double flops = 2.0 * c.m * (double)c.n * c.k;
-    double t[2][3];
+    double t[2][4];
     for (int v = 0; v < 2; v++) { /* 0: im2col, 1: what the library picks */
       lt_cpu_winograd_set_mode(v ? mode : LT_WINOGRAD_OFF);
       t[v][0] = time_median(run_fwd, &c);
       t[v][1] = time_median(run_bwd_data, &c);
       t[v][2] = time_median(run_bwd_filter, &c);
-      for (int k = 0; k < 3; k++) tot[v][k] += L->count * t[v][k];
+      t[v][3] = time_median(run_infer, &c);
+      for (int k = 0; k < 4; k++) tot[v][k] += L->count * t[v][k];
     }
     const int wino = lt_cpu_winograd_active(&c.g);
     lt_cpu_winograd_set_mode(mode);
     const double tg = time_median(run_sgemm, &c);
     printf("%-26s %5d %7.3f |", L->name, L->count, flops * 1e-9);
-    for (int k = 0; k < 3; k++)
+    for (int k = 0; k < 4; k++)
       printf(" %6.1f %6.1f %5.2fx |", flops / t[0][k] * 1e-9, flops / t[1][k] * 1e-9, t[0][k] / t[1][k]);
     printf(" %7.1f %6.1f%s\n", flops / tg * 1e-9, (double)wsb / (1 << 20), wino ? "  winograd" : "");
     /* conv1 needs no dx in training; count it anyway as a bound */
@@ -176,13 +183,14 @@ int main(int argc, char **argv) {
   }
   for (int v = 0; v < 2; v++) {
     const double train = tot[v][0] + tot[v][1] + tot[v][2];
-    printf("%s all 19 convs: fwd %.4f s (%.1f GFLOP/s), bwd_data %.4f s, bwd_filter %.4f s; "
-           "conv-only bound: inference %.0f img/s, training %.0f img/s\n",
+    printf("%s all 19 convs: fwd %.4f s (%.1f GFLOP/s), bwd_data %.4f s, bwd_filter %.4f s, "
+           "inference fwd %.4f s; conv-only bound: inference %.0f img/s, training %.0f img/s\n",
            v ? "new" : "old", tot[v][0], tot_flops / tot[v][0] * 1e-9, tot[v][1], tot[v][2],
-           batch / tot[v][0], batch / train);
+           tot[v][3], batch / tot[v][3], batch / train);
   }
-  printf("ratio new/old: fwd %.2fx, bwd_data %.2fx, bwd_filter %.2fx, training %.2fx\n",
-         tot[0][0] / tot[1][0], tot[0][1] / tot[1][1], tot[0][2] / tot[1][2],
+  printf("ratio new/old: fwd %.2fx, bwd_data %.2fx, bwd_filter %.2fx, inference fwd %.2fx, "
+         "training %.2fx\n",
+         tot[0][0] / tot[1][0], tot[0][1] / tot[1][1], tot[0][2] / tot[1][2], tot[0][3] / tot[1][3],
          (tot[0][0] + tot[0][1] + tot[0][2]) / (tot[1][0] + tot[1][1] + tot[1][2]));
   return 0;
 }

@@ -143,6 +143,12 @@ static void check_shape(const shape *sh, const char *mode) {
   const double ey = err(y, ry, ny, 1, NULL), edx = err(dx, rdx, nx, 1, NULL),
                edw = err(dw, rdw, nw, 1, NULL);
   worst_seen = fmax(worst_seen, fmax(ey, fmax(edx, edw)));
+  /* the inference forward (F(4×4) for outputs of 16×16 and more unless a tile is forced) */
+  for (size_t i = 0; i < ny; i++) y0[i] = NAN;
+  lt_cpu_conv2d_fwd_infer(&g, x, w, b, y0, ws);
+  const double ei = err(y0, ry, ny, 1, NULL);
+  worst_seen = fmax(worst_seen, ei);
+  CHECK_MSG(ei <= 1e-4, "%s: inference forward error/rms %.2g (tol 1e-4)", mode, ei);
   CHECK_MSG(ey <= TOL && edx <= TOL && edw <= TOL,
             "%s n%d c%d %dx%d s%d pad %d,%d,%d,%d: error/rms y %.2g dx %.2g dw %.2g (tol %g)",
             mode, sh->n, sh->c, sh->h, sh->w, sh->s, sh->pt, sh->pl, sh->pb, sh->pr, ey, edx, edw,

@@ -51,6 +51,10 @@ int lt_conv_geom_finish(lt_conv_geom *g, int transpose);
 size_t lt_cpu_conv2d_workspace(const lt_conv_geom *g);
 void lt_cpu_conv2d_fwd(const lt_conv_geom *g, const float *x, const float *w, const float *b,
                        float *y, void *ws);
+/* The forward of an inference (no backward follows): may trade accuracy for speed within the
+ * reference tolerances (Winograd F(4×4, 3×3), about 3e-5 of the output's RMS). */
+void lt_cpu_conv2d_fwd_infer(const lt_conv_geom *g, const float *x, const float *w, const float *b,
+                             float *y, void *ws);
 void lt_cpu_conv2d_bwd_data(const lt_conv_geom *g, const float *dy, const float *w, float *dx,
                             int accumulate, void *ws);
 void lt_cpu_conv2d_bwd_filter(const lt_conv_geom *g, const float *x, const float *dy, float *dw,
@@ -71,16 +75,17 @@ enum {
 void lt_cpu_winograd_set_mode(int mode);
 int lt_cpu_winograd_mode(void);
 const char *lt_cpu_winograd_impl_name(void); /* "avx512", "avx2", "generic" or "off" */
-/* Output tile of forward and backward data: 0 (the default) picks F(4×4, 3×3) for outputs of at
- * least 16×16 and F(2×2, 3×3) below; 2 or 4 force one. Backward filter always uses F(2×2). For
- * tests and benchmarks; the workspace covers both. */
+/* Output tile of forward and backward data: 0 (the default) picks F(4×4, 3×3) for inference
+ * forwards (infer = 1, lt_cpu_conv2d_fwd_infer) with outputs of at least 16×16 and F(2×2, 3×3)
+ * otherwise; 2 or 4 force one (also LATHE_CONV_WINOGRAD_TILE). Backward filter always uses
+ * F(2×2). For tests and benchmarks; the workspace covers both. */
 void lt_cpu_winograd_set_tile(int m);
 int lt_cpu_winograd_eligible(const lt_conv_geom *g);
 /* eligible, the mode is not off, and in automatic mode at least 8 input and output channels */
 int lt_cpu_winograd_active(const lt_conv_geom *g);
 size_t lt_cpu_winograd_workspace(const lt_conv_geom *g);
 void lt_cpu_winograd_fwd(const lt_conv_geom *g, const float *x, const float *w, const float *b,
-                         float *y, int accumulate, void *ws);
+                         float *y, int accumulate, int infer, void *ws);
 void lt_cpu_winograd_bwd_data(const lt_conv_geom *g, const float *dy, const float *w, float *dx,
                               int accumulate, void *ws);
 void lt_cpu_winograd_bwd_filter(const lt_conv_geom *g, const float *x, const float *dy, float *dw,

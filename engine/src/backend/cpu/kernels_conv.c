@@ -471,7 +471,7 @@ static void bwd_filter_range(const lt_conv_geom *g, const conv_plan *p, int i0, 
 
 /* y [+]= conv(x, w) + b. */
 static void conv_fwd(const lt_conv_geom *g, const float *x, const float *w, const float *b,
-                     float *y, int accumulate, void *ws) {
+                     float *y, int accumulate, int infer, void *ws) {
   const int G = g->groups, cg = g->c / G, sg = g->s / G;
   const size_t hw = (size_t)g->h * g->w;
   if (is_depthwise(g)) {
@@ -498,7 +498,7 @@ static void conv_fwd(const lt_conv_geom *g, const float *x, const float *w, cons
     return;
   }
   if (lt_cpu_winograd_active(g)) {
-    lt_cpu_winograd_fwd(g, x, w, b, y, accumulate, ws);
+    lt_cpu_winograd_fwd(g, x, w, b, y, accumulate, infer, ws);
     return;
   }
   const conv_plan p = plan_teams(g);
@@ -590,7 +590,12 @@ static void conv_bwd_filter(const lt_conv_geom *g, const float *x, const float *
 
 void lt_cpu_conv2d_fwd(const lt_conv_geom *g, const float *x, const float *w, const float *b,
                        float *y, void *ws) {
-  conv_fwd(g, x, w, b, y, 0, ws);
+  conv_fwd(g, x, w, b, y, 0, 0, ws);
+}
+
+void lt_cpu_conv2d_fwd_infer(const lt_conv_geom *g, const float *x, const float *w, const float *b,
+                             float *y, void *ws) {
+  conv_fwd(g, x, w, b, y, 0, 1, ws);
 }
 
 void lt_cpu_conv2d_bwd_data(const lt_conv_geom *g, const float *dy, const float *w, float *dx,
@@ -646,7 +651,7 @@ void lt_cpu_conv_transpose2d_fwd(const lt_conv_geom *g, const float *x, const fl
 void lt_cpu_conv_transpose2d_bwd_data(const lt_conv_geom *g, const float *dy, const float *w,
                                       float *dx, int accumulate, void *ws) {
   lt_conv_geom m = mirror_geom(g);
-  if (dx) conv_fwd(&m, dy, w, NULL, dx, accumulate, ws);
+  if (dx) conv_fwd(&m, dy, w, NULL, dx, accumulate, 0, ws);
 }
 
 void lt_cpu_conv_transpose2d_bwd_filter(const lt_conv_geom *g, const float *x, const float *dy,

@@ -15,9 +15,10 @@
  * Accuracy. F(2×2)'s transforms have entries 0, ±1 and ±½: test_winograd measures 2.5e-6 of the
  * output's RMS against a float64 direct convolution (float32 im2col: about 1e-6). F(4×4)'s
  * entries reach 8 and 1/24 and its error is about ten times larger (2.7e-5 of RMS on the same
- * shapes), still within the PyTorch reference tolerance (1e-4). Forward and backward data use
- * F(4×4) where it pays (outputs of at least 16×16, pick_m), backward filter always F(2×2): its
- * sums run over every tile of the batch and its result feeds the optimiser directly.
+ * shapes), still within the PyTorch reference tolerance (1e-4), but enough to move training
+ * gradients of a whole network visibly (pick_m). So F(4×4) serves only forwards in inference
+ * (lt_cpu_conv2d_fwd_infer) with outputs of at least 16×16, where it pays; training forwards,
+ * backward data and backward filter use F(2×2).
  *
  * Layout. The Winograd domain is channel-innermost with channels padded to multiples of 16
  * (cp, sp): V (nf, tp, cp), M (nf, tp, sp), U (nf, cp, sp), so the transforms run on whole
@@ -56,8 +57,8 @@
 /* Images whose single-image scratch exceeds this take the im2col path instead. */
 #define WG_MAX_SLICE_BYTES ((size_t)64 << 20)
 /* Output tile of forward and backward data: 0 picks per convolution (pick_m), 2 or 4 force
- * F(2×2, 3×3) or F(4×4, 3×3). */
-#define WG_M_FWD 0
+ * F(2×2, 3×3) or F(4×4, 3×3), -1 reads LATHE_CONV_WINOGRAD_TILE on first use. */
+#define WG_M_FWD -1
 
 typedef float wg_v16 __attribute__((vector_size(64), may_alias));
 /* Floats between consecutive frequencies of V (tp, c) or M: one cache line more than the matrix,
@@ -92,13 +93,22 @@ static wg_shape shape_make(int m, int c, int s, int h, int w, int oh, int ow, in
 /* Tile sizes: forward and backward data m (wg_m_fwd, or pick_m), backward filter 2. */
 static int wg_m_fwd = WG_M_FWD;
 
-/* F(4×4) for outputs of at least 16×16, F(2×2) below: measured with bench_conv --tile, one
- * thread, process CPU time, ResNet-20 at batch 128: F(4×4) forward 199 vs 155 effective GFLOP/s
- * on 16->16 32×32 and 255 vs 220 on 32->32 16×16, but 183 vs 220 on 64->64 8×8 (2×2 tiles per
- * image leave the per-frequency products short and the 6×6 patches overlap more). */
-static int pick_m(int oh, int ow) {
-  if (wg_m_fwd == 2 || wg_m_fwd == 4) return wg_m_fwd;
-  return oh >= 16 && ow >= 16 ? 4 : 2;
+/* F(4×4) for inference forwards with outputs of at least 16×16, F(2×2) otherwise. Speed,
+ * measured with bench_conv --tile, one thread, process CPU time, ResNet-20 at batch 128: F(4×4)
+ * forward 199 vs 155 effective GFLOP/s on 16->16 32×32 and 255 vs 220 on 32->32 16×16, but 183
+ * vs 220 on 64->64 8×8 (2×2 tiles per image leave the per-frequency products short). Accuracy:
+ * in training, F(4×4)'s larger rounding error moves ResNet-20's parameter gradients by 2% against
+ * PyTorch (engine.ref_resnet20_matches_pytorch: worst 0.023 against a tolerance of 2e-4; F(2×2):
+ * 5.5e-6 at one and two threads), so training forwards and backward data keep F(2×2). */
+static int pick_m(int oh, int ow, int infer) {
+  int m = __atomic_load_n(&wg_m_fwd, __ATOMIC_RELAXED);
+  if (m < 0) { /* first use: LATHE_CONV_WINOGRAD_TILE=2 or 4 forces a tile size */
+    const char *e = getenv("LATHE_CONV_WINOGRAD_TILE");
+    m = e && (!strcmp(e, "2") || !strcmp(e, "4")) ? atoi(e) : 0;
+    __atomic_store_n(&wg_m_fwd, m, __ATOMIC_RELAXED);
+  }
+  if (m == 2 || m == 4) return m;
+  return infer && oh >= 16 && ow >= 16 ? 4 : 2;
 }
 
 static wg_shape shape_fwd_m(const lt_conv_geom *g, int m) {
@@ -371,15 +381,15 @@ static void fwd_pass(const wg_impl *im, const wg_shape *sh, int n, const float *
 void lt_cpu_winograd_set_tile(int m) { wg_m_fwd = m == 2 || m == 4 ? m : 0; }
 
 void lt_cpu_winograd_fwd(const lt_conv_geom *g, const float *x, const float *w, const float *b,
-                         float *y, int accumulate, void *ws) {
-  const wg_shape sh = shape_fwd_m(g, pick_m(g->oh, g->ow));
+                         float *y, int accumulate, int infer, void *ws) {
+  const wg_shape sh = shape_fwd_m(g, pick_m(g->oh, g->ow, infer));
   fwd_pass(wg_pick() ? wg_pick() : &impl_generic, &sh, g->n, x, w, 0, b, y, accumulate,
            ws_align(ws), floats_u(g), floats_slices(g));
 }
 
 void lt_cpu_winograd_bwd_data(const lt_conv_geom *g, const float *dy, const float *w, float *dx,
                               int accumulate, void *ws) {
-  const wg_shape sh = shape_bwd_data_m(g, pick_m(g->h, g->w));
+  const wg_shape sh = shape_bwd_data_m(g, pick_m(g->h, g->w, 0));
   fwd_pass(wg_pick() ? wg_pick() : &impl_generic, &sh, g->n, dy, w, 1, NULL, dx, accumulate,
            ws_align(ws), floats_u(g), floats_slices(g));
 }
