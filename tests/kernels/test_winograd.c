@@ -55,6 +55,7 @@ static const shape shapes[] = {
     {2, 64, 8, 8, 64, 1, 1, 1, 1},   /* ResNet-20 stage 3 */
     {1, 5, 6, 6, 7, 0, 0, 0, 0},     /* F(4×4): exactly one tile */
     {2, 3, 5, 9, 4, 1, 1, 0, 2},     /* F(4×4): partial tiles on both borders */
+    {1, 4, 5, 6, 9, 1, 0, 3, 4},     /* bottom/right padding past the kernel's reach */
 };
 
 static lt_conv_geom geom(const shape *s) {
