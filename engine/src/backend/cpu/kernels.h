@@ -46,8 +46,9 @@ typedef struct lt_conv_geom {
 int lt_conv_geom_finish(lt_conv_geom *g, int transpose);
 
 /* Bytes of scratch for fwd and bwd, whatever the thread count: max(16 MiB,
- * 4*((c*kh*kw + s)*oh*ow + s*(c/groups)*kh*kw)), 0 for 1×1 stride-1 unpadded and for depthwise
- * (groups == c) convolutions. */
+ * 4*((c*kh*kw + s)*oh*ow + s*(c/groups)*kh*kw)), and at least lt_cpu_winograd_workspace for
+ * Winograd-eligible convolutions (whatever the Winograd mode, which may change later); 0 for 1×1
+ * stride-1 unpadded and for depthwise (groups == c) convolutions. */
 size_t lt_cpu_conv2d_workspace(const lt_conv_geom *g);
 void lt_cpu_conv2d_fwd(const lt_conv_geom *g, const float *x, const float *w, const float *b,
                        float *y, void *ws);

@@ -1,5 +1,7 @@
-/* Convolution and matrix-product kernels on the CPU: every convolution is lowered to a few large
- * OpenBLAS sgemm calls.
+/* Convolution and matrix-product kernels on the CPU: 3×3 stride-1 convolutions take the Winograd
+ * fast path of kernels_winograd.c (when lt_cpu_winograd_active: groups 1, dilation 1, top/left
+ * padding <= 2, at least 8 channels in and out unless a Winograd mode is forced); every other
+ * convolution is lowered to a few large OpenBLAS sgemm calls as below.
  *
  * Lowering. A chunk of nb images is unfolded by im2col into one column matrix
  * col (c*kh*kw, nb*oh*ow), so that the GEMM's N dimension spans several images (ResNet-style
