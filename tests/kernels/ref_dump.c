@@ -119,6 +119,20 @@ static void conv_cases(void) {
   /* stride 1 with odd output sizes, asymmetric pads, a pad wider than the kernel's reach */
   conv_case("conv:s1_odd_asym",      0, 2, 5, 7, 6, 3, 3, 3, 1, 1, 2, 0, 1, 1, 1, 1, 1, 0, 0, 1);
   conv_case("conv:s1_pad3",          0, 1, 4, 5, 5, 6, 3, 3, 1, 1, 3, 1, 0, 1, 1, 1, 1, 0, 0, 0);
+  /* the Winograd path (kernels_winograd.c; automatic mode takes 3×3 stride-1 convolutions with
+   * at least 8 input and output channels, F(4×4) for outputs of 16×16 and more): batch 1, 1×1,
+   * 2×2 and odd sizes (tiles crossing the border), channels not multiples of 8 or 16, padding 0,
+   * 1, 2 and asymmetric. ctest also runs every case with LATHE_CONV_WINOGRAD=generic and =avx512,
+   * which send every eligible convolution (the small-channel ones above too) through Winograd. */
+  conv_case("conv:wg_batch1_1x1",    0, 1, 9, 1, 1, 10, 3, 3, 1, 1, 1, 1, 1, 1, 1, 1, 1, 0, 0, 1);
+  conv_case("conv:wg_2x2",           0, 2, 11, 2, 2, 9, 3, 3, 1, 1, 1, 1, 1, 1, 1, 1, 1, 0, 0, 0);
+  conv_case("conv:wg_odd",           0, 3, 17, 7, 9, 13, 3, 3, 1, 1, 1, 1, 1, 1, 1, 1, 1, 0, 0, 1);
+  conv_case("conv:wg_pad0",          0, 2, 12, 9, 7, 20, 3, 3, 1, 1, 0, 0, 0, 0, 1, 1, 1, 0, 0, 1);
+  conv_case("conv:wg_pad2_asym",     0, 2, 10, 6, 5, 33, 3, 3, 1, 1, 2, 0, 1, 2, 1, 1, 1, 0, 0, 0);
+  conv_case("conv:wg_f4_odd",        0, 2, 20, 18, 35, 17, 3, 3, 1, 1, 1, 1, 1, 1, 1, 1, 1, 0, 0, 1);
+  conv_case("conv:wg_f4_resnet",     0, 2, 16, 32, 32, 16, 3, 3, 1, 1, 1, 1, 1, 1, 1, 1, 1, 0, 0, 0);
+  conv_case("conv:wg_f4_pad0",       0, 1, 24, 21, 19, 40, 3, 3, 1, 1, 0, 0, 0, 0, 1, 1, 1, 0, 0, 1);
+  conv_case("convT:wg_stride1",      1, 2, 12, 9, 11, 10, 3, 3, 1, 1, 1, 1, 1, 1, 1, 1, 1, 0, 0, 1);
   conv_case("convT:stride1_3x3",     1, 2, 4, 5, 6, 5, 3, 3, 1, 1, 1, 1, 1, 1, 1, 1, 1, 0, 0, 1);
   conv_case("convT:stride2_outpad",  1, 2, 4, 5, 5, 6, 3, 3, 2, 2, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1);
   conv_case("convT:groups2_dil2",    1, 2, 6, 4, 5, 4, 3, 3, 1, 2, 1, 0, 1, 0, 2, 2, 2, 0, 1, 1);

@@ -85,8 +85,10 @@ static lt_status conv_fwd(lt_node_ctx *ctx, lt_err *err) {
   lt_conv_geom geom;
   lt_status st = lt_op_conv_geom(ctx->g, &ctx->g->nodes[ctx->node], ctx->batch, 0, &geom, err);
   if (st) return st;
-  lt_cpu_conv2d_fwd(&geom, lt_tensor_f32(ctx->in[0]), lt_tensor_f32(ctx->in[1]), ctx_bias(ctx),
-                    lt_tensor_f32(ctx->out[0]), ctx->ws);
+  /* inference: no gradient follows, so the forward may take the faster, less exact Winograd */
+  (ctx->mode == LT_MODE_INFER ? lt_cpu_conv2d_fwd_infer : lt_cpu_conv2d_fwd)(
+      &geom, lt_tensor_f32(ctx->in[0]), lt_tensor_f32(ctx->in[1]), ctx_bias(ctx),
+      lt_tensor_f32(ctx->out[0]), ctx->ws);
   return LT_OK;
 }
 static lt_status convt_fwd(lt_node_ctx *ctx, lt_err *err) {

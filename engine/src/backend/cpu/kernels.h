@@ -46,15 +46,51 @@ typedef struct lt_conv_geom {
 int lt_conv_geom_finish(lt_conv_geom *g, int transpose);
 
 /* Bytes of scratch for fwd and bwd, whatever the thread count: max(16 MiB,
- * 4*((c*kh*kw + s)*oh*ow + s*(c/groups)*kh*kw)), 0 for 1×1 stride-1 unpadded and for depthwise
- * (groups == c) convolutions. */
+ * 4*((c*kh*kw + s)*oh*ow + s*(c/groups)*kh*kw)), and at least lt_cpu_winograd_workspace for
+ * Winograd-eligible convolutions (whatever the Winograd mode, which may change later); 0 for 1×1
+ * stride-1 unpadded and for depthwise (groups == c) convolutions. */
 size_t lt_cpu_conv2d_workspace(const lt_conv_geom *g);
 void lt_cpu_conv2d_fwd(const lt_conv_geom *g, const float *x, const float *w, const float *b,
                        float *y, void *ws);
+/* The forward of an inference (no backward follows): may trade accuracy for speed within the
+ * reference tolerances (Winograd F(4×4, 3×3), about 3e-5 of the output's RMS). */
+void lt_cpu_conv2d_fwd_infer(const lt_conv_geom *g, const float *x, const float *w, const float *b,
+                             float *y, void *ws);
 void lt_cpu_conv2d_bwd_data(const lt_conv_geom *g, const float *dy, const float *w, float *dx,
                             int accumulate, void *ws);
 void lt_cpu_conv2d_bwd_filter(const lt_conv_geom *g, const float *x, const float *dy, float *dw,
                               float *db, int accumulate, void *ws);
+
+/* Winograd F(2×2, 3×3) fast path for 3×3 stride-1 convolutions (kernels_winograd.c), used by
+ * the conv2d functions above (and conv_transpose2d through its mirror conv2d) whenever
+ * lt_cpu_winograd_active. eligible: kernel 3×3, stride 1, dilation 1, groups 1, pad_t and
+ * pad_l <= 2, and a single image's scratch within bounds; the conv2d workspace covers it then. */
+enum {
+  LT_WINOGRAD_OFF = 0,     /* im2col for every convolution */
+  LT_WINOGRAD_AUTO = 1,    /* the best instruction set the CPU has */
+  LT_WINOGRAD_GENERIC = 2, /* the portable build-target code */
+  LT_WINOGRAD_AVX2 = 3,    /* AVX2+FMA without AVX-512 (lower if the CPU lacks it) */
+  LT_WINOGRAD_AVX512 = 4
+};
+/* The mode: set here, else from LATHE_CONV_WINOGRAD (0/off, generic, avx2, avx512; else auto). */
+void lt_cpu_winograd_set_mode(int mode);
+int lt_cpu_winograd_mode(void);
+const char *lt_cpu_winograd_impl_name(void); /* "avx512", "avx2", "generic" or "off" */
+/* Output tile of forward and backward data: 0 (the default) picks F(4×4, 3×3) for inference
+ * forwards (infer = 1, lt_cpu_conv2d_fwd_infer) with outputs of at least 16×16 and F(2×2, 3×3)
+ * otherwise; 2 or 4 force one (also LATHE_CONV_WINOGRAD_TILE). Backward filter always uses
+ * F(2×2). For tests and benchmarks; the workspace covers both. */
+void lt_cpu_winograd_set_tile(int m);
+int lt_cpu_winograd_eligible(const lt_conv_geom *g);
+/* eligible, the mode is not off, and in automatic mode at least 8 input and output channels */
+int lt_cpu_winograd_active(const lt_conv_geom *g);
+size_t lt_cpu_winograd_workspace(const lt_conv_geom *g);
+void lt_cpu_winograd_fwd(const lt_conv_geom *g, const float *x, const float *w, const float *b,
+                         float *y, int accumulate, int infer, void *ws);
+void lt_cpu_winograd_bwd_data(const lt_conv_geom *g, const float *dy, const float *w, float *dx,
+                              int accumulate, void *ws);
+void lt_cpu_winograd_bwd_filter(const lt_conv_geom *g, const float *x, const float *dy, float *dw,
+                                int accumulate, void *ws);
 
 size_t lt_cpu_conv_transpose2d_workspace(const lt_conv_geom *g);
 void lt_cpu_conv_transpose2d_fwd(const lt_conv_geom *g, const float *x, const float *w,

@@ -1,5 +1,7 @@
-/* Convolution and matrix-product kernels on the CPU: every convolution is lowered to a few large
- * OpenBLAS sgemm calls.
+/* Convolution and matrix-product kernels on the CPU: 3×3 stride-1 convolutions take the Winograd
+ * fast path of kernels_winograd.c (when lt_cpu_winograd_active: groups 1, dilation 1, top/left
+ * padding <= 2, at least 8 channels in and out unless a Winograd mode is forced); every other
+ * convolution is lowered to a few large OpenBLAS sgemm calls as below.
  *
  * Lowering. A chunk of nb images is unfolded by im2col into one column matrix
  * col (c*kh*kw, nb*oh*ow), so that the GEMM's N dimension spans several images (ResNet-style
@@ -231,7 +233,8 @@ static conv_plan plan_teams(const lt_conv_geom *g) {
  * The same scratch serves forward, backward data and backward filter at any thread count. */
 size_t lt_cpu_conv2d_workspace(const lt_conv_geom *g) {
   if (is_pointwise(g) || is_depthwise(g)) return 0;
-  return floats_workspace(g) * sizeof(float);
+  const size_t im2col = floats_workspace(g) * sizeof(float), wino = lt_cpu_winograd_workspace(g);
+  return wino > im2col ? wino : im2col;
 }
 
 /* y (nb, s, ohw) = [accumulate ? y : 0] + p (s, nb*ohw) + b (s) (b may be NULL). */
@@ -470,7 +473,7 @@ static void bwd_filter_range(const lt_conv_geom *g, const conv_plan *p, int i0, 
 
 /* y [+]= conv(x, w) + b. */
 static void conv_fwd(const lt_conv_geom *g, const float *x, const float *w, const float *b,
-                     float *y, int accumulate, void *ws) {
+                     float *y, int accumulate, int infer, void *ws) {
   const int G = g->groups, cg = g->c / G, sg = g->s / G;
   const size_t hw = (size_t)g->h * g->w;
   if (is_depthwise(g)) {
@@ -494,6 +497,10 @@ static void conv_fwd(const lt_conv_geom *g, const float *x, const float *w, cons
             p[i] += b[ch];
         }
     }
+    return;
+  }
+  if (lt_cpu_winograd_active(g)) {
+    lt_cpu_winograd_fwd(g, x, w, b, y, accumulate, infer, ws);
     return;
   }
   const conv_plan p = plan_teams(g);
@@ -522,6 +529,10 @@ static void conv_bwd_data(const lt_conv_geom *g, const float *dy, const float *w
                     dy + ((size_t)img * g->s + (size_t)gr * sg) * hw, (int)hw,
                     accumulate ? 1.0f : 0.0f, dx + ((size_t)img * g->c + (size_t)gr * cg) * hw,
                     (int)hw);
+    return;
+  }
+  if (lt_cpu_winograd_active(g)) {
+    lt_cpu_winograd_bwd_data(g, dy, w, dx, accumulate, ws);
     return;
   }
   const conv_plan p = plan_teams(g);
@@ -553,6 +564,10 @@ static void conv_bwd_filter(const lt_conv_geom *g, const float *x, const float *
                     (accumulate || img > 0) ? 1.0f : 0.0f, dw + (size_t)gr * sg * cg, cg);
     return;
   }
+  if (lt_cpu_winograd_active(g)) {
+    lt_cpu_winograd_bwd_filter(g, x, dy, dw, accumulate, ws);
+    return;
+  }
   const conv_plan p = plan_teams(g);
   if (p.teams == 1) {
     bwd_filter_range(g, &p, 0, g->n, x, dy, dw, accumulate, ws, (float *)ws + p.col_floats);
@@ -577,7 +592,12 @@ static void conv_bwd_filter(const lt_conv_geom *g, const float *x, const float *
 
 void lt_cpu_conv2d_fwd(const lt_conv_geom *g, const float *x, const float *w, const float *b,
                        float *y, void *ws) {
-  conv_fwd(g, x, w, b, y, 0, ws);
+  conv_fwd(g, x, w, b, y, 0, 0, ws);
+}
+
+void lt_cpu_conv2d_fwd_infer(const lt_conv_geom *g, const float *x, const float *w, const float *b,
+                             float *y, void *ws) {
+  conv_fwd(g, x, w, b, y, 0, 1, ws);
 }
 
 void lt_cpu_conv2d_bwd_data(const lt_conv_geom *g, const float *dy, const float *w, float *dx,
@@ -633,7 +653,7 @@ void lt_cpu_conv_transpose2d_fwd(const lt_conv_geom *g, const float *x, const fl
 void lt_cpu_conv_transpose2d_bwd_data(const lt_conv_geom *g, const float *dy, const float *w,
                                       float *dx, int accumulate, void *ws) {
   lt_conv_geom m = mirror_geom(g);
-  if (dx) conv_fwd(&m, dy, w, NULL, dx, accumulate, ws);
+  if (dx) conv_fwd(&m, dy, w, NULL, dx, accumulate, 0, ws);
 }
 
 void lt_cpu_conv_transpose2d_bwd_filter(const lt_conv_geom *g, const float *x, const float *dy,
