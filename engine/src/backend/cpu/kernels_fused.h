@@ -5,6 +5,7 @@
 #define LATHE_KERNELS_FUSED_H
 
 #include <stddef.h>
+#include <stdint.h>
 
 /* lt_cpu_bn_fwd_train / lt_cpu_bn_fwd_infer with y = relu(bn(x)) when relu is set. Reductions
  * have a fixed order (32 lanes per (image, channel) plane in float, planes summed in double), so
@@ -31,5 +32,14 @@ void lt_cpu_add_relu_bwd(size_t count, const float *y, const float *dy, float *d
                          float *db, int acc_b);
 /* dx = dy, or dx += dy when accumulating; parallel. */
 void lt_cpu_pass_grad(size_t count, const float *dy, float *dx, int accumulate);
+
+/* lt_cpu_sgd_step / lt_cpu_adamw_step on elements [lo, hi) only, on the calling thread (the
+ * same update code, so the same bits): for one parallel pass over many parameter tensors. */
+void lt_cpu_sgd_step_range(size_t lo, size_t hi, float lr, float momentum, float dampening,
+                           float weight_decay, int nesterov, float *w, const float *g,
+                           float *velocity, int first_step);
+void lt_cpu_adamw_step_range(size_t lo, size_t hi, float lr, float beta1, float beta2, float eps,
+                             float weight_decay, int64_t step, float *w, const float *g, float *m,
+                             float *v);
 
 #endif
