@@ -17,10 +17,18 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #include "backend/cpu/kernels.h"
 #include "lathe/backend.h"
 #include "lathe/train.h"
+
+/* Process CPU time, all threads: steadier than wall time on a shared machine. */
+static double cpu_now(void) {
+  struct timespec ts;
+  clock_gettime(CLOCK_PROCESS_CPUTIME_ID, &ts);
+  return (double)ts.tv_sec + ts.tv_nsec * 1e-9;
+}
 
 static double bench_sgemm(int n, int reps) {
   float *a = malloc(sizeof(float) * n * n), *b = malloc(sizeof(float) * n * n),
@@ -76,7 +84,7 @@ int main(int argc, char **argv) {
   for (int i = 0; i < np; i++) grads[i] = lt_exec_param_grad(ex, ids[i]);
   if (ops) lt_exec_profile_enable(ex, 1);
   ops = lt_exec_profile_enabled(ex);
-  double part[3] = {0}; /* input copy, loss, optimizer */
+  double part[3] = {0}, cpart[3] = {0}, c_train = 0; /* input copy, loss, optimizer */
   lt_rng r = lt_rng_make(3, 0);
   /* A host batch copied in every step, as the training loop does: the executor may reuse the
    * input buffer for activations once the first layer's backward is done. */
@@ -89,32 +97,38 @@ int main(int argc, char **argv) {
   double t_train = 0, loss = 0;
   for (int s = -1; s < train_steps; s++) { /* step -1 warms up */
     if (s == 0 && ops) lt_exec_profile_enable(ex, 1); /* drop the warm-up step */
-    double t0 = lt_now(), t1, t2 = 0, t3 = 0;
+    double t0 = lt_now(), c0 = cpu_now(), t1, c1, t2 = 0, c2 = 0, t3 = 0, c3 = 0;
     memcpy(lt_tensor_f32(lt_exec_input(ex, 0)), x, nx * sizeof(float));
-    t1 = lt_now();
+    t1 = lt_now(), c1 = cpu_now();
     if (lt_exec_forward(ex, &err)) break;
-    if (ops) t2 = lt_now();
+    if (ops) t2 = lt_now(), c2 = cpu_now();
     loss = lt_cpu_softmax_xent(batch, 10, lt_tensor_f32(lt_exec_output(ex, 0)), labels,
                                1.0f / batch, lt_tensor_f32(lt_exec_output_grad(ex, 0)), NULL) /
            batch;
-    if (ops) t3 = lt_now();
+    if (ops) t3 = lt_now(), c3 = cpu_now();
     lt_exec_zero_grads(ex);
     if (lt_exec_backward(ex, &err)) break;
-    double t4 = lt_now();
+    double t4 = lt_now(), c4 = cpu_now();
     if (lt_optim_step(opt, grads, 0.01f, &err)) break;
-    double t5 = lt_now();
+    double t5 = lt_now(), c5 = cpu_now();
     if (s >= 0) {
       t_train += t5 - t0;
+      c_train += c5 - c0;
       part[0] += t1 - t0, part[1] += t3 - t2, part[2] += t5 - t4;
+      cpart[0] += c1 - c0, cpart[1] += c3 - c2, cpart[2] += c5 - c4;
     }
   }
   if (ops && train_steps > 0) {
     fprintf(stderr, "training step, batch %d, %d threads, mean of %d steps (wall ms):\n", batch,
             omp_get_max_threads(), train_steps);
     lt_exec_profile_print(ex, stderr);
-    fprintf(stderr, "outside the executor: input copy %.3f, softmax-xent %.3f, optimizer %.3f; "
-            "whole step %.3f\n\n", 1e3 * part[0] / train_steps, 1e3 * part[1] / train_steps,
+    fprintf(stderr, "outside the executor, wall ms: input copy %.3f, softmax-xent %.3f, optimizer "
+            "%.3f; whole step %.3f\n", 1e3 * part[0] / train_steps, 1e3 * part[1] / train_steps,
             1e3 * part[2] / train_steps, 1e3 * t_train / train_steps);
+    fprintf(stderr, "outside the executor, cpu ms: input copy %.3f, softmax-xent %.3f, optimizer "
+            "%.3f; whole step %.3f\n\n", 1e3 * cpart[0] / train_steps,
+            1e3 * cpart[1] / train_steps, 1e3 * cpart[2] / train_steps,
+            1e3 * c_train / train_steps);
   }
   lt_mem_stats mem;
   lt_mem_get_stats(&mem);
@@ -124,13 +138,13 @@ int main(int argc, char **argv) {
     fprintf(stderr, "bench_resnet20: %s\n", err.msg);
     return 1;
   }
-  double t_inf = 0;
+  double t_inf = 0, c_inf = 0;
   for (int s = -1; s < infer_steps; s++) {
     if (s == 0 && ops) lt_exec_profile_enable(inf, 1);
-    double t0 = lt_now();
+    double t0 = lt_now(), c0 = cpu_now();
     memcpy(lt_tensor_f32(lt_exec_input(inf, 0)), x, nx * sizeof(float));
     if (lt_exec_forward(inf, &err)) break;
-    if (s >= 0) t_inf += lt_now() - t0;
+    if (s >= 0) t_inf += lt_now() - t0, c_inf += cpu_now() - c0;
   }
   if (err.status) {
     fprintf(stderr, "bench_resnet20: %s\n", err.msg);
@@ -140,7 +154,8 @@ int main(int argc, char **argv) {
     fprintf(stderr, "inference forward, batch %d, mean of %d forwards (wall ms):\n", batch,
             infer_steps);
     lt_exec_profile_print(inf, stderr);
-    fprintf(stderr, "whole forward with input copy %.3f\n\n", 1e3 * t_inf / infer_steps);
+    fprintf(stderr, "whole forward with input copy: wall %.3f ms, cpu %.3f ms\n\n",
+            1e3 * t_inf / infer_steps, 1e3 * c_inf / infer_steps);
   }
   double macs = (double)lt_graph_macs(g);
   double train_ips = train_steps * (double)batch / t_train, infer_ips = infer_steps * (double)batch / t_inf;

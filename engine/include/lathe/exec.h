@@ -126,8 +126,11 @@ lt_status lt_exec_sync_params(lt_exec *ex, int to_device, lt_err *err);
 typedef struct lt_exec_profile_row {
   char op[48];      /* op type name, "BatchNorm2d+Relu", "(executor)" or "(zero_grads)" */
   int nodes;        /* nodes of this type in the graph */
-  double fwd_s;     /* seconds summed over forwards */
-  double bwd_s;     /* seconds summed over backwards */
+  double fwd_s;     /* wall seconds summed over forwards */
+  double bwd_s;     /* wall seconds summed over backwards */
+  double fwd_cpu_s; /* process CPU seconds (all threads) summed over forwards: steadier than wall
+                       time on a shared machine */
+  double bwd_cpu_s;
 } lt_exec_profile_row;
 void lt_exec_profile_enable(lt_exec *ex, int on);
 int lt_exec_profile_enabled(const lt_exec *ex);
@@ -135,8 +138,8 @@ int lt_exec_profile_enabled(const lt_exec *ex);
  * and *bwd_steps (either may be NULL) get how many forwards and backwards were timed. */
 int lt_exec_profile_get(const lt_exec *ex, lt_exec_profile_row *rows, int cap, int64_t *fwd_steps,
                         int64_t *bwd_steps);
-/* A table of the rows in milliseconds per step, with shares of the total, written to f (a FILE *;
- * void here so that this header needs no <stdio.h>). */
+/* A table of the rows in milliseconds per step (wall, and process CPU time), with shares of the
+ * wall total, written to f (a FILE *; void here so that this header needs no <stdio.h>). */
 void lt_exec_profile_print(const lt_exec *ex, void *f);
 
 /* Bytes the stash held at the end of the last forward: dense is what exact storage would take

@@ -22,6 +22,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #include "ops/fused.h"
 #include "ops/ops.h"
@@ -93,8 +94,9 @@ struct lt_exec {
                         in the head's backward: the ReLU's saved output stays in its buffer */
   /* profile (LATHE_PROFILE=1 or lt_exec_profile_enable) */
   int prof_on;
-  double *prof;      /* (2F) forward then backward seconds per node */
-  double prof_exec[2], prof_zero;
+  double *prof;      /* (4F) forward then backward wall seconds per node, then the same in
+                        process CPU seconds */
+  double prof_exec[2], prof_zero, prof_exec_cpu[2], prof_zero_cpu;
   int64_t prof_steps[2];
 };
 
@@ -625,7 +627,7 @@ lt_exec *lt_exec_create(lt_graph *g, int batch, lt_mode mode, lt_backend *be,
   ex->fuse_relu = calloc((size_t)ex->F + 1, sizeof *ex->fuse_relu);
   ex->fused_tail = calloc((size_t)ex->F + 1, 1);
   ex->bwd_fused = calloc((size_t)ex->F + 1, 1);
-  ex->prof = calloc(2 * (size_t)ex->F + 1, sizeof *ex->prof);
+  ex->prof = calloc(4 * (size_t)ex->F + 1, sizeof *ex->prof);
   if (!ex->val || !ex->grad || !ex->need_grad || !ex->live_end || !ex->nodes || !ex->fuse_relu ||
       !ex->fused_tail || !ex->bwd_fused || !ex->prof) {
     lt_errorf(err, LT_ERR_NOMEM, "out of memory for an executor of %d values", g->n_values);
@@ -643,6 +645,13 @@ fail:
 }
 
 /* ---- running ----------------------------------------------------------------------------------- */
+
+/* Process CPU time, all threads (the profile's second clock). */
+static double cpu_now(void) {
+  struct timespec ts;
+  clock_gettime(CLOCK_PROCESS_CPUTIME_ID, &ts);
+  return (double)ts.tv_sec + ts.tv_nsec * 1e-9;
+}
 
 static void exec_ctx_init(lt_exec *ex, int i, lt_node_ctx *ctx) {
   const lt_node *n = &ex->g->nodes[i];
@@ -675,12 +684,12 @@ lt_status lt_exec_forward(lt_exec *ex, lt_err *err) {
   lt_mem_stats before, after;
   lt_mem_get_stats(&before);
   const int prof = ex->prof_on, fuse = !ex->hook; /* hooks see every node's own output */
-  const double t_start = prof ? lt_now() : 0.0;
-  double t_nodes = 0.0;
+  const double t_start = prof ? lt_now() : 0.0, c_start = prof ? cpu_now() : 0.0;
+  double t_nodes = 0.0, c_nodes = 0.0;
   for (int i = 0; i < ex->F; i++) {
     lt_node_ctx ctx;
     exec_ctx_init(ex, i, &ctx);
-    const double t0 = prof ? lt_now() : 0.0;
+    const double t0 = prof ? lt_now() : 0.0, c0 = prof ? cpu_now() : 0.0;
     lt_status st = LT_OK;
     if (fuse && ex->fused_tail[i]) {
       /* its output was written by its head node's fused kernel */
@@ -692,9 +701,11 @@ lt_status lt_exec_forward(lt_exec *ex, lt_err *err) {
       st = ex->be->vt->forward(ex->be, &ctx, err);
     }
     if (prof) {
-      const double dt = lt_now() - t0;
+      const double dt = lt_now() - t0, dc = cpu_now() - c0;
       ex->prof[i] += dt;
+      ex->prof[2 * ex->F + i] += dc;
       t_nodes += dt;
+      c_nodes += dc;
     }
     if (st) return lt_err_prefix(err, "forward of node '%s'", ex->g->nodes[i].name);
     if (ex->hook) ex->hook(ex->hook_user, ex, i, ctx.out[0]);
@@ -710,6 +721,7 @@ lt_status lt_exec_forward(lt_exec *ex, lt_err *err) {
   ex->step++;
   if (prof) {
     ex->prof_exec[0] += lt_now() - t_start - t_nodes;
+    ex->prof_exec_cpu[0] += cpu_now() - c_start - c_nodes;
     ex->prof_steps[0]++;
   }
   lt_mem_get_stats(&after);
@@ -737,8 +749,8 @@ lt_status lt_exec_backward(lt_exec *ex, lt_err *err) {
                      "it with LT_MODE_TRAIN to run backward");
   const lt_stash_policy *pol = ex->opts.stash;
   const int prof = ex->prof_on;
-  const double t_start = prof ? lt_now() : 0.0;
-  double t_nodes = 0.0;
+  const double t_start = prof ? lt_now() : 0.0, c_start = prof ? cpu_now() : 0.0;
+  double t_nodes = 0.0, c_nodes = 0.0;
   for (int i = ex->F - 1; i >= 0; i--) {
     exec_node *en = &ex->nodes[i];
     if (!en->backward) continue;
@@ -770,7 +782,7 @@ lt_status lt_exec_backward(lt_exec *ex, lt_err *err) {
       if (st) return lt_err_prefix(err, "restoring the stash of node '%s'", n->name);
       ctx.saved[s] = &es->restore;
     }
-    const double t0 = prof ? lt_now() : 0.0;
+    const double t0 = prof ? lt_now() : 0.0, c0 = prof ? cpu_now() : 0.0;
     lt_status st = LT_OK;
     if (ex->bwd_fused[i] && ex->fused_tail[i]) {
       /* runs in its head node's backward */
@@ -782,9 +794,11 @@ lt_status lt_exec_backward(lt_exec *ex, lt_err *err) {
       st = ex->be->vt->backward(ex->be, &ctx, err);
     }
     if (prof) {
-      const double dt = lt_now() - t0;
+      const double dt = lt_now() - t0, dc = cpu_now() - c0;
       ex->prof[ex->F + i] += dt;
+      ex->prof[3 * ex->F + i] += dc;
       t_nodes += dt;
+      c_nodes += dc;
     }
     if (st) return lt_err_prefix(err, "backward of node '%s'", n->name);
     if (en->observed) exec_observe(ex, i, &ctx);
@@ -792,6 +806,7 @@ lt_status lt_exec_backward(lt_exec *ex, lt_err *err) {
   }
   if (prof) {
     ex->prof_exec[1] += lt_now() - t_start - t_nodes;
+    ex->prof_exec_cpu[1] += cpu_now() - c_start - c_nodes;
     ex->prof_steps[1]++;
   }
   return LT_OK;
@@ -827,11 +842,14 @@ lt_tensor *lt_exec_param_grad(lt_exec *ex, int v) {
 }
 
 void lt_exec_zero_grads(lt_exec *ex) {
-  const double t0 = ex->prof_on ? lt_now() : 0.0;
+  const double t0 = ex->prof_on ? lt_now() : 0.0, c0 = ex->prof_on ? cpu_now() : 0.0;
   for (int v = 0; v < ex->g->n_values; v++)
     if (ex->g->values[v].kind == LT_VALUE_PARAM && ex->grad[v].data)
       ex->be->vt->memset0(ex->be, ex->grad[v].data, lt_tensor_nbytes(&ex->grad[v]), NULL);
-  if (ex->prof_on) ex->prof_zero += lt_now() - t0;
+  if (ex->prof_on) {
+    ex->prof_zero += lt_now() - t0;
+    ex->prof_zero_cpu += cpu_now() - c0;
+  }
 }
 
 void lt_exec_set_forward_hook(lt_exec *ex, lt_exec_hook fn, void *user) {
@@ -871,8 +889,9 @@ void lt_exec_plan_stats_get(const lt_exec *ex, lt_exec_plan_stats *out) {
 
 void lt_exec_profile_enable(lt_exec *ex, int on) {
   ex->prof_on = on != 0;
-  memset(ex->prof, 0, sizeof *ex->prof * 2 * (size_t)ex->F);
+  memset(ex->prof, 0, sizeof *ex->prof * 4 * (size_t)ex->F);
   ex->prof_exec[0] = ex->prof_exec[1] = ex->prof_zero = 0.0;
+  ex->prof_exec_cpu[0] = ex->prof_exec_cpu[1] = ex->prof_zero_cpu = 0.0;
   ex->prof_steps[0] = ex->prof_steps[1] = 0;
 }
 
@@ -909,14 +928,19 @@ int lt_exec_profile_get(const lt_exec *ex, lt_exec_profile_row *rows, int cap, i
     all[r].nodes++;
     all[r].fwd_s += ex->prof[i];
     all[r].bwd_s += ex->prof[ex->F + i];
+    all[r].fwd_cpu_s += ex->prof[2 * ex->F + i];
+    all[r].bwd_cpu_s += ex->prof[3 * ex->F + i];
   }
   memset(&all[n], 0, 2 * sizeof all[n]);
   snprintf(all[n].op, sizeof all[n].op, "(executor)");
   all[n].fwd_s = ex->prof_exec[0];
   all[n].bwd_s = ex->prof_exec[1];
+  all[n].fwd_cpu_s = ex->prof_exec_cpu[0];
+  all[n].bwd_cpu_s = ex->prof_exec_cpu[1];
   n++;
   snprintf(all[n].op, sizeof all[n].op, "(zero_grads)");
   all[n].bwd_s = ex->prof_zero;
+  all[n].bwd_cpu_s = ex->prof_zero_cpu;
   n++;
   qsort(all, (size_t)n, sizeof all[0], prof_row_cmp);
   for (int r = 0; r < n && r < cap; r++) rows[r] = all[r];
@@ -931,15 +955,21 @@ void lt_exec_profile_print(const lt_exec *ex, void *fp) {
   int64_t sf, sb;
   int n = lt_exec_profile_get(ex, rows, (int)(sizeof rows / sizeof rows[0]), &sf, &sb);
   const double pf = sf ? 1e3 / (double)sf : 0.0, pb = sb ? 1e3 / (double)sb : 0.0;
-  double tf = 0.0, tb = 0.0;
-  for (int r = 0; r < n; r++) tf += rows[r].fwd_s * pf, tb += rows[r].bwd_s * pb;
-  fprintf(f, "%-22s %5s %10s %10s %10s %6s\n", "op", "nodes", "fwd ms", "bwd ms", "total ms",
-          "share");
+  double tf = 0.0, tb = 0.0, cf = 0.0, cb = 0.0;
+  for (int r = 0; r < n; r++) {
+    tf += rows[r].fwd_s * pf, tb += rows[r].bwd_s * pb;
+    cf += rows[r].fwd_cpu_s * pf, cb += rows[r].bwd_cpu_s * pb;
+  }
+  fprintf(f, "%-18s %5s %9s %9s %9s %6s | %9s %9s %9s\n", "op", "nodes", "fwd ms", "bwd ms",
+          "total ms", "share", "fwd cpu", "bwd cpu", "total cpu");
   for (int r = 0; r < n; r++) {
     const double a = rows[r].fwd_s * pf, b = rows[r].bwd_s * pb;
-    fprintf(f, "%-22s %5d %10.3f %10.3f %10.3f %5.1f%%\n", rows[r].op, rows[r].nodes, a, b,
-            a + b, tf + tb > 0 ? 100.0 * (a + b) / (tf + tb) : 0.0);
+    const double ca = rows[r].fwd_cpu_s * pf, cbb = rows[r].bwd_cpu_s * pb;
+    fprintf(f, "%-18s %5d %9.3f %9.3f %9.3f %5.1f%% | %9.3f %9.3f %9.3f\n", rows[r].op,
+            rows[r].nodes, a, b, a + b, tf + tb > 0 ? 100.0 * (a + b) / (tf + tb) : 0.0, ca, cbb,
+            ca + cbb);
   }
-  fprintf(f, "%-22s %5s %10.3f %10.3f %10.3f  (per step: %lld forwards, %lld backwards)\n",
-          "total", "", tf, tb, tf + tb, (long long)sf, (long long)sb);
+  fprintf(f, "%-18s %5s %9.3f %9.3f %9.3f %6s | %9.3f %9.3f %9.3f  (per step, %lld forwards, "
+          "%lld backwards)\n", "total", "", tf, tb, tf + tb, "", cf, cb, cf + cb, (long long)sf,
+          (long long)sb);
 }
