@@ -3,7 +3,11 @@
  * measured in the same process at the same thread count. Prints one JSON line for resnet20.sh,
  * which puts PyTorch 1.13's figures beside it.
  *
- *   bench_resnet20 [BATCH] [TRAIN_STEPS] [INFER_STEPS]
+ *   bench_resnet20 [--ops] [BATCH] [TRAIN_STEPS] [INFER_STEPS]
+ *
+ * --ops (or LATHE_PROFILE=1) also prints, on stderr, where a training step and an inference
+ * forward spend their time: the executor's per-op profile (lt_exec_profile_print) and the step's
+ * parts outside the executor (input copy, loss, optimizer).
  *
  * GFLOP/s counts 2 flops per multiply-accumulate and a training step as 3 forward passes, the
  * usual convention (and the one resnet20.py uses for PyTorch). Random inputs: throughput does
@@ -13,10 +17,18 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #include "backend/cpu/kernels.h"
 #include "lathe/backend.h"
 #include "lathe/train.h"
+
+/* Process CPU time, all threads: steadier than wall time on a shared machine. */
+static double cpu_now(void) {
+  struct timespec ts;
+  clock_gettime(CLOCK_PROCESS_CPUTIME_ID, &ts);
+  return (double)ts.tv_sec + ts.tv_nsec * 1e-9;
+}
 
 static double bench_sgemm(int n, int reps) {
   float *a = malloc(sizeof(float) * n * n), *b = malloc(sizeof(float) * n * n),
@@ -35,9 +47,18 @@ static double bench_sgemm(int n, int reps) {
 }
 
 int main(int argc, char **argv) {
-  int batch = argc > 1 ? atoi(argv[1]) : 128;
-  int train_steps = argc > 2 ? atoi(argv[2]) : 10;
-  int infer_steps = argc > 3 ? atoi(argv[3]) : 20;
+  int ops = 0, pos = 0, num[3] = {128, 10, 20};
+  for (int i = 1; i < argc; i++) {
+    if (strcmp(argv[i], "--ops") == 0)
+      ops = 1;
+    else if (pos < 3 && atoi(argv[i]) > 0)
+      num[pos++] = atoi(argv[i]);
+    else {
+      fprintf(stderr, "usage: bench_resnet20 [--ops] [BATCH] [TRAIN_STEPS] [INFER_STEPS]\n");
+      return 2;
+    }
+  }
+  int batch = num[0], train_steps = num[1], infer_steps = num[2];
   lt_err err = {0};
   lt_zoo_opts zo = {.seed = 1};
   lt_graph *g = lt_zoo_build("resnet20", &zo, &err);
@@ -61,6 +82,9 @@ int main(int argc, char **argv) {
     return 1;
   }
   for (int i = 0; i < np; i++) grads[i] = lt_exec_param_grad(ex, ids[i]);
+  if (ops) lt_exec_profile_enable(ex, 1);
+  ops = lt_exec_profile_enabled(ex);
+  double part[3] = {0}, cpart[3] = {0}, c_train = 0; /* input copy, loss, optimizer */
   lt_rng r = lt_rng_make(3, 0);
   /* A host batch copied in every step, as the training loop does: the executor may reuse the
    * input buffer for activations once the first layer's backward is done. */
@@ -72,15 +96,39 @@ int main(int argc, char **argv) {
 
   double t_train = 0, loss = 0;
   for (int s = -1; s < train_steps; s++) { /* step -1 warms up */
-    double t0 = lt_now();
+    if (s == 0 && ops) lt_exec_profile_enable(ex, 1); /* drop the warm-up step */
+    double t0 = lt_now(), c0 = cpu_now(), t1, c1, t2 = 0, c2 = 0, t3 = 0, c3 = 0;
     memcpy(lt_tensor_f32(lt_exec_input(ex, 0)), x, nx * sizeof(float));
+    t1 = lt_now(), c1 = cpu_now();
     if (lt_exec_forward(ex, &err)) break;
+    if (ops) t2 = lt_now(), c2 = cpu_now();
     loss = lt_cpu_softmax_xent(batch, 10, lt_tensor_f32(lt_exec_output(ex, 0)), labels,
                                1.0f / batch, lt_tensor_f32(lt_exec_output_grad(ex, 0)), NULL) /
            batch;
+    if (ops) t3 = lt_now(), c3 = cpu_now();
     lt_exec_zero_grads(ex);
-    if (lt_exec_backward(ex, &err) || lt_optim_step(opt, grads, 0.01f, &err)) break;
-    if (s >= 0) t_train += lt_now() - t0;
+    if (lt_exec_backward(ex, &err)) break;
+    double t4 = lt_now(), c4 = cpu_now();
+    if (lt_optim_step(opt, grads, 0.01f, &err)) break;
+    double t5 = lt_now(), c5 = cpu_now();
+    if (s >= 0) {
+      t_train += t5 - t0;
+      c_train += c5 - c0;
+      part[0] += t1 - t0, part[1] += t3 - t2, part[2] += t5 - t4;
+      cpart[0] += c1 - c0, cpart[1] += c3 - c2, cpart[2] += c5 - c4;
+    }
+  }
+  if (ops && train_steps > 0) {
+    fprintf(stderr, "training step, batch %d, %d threads, mean of %d steps (wall ms):\n", batch,
+            omp_get_max_threads(), train_steps);
+    lt_exec_profile_print(ex, stderr);
+    fprintf(stderr, "outside the executor, wall ms: input copy %.3f, softmax-xent %.3f, optimizer "
+            "%.3f; whole step %.3f\n", 1e3 * part[0] / train_steps, 1e3 * part[1] / train_steps,
+            1e3 * part[2] / train_steps, 1e3 * t_train / train_steps);
+    fprintf(stderr, "outside the executor, cpu ms: input copy %.3f, softmax-xent %.3f, optimizer "
+            "%.3f; whole step %.3f\n\n", 1e3 * cpart[0] / train_steps,
+            1e3 * cpart[1] / train_steps, 1e3 * cpart[2] / train_steps,
+            1e3 * c_train / train_steps);
   }
   lt_mem_stats mem;
   lt_mem_get_stats(&mem);
@@ -90,16 +138,24 @@ int main(int argc, char **argv) {
     fprintf(stderr, "bench_resnet20: %s\n", err.msg);
     return 1;
   }
-  double t_inf = 0;
+  double t_inf = 0, c_inf = 0;
   for (int s = -1; s < infer_steps; s++) {
-    double t0 = lt_now();
+    if (s == 0 && ops) lt_exec_profile_enable(inf, 1);
+    double t0 = lt_now(), c0 = cpu_now();
     memcpy(lt_tensor_f32(lt_exec_input(inf, 0)), x, nx * sizeof(float));
     if (lt_exec_forward(inf, &err)) break;
-    if (s >= 0) t_inf += lt_now() - t0;
+    if (s >= 0) t_inf += lt_now() - t0, c_inf += cpu_now() - c0;
   }
   if (err.status) {
     fprintf(stderr, "bench_resnet20: %s\n", err.msg);
     return 1;
+  }
+  if (ops && infer_steps > 0) {
+    fprintf(stderr, "inference forward, batch %d, mean of %d forwards (wall ms):\n", batch,
+            infer_steps);
+    lt_exec_profile_print(inf, stderr);
+    fprintf(stderr, "whole forward with input copy: wall %.3f ms, cpu %.3f ms\n\n",
+            1e3 * t_inf / infer_steps, 1e3 * c_inf / infer_steps);
   }
   double macs = (double)lt_graph_macs(g);
   double train_ips = train_steps * (double)batch / t_train, infer_ips = infer_steps * (double)batch / t_inf;

@@ -73,6 +73,11 @@ typedef struct lt_exec_opts {
   uint64_t seed;                /* dropout masks: keyed by (seed, node, step) */
   int no_reuse; /* 1: every buffer gets its own memory (measuring what reuse saves, debugging:
                    every activation stays readable through lt_exec_value) */
+  int no_fuse;  /* 1: run every node on its own. By default the CPU backend runs a ReLU that is
+                   the only consumer of a BatchNorm or same-shape Add inside that node's kernel
+                   (one pass instead of two); the graph, the stash and the results are the same
+                   (checked by tests/engine/test_pointwise_fused.c). A forward hook turns fusion
+                   off for that forward, so hooks see every node's output. */
 } lt_exec_opts;
 
 /* Bytes of the executor's planned memory, by what it holds. */
@@ -112,6 +117,30 @@ void lt_exec_set_forward_hook(lt_exec *ex, lt_exec_hook fn, void *user);
 /* Copies parameters from the graph after an optimizer step on a device backend (no-op on CPU,
  * where the executor works on the graph's parameter tensors directly). */
 lt_status lt_exec_sync_params(lt_exec *ex, int to_device, lt_err *err);
+
+/* Per-op profile, off by default and free when off: wall time per node in forward and backward,
+ * summed over steps and reported per op type ("BatchNorm2d+Relu" for a fused pair), plus the
+ * executor's own time around the kernels (context set-up, stash store/load/release) and
+ * lt_exec_zero_grads. Turned on at create time by LATHE_PROFILE=1 in the environment, or by
+ * lt_exec_profile_enable (which also clears what was gathered). */
+typedef struct lt_exec_profile_row {
+  char op[48];      /* op type name, "BatchNorm2d+Relu", "(executor)" or "(zero_grads)" */
+  int nodes;        /* nodes of this type in the graph */
+  double fwd_s;     /* wall seconds summed over forwards */
+  double bwd_s;     /* wall seconds summed over backwards */
+  double fwd_cpu_s; /* process CPU seconds (all threads) summed over forwards: steadier than wall
+                       time on a shared machine */
+  double bwd_cpu_s;
+} lt_exec_profile_row;
+void lt_exec_profile_enable(lt_exec *ex, int on);
+int lt_exec_profile_enabled(const lt_exec *ex);
+/* Fills up to cap rows, largest total first; returns the number of rows there are. *fwd_steps
+ * and *bwd_steps (either may be NULL) get how many forwards and backwards were timed. */
+int lt_exec_profile_get(const lt_exec *ex, lt_exec_profile_row *rows, int cap, int64_t *fwd_steps,
+                        int64_t *bwd_steps);
+/* A table of the rows in milliseconds per step (wall, and process CPU time), with shares of the
+ * wall total, written to f (a FILE *; void here so that this header needs no <stdio.h>). */
+void lt_exec_profile_print(const lt_exec *ex, void *f);
 
 /* Bytes the stash held at the end of the last forward: dense is what exact storage would take
  * (each saved value once, BN batch statistics included), held what was actually kept (equal

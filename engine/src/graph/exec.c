@@ -10,11 +10,21 @@
  * overlap share memory. Saved buffers all cross the forward/backward turn, so the saved arena is
  * exactly the dense stash. Graph inputs, outputs, output gradients and parameter gradients get
  * dedicated memory: callers read and write them between steps.
+ *
+ * Fusion (CPU, unless opts.no_fuse): a ReLU that is the only consumer of a BatchNorm or a
+ * same-shape Add runs inside that node's forward, which writes the ReLU's output; the ReLU's
+ * output buffer then lives from the head node's step. The skipped ReLU still stores its output
+ * in the stash at its own step. When the ReLU's saved output stays in its forward buffer (no
+ * stash policy, or one that keeps it), the pair's backward runs as one too, at the head's step:
+ * the ReLU's output and output gradient then live until that step.
  */
 #include <limits.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
+#include "ops/fused.h"
 #include "ops/ops.h"
 
 enum { ARENA_ACT = 0, ARENA_SAVED, ARENA_GRAD, ARENA_COUNT, ARENA_DEDICATED = ARENA_COUNT };
@@ -78,6 +88,16 @@ struct lt_exec {
   uint64_t step;
   lt_exec_hook hook;
   void *hook_user;
+  int *fuse_relu;    /* (F) for a fused head node, the ReLU node it runs; -1 otherwise */
+  char *fused_tail;  /* (F) 1 for a ReLU whose forward runs inside its head node */
+  char *bwd_fused;   /* (F) 1 for a fused pair (head and ReLU) whose backward also runs as one,
+                        in the head's backward: the ReLU's saved output stays in its buffer */
+  /* profile (LATHE_PROFILE=1 or lt_exec_profile_enable) */
+  int prof_on;
+  double *prof;      /* (4F) forward then backward wall seconds per node, then the same in
+                        process CPU seconds */
+  double prof_exec[2], prof_zero, prof_exec_cpu[2], prof_zero_cpu;
+  int64_t prof_steps[2];
 };
 
 /* ---- arena packing ------------------------------------------------------------------------- */
@@ -247,6 +267,32 @@ static lt_status plan_forward(lt_exec *ex, int *first, int *last, lt_err *err) {
   return LT_OK;
 }
 
+/* Which ReLUs run inside the node before them: the ReLU must be the only consumer of a value
+ * that is no graph output, produced by a node the CPU kernels can fuse with it. The ReLU's output
+ * is then written at the head's step, so its lifetime starts there. */
+static void plan_fusion(lt_exec *ex, int *first) {
+  const lt_graph *g = ex->g;
+  for (int i = 0; i < ex->F; i++) ex->fuse_relu[i] = -1;
+  if (ex->be->device >= 0 || ex->opts.no_fuse || ex->opts.no_reuse) return;
+  for (int j = 0; j < ex->F; j++) {
+    const lt_node *r = &g->nodes[j];
+    if (r->op != LT_OP_RELU || r->n_in != 1) continue;
+    int v = r->in[0];
+    const lt_value *val = &g->values[v];
+    if (val->kind != LT_VALUE_ACT || is_output(g, v)) continue;
+    int i = val->producer, uses = 0;
+    if (i < 0 || i >= j) continue;
+    for (int k = 0; k < ex->F; k++)
+      for (int s = 0; s < g->nodes[k].n_in; s++) uses += g->nodes[k].in[s] == v;
+    if (uses != 1 || ex->fuse_relu[i] >= 0 || ex->fused_tail[i]) continue;
+    if (!lt_op_cpu_relu_fusable(g, &g->nodes[i])) continue;
+    ex->fuse_relu[i] = j;
+    ex->fused_tail[j] = 1;
+    int out = r->out[0];
+    if (first[out] > i) first[out] = i;
+  }
+}
+
 /* What each backward-running node saves, kept in place or offered to the policy. */
 static lt_status plan_saves(lt_exec *ex, int *last, int *aux_last, lt_err *err) {
   lt_graph *g = ex->g;
@@ -293,6 +339,15 @@ static lt_status plan_saves(lt_exec *ex, int *last, int *aux_last, lt_err *err) 
         }
       }
     }
+  }
+  /* Backward fusion of the fused pairs whose ReLU output stays in place. */
+  for (int i = 0; i < ex->F; i++) {
+    int j = ex->fuse_relu[i];
+    if (j < 0 || !ex->nodes[i].backward || !ex->nodes[j].backward) continue;
+    const exec_save *es = &ex->nodes[j].saves[0];
+    if (ex->nodes[j].n_saves != 1 || es->is_param || !es->kept) continue;
+    ex->bwd_fused[i] = ex->bwd_fused[j] = 1;
+    if (last[es->value] < bwd_step(ex, i)) last[es->value] = bwd_step(ex, i);
   }
   /* Kept bytes: each distinct buffer once (a value saved by two nodes is held once). */
   memset(counted, 0, (size_t)g->n_values + 1);
@@ -368,8 +423,12 @@ static lt_status plan_backward(lt_exec *ex, lt_err *err) {
       continue; /* no consumer writes it: the producer's backward gets no dout (cannot happen
                    for values that reach an output) */
     } else {
-      st = exec_add_buf(ex, &ex->grad[v], gfirst[v], bwd_step(ex, g->values[v].producer),
-                        ARENA_GRAD, LT_MEM_GRADIENTS, err);
+      /* a fused ReLU's output gradient is read in its head node's backward */
+      int p = g->values[v].producer, end = bwd_step(ex, p);
+      if (ex->fused_tail[p] && ex->bwd_fused[p])
+        for (int h = 0; h < p; h++)
+          if (ex->fuse_relu[h] == p) end = bwd_step(ex, h);
+      st = exec_add_buf(ex, &ex->grad[v], gfirst[v], end, ARENA_GRAD, LT_MEM_GRADIENTS, err);
     }
     if (st) goto done;
   }
@@ -390,6 +449,7 @@ static lt_status exec_plan(lt_exec *ex, lt_err *err) {
     goto done;
   }
   if ((st = plan_forward(ex, first, last, err))) goto done;
+  plan_fusion(ex, first);
   if (ex->mode == LT_MODE_TRAIN) {
     if ((st = plan_need_grad(ex, err))) goto done;
     for (int i = 0; i < ex->F; i++) ex->nodes[i].backward = ex->need_grad[g->nodes[i].out[0]];
@@ -520,6 +580,10 @@ void lt_exec_free(lt_exec *ex) {
   free(ex->live_end);
   free(ex->nodes);
   free(ex->bufs);
+  free(ex->fuse_relu);
+  free(ex->fused_tail);
+  free(ex->bwd_fused);
+  free(ex->prof);
   free(ex);
 }
 
@@ -560,13 +624,20 @@ lt_exec *lt_exec_create(lt_graph *g, int batch, lt_mode mode, lt_backend *be,
   ex->need_grad = calloc(nv, 1);
   ex->live_end = calloc(nv, sizeof *ex->live_end);
   ex->nodes = calloc((size_t)ex->F + 1, sizeof *ex->nodes);
-  if (!ex->val || !ex->grad || !ex->need_grad || !ex->live_end || !ex->nodes) {
+  ex->fuse_relu = calloc((size_t)ex->F + 1, sizeof *ex->fuse_relu);
+  ex->fused_tail = calloc((size_t)ex->F + 1, 1);
+  ex->bwd_fused = calloc((size_t)ex->F + 1, 1);
+  ex->prof = calloc(4 * (size_t)ex->F + 1, sizeof *ex->prof);
+  if (!ex->val || !ex->grad || !ex->need_grad || !ex->live_end || !ex->nodes || !ex->fuse_relu ||
+      !ex->fused_tail || !ex->bwd_fused || !ex->prof) {
     lt_errorf(err, LT_ERR_NOMEM, "out of memory for an executor of %d values", g->n_values);
     goto fail;
   }
   if (lt_graph_toposort(g, err) || lt_graph_infer_shapes(g, err) || exec_plan(ex, err) ||
       exec_allocate(ex, err))
     goto fail;
+  const char *prof = getenv("LATHE_PROFILE");
+  ex->prof_on = prof && prof[0] && strcmp(prof, "0") != 0;
   return ex;
 fail:
   lt_exec_free(ex);
@@ -574,6 +645,13 @@ fail:
 }
 
 /* ---- running ----------------------------------------------------------------------------------- */
+
+/* Process CPU time, all threads (the profile's second clock). */
+static double cpu_now(void) {
+  struct timespec ts;
+  clock_gettime(CLOCK_PROCESS_CPUTIME_ID, &ts);
+  return (double)ts.tv_sec + ts.tv_nsec * 1e-9;
+}
 
 static void exec_ctx_init(lt_exec *ex, int i, lt_node_ctx *ctx) {
   const lt_node *n = &ex->g->nodes[i];
@@ -605,10 +683,30 @@ lt_status lt_exec_forward(lt_exec *ex, lt_err *err) {
     for (int i = 0; i < ex->F; i++) exec_release_handles(ex, i); /* a forward without backward */
   lt_mem_stats before, after;
   lt_mem_get_stats(&before);
+  const int prof = ex->prof_on, fuse = !ex->hook; /* hooks see every node's own output */
+  const double t_start = prof ? lt_now() : 0.0, c_start = prof ? cpu_now() : 0.0;
+  double t_nodes = 0.0, c_nodes = 0.0;
   for (int i = 0; i < ex->F; i++) {
     lt_node_ctx ctx;
     exec_ctx_init(ex, i, &ctx);
-    lt_status st = ex->be->vt->forward(ex->be, &ctx, err);
+    const double t0 = prof ? lt_now() : 0.0, c0 = prof ? cpu_now() : 0.0;
+    lt_status st = LT_OK;
+    if (fuse && ex->fused_tail[i]) {
+      /* its output was written by its head node's fused kernel */
+    } else if (fuse && ex->fuse_relu[i] >= 0) {
+      ctx.out[0] = &ex->val[ex->g->nodes[ex->fuse_relu[i]].out[0]];
+      st = lt_op_cpu_fwd_relu(&ctx, err);
+      ctx.out[0] = &ex->val[ex->g->nodes[i].out[0]];
+    } else {
+      st = ex->be->vt->forward(ex->be, &ctx, err);
+    }
+    if (prof) {
+      const double dt = lt_now() - t0, dc = cpu_now() - c0;
+      ex->prof[i] += dt;
+      ex->prof[2 * ex->F + i] += dc;
+      t_nodes += dt;
+      c_nodes += dc;
+    }
     if (st) return lt_err_prefix(err, "forward of node '%s'", ex->g->nodes[i].name);
     if (ex->hook) ex->hook(ex->hook_user, ex, i, ctx.out[0]);
     if (!pol) continue;
@@ -621,6 +719,11 @@ lt_status lt_exec_forward(lt_exec *ex, lt_err *err) {
     }
   }
   ex->step++;
+  if (prof) {
+    ex->prof_exec[0] += lt_now() - t_start - t_nodes;
+    ex->prof_exec_cpu[0] += cpu_now() - c_start - c_nodes;
+    ex->prof_steps[0]++;
+  }
   lt_mem_get_stats(&after);
   /* The policy's bytes are what it allocated under LT_MEM_SAVED during this forward. */
   ex->saved_held = ex->saved_kept + (pol ? after.current[LT_MEM_SAVED] -
@@ -645,6 +748,9 @@ lt_status lt_exec_backward(lt_exec *ex, lt_err *err) {
     return lt_errorf(err, LT_ERR_INVALID, "this executor was created in inference mode; create "
                      "it with LT_MODE_TRAIN to run backward");
   const lt_stash_policy *pol = ex->opts.stash;
+  const int prof = ex->prof_on;
+  const double t_start = prof ? lt_now() : 0.0, c_start = prof ? cpu_now() : 0.0;
+  double t_nodes = 0.0, c_nodes = 0.0;
   for (int i = ex->F - 1; i >= 0; i--) {
     exec_node *en = &ex->nodes[i];
     if (!en->backward) continue;
@@ -676,10 +782,32 @@ lt_status lt_exec_backward(lt_exec *ex, lt_err *err) {
       if (st) return lt_err_prefix(err, "restoring the stash of node '%s'", n->name);
       ctx.saved[s] = &es->restore;
     }
-    lt_status st = ex->be->vt->backward(ex->be, &ctx, err);
+    const double t0 = prof ? lt_now() : 0.0, c0 = prof ? cpu_now() : 0.0;
+    lt_status st = LT_OK;
+    if (ex->bwd_fused[i] && ex->fused_tail[i]) {
+      /* runs in its head node's backward */
+    } else if (ex->bwd_fused[i]) {
+      const int j = ex->fuse_relu[i];
+      ctx.dout[0] = &ex->grad[ex->g->nodes[j].out[0]];
+      st = lt_op_cpu_bwd_relu(&ctx, ex->nodes[j].saves[0].src, err);
+    } else {
+      st = ex->be->vt->backward(ex->be, &ctx, err);
+    }
+    if (prof) {
+      const double dt = lt_now() - t0, dc = cpu_now() - c0;
+      ex->prof[ex->F + i] += dt;
+      ex->prof[3 * ex->F + i] += dc;
+      t_nodes += dt;
+      c_nodes += dc;
+    }
     if (st) return lt_err_prefix(err, "backward of node '%s'", n->name);
     if (en->observed) exec_observe(ex, i, &ctx);
     if (pol) exec_release_handles(ex, i);
+  }
+  if (prof) {
+    ex->prof_exec[1] += lt_now() - t_start - t_nodes;
+    ex->prof_exec_cpu[1] += cpu_now() - c_start - c_nodes;
+    ex->prof_steps[1]++;
   }
   return LT_OK;
 }
@@ -714,9 +842,14 @@ lt_tensor *lt_exec_param_grad(lt_exec *ex, int v) {
 }
 
 void lt_exec_zero_grads(lt_exec *ex) {
+  const double t0 = ex->prof_on ? lt_now() : 0.0, c0 = ex->prof_on ? cpu_now() : 0.0;
   for (int v = 0; v < ex->g->n_values; v++)
     if (ex->g->values[v].kind == LT_VALUE_PARAM && ex->grad[v].data)
       ex->be->vt->memset0(ex->be, ex->grad[v].data, lt_tensor_nbytes(&ex->grad[v]), NULL);
+  if (ex->prof_on) {
+    ex->prof_zero += lt_now() - t0;
+    ex->prof_zero_cpu += cpu_now() - c0;
+  }
 }
 
 void lt_exec_set_forward_hook(lt_exec *ex, lt_exec_hook fn, void *user) {
@@ -750,4 +883,93 @@ void lt_exec_plan_stats_get(const lt_exec *ex, lt_exec_plan_stats *out) {
   out->param_grads = ex->param_grad_bytes;
   out->dedicated = ex->dedicated_bytes;
   out->workspace = (int64_t)(ex->ws_bytes + ex->obs_bytes);
+}
+
+/* ---- profile ------------------------------------------------------------------------------------ */
+
+void lt_exec_profile_enable(lt_exec *ex, int on) {
+  ex->prof_on = on != 0;
+  memset(ex->prof, 0, sizeof *ex->prof * 4 * (size_t)ex->F);
+  ex->prof_exec[0] = ex->prof_exec[1] = ex->prof_zero = 0.0;
+  ex->prof_exec_cpu[0] = ex->prof_exec_cpu[1] = ex->prof_zero_cpu = 0.0;
+  ex->prof_steps[0] = ex->prof_steps[1] = 0;
+}
+
+int lt_exec_profile_enabled(const lt_exec *ex) { return ex->prof_on; }
+
+static int prof_row_cmp(const void *a, const void *b) {
+  const lt_exec_profile_row *x = a, *y = b;
+  const double tx = x->fwd_s + x->bwd_s, ty = y->fwd_s + y->bwd_s;
+  return tx < ty ? 1 : tx > ty ? -1 : strcmp(x->op, y->op);
+}
+
+int lt_exec_profile_get(const lt_exec *ex, lt_exec_profile_row *rows, int cap, int64_t *fwd_steps,
+                        int64_t *bwd_steps) {
+  /* At most one row per op type, per fused pair type, and the two executor rows. */
+  enum { MAX_ROWS = 2 * LT_OP_COUNT + 2 };
+  lt_exec_profile_row all[MAX_ROWS];
+  int n = 0;
+  for (int i = 0; i < ex->F; i++) {
+    const lt_node *nd = &ex->g->nodes[i];
+    char name[48];
+    if (ex->fuse_relu[i] >= 0 && !ex->hook)
+      snprintf(name, sizeof name, "%s+Relu", lt_op_name(nd->op));
+    else
+      snprintf(name, sizeof name, "%s", lt_op_name(nd->op));
+    /* A skipped ReLU's forward costs nothing; its backward is its own. */
+    int r = 0;
+    while (r < n && strcmp(all[r].op, name) != 0) r++;
+    if (r == n) {
+      if (n == MAX_ROWS - 2) continue;
+      memset(&all[n], 0, sizeof all[n]);
+      snprintf(all[n].op, sizeof all[n].op, "%s", name);
+      n++;
+    }
+    all[r].nodes++;
+    all[r].fwd_s += ex->prof[i];
+    all[r].bwd_s += ex->prof[ex->F + i];
+    all[r].fwd_cpu_s += ex->prof[2 * ex->F + i];
+    all[r].bwd_cpu_s += ex->prof[3 * ex->F + i];
+  }
+  memset(&all[n], 0, 2 * sizeof all[n]);
+  snprintf(all[n].op, sizeof all[n].op, "(executor)");
+  all[n].fwd_s = ex->prof_exec[0];
+  all[n].bwd_s = ex->prof_exec[1];
+  all[n].fwd_cpu_s = ex->prof_exec_cpu[0];
+  all[n].bwd_cpu_s = ex->prof_exec_cpu[1];
+  n++;
+  snprintf(all[n].op, sizeof all[n].op, "(zero_grads)");
+  all[n].bwd_s = ex->prof_zero;
+  all[n].bwd_cpu_s = ex->prof_zero_cpu;
+  n++;
+  qsort(all, (size_t)n, sizeof all[0], prof_row_cmp);
+  for (int r = 0; r < n && r < cap; r++) rows[r] = all[r];
+  if (fwd_steps) *fwd_steps = ex->prof_steps[0];
+  if (bwd_steps) *bwd_steps = ex->prof_steps[1];
+  return n;
+}
+
+void lt_exec_profile_print(const lt_exec *ex, void *fp) {
+  FILE *f = fp;
+  lt_exec_profile_row rows[2 * LT_OP_COUNT + 2];
+  int64_t sf, sb;
+  int n = lt_exec_profile_get(ex, rows, (int)(sizeof rows / sizeof rows[0]), &sf, &sb);
+  const double pf = sf ? 1e3 / (double)sf : 0.0, pb = sb ? 1e3 / (double)sb : 0.0;
+  double tf = 0.0, tb = 0.0, cf = 0.0, cb = 0.0;
+  for (int r = 0; r < n; r++) {
+    tf += rows[r].fwd_s * pf, tb += rows[r].bwd_s * pb;
+    cf += rows[r].fwd_cpu_s * pf, cb += rows[r].bwd_cpu_s * pb;
+  }
+  fprintf(f, "%-18s %5s %9s %9s %9s %6s | %9s %9s %9s\n", "op", "nodes", "fwd ms", "bwd ms",
+          "total ms", "share", "fwd cpu", "bwd cpu", "total cpu");
+  for (int r = 0; r < n; r++) {
+    const double a = rows[r].fwd_s * pf, b = rows[r].bwd_s * pb;
+    const double ca = rows[r].fwd_cpu_s * pf, cbb = rows[r].bwd_cpu_s * pb;
+    fprintf(f, "%-18s %5d %9.3f %9.3f %9.3f %5.1f%% | %9.3f %9.3f %9.3f\n", rows[r].op,
+            rows[r].nodes, a, b, a + b, tf + tb > 0 ? 100.0 * (a + b) / (tf + tb) : 0.0, ca, cbb,
+            ca + cbb);
+  }
+  fprintf(f, "%-18s %5s %9.3f %9.3f %9.3f %6s | %9.3f %9.3f %9.3f  (per step, %lld forwards, "
+          "%lld backwards)\n", "total", "", tf, tb, tf + tb, "", cf, cb, cf + cb, (long long)sf,
+          (long long)sb);
 }

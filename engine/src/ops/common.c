@@ -4,6 +4,8 @@
 #include <stdio.h>
 #include <string.h>
 
+#include "backend/cpu/kernels_fused.h"
+#include "ops/fused.h"
 #include "ops/ops.h"
 
 static const lt_op_desc *const op_table[LT_OP_COUNT] = {
@@ -84,11 +86,26 @@ void lt_op_full_shape(const lt_value *v, int batch, int ndim, int64_t *shape) {
 }
 
 void lt_op_cpu_pass_grad(size_t count, const float *dy, float *dx, int accumulate) {
-  if (!accumulate) {
-    memcpy(dx, dy, count * sizeof(float));
-    return;
-  }
-  for (size_t i = 0; i < count; i++) dx[i] += dy[i];
+  lt_cpu_pass_grad(count, dy, dx, accumulate);
+}
+
+int lt_op_cpu_relu_fusable(const lt_graph *g, const lt_node *n) {
+  if (n->op == LT_OP_BATCHNORM) return lt_op_in(g, n, 0)->dtype == LT_F32;
+  return lt_op_add_flat(g, n);
+}
+
+lt_status lt_op_cpu_fwd_relu(lt_node_ctx *ctx, lt_err *err) {
+  const lt_node *n = &ctx->g->nodes[ctx->node];
+  if (n->op == LT_OP_BATCHNORM) return lt_op_bn_fwd_relu(ctx, err);
+  if (lt_op_add_flat(ctx->g, n)) return lt_op_add_fwd_relu(ctx, err);
+  return lt_op_fail(err, LT_ERR_INTERNAL, n, "has no fused ReLU forward");
+}
+
+lt_status lt_op_cpu_bwd_relu(lt_node_ctx *ctx, const lt_tensor *relu_y, lt_err *err) {
+  const lt_node *n = &ctx->g->nodes[ctx->node];
+  if (n->op == LT_OP_BATCHNORM) return lt_op_bn_bwd_relu(ctx, relu_y, err);
+  if (lt_op_add_flat(ctx->g, n)) return lt_op_add_bwd_relu(ctx, relu_y, err);
+  return lt_op_fail(err, LT_ERR_INTERNAL, n, "has no fused ReLU backward");
 }
 
 void lt_op_slice_axis(int64_t dim, int64_t start, int64_t end, int64_t step, int64_t *first,

@@ -3,6 +3,8 @@
  * 1-bit mask is exact), Sigmoid/Tanh their output, LeakyReLU/Clip their input. */
 #include <string.h>
 
+#include "backend/cpu/kernels_fused.h"
+#include "ops/fused.h"
 #include "ops/ops.h"
 
 /* ---- batch norm: x (C, ...) per sample; gamma, beta, running_mean, running_var (C) ---------- */
@@ -46,41 +48,49 @@ static void bn_dims(const lt_tensor *x, int *n, int *c, int *hw) {
   *hw = (int)(lt_tensor_numel(x) / ((int64_t)*n * *c));
 }
 
-static lt_status bn_fwd(lt_node_ctx *ctx, lt_err *err) {
+/* Forward, with relu(y) written instead of y when relu is set (the executor's BN+ReLU fusion). */
+static lt_status bn_fwd_impl(lt_node_ctx *ctx, int relu) {
   const lt_node_attrs *a = &ctx->g->nodes[ctx->node].a;
   int n, c, hw;
   bn_dims(ctx->in[0], &n, &c, &hw);
   float *const *p = (float *const[]){lt_tensor_f32(ctx->in[1]), lt_tensor_f32(ctx->in[2]),
                                      lt_tensor_f32(ctx->in[3]), lt_tensor_f32(ctx->in[4])};
   if (ctx->mode == LT_MODE_TRAIN)
-    lt_cpu_bn_fwd_train(n, c, hw, lt_tensor_f32(ctx->in[0]), p[0], p[1], a->eps, a->momentum,
-                        lt_tensor_f32(ctx->out[0]), lt_tensor_f32(ctx->aux[0]),
-                        lt_tensor_f32(ctx->aux[1]), p[2], p[3]);
+    lt_cpu_bn_fwd_train_ex(n, c, hw, lt_tensor_f32(ctx->in[0]), p[0], p[1], a->eps, a->momentum,
+                           lt_tensor_f32(ctx->out[0]), lt_tensor_f32(ctx->aux[0]),
+                           lt_tensor_f32(ctx->aux[1]), p[2], p[3], relu);
   else
-    lt_cpu_bn_fwd_infer(n, c, hw, lt_tensor_f32(ctx->in[0]), p[0], p[1], p[2], p[3], a->eps,
-                        lt_tensor_f32(ctx->out[0]));
+    lt_cpu_bn_fwd_infer_ex(n, c, hw, lt_tensor_f32(ctx->in[0]), p[0], p[1], p[2], p[3], a->eps,
+                           lt_tensor_f32(ctx->out[0]), relu);
   return LT_OK;
 }
+static lt_status bn_fwd(lt_node_ctx *ctx, lt_err *err) { return bn_fwd_impl(ctx, 0); }
+lt_status lt_op_bn_fwd_relu(lt_node_ctx *ctx, lt_err *err) { return bn_fwd_impl(ctx, 1); }
 
-static lt_status bn_bwd(lt_node_ctx *ctx, lt_err *err) {
+static lt_status bn_bwd_impl(lt_node_ctx *ctx, const lt_tensor *relu_y) {
   int n, c, hw;
   bn_dims(ctx->saved[0], &n, &c, &hw);
   float *dx = ctx->din[0] ? lt_tensor_f32(ctx->din[0]) : NULL;
   float *dg = ctx->din[1] ? lt_tensor_f32(ctx->din[1]) : NULL;
   float *db = ctx->din[2] ? lt_tensor_f32(ctx->din[2]) : NULL;
+  float *const gb[2] = {dg, db};
   int acc_p = dg ? ctx->accumulate_in[1] : ctx->accumulate_in[2];
-  int acc = dx ? ctx->accumulate_in[0] : acc_p;
-  /* One accumulate flag serves dx, dgamma and dbeta. When dx is written fresh but the parameter
-   * gradients accumulate, clear dx and accumulate everything: cheaper than a second pass over
-   * the reductions. */
-  if (dx && (dg || db) && acc != acc_p) {
-    memset(dx, 0, lt_tensor_nbytes(ctx->din[0]));
-    acc = 1;
+  /* dgamma and dbeta share one flag in the kernel: when they differ (one fresh, one
+   * accumulating), run the fresh one through a zeroed accumulation. */
+  if (dg && db && ctx->accumulate_in[1] != ctx->accumulate_in[2]) {
+    float *fresh = gb[ctx->accumulate_in[1] ? 1 : 0];
+    memset(fresh, 0, sizeof(float) * (size_t)c);
+    acc_p = 1;
   }
-  lt_cpu_bn_bwd(n, c, hw, lt_tensor_f32(ctx->saved[0]), lt_tensor_f32(ctx->dout[0]),
-                lt_tensor_f32(ctx->in[1]), lt_tensor_f32(ctx->aux[0]), lt_tensor_f32(ctx->aux[1]),
-                dx, dg, db, acc);
+  lt_cpu_bn_bwd_ex(n, c, hw, lt_tensor_f32(ctx->saved[0]), lt_tensor_f32(ctx->dout[0]),
+                   relu_y ? lt_tensor_f32(relu_y) : NULL, lt_tensor_f32(ctx->in[1]),
+                   lt_tensor_f32(ctx->aux[0]), lt_tensor_f32(ctx->aux[1]), dx,
+                   dx ? ctx->accumulate_in[0] : 0, dg, db, acc_p);
   return LT_OK;
+}
+static lt_status bn_bwd(lt_node_ctx *ctx, lt_err *err) { return bn_bwd_impl(ctx, NULL); }
+lt_status lt_op_bn_bwd_relu(lt_node_ctx *ctx, const lt_tensor *relu_y, lt_err *err) {
+  return bn_bwd_impl(ctx, relu_y);
 }
 
 const lt_op_desc lt_op_batchnorm = {

@@ -3,6 +3,8 @@
  * save anything (their operands). */
 #include <string.h>
 
+#include "backend/cpu/kernels_fused.h"
+#include "ops/fused.h"
 #include "ops/ops.h"
 
 /* ---- binary ops: NumPy broadcasting of full shapes ----------------------------------------------
@@ -105,8 +107,38 @@ static lt_status binary_fwd(lt_node_ctx *ctx, lt_err *err) {
   return LT_OK;
 }
 
+/* 1 for an Add of two activations of one shape (a residual addition): its forward can take a
+ * trailing ReLU, and its backward is two gradient copies. */
+int lt_op_add_flat(const lt_graph *g, const lt_node *n) {
+  if (n->op != LT_OP_ADD || n->n_in != 2) return 0;
+  const lt_value *a = lt_op_in(g, n, 0), *b = lt_op_in(g, n, 1);
+  return lt_value_batched(a) && lt_value_batched(b) && a->dtype == LT_F32 &&
+         b->dtype == LT_F32 && lt_shape_equal(a->ndim, a->shape, b->ndim, b->shape);
+}
+
+lt_status lt_op_add_fwd_relu(lt_node_ctx *ctx, lt_err *err) {
+  lt_cpu_add_relu_fwd((size_t)lt_tensor_numel(ctx->out[0]), lt_tensor_f32(ctx->in[0]),
+                      lt_tensor_f32(ctx->in[1]), lt_tensor_f32(ctx->out[0]));
+  return LT_OK;
+}
+
+lt_status lt_op_add_bwd_relu(lt_node_ctx *ctx, const lt_tensor *relu_y, lt_err *err) {
+  lt_cpu_add_relu_bwd((size_t)lt_tensor_numel(ctx->dout[0]), lt_tensor_f32(relu_y),
+                      lt_tensor_f32(ctx->dout[0]),
+                      ctx->din[0] ? lt_tensor_f32(ctx->din[0]) : NULL, ctx->accumulate_in[0],
+                      ctx->din[1] ? lt_tensor_f32(ctx->din[1]) : NULL, ctx->accumulate_in[1]);
+  return LT_OK;
+}
+
 static lt_status binary_bwd(lt_node_ctx *ctx, lt_err *err) {
   const lt_node *n = &ctx->g->nodes[ctx->node];
+  if (lt_op_add_flat(ctx->g, n)) {
+    const size_t count = (size_t)lt_tensor_numel(ctx->dout[0]);
+    const float *dy = lt_tensor_f32(ctx->dout[0]);
+    for (int k = 0; k < 2; k++)
+      if (ctx->din[k]) lt_cpu_pass_grad(count, dy, lt_tensor_f32(ctx->din[k]), ctx->accumulate_in[k]);
+    return LT_OK;
+  }
   int64_t as[LT_KMAX_DIMS], bs[LT_KMAX_DIMS], ys[LT_KMAX_DIMS];
   int nd;
   lt_status st = binary_shapes(ctx->g, n, ctx->batch, as, bs, ys, &nd, err);

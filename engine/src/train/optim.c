@@ -4,6 +4,7 @@
  * the state buffers and the step count that checkpoints save. */
 #include "lathe/train.h"
 #include "backend/cpu/kernels.h"
+#include "backend/cpu/kernels_fused.h"
 
 #include <math.h>
 #include <string.h>
@@ -121,17 +122,33 @@ lt_status lt_optim_step(lt_optim *o, lt_tensor *const *grads, float lr, lt_err *
   }
   const lt_optim_config *c = &o->cfg;
   o->step++;
-  for (int i = 0; i < o->n; i++) {
-    size_t count = (size_t)lt_tensor_numel(o->params[i]);
+  /* One parallel pass over all parameters: the tensors are cut into chunks of at most
+   * OPTIM_CHUNK elements, dealt statically to the threads (one fork/join per step instead of
+   * one per tensor; the update of each element is the same). */
+  enum { OPTIM_CHUNK = 8192 };
+  int64_t chunks = 0;
+  for (int i = 0; i < o->n; i++)
+    chunks += (lt_tensor_numel(o->params[i]) + OPTIM_CHUNK - 1) / OPTIM_CHUNK;
+#pragma omp parallel for schedule(static)
+  for (int64_t k = 0; k < chunks; k++) {
+    int i = 0;
+    int64_t first = k, n_i = 0;
+    for (;; i++) { /* the tensor of chunk k (a few dozen tensors: a linear walk is fine) */
+      n_i = (lt_tensor_numel(o->params[i]) + OPTIM_CHUNK - 1) / OPTIM_CHUNK;
+      if (first < n_i) break;
+      first -= n_i;
+    }
+    const size_t count = (size_t)lt_tensor_numel(o->params[i]);
+    const size_t lo = (size_t)first * OPTIM_CHUNK;
+    const size_t hi = lo + OPTIM_CHUNK < count ? lo + OPTIM_CHUNK : count;
     float *w = lt_tensor_f32(o->params[i]);
     const float *g = lt_tensor_f32(grads[i]);
-    if (c->kind == LT_OPTIM_SGD) {
-      lt_cpu_sgd_step(count, lr, c->momentum, c->dampening, c->weight_decay, c->nesterov, w, g,
-                      o->n_slots ? o->state[i] : NULL, o->step == 1);
-    } else {
-      lt_cpu_adamw_step(count, lr, c->beta1, c->beta2, c->eps, c->weight_decay, o->step, w, g,
-                        o->state[2 * i], o->state[2 * i + 1]);
-    }
+    if (c->kind == LT_OPTIM_SGD)
+      lt_cpu_sgd_step_range(lo, hi, lr, c->momentum, c->dampening, c->weight_decay, c->nesterov,
+                            w, g, o->n_slots ? o->state[i] : NULL, o->step == 1);
+    else
+      lt_cpu_adamw_step_range(lo, hi, lr, c->beta1, c->beta2, c->eps, c->weight_decay, o->step, w,
+                              g, o->state[2 * i], o->state[2 * i + 1]);
   }
   return LT_OK;
 }

@@ -5,6 +5,9 @@
 #include "backend/cpu/kernels.h"
 
 #include <math.h>
+#include <omp.h>
+
+#include "backend/cpu/kernels_fused.h"
 
 /* ---- softmax ------------------------------------------------------------------------------- */
 
@@ -115,14 +118,18 @@ double lt_cpu_l1(size_t count, const float *pred, const float *target, float sca
 
 /* ---- optimizers ---------------------------------------------------------------------------- */
 
+/* The updates are written once, for a range of elements, and run either parallel over one tensor
+ * (lt_cpu_*_step) or serially on a slice (lt_cpu_*_step_range, for lt_optim_step's single
+ * parallel pass over all parameters): the same code, so the same bits either way. */
+
 /* torch.optim.SGD: d = g + wd*w; buf = d on the first step, else momentum*buf + (1-dampening)*d;
  * d = nesterov ? d + momentum*buf : buf; w -= lr*d. velocity may be NULL when momentum is 0. */
-void lt_cpu_sgd_step(size_t count, float lr, float momentum, float dampening, float weight_decay,
-                     int nesterov, float *restrict w, const float *restrict g,
-                     float *restrict velocity, int first_step) {
+static inline void sgd_range(size_t lo, size_t hi, float lr, float momentum, float dampening,
+                             float weight_decay, int nesterov, float *restrict w,
+                             const float *restrict g, float *restrict velocity, int first_step) {
   const int use_mom = momentum != 0.0f && velocity;
-#pragma omp parallel for simd schedule(static)
-  for (size_t i = 0; i < count; i++) {
+#pragma omp simd
+  for (size_t i = lo; i < hi; i++) {
     float d = g[i];
     if (weight_decay != 0.0f) d += weight_decay * w[i];
     if (use_mom) {
@@ -134,21 +141,63 @@ void lt_cpu_sgd_step(size_t count, float lr, float momentum, float dampening, fl
   }
 }
 
+/* [lo, hi) of this thread's static share of count elements */
+static void thread_share(size_t count, size_t *lo, size_t *hi) {
+  const size_t nt = (size_t)omp_get_num_threads(), t = (size_t)omp_get_thread_num();
+  const size_t per = count / nt, extra = count % nt;
+  *lo = t * per + (t < extra ? t : extra);
+  *hi = *lo + per + (t < extra);
+}
+
+void lt_cpu_sgd_step(size_t count, float lr, float momentum, float dampening, float weight_decay,
+                     int nesterov, float *restrict w, const float *restrict g,
+                     float *restrict velocity, int first_step) {
+#pragma omp parallel
+  {
+    size_t lo, hi;
+    thread_share(count, &lo, &hi);
+    sgd_range(lo, hi, lr, momentum, dampening, weight_decay, nesterov, w, g, velocity, first_step);
+  }
+}
+
+void lt_cpu_sgd_step_range(size_t lo, size_t hi, float lr, float momentum, float dampening,
+                           float weight_decay, int nesterov, float *w, const float *g,
+                           float *velocity, int first_step) {
+  sgd_range(lo, hi, lr, momentum, dampening, weight_decay, nesterov, w, g, velocity, first_step);
+}
+
 /* torch.optim.AdamW: w *= 1 - lr*wd; m = b1*m + (1-b1)*g; v = b2*v + (1-b2)*g²;
  * w -= lr/(1-b1^t) * m / (sqrt(v)/sqrt(1-b2^t) + eps), with t = step (1 on the first call). */
-void lt_cpu_adamw_step(size_t count, float lr, float beta1, float beta2, float eps,
-                       float weight_decay, int64_t step, float *restrict w, const float *restrict g,
-                       float *restrict m, float *restrict v) {
+static inline void adamw_range(size_t lo, size_t hi, float lr, float beta1, float beta2, float eps,
+                               float weight_decay, int64_t step, float *restrict w,
+                               const float *restrict g, float *restrict m, float *restrict v) {
   const double bc1 = 1.0 - pow((double)beta1, (double)step);
   const double bc2 = 1.0 - pow((double)beta2, (double)step);
   const float step_size = (float)(lr / bc1);
   const float bc2_sqrt = (float)sqrt(bc2);
   const float decay = 1.0f - lr * weight_decay;
-#pragma omp parallel for simd schedule(static)
-  for (size_t i = 0; i < count; i++) {
+#pragma omp simd
+  for (size_t i = lo; i < hi; i++) {
     w[i] *= decay;
     m[i] = beta1 * m[i] + (1.0f - beta1) * g[i];
     v[i] = beta2 * v[i] + (1.0f - beta2) * g[i] * g[i];
     w[i] -= step_size * m[i] / (sqrtf(v[i]) / bc2_sqrt + eps);
   }
+}
+
+void lt_cpu_adamw_step(size_t count, float lr, float beta1, float beta2, float eps,
+                       float weight_decay, int64_t step, float *restrict w, const float *restrict g,
+                       float *restrict m, float *restrict v) {
+#pragma omp parallel
+  {
+    size_t lo, hi;
+    thread_share(count, &lo, &hi);
+    adamw_range(lo, hi, lr, beta1, beta2, eps, weight_decay, step, w, g, m, v);
+  }
+}
+
+void lt_cpu_adamw_step_range(size_t lo, size_t hi, float lr, float beta1, float beta2, float eps,
+                             float weight_decay, int64_t step, float *w, const float *g, float *m,
+                             float *v) {
+  adamw_range(lo, hi, lr, beta1, beta2, eps, weight_decay, step, w, g, m, v);
 }

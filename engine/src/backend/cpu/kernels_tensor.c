@@ -6,6 +6,7 @@
 #include "backend/cpu/kernels.h"
 
 #include <assert.h>
+#include <omp.h>
 #include <string.h>
 
 /* Decodes row r of a tensor of shape (ndim) into idx[0..ndim-1) (the last dim is the row). */
@@ -276,11 +277,30 @@ void lt_cpu_split(int noutputs, void *const *outputs, const int64_t *sizes, int6
 
 /* ---- slice --------------------------------------------------------------------------------- */
 
-/* Element offset in x of y row r, and the x stride along the last dim. */
-static int64_t slice_row_offset(int ndim, const int64_t *xst, const int64_t *start,
-                                const int64_t *step, const int64_t *yshape, int64_t r) {
-  int64_t idx[LT_KMAX_DIMS], off = start[ndim - 1] * xst[ndim - 1];
-  row_index(ndim, yshape, r, idx);
+/* The slice and pad walks below give each thread a contiguous range of output rows, decode the
+ * first row's multi-index once and step the rest like an odometer: rows are short (16 floats
+ * for ResNet's strided shortcut), so a division per dim per row would cost more than the copy. */
+
+/* [lo, hi) of this thread's static share of n rows */
+static void row_share(int64_t n, int64_t *lo, int64_t *hi) {
+  const int64_t nt = omp_get_num_threads(), t = omp_get_thread_num();
+  const int64_t per = n / nt, extra = n % nt;
+  *lo = t * per + (t < extra ? t : extra);
+  *hi = *lo + per + (t < extra);
+}
+
+/* idx (the row's outer dims) to the next row */
+static inline void row_next(int ndim, const int64_t *shape, int64_t *idx) {
+  for (int d = ndim - 2; d >= 0; d--) {
+    if (++idx[d] < shape[d]) return;
+    idx[d] = 0;
+  }
+}
+
+/* Element offset in x of the y row at idx. */
+static inline int64_t slice_row_offset(int ndim, const int64_t *xst, const int64_t *start,
+                                       const int64_t *step, const int64_t *idx) {
+  int64_t off = start[ndim - 1] * xst[ndim - 1];
   for (int d = 0; d < ndim - 1; d++)
     off += (start[d] + idx[d] * step[d]) * xst[d];
   return off;
@@ -292,17 +312,27 @@ void lt_cpu_slice_fwd(int ndim, const int64_t *xshape, const int64_t *start, con
   int64_t xst[LT_KMAX_DIMS];
   strides_of(ndim, xshape, xst);
   const int64_t inner = yshape[ndim - 1], rows = prod(ndim - 1, yshape);
-  const int64_t is = step[ndim - 1] * xst[ndim - 1];
-#pragma omp parallel for schedule(static)
-  for (int64_t r = 0; r < rows; r++) {
-    const char *src =
-        (const char *)x + slice_row_offset(ndim, xst, start, step, yshape, r) * (int64_t)elem;
-    char *dst = (char *)y + r * inner * (int64_t)elem;
-    if (is == 1)
-      memcpy(dst, src, (size_t)inner * elem);
-    else
-      for (int64_t j = 0; j < inner; j++)
-        copy_elem(dst + j * (int64_t)elem, src + j * is * (int64_t)elem, elem);
+  const int64_t is = step[ndim - 1] * xst[ndim - 1], e = (int64_t)elem;
+#pragma omp parallel
+  {
+    int64_t lo, hi, idx[LT_KMAX_DIMS] = {0};
+    row_share(rows, &lo, &hi);
+    row_index(ndim, yshape, lo, idx);
+    for (int64_t r = lo; r < hi; r++, row_next(ndim, yshape, idx)) {
+      const int64_t off = slice_row_offset(ndim, xst, start, step, idx);
+      char *dst = (char *)y + r * inner * e;
+      if (is == 1) {
+        memcpy(dst, (const char *)x + off * e, (size_t)(inner * e));
+      } else if (elem == 4) {
+        const float *restrict sp = (const float *)x + off;
+        float *restrict dp = (float *)dst;
+        for (int64_t j = 0; j < inner; j++)
+          dp[j] = sp[j * is];
+      } else {
+        for (int64_t j = 0; j < inner; j++)
+          copy_elem(dst + j * e, (const char *)x + (off + j * is) * e, elem);
+      }
+    }
   }
 }
 
@@ -312,26 +342,35 @@ void lt_cpu_slice_bwd(int ndim, const int64_t *xshape, const int64_t *start, con
   if (!dx) return;
   int64_t xst[LT_KMAX_DIMS];
   strides_of(ndim, xshape, xst);
-  if (!accumulate) memset(dx, 0, sizeof(float) * (size_t)prod(ndim, xshape));
-  const int64_t inner = yshape[ndim - 1], rows = prod(ndim - 1, yshape);
+  const int64_t inner = yshape[ndim - 1], rows = prod(ndim - 1, yshape), xn = prod(ndim, xshape);
   const int64_t is = step[ndim - 1] * xst[ndim - 1];
   /* a slice maps distinct y elements to distinct x elements, so rows scatter without races */
-#pragma omp parallel for schedule(static)
-  for (int64_t r = 0; r < rows; r++) {
-    float *dst = dx + slice_row_offset(ndim, xst, start, step, yshape, r);
-    const float *restrict src = dy + r * inner;
-    for (int64_t j = 0; j < inner; j++)
-      dst[j * is] += src[j];
+#pragma omp parallel
+  {
+    if (!accumulate) {
+      int64_t a, b;
+      row_share(xn, &a, &b);
+      memset(dx + a, 0, sizeof(float) * (size_t)(b - a));
+#pragma omp barrier
+    }
+    int64_t lo, hi, idx[LT_KMAX_DIMS] = {0};
+    row_share(rows, &lo, &hi);
+    row_index(ndim, yshape, lo, idx);
+    for (int64_t r = lo; r < hi; r++, row_next(ndim, yshape, idx)) {
+      float *dst = dx + slice_row_offset(ndim, xst, start, step, idx);
+      const float *restrict src = dy + r * inner;
+      for (int64_t j = 0; j < inner; j++)
+        dst[j * is] += src[j];
+    }
   }
 }
 
 /* ---- constant pad -------------------------------------------------------------------------- */
 
-/* For y row r: the x row offset, or -1 when the row lies in the padding of an outer dim. */
-static int64_t pad_row_offset(int ndim, const int64_t *xshape, const int64_t *xst,
-                              const int64_t *pads, const int64_t *yshape, int64_t r) {
-  int64_t idx[LT_KMAX_DIMS], off = 0;
-  row_index(ndim, yshape, r, idx);
+/* The x row offset of the y row at idx, or -1 when the row lies in the padding of an outer dim. */
+static inline int64_t pad_row_offset(int ndim, const int64_t *xshape, const int64_t *xst,
+                                     const int64_t *pads, const int64_t *idx) {
+  int64_t off = 0;
   for (int d = 0; d < ndim - 1; d++) {
     const int64_t xi = idx[d] - pads[d];
     if (xi < 0 || xi >= xshape[d]) return -1;
@@ -345,6 +384,12 @@ static void pad_yshape(int ndim, const int64_t *xshape, const int64_t *pads, int
     yshape[d] = xshape[d] + pads[d] + pads[ndim + d];
 }
 
+/* The part of a y row of the last dim that holds x: [j0, j1), x column j - b. */
+static void pad_span(int64_t inner, int64_t b, int64_t xw, int64_t *j0, int64_t *j1) {
+  *j0 = b < 0 ? 0 : (b > inner ? inner : b);
+  *j1 = b + xw < *j0 ? *j0 : (b + xw > inner ? inner : b + xw);
+}
+
 void lt_cpu_pad_fwd(int ndim, const int64_t *xshape, const int64_t *pads, float value,
                     const float *x, float *y) {
   assert(ndim >= 1 && ndim <= LT_KMAX_DIMS); /* a slice or pad of a 0-d tensor has no axis */
@@ -353,13 +398,26 @@ void lt_cpu_pad_fwd(int ndim, const int64_t *xshape, const int64_t *pads, float 
   pad_yshape(ndim, xshape, pads, yshape);
   const int64_t inner = yshape[ndim - 1], rows = prod(ndim - 1, yshape);
   const int64_t b = pads[ndim - 1], xw = xshape[ndim - 1];
-#pragma omp parallel for schedule(static)
-  for (int64_t r = 0; r < rows; r++) {
-    const int64_t off = pad_row_offset(ndim, xshape, xst, pads, yshape, r);
-    float *restrict yp = y + r * inner;
-    for (int64_t j = 0; j < inner; j++) {
-      const int64_t xj = j - b;
-      yp[j] = (off >= 0 && xj >= 0 && xj < xw) ? x[off + xj] : value;
+  int64_t j0, j1;
+  pad_span(inner, b, xw, &j0, &j1);
+#pragma omp parallel
+  {
+    int64_t lo, hi, idx[LT_KMAX_DIMS] = {0};
+    row_share(rows, &lo, &hi);
+    row_index(ndim, yshape, lo, idx);
+    for (int64_t r = lo; r < hi; r++, row_next(ndim, yshape, idx)) {
+      const int64_t off = pad_row_offset(ndim, xshape, xst, pads, idx);
+      float *restrict yp = y + r * inner;
+      if (off < 0) {
+        for (int64_t j = 0; j < inner; j++)
+          yp[j] = value;
+        continue;
+      }
+      for (int64_t j = 0; j < j0; j++)
+        yp[j] = value;
+      if (j1 > j0) memcpy(yp + j0, x + off + (j0 - b), sizeof(float) * (size_t)(j1 - j0));
+      for (int64_t j = j1; j < inner; j++)
+        yp[j] = value;
     }
   }
 }
@@ -371,18 +429,29 @@ void lt_cpu_pad_bwd(int ndim, const int64_t *xshape, const int64_t *pads, const 
   int64_t xst[LT_KMAX_DIMS] = {0}, yshape[LT_KMAX_DIMS] = {0};
   strides_of(ndim, xshape, xst);
   pad_yshape(ndim, xshape, pads, yshape);
-  if (!accumulate) memset(dx, 0, sizeof(float) * (size_t)prod(ndim, xshape));
-  const int64_t inner = yshape[ndim - 1], rows = prod(ndim - 1, yshape);
+  const int64_t inner = yshape[ndim - 1], rows = prod(ndim - 1, yshape), xn = prod(ndim, xshape);
   const int64_t b = pads[ndim - 1], xw = xshape[ndim - 1];
+  int64_t j0, j1;
+  pad_span(inner, b, xw, &j0, &j1);
   /* the pad map is injective: each y row adds into its own x row */
-#pragma omp parallel for schedule(static)
-  for (int64_t r = 0; r < rows; r++) {
-    const int64_t off = pad_row_offset(ndim, xshape, xst, pads, yshape, r);
-    if (off < 0) continue;
-    const float *restrict dyp = dy + r * inner;
-    for (int64_t j = 0; j < inner; j++) {
-      const int64_t xj = j - b;
-      if (xj >= 0 && xj < xw) dx[off + xj] += dyp[j];
+#pragma omp parallel
+  {
+    if (!accumulate) {
+      int64_t a, e;
+      row_share(xn, &a, &e);
+      memset(dx + a, 0, sizeof(float) * (size_t)(e - a));
+#pragma omp barrier
+    }
+    int64_t lo, hi, idx[LT_KMAX_DIMS] = {0};
+    row_share(rows, &lo, &hi);
+    row_index(ndim, yshape, lo, idx);
+    for (int64_t r = lo; r < hi; r++, row_next(ndim, yshape, idx)) {
+      const int64_t off = pad_row_offset(ndim, xshape, xst, pads, idx);
+      if (off < 0) continue;
+      const float *restrict dyp = dy + r * inner;
+      float *restrict dxp = dx + off - b;
+      for (int64_t j = j0; j < j1; j++)
+        dxp[j] += dyp[j];
     }
   }
 }
