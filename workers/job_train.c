@@ -78,7 +78,8 @@ static lt_ac_mode jt_ac_config(const cJSON *spec, lt_ac_config *cfg) {
   cfg->eb_max = jt_num(a, "eb_max", cfg->eb_max);
   const cJSON *bn = jt_obj(a, "bn");
   cfg->bn_mode = !strcmp(jt_str(bn, "mode", "exact"), "lossy") ? LT_AC_BN_LOSSY : LT_AC_BN_EXACT;
-  cfg->bn_eb_scale = jt_num(bn, "scale", cfg->bn_eb_scale);
+  cfg->bn_eb = jt_num(bn, "eb", cfg->bn_eb);
+  cfg->initial_eb = jt_num(a, "initial_eb", cfg->initial_eb);
   const cJSON *z = jt_obj(a, "zstd");
   if (cJSON_IsBool(z) && !cJSON_IsTrue(z)) cfg->codec.zstd_level = 0;
   cfg->sample_every = (int)jt_num(a, "sample_every", cfg->sample_every);

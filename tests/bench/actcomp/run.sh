@@ -15,7 +15,9 @@
 #             $RESNET_EPOCHS > 0 instead trains that many epochs with validation (accuracy at the
 #             same budget; hours on a CPU).
 #   cap       the largest batch ResNet-20 trains at under a memory cap of $CAP_MIB MiB (default
-#             512) of training state, exact and compressed (actcomp_batch_cap).
+#             512) of training state, exact and compressed (actcomp_batch_cap): adaptive with the
+#             spec's exact first window, adaptive with initial_eb 0.01 (the first window
+#             compressed at that conservative bound), fixed at 0.05.
 # Every figure is printed with the machine's core count and load; timings on a shared machine are
 # noisy, so the step time is a median of per-step figures.
 set -eu
@@ -125,7 +127,7 @@ PY
   ;;
 cap)
   [ -f "$CIFAR" ] || { echo "cap: $CIFAR absent, skipped"; continue; }
-  for mode in off adaptive-bnlossy fixed-bnlossy; do
+  for mode in off adaptive-bnlossy-exactfirst adaptive-bnlossy fixed-bnlossy; do
     param=$( [ "$mode" = fixed-bnlossy ] && echo 0.05 || echo 0.1 )
     echo "cap $CAP_MIB MiB: $("$build/bin/actcomp_batch_cap" "$CIFAR" test resnet20 "$CAP_MIB" "$mode" "$param")"
   done
