@@ -53,7 +53,8 @@ typedef struct jt_ac {
   lt_ac_stash *st;    /* owned; NULL when activation_compression.mode is off */
   const lt_graph *g;  /* borrowed: node names for metric keys and the result */
   int window;         /* metrics every this many steps (the controller's update window) */
-  int exact_steps;    /* adaptive: the first window, run exact; the report's peaks restart after */
+  int exact_steps;    /* adaptive: the first window when it runs exact (initial_eb 0); the
+                         report's peaks restart after it */
   int sample_every;   /* steps on which the stash measured observed/predicted dW error */
   int64_t step0;      /* optimizer steps before the stash's first (a resumed run starts later):
                          the stash counts its own steps, the result reports the run's; -1 unset */
@@ -98,7 +99,8 @@ static int jt_ac_open(job_ctx *job, const cJSON *spec, const lt_graph *g, jt_ac 
   ac->g = g;
   ac->step0 = -1;
   ac->window = cfg.window; /* the schema keeps it >= 1 in every mode */
-  ac->exact_steps = cfg.mode == LT_AC_ADAPTIVE ? cfg.window : 0;
+  /* adaptive with initial_eb 0: the exact first window, whose peak the report leaves out */
+  ac->exact_steps = cfg.mode == LT_AC_ADAPTIVE && cfg.initial_eb == 0 ? cfg.window : 0;
   ac->sample_every = cfg.sample_every;
   return JOB_EXIT_OK;
 }

@@ -497,6 +497,56 @@ TEST_CASE(controller_first_window_exact_then_formula_bound) {
   lt_ac_stash_free(st);
 }
 
+/* initial_eb: the adaptive controller's first window runs at that fixed bound instead of exact
+ * (what a memory cap needs), then the formula takes over. */
+TEST_CASE(controller_initial_eb_compresses_the_first_window) {
+  enum { N = 4, C = 8, H = 16, W = 16, S = 4 };
+  const int64_t n = (int64_t)N * C * H * W;
+  float *x = malloc(n * sizeof *x), *y = malloc(n * sizeof *y), *dy = malloc(N * S * H * W * sizeof *dy);
+  float dw[S * C * 9];
+  for (int64_t i = 0; i < n; i++) {
+    float v = lt_rng_normal(&rng);
+    x[i] = v > 0 ? v : 0;
+  }
+  for (int i = 0; i < N * S * H * W; i++) dy[i] = lt_rng_normal(&rng);
+  conv_dw_ref(x, dy, dw, N, C, H, W, S, 3, 1, 1, H, W);
+  lt_ac_config cfg = lt_ac_config_default();
+  cfg.window = 2;
+  cfg.initial_eb = 0.05;
+  cfg.sample_every = 0;
+  lt_err err = {0};
+  lt_ac_stash *st = lt_ac_stash_new(&cfg, &err);
+  REQUIRE(st);
+  const lt_stash_policy *p = lt_ac_stash_policy(st);
+  lt_node nodes[1];
+  lt_graph g = conv_graph(nodes, 1, 1);
+  int64_t xs[4] = {N, C, H, W}, ys[4] = {N, S, H, W}, ws[4] = {S, C, 3, 3};
+  lt_tensor t = lt_tensor_wrap(LT_F32, 4, xs, x), d = lt_tensor_wrap(LT_F32, 4, xs, y),
+            tdy = lt_tensor_wrap(LT_F32, 4, ys, dy), tdw = lt_tensor_wrap(LT_F32, 4, ws, dw);
+  for (int step = 0; step < 3; step++) {
+    const double eb = lt_ac_stash_layer_eb(st, 0);
+    if (step < 2) CHECK_NEAR(eb, 0.05, 1e-12); /* the first window, before any statistics */
+    else CHECK(eb > 0 && fabs(eb - 0.05) > 1e-6); /* the formula's bound from then on */
+    void *h;
+    REQUIRE(p->store(p->user, &g, 0, 0, LT_SAVE_WEIGHT_INPUT, &t, &h, &err) == LT_OK);
+    lt_ac_report rep;
+    lt_ac_stash_report(st, &rep);
+    CHECK_MSG(rep.peak_held < (int64_t)(n * sizeof *x) / 4, "step %d holds %lld of %lld", step,
+              (long long)rep.peak_held, (long long)(n * sizeof *x));
+    REQUIRE(p->load(p->user, h, &d, &err) == LT_OK);
+    int64_t bad = 0;
+    for (int64_t i = 0; i < n; i++) bad += !(fabs((double)x[i] - y[i]) <= eb) || (x[i] == 0 && y[i] != 0);
+    CHECK(bad == 0);
+    p->observe(p->user, &g, 0, &t, &tdy, &tdw);
+    p->release(p->user, h);
+    lt_ac_stash_step_end(st);
+  }
+  lt_ac_stash_free(st);
+  free(x);
+  free(y);
+  free(dy);
+}
+
 TEST_CASE(controller_observed_over_predicted_dw_error_on_relu_conv_stack) {
   /* x = ReLU(BN(conv(random input))): a post-ReLU conv input with about half exact zeros. */
   enum { N = 8, C0 = 8, C = 16, H = 16, W = 16, S = 16 };
@@ -592,6 +642,7 @@ int main(int argc, char **argv) {
   RUN(stash_relative_mode_bound_follows_the_value_range);
   RUN(stash_bn_input_normalised_and_conv_input_rebuilt_from_it);
   RUN(controller_first_window_exact_then_formula_bound);
+  RUN(controller_initial_eb_compresses_the_first_window);
   RUN(controller_observed_over_predicted_dw_error_on_relu_conv_stack);
   RUN(controller_observed_over_predicted_dw_error_on_resnet20_layers);
   return test_summary();

@@ -880,7 +880,10 @@ void lt_ac_stash_free(lt_ac_stash *st) {
 const lt_stash_policy *lt_ac_stash_policy(lt_ac_stash *st) { return &st->policy; }
 
 double lt_ac_stash_layer_eb(const lt_ac_stash *st, int node) {
-  if (node < 0 || node >= st->n_layers) return st->cfg.mode == LT_AC_FIXED ? st->cfg.eb : 0;
+  if (node < 0 || node >= st->n_layers || !st->layers[node].seen)
+    return st->cfg.mode == LT_AC_FIXED      ? st->cfg.eb
+           : st->cfg.mode == LT_AC_ADAPTIVE ? st->cfg.initial_eb
+                                            : 0;
   const ac_layer *l = &st->layers[node];
   if (l->kind == LT_SAVE_WEIGHT_INPUT && st->cfg.mode == LT_AC_ADAPTIVE)
     return l->eb > 0 ? l->eb : st->cfg.initial_eb;
