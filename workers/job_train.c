@@ -53,7 +53,8 @@ typedef struct jt_ac {
   lt_ac_stash *st;    /* owned; NULL when activation_compression.mode is off */
   const lt_graph *g;  /* borrowed: node names for metric keys and the result */
   int window;         /* metrics every this many steps (the controller's update window) */
-  int exact_steps;    /* adaptive: the first window, run exact; the report's peaks restart after */
+  int exact_steps;    /* adaptive: the first window when it runs exact (initial_eb 0); the
+                         report's peaks restart after it */
   int sample_every;   /* steps on which the stash measured observed/predicted dW error */
   int64_t step0;      /* optimizer steps before the stash's first (a resumed run starts later):
                          the stash counts its own steps, the result reports the run's; -1 unset */
@@ -78,7 +79,8 @@ static lt_ac_mode jt_ac_config(const cJSON *spec, lt_ac_config *cfg) {
   cfg->eb_max = jt_num(a, "eb_max", cfg->eb_max);
   const cJSON *bn = jt_obj(a, "bn");
   cfg->bn_mode = !strcmp(jt_str(bn, "mode", "exact"), "lossy") ? LT_AC_BN_LOSSY : LT_AC_BN_EXACT;
-  cfg->bn_eb_scale = jt_num(bn, "scale", cfg->bn_eb_scale);
+  cfg->bn_eb = jt_num(bn, "eb", cfg->bn_eb);
+  cfg->initial_eb = jt_num(a, "initial_eb", cfg->initial_eb);
   const cJSON *z = jt_obj(a, "zstd");
   if (cJSON_IsBool(z) && !cJSON_IsTrue(z)) cfg->codec.zstd_level = 0;
   cfg->sample_every = (int)jt_num(a, "sample_every", cfg->sample_every);
@@ -97,7 +99,8 @@ static int jt_ac_open(job_ctx *job, const cJSON *spec, const lt_graph *g, jt_ac 
   ac->g = g;
   ac->step0 = -1;
   ac->window = cfg.window; /* the schema keeps it >= 1 in every mode */
-  ac->exact_steps = cfg.mode == LT_AC_ADAPTIVE ? cfg.window : 0;
+  /* adaptive with initial_eb 0: the exact first window, whose peak the report leaves out */
+  ac->exact_steps = cfg.mode == LT_AC_ADAPTIVE && cfg.initial_eb == 0 ? cfg.window : 0;
   ac->sample_every = cfg.sample_every;
   return JOB_EXIT_OK;
 }

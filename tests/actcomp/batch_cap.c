@@ -4,11 +4,14 @@
  * ends without LT_ERR_NOMEM. The cap is BUDGET bytes on top of what the loaded split holds, so
  * the data does not count against it.
  *
- * Adaptive mode runs its first window exact (specs/actcomp.md), so under a cap it needs the exact
- * run's memory for those steps: the probe runs past one window so that both peaks count.
+ * Adaptive mode runs its first window exact by default (specs/actcomp.md), so under a cap it
+ * needs the exact run's memory for those steps; with initial_eb set (a conservative 0.01 here)
+ * the first window is compressed too. The probe runs past one window so that both peaks count.
  *
  * Usage: actcomp_batch_cap DATA.h5 SPLIT MODEL BUDGET_MIB MODE [EB|RHO] [STEPS]
- *   MODE off|fixed|adaptive|adaptive-bnlossy|fixed-bnlossy; prints one JSON line. */
+ *   MODE off, or fixed|adaptive with suffixes -bnlossy (batch-norm inputs in the normalised
+ *   domain) and, for adaptive, -exactfirst (initial_eb 0: the spec's exact first window);
+ *   prints one JSON line. */
 #include "lathe/actcomp.h"
 #include "lathe/backend.h"
 #include "lathe/train.h"
@@ -91,6 +94,7 @@ int main(int argc, char **argv) {
   p.ac.mode = !strncmp(mode, "fixed", 5) ? LT_AC_FIXED
               : !strncmp(mode, "adaptive", 8) ? LT_AC_ADAPTIVE : LT_AC_OFF;
   if (strstr(mode, "bnlossy")) p.ac.bn_mode = LT_AC_BN_LOSSY;
+  p.ac.initial_eb = strstr(mode, "exactfirst") ? 0 : 0.01;
   if (argc > 6) p.ac.eb = p.ac.rho = atof(argv[6]);
   p.ac.window = 2;
   p.ac.sample_every = 0; /* sampling keeps exact copies: a measurement aid, not training state */
@@ -128,8 +132,9 @@ int main(int argc, char **argv) {
     }
   }
   printf("{\"model\":\"%s\",\"budget_mib\":%g,\"mode\":\"%s\",\"param\":%g,\"steps\":%d,"
-         "\"largest_batch\":%d,\"first_failing_batch\":%d,\"peak_bytes\":{",
-         p.model, atof(argv[4]), mode, argc > 6 ? atof(argv[6]) : 0.0, p.steps, good, bad);
+         "\"initial_eb\":%g,\"largest_batch\":%d,\"first_failing_batch\":%d,\"peak_bytes\":{",
+         p.model, atof(argv[4]), mode, argc > 6 ? atof(argv[6]) : 0.0, p.steps,
+         p.ac.mode == LT_AC_ADAPTIVE ? p.ac.initial_eb : 0.0, good, bad);
   /* Where the memory of the largest batch that fits goes (peaks per category, and of the sum). */
   for (int k = 0; k < LT_MEM_COUNT; k++)
     printf("\"%s\":%lld,", lt_mem_cat_name((lt_mem_cat)k), (long long)good_peak.peak[k]);

@@ -101,6 +101,13 @@ void lt_ac_codec_set_opts(lt_ac_codec *c, const lt_ac_opts *opts);
  * (ignored by ZSTD) into out (replacing its contents, growing it as needed). */
 lt_status lt_ac_encode(lt_ac_codec *c, lt_ac_kind kind, const float *x, int ndim,
                        const int64_t *shape, double eb, lt_ac_buf *out, lt_err *err);
+/* LORENZO of z = (x − off[c])·scale[c], c the channel (dim 1) of each element, without
+ * materialising z: each row is mapped into a per-thread row buffer before prequantisation. The
+ * stream decodes (lt_ac_decode) to z' with |z − z'| <= eb; the caller maps it back. ndim >= 3
+ * (batch, channels, ..., w), so that a row lies within one channel. */
+lt_status lt_ac_encode_affine(lt_ac_codec *c, const float *x, int ndim, const int64_t *shape,
+                              double eb, const float *off, const float *scale, lt_ac_buf *out,
+                              lt_err *err);
 /* Decodes a stream of any kind (the magic says which) into x, which holds n elements; n must
  * equal the stream's element count. */
 lt_status lt_ac_decode(lt_ac_codec *c, const uint8_t *src, size_t len, float *x, int64_t n,
@@ -135,7 +142,8 @@ typedef enum lt_ac_mode {
 
 typedef enum lt_ac_bn_mode {
   LT_AC_BN_EXACT = 0, /* batch-norm inputs kept bit-exact */
-  LT_AC_BN_LOSSY      /* compressed with eb · cfg.bn_eb_scale (a tighter bound) */
+  LT_AC_BN_LOSSY      /* compressed in the normalised domain: |x̂ − x̂'| <= cfg.bn_eb, i.e.
+                         |x − x'| <= bn_eb·σ_c per channel (σ_c = √(var_c + eps), the batch's) */
 } lt_ac_bn_mode;
 
 typedef struct lt_ac_config {
@@ -144,16 +152,23 @@ typedef struct lt_ac_config {
   double rel;         /* RELATIVE: fraction of the value range */
   double rho;         /* ADAPTIVE: predicted gradient-error σ as a fraction of mean|G| */
   int window;         /* ADAPTIVE: iterations per update W; the first window runs exact */
+  double initial_eb;  /* ADAPTIVE: conv/linear bound during the first window, before the
+                         controller has statistics; 0 = exact (the spec's default). Set it (a
+                         conservative 0.01, say) under a memory cap: then no step needs the
+                         uncompressed stash, so the larger batch that compression allows fits
+                         from the first step */
   double smoothing;   /* ADAPTIVE: eb ← (1-s)·eb_new + s·eb_old, s in [0, 1) */
   double eb_min, eb_max; /* clamp for ADAPTIVE and RELATIVE (absolute units) */
   lt_ac_bn_mode bn_mode;
-  double bn_eb_scale; /* BN_LOSSY: bn eb = layer eb · scale */
+  double bn_eb;       /* BN_LOSSY: bound on the normalised input x̂ = (x − mean_c)/σ_c, which is
+                         what batch-norm backward reads */
   int sample_every;   /* measure observed vs predicted dW error every this many steps; 0 = never */
   lt_ac_opts codec;
 } lt_ac_config;
 
 lt_ac_config lt_ac_config_default(void); /* ADAPTIVE, rho 0.1, W 20, smoothing 0.5, eb in
-                                            [1e-4, 1], BN exact, sample_every 50 */
+                                            [1e-4, 1], BN exact (bn_eb 0.2 when lossy),
+                                            sample_every 50, initial_eb 0 */
 
 typedef struct lt_ac_stash lt_ac_stash;
 

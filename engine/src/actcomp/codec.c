@@ -142,6 +142,7 @@ struct lt_ac_codec {
   ac_scratch sub;     /* uint32 (threads, 4, AC_NSYM): see hist_add */
   ac_scratch chunks;  /* uint64 (n_chunks): bit counts, then byte offsets */
   ac_scratch payload; /* raw Huffman payload when a zstd pass runs, either direction */
+  ac_scratch zrow;    /* float per thread: one row of W, the affine-mapped input */
   ac_list *outl, *esc; /* (n_lists) per-thread lists */
   int n_lists;
   uint8_t len[AC_NSYM];
@@ -197,6 +198,12 @@ void lt_ac_codec_set_opts(lt_ac_codec *c, const lt_ac_opts *opts) {
   c->k = ac_kernels_get(c->opts.simd);
 }
 
+/* Per-channel affine map applied row by row before prequantisation (lt_ac_encode_affine). */
+typedef struct ac_affine {
+  const float *off, *scale; /* (nchan) */
+  int64_t nchan, hw;        /* channel of element i: (i / hw) % nchan; hw a multiple of W */
+} ac_affine;
+
 static void free_lists(lt_ac_codec *c) {
   for (int i = 0; i < c->n_lists; i++) {
     ac_list_free(&c->outl[i]);
@@ -216,6 +223,7 @@ void lt_ac_codec_free(lt_ac_codec *c) {
   scratch_free(&c->sub);
   scratch_free(&c->chunks);
   scratch_free(&c->payload);
+  scratch_free(&c->zrow);
   free_lists(c);
   ZSTD_freeCCtx(c->zc);
   ZSTD_freeDCtx(c->zd);
@@ -278,14 +286,22 @@ static void hist_add(const uint16_t *cp, int64_t m, uint64_t *hist, uint32_t *su
  * working rows, each with a zero at index 0 for the column left of the plane. */
 static void code_plane(const ac_kernels *k, const float *x, const ac_qp *qp, int pred,
                        int64_t rows, int64_t w, int64_t base, int32_t *rb, uint16_t *codes,
-                       ac_list *outl, ac_list *esc, uint64_t *hist, uint32_t *sub) {
+                       ac_list *outl, ac_list *esc, uint64_t *hist, uint32_t *sub,
+                       const ac_affine *af, float *zrow) {
   int32_t *zero = rb, *cur = rb + (w + 1), *prev = cur + (w + 1);
   memset(zero, 0, (size_t)(w + 1) * sizeof *zero);
   cur[0] = prev[0] = 0;
   const int32_t *up = zero;
   for (int64_t r = 0; r < rows; r++) {
     int64_t off = base + r * w;
-    k->quant(x + off, w, qp, cur + 1, outl, off);
+    const float *xr = x + off;
+    if (af) { /* z = (x − off_c)·scale_c for the row's channel, into the thread's row */
+      const int64_t ch = off / af->hw % af->nchan;
+      const float m = af->off[ch], sc = af->scale[ch];
+      for (int64_t j = 0; j < w; j++) zrow[j] = (xr[j] - m) * sc;
+      xr = zrow;
+    }
+    k->quant(xr, w, qp, cur + 1, outl, off);
     if (pred == AC_PREDICTOR_LORENZO2D)
       k->predict(cur + 1, cur, up + 1, up, w, codes + off, esc, off);
     else
@@ -299,7 +315,7 @@ static void code_plane(const ac_kernels *k, const float *x, const ac_qp *qp, int
 }
 
 static lt_status lorenzo_encode(lt_ac_codec *c, const float *x, int ndim, const int64_t *shape,
-                                double eb, lt_ac_buf *out, lt_err *err) {
+                                double eb, const ac_affine *af, lt_ac_buf *out, lt_err *err) {
   int64_t n, h, w;
   lt_status st = ac_check_shape(ndim, shape, &n, err);
   if (st) return st;
@@ -318,7 +334,8 @@ static lt_status lorenzo_encode(lt_ac_codec *c, const float *x, int ndim, const 
   uint64_t *hist = scratch_get(&c->hist, (size_t)t * AC_NSYM * sizeof *hist, err);
   /* (nchunks) bit counts, then (nchunks + 1) byte offsets */
   uint64_t *cbits = scratch_get(&c->chunks, (size_t)(2 * nchunks + 1) * sizeof *cbits, err);
-  if (!codes || !rows || !hist || !cbits) return err ? err->status : LT_ERR_NOMEM;
+  float *zrows = af ? scratch_get(&c->zrow, (size_t)t * (size_t)w * sizeof *zrows, err) : NULL;
+  if (!codes || !rows || !hist || !cbits || (af && !zrows)) return err ? err->status : LT_ERR_NOMEM;
   if ((st = lists_reset(c, t, err))) return st;
   memset(hist, 0, (size_t)t * AC_NSYM * sizeof *hist);
 
@@ -337,7 +354,7 @@ static lt_status lorenzo_encode(lt_ac_codec *c, const float *x, int ndim, const 
       int64_t total = 0;
       for (int64_t p = 0; p < nplanes; p += stride) {
         code_plane(k, x, &qp, preds[pi], rows_max, w, p * plane, rows, codes, &c->outl[0],
-                   &c->esc[0], hist, NULL);
+                   &c->esc[0], hist, NULL, af, zrows);
         total += rows_max * w;
       }
       cost[pi] = 96.0 * (double)c->esc[0].n;
@@ -366,7 +383,7 @@ static lt_status lorenzo_encode(lt_ac_codec *c, const float *x, int ndim, const 
 #pragma omp for schedule(static) nowait
     for (int64_t p = 0; p < nplanes; p++)
       code_plane(k, x, &qp, pred, h, w, p * plane, rb, codes, &c->outl[tid], &c->esc[tid], hi,
-                 sub);
+                 sub, af, af ? zrows + (size_t)tid * (size_t)w : NULL);
     if (sub)
       for (int sy = 0; sy < AC_NSYM; sy++)
         hi[sy] += (uint64_t)sub[sy] + sub[AC_NSYM + sy] + sub[2 * AC_NSYM + sy] +
@@ -743,7 +760,7 @@ lt_status lt_ac_encode(lt_ac_codec *c, lt_ac_kind kind, const float *x, int ndim
     return lt_errorf(err, LT_ERR_INVALID, "lt_ac_encode: codec, data, shape and out are required");
   out->len = 0;
   switch (kind) {
-  case LT_AC_KIND_LORENZO: return lorenzo_encode(c, x, ndim, shape, eb, out, err);
+  case LT_AC_KIND_LORENZO: return lorenzo_encode(c, x, ndim, shape, eb, NULL, out, err);
   case LT_AC_KIND_ZSTD:
     return ac_zstd_encode(x, ndim, shape, c->opts.zstd_level > 0 ? c->opts.zstd_level : 3, out,
                           err);
@@ -754,6 +771,24 @@ lt_status lt_ac_encode(lt_ac_codec *c, lt_ac_kind kind, const float *x, int ndim
     return ac_zfp_encode(x, ndim, shape, eb, out, err);
   }
   return lt_errorf(err, LT_ERR_INVALID, "unknown codec kind %d", (int)kind);
+}
+
+lt_status lt_ac_encode_affine(lt_ac_codec *c, const float *x, int ndim, const int64_t *shape,
+                              double eb, const float *off, const float *scale, lt_ac_buf *out,
+                              lt_err *err) {
+  if (!c || !x || !shape || !out || !off || !scale)
+    return lt_errorf(err, LT_ERR_INVALID,
+                     "lt_ac_encode_affine: codec, data, shape, offsets, scales and out are required");
+  out->len = 0;
+  if (ndim < 3 || ndim > LT_MAX_DIMS)
+    return lt_errorf(err, LT_ERR_INVALID,
+                     "lt_ac_encode_affine: needs (batch, channels, ..., w), ndim 3..%d, got %d",
+                     LT_MAX_DIMS, ndim);
+  int64_t n;
+  lt_status st = ac_check_shape(ndim, shape, &n, err);
+  if (st) return st;
+  ac_affine af = {.off = off, .scale = scale, .nchan = shape[1], .hw = n / shape[0] / shape[1]};
+  return lorenzo_encode(c, x, ndim, shape, eb, &af, out, err);
 }
 
 lt_status lt_ac_decode(lt_ac_codec *c, const uint8_t *src, size_t len, float *x, int64_t n,

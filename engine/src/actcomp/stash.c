@@ -7,8 +7,20 @@
  *   ReLU outputs (LT_SAVE_RELU_OUTPUT)         a 1-bit mask, restored as 1.0/0.0 (the same sign
  *                                              pattern, which is all ReLU backward reads)
  *   2×2 max-pool argmax (LT_SAVE_POOL_ARGMAX)  2 bits per window, exact copy if an index is > 3
- *   batch-norm inputs (LT_SAVE_BN_INPUT)       exact, or the codec at a tighter bound
+ *   batch-norm inputs (LT_SAVE_BN_INPUT)       exact, or the codec in the normalised domain:
+ *                                              z = (x − mean_c)/(2·bn_eb·σ_c) coded at eb 1/2, so
+ *                                              |x̂ − x̂'| <= bn_eb where x̂ = (x − mean_c)/σ_c is
+ *                                              what BN backward reads; with the channel's mean,
+ *                                              1/σ_c and step kept beside it (12 bytes a channel)
+ *   conv/linear input that is ReLU(BN(x))      nothing of its own when that BN input and ReLU
+ *   (BN → ReLU → conv, as in every ResNet      mask are held: restored as mask · max(0,
+ *   block's conv2 and VGG's convs)             γ_c·x̂' + β_c) from them (references, counted
+ *                                              once). The BN input's bound is then tightened per
+ *                                              channel to eb_conv/|γ_c| where that is smaller,
+ *                                              so the conv input stays within its layer's eb
  *   anything else (LT_SAVE_EXACT)              an exact copy
+ * Tensors under AC_MIN_ELEMS elements are kept exact: the stream's header and code table would
+ * outweigh what they save.
  * Everything held, the per-entry metadata included, is allocated under LT_MEM_SAVED, so the
  * allocator's saved-activation figure is the real one. store() always copies, so the executor
  * can reuse forward buffers at once.
@@ -26,17 +38,39 @@
 #include <immintrin.h>
 #include <math.h>
 
-enum { FORM_EXACT = 0, FORM_CODEC, FORM_MASK1, FORM_PACK2 };
+enum {
+  FORM_EXACT = 0,
+  FORM_CODEC,
+  FORM_MASK1,
+  FORM_PACK2,
+  FORM_BN_EXACT,  /* batch-norm input, exact copy, with per-channel statistics */
+  FORM_BN_CODEC,  /* batch-norm input, normalised-domain codec stream, with the statistics */
+  FORM_DERIVED    /* conv input ReLU(BN(x)): rebuilt from a BN entry and a mask entry */
+};
 
-/* One stored tensor: the policy's handle. */
+#define AC_MIN_ELEMS 128 /* smaller tensors stay exact: header and table outweigh the data */
+
+/* One stored tensor: the policy's handle. Entries are reference counted: a derived entry holds
+ * its BN and mask entries until it is released too, whatever order backward releases them in. */
 typedef struct ac_entry {
-  int node, form;
+  int node, form, refs;
   lt_dtype dtype;
   int64_t n;          /* elements */
   uint8_t *data;      /* (bytes) owned, LT_MEM_SAVED */
   size_t bytes;
   int64_t dense;      /* bytes an exact copy takes */
+  /* FORM_BN_*: (batch, channels, hw) layout and (nchan × 3) floats: mean, 1/σ, z step
+   * (2·eb_x, 0 for exact), owned, LT_MEM_SAVED */
+  int64_t batch, nchan, hw;
+  float *chan;
+  double y_bound, y_rms; /* largest and RMS over channels of the bound a ReLU(γ·x̂+β) rebuilt
+                            from this entry gets (INFINITY: γ unknown) */
+  struct ac_entry *bn, *mask; /* FORM_DERIVED: the entries it is rebuilt from (one ref each) */
 } ac_entry;
+
+static size_t entry_held(const ac_entry *e) {
+  return e->bytes + sizeof *e + (size_t)e->nchan * 3 * sizeof(float);
+}
 
 typedef struct ac_layer {
   int seen;
@@ -44,6 +78,7 @@ typedef struct ac_layer {
   double eb;          /* ADAPTIVE conv/linear inputs: the layer's bound (0 = exact) */
   double eb_used;     /* bound of the last store */
   double zero_frac;   /* R of the last stored input (exact zeros of the original) */
+  ac_entry *cur;      /* the entry stored by this node in the current step, NULL once freed */
   int64_t step_dense, step_held, last_dense, last_held;
   /* ADAPTIVE window accumulators */
   double acc_mean_g, acc_drms, acc_n, acc_r;
@@ -64,6 +99,11 @@ struct lt_ac_stash {
   lt_stash_policy policy;
   lt_ac_codec *codec;
   lt_ac_buf tmp;               /* encoder output before the exact-size copy */
+  const lt_graph *g;           /* the graph of the last store() (derived entries read γ, β) */
+  float *zbuf;                 /* (zcap) normalised 2-D batch-norm input, LT_MEM_WORKSPACE */
+  int64_t zcap;
+  float *aff;                  /* (2 × affcap) per-channel offsets then scales, LT_MEM_WORKSPACE */
+  int64_t affcap;
   ac_layer *layers;            /* (n_layers) indexed by node id, owned */
   int n_layers;
   lt_ac_layer_report *rep;     /* (rep_cap) owned, filled by lt_ac_stash_report */
@@ -84,8 +124,9 @@ lt_ac_config lt_ac_config_default(void) {
       .smoothing = 0.5,
       .eb_min = 1e-4,
       .eb_max = 1.0,
+      .initial_eb = 0,
       .bn_mode = LT_AC_BN_EXACT,
-      .bn_eb_scale = 0.1,
+      .bn_eb = 0.2,
       .sample_every = 50,
       .codec = lt_ac_opts_default(),
   };
@@ -147,26 +188,299 @@ static double weight_input_eb(const lt_ac_stash *st, const ac_layer *l, const lt
     double range = (double)hi - (double)lo;
     return isfinite(range) && range > 0 ? clampd(c->rel * range, c->eb_min, c->eb_max) : 0;
   }
-  case LT_AC_ADAPTIVE: return l->eb;
+  case LT_AC_ADAPTIVE: return l->eb > 0 ? l->eb : c->initial_eb;
   }
   return 0;
 }
 
-/* Batch-norm inputs: the tightest conv/linear bound in use (or the fixed/relative one), scaled. */
-static double bn_input_eb(const lt_ac_stash *st, const lt_tensor *t) {
-  const lt_ac_config *c = &st->cfg;
-  if (c->bn_mode != LT_AC_BN_LOSSY || c->mode == LT_AC_OFF) return 0;
-  double base = 0;
-  if (c->mode == LT_AC_ADAPTIVE) {
-    for (int i = 0; i < st->n_layers; i++)
-      if (st->layers[i].kind == LT_SAVE_WEIGHT_INPUT && st->layers[i].eb > 0 &&
-          (base == 0 || st->layers[i].eb < base))
-        base = st->layers[i].eb;
-  } else {
+/* ---- graph patterns -------------------------------------------------------------------------- */
+
+static const lt_node *node_at(const lt_graph *g, int node) {
+  return g && node >= 0 && node < g->n_nodes ? &g->nodes[node] : NULL;
+}
+
+static int is_weight_op(lt_op_type op) {
+  return op == LT_OP_CONV2D || op == LT_OP_CONV_TRANSPOSE2D || op == LT_OP_LINEAR;
+}
+
+/* The producer node of value v when it is an activation, else -1. */
+static int producer_of(const lt_graph *g, int v) {
+  if (!g || v < 0 || v >= g->n_values) return -1;
+  int p = g->values[v].producer;
+  return p >= 0 && p < g->n_nodes ? p : -1;
+}
+
+/* γ of batch-norm node b, as a host float array of nchan, or NULL. */
+static const float *bn_gamma(const lt_graph *g, int b, int64_t nchan, int beta) {
+  const lt_node *nd = node_at(g, b);
+  if (!nd || nd->op != LT_OP_BATCHNORM || nd->n_in < 3) return NULL;
+  int v = nd->in[beta ? 2 : 1];
+  if (v < 0 || v >= g->n_values) return NULL;
+  const lt_tensor *t = g->values[v].data;
+  if (!t || t->dtype != LT_F32 || t->device >= 0 || lt_tensor_numel(t) != nchan) return NULL;
+  return lt_tensor_f32(t);
+}
+
+/* For conv/linear node k saving its input: the (ReLU, BN) nodes when that input is ReLU(BN(x)),
+ * else 0. */
+static int derived_source(const lt_graph *g, int k, int *relu, int *bn) {
+  const lt_node *nk = node_at(g, k);
+  if (!nk || !is_weight_op(nk->op) || nk->n_in < 1) return 0;
+  int r = producer_of(g, nk->in[0]);
+  const lt_node *nr = node_at(g, r);
+  if (!nr || nr->op != LT_OP_RELU || nr->n_in < 1) return 0;
+  int b = producer_of(g, nr->in[0]);
+  const lt_node *nb = node_at(g, b);
+  if (!nb || nb->op != LT_OP_BATCHNORM) return 0;
+  *relu = r;
+  *bn = b;
+  return 1;
+}
+
+/* The tightest bound among the conv/linear layers that will rebuild their input from batch-norm
+ * node b's entry (0: none will). */
+static double derived_consumer_eb(const lt_ac_stash *st, const lt_graph *g, int b) {
+  double eb = 0;
+  for (int k = 0; g && k < g->n_nodes; k++) {
+    int r, bb;
+    if (!derived_source(g, k, &r, &bb) || bb != b) continue;
     ac_layer dummy = {0};
-    base = weight_input_eb(st, &dummy, t);
+    const ac_layer *l = k < st->n_layers ? &st->layers[k] : &dummy;
+    if (st->cfg.mode == LT_AC_RELATIVE) continue; /* depends on data not seen yet */
+    double e = weight_input_eb(st, l, NULL);
+    if (e > 0 && (eb == 0 || e < eb)) eb = e;
   }
-  return base * c->bn_eb_scale;
+  return eb;
+}
+
+/* ---- batch-norm inputs ----------------------------------------------------------------------- */
+
+/* Per-channel mean and 1/σ (σ = √(var + eps), var biased, as batch norm computes them) of the
+ * (batch, nchan, hw) tensor x, into chan (mean, invstd, ·). Sums in float lanes, shifted by the
+ * channel's first value, combined in double. 0, or -1 when a statistic is not finite. */
+static int bn_stats(const float *x, int64_t batch, int64_t nchan, int64_t hw, double eps,
+                    float *chan) {
+  int bad = 0;
+#pragma omp parallel for schedule(static) reduction(| : bad) if (batch * nchan * hw >= 65536)
+  for (int64_t c = 0; c < nchan; c++) {
+    const float shift = x[c * hw];
+    double s1 = 0, s2 = 0;
+    for (int64_t b = 0; b < batch; b++) {
+      const float *p = x + (b * nchan + c) * hw;
+      float a1[16] = {0}, a2[16] = {0};
+      int64_t i = 0;
+      for (; i + 16 <= hw; i += 16)
+        for (int j = 0; j < 16; j++) {
+          float d = p[i + j] - shift;
+          a1[j] += d;
+          a2[j] += d * d;
+        }
+      for (; i < hw; i++) {
+        double d = (double)p[i] - shift;
+        s1 += d;
+        s2 += d * d;
+      }
+      for (int j = 0; j < 16; j++) {
+        s1 += a1[j];
+        s2 += a2[j];
+      }
+    }
+    const double cnt = (double)(batch * hw), m = s1 / cnt;
+    double var = s2 / cnt - m * m;
+    if (var < 0) var = 0;
+    const double mean = (double)shift + m, invstd = 1.0 / sqrt(var + eps);
+    bad |= !isfinite(mean) || !isfinite(invstd);
+    chan[3 * c] = (float)mean;
+    chan[3 * c + 1] = (float)invstd;
+    chan[3 * c + 2] = 0;
+  }
+  return bad ? -1 : 0;
+}
+
+/* Stores a batch-norm input as FORM_BN_EXACT or FORM_BN_CODEC into e (data and chan allocated
+ * here). Lossy: channel c gets |x̂ − x̂'| <= min(bn_eb, eb_conv/|γ_c|) where a conv rebuilds
+ * ReLU(BN(x)) from this entry, eb_conv its bound. */
+static lt_status store_bn(lt_ac_stash *st, const lt_graph *g, int node, const lt_tensor *t,
+                          ac_entry *e, double *eb_report, lt_err *err) {
+  const lt_node *nd = node_at(g, node);
+  const double eps = nd && nd->op == LT_OP_BATCHNORM && nd->a.eps > 0 ? nd->a.eps : 1e-5;
+  e->batch = t->shape[0];
+  e->nchan = t->ndim >= 2 ? t->shape[1] : 1;
+  e->hw = e->n / (e->batch * e->nchan);
+  e->chan = lt_alloc(LT_MEM_SAVED, (size_t)e->nchan * 3 * sizeof(float), err);
+  if (!e->chan) {
+    e->nchan = 0;
+    return err ? err->status : LT_ERR_NOMEM;
+  }
+  const float *x = lt_tensor_f32(t);
+  const int stats_ok = !bn_stats(x, e->batch, e->nchan, e->hw, eps, e->chan);
+  const float *gamma = bn_gamma(g, node, e->nchan, 0);
+  const double cons = stats_ok ? derived_consumer_eb(st, g, node) : 0;
+  int lossy = stats_ok && st->cfg.bn_mode == LT_AC_BN_LOSSY && st->cfg.mode != LT_AC_OFF &&
+              e->n >= AC_MIN_ELEMS;
+  double ymax = 0, ysum = 0, xsum = 0;
+  for (int64_t c = 0; lossy && c < e->nchan; c++) {
+    double ebn = st->cfg.bn_eb;
+    const double gm = gamma ? fabs((double)gamma[c]) : 0;
+    if (cons > 0 && gm > 0 && cons / gm < ebn) ebn = cons / gm;
+    ebn *= 1.0 - 1e-5; /* room for the float rounding of the affine maps */
+    const double mean = e->chan[3 * c], sigma = 1.0 / (double)e->chan[3 * c + 1];
+    const double step = 2.0 * ebn * sigma;
+    /* Values far from 0 relative to σ would lose the bound to float rounding: keep exact. */
+    if (!(step > 0) || !isfinite(step) || (fabs(mean) + 64 * sigma) * 0x1p-20 > 0.01 * step) {
+      lossy = 0;
+      break;
+    }
+    e->chan[3 * c + 2] = (float)step;
+    const double yb = gm * ebn;
+    ymax = yb > ymax ? yb : ymax;
+    ysum += yb * yb;
+    xsum += ebn * ebn;
+  }
+  e->y_bound = gamma ? ymax : INFINITY;
+  e->y_rms = gamma && e->nchan ? sqrt(ysum / (double)e->nchan) : INFINITY;
+  *eb_report = 0;
+  if (lossy) {
+    lt_status rc;
+    if (e->nchan > st->affcap) {
+      float *a = lt_alloc(LT_MEM_WORKSPACE, (size_t)e->nchan * 2 * sizeof *a, err);
+      if (!a) return err ? err->status : LT_ERR_NOMEM;
+      lt_free(LT_MEM_WORKSPACE, st->aff, (size_t)st->affcap * 2 * sizeof *st->aff);
+      st->aff = a;
+      st->affcap = e->nchan;
+    }
+    float *off = st->aff, *scale = st->aff + e->nchan;
+    for (int64_t c = 0; c < e->nchan; c++) {
+      off[c] = e->chan[3 * c];
+      scale[c] = 1.0f / e->chan[3 * c + 2];
+    }
+    if (t->ndim >= 3) { /* the codec maps each row as it goes: no z copy of the tensor */
+      rc = lt_ac_encode_affine(st->codec, x, t->ndim, t->shape, 0.5, off, scale, &st->tmp, err);
+    } else {
+      if (e->n > st->zcap) {
+        float *z = lt_alloc(LT_MEM_WORKSPACE, (size_t)e->n * sizeof *z, err);
+        if (!z) return err ? err->status : LT_ERR_NOMEM;
+        lt_free(LT_MEM_WORKSPACE, st->zbuf, (size_t)st->zcap * sizeof *st->zbuf);
+        st->zbuf = z;
+        st->zcap = e->n;
+      }
+      for (int64_t b = 0; b < e->batch; b++)
+        for (int64_t c = 0; c < e->nchan; c++) {
+          const float *p = x + (b * e->nchan + c) * e->hw;
+          float *z = st->zbuf + (b * e->nchan + c) * e->hw;
+          for (int64_t i = 0; i < e->hw; i++) z[i] = (p[i] - off[c]) * scale[c];
+        }
+      rc = lt_ac_encode(st->codec, LT_AC_KIND_LORENZO, st->zbuf, t->ndim, t->shape, 0.5,
+                        &st->tmp, err);
+    }
+    if (rc) return rc;
+    if (st->tmp.len < (size_t)e->dense) {
+      e->form = FORM_BN_CODEC;
+      e->bytes = st->tmp.len;
+      if (!(e->data = lt_alloc(LT_MEM_SAVED, e->bytes, err))) return err ? err->status : LT_ERR_NOMEM;
+      memcpy(e->data, st->tmp.data, e->bytes);
+      *eb_report = sqrt(xsum / (double)e->nchan); /* RMS normalised bound */
+      return LT_OK;
+    }
+  }
+  /* Exact (with statistics when they are usable, so that a conv can rebuild from it). */
+  if (!stats_ok) {
+    lt_free(LT_MEM_SAVED, e->chan, (size_t)e->nchan * 3 * sizeof(float));
+    e->chan = NULL;
+    e->nchan = 0;
+  } else {
+    for (int64_t c = 0; c < e->nchan; c++) e->chan[3 * c + 2] = 0;
+  }
+  e->y_bound = stats_ok && gamma ? 0 : INFINITY;
+  e->y_rms = e->y_bound;
+  e->form = stats_ok ? FORM_BN_EXACT : FORM_EXACT;
+  e->bytes = (size_t)e->dense ? (size_t)e->dense : 1;
+  if (!(e->data = lt_alloc(LT_MEM_SAVED, e->bytes, err))) return err ? err->status : LT_ERR_NOMEM;
+  memcpy(e->data, t->data, (size_t)e->dense);
+  return LT_OK;
+}
+
+/* y[i] = a·y[i] + b over one plane, then, with mask (the plane's bits start at bit `bit`), 0
+ * where the mask bit is clear and max(0, ·) where it is set. */
+__attribute__((target("avx512f"))) static int64_t plane_map_avx512(float *y, int64_t hw, float a,
+                                                                  float b, const uint8_t *mask) {
+  const __m512 va = _mm512_set1_ps(a), vb = _mm512_set1_ps(b), zero = _mm512_setzero_ps();
+  int64_t i = 0;
+  for (; i + 16 <= hw; i += 16) {
+    __m512 v = _mm512_fmadd_ps(_mm512_loadu_ps(y + i), va, vb);
+    if (mask) {
+      uint16_t m;
+      memcpy(&m, mask + i / 8, 2);
+      v = _mm512_maskz_max_ps(m, v, zero);
+    }
+    _mm512_storeu_ps(y + i, v);
+  }
+  return i;
+}
+
+static void plane_map(float *y, int64_t hw, float a, float b, const uint8_t *mask, int64_t bit,
+                      int avx512) {
+  int64_t i = 0;
+  if (avx512 && (!mask || bit % 8 == 0)) i = plane_map_avx512(y, hw, a, b, mask ? mask + bit / 8 : NULL);
+  for (; i < hw; i++) {
+    float v = y[i] * a + b;
+    if (mask) {
+      const int64_t k = bit + i;
+      v = (mask[k >> 3] >> (k & 7)) & 1 && v > 0 ? v : 0;
+    }
+    y[i] = v;
+  }
+}
+
+static int have_avx512(void) {
+  __builtin_cpu_init();
+  return __builtin_cpu_supports("avx512f");
+}
+
+/* Restores a batch-norm entry (x' = mean_c + z'·step_c) into y. */
+static lt_status load_bn(lt_ac_stash *st, const ac_entry *e, float *y, lt_err *err) {
+  if (e->form != FORM_BN_CODEC) {
+    memcpy(y, e->data, (size_t)e->dense);
+    return LT_OK;
+  }
+  lt_status rc = lt_ac_decode(st->codec, e->data, e->bytes, y, e->n, err);
+  if (rc) return rc;
+  const int avx512 = have_avx512();
+  const int64_t planes = e->batch * e->nchan;
+#pragma omp parallel for schedule(static) if (e->n >= 65536)
+  for (int64_t pl = 0; pl < planes; pl++) {
+    const int64_t c = pl % e->nchan;
+    plane_map(y + pl * e->hw, e->hw, e->chan[3 * c + 2], e->chan[3 * c], NULL, 0, avx512);
+  }
+  return LT_OK;
+}
+
+/* Rebuilds a conv input ReLU(γ·x̂' + β) from its BN entry and the ReLU's mask into y, in one pass
+ * after the decode: y = A_c·z' + β_c with A_c = γ_c·step_c/σ_c from the stream's z', or
+ * y = g_c·x + (β_c − mean_c·g_c), g_c = γ_c/σ_c, from an exact copy; then the mask. */
+static lt_status load_derived(lt_ac_stash *st, const ac_entry *e, float *y, lt_err *err) {
+  const ac_entry *bn = e->bn;
+  const float *gamma = bn_gamma(st->g, bn->node, bn->nchan, 0);
+  const float *beta = bn_gamma(st->g, bn->node, bn->nchan, 1);
+  if (!gamma || !beta)
+    return lt_errorf(err, LT_ERR_INTERNAL, "stash: batch-norm node %d lost its parameters",
+                     bn->node);
+  const int coded = bn->form == FORM_BN_CODEC;
+  lt_status rc = coded ? lt_ac_decode(st->codec, bn->data, bn->bytes, y, bn->n, err) : LT_OK;
+  if (rc) return rc;
+  if (!coded) memcpy(y, bn->data, (size_t)bn->dense);
+  const uint8_t *mask = e->mask->data;
+  const int avx512 = have_avx512();
+  const int64_t planes = bn->batch * bn->nchan;
+#pragma omp parallel for schedule(static) if (bn->n >= 65536)
+  for (int64_t pl = 0; pl < planes; pl++) {
+    const int64_t c = pl % bn->nchan;
+    const float g = gamma[c] * bn->chan[3 * c + 1];
+    const float a = coded ? g * bn->chan[3 * c + 2] : g;
+    const float b = coded ? beta[c] : beta[c] - bn->chan[3 * c] * g;
+    plane_map(y + pl * bn->hw, bn->hw, a, b, mask, pl * bn->hw, avx512);
+  }
+  return LT_OK;
 }
 
 /* ---- policy callbacks ------------------------------------------------------------------------ */
@@ -202,6 +516,43 @@ static int pack2(const uint8_t *a, int64_t n, uint8_t *p) {
   return 0;
 }
 
+/* Frees e once nothing refers to it (its own handle and derived entries), with its sources. */
+static void entry_unref(lt_ac_stash *st, ac_entry *e) {
+  if (!e || --e->refs > 0) return;
+  st->cur_dense -= e->dense;
+  st->cur_held -= (int64_t)entry_held(e);
+  if (e->node >= 0 && e->node < st->n_layers && st->layers[e->node].cur == e)
+    st->layers[e->node].cur = NULL;
+  ac_entry *bn = e->bn, *mask = e->mask;
+  lt_free(LT_MEM_SAVED, e->data, e->bytes);
+  lt_free(LT_MEM_SAVED, e->chan, (size_t)e->nchan * 3 * sizeof(float));
+  lt_free(LT_MEM_SAVED, e, sizeof *e);
+  entry_unref(st, bn);
+  entry_unref(st, mask);
+}
+
+/* A conv/linear input that can be rebuilt from this step's BN and mask entries within eb:
+ * fills e as FORM_DERIVED and returns 1. */
+static int try_derive(lt_ac_stash *st, const lt_graph *g, int node, int slot, double eb,
+                      ac_entry *e, double *eb_used) {
+  int r, b;
+  if (slot != 0 || !(eb > 0) || !derived_source(g, node, &r, &b)) return 0;
+  if (r >= st->n_layers || b >= st->n_layers) return 0;
+  ac_entry *bn = st->layers[b].cur, *mask = st->layers[r].cur;
+  if (!bn || !mask || (bn->form != FORM_BN_EXACT && bn->form != FORM_BN_CODEC) ||
+      mask->form != FORM_MASK1 || bn->n != e->n || mask->n != e->n ||
+      !(bn->y_bound <= eb * (1 + 1e-9)) || !bn_gamma(g, b, bn->nchan, 1))
+    return 0;
+  e->form = FORM_DERIVED;
+  e->bn = bn;
+  e->mask = mask;
+  bn->refs++;
+  mask->refs++;
+  e->bytes = 0;
+  *eb_used = bn->y_rms;
+  return 1;
+}
+
 static lt_status st_store(void *user, const lt_graph *g, int node, int slot, lt_save_kind kind,
                           const lt_tensor *t, void **handle, lt_err *err) {
   lt_ac_stash *st = user;
@@ -212,76 +563,86 @@ static lt_status st_store(void *user, const lt_graph *g, int node, int slot, lt_
                      "codec: train on the CPU backend or set activation_compression.mode off");
   ac_layer *l = layer_at(st, node, err);
   if (!l) return err ? err->status : LT_ERR_NOMEM;
+  st->g = g;
   ac_entry *e = lt_calloc(LT_MEM_SAVED, sizeof *e, err);
   if (!e) return err ? err->status : LT_ERR_NOMEM;
   e->node = node;
+  e->refs = 1;
   e->dtype = t->dtype;
   e->n = lt_tensor_numel(t);
   e->dense = (int64_t)lt_tensor_nbytes(t);
   const int f32 = t->dtype == LT_F32, on = st->cfg.mode != LT_AC_OFF;
-  double eb = 0;
+  double eb = 0, eb_used = 0;
   if (f32 && kind == LT_SAVE_WEIGHT_INPUT) eb = weight_input_eb(st, l, t);
-  if (f32 && kind == LT_SAVE_BN_INPUT) eb = bn_input_eb(st, t);
   lt_status rc = LT_OK;
-  const uint8_t *src = t->data;
-  size_t bytes = (size_t)e->dense;
   e->form = FORM_EXACT;
-  if (eb > 0) {
-    rc = lt_ac_encode(st->codec, LT_AC_KIND_LORENZO, lt_tensor_f32(t), t->ndim, t->shape, eb,
-                      &st->tmp, err);
-    if (rc) goto fail;
-    if (st->tmp.len < bytes) { /* incompressible (noise at a tiny bound): the exact copy is smaller */
-      e->form = FORM_CODEC;
-      src = st->tmp.data;
-      bytes = st->tmp.len;
+  if (on && f32 && kind == LT_SAVE_BN_INPUT && e->n > 0 && t->ndim >= 1) {
+    if ((rc = store_bn(st, g, node, t, e, &eb_used, err))) goto fail;
+  } else if (try_derive(st, g, node, slot, eb, e, &eb_used)) {
+    /* nothing of its own */
+  } else {
+    const uint8_t *src = t->data;
+    size_t bytes = (size_t)e->dense;
+    if (eb > 0 && e->n >= AC_MIN_ELEMS) {
+      rc = lt_ac_encode(st->codec, LT_AC_KIND_LORENZO, lt_tensor_f32(t), t->ndim, t->shape, eb,
+                        &st->tmp, err);
+      if (rc) goto fail;
+      if (st->tmp.len < bytes) { /* incompressible (noise at a tiny bound): the exact copy is smaller */
+        e->form = FORM_CODEC;
+        src = st->tmp.data;
+        bytes = st->tmp.len;
+        eb_used = eb;
+      }
+    } else if (on && f32 && kind == LT_SAVE_RELU_OUTPUT) {
+      e->form = FORM_MASK1;
+      bytes = (size_t)(e->n + 7) / 8;
+    } else if (on && t->dtype == LT_U8 && kind == LT_SAVE_POOL_ARGMAX) {
+      e->form = FORM_PACK2;
+      bytes = (size_t)(e->n + 3) / 4;
     }
-  } else if (on && f32 && kind == LT_SAVE_RELU_OUTPUT) {
-    e->form = FORM_MASK1;
-    bytes = (size_t)(e->n + 7) / 8;
-  } else if (on && t->dtype == LT_U8 && kind == LT_SAVE_POOL_ARGMAX) {
-    e->form = FORM_PACK2;
-    bytes = (size_t)(e->n + 3) / 4;
-  }
-  e->data = lt_alloc(LT_MEM_SAVED, bytes ? bytes : 1, err);
-  if (!e->data) {
-    rc = err ? err->status : LT_ERR_NOMEM;
-    goto fail;
-  }
-  e->bytes = bytes ? bytes : 1;
-  if (e->form == FORM_MASK1) {
-    lt_cpu_relu_mask_pack((size_t)e->n, lt_tensor_f32(t), e->data);
-  } else if (e->form == FORM_PACK2 && pack2(t->data, e->n, e->data)) {
-    /* Windows larger than 2×2: keep the indices exact. */
-    lt_free(LT_MEM_SAVED, e->data, e->bytes);
-    e->form = FORM_EXACT;
-    e->bytes = (size_t)e->dense ? (size_t)e->dense : 1;
-    if (!(e->data = lt_alloc(LT_MEM_SAVED, e->bytes, err))) {
+    e->data = lt_alloc(LT_MEM_SAVED, bytes ? bytes : 1, err);
+    if (!e->data) {
       rc = err ? err->status : LT_ERR_NOMEM;
       goto fail;
     }
-    memcpy(e->data, t->data, (size_t)e->dense);
-  } else if (e->form == FORM_EXACT || e->form == FORM_CODEC) {
-    memcpy(e->data, src, bytes);
+    e->bytes = bytes ? bytes : 1;
+    if (e->form == FORM_MASK1) {
+      lt_cpu_relu_mask_pack((size_t)e->n, lt_tensor_f32(t), e->data);
+    } else if (e->form == FORM_PACK2 && pack2(t->data, e->n, e->data)) {
+      /* Windows larger than 2×2: keep the indices exact. */
+      lt_free(LT_MEM_SAVED, e->data, e->bytes);
+      e->form = FORM_EXACT;
+      e->bytes = (size_t)e->dense ? (size_t)e->dense : 1;
+      if (!(e->data = lt_alloc(LT_MEM_SAVED, e->bytes, err))) {
+        rc = err ? err->status : LT_ERR_NOMEM;
+        goto fail;
+      }
+      memcpy(e->data, t->data, (size_t)e->dense);
+    } else if (e->form == FORM_EXACT || e->form == FORM_CODEC) {
+      memcpy(e->data, src, bytes);
+    }
   }
 
-  l->eb_used = eb;
+  l->eb_used = eb_used;
   if (kind == LT_SAVE_WEIGHT_INPUT && f32) {
     int64_t zeros = 0;
     const float *x = lt_tensor_f32(t);
+#pragma omp parallel for reduction(+ : zeros) schedule(static) if (e->n >= 65536)
     for (int64_t i = 0; i < e->n; i++) zeros += x[i] == 0.0f;
     l->zero_frac = e->n ? (double)zeros / (double)e->n : 0;
     /* A sampled step keeps the original too, for observe() to measure the real dW error. */
-    if (eb > 0 && st->cfg.sample_every > 0 && st->step % st->cfg.sample_every == 0) {
+    if (eb_used > 0 && st->cfg.sample_every > 0 && st->step % st->cfg.sample_every == 0) {
       lt_free(LT_MEM_WORKSPACE, l->exact, (size_t)l->exact_n * sizeof *l->exact);
       l->exact = lt_alloc(LT_MEM_WORKSPACE, (size_t)e->n * sizeof *l->exact, NULL);
       l->exact_n = l->exact ? e->n : 0;
       if (l->exact) memcpy(l->exact, x, (size_t)e->n * sizeof *x);
-      l->exact_eb = eb;
+      l->exact_eb = eb_used;
     }
   }
   l->seen = 1;
   l->kind = kind;
-  const int64_t held = (int64_t)(e->bytes + sizeof *e);
+  if (slot == 0) l->cur = e;
+  const int64_t held = (int64_t)entry_held(e);
   l->step_dense += e->dense;
   l->step_held += held;
   st->step_dense += e->dense;
@@ -295,6 +656,12 @@ static lt_status st_store(void *user, const lt_graph *g, int node, int slot, lt_
 fail:
   lt_err_prefix(err, "stash: node %d (%s)", node,
                 g && node < g->n_nodes && g->nodes[node].name ? g->nodes[node].name : "?");
+  if (e->form == FORM_DERIVED) {
+    entry_unref(st, e->bn);
+    entry_unref(st, e->mask);
+  }
+  lt_free(LT_MEM_SAVED, e->data, e->bytes);
+  lt_free(LT_MEM_SAVED, e->chan, (size_t)e->nchan * 3 * sizeof(float));
   lt_free(LT_MEM_SAVED, e, sizeof *e);
   return rc;
 }
@@ -308,26 +675,41 @@ static lt_status st_load(void *user, void *handle, lt_tensor *dst, lt_err *err) 
                      "stash: node %d restored into a %s tensor of %lld elements, stored %s of %lld",
                      e->node, lt_dtype_name(dst->dtype), (long long)lt_tensor_numel(dst),
                      lt_dtype_name(e->dtype), (long long)e->n);
+  lt_status rc = LT_OK;
   switch (e->form) {
-  case FORM_CODEC: {
-    lt_status rc = lt_ac_decode(st->codec, e->data, e->bytes, lt_tensor_f32(dst), e->n, err);
-    if (rc) return lt_err_prefix(err, "stash: node %d", e->node);
-    return LT_OK;
+  case FORM_CODEC: rc = lt_ac_decode(st->codec, e->data, e->bytes, lt_tensor_f32(dst), e->n, err); break;
+  case FORM_BN_EXACT:
+  case FORM_BN_CODEC: rc = load_bn(st, e, lt_tensor_f32(dst), err); break;
+  case FORM_DERIVED: rc = load_derived(st, e, lt_tensor_f32(dst), err); break;
+  case FORM_MASK1: unpack_mask1(e->data, e->n, lt_tensor_f32(dst)); break;
+  case FORM_PACK2: lt_cpu_argmax_unpack2((size_t)e->n, e->data, dst->data); break;
+  default: memcpy(dst->data, e->data, (size_t)e->dense); break;
   }
-  case FORM_MASK1: unpack_mask1(e->data, e->n, lt_tensor_f32(dst)); return LT_OK;
-  case FORM_PACK2: lt_cpu_argmax_unpack2((size_t)e->n, e->data, dst->data); return LT_OK;
-  default: memcpy(dst->data, e->data, (size_t)e->dense); return LT_OK;
-  }
+  return rc ? lt_err_prefix(err, "stash: node %d", e->node) : LT_OK;
 }
 
-static void st_release(void *user, void *handle) {
-  lt_ac_stash *st = user;
-  ac_entry *e = handle;
-  if (!e) return;
-  st->cur_dense -= e->dense;
-  st->cur_held -= (int64_t)(e->bytes + sizeof *e);
-  lt_free(LT_MEM_SAVED, e->data, e->bytes);
-  lt_free(LT_MEM_SAVED, e, sizeof *e);
+static void st_release(void *user, void *handle) { entry_unref(user, handle); }
+
+/* Σ|x| (p 1) or Σx² (p 2) in double lanes (vectorised), threads over blocks of 4096. */
+static double sum_pow(const float *x, int64_t n, int p) {
+  const int64_t nb = (n + 4095) / 4096;
+  double total = 0;
+#pragma omp parallel for reduction(+ : total) schedule(static) if (n >= 65536)
+  for (int64_t b = 0; b < nb; b++) {
+    const int64_t i0 = b * 4096, i1 = i0 + 4096 < n ? i0 + 4096 : n;
+    double acc[8] = {0};
+    int64_t i = i0;
+    for (; i + 8 <= i1; i += 8)
+      for (int j = 0; j < 8; j++) {
+        const double v = x[i + j];
+        acc[j] += p == 1 ? fabs(v) : v * v;
+      }
+    double s = 0;
+    for (; i < i1; i++) s += p == 1 ? fabs((double)x[i]) : (double)x[i] * x[i];
+    for (int j = 0; j < 8; j++) s += acc[j];
+    total += s;
+  }
+  return total;
 }
 
 /* dG = the weight gradient that input x and output gradient dy give, for the conv or linear
@@ -389,11 +771,12 @@ static void st_observe(void *user, const lt_graph *g, int node, const lt_tensor 
   if (node < 0 || node >= st->n_layers || !x || !dy || !dw) return;
   ac_layer *l = &st->layers[node];
   if (l->kind != LT_SAVE_WEIGHT_INPUT || dw->ndim < 1 || dw->shape[0] < 1) return;
+  /* The statistics feed the adaptive controller; sampled steps need them in every mode. */
+  const int sampled = l->exact && l->exact_n == lt_tensor_numel(x);
+  if (st->cfg.mode != LT_AC_ADAPTIVE && !sampled) return;
   const int64_t nw = lt_tensor_numel(dw), ndy = lt_tensor_numel(dy);
-  double sum_g = 0, sum_d2 = 0;
   const float *pw = lt_tensor_f32(dw), *pd = lt_tensor_f32(dy);
-  for (int64_t i = 0; i < nw; i++) sum_g += fabs((double)pw[i]);
-  for (int64_t i = 0; i < ndy; i++) sum_d2 += (double)pd[i] * pd[i];
+  const double sum_g = sum_pow(pw, nw, 1), sum_d2 = sum_pow(pd, ndy, 2);
   const double mean_g = sum_g / (double)nw, drms = sqrt(sum_d2 / (double)ndy);
   /* Terms in each dW element: batch × output positions for conv and linear (dW is (S, ...)),
    * batch × input positions for a transposed conv (dW is (C, ...), one term per input). */
@@ -456,11 +839,11 @@ lt_ac_stash *lt_ac_stash_new(const lt_ac_config *cfg, lt_err *err) {
     return NULL;
   }
   if (!(c.smoothing >= 0 && c.smoothing < 1) || !(c.eb_min > 0) || !(c.eb_max >= c.eb_min) ||
-      !isfinite(c.eb_max) || (c.bn_mode == LT_AC_BN_LOSSY && !(c.bn_eb_scale > 0)) ||
-      c.sample_every < 0) {
+      !isfinite(c.eb_max) || (c.bn_mode == LT_AC_BN_LOSSY && !(c.bn_eb > 0 && c.bn_eb <= 10)) ||
+      c.sample_every < 0 || !(c.initial_eb >= 0 && isfinite(c.initial_eb))) {
     lt_errorf(err, LT_ERR_INVALID,
               "activation_compression: need 0 <= smoothing < 1, 0 < eb_min <= eb_max, "
-              "bn_eb_scale > 0 for lossy batch norm, sample_every >= 0");
+              "0 < bn eb <= 10 for lossy batch norm, sample_every >= 0, initial_eb >= 0");
     return NULL;
   }
   lt_ac_stash *st = lt_calloc(LT_MEM_SAVED, sizeof *st, err);
@@ -488,6 +871,8 @@ void lt_ac_stash_free(lt_ac_stash *st) {
   lt_free(LT_MEM_SAVED, st->layers, (size_t)st->n_layers * sizeof *st->layers);
   lt_free(LT_MEM_WORKSPACE, st->rep, (size_t)st->rep_cap * sizeof *st->rep);
   lt_ac_buf_free(&st->tmp);
+  lt_free(LT_MEM_WORKSPACE, st->zbuf, (size_t)st->zcap * sizeof *st->zbuf);
+  lt_free(LT_MEM_WORKSPACE, st->aff, (size_t)st->affcap * 2 * sizeof *st->aff);
   lt_ac_codec_free(st->codec);
   lt_free(LT_MEM_SAVED, st, sizeof *st);
 }
@@ -495,9 +880,13 @@ void lt_ac_stash_free(lt_ac_stash *st) {
 const lt_stash_policy *lt_ac_stash_policy(lt_ac_stash *st) { return &st->policy; }
 
 double lt_ac_stash_layer_eb(const lt_ac_stash *st, int node) {
-  if (node < 0 || node >= st->n_layers) return st->cfg.mode == LT_AC_FIXED ? st->cfg.eb : 0;
+  if (node < 0 || node >= st->n_layers || !st->layers[node].seen)
+    return st->cfg.mode == LT_AC_FIXED      ? st->cfg.eb
+           : st->cfg.mode == LT_AC_ADAPTIVE ? st->cfg.initial_eb
+                                            : 0;
   const ac_layer *l = &st->layers[node];
-  if (l->kind == LT_SAVE_WEIGHT_INPUT && st->cfg.mode == LT_AC_ADAPTIVE) return l->eb;
+  if (l->kind == LT_SAVE_WEIGHT_INPUT && st->cfg.mode == LT_AC_ADAPTIVE)
+    return l->eb > 0 ? l->eb : st->cfg.initial_eb;
   if (l->kind == LT_SAVE_WEIGHT_INPUT && st->cfg.mode == LT_AC_FIXED) return st->cfg.eb;
   return l->eb_used; /* relative bounds and batch-norm inputs depend on the data: the last one */
 }

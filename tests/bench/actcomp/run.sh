@@ -15,7 +15,9 @@
 #             $RESNET_EPOCHS > 0 instead trains that many epochs with validation (accuracy at the
 #             same budget; hours on a CPU).
 #   cap       the largest batch ResNet-20 trains at under a memory cap of $CAP_MIB MiB (default
-#             512) of training state, exact and compressed (actcomp_batch_cap).
+#             512) of training state, exact and compressed (actcomp_batch_cap): adaptive with the
+#             spec's exact first window, adaptive with initial_eb 0.01 (the first window
+#             compressed at that conservative bound), fixed at 0.05.
 # Every figure is printed with the machine's core count and load; timings on a shared machine are
 # noisy, so the step time is a median of per-step figures.
 set -eu
@@ -38,8 +40,10 @@ mkjob() { /usr/bin/python3 "$root/tests/actcomp/make_job.py" "$@"; }
 echo "machine: $(nproc) cores, load $(cut -d' ' -f1-3 /proc/loadavg), $(date -u +%FT%TZ), commit $(git -C "$root" rev-parse --short HEAD)"
 
 # run NAME JOBFILE: runs the job, keeps its event log as $work/NAME.log.
+# The process CPU time (user + system seconds) goes to $work/NAME.cpu: on a shared machine it is
+# a steadier measure of the codec's cost than wall time.
 run() {
-  "$lathe" run "$2" --out "$work/$1.out" > "$work/$1.log" 2> "$work/$1.err" ||
+  /usr/bin/time -f "%U %S" -o "$work/$1.cpu" "$lathe" run "$2" --out "$work/$1.out" > "$work/$1.log" 2> "$work/$1.err" ||
     { echo "$1 failed: $(tail -n 2 "$work/$1.err")" >&2; exit 1; }
 }
 
@@ -92,6 +96,9 @@ resnet20)
   /usr/bin/python3 - "$work" <<'PY'
 import json, statistics, sys
 work = sys.argv[1]
+def cpu(n):
+    u, sy = open(f"{work}/{n}.cpu").read().split()[-2:]
+    return float(u) + float(sy)
 def load(n):
     ev = [json.loads(l) for l in open(f"{work}/{n}.log") if l.startswith("{")]
     res = [e for e in ev if e["type"] == "result"][0]["summary"]
@@ -114,7 +121,10 @@ for n in ("r20.adaptive.exact", "r20.adaptive.lossy"):
           f"less than the exact run's {exact_saved/2**20:.1f} MiB; per-layer accounting "
           f"{c['peak_saved_bytes_before']/2**20:.1f} MiB -> {c['peak_ratio']:.2f}x (last step {c['ratio']:.2f}x); "
           f"whole-run allocator peak {r['memory_peak_bytes']['activations_saved']/2**20:.1f} MiB (exact first "
-          f"window); median step {128/t*1000:.0f} ms, overhead {100*(tb/t-1):+.1f}%; val acc {r['final']['val_accuracy']}")
+          f"window); median step {128/t*1000:.0f} ms, overhead {100*(tb/t-1):+.1f}% (process CPU time "
+          f"{cpu(n):.0f} s vs {cpu('r20.off.exact'):.0f} s: {100*(cpu(n)/cpu('r20.off.exact')-1):+.1f}%); val acc {r['final']['val_accuracy']}")
+    rebuilt = [l for l in c["layers"] if l["kind"] == "weight_input" and l["bytes_after"] < 1024]
+    print(f"   conv inputs rebuilt from a batch-norm entry and a ReLU mask (nothing of their own): {len(rebuilt)}")
     kinds = {}
     for l in c["layers"]:
         k = kinds.setdefault(l["kind"], [0, 0])
@@ -125,7 +135,7 @@ PY
   ;;
 cap)
   [ -f "$CIFAR" ] || { echo "cap: $CIFAR absent, skipped"; continue; }
-  for mode in off adaptive-bnlossy fixed-bnlossy; do
+  for mode in off adaptive-bnlossy-exactfirst adaptive-bnlossy fixed-bnlossy; do
     param=$( [ "$mode" = fixed-bnlossy ] && echo 0.05 || echo 0.1 )
     echo "cap $CAP_MIB MiB: $("$build/bin/actcomp_batch_cap" "$CIFAR" test resnet20 "$CAP_MIB" "$mode" "$param")"
   done
