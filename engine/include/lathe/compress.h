@@ -186,7 +186,8 @@ lt_status lt_lat_table_add(lt_lat_table *t, const lt_lat_entry *e, lt_err *err);
 const lt_lat_entry *lt_lat_lookup(const lt_lat_table *t, const lt_compress_layer *l);
 void lt_lat_table_free(lt_lat_table *t);
 /* Copies latencies from the table into the layers (dense_ms, ms per candidate), with candidates
- * re-derived as multiples of step. LT_ERR_INVALID when a layer's shape or a rank is missing. */
+ * re-derived as multiples of step; a shape present only with the other bias setting is taken as
+ * it is. LT_ERR_INVALID when a layer's shape or a rank is missing. */
 lt_status lt_compress_layers_set_latency(lt_compress_layer *l, int n, const lt_lat_table *t,
                                          int step, lt_err *err);
 
