@@ -110,6 +110,11 @@ TEST_CASE(compress_job_meets_target_caches_table_and_refuses_bad_input) {
   CHECK(num(r, "flops_reduction") >= 0.6 - 1e-9);
   /* The right data, model and normalisation: the reference is 80.73% on the whole test split. */
   CHECK(num(r, "accuracy_before") > 0.7);
+  /* fine-tuned, distilled from the original by default */
+  const cJSON *ft = cJSON_GetObjectItemCaseSensitive(r, "finetune");
+  CHECK(num(ft, "steps") == 4);
+  CHECK(isfinite(num(cJSON_GetObjectItemCaseSensitive(ft, "distill"), "alpha")));
+  CHECK(isfinite(num(r, "accuracy_before_finetune")));
   const cJSON *layers = cJSON_GetObjectItemCaseSensitive(r, "layers");
   CHECK(cJSON_GetArraySize(layers) == 18);
   const cJSON *l0 = cJSON_GetArrayItem(layers, 0);
@@ -152,6 +157,18 @@ TEST_CASE(compress_job_meets_target_caches_table_and_refuses_bad_input) {
   CHECK(cJSON_IsTrue(cJSON_GetObjectItemCaseSensitive(target, "met")));
   CHECK_STR_CONTAINS(ev, "latency table from");
   cJSON_Delete(r);
+  free(ev);
+
+  /* Fine-tuning given both as steps and as epochs. */
+  spec_small(spec, sizeof spec, MODEL, DATA "/cifar10-jpeg.h5", "{}", 2, 3, "[]");
+  char *at = strstr(spec, "\"finetune\": {");
+  REQUIRE(at != NULL);
+  at += strlen("\"finetune\": {");
+  memmove(at + 15, at, strlen(at) + 1);
+  memcpy(at, "\"epochs\": 0.5, ", 15);
+  rc = run_job(spec, "both", &ev);
+  CHECK(rc == 2);
+  CHECK_STR_CONTAINS(ev, "steps or epochs, not both");
   free(ev);
 
   /* A model with no compressible layer: 1x1 conv, global pool, flatten. */

@@ -7,6 +7,13 @@ import { barChart, MetricCharts } from '../charts.js';
 const pct = (v) => (typeof v === 'number' ? `${(v * 100).toFixed(2)}%` : '–');
 const ms = (v) => (typeof v === 'number' ? `${fmtNum(v)} ms` : '–');
 
+function fineTuning(f) {
+  if (!f || f.steps == null) return 'none';
+  const d = f.distill && typeof f.distill === 'object'
+    ? `distilled from the original (alpha ${f.distill.alpha}, T ${f.distill.temperature})` : 'cross-entropy only';
+  return `${f.steps} steps (${fmtNum(f.epochs)} epochs) of batch ${f.batch_size}, ${f.schedule} from lr ${f.lr}, ${d}, from the ${f.init || 'searched'} weights`;
+}
+
 export function renderCompress(box, r, charts) {
   if (!r) return;
   const tgt = r.target || {};
@@ -17,7 +24,8 @@ export function renderCompress(box, r, charts) {
     h('dt', {}, 'Target'), h('dd', {}, `${tgt.kind || '–'} ≤ ${fmtNum(tgt.value)} (before ${fmtNum(tgt.before)}, achieved ${fmtNum(tgt.achieved)}${tgt.met ? ', met' : ', NOT met'})`),
     h('dt', {}, 'FLOPs (MACs)'), h('dd', {}, `${fmtNum(r.flops_before, 0)} → ${fmtNum(r.flops_after, 0)} (−${pct(r.flops_reduction)})`),
     h('dt', {}, 'Parameters'), h('dd', {}, `${fmtNum(r.params_before, 0)} → ${fmtNum(r.params_after, 0)}`),
-    h('dt', {}, 'Accuracy'), h('dd', {}, `${pct(r.accuracy_before)} → ${pct(r.accuracy_after)}`),
+    h('dt', {}, 'Accuracy'), h('dd', {}, `${pct(r.accuracy_before)} → ${pct(r.accuracy_after)}${r.accuracy_before_finetune == null ? '' : ` (${pct(r.accuracy_before_finetune)} before fine-tuning)`}`),
+    h('dt', {}, 'Fine-tuning'), h('dd', {}, fineTuning(r.finetune)),
     h('dt', {}, `Latency, batch ${r.latency_batch ?? '–'}`), h('dd', {}, `${ms(r.latency_ms_before)} → ${ms(r.latency_ms_after)} (×${fmtNum(r.speedup_measured)})`),
     h('dt', {}, 'Latency, batch 1'), h('dd', {}, `${ms(r.latency_ms_before_batch1)} → ${ms(r.latency_ms_after_batch1)} (×${fmtNum(r.speedup_measured_batch1)})`),
     h('dt', {}, 'Predicted latency'), h('dd', {}, r.latency_ms_predicted == null ? 'not comparable (table from another device or an estimate)' : `${ms(r.latency_ms_predicted)} (error ${pct(r.latency_prediction_error)})`)));
