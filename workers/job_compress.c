@@ -521,6 +521,33 @@ static int jc_baseline(jc *c, const char *name, const int *pick, cJSON *out, dou
   return rc;
 }
 
+/* Every baseline the spec asks for, at the job's target, each fine-tuned with the same budget;
+ * results under res.baselines. */
+static int jc_baselines(jc *c, cJSON *res) {
+  cJSON *bl = cJSON_AddObjectToObject(res, "baselines");
+  const cJSON *b;
+  int nb = cJSON_GetArraySize(jc_obj(c->spec, "baselines")), ib = 0;
+  cJSON_ArrayForEach(b, jc_obj(c->spec, "baselines")) {
+    double f0 = 0.8 + 0.2 * ib / nb, f1 = 0.8 + 0.2 * (ib + 1) / nb;
+    ib++;
+    job_emit_progress(c->job, f0, b->valuestring, -1);
+    int *bp = calloc((size_t)c->n, sizeof(int));
+    if (!bp) return job_fail(c->job, JOB_EXIT_FAILED, "out of memory");
+    if (!strcmp(b->valuestring, "uniform")) jc_uniform(c, bp);
+    else if (jc_sensitivity(c, bp)) {
+      free(bp);
+      return jc_fail_engine(c, "sensitivity sweep");
+    }
+    int rc = jc_baseline(c, b->valuestring, bp, bl, f0, f1);
+    free(bp);
+    if (rc) return rc;
+    char ph[64];
+    snprintf(ph, sizeof ph, "baseline_%s", b->valuestring);
+    jc_phase_end(c, ph);
+  }
+  return JOB_EXIT_OK;
+}
+
 /* FNV-1a of the device and batch names the cache file of its latency table. */
 static void jc_cache_path(const jc *c, const char *dir, int probe_step, char *out, size_t cap) {
   char key[400];
@@ -761,6 +788,35 @@ int job_compress_run(job_ctx *job, cJSON **result) {
     job_emit_log(job, "warn", "the latency table is not a measurement of this device at batch %d: "
                  "the latency target covers the compressible layers only", c.lat_batch);
 
+  if (cJSON_IsTrue(jc_obj(spec, "baselines_only"))) {
+    /* The baselines alone at this target (to rerun or extend them without the search): the
+     * result holds the original model's figures, the target and the baselines. */
+    if (!cJSON_GetArraySize(jc_obj(spec, "baselines"))) {
+      rc = job_fail(job, JOB_EXIT_BAD_INPUT, "$.spec.baselines_only needs at least one baseline");
+      goto done;
+    }
+    if ((rc = jc_baselines(&c, res))) goto done;
+    cJSON_AddBoolToObject(res, "baselines_only", 1);
+    cJSON_AddNumberToObject(res, "flops_before", (double)lt_graph_macs(c.g));
+    cJSON_AddNumberToObject(res, "params_before", (double)lt_graph_params(c.g));
+    cJSON_AddNumberToObject(res, "accuracy_before", acc0);
+    cJSON_AddNumberToObject(res, "eval_samples", (double)c.test_view.n);
+    cJSON_AddNumberToObject(res, "latency_batch", c.lat_batch);
+    cJSON_AddNumberToObject(res, "latency_ms_before", ms0);
+    cJSON_AddStringToObject(res, "device", c.be->description);
+    cJSON *tb = cJSON_AddObjectToObject(res, "target");
+    cJSON_AddStringToObject(tb, "kind", jc_str(to, "kind", "flops"));
+    cJSON_AddNumberToObject(tb, "value", c.target);
+    cJSON_AddNumberToObject(tb, "before", before);
+    cJSON_AddItemToObject(res, "phases_s", c.phases);
+    c.phases = NULL;
+    job_emit_progress(job, 1, "done", 0);
+    *result = res;
+    res = NULL;
+    rc = JOB_EXIT_OK;
+    goto done;
+  }
+
   job_emit_progress(job, 0.15, "rank search", -1);
   lt_search_config sc = lt_search_config_default();
   sc.train = c.train;
@@ -894,31 +950,7 @@ int job_compress_run(job_ctx *job, cJSON **result) {
   job_emit_artifact(job, "model.onnx", path);
   jc_phase_end(&c, "evaluate");
 
-  cJSON *bl = cJSON_AddObjectToObject(res, "baselines");
-  const cJSON *b;
-  int nb = cJSON_GetArraySize(jc_obj(spec, "baselines")), ib = 0;
-  cJSON_ArrayForEach(b, jc_obj(spec, "baselines")) {
-    double f0 = 0.8 + 0.2 * ib / nb, f1 = 0.8 + 0.2 * (ib + 1) / nb;
-    ib++;
-    job_emit_progress(job, f0, b->valuestring, -1);
-    int *bp = calloc((size_t)c.n, sizeof(int));
-    if (!bp) {
-      rc = job_fail(job, JOB_EXIT_FAILED, "out of memory");
-      goto done;
-    }
-    if (!strcmp(b->valuestring, "uniform")) jc_uniform(&c, bp);
-    else if (jc_sensitivity(&c, bp)) {
-      free(bp);
-      rc = jc_fail_engine(&c, "sensitivity sweep");
-      goto done;
-    }
-    rc = jc_baseline(&c, b->valuestring, bp, bl, f0, f1);
-    free(bp);
-    if (rc) goto done;
-    char ph[64];
-    snprintf(ph, sizeof ph, "baseline_%s", b->valuestring);
-    jc_phase_end(&c, ph);
-  }
+  if ((rc = jc_baselines(&c, res))) goto done;
 
   double f_before = (double)lt_graph_macs(c.g), f_after = (double)lt_graph_macs(cg);
   cJSON_AddNumberToObject(res, "flops_before", f_before);

@@ -159,6 +159,23 @@ TEST_CASE(compress_job_meets_target_caches_table_and_refuses_bad_input) {
   cJSON_Delete(r);
   free(ev);
 
+  /* The baselines alone: same target, no search, the uniform baseline within it. */
+  spec_small(spec, sizeof spec, MODEL, DATA "/cifar10-jpeg.h5",
+             "{\"kind\": \"flops\", \"reduction\": 0.6}", 2, 2, "[\"uniform\"]");
+  strcpy(spec + strlen(spec) - 1, ", \"baselines_only\": true}");
+  rc = run_job(spec, "bonly", &ev);
+  CHECK_MSG(rc == 0, "baselines-only job exited %d", rc);
+  r = result_of(ev);
+  REQUIRE(r != NULL);
+  CHECK(cJSON_IsTrue(cJSON_GetObjectItemCaseSensitive(r, "baselines_only")));
+  CHECK(cJSON_GetObjectItemCaseSensitive(r, "accuracy_after") == NULL);
+  CHECK(num(cJSON_GetObjectItemCaseSensitive(cJSON_GetObjectItemCaseSensitive(r, "baselines"),
+                                             "uniform"), "flops") <=
+        num(cJSON_GetObjectItemCaseSensitive(r, "target"), "value"));
+  CHECK(strstr(ev, "rank search") == NULL);
+  cJSON_Delete(r);
+  free(ev);
+
   /* Fine-tuning given both as steps and as epochs. */
   spec_small(spec, sizeof spec, MODEL, DATA "/cifar10-jpeg.h5", "{}", 2, 3, "[]");
   char *at = strstr(spec, "\"finetune\": {");

@@ -12,7 +12,9 @@
 #   BENCH [all]: resnet20, smallcnn or all
 #   FINETUNE_EPOCHS [1] (or FINETUNE_STEPS instead), FINETUNE_LR [0.02], FINETUNE_BATCH [128],
 #   DISTILL_ALPHA [0.5], DISTILL_T [4], SEARCH_STEPS [200], EVAL_SAMPLES [0 = the full test split],
-#   BASELINES ["uniform"] (e.g. "uniform", "sensitivity"), THREADS [2],
+#   BASELINES ["uniform"] (e.g. "uniform", "sensitivity"), BASELINES_ONLY [false]: true runs
+#   the baselines alone (no search; e.g. in a second process beside a run with BASELINES=" "),
+#   THREADS [2],
 #   SMALLCNN_TRAIN_EPOCHS [3]: training of the small CNN before it is compressed.
 # With the defaults the ResNet-20 part takes about 40 minutes on a shared 2-core machine; the
 # figures in the closing note of issue 6 used FINETUNE_EPOCHS=4.
@@ -35,29 +37,38 @@ summary() { # events.jsonl wall_seconds
   /usr/bin/python3 - "$1" "$2" <<'PY'
 import json, sys
 res = [json.loads(l) for l in open(sys.argv[1]) if l.startswith('{"type":"result"')][-1]["summary"]
-b = res["baselines"]
+b = res.get("baselines", {})
+g = lambda k: res.get(k)
+r4 = lambda v: None if v is None else round(v, 4)
 out = {
-    "device": res["device"],
-    "eval_samples": res["eval_samples"],
-    "flops_before": res["flops_before"], "flops_after": res["flops_after"],
-    "flops_reduction": round(res["flops_reduction"], 4),
-    "accuracy_before": res["accuracy_before"], "accuracy_after": res["accuracy_after"],
-    "accuracy_delta_pp": round(100 * (res["accuracy_after"] - res["accuracy_before"]), 2),
-    "accuracy_before_finetune": res["accuracy_before_finetune"],
-    "finetune": res["finetune"],
-    "latency_ms_batch64": [res["latency_ms_before"], res["latency_ms_after"]],
-    "speedup_batch64": round(res["speedup_measured"], 3),
-    "latency_ms_batch1": [res["latency_ms_before_batch1"], res["latency_ms_after_batch1"]],
-    "speedup_batch1": round(res["speedup_measured_batch1"], 3),
-    "latency_prediction_error": res["latency_prediction_error"],
+    "device": g("device"),
+    "eval_samples": g("eval_samples"),
+    "flops_before": g("flops_before"), "flops_after": g("flops_after"),
+    "flops_reduction": r4(g("flops_reduction")),
+    "accuracy_before": g("accuracy_before"), "accuracy_after": g("accuracy_after"),
+    "accuracy_before_finetune": g("accuracy_before_finetune"),
+    "finetune": g("finetune"),
+    "latency_ms_batch64": [g("latency_ms_before"), g("latency_ms_after")],
+    "speedup_batch64": r4(g("speedup_measured")),
+    "latency_ms_batch1": [g("latency_ms_before_batch1"), g("latency_ms_after_batch1")],
+    "speedup_batch1": r4(g("speedup_measured_batch1")),
+    "latency_ms_predicted": g("latency_ms_predicted"),
+    "latency_prediction_error": g("latency_prediction_error"),
     "phases_s": {k: round(v, 1) for k, v in res["phases_s"].items()},
     "wall_s": int(sys.argv[2]),
 }
+if g("accuracy_after") is not None:
+    out["accuracy_delta_pp"] = round(100 * (res["accuracy_after"] - res["accuracy_before"]), 2)
+if g("baselines_only"):
+    out = {k: v for k, v in out.items() if v is not None and v != [None, None]}
+    out["baselines_only"] = True
 for name, v in b.items():
-    out["baseline_" + name] = {"flops": v["flops"], "accuracy": v["accuracy"],
+    out["baseline_" + name] = {"flops": v["flops"], "flops_reduction": round(1 - v["flops"] / res["flops_before"], 4),
+                               "accuracy": v["accuracy"],
                                "accuracy_before_finetune": v["accuracy_before_finetune"],
-                               "latency_ms": v["latency_ms"],
-                               "search_minus_baseline_pp": round(100 * (res["accuracy_after"] - v["accuracy"]), 2)}
+                               "latency_ms": v["latency_ms"], "finetune": v["finetune"]}
+    if g("accuracy_after") is not None:
+        out["baseline_" + name]["search_minus_baseline_pp"] = round(100 * (res["accuracy_after"] - v["accuracy"]), 2)
 print(json.dumps(out, indent=1))
 PY
 }
@@ -73,7 +84,7 @@ run_compress() { # name model_json dataset normalisation_json augmentation_json
   "target": {"kind": "flops", "reduction": 0.7},
   "search": {"steps": ${SEARCH_STEPS:-200}, "batch_size": 32},
   "finetune": $finetune,
-  "baselines": [$baselines],
+  "baselines": [$baselines], "baselines_only": ${BASELINES_ONLY:-false},
   "sensitivity": {"ratios": 5, "samples": 256},
   "latency": {"batch": 64, "cache_dir": "$out/cache"},
   "augmentation": $5,

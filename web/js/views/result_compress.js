@@ -18,6 +18,7 @@ export function renderCompress(box, r, charts) {
   if (!r) return;
   const tgt = r.target || {};
   const table_ = r.latency_table || {};
+  if (r.baselines_only) box.append(h('p', {}, 'Baselines only: no search was run; the table compares them with the original model.'));
   box.append(h('dl', { class: 'facts' },
     h('dt', {}, 'Device'), h('dd', {}, r.device || '–'),
     h('dt', {}, 'Latency table'), h('dd', {}, `${table_.device || '–'}, batch ${table_.batch ?? '–'}, rank step ${table_.rank_step ?? '–'}${table_.estimated ? ' (roofline ESTIMATE)' : ''}`),
@@ -59,7 +60,8 @@ export function renderCompress(box, r, charts) {
   }
 
   const bl = r.baselines || {};
-  const rows = [{ name: 'searched (HALOC)', flops: r.flops_after, params: r.params_after, accuracy: r.accuracy_after, latency_ms: r.latency_ms_after }]
+  const rows = (r.baselines_only ? [{ name: 'original', flops: r.flops_before, params: r.params_before, accuracy: r.accuracy_before, latency_ms: r.latency_ms_before }]
+    : [{ name: 'searched (HALOC)', flops: r.flops_after, params: r.params_after, accuracy: r.accuracy_after, latency_ms: r.latency_ms_after }])
     .concat(Object.keys(bl).map((k) => ({ name: k, ...bl[k] })));
   box.append(table([
     { label: 'Method', value: (b) => b.name },
