@@ -401,7 +401,10 @@ static double jc_ranks_cost(const jc *c, const int *pick /* candidate indices, -
 }
 
 /* Uniform rank ratio: every layer at the largest candidate ≤ ratio·min(S, C) (its smallest when
- * none), the ratio bisected to the largest that meets the target. */
+ * none), the ratio bisected to the largest that meets the target. On a coarse rank grid that can
+ * land far under the target (ResNet-20 at 70% fewer FLOPs: 79%), so the rest of the budget is
+ * then spent one candidate at a time on the layer with the lowest rank ratio that still fits:
+ * ratios stay as even as the grid allows, at (nearly) the search's cost. */
 static void jc_uniform(const jc *c, int *pick) {
   double lo = 0, hi = 1;
   int *tmp = malloc(sizeof(int) * (size_t)c->n);
@@ -420,6 +423,21 @@ static void jc_uniform(const jc *c, int *pick) {
   if (lo == 0)
     for (int l = 0; l < c->n; l++) pick[l] = 0;
   free(tmp);
+  for (;;) {
+    int best = -1;
+    double best_ratio = 2;
+    for (int l = 0; l < c->n; l++) {
+      const lt_compress_layer *y = &c->L[l];
+      if (pick[l] + 1 >= y->n_cand) continue;
+      pick[l]++;
+      int fits = jc_ranks_cost(c, pick) <= c->target;
+      pick[l]--;
+      double ratio = (double)y->cand[pick[l]] / (y->s < y->c ? y->s : y->c);
+      if (fits && ratio < best_ratio) best = l, best_ratio = ratio;
+    }
+    if (best < 0) break;
+    pick[best]++;
+  }
 }
 
 /* AIMET-style greedy sensitivity: each layer alone at each of Q rank levels (candidate fraction
