@@ -16,8 +16,11 @@
 #   the baselines alone (no search; e.g. in a second process beside a run with BASELINES=" "),
 #   THREADS [2],
 #   SMALLCNN_TRAIN_EPOCHS [3]: training of the small CNN before it is compressed.
-# With the defaults the ResNet-20 part takes about 40 minutes on a shared 2-core machine; the
-# figures in the closing note of issue 6 used FINETUNE_EPOCHS=4.
+# The ResNet-20 figures of issue 6 (load average 13-22 on 2 cores, nice 10) came from two
+# processes side by side, each about 50 minutes:
+#   BENCH=resnet20 FINETUNE_EPOCHS=2 FINETUNE_LR=0.05 BASELINES=" " run.sh BUILD OUT1
+#   BENCH=resnet20 FINETUNE_EPOCHS=2 FINETUNE_LR=0.05 BASELINES='"uniform"' BASELINES_ONLY=true run.sh BUILD OUT2
+# and the small CNN's from BENCH=smallcnn BASELINES='"uniform", "sensitivity"' (about 50 minutes).
 set -eu
 root=$(cd "$(dirname "$0")/../../.." && pwd)
 build=${1:-$root/build}
