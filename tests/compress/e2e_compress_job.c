@@ -100,8 +100,13 @@ TEST_CASE(compress_job_meets_target_caches_table_and_refuses_bad_input) {
                                  "params_after", "accuracy_before", "accuracy_after",
                                  "latency_ms_before", "latency_ms_after", "speedup_measured",
                                  "latency_prediction_error"};
-  for (size_t i = 0; i < sizeof fields / sizeof *fields; i++)
+  for (size_t i = 0; i < sizeof fields / sizeof *fields; i++) {
+    /* a busy machine: the job says why it could not check the prediction */
+    if (!strcmp(fields[i], "latency_prediction_error") &&
+        cJSON_IsString(cJSON_GetObjectItemCaseSensitive(r, "latency_prediction_note")))
+      continue;
     CHECK_MSG(isfinite(num(r, fields[i])), "result field %s missing or not a number", fields[i]);
+  }
   CHECK(cJSON_IsString(cJSON_GetObjectItemCaseSensitive(r, "device")));
   const cJSON *target = cJSON_GetObjectItemCaseSensitive(r, "target");
   double T = num(target, "value");
@@ -110,6 +115,11 @@ TEST_CASE(compress_job_meets_target_caches_table_and_refuses_bad_input) {
   CHECK(num(r, "flops_reduction") >= 0.6 - 1e-9);
   /* The right data, model and normalisation: the reference is 80.73% on the whole test split. */
   CHECK(num(r, "accuracy_before") > 0.7);
+  /* fine-tuned, distilled from the original by default */
+  const cJSON *ft = cJSON_GetObjectItemCaseSensitive(r, "finetune");
+  CHECK(num(ft, "steps") == 4);
+  CHECK(isfinite(num(cJSON_GetObjectItemCaseSensitive(ft, "distill"), "alpha")));
+  CHECK(isfinite(num(r, "accuracy_before_finetune")));
   const cJSON *layers = cJSON_GetObjectItemCaseSensitive(r, "layers");
   CHECK(cJSON_GetArraySize(layers) == 18);
   const cJSON *l0 = cJSON_GetArrayItem(layers, 0);
@@ -152,6 +162,35 @@ TEST_CASE(compress_job_meets_target_caches_table_and_refuses_bad_input) {
   CHECK(cJSON_IsTrue(cJSON_GetObjectItemCaseSensitive(target, "met")));
   CHECK_STR_CONTAINS(ev, "latency table from");
   cJSON_Delete(r);
+  free(ev);
+
+  /* The baselines alone: same target, no search, the uniform baseline within it. */
+  spec_small(spec, sizeof spec, MODEL, DATA "/cifar10-jpeg.h5",
+             "{\"kind\": \"flops\", \"reduction\": 0.6}", 2, 2, "[\"uniform\"]");
+  strcpy(spec + strlen(spec) - 1, ", \"baselines_only\": true}");
+  rc = run_job(spec, "bonly", &ev);
+  CHECK_MSG(rc == 0, "baselines-only job exited %d", rc);
+  r = result_of(ev);
+  REQUIRE(r != NULL);
+  CHECK(cJSON_IsTrue(cJSON_GetObjectItemCaseSensitive(r, "baselines_only")));
+  CHECK(cJSON_GetObjectItemCaseSensitive(r, "accuracy_after") == NULL);
+  CHECK(num(cJSON_GetObjectItemCaseSensitive(cJSON_GetObjectItemCaseSensitive(r, "baselines"),
+                                             "uniform"), "flops") <=
+        num(cJSON_GetObjectItemCaseSensitive(r, "target"), "value"));
+  CHECK(strstr(ev, "rank search") == NULL);
+  cJSON_Delete(r);
+  free(ev);
+
+  /* Fine-tuning given both as steps and as epochs. */
+  spec_small(spec, sizeof spec, MODEL, DATA "/cifar10-jpeg.h5", "{}", 2, 3, "[]");
+  char *at = strstr(spec, "\"finetune\": {");
+  REQUIRE(at != NULL);
+  at += strlen("\"finetune\": {");
+  memmove(at + 15, at, strlen(at) + 1);
+  memcpy(at, "\"epochs\": 0.5, ", 15);
+  rc = run_job(spec, "both", &ev);
+  CHECK(rc == 2);
+  CHECK_STR_CONTAINS(ev, "steps or epochs, not both");
   free(ev);
 
   /* A model with no compressible layer: 1x1 conv, global pool, flatten. */

@@ -1,34 +1,44 @@
-/* Predicted whole-model latency of a compressed model is within 10% of the measured one. The
- * prediction is the job's: the dense model's measured latency, minus the latency of each
+/* Predicted whole-model latency of a compressed model is within 10% of the measured one (issue 6).
+ * The prediction is the job's: the dense model's measured latency, minus the latency of each
  * factorised layer's dense conv, plus that of its Tucker-2 block at the chosen rank, each timed
  * alone (lt_lat_measure_layer, as the profiler times table entries). ResNet-20 (zoo weights:
- * latency does not depend on values) at batch 16 on the CPU backend.
+ * latency does not depend on values) at batch 16 on the CPU backend, at two rank settings.
  *
- * The machine is shared by several builds, and its speed drifts by 2x over seconds, so every
- * quantity is measured in interleaved rounds and each takes its median over the rounds: drift
- * then hits all of them alike instead of whichever happened to run during a busy second. When
- * the machine is oversubscribed (1-minute load above twice its cores) no timing means anything
- * and the test skips (77) saying so. */
+ * On a shared 2-core machine wall time swings 2-3x with the other processes, and the dense
+ * model's wall latency with two threads was bimodal from run to run; so the check runs on one
+ * thread and times with the process's CPU time (lt_lat_opts.cpu_time), which other processes do
+ * not inflate, in interleaved rounds with each quantity the median over the rounds. What it pins
+ * is the prediction model itself: it failed (+10..+13%) while the profiler timed every block
+ * with a bias the model's bias-free convs do not have (a separate pass on the CPU, ~10% of a
+ * small block), and passes (+3..+7% here) since the bias is part of the table's key.
+ *
+ * By hand, with threads and wall time: compress_e2e_latency THREADS WALL(0|1) [BATCH [ROUNDS]]. */
+#include <stdlib.h>
 #include <unistd.h>
 
 #include "lathe/backend.h"
 #include "lathe/compress.h"
+#include "lathe/train.h"
 #include "lathe/zoo.h"
 #include "test.h"
 
-enum { ROUNDS = 9, BATCH = 16 };
+enum { MAX_ROUNDS = 15 };
+static int threads = 1, wall = 0, batch = 16, rounds = 7;
 
 static int cmp(const void *a, const void *b) {
   double x = *(const double *)a, y = *(const double *)b;
   return (x > y) - (x < y);
 }
 
-static double median(double *v, int n) {
-  qsort(v, (size_t)n, sizeof *v, cmp);
-  return v[n / 2];
+static double median(const double *v, int n) {
+  double t[MAX_ROUNDS];
+  memcpy(t, v, sizeof(double) * (size_t)n);
+  qsort(t, (size_t)n, sizeof *t, cmp);
+  return t[n / 2];
 }
 
-TEST_CASE(predicted_latency_within_10_percent_of_measured) {
+/* Relative error of the prediction for ResNet-20 with every layer at candidate pick(n_cand). */
+static void check_prediction(int (*pick)(int n_cand), const char *what) {
   lt_err err = {0};
   lt_backend *be = lt_backend_get("cpu", &err);
   lt_zoo_opts o = {.seed = 1};
@@ -37,42 +47,71 @@ TEST_CASE(predicted_latency_within_10_percent_of_measured) {
   lt_compress_layer *L;
   int n;
   REQUIRE(lt_compress_layers_find(g, 8, &L, &n, &err) == LT_OK);
+  REQUIRE(n > 0 && n <= 64);
   int ranks[64];
-  for (int l = 0; l < n; l++) ranks[l] = L[l].cand[L[l].n_cand / 2]; /* a middle candidate */
+  for (int l = 0; l < n; l++) ranks[l] = L[l].cand[pick(L[l].n_cand)];
   REQUIRE(lt_compress_apply(h, L, n, ranks, &err) == LT_OK);
-  lt_lat_opts lo = {.min_reps = 3, .max_reps = 5};
-  double before[ROUNDS], after[ROUNDS], dense[64][ROUNDS], block[64][ROUNDS];
-  for (int r = 0; r < ROUNDS; r++) {
-    REQUIRE(lt_lat_measure_graph(g, be, BATCH, &lo, &before[r], &err) == LT_OK);
+  lt_lat_opts lo = {.min_reps = 3, .max_reps = 5, .cpu_time = !wall};
+  double before[MAX_ROUNDS], after[MAX_ROUNDS], dense[64][MAX_ROUNDS], block[64][MAX_ROUNDS];
+  for (int r = 0; r < rounds; r++) {
+    REQUIRE(lt_lat_measure_graph(g, be, batch, &lo, &before[r], &err) == LT_OK);
     for (int l = 0; l < n; l++) {
-      REQUIRE(lt_lat_measure_layer(&L[l], 0, be, BATCH, &lo, &dense[l][r], &err) == LT_OK);
-      REQUIRE(lt_lat_measure_layer(&L[l], ranks[l], be, BATCH, &lo, &block[l][r], &err) == LT_OK);
+      REQUIRE(lt_lat_measure_layer(&L[l], 0, be, batch, &lo, &dense[l][r], &err) == LT_OK);
+      REQUIRE(lt_lat_measure_layer(&L[l], ranks[l], be, batch, &lo, &block[l][r], &err) == LT_OK);
     }
-    REQUIRE(lt_lat_measure_graph(h, be, BATCH, &lo, &after[r], &err) == LT_OK);
+    REQUIRE(lt_lat_measure_graph(h, be, batch, &lo, &after[r], &err) == LT_OK);
   }
-  double pred = median(before, ROUNDS), meas = median(after, ROUNDS);
-  printf("dense model %.2f ms", pred);
-  for (int l = 0; l < n; l++) pred += median(block[l], ROUNDS) - median(dense[l], ROUNDS);
-  printf(", compressed: predicted %.2f ms, measured %.2f ms (%+.1f%%)\n", pred, meas,
-         100 * (pred - meas) / meas);
-  CHECK_MSG(fabs(pred - meas) <= 0.10 * meas, "prediction off by %.1f%%",
+  double pred = median(before, rounds), meas = median(after, rounds), sd = 0, sb = 0;
+  for (int l = 0; l < n; l++) sd += median(dense[l], rounds), sb += median(block[l], rounds);
+  pred += sb - sd;
+  printf("%s: dense model %.2f ms (its dense layers alone %.2f), compressed: blocks alone %.2f, "
+         "predicted %.2f ms, measured %.2f ms (%+.1f%%) [%s, %d thread(s), batch %d, %d rounds]\n",
+         what, median(before, rounds), sd, sb, pred, meas, 100 * (pred - meas) / meas,
+         wall ? "wall time" : "CPU time", threads, batch, rounds);
+  CHECK_MSG(fabs(pred - meas) <= 0.10 * meas, "%s: prediction off by %.1f%%", what,
             100 * (pred - meas) / meas);
   free(L);
   lt_graph_free(g);
   lt_graph_free(h);
 }
 
-int main(void) {
+static int middle(int n_cand) { return n_cand / 2; }
+static int smallest(int n_cand) { (void)n_cand; return 0; }
+
+TEST_CASE(predicted_latency_within_10_percent_middle_ranks) {
+  check_prediction(middle, "middle ranks");
+}
+
+TEST_CASE(predicted_latency_within_10_percent_smallest_ranks) {
+  check_prediction(smallest, "smallest ranks");
+}
+
+int main(int argc, char **argv) {
+  if (argc > 1) threads = atoi(argv[1]);
+  if (argc > 2) wall = atoi(argv[2]);
+  if (argc > 3) batch = atoi(argv[3]);
+  if (argc > 4) rounds = atoi(argv[4]);
+  if (threads < 1 || batch < 1 || rounds < 1 || rounds > MAX_ROUNDS) {
+    fprintf(stderr, "usage: %s [THREADS [WALL(0|1) [BATCH [ROUNDS <= %d]]]]\n", argv[0],
+            MAX_ROUNDS);
+    return 2;
+  }
+  /* CPU time is immune to waiting for a core but not to sharing the caches and memory bus: with
+   * more than eight runnable threads per core (other builds, test suites, training runs) the
+   * standalone layers and the whole model are slowed unequally (seen at load 20 on 2 cores), so
+   * the check skips then, saying so. It runs, and has caught a real fault, below that. */
   double load = 0;
   FILE *f = fopen("/proc/loadavg", "r");
   if (f && fscanf(f, "%lf", &load) != 1) load = 0;
   if (f) fclose(f);
   long cores = sysconf(_SC_NPROCESSORS_ONLN);
-  if (load > 2.0 * (double)cores) {
-    printf("skip: load average %.1f on %ld cores; latency cannot be measured here now\n", load,
+  if (load > 8.0 * (double)cores) {
+    printf("skip: load average %.1f on %ld cores; latency cannot be compared here now\n", load,
            cores);
     return 77;
   }
-  RUN(predicted_latency_within_10_percent_of_measured);
+  lt_train_set_threads(threads);
+  RUN(predicted_latency_within_10_percent_middle_ranks);
+  RUN(predicted_latency_within_10_percent_smallest_ranks);
   return test_summary();
 }

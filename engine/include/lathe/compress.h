@@ -27,6 +27,7 @@
 
 #include "lathe/data.h"
 #include "lathe/exec.h"
+#include "lathe/train.h"
 
 #ifdef __cplusplus
 extern "C" {
@@ -91,6 +92,7 @@ typedef struct lt_compress_layer {
   int s, c, kh, kw;            /* weight (s, c, kh, kw) */
   int in_h, in_w, out_h, out_w;
   lt_node_attrs a;             /* the conv's geometry (stride, pads, dilation) */
+  int bias;                    /* 1: the conv adds a bias (the factorised block's last conv will) */
   int max_rank;                /* largest tied rank cheaper than dense in MACs (multiple of step) */
   int n_cand;
   int cand[LT_COMPRESS_MAX_CAND]; /* ascending ranks, multiples of the step, ≤ max_rank */
@@ -127,6 +129,8 @@ lt_status lt_compress_apply(lt_graph *g, const lt_compress_layer *l, int n, cons
 typedef struct lt_lat_entry {
   int s, c, kh, kw, in_h, in_w;
   int stride[2], pads[4], dilation[2];
+  int bias;        /* timed with a bias (part of the key: on the CPU a 1x1 conv adds its bias in
+                      a separate pass worth ~10% of a small block) */
   double dense_ms;
   int n;
   int ranks[LT_COMPRESS_MAX_CAND]; /* ascending */
@@ -149,6 +153,9 @@ typedef struct lt_lat_opts {
   int min_reps, max_reps; /* 0: 5 and 40 */
   double max_s;     /* time cap per measurement (seconds); 0: 0.5 */
   double rel_tol;   /* stop once the median moves less than this; 0: 0.02 */
+  int cpu_time;     /* 1: the process's CPU time (all threads) instead of wall time: immune to
+                       other processes taking the cores, for checks on a shared machine; equals
+                       wall time only when this process runs one thread and never waits */
 } lt_lat_opts;
 
 /* Peak figures of a device for a roofline estimate. */
@@ -179,7 +186,8 @@ lt_status lt_lat_table_add(lt_lat_table *t, const lt_lat_entry *e, lt_err *err);
 const lt_lat_entry *lt_lat_lookup(const lt_lat_table *t, const lt_compress_layer *l);
 void lt_lat_table_free(lt_lat_table *t);
 /* Copies latencies from the table into the layers (dense_ms, ms per candidate), with candidates
- * re-derived as multiples of step. LT_ERR_INVALID when a layer's shape or a rank is missing. */
+ * re-derived as multiples of step; a shape present only with the other bias setting is taken as
+ * it is. LT_ERR_INVALID when a layer's shape or a rank is missing. */
 lt_status lt_compress_layers_set_latency(lt_compress_layer *l, int n, const lt_lat_table *t,
                                          int step, lt_err *err);
 
@@ -246,6 +254,28 @@ lt_search_config lt_search_config_default(void);
 lt_status lt_compress_search(const lt_graph *g, lt_backend *be, const lt_compress_layer *l, int n,
                              const lt_search_config *c, int *ranks, lt_graph **trained_out,
                              lt_err *err);
+
+/* ---- distillation for fine-tuning ------------------------------------------------------------ */
+
+/* Knowledge-distillation loss summed over n rows of k logits (student s, teacher t):
+ *   alpha·T²·KL(softmax(t/T) ‖ softmax(s/T)) + (1 − alpha)·CE(s, label)
+ * (torch: alpha·T²·kl_div(log_softmax(s/T), softmax(t/T), 'sum') + (1 − alpha)·cross_entropy(s, y,
+ * 'sum')). When ds is non-NULL it receives the gradient of (sum × scale) with respect to s;
+ * *correct (may be NULL) counts argmax(s) == label. A label outside [0, k) makes the loss NaN. */
+double lt_distill_loss(int n, int k, const float *s, const float *t, const int32_t *labels,
+                       double alpha, double temp, float scale, float *ds, int64_t *correct);
+
+/* A teacher for lt_train_run's loss hook: the original model run in inference mode on each
+ * training batch (up to batch samples), its logits distilled into the student as above.
+ *   lt_distiller *d = lt_distiller_create(original, be, 128, 0.9, 4, &err);
+ *   lt_train_loss hook = lt_distiller_loss(d); cfg.loss = &hook; lt_train_run(...);
+ *   lt_distiller_free(d);
+ * The teacher graph must outlive the distiller and is not modified. */
+typedef struct lt_distiller lt_distiller;
+lt_distiller *lt_distiller_create(lt_graph *teacher, lt_backend *be, int batch, double alpha,
+                                  double temperature, lt_err *err);
+void lt_distiller_free(lt_distiller *d);
+lt_train_loss lt_distiller_loss(lt_distiller *d);
 
 #ifdef __cplusplus
 }

@@ -185,6 +185,21 @@ typedef struct lt_batch_source {
                     int32_t *labels, float *targets, lt_err *err);
 } lt_batch_source;
 
+/* A training loss in place of the built-in one (softmax cross-entropy or MSE): distillation and
+ * the like. Called once per training step after the forward pass with the step's n samples: x the
+ * batch as the model received it (normalised, augmented; n × C×H×W floats), out the model's
+ * outputs (n × k), labels (classifiers, else NULL) or targets (n × k, else NULL). It writes into
+ * dout (n × k) the gradient of (summed loss × scale) with respect to out, stores the loss summed
+ * over the n samples in *loss_sum (a non-finite value stops the run as a diverged loss would) and
+ * the count of correct predictions in *correct (classifiers). A non-zero status stops the run with
+ * that error. Evaluation keeps the built-in loss. */
+typedef struct lt_train_loss {
+  void *user;
+  lt_status (*fn)(void *user, int n, int k, const float *x, const float *out,
+                  const int32_t *labels, const float *targets, float scale, float *dout,
+                  double *loss_sum, int64_t *correct, lt_err *err);
+} lt_train_loss;
+
 typedef struct lt_train_config {
   lt_dataset *train;        /* required: the split's geometry and, without source, its samples */
   lt_dataset *val;          /* optional: evaluated at each epoch end */
@@ -212,6 +227,7 @@ typedef struct lt_train_config {
    * (uint8 or int32) for a classifier. Only rank 0 writes checkpoints; callbacks run on every
    * rank with the same, all-reduced figures. */
   lt_loader *loader;
+  const lt_train_loss *loss; /* NULL: the built-in loss */
   lt_train_cb on_step, on_epoch;
   void *user;
 } lt_train_config;

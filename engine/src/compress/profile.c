@@ -7,6 +7,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #include "lathe/backend.h"
 #include "lathe/compress.h"
@@ -66,6 +67,7 @@ lt_status lt_compress_layers_find(const lt_graph *g, int step, lt_compress_layer
     l->in_h = (int)x->shape[1], l->in_w = (int)x->shape[2];
     l->out_h = (int)y->shape[1], l->out_w = (int)y->shape[2];
     l->a = nd->a;
+    l->bias = nd->n_in > 2 && nd->in[2] >= 0;
     l->dense_macs = (int64_t)l->s * l->c * l->kh * l->kw * l->out_h * l->out_w;
     l->dense_params = (int64_t)l->s * l->c * l->kh * l->kw;
     l->dense_ms = NAN;
@@ -109,6 +111,13 @@ static lt_lat_opts lat_opts_fill(const lt_lat_opts *o) {
   return r;
 }
 
+static double lat_clock(int cpu_time) {
+  if (!cpu_time) return lt_now();
+  struct timespec ts;
+  clock_gettime(CLOCK_PROCESS_CPUTIME_ID, &ts);
+  return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
+}
+
 static int cmp_double(const void *a, const void *b) {
   double x = *(const double *)a, y = *(const double *)b;
   return (x > y) - (x < y);
@@ -148,9 +157,9 @@ lt_status lt_lat_measure_graph(lt_graph *g, lt_backend *be, int batch, const lt_
   int n = 0;
   double start = lt_now(), prev = -1;
   while (n < o.max_reps) {
-    double t0 = lt_now();
+    double t0 = lat_clock(o.cpu_time);
     if ((st = lt_exec_forward(ex, err)) || (st = be->vt->synchronize(be, err))) goto done;
-    t[n++] = (lt_now() - t0) * 1e3;
+    t[n++] = (lat_clock(o.cpu_time) - t0) * 1e3;
     if (n >= o.min_reps) {
       double med = median_of(t, n, scratch);
       /* Stable: the median moved less than rel_tol since the previous rep. */
@@ -174,7 +183,7 @@ static lt_tensor *filled(int ndim, const int64_t *shape, float v, lt_err *err) {
 }
 
 /* A graph holding one conv of the entry's geometry (r == 0) or its Tucker-2 block at rank r,
- * with a bias on the last conv as the model has after factorisation. */
+ * with a bias on the last conv when the layer has one, as the model has after factorisation. */
 static lt_graph *block_graph(const lt_lat_entry *e, int r, lt_err *err) {
   lt_graph *g = lt_graph_new();
   if (!g) {
@@ -188,18 +197,19 @@ static lt_graph *block_graph(const lt_lat_entry *e, int r, lt_err *err) {
   memcpy(core.pads, e->pads, sizeof core.pads);
   memcpy(core.dilation, e->dilation, sizeof core.dilation);
   pw.kernel[0] = pw.kernel[1] = 1;
-  int b = lt_graph_add_param(g, "b", filled(1, (int64_t[]){e->s}, 0.01f, err), 1);
+  int b = e->bias ? lt_graph_add_param(g, "b", filled(1, (int64_t[]){e->s}, 0.01f, err), 1) : -1;
+  int nb = e->bias ? 3 : 2;
   int y;
   if (r == 0) {
     int w = lt_graph_add_param(g, "w", filled(4, (int64_t[]){e->s, e->c, e->kh, e->kw}, 0.01f, err), 1);
-    y = lt_graph_add_node(g, LT_OP_CONV2D, "dense", (int[]){x, w, b}, 3, &core, err);
+    y = lt_graph_add_node(g, LT_OP_CONV2D, "dense", (int[]){x, w, b}, nb, &core, err);
   } else {
     int w1 = lt_graph_add_param(g, "w1", filled(4, (int64_t[]){r, e->c, 1, 1}, 0.01f, err), 1);
     int w2 = lt_graph_add_param(g, "w2", filled(4, (int64_t[]){r, r, e->kh, e->kw}, 0.01f, err), 1);
     int w3 = lt_graph_add_param(g, "w3", filled(4, (int64_t[]){e->s, r, 1, 1}, 0.01f, err), 1);
     int y1 = lt_graph_add_node(g, LT_OP_CONV2D, "u_in", (int[]){x, w1}, 2, &pw, err);
     int y2 = y1 < 0 ? -1 : lt_graph_add_node(g, LT_OP_CONV2D, "core", (int[]){y1, w2}, 2, &core, err);
-    y = y2 < 0 ? -1 : lt_graph_add_node(g, LT_OP_CONV2D, "u_out", (int[]){y2, w3, b}, 3, &pw, err);
+    y = y2 < 0 ? -1 : lt_graph_add_node(g, LT_OP_CONV2D, "u_out", (int[]){y2, w3, b}, nb, &pw, err);
   }
   if (y < 0) {
     lt_graph_free(g);
@@ -215,13 +225,14 @@ static void entry_from_layer(const lt_compress_layer *l, lt_lat_entry *e) {
   memcpy(e->stride, l->a.stride, sizeof e->stride);
   memcpy(e->pads, l->a.pads, sizeof e->pads);
   memcpy(e->dilation, l->a.dilation, sizeof e->dilation);
+  e->bias = l->bias;
 }
 
 static int entry_matches(const lt_lat_entry *e, const lt_lat_entry *f) {
   return e->s == f->s && e->c == f->c && e->kh == f->kh && e->kw == f->kw && e->in_h == f->in_h &&
          e->in_w == f->in_w && !memcmp(e->stride, f->stride, sizeof e->stride) &&
          !memcmp(e->pads, f->pads, sizeof e->pads) &&
-         !memcmp(e->dilation, f->dilation, sizeof e->dilation);
+         !memcmp(e->dilation, f->dilation, sizeof e->dilation) && e->bias == f->bias;
 }
 
 const lt_lat_entry *lt_lat_lookup(const lt_lat_table *t, const lt_compress_layer *l) {
@@ -230,6 +241,16 @@ const lt_lat_entry *lt_lat_lookup(const lt_lat_table *t, const lt_compress_layer
   for (int i = 0; i < t->n; i++)
     if (entry_matches(&t->e[i], &key)) return &t->e[i];
   return NULL;
+}
+
+/* The entry of l's shape, or failing that the same shape timed with/without a bias (a table
+ * profiled on the batch-norm-folded export of the model the job compresses, say). */
+static const lt_lat_entry *lookup_nearest(const lt_lat_table *t, const lt_compress_layer *l) {
+  const lt_lat_entry *e = lt_lat_lookup(t, l);
+  if (e) return e;
+  lt_compress_layer other = *l;
+  other.bias = !l->bias;
+  return lt_lat_lookup(t, &other);
 }
 
 lt_status lt_lat_table_add(lt_lat_table *t, const lt_lat_entry *e, lt_err *err) {
@@ -252,7 +273,7 @@ void lt_lat_table_free(lt_lat_table *t) {
 /* The probed ranks of a shape: multiples of probe_step while the block is cheaper than dense. */
 static void entry_ranks(lt_lat_entry *e, int probe_step) {
   lt_compress_layer l = {.s = e->s, .c = e->c, .kh = e->kh, .kw = e->kw, .in_h = e->in_h,
-                         .in_w = e->in_w};
+                         .in_w = e->in_w, .bias = e->bias};
   lt_node_attrs a = lt_attrs_default();
   memcpy(a.stride, e->stride, sizeof a.stride);
   memcpy(a.pads, e->pads, sizeof a.pads);
@@ -396,7 +417,7 @@ lt_status lt_compress_layers_set_latency(lt_compress_layer *L, int n, const lt_l
   lt_compress_layers_set_step(L, n, step);
   for (int i = 0; i < n; i++) {
     lt_compress_layer *l = &L[i];
-    const lt_lat_entry *e = lt_lat_lookup(t, l);
+    const lt_lat_entry *e = lookup_nearest(t, l);
     if (!e)
       return lt_errorf(err, LT_ERR_INVALID,
                        "the latency table has no entry for layer %s (%d->%d, %dx%d, input %dx%d); "

@@ -151,6 +151,21 @@ static double loop_loss(const loop_task *t, loop_batch *b, int n_valid, int n_di
   return sum / t->k;
 }
 
+/* The training loss of a step: the configured hook, or the built-in loss (gradient always). */
+static lt_status loop_train_loss(const lt_train_config *c, const loop_task *t, loop_batch *b,
+                                 int n_valid, int n_div, double *loss, int64_t *correct,
+                                 lt_err *err) {
+  *correct = 0;
+  if (!c->loss) {
+    *loss = loop_loss(t, b, n_valid, n_div, 1, correct);
+    return LT_OK;
+  }
+  if (!c->loss->fn) return lt_errorf(err, LT_ERR_INVALID, "a training loss hook needs fn");
+  return c->loss->fn(c->loss->user, n_valid, t->k, b->x, b->out, t->classify ? b->labels : NULL,
+                     t->classify ? NULL : b->targets, 1.0f / (float)n_div, b->dout, loss, correct,
+                     err);
+}
+
 lt_status lt_evaluate(lt_graph *g, lt_backend *be, const lt_dataset *ds, const lt_norm *norm,
                       int batch_size, lt_eval_result *r, lt_err *err) {
   loop_task t;
@@ -336,7 +351,8 @@ lt_status lt_train_run(lt_graph *g, lt_backend *be, const lt_train_config *c, lt
       if (!st) st = loop_forward(ex, be, &b, B, err);
       if (st) goto done;
       int64_t correct = 0;
-      double loss = loop_loss(&t, &b, B, B, 1, &correct);
+      double loss = 0;
+      if ((st = loop_train_loss(c, &t, &b, B, B, &loss, &correct, err))) goto done;
       if (!isfinite(loss)) {
         st = lt_errorf(err, LT_ERR_INVALID,
                        "training loss became %g at step %lld; lower the learning rate",
@@ -743,11 +759,14 @@ agreed:
         if (!st) st = loop_forward(ex, be, &b, n, err);
         if (!st) {
           int64_t correct = 0;
-          packed[i_loss] = (float)loop_loss(&t, &b, n, 1, 1, &correct);
+          double loss = 0;
+          st = loop_train_loss(c, &t, &b, n, 1, &loss, &correct, err);
+          packed[i_loss] = (float)loss;
           packed[i_correct] = (float)correct;
           lt_exec_zero_grads(ex);
-          st = be->vt->to_device(be, lt_exec_output_grad(ex, 0)->data, b.dout,
-                                 (size_t)n * t.k * sizeof(float), err);
+          if (!st)
+            st = be->vt->to_device(be, lt_exec_output_grad(ex, 0)->data, b.dout,
+                                   (size_t)n * t.k * sizeof(float), err);
         }
         if (!st) st = lt_exec_backward(ex, err);
         for (int i = 0; i < np && !st; i++) {

@@ -7,20 +7,29 @@ import { barChart, MetricCharts } from '../charts.js';
 const pct = (v) => (typeof v === 'number' ? `${(v * 100).toFixed(2)}%` : '–');
 const ms = (v) => (typeof v === 'number' ? `${fmtNum(v)} ms` : '–');
 
+function fineTuning(f) {
+  if (!f || f.steps == null) return 'none';
+  const d = f.distill && typeof f.distill === 'object'
+    ? `distilled from the original (alpha ${f.distill.alpha}, T ${f.distill.temperature})` : 'cross-entropy only';
+  return `${f.steps} steps (${fmtNum(f.epochs)} epochs) of batch ${f.batch_size}, ${f.schedule} from lr ${f.lr}, ${d}, from the ${f.init || 'searched'} weights`;
+}
+
 export function renderCompress(box, r, charts) {
   if (!r) return;
   const tgt = r.target || {};
   const table_ = r.latency_table || {};
+  if (r.baselines_only) box.append(h('p', {}, 'Baselines only: no search was run; the table compares them with the original model.'));
   box.append(h('dl', { class: 'facts' },
     h('dt', {}, 'Device'), h('dd', {}, r.device || '–'),
     h('dt', {}, 'Latency table'), h('dd', {}, `${table_.device || '–'}, batch ${table_.batch ?? '–'}, rank step ${table_.rank_step ?? '–'}${table_.estimated ? ' (roofline ESTIMATE)' : ''}`),
     h('dt', {}, 'Target'), h('dd', {}, `${tgt.kind || '–'} ≤ ${fmtNum(tgt.value)} (before ${fmtNum(tgt.before)}, achieved ${fmtNum(tgt.achieved)}${tgt.met ? ', met' : ', NOT met'})`),
     h('dt', {}, 'FLOPs (MACs)'), h('dd', {}, `${fmtNum(r.flops_before, 0)} → ${fmtNum(r.flops_after, 0)} (−${pct(r.flops_reduction)})`),
     h('dt', {}, 'Parameters'), h('dd', {}, `${fmtNum(r.params_before, 0)} → ${fmtNum(r.params_after, 0)}`),
-    h('dt', {}, 'Accuracy'), h('dd', {}, `${pct(r.accuracy_before)} → ${pct(r.accuracy_after)}`),
+    h('dt', {}, 'Accuracy'), h('dd', {}, `${pct(r.accuracy_before)} → ${pct(r.accuracy_after)}${r.accuracy_before_finetune == null ? '' : ` (${pct(r.accuracy_before_finetune)} before fine-tuning)`}`),
+    h('dt', {}, 'Fine-tuning'), h('dd', {}, fineTuning(r.finetune)),
     h('dt', {}, `Latency, batch ${r.latency_batch ?? '–'}`), h('dd', {}, `${ms(r.latency_ms_before)} → ${ms(r.latency_ms_after)} (×${fmtNum(r.speedup_measured)})`),
     h('dt', {}, 'Latency, batch 1'), h('dd', {}, `${ms(r.latency_ms_before_batch1)} → ${ms(r.latency_ms_after_batch1)} (×${fmtNum(r.speedup_measured_batch1)})`),
-    h('dt', {}, 'Predicted latency'), h('dd', {}, r.latency_ms_predicted == null ? 'not comparable (table from another device or an estimate)' : `${ms(r.latency_ms_predicted)} (error ${pct(r.latency_prediction_error)})`)));
+    h('dt', {}, 'Predicted latency'), h('dd', {}, r.latency_ms_predicted == null ? (r.latency_prediction_note || 'not comparable (table from another device or an estimate)') : `${ms(r.latency_ms_predicted)} (error ${pct(r.latency_prediction_error)})`)));
 
   charts.push(barChart(box, 'Accuracy before and after', ['accuracy'],
     [{ label: 'before', data: [r.accuracy_before] }, { label: 'after', data: [r.accuracy_after] }]));
@@ -51,7 +60,8 @@ export function renderCompress(box, r, charts) {
   }
 
   const bl = r.baselines || {};
-  const rows = [{ name: 'searched (HALOC)', flops: r.flops_after, params: r.params_after, accuracy: r.accuracy_after, latency_ms: r.latency_ms_after }]
+  const rows = (r.baselines_only ? [{ name: 'original', flops: r.flops_before, params: r.params_before, accuracy: r.accuracy_before, latency_ms: r.latency_ms_before }]
+    : [{ name: 'searched (HALOC)', flops: r.flops_after, params: r.params_after, accuracy: r.accuracy_after, latency_ms: r.latency_ms_after }])
     .concat(Object.keys(bl).map((k) => ({ name: k, ...bl[k] })));
   box.append(table([
     { label: 'Method', value: (b) => b.name },
