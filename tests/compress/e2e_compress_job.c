@@ -154,7 +154,7 @@ TEST_CASE(compress_job_meets_target_caches_table_and_refuses_bad_input) {
   CHECK(system(cmd) == 0);
   snprintf(lat, sizeof lat, "{\"batch\": 16, \"table\": \"%s/profiled.json\"}", dir);
   spec_small_lat(spec, sizeof spec, MODEL, DATA "/cifar10-jpeg.h5",
-                 "{\"kind\": \"latency\", \"reduction\": 0.2}", 4, 0, "[]", lat);
+                 "{\"kind\": \"latency\", \"reduction\": 0.1}", 4, 0, "[]", lat);
   rc = run_job(spec, "table", &ev);
   CHECK_MSG(rc == 0, "latency-target job with a given table exited %d", rc);
   r = result_of(ev);
