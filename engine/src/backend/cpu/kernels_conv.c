@@ -23,6 +23,11 @@
  * on data the same core wrote. Backward filter sums per-team partial weight gradients in team
  * order, so results are reproducible at a given thread count. 1×1 and depthwise paths keep
  * OpenBLAS's own threads and OpenMP loops.
+ *
+ * Direct kernels (kernels_direct.c) come first where lt_cpu_direct_active: pointwise forward and
+ * backward data (Tucker-compressed networks' 1×1 convolutions, where per-image sgemm calls with
+ * M or K of 4..36 run far below rate), and forwards of stride-1 convolutions with fewer than 8
+ * input or output channels (their narrow 3×3 cores, which Winograd declines).
  */
 #include "backend/cpu/kernels.h"
 
@@ -233,8 +238,10 @@ static conv_plan plan_teams(const lt_conv_geom *g) {
  * The same scratch serves forward, backward data and backward filter at any thread count. */
 size_t lt_cpu_conv2d_workspace(const lt_conv_geom *g) {
   if (is_pointwise(g) || is_depthwise(g)) return 0;
-  const size_t im2col = floats_workspace(g) * sizeof(float), wino = lt_cpu_winograd_workspace(g);
-  return wino > im2col ? wino : im2col;
+  const size_t im2col = floats_workspace(g) * sizeof(float), wino = lt_cpu_winograd_workspace(g),
+               direct = lt_cpu_direct_slice_bytes(g);
+  const size_t most = wino > im2col ? wino : im2col;
+  return direct > most ? direct : most;
 }
 
 /* y (nb, s, ohw) = [accumulate ? y : 0] + p (s, nb*ohw) + b (s) (b may be NULL). */
@@ -480,6 +487,9 @@ static void conv_fwd(const lt_conv_geom *g, const float *x, const float *w, cons
     dw_fwd(g, x, w, b, y, accumulate);
     return;
   }
+  if (!lt_cpu_winograd_active(g) &&
+      !lt_cpu_direct_fwd(g, x, w, b, y, accumulate, ws, ws ? lt_cpu_conv2d_workspace(g) : 0))
+    return;
   if (is_pointwise(g)) {
     /* y[img] (s, hw) = w (s, c) · x[img] (c, hw), per group */
     for (int img = 0; img < g->n; img++)
@@ -521,6 +531,7 @@ static void conv_bwd_data(const lt_conv_geom *g, const float *dy, const float *w
     dw_bwd_data(g, dy, w, dx, accumulate);
     return;
   }
+  if (is_pointwise(g) && !lt_cpu_direct_bwd_data(g, dy, w, dx, accumulate)) return;
   if (is_pointwise(g)) {
     /* dx[img] (c, hw) = wᵀ (c, s) · dy[img] (s, hw), per group */
     for (int img = 0; img < g->n; img++)

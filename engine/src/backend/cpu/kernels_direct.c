@@ -1,0 +1,318 @@
+/* Direct convolutions on the CPU, for the shapes where lowering to sgemm runs far below the
+ * machine's rate: pointwise convolutions (1×1, stride 1, no padding, groups 1) and stride-1
+ * convolutions with few channels (fewer than 8 in or out, which Winograd declines). Low-rank
+ * (Tucker-2) compressed networks are made of exactly these: 1×1 convolutions C -> r and r -> S
+ * around a 3×3 core r_in -> r_out with ranks of 4..36. Per-image sgemm calls with M or K of
+ * 4..36 spend their time packing, and im2col of a 4-channel core costs more than its product.
+ *
+ * Kernel. One micro-kernel (kernels_direct_body.h) keeps a block of DC_OB output channels times
+ * DC_NV 16-pixel vectors in registers and walks the reduction (input channel, then tap):
+ * each step loads DC_NV vectors of input pixels and does DC_OB broadcast multiply-adds per
+ * vector, so the input is read from L1 once per block of output channels and the output written
+ * once. NCHW needs no reordering for it: pixels of one channel are contiguous.
+ *  - Pointwise: the pixels of one image are the columns; y (s, hw) = w (s, c) · x (c, hw) + b.
+ *    Backward data is the same product with the weight read transposed (c, s). Pixel tails
+ *    (hw not a multiple of 16) are computed by a scalar loop in the same summation order.
+ *  - k×k stride 1 (any kernel, dilation and padding): each image is copied into a zero-bordered
+ *    plane (c, hp, wp) and the output is computed on the "padded-pitch" grid: output (oy, ox)
+ *    is position p = oy*wp + ox, and tap (ki, kj) reads the plane at p + ki*dil_h*wp + kj*dil_w,
+ *    so every tap is one contiguous run and the micro-kernel needs no bounds: the columns
+ *    ox >= ow are computed and dropped when the result is copied into NCHW y.
+ * Backward filter and strided or grouped convolutions stay on kernels_conv.c's lowering.
+ *
+ * Reproducibility. Each output element is computed by one fixed sequence of operations that
+ * depends on the geometry only (not on the thread count or on which thread computes it), so the
+ * results are identical at any thread count.
+ *
+ * Threads: the work is split into units (one image, or a run of pixels of one image when there
+ * are fewer images than threads) across OpenMP threads.
+ *
+ * Instruction sets as in kernels_winograd.c: the body is compiled for AVX-512, for AVX2+FMA and
+ * for the build's own target, and the first use picks the best the CPU has. LATHE_CONV_DIRECT (or
+ * lt_cpu_direct_set_mode) selects "0"/"off" (kernels_conv.c's lowering everywhere), "generic",
+ * "avx2", "avx512" (forced: every eligible convolution, whatever its channel counts, that
+ * Winograd does not take), or automatic (unset or anything else).
+ */
+#include "backend/cpu/kernels.h"
+
+#include <omp.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+
+typedef float dc_v16 __attribute__((vector_size(64)));
+typedef float dc_v16u __attribute__((vector_size(64), aligned(4), may_alias));
+#define DC_V(p) (*(dc_v16u *)(uintptr_t)(p))
+
+typedef void (*dc_run_fn)(int npix, int s, int c, int nt, const ptrdiff_t *toff, const float *x,
+                          ptrdiff_t xcs, const float *w, ptrdiff_t wo, ptrdiff_t wk,
+                          const float *bias, float *y, ptrdiff_t ycs);
+typedef struct dc_impl {
+  const char *name;
+  dc_run_fn run;
+} dc_impl;
+
+#if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__)
+#define DC_HAVE_X86 1
+#pragma GCC push_options
+#pragma GCC target("avx512f,avx512dq,avx512bw,avx512vl,avx2,fma")
+#define DC_FN(f) dc_##f##_avx512
+#define DC_NV 4
+#define DC_OB 6
+#include "backend/cpu/kernels_direct_body.h"
+#undef DC_FN
+#undef DC_NV
+#undef DC_OB
+#pragma GCC pop_options
+
+#pragma GCC push_options
+#pragma GCC target("avx2,fma,no-avx512f")
+#define DC_FN(f) dc_##f##_avx2
+#define DC_NV 1
+#define DC_OB 6
+#include "backend/cpu/kernels_direct_body.h"
+#undef DC_FN
+#undef DC_NV
+#undef DC_OB
+#pragma GCC pop_options
+#endif
+
+#define DC_FN(f) dc_##f##_generic
+#define DC_NV 1
+#define DC_OB 3
+#include "backend/cpu/kernels_direct_body.h"
+#undef DC_FN
+#undef DC_NV
+#undef DC_OB
+
+static const dc_impl impl_generic = {"generic", dc_run_generic};
+#ifdef DC_HAVE_X86
+static const dc_impl impl_avx2 = {"avx2", dc_run_avx2};
+static const dc_impl impl_avx512 = {"avx512", dc_run_avx512};
+#endif
+
+static int dc_mode = -1; /* LT_DIRECT_*, -1 until the first use reads the environment */
+
+void lt_cpu_direct_set_mode(int mode) { __atomic_store_n(&dc_mode, mode, __ATOMIC_RELAXED); }
+
+int lt_cpu_direct_mode(void) {
+  int m = __atomic_load_n(&dc_mode, __ATOMIC_RELAXED);
+  if (m >= 0) return m;
+  const char *e = getenv("LATHE_CONV_DIRECT");
+  m = LT_DIRECT_AUTO;
+  if (e && (!strcmp(e, "0") || !strcmp(e, "off"))) m = LT_DIRECT_OFF;
+  else if (e && !strcmp(e, "generic")) m = LT_DIRECT_GENERIC;
+  else if (e && !strcmp(e, "avx2")) m = LT_DIRECT_AVX2;
+  else if (e && !strcmp(e, "avx512")) m = LT_DIRECT_AVX512;
+  __atomic_store_n(&dc_mode, m, __ATOMIC_RELAXED);
+  return m;
+}
+
+static const dc_impl *dc_pick(void) {
+  const int m = lt_cpu_direct_mode();
+  if (m == LT_DIRECT_OFF) return NULL;
+#ifdef DC_HAVE_X86
+  const int avx512 = __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512dq") &&
+                     __builtin_cpu_supports("avx512bw") && __builtin_cpu_supports("avx512vl");
+  const int avx2 = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+  if ((m == LT_DIRECT_AUTO || m == LT_DIRECT_AVX512) && avx512) return &impl_avx512;
+  if (m != LT_DIRECT_GENERIC && avx2) return &impl_avx2;
+#endif
+  return &impl_generic;
+}
+
+const char *lt_cpu_direct_impl_name(void) {
+  const dc_impl *im = dc_pick();
+  return im ? im->name : "off";
+}
+
+static int is_pointwise(const lt_conv_geom *g) {
+  return g->kh == 1 && g->kw == 1 && g->stride_h == 1 && g->stride_w == 1 && g->pad_t == 0 &&
+         g->pad_l == 0 && g->pad_b == 0 && g->pad_r == 0 && g->oh == g->h && g->ow == g->w &&
+         g->groups == 1;
+}
+
+/* Pointwise: any channel counts up to 256 (wider products are sgemm's ground). Other stride-1
+ * convolutions: automatic mode only with fewer than 8 input or output channels (the rest go to
+ * Winograd or im2col), forced modes all of them. */
+int lt_cpu_direct_active(const lt_conv_geom *g) {
+  const int m = lt_cpu_direct_mode();
+  if (m == LT_DIRECT_OFF || g->groups != 1) return 0;
+  if (is_pointwise(g)) return m != LT_DIRECT_AUTO || (g->c <= 256 && g->s <= 256);
+  if (g->stride_h != 1 || g->stride_w != 1) return 0;
+  return m != LT_DIRECT_AUTO || g->c < 8 || g->s < 8;
+}
+
+/* ---- pointwise ------------------------------------------------------------------------------ */
+
+/* Pixels per unit of work (a multiple of 16 * the widest DC_NV), and output channels per pass
+ * when accumulating through the stack buffer. */
+#define DC_PW_BLOCK 256
+#define DC_PW_OCH 32
+
+/* y (n, cout, hw) [+]= W · x (n, cin, hw) + b, with W's element (o, k) at w[o*wo + k*wk]. */
+static void pw_apply(const dc_impl *im, int n, int cin, int cout, size_t hw, const float *x,
+                     const float *w, ptrdiff_t wo, ptrdiff_t wk, const float *b, float *y,
+                     int accumulate) {
+  const int64_t blocks = (int64_t)((hw + DC_PW_BLOCK - 1) / DC_PW_BLOCK), units = blocks * n;
+  const ptrdiff_t zero = 0;
+#pragma omp parallel for schedule(static)
+  for (int64_t u = 0; u < units; u++) {
+    const int img = (int)(u / blocks);
+    const size_t p0 = (size_t)(u % blocks) * DC_PW_BLOCK;
+    const size_t len = hw - p0 < DC_PW_BLOCK ? hw - p0 : DC_PW_BLOCK;
+    const size_t vlen = len & ~(size_t)15;
+    const float *xi = x + (size_t)img * cin * hw + p0;
+    float *yi = y + (size_t)img * cout * hw + p0;
+    float tmp[DC_PW_OCH * DC_PW_BLOCK];
+    for (int o0 = 0; o0 < cout; o0 += DC_PW_OCH) {
+      const int oc = cout - o0 < DC_PW_OCH ? cout - o0 : DC_PW_OCH;
+      const float *wo0 = w + o0 * wo, *bo = b ? b + o0 : NULL;
+      float *yo = yi + (size_t)o0 * hw;
+      if (vlen) {
+        if (accumulate) {
+          im->run((int)vlen, oc, cin, 1, &zero, xi, (ptrdiff_t)hw, wo0, wo, wk, bo, tmp,
+                  DC_PW_BLOCK);
+          for (int o = 0; o < oc; o++)
+            for (size_t i = 0; i < vlen; i++)
+              yo[(size_t)o * hw + i] += tmp[(size_t)o * DC_PW_BLOCK + i];
+        } else {
+          im->run((int)vlen, oc, cin, 1, &zero, xi, (ptrdiff_t)hw, wo0, wo, wk, bo, yo,
+                  (ptrdiff_t)hw);
+        }
+      }
+      for (size_t i = vlen; i < len; i++) /* tail: same summation order, scalar */
+        for (int o = 0; o < oc; o++) {
+          float acc = bo ? bo[o] : 0.0f;
+          for (int k = 0; k < cin; k++)
+            acc += wo0[o * wo + k * wk] * xi[(size_t)k * hw + i];
+          yo[(size_t)o * hw + i] = accumulate ? yo[(size_t)o * hw + i] + acc : acc;
+        }
+    }
+  }
+}
+
+/* ---- k×k stride 1 --------------------------------------------------------------------------- */
+
+typedef struct kx_shape {
+  int hp, wp;      /* zero-bordered plane */
+  size_t plane;    /* hp*wp */
+  int npos;        /* output positions on the padded-pitch grid, rounded up to 16 */
+  size_t xfloats;  /* c*plane + 16 (the last run may read up to 15 floats past the last plane) */
+  size_t slice;    /* xfloats + s*npos, rounded up to 16 */
+} kx_shape;
+
+static kx_shape kx_make(const lt_conv_geom *g) {
+  kx_shape k;
+  k.hp = g->h + g->pad_t + g->pad_b;
+  k.wp = g->w + g->pad_l + g->pad_r;
+  k.plane = (size_t)k.hp * k.wp;
+  const size_t pos = (size_t)(g->oh - 1) * k.wp + g->ow;
+  k.npos = (int)((pos + 15) & ~(size_t)15);
+  k.xfloats = (size_t)g->c * k.plane + 16;
+  k.slice = (k.xfloats + (size_t)g->s * k.npos + 15) & ~(size_t)15;
+  return k;
+}
+
+/* The zero-bordered copy of one image (c, h, w) into xp (c, hp, wp), channels [c0, c1). */
+static void kx_pack(const lt_conv_geom *g, const kx_shape *k, const float *restrict x,
+                    float *restrict xp, int c0, int c1) {
+  for (int ch = c0; ch < c1; ch++) {
+    float *restrict d = xp + (size_t)ch * k->plane;
+    const float *restrict s = x + (size_t)ch * g->h * g->w;
+    memset(d, 0, sizeof(float) * (size_t)g->pad_t * k->wp);
+    for (int r = 0; r < g->h; r++) {
+      float *restrict dr = d + (size_t)(r + g->pad_t) * k->wp;
+      memset(dr, 0, sizeof(float) * g->pad_l);
+      memcpy(dr + g->pad_l, s + (size_t)r * g->w, sizeof(float) * g->w);
+      memset(dr + g->pad_l + g->w, 0, sizeof(float) * g->pad_r);
+    }
+    memset(d + (size_t)(g->pad_t + g->h) * k->wp, 0, sizeof(float) * (size_t)g->pad_b * k->wp);
+  }
+}
+
+/* y (s, oh, ow) [+]= yt (s, npos on the padded-pitch grid), output channels [o0, o1). */
+static void kx_unpack(const lt_conv_geom *g, const kx_shape *k, const float *restrict yt,
+                      float *restrict y, int accumulate, int o0, int o1) {
+  for (int o = o0; o < o1; o++)
+    for (int r = 0; r < g->oh; r++) {
+      const float *restrict s = yt + (size_t)o * k->npos + (size_t)r * k->wp;
+      float *restrict d = y + ((size_t)o * g->oh + r) * g->ow;
+      if (accumulate)
+        for (int i = 0; i < g->ow; i++)
+          d[i] += s[i];
+      else
+        memcpy(d, s, sizeof(float) * g->ow);
+    }
+}
+
+int lt_cpu_direct_fwd(const lt_conv_geom *g, const float *x, const float *w, const float *b,
+                      float *y, int accumulate, void *ws, size_t ws_bytes) {
+  const dc_impl *im = dc_pick();
+  if (!im || !lt_cpu_direct_active(g)) return -1;
+  const size_t hw = (size_t)g->h * g->w;
+  if (is_pointwise(g)) {
+    pw_apply(im, g->n, g->c, g->s, hw, x, w, g->c, 1, b, y, accumulate);
+    return 0;
+  }
+  const kx_shape k = kx_make(g);
+  const int kk = g->kh * g->kw;
+  if (kk > 64 || !ws || ws_bytes / sizeof(float) < k.slice) return -1;
+  ptrdiff_t toff[64];
+  for (int i = 0; i < g->kh; i++)
+    for (int j = 0; j < g->kw; j++)
+      toff[i * g->kw + j] = (ptrdiff_t)i * g->dil_h * k.wp + (ptrdiff_t)j * g->dil_w;
+  const size_t ohw = (size_t)g->oh * g->ow, max_slices = ws_bytes / sizeof(float) / k.slice;
+  int threads = omp_get_max_threads();
+  if ((size_t)threads > max_slices) threads = (int)max_slices;
+  if (g->n >= threads) {
+    /* one image per unit, each thread in its own slice */
+#pragma omp parallel for num_threads(threads) schedule(static)
+    for (int img = 0; img < g->n; img++) {
+      float *xp = (float *)ws + (size_t)omp_get_thread_num() * k.slice, *yt = xp + k.xfloats;
+      kx_pack(g, &k, x + (size_t)img * g->c * hw, xp, 0, g->c);
+      memset(xp + (size_t)g->c * k.plane, 0, sizeof(float) * 16);
+      im->run(k.npos, g->s, g->c, kk, toff, xp, (ptrdiff_t)k.plane, w, (ptrdiff_t)g->c * kk, kk,
+              b, yt, k.npos);
+      kx_unpack(g, &k, yt, y + (size_t)img * g->s * ohw, accumulate, 0, g->s);
+    }
+    return 0;
+  }
+  /* fewer images than threads: the pixel runs of one image across threads */
+  float *xp = ws, *yt = xp + k.xfloats;
+  const int runs = (k.npos + 63) / 64;
+  for (int img = 0; img < g->n; img++) {
+#pragma omp parallel num_threads(threads)
+    {
+#pragma omp for schedule(static)
+      for (int ch = 0; ch < g->c; ch++)
+        kx_pack(g, &k, x + (size_t)img * g->c * hw, xp, ch, ch + 1);
+#pragma omp single
+      memset(xp + (size_t)g->c * k.plane, 0, sizeof(float) * 16);
+#pragma omp for schedule(static)
+      for (int r = 0; r < runs; r++) {
+        const int p0 = r * 64, len = k.npos - p0 < 64 ? k.npos - p0 : 64;
+        im->run(len, g->s, g->c, kk, toff, xp + p0, (ptrdiff_t)k.plane, w, (ptrdiff_t)g->c * kk,
+                kk, b, yt + p0, k.npos);
+      }
+#pragma omp for schedule(static)
+      for (int o = 0; o < g->s; o++)
+        kx_unpack(g, &k, yt, y + (size_t)img * g->s * ohw, accumulate, o, o + 1);
+    }
+  }
+  return 0;
+}
+
+size_t lt_cpu_direct_slice_bytes(const lt_conv_geom *g) {
+  if (is_pointwise(g)) return 0;
+  return kx_make(g).slice * sizeof(float);
+}
+
+int lt_cpu_direct_bwd_data(const lt_conv_geom *g, const float *dy, const float *w, float *dx,
+                           int accumulate) {
+  const dc_impl *im = dc_pick();
+  if (!im || !is_pointwise(g) || !lt_cpu_direct_active(g)) return -1;
+  /* dx (c, hw) = wᵀ (c, s) · dy (s, hw): W's element (o = input channel, k = output channel) */
+  pw_apply(im, g->n, g->s, g->c, (size_t)g->h * g->w, dy, w, 1, g->c, NULL, dx, accumulate);
+  return 0;
+}
