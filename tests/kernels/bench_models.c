@@ -64,7 +64,7 @@ static double time_forward(lt_exec *ex) {
 typedef struct geo_row {
   lt_conv_geom g;
   int count;
-  double ms[2]; /* direct kernels off, on */
+  double ms[3]; /* direct kernels off, automatic, forced (every convolution they can take) */
 } geo_row;
 
 static int same_geom(const lt_conv_geom *a, const lt_conv_geom *b) {
@@ -75,7 +75,10 @@ static int same_geom(const lt_conv_geom *a, const lt_conv_geom *b) {
          a->dil_w == b->dil_w;
 }
 
-static double time_geom(const lt_conv_geom *g, int reps) {
+static const int geo_modes[3] = {LT_DIRECT_OFF, LT_DIRECT_AUTO, LT_DIRECT_AVX512};
+
+/* Median ms of one lt_cpu_conv2d_fwd_infer call in each of the three modes, interleaved. */
+static void time_geom(const lt_conv_geom *g, int reps, double ms[3]) {
   const size_t nx = (size_t)g->n * g->c * g->h * g->w, ny = (size_t)g->n * g->s * g->oh * g->ow,
                nw = (size_t)g->s * (g->c / g->groups) * g->kh * g->kw;
   float *x = malloc(nx * sizeof(float)), *y = malloc(ny * sizeof(float)),
@@ -86,19 +89,24 @@ static double time_geom(const lt_conv_geom *g, int reps) {
   for (size_t i = 0; i < nx; i++) x[i] = lt_rng_normal(&r);
   for (size_t i = 0; i < nw; i++) w[i] = 0.1f * lt_rng_normal(&r);
   for (int i = 0; i < g->s; i++) b[i] = 0.01f * i;
-  double *t = malloc(sizeof(double) * reps);
-  lt_cpu_conv2d_fwd_infer(g, x, w, b, y, ws); /* warm up (and filter transforms) */
-  for (int k = 0; k < reps; k++) {
-    double t0 = lt_now();
-    lt_cpu_conv2d_fwd_infer(g, x, w, b, y, ws);
-    t[k] = lt_now() - t0;
+  double *t[3];
+  for (int m = 0; m < 3; m++) t[m] = malloc(sizeof(double) * reps);
+  for (int k = -1; k < reps; k++) /* k = -1 warms up */
+    for (int m = 0; m < 3; m++) {
+      lt_cpu_direct_set_mode(geo_modes[m]);
+      double t0 = lt_now();
+      lt_cpu_conv2d_fwd_infer(g, x, w, b, y, ws);
+      if (k >= 0) t[m][k] = lt_now() - t0;
+    }
+  lt_cpu_direct_set_mode(-1);
+  for (int m = 0; m < 3; m++) {
+    ms[m] = median(t[m], reps) * 1e3;
+    free(t[m]);
   }
-  double m = median(t, reps);
-  free(x), free(y), free(w), free(b), free(ws), free(t);
-  return m * 1e3;
+  free(x), free(y), free(w), free(b), free(ws);
 }
 
-static void breakdown(const char *label, lt_graph *g, int batch, int reps, int have_direct) {
+static void breakdown(const char *label, lt_graph *g, int batch, int reps) {
   geo_row rows[128];
   int nrows = 0;
   for (int i = 0; i < g->n_nodes; i++) {
@@ -115,29 +123,30 @@ static void breakdown(const char *label, lt_graph *g, int batch, int reps, int h
     }
     rows[k].count++;
   }
-  double tot[2] = {0, 0};
-  for (int k = 0; k < nrows; k++)
-    for (int on = 0; on <= have_direct; on++) {
-      lt_cpu_direct_set_mode(on ? LT_DIRECT_AUTO : LT_DIRECT_OFF);
-      rows[k].ms[on] = time_geom(&rows[k].g, reps) * rows[k].count;
-      tot[on] += rows[k].ms[on];
+  double tot[3] = {0, 0, 0};
+  for (int k = 0; k < nrows; k++) {
+    time_geom(&rows[k].g, reps, rows[k].ms);
+    for (int m = 0; m < 3; m++) {
+      rows[k].ms[m] *= rows[k].count;
+      tot[m] += rows[k].ms[m];
     }
-  lt_cpu_direct_set_mode(-1);
-  printf("\n%s, batch %d: %d distinct conv geometries (ms = median per forward x count)\n", label,
-         batch, nrows);
-  printf("  %-34s %5s %10s %10s %7s %6s\n", "c->s hxw kxk/stride pad", "count", "ms(before)",
-         "ms(after)", "speedup", "share");
+  }
+  printf("\n%s, batch %d: %d distinct conv geometries (ms = median per forward x count; off = "
+         "before, auto = after, forced = direct kernels on every conv they can take)\n",
+         label, batch, nrows);
+  printf("  %-30s %5s %9s %9s %9s %7s %6s\n", "c->s hxw kxk/stride pad", "count", "ms off",
+         "ms auto", "ms forced", "off/auto", "share");
   for (int k = 0; k < nrows; k++) {
     const lt_conv_geom *q = &rows[k].g;
     char desc[64];
     snprintf(desc, sizeof desc, "%d->%d %dx%d %dx%d/%d p%d%s", q->c, q->s, q->h, q->w, q->kh, q->kw,
              q->stride_h, q->pad_t, q->groups > 1 ? " grouped" : "");
-    const double after = rows[k].ms[have_direct];
-    printf("  %-34s %5d %10.3f %10.3f %7.2f %5.1f%%\n", desc, rows[k].count, rows[k].ms[0], after,
-           rows[k].ms[0] / after, 100.0 * after / tot[have_direct]);
+    printf("  %-30s %5d %9.3f %9.3f %9.3f %7.2f %5.1f%%\n", desc, rows[k].count, rows[k].ms[0],
+           rows[k].ms[1], rows[k].ms[2], rows[k].ms[0] / rows[k].ms[1],
+           100.0 * rows[k].ms[1] / tot[1]);
   }
-  printf("  %-34s %5s %10.3f %10.3f %7.2f\n", "all convolutions", "", tot[0], tot[have_direct],
-         tot[0] / tot[have_direct]);
+  printf("  %-30s %5s %9.3f %9.3f %9.3f %7.2f\n", "all convolutions", "", tot[0], tot[1], tot[2],
+         tot[0] / tot[1]);
 }
 
 int main(int argc, char **argv) {
@@ -197,8 +206,8 @@ int main(int argc, char **argv) {
         free(t[m][on]);
     }
     if (!getenv("LATHE_BENCH_NO_BREAKDOWN")) {
-      breakdown("dense", g[0], batch, reps, have_direct);
-      breakdown("compressed", g[1], batch, reps, have_direct);
+      breakdown("dense", g[0], batch, reps);
+      breakdown("compressed", g[1], batch, reps);
     }
   }
   lt_graph_free(g[0]);

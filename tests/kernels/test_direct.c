@@ -3,7 +3,8 @@
  * stress the blocking: batch 1 and batches larger than the thread count, 1×1 and odd spatial
  * sizes (pixel counts that are not multiples of 16: scalar tails for pointwise, partial runs on
  * the padded-pitch grid), channel counts 1..40 that are not multiples of 4, 8 or 16 (partial
- * blocks of output channels), asymmetric padding, non-square and dilated kernels. Every
+ * blocks of output channels), asymmetric padding, non-square and dilated kernels, strides 2
+ * and 3 (phase planes). Every
  * instruction-set variant the CPU has runs (lt_cpu_direct_set_mode: AVX-512, AVX2 without
  * AVX-512, portable), in forced mode with Winograd off so that every stride-1 convolution
  * takes the direct path; automatic mode is checked for which convolutions it takes.
@@ -35,34 +36,42 @@ static float *randn(size_t n, float scale) {
 }
 
 typedef struct shape {
-  int n, c, h, w, s, kh, kw, pt, pl, pb, pr, dil;
+  int n, c, h, w, s, kh, kw, pt, pl, pb, pr, dil, stride; /* stride 0 means 1 */
 } shape;
 
 static const shape shapes[] = {
     /* pointwise */
-    {1, 1, 1, 1, 1, 1, 1, 0, 0, 0, 0, 1},       /* 1×1 image, one channel */
-    {1, 3, 7, 7, 5, 1, 1, 0, 0, 0, 0, 1},       /* 49 pixels: 48 vector + scalar tail */
-    {3, 13, 5, 5, 29, 1, 1, 0, 0, 0, 0, 1},     /* 25 pixels, odd channel counts */
-    {2, 40, 9, 11, 7, 1, 1, 0, 0, 0, 0, 1},     /* 99 pixels */
-    {1, 16, 32, 32, 36, 1, 1, 0, 0, 0, 0, 1},   /* Tucker u_out-like, one image */
-    {5, 36, 16, 17, 12, 1, 1, 0, 0, 0, 0, 1},   /* 272 pixels: two blocks, one partial */
-    {2, 7, 3, 200, 38, 1, 1, 0, 0, 0, 0, 1},    /* 600 pixels, 38 = 6*6 + 2 output channels */
+    {1, 1, 1, 1, 1, 1, 1, 0, 0, 0, 0, 1, 1},       /* 1×1 image, one channel */
+    {1, 3, 7, 7, 5, 1, 1, 0, 0, 0, 0, 1, 1},       /* 49 pixels: 48 vector + scalar tail */
+    {3, 13, 5, 5, 29, 1, 1, 0, 0, 0, 0, 1, 1},     /* 25 pixels, odd channel counts */
+    {2, 40, 9, 11, 7, 1, 1, 0, 0, 0, 0, 1, 1},     /* 99 pixels */
+    {1, 16, 32, 32, 36, 1, 1, 0, 0, 0, 0, 1, 1},   /* Tucker u_out-like, one image */
+    {5, 36, 16, 17, 12, 1, 1, 0, 0, 0, 0, 1, 1},   /* 272 pixels: two blocks, one partial */
+    {2, 7, 3, 200, 38, 1, 1, 0, 0, 0, 0, 1, 1},    /* 600 pixels, 38 = 6*6 + 2 output channels */
     /* k×k stride 1 */
-    {1, 4, 8, 8, 4, 3, 3, 1, 1, 1, 1, 1},       /* Tucker core at rank 4 */
-    {3, 4, 32, 32, 12, 3, 3, 1, 1, 1, 1, 1},    /* rank 4 -> 12 */
-    {2, 1, 5, 9, 3, 3, 3, 1, 1, 1, 1, 1},       /* one input channel, groups 1 */
-    {1, 6, 1, 1, 5, 3, 3, 1, 1, 1, 1, 1},       /* 1×1 image, padded */
-    {2, 5, 7, 3, 7, 3, 3, 0, 0, 0, 0, 1},       /* no padding */
-    {1, 3, 6, 9, 11, 3, 3, 2, 0, 1, 2, 1},      /* asymmetric padding */
-    {4, 2, 9, 6, 40, 3, 5, 1, 2, 1, 2, 1},      /* 3×5 kernel */
-    {1, 7, 10, 12, 3, 3, 3, 2, 2, 2, 2, 2},     /* dilation 2 */
-    {2, 17, 13, 13, 6, 1, 1, 1, 0, 0, 1, 1},    /* 1×1 with padding */
-    {2, 21, 11, 7, 19, 3, 3, 1, 1, 1, 1, 1},    /* wide: forced modes only */
+    {1, 4, 8, 8, 4, 3, 3, 1, 1, 1, 1, 1, 1},       /* Tucker core at rank 4 */
+    {3, 4, 32, 32, 12, 3, 3, 1, 1, 1, 1, 1, 1},    /* rank 4 -> 12 */
+    {2, 1, 5, 9, 3, 3, 3, 1, 1, 1, 1, 1, 1},       /* one input channel, groups 1 */
+    {1, 6, 1, 1, 5, 3, 3, 1, 1, 1, 1, 1, 1},       /* 1×1 image, padded */
+    {2, 5, 7, 3, 7, 3, 3, 0, 0, 0, 0, 1, 1},       /* no padding */
+    {1, 3, 6, 9, 11, 3, 3, 2, 0, 1, 2, 1, 1},      /* asymmetric padding */
+    {4, 2, 9, 6, 40, 3, 5, 1, 2, 1, 2, 1, 1},      /* 3×5 kernel */
+    {1, 7, 10, 12, 3, 3, 3, 2, 2, 2, 2, 2, 1},     /* dilation 2 */
+    {2, 17, 13, 13, 6, 1, 1, 1, 0, 0, 1, 1, 1},    /* 1×1 with padding */
+    {2, 21, 11, 7, 19, 3, 3, 1, 1, 1, 1, 1, 1},    /* wide: forced modes only */
+    /* strided (phase planes) */
+    {3, 4, 8, 8, 4, 3, 3, 1, 1, 1, 1, 1, 2},    /* Tucker core, stride 2 */
+    {1, 5, 9, 11, 13, 3, 3, 1, 1, 1, 1, 1, 2},  /* odd sizes, stride 2 */
+    {2, 3, 10, 7, 6, 3, 5, 2, 0, 1, 2, 1, 3},   /* stride 3, 3×5, asymmetric padding */
+    {2, 6, 12, 12, 5, 3, 3, 2, 2, 2, 2, 2, 2},  /* dilation 2, stride 2 */
+    {1, 9, 7, 7, 2, 1, 1, 0, 0, 0, 0, 1, 2},    /* 1×1 stride 2 (a shortcut) */
+    {2, 16, 16, 16, 17, 3, 3, 1, 1, 1, 1, 1, 2}, /* wide, stride 2: forced only */
 };
 
 static lt_conv_geom geom(const shape *s) {
   lt_conv_geom g = {.n = s->n, .c = s->c, .h = s->h, .w = s->w, .s = s->s, .kh = s->kh,
-                    .kw = s->kw, .stride_h = 1, .stride_w = 1, .pad_t = s->pt, .pad_l = s->pl,
+                    .kw = s->kw, .stride_h = s->stride ? s->stride : 1,
+                    .stride_w = s->stride ? s->stride : 1, .pad_t = s->pt, .pad_l = s->pl,
                     .pad_b = s->pb, .pad_r = s->pr, .dil_h = s->dil, .dil_w = s->dil, .groups = 1};
   CHECK(lt_conv_geom_finish(&g, 0) == 0);
   return g;
@@ -82,7 +91,8 @@ static void reference(const lt_conv_geom *g, const float *x, const float *w, con
           for (int c = 0; c < C; c++)
             for (int ki = 0; ki < KH; ki++)
               for (int kj = 0; kj < KW; kj++) {
-                const int iy = oy + ki * g->dil_h - g->pad_t, ix = ox + kj * g->dil_w - g->pad_l;
+                const int iy = oy * g->stride_h + ki * g->dil_h - g->pad_t,
+                          ix = ox * g->stride_w + kj * g->dil_w - g->pad_l;
                 if (iy < 0 || iy >= H || ix < 0 || ix >= W) continue;
                 const size_t xi = (((size_t)n * C + c) * H + iy) * W + ix;
                 const size_t wi = (((size_t)s * C + c) * KH + ki) * KW + kj;
@@ -106,7 +116,8 @@ static double err(const float *got, const double *ref, size_t n, const float *ad
 }
 
 static int is_pw(const lt_conv_geom *g) {
-  return g->kh == 1 && g->kw == 1 && !g->pad_t && !g->pad_l && !g->pad_b && !g->pad_r;
+  return g->kh == 1 && g->kw == 1 && !g->pad_t && !g->pad_l && !g->pad_b && !g->pad_r &&
+         g->stride_h == 1;
 }
 
 static void check_shape(const shape *sh, const char *mode) {
@@ -214,16 +225,16 @@ TEST_CASE(direct_generic) { run_mode(LT_DIRECT_GENERIC, "generic"); }
 TEST_CASE(direct_eligibility) {
   lt_cpu_winograd_set_mode(LT_WINOGRAD_AUTO);
   lt_cpu_direct_set_mode(LT_DIRECT_AUTO);
-  shape pw = {2, 16, 8, 8, 36, 1, 1, 0, 0, 0, 0, 1}, core = {2, 4, 8, 8, 12, 3, 3, 1, 1, 1, 1, 1};
-  shape wide = {2, 16, 8, 8, 16, 3, 3, 1, 1, 1, 1, 1};
+  shape pw = {2, 16, 8, 8, 36, 1, 1, 0, 0, 0, 0, 1, 1}, core = {2, 4, 8, 8, 12, 3, 3, 1, 1, 1, 1, 1, 1};
+  shape wide = {2, 16, 8, 8, 16, 3, 3, 1, 1, 1, 1, 1, 1};
   lt_conv_geom g = geom(&pw), c = geom(&core), d = geom(&wide);
   CHECK(lt_cpu_direct_active(&g));
   CHECK(lt_cpu_direct_active(&c));
   CHECK(!lt_cpu_direct_active(&d)); /* Winograd's */
-  lt_conv_geom h = c;
+  lt_conv_geom h = d;
   h.stride_h = h.stride_w = 2;
   lt_conv_geom_finish(&h, 0);
-  CHECK(!lt_cpu_direct_active(&h)); /* strided: im2col */
+  CHECK(!lt_cpu_direct_active(&h)); /* wide strided: im2col */
   h = g, h.groups = 4, h.s = 32;
   CHECK(!lt_cpu_direct_active(&h)); /* grouped */
   lt_cpu_direct_set_mode(LT_DIRECT_OFF);
@@ -239,9 +250,9 @@ TEST_CASE(direct_eligibility) {
 TEST_CASE(direct_auto_chain) {
   lt_cpu_winograd_set_mode(LT_WINOGRAD_AUTO);
   lt_cpu_direct_set_mode(LT_DIRECT_AUTO);
-  const shape st[3] = {{3, 16, 9, 9, 4, 1, 1, 0, 0, 0, 0, 1},
-                       {3, 4, 9, 9, 4, 3, 3, 1, 1, 1, 1, 1},
-                       {3, 4, 9, 9, 16, 1, 1, 0, 0, 0, 0, 1}};
+  const shape st[3] = {{3, 16, 9, 9, 4, 1, 1, 0, 0, 0, 0, 1, 1},
+                       {3, 4, 9, 9, 4, 3, 3, 1, 1, 1, 1, 1, 1},
+                       {3, 4, 9, 9, 16, 1, 1, 0, 0, 0, 0, 1, 1}};
   for (int i = 0; i < 3; i++) check_shape(&st[i], "auto");
 }
 

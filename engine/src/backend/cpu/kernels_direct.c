@@ -139,8 +139,16 @@ int lt_cpu_direct_active(const lt_conv_geom *g) {
   const int m = lt_cpu_direct_mode();
   if (m == LT_DIRECT_OFF || g->groups != 1) return 0;
   if (is_pointwise(g)) return m != LT_DIRECT_AUTO || (g->c <= 256 && g->s <= 256);
-  if (g->stride_h != 1 || g->stride_w != 1) return 0;
   return m != LT_DIRECT_AUTO || g->c < 8 || g->s < 8;
+}
+
+/* Threads worth waking for a product of this many multiply-adds: one per 2^20 (tens of
+ * microseconds), so that the small convolutions of a batch-1 inference do not pay a parallel
+ * region's start (large with OMP_WAIT_POLICY=passive) for a few microseconds of work. */
+static int work_threads(double macs) {
+  const int most = omp_get_max_threads();
+  const double t = macs / (1 << 20) + 1;
+  return t < most ? (int)t : most;
 }
 
 /* ---- pointwise ------------------------------------------------------------------------------ */
@@ -156,7 +164,8 @@ static void pw_apply(const dc_impl *im, int n, int cin, int cout, size_t hw, con
                      int accumulate) {
   const int64_t blocks = (int64_t)((hw + DC_PW_BLOCK - 1) / DC_PW_BLOCK), units = blocks * n;
   const ptrdiff_t zero = 0;
-#pragma omp parallel for schedule(static)
+  const int threads = work_threads((double)n * cin * cout * hw);
+#pragma omp parallel for num_threads(threads) schedule(static)
   for (int64_t u = 0; u < units; u++) {
     const int img = (int)(u / blocks);
     const size_t p0 = (size_t)(u % blocks) * DC_PW_BLOCK;
@@ -192,51 +201,83 @@ static void pw_apply(const dc_impl *im, int n, int cin, int cout, size_t hw, con
   }
 }
 
-/* ---- k×k stride 1 --------------------------------------------------------------------------- */
+/* ---- k×k, any stride ------------------------------------------------------------------------ */
 
+/* The zero-bordered image is stored as sh*sw phase planes per channel: phase (a, b) holds the
+ * padded pixels (sh*i + a, sw*j + b) at (i, j), hq × wq each. Output (oy, ox) reads padded pixel
+ * (sh*oy + ki*dh, sw*ox + kj*dw), i.e. phase ((ki*dh) % sh, (kj*dw) % sw) at
+ * (oy + (ki*dh) / sh, ox + (kj*dw) / sw): on the output grid of pitch wq (position
+ * p = oy*wq + ox) every tap is a constant offset, and with stride 1 there is one phase, the
+ * padded plane itself. */
 typedef struct kx_shape {
-  int hp, wp;      /* zero-bordered plane */
-  size_t plane;    /* hp*wp */
-  int npos;        /* output positions on the padded-pitch grid, rounded up to 16 */
-  size_t xfloats;  /* c*plane + 16 (the last run may read up to 15 floats past the last plane) */
-  size_t slice;    /* xfloats + s*npos, rounded up to 16 */
+  int hp, wp;     /* zero-bordered image */
+  int hq, wq;     /* one phase plane: ceil(hp / sh), ceil(wp / sw) */
+  size_t phase;   /* hq*wq */
+  size_t chan;    /* sh*sw*phase: floats per channel */
+  int npos;       /* output positions on the grid of pitch wq, rounded up to 16 */
+  size_t xfloats; /* c*chan + 16 (a run may read up to 15 floats past the last plane) */
+  size_t slice;   /* xfloats + s*npos, rounded up to 16 */
 } kx_shape;
 
 static kx_shape kx_make(const lt_conv_geom *g) {
   kx_shape k;
   k.hp = g->h + g->pad_t + g->pad_b;
   k.wp = g->w + g->pad_l + g->pad_r;
-  k.plane = (size_t)k.hp * k.wp;
-  const size_t pos = (size_t)(g->oh - 1) * k.wp + g->ow;
+  k.hq = (k.hp + g->stride_h - 1) / g->stride_h;
+  k.wq = (k.wp + g->stride_w - 1) / g->stride_w;
+  k.phase = (size_t)k.hq * k.wq;
+  k.chan = (size_t)g->stride_h * g->stride_w * k.phase;
+  const size_t pos = (size_t)(g->oh - 1) * k.wq + g->ow;
   k.npos = (int)((pos + 15) & ~(size_t)15);
-  k.xfloats = (size_t)g->c * k.plane + 16;
+  k.xfloats = (size_t)g->c * k.chan + 16;
   k.slice = (k.xfloats + (size_t)g->s * k.npos + 15) & ~(size_t)15;
   return k;
 }
 
-/* The zero-bordered copy of one image (c, h, w) into xp (c, hp, wp), channels [c0, c1). */
+/* The phase planes of one image (c, h, w) into xp (c, sh*sw, hq, wq), channels [c0, c1). */
 static void kx_pack(const lt_conv_geom *g, const kx_shape *k, const float *restrict x,
                     float *restrict xp, int c0, int c1) {
+  const int sh = g->stride_h, sw = g->stride_w;
   for (int ch = c0; ch < c1; ch++) {
-    float *restrict d = xp + (size_t)ch * k->plane;
     const float *restrict s = x + (size_t)ch * g->h * g->w;
-    memset(d, 0, sizeof(float) * (size_t)g->pad_t * k->wp);
-    for (int r = 0; r < g->h; r++) {
-      float *restrict dr = d + (size_t)(r + g->pad_t) * k->wp;
-      memset(dr, 0, sizeof(float) * g->pad_l);
-      memcpy(dr + g->pad_l, s + (size_t)r * g->w, sizeof(float) * g->w);
-      memset(dr + g->pad_l + g->w, 0, sizeof(float) * g->pad_r);
+    if (sh == 1 && sw == 1) {
+      float *restrict d = xp + (size_t)ch * k->chan;
+      memset(d, 0, sizeof(float) * (size_t)g->pad_t * k->wp);
+      for (int r = 0; r < g->h; r++) {
+        float *restrict dr = d + (size_t)(r + g->pad_t) * k->wp;
+        memset(dr, 0, sizeof(float) * g->pad_l);
+        memcpy(dr + g->pad_l, s + (size_t)r * g->w, sizeof(float) * g->w);
+        memset(dr + g->pad_l + g->w, 0, sizeof(float) * g->pad_r);
+      }
+      memset(d + (size_t)(g->pad_t + g->h) * k->wp, 0, sizeof(float) * (size_t)g->pad_b * k->wp);
+      continue;
     }
-    memset(d + (size_t)(g->pad_t + g->h) * k->wp, 0, sizeof(float) * (size_t)g->pad_b * k->wp);
+    for (int a = 0; a < sh; a++)
+      for (int b = 0; b < sw; b++) {
+        float *restrict d = xp + (size_t)ch * k->chan + (size_t)(a * sw + b) * k->phase;
+        for (int i = 0; i < k->hq; i++) {
+          const int iy = sh * i + a - g->pad_t;
+          float *restrict dr = d + (size_t)i * k->wq;
+          if (iy < 0 || iy >= g->h) {
+            memset(dr, 0, sizeof(float) * k->wq);
+            continue;
+          }
+          const float *restrict sr = s + (size_t)iy * g->w;
+          for (int j = 0; j < k->wq; j++) {
+            const int ix = sw * j + b - g->pad_l;
+            dr[j] = ix >= 0 && ix < g->w ? sr[ix] : 0.0f;
+          }
+        }
+      }
   }
 }
 
-/* y (s, oh, ow) [+]= yt (s, npos on the padded-pitch grid), output channels [o0, o1). */
+/* y (s, oh, ow) [+]= yt (s, npos on the grid of pitch wq), output channels [o0, o1). */
 static void kx_unpack(const lt_conv_geom *g, const kx_shape *k, const float *restrict yt,
                       float *restrict y, int accumulate, int o0, int o1) {
   for (int o = o0; o < o1; o++)
     for (int r = 0; r < g->oh; r++) {
-      const float *restrict s = yt + (size_t)o * k->npos + (size_t)r * k->wp;
+      const float *restrict s = yt + (size_t)o * k->npos + (size_t)r * k->wq;
       float *restrict d = y + ((size_t)o * g->oh + r) * g->ow;
       if (accumulate)
         for (int i = 0; i < g->ow; i++)
@@ -260,10 +301,14 @@ int lt_cpu_direct_fwd(const lt_conv_geom *g, const float *x, const float *w, con
   if (kk > 64 || !ws || ws_bytes / sizeof(float) < k.slice) return -1;
   ptrdiff_t toff[64];
   for (int i = 0; i < g->kh; i++)
-    for (int j = 0; j < g->kw; j++)
-      toff[i * g->kw + j] = (ptrdiff_t)i * g->dil_h * k.wp + (ptrdiff_t)j * g->dil_w;
+    for (int j = 0; j < g->kw; j++) {
+      const int dy = i * g->dil_h, dx = j * g->dil_w;
+      const int ph = (dy % g->stride_h) * g->stride_w + dx % g->stride_w;
+      toff[i * g->kw + j] = (ptrdiff_t)ph * (ptrdiff_t)k.phase +
+                            (ptrdiff_t)(dy / g->stride_h) * k.wq + dx / g->stride_w;
+    }
   const size_t ohw = (size_t)g->oh * g->ow, max_slices = ws_bytes / sizeof(float) / k.slice;
-  int threads = omp_get_max_threads();
+  int threads = work_threads((double)g->n * g->s * g->c * kk * k.npos);
   if ((size_t)threads > max_slices) threads = (int)max_slices;
   if (g->n >= threads) {
     /* one image per unit, each thread in its own slice */
@@ -271,8 +316,8 @@ int lt_cpu_direct_fwd(const lt_conv_geom *g, const float *x, const float *w, con
     for (int img = 0; img < g->n; img++) {
       float *xp = (float *)ws + (size_t)omp_get_thread_num() * k.slice, *yt = xp + k.xfloats;
       kx_pack(g, &k, x + (size_t)img * g->c * hw, xp, 0, g->c);
-      memset(xp + (size_t)g->c * k.plane, 0, sizeof(float) * 16);
-      im->run(k.npos, g->s, g->c, kk, toff, xp, (ptrdiff_t)k.plane, w, (ptrdiff_t)g->c * kk, kk,
+      memset(xp + (size_t)g->c * k.chan, 0, sizeof(float) * 16);
+      im->run(k.npos, g->s, g->c, kk, toff, xp, (ptrdiff_t)k.chan, w, (ptrdiff_t)g->c * kk, kk,
               b, yt, k.npos);
       kx_unpack(g, &k, yt, y + (size_t)img * g->s * ohw, accumulate, 0, g->s);
     }
@@ -288,11 +333,11 @@ int lt_cpu_direct_fwd(const lt_conv_geom *g, const float *x, const float *w, con
       for (int ch = 0; ch < g->c; ch++)
         kx_pack(g, &k, x + (size_t)img * g->c * hw, xp, ch, ch + 1);
 #pragma omp single
-      memset(xp + (size_t)g->c * k.plane, 0, sizeof(float) * 16);
+      memset(xp + (size_t)g->c * k.chan, 0, sizeof(float) * 16);
 #pragma omp for schedule(static)
       for (int r = 0; r < runs; r++) {
         const int p0 = r * 64, len = k.npos - p0 < 64 ? k.npos - p0 : 64;
-        im->run(len, g->s, g->c, kk, toff, xp + p0, (ptrdiff_t)k.plane, w, (ptrdiff_t)g->c * kk,
+        im->run(len, g->s, g->c, kk, toff, xp + p0, (ptrdiff_t)k.chan, w, (ptrdiff_t)g->c * kk,
                 kk, b, yt + p0, k.npos);
       }
 #pragma omp for schedule(static)
