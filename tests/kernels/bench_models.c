@@ -12,11 +12,13 @@
  * same load. Set LATHE_BENCH_NO_BREAKDOWN=1 to skip the per-geometry tables.
  *
  * Per-geometry times call lt_cpu_conv2d_fwd_infer on random data of that geometry in isolation
- * (median of REPS), multiplied by how many convolutions of the model have it. */
+ * (median of REPS, process CPU time of all threads, which other processes' load disturbs far
+ * less than wall time), multiplied by how many convolutions of the model have it. */
 #include <omp.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #include "backend/cpu/kernels.h"
 #include "lathe/backend.h"
@@ -49,13 +51,22 @@ static lt_exec *make_exec(lt_graph *g, int batch, lt_backend *be) {
   return ex;
 }
 
-static double time_forward(lt_exec *ex) {
+/* Process CPU time (all threads): far less disturbed by other processes on a shared machine than
+ * wall time, and what a kernel costs. */
+static double cpu_now(void) {
+  struct timespec ts;
+  clock_gettime(CLOCK_PROCESS_CPUTIME_ID, &ts);
+  return ts.tv_sec + 1e-9 * ts.tv_nsec;
+}
+
+static double time_forward(lt_exec *ex, double *cpu) {
   lt_err err = {0};
-  double t0 = lt_now();
+  double t0 = lt_now(), c0 = cpu_now();
   if (lt_exec_forward(ex, &err)) {
     fprintf(stderr, "bench_models: %s\n", err.msg);
     exit(1);
   }
+  *cpu = cpu_now() - c0;
   return lt_now() - t0;
 }
 
@@ -77,7 +88,8 @@ static int same_geom(const lt_conv_geom *a, const lt_conv_geom *b) {
 
 static const int geo_modes[3] = {LT_DIRECT_OFF, LT_DIRECT_AUTO, LT_DIRECT_AVX512};
 
-/* Median ms of one lt_cpu_conv2d_fwd_infer call in each of the three modes, interleaved. */
+/* Median CPU ms of one lt_cpu_conv2d_fwd_infer call in each of the three modes, interleaved;
+ * "forced" also turns Winograd off, so it shows the direct kernel wherever it can run. */
 static void time_geom(const lt_conv_geom *g, int reps, double ms[3]) {
   const size_t nx = (size_t)g->n * g->c * g->h * g->w, ny = (size_t)g->n * g->s * g->oh * g->ow,
                nw = (size_t)g->s * (g->c / g->groups) * g->kh * g->kw;
@@ -94,11 +106,13 @@ static void time_geom(const lt_conv_geom *g, int reps, double ms[3]) {
   for (int k = -1; k < reps; k++) /* k = -1 warms up */
     for (int m = 0; m < 3; m++) {
       lt_cpu_direct_set_mode(geo_modes[m]);
-      double t0 = lt_now();
+      lt_cpu_winograd_set_mode(m == 2 ? LT_WINOGRAD_OFF : LT_WINOGRAD_AUTO);
+      double t0 = cpu_now();
       lt_cpu_conv2d_fwd_infer(g, x, w, b, y, ws);
-      if (k >= 0) t[m][k] = lt_now() - t0;
+      if (k >= 0) t[m][k] = cpu_now() - t0;
     }
   lt_cpu_direct_set_mode(-1);
+  lt_cpu_winograd_set_mode(LT_WINOGRAD_AUTO);
   for (int m = 0; m < 3; m++) {
     ms[m] = median(t[m], reps) * 1e3;
     free(t[m]);
@@ -131,8 +145,9 @@ static void breakdown(const char *label, lt_graph *g, int batch, int reps) {
       tot[m] += rows[k].ms[m];
     }
   }
-  printf("\n%s, batch %d: %d distinct conv geometries (ms = median per forward x count; off = "
-         "before, auto = after, forced = direct kernels on every conv they can take)\n",
+  printf("\n%s, batch %d: %d distinct conv geometries (CPU ms, all threads = median per "
+         "forward x count; off = before, auto = after, forced = direct kernels on every conv they "
+         "can take, Winograd off)\n",
          label, batch, nrows);
   printf("  %-30s %5s %9s %9s %9s %7s %6s\n", "c->s hxw kxk/stride pad", "count", "ms off",
          "ms auto", "ms forced", "off/auto", "share");
@@ -181,29 +196,34 @@ int main(int argc, char **argv) {
   for (int bi = 0; bi < nbatch; bi++) {
     const int batch = batches[bi];
     lt_exec *ex[2] = {make_exec(g[0], batch, be), make_exec(g[1], batch, be)};
-    double *t[2][2];
+    double *t[2][2], *tc[2][2];
     for (int m = 0; m < 2; m++)
-      for (int on = 0; on < 2; on++)
+      for (int on = 0; on < 2; on++) {
         t[m][on] = malloc(sizeof(double) * reps);
+        tc[m][on] = malloc(sizeof(double) * reps);
+      }
     for (int k = -1; k < reps; k++) /* k = -1 warms up */
       for (int on = 0; on <= have_direct; on++) {
         lt_cpu_direct_set_mode(on ? LT_DIRECT_AUTO : LT_DIRECT_OFF);
         for (int m = 0; m < 2; m++) {
-          double s = time_forward(ex[m]);
-          if (k >= 0) t[m][on][k] = s;
+          double c, s = time_forward(ex[m], &c);
+          if (k >= 0) t[m][on][k] = s, tc[m][on][k] = c;
         }
       }
     lt_cpu_direct_set_mode(-1);
-    printf("\nbatch %d             dense ms  compressed ms  speedup (dense/compressed)\n", batch);
+    printf("\nbatch %d                  wall ms: dense  compressed  speedup |  CPU ms: dense  "
+           "compressed  speedup\n",
+           batch);
     for (int on = 0; on <= have_direct; on++) {
       double d = median(t[0][on], reps) * 1e3, c = median(t[1][on], reps) * 1e3;
-      printf("  %-18s %9.2f  %13.2f  %6.2fx\n", on ? "direct on (after)" : "direct off (before)",
-             d, c, d / c);
+      double dc = median(tc[0][on], reps) * 1e3, cc = median(tc[1][on], reps) * 1e3;
+      printf("  %-22s %14.2f %11.2f %7.2fx | %14.2f %11.2f %7.2fx\n",
+             on ? "direct on (after)" : "direct off (before)", d, c, d / c, dc, cc, dc / cc);
     }
     for (int m = 0; m < 2; m++) {
       lt_exec_free(ex[m]);
       for (int on = 0; on < 2; on++)
-        free(t[m][on]);
+        free(t[m][on]), free(tc[m][on]);
     }
     if (!getenv("LATHE_BENCH_NO_BREAKDOWN")) {
       breakdown("dense", g[0], batch, reps);

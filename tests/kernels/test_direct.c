@@ -230,11 +230,20 @@ TEST_CASE(direct_eligibility) {
   lt_conv_geom g = geom(&pw), c = geom(&core), d = geom(&wide);
   CHECK(lt_cpu_direct_active(&g));
   CHECK(lt_cpu_direct_active(&c));
-  CHECK(!lt_cpu_direct_active(&d)); /* Winograd's */
+  CHECK(!lt_cpu_direct_active(&d)); /* Winograd's: 16 channels need no padding */
   lt_conv_geom h = d;
-  h.stride_h = h.stride_w = 2;
+  h.c = h.s = 12;
+  CHECK(lt_cpu_direct_active(&h)); /* 12 -> 12: Winograd would pad to 16 */
+  h.c = h.s = 28;
+  CHECK(!lt_cpu_direct_active(&h));
+  h = d, h.stride_h = h.stride_w = 2;
   lt_conv_geom_finish(&h, 0);
+  CHECK(lt_cpu_direct_active(&h)); /* strided 3×3 */
+  h.c = 128;
   CHECK(!lt_cpu_direct_active(&h)); /* wide strided: im2col */
+  h = g, h.stride_h = h.stride_w = 2;
+  lt_conv_geom_finish(&h, 0);
+  CHECK(!lt_cpu_direct_active(&h)); /* 1×1 strided: im2col */
   h = g, h.groups = 4, h.s = 32;
   CHECK(!lt_cpu_direct_active(&h)); /* grouped */
   lt_cpu_direct_set_mode(LT_DIRECT_OFF);

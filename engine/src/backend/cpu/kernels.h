@@ -93,13 +93,16 @@ void lt_cpu_winograd_bwd_filter(const lt_conv_geom *g, const float *x, const flo
                                 int accumulate, void *ws);
 
 /* Direct convolutions (kernels_direct.c), used by the conv2d functions above ahead of Winograd
- * and im2col whenever lt_cpu_direct_active: pointwise (1×1, stride 1, unpadded, groups 1) forward
- * and backward data, and the forward of stride-1 groups-1 convolutions with fewer than 8 input or
- * output channels (any kernel, padding, dilation). Results do not depend on the thread count. */
+ * and im2col whenever lt_cpu_direct_active (and no Winograd mode is forced that takes the
+ * convolution): in automatic mode, pointwise (1×1, stride 1, unpadded) forward and backward data
+ * up to 256 channels, forwards of stride-1 convolutions with fewer than 8 channels in or out or
+ * whose channels Winograd would pad by more than 16/9, and forwards of strided convolutions with
+ * kernels of at least 3×3 and at most 64 input channels; groups 1 only. Results do not depend on
+ * the thread count. */
 enum {
   LT_DIRECT_OFF = 0,     /* kernels_conv.c's lowering everywhere */
   LT_DIRECT_AUTO = 1,    /* the best instruction set the CPU has, on the shapes above */
-  LT_DIRECT_GENERIC = 2, /* forced (every eligible convolution Winograd does not take), portable */
+  LT_DIRECT_GENERIC = 2, /* forced (every groups-1 convolution), portable */
   LT_DIRECT_AVX2 = 3,    /* forced, AVX2+FMA (lower if the CPU lacks it) */
   LT_DIRECT_AVX512 = 4   /* forced, AVX-512 (lower if the CPU lacks it) */
 };

@@ -24,10 +24,11 @@
  * order, so results are reproducible at a given thread count. 1×1 and depthwise paths keep
  * OpenBLAS's own threads and OpenMP loops.
  *
- * Direct kernels (kernels_direct.c) come first where lt_cpu_direct_active: pointwise forward and
- * backward data (Tucker-compressed networks' 1×1 convolutions, where per-image sgemm calls with
- * M or K of 4..36 run far below rate), and forwards of stride-1 convolutions with fewer than 8
- * input or output channels (their narrow 3×3 cores, which Winograd declines).
+ * Direct kernels (kernels_direct.c) come first where lt_cpu_direct_active (unless a Winograd mode
+ * is forced and takes the convolution): pointwise forward and backward data (Tucker-compressed
+ * networks' 1×1 convolutions, where per-image sgemm calls with M or K of 4..36 run far below
+ * rate), and forwards of narrow stride-1 convolutions (their low-rank 3×3 cores, which Winograd
+ * declines or pads to 16 channels) and of strided 3×3 convolutions with at most 64 channels in.
  */
 #include "backend/cpu/kernels.h"
 
@@ -487,7 +488,9 @@ static void conv_fwd(const lt_conv_geom *g, const float *x, const float *w, cons
     dw_fwd(g, x, w, b, y, accumulate);
     return;
   }
-  if (!lt_cpu_winograd_active(g) &&
+  /* direct kernels first, unless a Winograd mode is forced (tests, benchmarks) and takes it */
+  const int wm = lt_cpu_winograd_mode();
+  if (!(wm != LT_WINOGRAD_AUTO && lt_cpu_winograd_active(g)) &&
       !lt_cpu_direct_fwd(g, x, w, b, y, accumulate, ws, ws ? lt_cpu_conv2d_workspace(g) : 0))
     return;
   if (is_pointwise(g)) {

@@ -1,6 +1,6 @@
-/* Direct convolutions on the CPU, for the shapes where lowering to sgemm runs far below the
- * machine's rate: pointwise convolutions (1×1, stride 1, no padding, groups 1) and stride-1
- * convolutions with few channels (fewer than 8 in or out, which Winograd declines). Low-rank
+/* Direct convolutions on the CPU, for the shapes where lowering to sgemm (or Winograd's channel
+ * padding) runs far below the machine's rate: pointwise convolutions (1×1, stride 1, no padding,
+ * groups 1), stride-1 convolutions with few channels, and strided ones (lt_cpu_direct_active). Low-rank
  * (Tucker-2) compressed networks are made of exactly these: 1×1 convolutions C -> r and r -> S
  * around a 3×3 core r_in -> r_out with ranks of 4..36. Per-image sgemm calls with M or K of
  * 4..36 spend their time packing, and im2col of a 4-channel core costs more than its product.
@@ -13,12 +13,14 @@
  *  - Pointwise: the pixels of one image are the columns; y (s, hw) = w (s, c) · x (c, hw) + b.
  *    Backward data is the same product with the weight read transposed (c, s). Pixel tails
  *    (hw not a multiple of 16) are computed by a scalar loop in the same summation order.
- *  - k×k stride 1 (any kernel, dilation and padding): each image is copied into a zero-bordered
+ *  - k×k (any kernel, stride, dilation and padding): each image is copied into a zero-bordered
  *    plane (c, hp, wp) and the output is computed on the "padded-pitch" grid: output (oy, ox)
  *    is position p = oy*wp + ox, and tap (ki, kj) reads the plane at p + ki*dil_h*wp + kj*dil_w,
  *    so every tap is one contiguous run and the micro-kernel needs no bounds: the columns
- *    ox >= ow are computed and dropped when the result is copied into NCHW y.
- * Backward filter and strided or grouped convolutions stay on kernels_conv.c's lowering.
+ *    ox >= ow are computed and dropped when the result is copied into NCHW y. Strides > 1 split
+ *    the plane into stride_h*stride_w phase planes (kx_shape) so that taps stay contiguous.
+ * Backward filter, non-pointwise backward data and grouped convolutions stay on kernels_conv.c's
+ * lowering (or Winograd).
  *
  * Reproducibility. Each output element is computed by one fixed sequence of operations that
  * depends on the geometry only (not on the thread count or on which thread computes it), so the
@@ -30,8 +32,8 @@
  * Instruction sets as in kernels_winograd.c: the body is compiled for AVX-512, for AVX2+FMA and
  * for the build's own target, and the first use picks the best the CPU has. LATHE_CONV_DIRECT (or
  * lt_cpu_direct_set_mode) selects "0"/"off" (kernels_conv.c's lowering everywhere), "generic",
- * "avx2", "avx512" (forced: every eligible convolution, whatever its channel counts, that
- * Winograd does not take), or automatic (unset or anything else).
+ * "avx2", "avx512" (forced: every groups-1 convolution, unless a Winograd mode is forced too),
+ * or automatic (unset or anything else).
  */
 #include "backend/cpu/kernels.h"
 
@@ -132,14 +134,28 @@ static int is_pointwise(const lt_conv_geom *g) {
          g->groups == 1;
 }
 
-/* Pointwise: any channel counts up to 256 (wider products are sgemm's ground). Other stride-1
- * convolutions: automatic mode only with fewer than 8 input or output channels (the rest go to
- * Winograd or im2col), forced modes all of them. */
+static int round16(int v) { return (v + 15) & ~15; }
+
+/* Which convolutions automatic mode takes (forced modes: every groups-1 convolution). Measured
+ * with bench_models on the Tucker-compressed and dense ResNet-20 at batch 64, two threads,
+ * process CPU time, direct against what the rest of the dispatch would do:
+ *  - pointwise, up to 256 channels in and out: 2.4-6x faster than per-image sgemm at 4..64;
+ *  - stride 1, fewer than 8 channels in or out (Winograd declines them, im2col): 4.4x on the
+ *    rank-4 cores (4->4 32×32), 2.6x on the dense network's 3->16 first conv;
+ *  - stride 1 where padding the channels to 16 costs Winograd over 16/9 of the products
+ *    (16*c*s <= 9*cp*sp): 8->8 32×32 0.71 vs 1.47 ms (F(4×4)), 12->12 32×32 1.17 vs 1.69,
+ *    20->20 8×8 0.25 vs 0.33, 36->36 8×8 0.70 vs 0.88, 24->24 16×16 1.16 vs 1.21; beyond it
+ *    Winograd wins (28->28 8×8 0.43 vs 0.38, 16->16 16×16 0.56 vs 0.38, 16->16 32×32 12.1 vs 9.3);
+ *  - strided 3×3 (and larger) with at most 64 input channels: 16->16 3×3/2 32×32 1.60 vs 2.22 ms,
+ *    32->32 3×3/2 16×16 1.01 vs 1.68, dense 16->32 2.06 vs 3.11, 32->64 1.56 vs 2.18. */
 int lt_cpu_direct_active(const lt_conv_geom *g) {
   const int m = lt_cpu_direct_mode();
   if (m == LT_DIRECT_OFF || g->groups != 1) return 0;
-  if (is_pointwise(g)) return m != LT_DIRECT_AUTO || (g->c <= 256 && g->s <= 256);
-  return m != LT_DIRECT_AUTO || g->c < 8 || g->s < 8;
+  if (m != LT_DIRECT_AUTO) return 1;
+  if (is_pointwise(g)) return g->c <= 256 && g->s <= 256;
+  if (g->stride_h == 1 && g->stride_w == 1)
+    return g->c < 8 || g->s < 8 || 16 * g->c * g->s <= 9 * round16(g->c) * round16(g->s);
+  return g->kh >= 3 && g->kw >= 3 && g->c <= 64;
 }
 
 /* Threads worth waking for a product of this many multiply-adds: one per 2^20 (tens of
