@@ -92,13 +92,13 @@ void lt_cpu_winograd_bwd_data(const lt_conv_geom *g, const float *dy, const floa
 void lt_cpu_winograd_bwd_filter(const lt_conv_geom *g, const float *x, const float *dy, float *dw,
                                 int accumulate, void *ws);
 
-/* Direct convolutions (kernels_direct.c), used by the conv2d functions above ahead of Winograd
- * and im2col whenever lt_cpu_direct_active (and no Winograd mode is forced that takes the
- * convolution): in automatic mode, pointwise (1×1, stride 1, unpadded) forward and backward data
- * up to 256 channels, forwards of stride-1 convolutions with fewer than 8 channels in or out or
- * whose channels Winograd would pad by more than 16/9, and forwards of strided convolutions with
- * kernels of at least 3×3 and at most 64 input channels; groups 1 only. Results do not depend on
- * the thread count. */
+/* Direct convolutions (kernels_direct.c), used by lt_cpu_conv2d_fwd_infer ahead of Winograd and
+ * im2col whenever lt_cpu_direct_active (and no Winograd mode is forced that takes the
+ * convolution); training passes keep the other paths. Automatic mode takes pointwise (1×1,
+ * stride 1, unpadded) convolutions up to 256 channels, stride-1 convolutions with fewer than 8
+ * channels in or out or whose channels Winograd would pad by more than 16/9, and strided
+ * convolutions with kernels of at least 3×3 and at most 64 input channels; groups 1 only.
+ * Results do not depend on the thread count. */
 enum {
   LT_DIRECT_OFF = 0,     /* kernels_conv.c's lowering everywhere */
   LT_DIRECT_AUTO = 1,    /* the best instruction set the CPU has, on the shapes above */
@@ -118,8 +118,6 @@ size_t lt_cpu_direct_slice_bytes(const lt_conv_geom *g);
  * or ws (ws_bytes) is too small for one thread's slice. */
 int lt_cpu_direct_fwd(const lt_conv_geom *g, const float *x, const float *w, const float *b,
                       float *y, int accumulate, void *ws, size_t ws_bytes);
-int lt_cpu_direct_bwd_data(const lt_conv_geom *g, const float *dy, const float *w, float *dx,
-                           int accumulate);
 
 size_t lt_cpu_conv_transpose2d_workspace(const lt_conv_geom *g);
 void lt_cpu_conv_transpose2d_fwd(const lt_conv_geom *g, const float *x, const float *w,

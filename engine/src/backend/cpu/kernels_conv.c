@@ -24,11 +24,12 @@
  * order, so results are reproducible at a given thread count. 1×1 and depthwise paths keep
  * OpenBLAS's own threads and OpenMP loops.
  *
- * Direct kernels (kernels_direct.c) come first where lt_cpu_direct_active (unless a Winograd mode
- * is forced and takes the convolution): pointwise forward and backward data (Tucker-compressed
- * networks' 1×1 convolutions, where per-image sgemm calls with M or K of 4..36 run far below
- * rate), and forwards of narrow stride-1 convolutions (their low-rank 3×3 cores, which Winograd
- * declines or pads to 16 channels) and of strided 3×3 convolutions with at most 64 channels in.
+ * Direct kernels (kernels_direct.c) come first in inference forwards (lt_cpu_conv2d_fwd_infer)
+ * where lt_cpu_direct_active, unless a Winograd mode is forced and takes the convolution:
+ * pointwise convolutions (Tucker-compressed networks' 1×1 convolutions, where per-image sgemm
+ * calls with M or K of 4..36 run far below rate), narrow stride-1 convolutions (their low-rank
+ * 3×3 cores, which Winograd declines or pads to 16 channels) and strided 3×3 convolutions with at
+ * most 64 channels in.
  */
 #include "backend/cpu/kernels.h"
 
@@ -488,9 +489,12 @@ static void conv_fwd(const lt_conv_geom *g, const float *x, const float *w, cons
     dw_fwd(g, x, w, b, y, accumulate);
     return;
   }
-  /* direct kernels first, unless a Winograd mode is forced (tests, benchmarks) and takes it */
+  /* inference forwards: direct kernels first, unless a Winograd mode is forced (tests,
+   * benchmarks) and takes the convolution. Training keeps the paths below: with the direct
+   * kernels on ResNet-20's first convolution (3->16) engine.ref_resnet20_matches_pytorch's
+   * parameter gradients moved by 1.7% (tolerance 2e-4), though its logits stayed within 5e-7 */
   const int wm = lt_cpu_winograd_mode();
-  if (!(wm != LT_WINOGRAD_AUTO && lt_cpu_winograd_active(g)) &&
+  if (infer && !(wm != LT_WINOGRAD_AUTO && lt_cpu_winograd_active(g)) &&
       !lt_cpu_direct_fwd(g, x, w, b, y, accumulate, ws, ws ? lt_cpu_conv2d_workspace(g) : 0))
     return;
   if (is_pointwise(g)) {
@@ -534,7 +538,6 @@ static void conv_bwd_data(const lt_conv_geom *g, const float *dy, const float *w
     dw_bwd_data(g, dy, w, dx, accumulate);
     return;
   }
-  if (is_pointwise(g) && !lt_cpu_direct_bwd_data(g, dy, w, dx, accumulate)) return;
   if (is_pointwise(g)) {
     /* dx[img] (c, hw) = wᵀ (c, s) · dy[img] (s, hw), per group */
     for (int img = 0; img < g->n; img++)

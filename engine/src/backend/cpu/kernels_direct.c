@@ -10,8 +10,8 @@
  * each step loads DC_NV vectors of input pixels and does DC_OB broadcast multiply-adds per
  * vector, so the input is read from L1 once per block of output channels and the output written
  * once. NCHW needs no reordering for it: pixels of one channel are contiguous.
- *  - Pointwise: the pixels of one image are the columns; y (s, hw) = w (s, c) · x (c, hw) + b.
- *    Backward data is the same product with the weight read transposed (c, s). Pixel tails
+ *  - Pointwise: the pixels of one image are the columns; y (s, hw) = w (s, c) · x (c, hw) + b
+ *    (pw_apply also takes the weight strided, e.g. transposed for a backward data). Pixel tails
  *    (hw not a multiple of 16) are computed by a scalar loop in the same summation order.
  *  - k×k (any kernel, stride, dilation and padding): each image is copied into a zero-bordered
  *    plane (c, hp, wp) and the output is computed on the "padded-pitch" grid: output (oy, ox)
@@ -19,8 +19,8 @@
  *    so every tap is one contiguous run and the micro-kernel needs no bounds: the columns
  *    ox >= ow are computed and dropped when the result is copied into NCHW y. Strides > 1 split
  *    the plane into stride_h*stride_w phase planes (kx_shape) so that taps stay contiguous.
- * Backward filter, non-pointwise backward data and grouped convolutions stay on kernels_conv.c's
- * lowering (or Winograd).
+ * Only inference forwards use these kernels (kernels_conv.c says why); training and grouped
+ * convolutions stay on kernels_conv.c's lowering or Winograd.
  *
  * Reproducibility. Each output element is computed by one fixed sequence of operations that
  * depends on the geometry only (not on the thread count or on which thread computes it), so the
@@ -367,13 +367,4 @@ int lt_cpu_direct_fwd(const lt_conv_geom *g, const float *x, const float *w, con
 size_t lt_cpu_direct_slice_bytes(const lt_conv_geom *g) {
   if (is_pointwise(g)) return 0;
   return kx_make(g).slice * sizeof(float);
-}
-
-int lt_cpu_direct_bwd_data(const lt_conv_geom *g, const float *dy, const float *w, float *dx,
-                           int accumulate) {
-  const dc_impl *im = dc_pick();
-  if (!im || !is_pointwise(g) || !lt_cpu_direct_active(g)) return -1;
-  /* dx (c, hw) = wᵀ (c, s) · dy (s, hw): W's element (o = input channel, k = output channel) */
-  pw_apply(im, g->n, g->s, g->c, (size_t)g->h * g->w, dy, w, 1, g->c, NULL, dx, accumulate);
-  return 0;
 }
