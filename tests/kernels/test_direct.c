@@ -207,6 +207,8 @@ TEST_CASE(direct_eligibility) {
   lt_conv_geom g = geom(&pw), c = geom(&core), d = geom(&wide);
   CHECK(lt_cpu_direct_active(&g));
   CHECK(lt_cpu_direct_active(&c));
+  CHECK(lt_cpu_direct_active(&d)); /* 128 output pixels: Winograd's per-call costs not repaid */
+  d.n = 64;
   CHECK(!lt_cpu_direct_active(&d)); /* Winograd's: 16 channels need no padding */
   lt_conv_geom h = d;
   h.c = h.s = 12;

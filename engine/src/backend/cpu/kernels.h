@@ -96,7 +96,8 @@ void lt_cpu_winograd_bwd_filter(const lt_conv_geom *g, const float *x, const flo
  * im2col whenever lt_cpu_direct_active (and no Winograd mode is forced that takes the
  * convolution); training passes keep the other paths. Automatic mode takes pointwise (1×1,
  * stride 1, unpadded) convolutions up to 256 channels, stride-1 convolutions with fewer than 8
- * channels in or out or whose channels Winograd would pad by more than 16/9, and strided
+ * channels in or out, whose channels Winograd would pad by more than 16/9, or with at most 512
+ * output pixels in the batch, and strided
  * convolutions with kernels of at least 3×3 and at most 64 input channels; groups 1 only.
  * Results do not depend on the thread count. */
 enum {

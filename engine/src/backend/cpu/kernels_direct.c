@@ -146,6 +146,10 @@ static int round16(int v) { return (v + 15) & ~15; }
  *    (16*c*s <= 9*cp*sp): 8->8 32×32 0.71 vs 1.47 ms (F(4×4)), 12->12 32×32 1.17 vs 1.69,
  *    20->20 8×8 0.25 vs 0.33, 36->36 8×8 0.70 vs 0.88, 24->24 16×16 1.16 vs 1.21; beyond it
  *    Winograd wins (28->28 8×8 0.43 vs 0.38, 16->16 16×16 0.56 vs 0.38, 16->16 32×32 12.1 vs 9.3);
+ *  - stride 1 with at most 512 output pixels in the batch (16×16 images at batch 1 or 2, 8×8 up
+ *    to 8), where Winograd's per-call costs (filter transform, padded buffers) are not paid back:
+ *    batch 1, 32->32 16×16 0.047 vs 0.26 ms, 64->64 8×8 0.054 vs 0.17, 24->24 16×16 0.034 vs
+ *    0.155, 28->28 8×8 0.008 vs 0.040 (but 16->16 32×32, 1024 pixels: 0.044 vs 0.032);
  *  - strided 3×3 (and larger) with at most 64 input channels: 16->16 3×3/2 32×32 1.60 vs 2.22 ms,
  *    32->32 3×3/2 16×16 1.01 vs 1.68, dense 16->32 2.06 vs 3.11, 32->64 1.56 vs 2.18. */
 int lt_cpu_direct_active(const lt_conv_geom *g) {
@@ -154,7 +158,8 @@ int lt_cpu_direct_active(const lt_conv_geom *g) {
   if (m != LT_DIRECT_AUTO) return 1;
   if (is_pointwise(g)) return g->c <= 256 && g->s <= 256;
   if (g->stride_h == 1 && g->stride_w == 1)
-    return g->c < 8 || g->s < 8 || 16 * g->c * g->s <= 9 * round16(g->c) * round16(g->s);
+    return g->c < 8 || g->s < 8 || 16 * g->c * g->s <= 9 * round16(g->c) * round16(g->s) ||
+           (size_t)g->n * g->oh * g->ow <= 512;
   return g->kh >= 3 && g->kw >= 3 && g->c <= 64;
 }
 
