@@ -92,6 +92,34 @@ void lt_cpu_winograd_bwd_data(const lt_conv_geom *g, const float *dy, const floa
 void lt_cpu_winograd_bwd_filter(const lt_conv_geom *g, const float *x, const float *dy, float *dw,
                                 int accumulate, void *ws);
 
+/* Direct convolutions (kernels_direct.c), used by lt_cpu_conv2d_fwd_infer ahead of Winograd and
+ * im2col whenever lt_cpu_direct_active (and no Winograd mode is forced that takes the
+ * convolution); training passes keep the other paths. Automatic mode takes pointwise (1×1,
+ * stride 1, unpadded) convolutions up to 256 channels, stride-1 convolutions with fewer than 8
+ * channels in or out, whose channels Winograd would pad by more than 16/9, or with at most 512
+ * output pixels in the batch, and strided
+ * convolutions with kernels of at least 3×3 and at most 64 input channels; groups 1 only.
+ * Results do not depend on the thread count. */
+enum {
+  LT_DIRECT_OFF = 0,     /* kernels_conv.c's lowering everywhere */
+  LT_DIRECT_AUTO = 1,    /* the best instruction set the CPU has, on the shapes above */
+  LT_DIRECT_GENERIC = 2, /* forced (every groups-1 convolution), portable */
+  LT_DIRECT_AVX2 = 3,    /* forced, AVX2+FMA (lower if the CPU lacks it) */
+  LT_DIRECT_AVX512 = 4   /* forced, AVX-512 (lower if the CPU lacks it) */
+};
+/* The mode: set here (-1: read the environment again on next use), else from LATHE_CONV_DIRECT
+ * (0/off, generic, avx2, avx512; else auto). */
+void lt_cpu_direct_set_mode(int mode);
+int lt_cpu_direct_mode(void);
+const char *lt_cpu_direct_impl_name(void); /* "avx512", "avx2", "generic" or "off" */
+int lt_cpu_direct_active(const lt_conv_geom *g);
+/* Bytes of scratch one thread needs for a non-pointwise direct forward (0 for pointwise). */
+size_t lt_cpu_direct_slice_bytes(const lt_conv_geom *g);
+/* Return 0 when done, -1 (nothing written) when the direct path does not take this convolution
+ * or ws (ws_bytes) is too small for one thread's slice. */
+int lt_cpu_direct_fwd(const lt_conv_geom *g, const float *x, const float *w, const float *b,
+                      float *y, int accumulate, void *ws, size_t ws_bytes);
+
 size_t lt_cpu_conv_transpose2d_workspace(const lt_conv_geom *g);
 void lt_cpu_conv_transpose2d_fwd(const lt_conv_geom *g, const float *x, const float *w,
                                  const float *b, float *y, void *ws);

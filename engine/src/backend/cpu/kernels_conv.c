@@ -23,6 +23,13 @@
  * on data the same core wrote. Backward filter sums per-team partial weight gradients in team
  * order, so results are reproducible at a given thread count. 1×1 and depthwise paths keep
  * OpenBLAS's own threads and OpenMP loops.
+ *
+ * Direct kernels (kernels_direct.c) come first in inference forwards (lt_cpu_conv2d_fwd_infer)
+ * where lt_cpu_direct_active, unless a Winograd mode is forced and takes the convolution:
+ * pointwise convolutions (Tucker-compressed networks' 1×1 convolutions, where per-image sgemm
+ * calls with M or K of 4..36 run far below rate), narrow stride-1 convolutions (their low-rank
+ * 3×3 cores, which Winograd declines or pads to 16 channels) and strided 3×3 convolutions with at
+ * most 64 channels in.
  */
 #include "backend/cpu/kernels.h"
 
@@ -233,8 +240,10 @@ static conv_plan plan_teams(const lt_conv_geom *g) {
  * The same scratch serves forward, backward data and backward filter at any thread count. */
 size_t lt_cpu_conv2d_workspace(const lt_conv_geom *g) {
   if (is_pointwise(g) || is_depthwise(g)) return 0;
-  const size_t im2col = floats_workspace(g) * sizeof(float), wino = lt_cpu_winograd_workspace(g);
-  return wino > im2col ? wino : im2col;
+  const size_t im2col = floats_workspace(g) * sizeof(float), wino = lt_cpu_winograd_workspace(g),
+               direct = lt_cpu_direct_slice_bytes(g);
+  const size_t most = wino > im2col ? wino : im2col;
+  return direct > most ? direct : most;
 }
 
 /* y (nb, s, ohw) = [accumulate ? y : 0] + p (s, nb*ohw) + b (s) (b may be NULL). */
@@ -480,6 +489,14 @@ static void conv_fwd(const lt_conv_geom *g, const float *x, const float *w, cons
     dw_fwd(g, x, w, b, y, accumulate);
     return;
   }
+  /* inference forwards: direct kernels first, unless a Winograd mode is forced (tests,
+   * benchmarks) and takes the convolution. Training keeps the paths below: with the direct
+   * kernels on ResNet-20's first convolution (3->16) engine.ref_resnet20_matches_pytorch's
+   * parameter gradients moved by 1.7% (tolerance 2e-4), though its logits stayed within 5e-7 */
+  const int wm = lt_cpu_winograd_mode();
+  if (infer && !(wm != LT_WINOGRAD_AUTO && lt_cpu_winograd_active(g)) &&
+      !lt_cpu_direct_fwd(g, x, w, b, y, accumulate, ws, ws ? lt_cpu_conv2d_workspace(g) : 0))
+    return;
   if (is_pointwise(g)) {
     /* y[img] (s, hw) = w (s, c) · x[img] (c, hw), per group */
     for (int img = 0; img < g->n; img++)

@@ -1,0 +1,375 @@
+/* Direct convolutions on the CPU, for the shapes where lowering to sgemm (or Winograd's channel
+ * padding) runs far below the machine's rate: pointwise convolutions (1×1, stride 1, no padding,
+ * groups 1), stride-1 convolutions with few channels, and strided ones (lt_cpu_direct_active). Low-rank
+ * (Tucker-2) compressed networks are made of exactly these: 1×1 convolutions C -> r and r -> S
+ * around a 3×3 core r_in -> r_out with ranks of 4..36. Per-image sgemm calls with M or K of
+ * 4..36 spend their time packing, and im2col of a 4-channel core costs more than its product.
+ *
+ * Kernel. One micro-kernel (kernels_direct_body.h) keeps a block of DC_OB output channels times
+ * DC_NV 16-pixel vectors in registers and walks the reduction (input channel, then tap):
+ * each step loads DC_NV vectors of input pixels and does DC_OB broadcast multiply-adds per
+ * vector, so the input is read from L1 once per block of output channels and the output written
+ * once. NCHW needs no reordering for it: pixels of one channel are contiguous.
+ *  - Pointwise: the pixels of one image are the columns; y (s, hw) = w (s, c) · x (c, hw) + b
+ *    (pw_apply also takes the weight strided, e.g. transposed for a backward data). Pixel tails
+ *    (hw not a multiple of 16) are computed by a scalar loop in the same summation order.
+ *  - k×k (any kernel, stride, dilation and padding): each image is copied into a zero-bordered
+ *    plane (c, hp, wp) and the output is computed on the "padded-pitch" grid: output (oy, ox)
+ *    is position p = oy*wp + ox, and tap (ki, kj) reads the plane at p + ki*dil_h*wp + kj*dil_w,
+ *    so every tap is one contiguous run and the micro-kernel needs no bounds: the columns
+ *    ox >= ow are computed and dropped when the result is copied into NCHW y. Strides > 1 split
+ *    the plane into stride_h*stride_w phase planes (kx_shape) so that taps stay contiguous.
+ * Only inference forwards use these kernels (kernels_conv.c says why); training and grouped
+ * convolutions stay on kernels_conv.c's lowering or Winograd.
+ *
+ * Reproducibility. Each output element is computed by one fixed sequence of operations that
+ * depends on the geometry only (not on the thread count or on which thread computes it), so the
+ * results are identical at any thread count.
+ *
+ * Threads: the work is split into units (one image, or a run of pixels of one image when there
+ * are fewer images than threads) across OpenMP threads.
+ *
+ * Instruction sets as in kernels_winograd.c: the body is compiled for AVX-512, for AVX2+FMA and
+ * for the build's own target, and the first use picks the best the CPU has. LATHE_CONV_DIRECT (or
+ * lt_cpu_direct_set_mode) selects "0"/"off" (kernels_conv.c's lowering everywhere), "generic",
+ * "avx2", "avx512" (forced: every groups-1 convolution, unless a Winograd mode is forced too),
+ * or automatic (unset or anything else).
+ */
+#include "backend/cpu/kernels.h"
+
+#include <omp.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+
+typedef float dc_v16 __attribute__((vector_size(64)));
+typedef float dc_v16u __attribute__((vector_size(64), aligned(4), may_alias));
+#define DC_V(p) (*(dc_v16u *)(uintptr_t)(p))
+
+typedef void (*dc_run_fn)(int npix, int s, int c, int nt, const ptrdiff_t *toff, const float *x,
+                          ptrdiff_t xcs, const float *w, ptrdiff_t wo, ptrdiff_t wk,
+                          const float *bias, float *y, ptrdiff_t ycs);
+typedef struct dc_impl {
+  const char *name;
+  dc_run_fn run;
+} dc_impl;
+
+#if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__)
+#define DC_HAVE_X86 1
+#pragma GCC push_options
+#pragma GCC target("avx512f,avx512dq,avx512bw,avx512vl,avx2,fma")
+#define DC_FN(f) dc_##f##_avx512
+#define DC_NV 4
+#define DC_OB 6
+#include "backend/cpu/kernels_direct_body.h"
+#undef DC_FN
+#undef DC_NV
+#undef DC_OB
+#pragma GCC pop_options
+
+#pragma GCC push_options
+#pragma GCC target("avx2,fma,no-avx512f")
+#define DC_FN(f) dc_##f##_avx2
+#define DC_NV 1
+#define DC_OB 6
+#include "backend/cpu/kernels_direct_body.h"
+#undef DC_FN
+#undef DC_NV
+#undef DC_OB
+#pragma GCC pop_options
+#endif
+
+#define DC_FN(f) dc_##f##_generic
+#define DC_NV 1
+#define DC_OB 3
+#include "backend/cpu/kernels_direct_body.h"
+#undef DC_FN
+#undef DC_NV
+#undef DC_OB
+
+static const dc_impl impl_generic = {"generic", dc_run_generic};
+#ifdef DC_HAVE_X86
+static const dc_impl impl_avx2 = {"avx2", dc_run_avx2};
+static const dc_impl impl_avx512 = {"avx512", dc_run_avx512};
+#endif
+
+static int dc_mode = -1; /* LT_DIRECT_*, -1 until the first use reads the environment */
+
+void lt_cpu_direct_set_mode(int mode) { __atomic_store_n(&dc_mode, mode, __ATOMIC_RELAXED); }
+
+int lt_cpu_direct_mode(void) {
+  int m = __atomic_load_n(&dc_mode, __ATOMIC_RELAXED);
+  if (m >= 0) return m;
+  const char *e = getenv("LATHE_CONV_DIRECT");
+  m = LT_DIRECT_AUTO;
+  if (e && (!strcmp(e, "0") || !strcmp(e, "off"))) m = LT_DIRECT_OFF;
+  else if (e && !strcmp(e, "generic")) m = LT_DIRECT_GENERIC;
+  else if (e && !strcmp(e, "avx2")) m = LT_DIRECT_AVX2;
+  else if (e && !strcmp(e, "avx512")) m = LT_DIRECT_AVX512;
+  __atomic_store_n(&dc_mode, m, __ATOMIC_RELAXED);
+  return m;
+}
+
+static const dc_impl *dc_pick(void) {
+  const int m = lt_cpu_direct_mode();
+  if (m == LT_DIRECT_OFF) return NULL;
+#ifdef DC_HAVE_X86
+  const int avx512 = __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512dq") &&
+                     __builtin_cpu_supports("avx512bw") && __builtin_cpu_supports("avx512vl");
+  const int avx2 = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+  if ((m == LT_DIRECT_AUTO || m == LT_DIRECT_AVX512) && avx512) return &impl_avx512;
+  if (m != LT_DIRECT_GENERIC && avx2) return &impl_avx2;
+#endif
+  return &impl_generic;
+}
+
+const char *lt_cpu_direct_impl_name(void) {
+  const dc_impl *im = dc_pick();
+  return im ? im->name : "off";
+}
+
+static int is_pointwise(const lt_conv_geom *g) {
+  return g->kh == 1 && g->kw == 1 && g->stride_h == 1 && g->stride_w == 1 && g->pad_t == 0 &&
+         g->pad_l == 0 && g->pad_b == 0 && g->pad_r == 0 && g->oh == g->h && g->ow == g->w &&
+         g->groups == 1;
+}
+
+static int round16(int v) { return (v + 15) & ~15; }
+
+/* Which convolutions automatic mode takes (forced modes: every groups-1 convolution). Measured
+ * with bench_models on the Tucker-compressed and dense ResNet-20 at batch 64, two threads,
+ * process CPU time, direct against what the rest of the dispatch would do:
+ *  - pointwise, up to 256 channels in and out: 2.4-6x faster than per-image sgemm at 4..64;
+ *  - stride 1, fewer than 8 channels in or out (Winograd declines them, im2col): 4.4x on the
+ *    rank-4 cores (4->4 32×32), 2.6x on the dense network's 3->16 first conv;
+ *  - stride 1 where padding the channels to 16 costs Winograd over 16/9 of the products
+ *    (16*c*s <= 9*cp*sp): 8->8 32×32 0.71 vs 1.47 ms (F(4×4)), 12->12 32×32 1.17 vs 1.69,
+ *    20->20 8×8 0.25 vs 0.33, 36->36 8×8 0.70 vs 0.88, 24->24 16×16 1.16 vs 1.21; beyond it
+ *    Winograd wins (28->28 8×8 0.43 vs 0.38, 16->16 16×16 0.56 vs 0.38, 16->16 32×32 12.1 vs 9.3);
+ *  - stride 1 with at most 512 output pixels in the batch (16×16 images at batch 1 or 2, 8×8 up
+ *    to 8), where Winograd's per-call costs (filter transform, padded buffers) are not paid back:
+ *    batch 1, 32->32 16×16 0.047 vs 0.26 ms, 64->64 8×8 0.054 vs 0.17, 24->24 16×16 0.034 vs
+ *    0.155, 28->28 8×8 0.008 vs 0.040 (but 16->16 32×32, 1024 pixels: 0.044 vs 0.032);
+ *  - strided 3×3 (and larger) with at most 64 input channels: 16->16 3×3/2 32×32 1.60 vs 2.22 ms,
+ *    32->32 3×3/2 16×16 1.01 vs 1.68, dense 16->32 2.06 vs 3.11, 32->64 1.56 vs 2.18. */
+int lt_cpu_direct_active(const lt_conv_geom *g) {
+  const int m = lt_cpu_direct_mode();
+  if (m == LT_DIRECT_OFF || g->groups != 1) return 0;
+  if (m != LT_DIRECT_AUTO) return 1;
+  if (is_pointwise(g)) return g->c <= 256 && g->s <= 256;
+  if (g->stride_h == 1 && g->stride_w == 1)
+    return g->c < 8 || g->s < 8 || 16 * g->c * g->s <= 9 * round16(g->c) * round16(g->s) ||
+           (size_t)g->n * g->oh * g->ow <= 512;
+  return g->kh >= 3 && g->kw >= 3 && g->c <= 64;
+}
+
+/* Threads worth waking for a product of this many multiply-adds: one per 2^20 (tens of
+ * microseconds), so that the small convolutions of a batch-1 inference do not pay a parallel
+ * region's start (large with OMP_WAIT_POLICY=passive) for a few microseconds of work. */
+static int work_threads(double macs) {
+  const int most = omp_get_max_threads();
+  const double t = macs / (1 << 20) + 1;
+  return t < most ? (int)t : most;
+}
+
+/* ---- pointwise ------------------------------------------------------------------------------ */
+
+/* Pixels per unit of work (a multiple of 16 * the widest DC_NV), and output channels per pass
+ * when accumulating through the stack buffer. */
+#define DC_PW_BLOCK 256
+#define DC_PW_OCH 32
+
+/* y (n, cout, hw) [+]= W · x (n, cin, hw) + b, with W's element (o, k) at w[o*wo + k*wk]. */
+static void pw_apply(const dc_impl *im, int n, int cin, int cout, size_t hw, const float *x,
+                     const float *w, ptrdiff_t wo, ptrdiff_t wk, const float *b, float *y,
+                     int accumulate) {
+  const int64_t blocks = (int64_t)((hw + DC_PW_BLOCK - 1) / DC_PW_BLOCK), units = blocks * n;
+  const ptrdiff_t zero = 0;
+  const int threads = work_threads((double)n * cin * cout * hw);
+#pragma omp parallel for num_threads(threads) schedule(static)
+  for (int64_t u = 0; u < units; u++) {
+    const int img = (int)(u / blocks);
+    const size_t p0 = (size_t)(u % blocks) * DC_PW_BLOCK;
+    const size_t len = hw - p0 < DC_PW_BLOCK ? hw - p0 : DC_PW_BLOCK;
+    const size_t vlen = len & ~(size_t)15;
+    const float *xi = x + (size_t)img * cin * hw + p0;
+    float *yi = y + (size_t)img * cout * hw + p0;
+    float tmp[DC_PW_OCH * DC_PW_BLOCK];
+    for (int o0 = 0; o0 < cout; o0 += DC_PW_OCH) {
+      const int oc = cout - o0 < DC_PW_OCH ? cout - o0 : DC_PW_OCH;
+      const float *wo0 = w + o0 * wo, *bo = b ? b + o0 : NULL;
+      float *yo = yi + (size_t)o0 * hw;
+      if (vlen) {
+        if (accumulate) {
+          im->run((int)vlen, oc, cin, 1, &zero, xi, (ptrdiff_t)hw, wo0, wo, wk, bo, tmp,
+                  DC_PW_BLOCK);
+          for (int o = 0; o < oc; o++)
+            for (size_t i = 0; i < vlen; i++)
+              yo[(size_t)o * hw + i] += tmp[(size_t)o * DC_PW_BLOCK + i];
+        } else {
+          im->run((int)vlen, oc, cin, 1, &zero, xi, (ptrdiff_t)hw, wo0, wo, wk, bo, yo,
+                  (ptrdiff_t)hw);
+        }
+      }
+      for (size_t i = vlen; i < len; i++) /* tail: same summation order, scalar */
+        for (int o = 0; o < oc; o++) {
+          float acc = bo ? bo[o] : 0.0f;
+          for (int k = 0; k < cin; k++)
+            acc += wo0[o * wo + k * wk] * xi[(size_t)k * hw + i];
+          yo[(size_t)o * hw + i] = accumulate ? yo[(size_t)o * hw + i] + acc : acc;
+        }
+    }
+  }
+}
+
+/* ---- k×k, any stride ------------------------------------------------------------------------ */
+
+/* The zero-bordered image is stored as sh*sw phase planes per channel: phase (a, b) holds the
+ * padded pixels (sh*i + a, sw*j + b) at (i, j), hq × wq each. Output (oy, ox) reads padded pixel
+ * (sh*oy + ki*dh, sw*ox + kj*dw), i.e. phase ((ki*dh) % sh, (kj*dw) % sw) at
+ * (oy + (ki*dh) / sh, ox + (kj*dw) / sw): on the output grid of pitch wq (position
+ * p = oy*wq + ox) every tap is a constant offset, and with stride 1 there is one phase, the
+ * padded plane itself. */
+typedef struct kx_shape {
+  int hp, wp;     /* zero-bordered image */
+  int hq, wq;     /* one phase plane: ceil(hp / sh), ceil(wp / sw) */
+  size_t phase;   /* hq*wq */
+  size_t chan;    /* sh*sw*phase: floats per channel */
+  int npos;       /* output positions on the grid of pitch wq, rounded up to 16 */
+  size_t xfloats; /* c*chan + 16 (a run may read up to 15 floats past the last plane) */
+  size_t slice;   /* xfloats + s*npos, rounded up to 16 */
+} kx_shape;
+
+static kx_shape kx_make(const lt_conv_geom *g) {
+  kx_shape k;
+  k.hp = g->h + g->pad_t + g->pad_b;
+  k.wp = g->w + g->pad_l + g->pad_r;
+  k.hq = (k.hp + g->stride_h - 1) / g->stride_h;
+  k.wq = (k.wp + g->stride_w - 1) / g->stride_w;
+  k.phase = (size_t)k.hq * k.wq;
+  k.chan = (size_t)g->stride_h * g->stride_w * k.phase;
+  const size_t pos = (size_t)(g->oh - 1) * k.wq + g->ow;
+  k.npos = (int)((pos + 15) & ~(size_t)15);
+  k.xfloats = (size_t)g->c * k.chan + 16;
+  k.slice = (k.xfloats + (size_t)g->s * k.npos + 15) & ~(size_t)15;
+  return k;
+}
+
+/* The phase planes of one image (c, h, w) into xp (c, sh*sw, hq, wq), channels [c0, c1). */
+static void kx_pack(const lt_conv_geom *g, const kx_shape *k, const float *restrict x,
+                    float *restrict xp, int c0, int c1) {
+  const int sh = g->stride_h, sw = g->stride_w;
+  for (int ch = c0; ch < c1; ch++) {
+    const float *restrict s = x + (size_t)ch * g->h * g->w;
+    if (sh == 1 && sw == 1) {
+      float *restrict d = xp + (size_t)ch * k->chan;
+      memset(d, 0, sizeof(float) * (size_t)g->pad_t * k->wp);
+      for (int r = 0; r < g->h; r++) {
+        float *restrict dr = d + (size_t)(r + g->pad_t) * k->wp;
+        memset(dr, 0, sizeof(float) * g->pad_l);
+        memcpy(dr + g->pad_l, s + (size_t)r * g->w, sizeof(float) * g->w);
+        memset(dr + g->pad_l + g->w, 0, sizeof(float) * g->pad_r);
+      }
+      memset(d + (size_t)(g->pad_t + g->h) * k->wp, 0, sizeof(float) * (size_t)g->pad_b * k->wp);
+      continue;
+    }
+    for (int a = 0; a < sh; a++)
+      for (int b = 0; b < sw; b++) {
+        float *restrict d = xp + (size_t)ch * k->chan + (size_t)(a * sw + b) * k->phase;
+        for (int i = 0; i < k->hq; i++) {
+          const int iy = sh * i + a - g->pad_t;
+          float *restrict dr = d + (size_t)i * k->wq;
+          if (iy < 0 || iy >= g->h) {
+            memset(dr, 0, sizeof(float) * k->wq);
+            continue;
+          }
+          const float *restrict sr = s + (size_t)iy * g->w;
+          for (int j = 0; j < k->wq; j++) {
+            const int ix = sw * j + b - g->pad_l;
+            dr[j] = ix >= 0 && ix < g->w ? sr[ix] : 0.0f;
+          }
+        }
+      }
+  }
+}
+
+/* y (s, oh, ow) [+]= yt (s, npos on the grid of pitch wq), output channels [o0, o1). */
+static void kx_unpack(const lt_conv_geom *g, const kx_shape *k, const float *restrict yt,
+                      float *restrict y, int accumulate, int o0, int o1) {
+  for (int o = o0; o < o1; o++)
+    for (int r = 0; r < g->oh; r++) {
+      const float *restrict s = yt + (size_t)o * k->npos + (size_t)r * k->wq;
+      float *restrict d = y + ((size_t)o * g->oh + r) * g->ow;
+      if (accumulate)
+        for (int i = 0; i < g->ow; i++)
+          d[i] += s[i];
+      else
+        memcpy(d, s, sizeof(float) * g->ow);
+    }
+}
+
+int lt_cpu_direct_fwd(const lt_conv_geom *g, const float *x, const float *w, const float *b,
+                      float *y, int accumulate, void *ws, size_t ws_bytes) {
+  const dc_impl *im = dc_pick();
+  if (!im || !lt_cpu_direct_active(g)) return -1;
+  const size_t hw = (size_t)g->h * g->w;
+  if (is_pointwise(g)) {
+    pw_apply(im, g->n, g->c, g->s, hw, x, w, g->c, 1, b, y, accumulate);
+    return 0;
+  }
+  const kx_shape k = kx_make(g);
+  const int kk = g->kh * g->kw;
+  if (kk > 64 || !ws || ws_bytes / sizeof(float) < k.slice) return -1;
+  ptrdiff_t toff[64];
+  for (int i = 0; i < g->kh; i++)
+    for (int j = 0; j < g->kw; j++) {
+      const int dy = i * g->dil_h, dx = j * g->dil_w;
+      const int ph = (dy % g->stride_h) * g->stride_w + dx % g->stride_w;
+      toff[i * g->kw + j] = (ptrdiff_t)ph * (ptrdiff_t)k.phase +
+                            (ptrdiff_t)(dy / g->stride_h) * k.wq + dx / g->stride_w;
+    }
+  const size_t ohw = (size_t)g->oh * g->ow, max_slices = ws_bytes / sizeof(float) / k.slice;
+  int threads = work_threads((double)g->n * g->s * g->c * kk * k.npos);
+  if ((size_t)threads > max_slices) threads = (int)max_slices;
+  if (g->n >= threads) {
+    /* one image per unit, each thread in its own slice */
+#pragma omp parallel for num_threads(threads) schedule(static)
+    for (int img = 0; img < g->n; img++) {
+      float *xp = (float *)ws + (size_t)omp_get_thread_num() * k.slice, *yt = xp + k.xfloats;
+      kx_pack(g, &k, x + (size_t)img * g->c * hw, xp, 0, g->c);
+      memset(xp + (size_t)g->c * k.chan, 0, sizeof(float) * 16);
+      im->run(k.npos, g->s, g->c, kk, toff, xp, (ptrdiff_t)k.chan, w, (ptrdiff_t)g->c * kk, kk,
+              b, yt, k.npos);
+      kx_unpack(g, &k, yt, y + (size_t)img * g->s * ohw, accumulate, 0, g->s);
+    }
+    return 0;
+  }
+  /* fewer images than threads: the pixel runs of one image across threads */
+  float *xp = ws, *yt = xp + k.xfloats;
+  const int runs = (k.npos + 63) / 64;
+  for (int img = 0; img < g->n; img++) {
+#pragma omp parallel num_threads(threads)
+    {
+#pragma omp for schedule(static)
+      for (int ch = 0; ch < g->c; ch++)
+        kx_pack(g, &k, x + (size_t)img * g->c * hw, xp, ch, ch + 1);
+#pragma omp single
+      memset(xp + (size_t)g->c * k.chan, 0, sizeof(float) * 16);
+#pragma omp for schedule(static)
+      for (int r = 0; r < runs; r++) {
+        const int p0 = r * 64, len = k.npos - p0 < 64 ? k.npos - p0 : 64;
+        im->run(len, g->s, g->c, kk, toff, xp + p0, (ptrdiff_t)k.chan, w, (ptrdiff_t)g->c * kk,
+                kk, b, yt + p0, k.npos);
+      }
+#pragma omp for schedule(static)
+      for (int o = 0; o < g->s; o++)
+        kx_unpack(g, &k, yt, y + (size_t)img * g->s * ohw, accumulate, o, o + 1);
+    }
+  }
+  return 0;
+}
+
+size_t lt_cpu_direct_slice_bytes(const lt_conv_geom *g) {
+  if (is_pointwise(g)) return 0;
+  return kx_make(g).slice * sizeof(float);
+}

@@ -1,0 +1,255 @@
+/* The direct convolution kernels (kernels_direct.c) against a brute-force convolution in double
+ * precision and against kernels_conv.c's im2col/sgemm lowering (LT_DIRECT_OFF), on shapes that
+ * stress the blocking: batch 1 and batches larger than the thread count, 1×1 and odd spatial
+ * sizes (pixel counts that are not multiples of 16: scalar tails for pointwise, partial runs on
+ * the padded-pitch grid), channel counts 1..40 that are not multiples of 4, 8 or 16 (partial
+ * blocks of output channels), asymmetric padding, non-square and dilated kernels, strides 2
+ * and 3 (phase planes). Every
+ * instruction-set variant the CPU has runs (lt_cpu_direct_set_mode: AVX-512, AVX2 without
+ * AVX-512, portable), in forced mode with Winograd off so that every stride-1 convolution
+ * takes the direct path; automatic mode is checked for which convolutions it takes.
+ *
+ * Checked per shape: the inference forward (the direct kernels' entry point), accumulate = 1
+ * adding to the output, bias added once, outputs not read when accumulate = 0 (NaN-filled),
+ * bitwise equality at 1 and 2 threads, agreement with the im2col path, and the training
+ * forward (which keeps the lowering) still right.
+ * Tolerance: |got - ref| <= 2e-5 * max(1, rms(ref)) with ref the float64 convolution (inputs
+ * N(0,1), weights N(0, 0.3²)).
+ */
+#include <math.h>
+#include <omp.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "backend/cpu/kernels.h"
+#include "lathe/core.h"
+#include "test.h"
+
+static lt_rng rng;
+static const double TOL = 2e-5;
+static double worst_seen;
+
+static float *randn(size_t n, float scale) {
+  float *p = malloc(n * sizeof(float) + 4);
+  for (size_t i = 0; i < n; i++) p[i] = scale * lt_rng_normal(&rng);
+  return p;
+}
+
+typedef struct shape {
+  int n, c, h, w, s, kh, kw, pt, pl, pb, pr, dil, stride; /* stride 0 means 1 */
+} shape;
+
+static const shape shapes[] = {
+    /* pointwise */
+    {1, 1, 1, 1, 1, 1, 1, 0, 0, 0, 0, 1, 1},       /* 1×1 image, one channel */
+    {1, 3, 7, 7, 5, 1, 1, 0, 0, 0, 0, 1, 1},       /* 49 pixels: 48 vector + scalar tail */
+    {3, 13, 5, 5, 29, 1, 1, 0, 0, 0, 0, 1, 1},     /* 25 pixels, odd channel counts */
+    {2, 40, 9, 11, 7, 1, 1, 0, 0, 0, 0, 1, 1},     /* 99 pixels */
+    {1, 16, 32, 32, 36, 1, 1, 0, 0, 0, 0, 1, 1},   /* Tucker u_out-like, one image */
+    {5, 36, 16, 17, 12, 1, 1, 0, 0, 0, 0, 1, 1},   /* 272 pixels: two blocks, one partial */
+    {2, 7, 3, 200, 38, 1, 1, 0, 0, 0, 0, 1, 1},    /* 600 pixels, 38 = 6*6 + 2 output channels */
+    /* k×k stride 1 */
+    {1, 4, 8, 8, 4, 3, 3, 1, 1, 1, 1, 1, 1},       /* Tucker core at rank 4 */
+    {3, 4, 32, 32, 12, 3, 3, 1, 1, 1, 1, 1, 1},    /* rank 4 -> 12 */
+    {2, 1, 5, 9, 3, 3, 3, 1, 1, 1, 1, 1, 1},       /* one input channel, groups 1 */
+    {1, 6, 1, 1, 5, 3, 3, 1, 1, 1, 1, 1, 1},       /* 1×1 image, padded */
+    {2, 5, 7, 3, 7, 3, 3, 0, 0, 0, 0, 1, 1},       /* no padding */
+    {1, 3, 6, 9, 11, 3, 3, 2, 0, 1, 2, 1, 1},      /* asymmetric padding */
+    {4, 2, 9, 6, 40, 3, 5, 1, 2, 1, 2, 1, 1},      /* 3×5 kernel */
+    {1, 7, 10, 12, 3, 3, 3, 2, 2, 2, 2, 2, 1},     /* dilation 2 */
+    {2, 17, 13, 13, 6, 1, 1, 1, 0, 0, 1, 1, 1},    /* 1×1 with padding */
+    {2, 21, 11, 7, 19, 3, 3, 1, 1, 1, 1, 1, 1},    /* wide: forced modes only */
+    /* strided (phase planes) */
+    {3, 4, 8, 8, 4, 3, 3, 1, 1, 1, 1, 1, 2},    /* Tucker core, stride 2 */
+    {1, 5, 9, 11, 13, 3, 3, 1, 1, 1, 1, 1, 2},  /* odd sizes, stride 2 */
+    {2, 3, 10, 7, 6, 3, 5, 2, 0, 1, 2, 1, 3},   /* stride 3, 3×5, asymmetric padding */
+    {2, 6, 12, 12, 5, 3, 3, 2, 2, 2, 2, 2, 2},  /* dilation 2, stride 2 */
+    {1, 9, 7, 7, 2, 1, 1, 0, 0, 0, 0, 1, 2},    /* 1×1 stride 2 (a shortcut) */
+    {2, 16, 16, 16, 17, 3, 3, 1, 1, 1, 1, 1, 2}, /* wide, stride 2: forced only */
+};
+
+static lt_conv_geom geom(const shape *s) {
+  lt_conv_geom g = {.n = s->n, .c = s->c, .h = s->h, .w = s->w, .s = s->s, .kh = s->kh,
+                    .kw = s->kw, .stride_h = s->stride ? s->stride : 1,
+                    .stride_w = s->stride ? s->stride : 1, .pad_t = s->pt, .pad_l = s->pl,
+                    .pad_b = s->pb, .pad_r = s->pr, .dil_h = s->dil, .dil_w = s->dil, .groups = 1};
+  CHECK(lt_conv_geom_finish(&g, 0) == 0);
+  return g;
+}
+
+/* y = conv(x, w) + b in double. */
+static void reference(const lt_conv_geom *g, const float *x, const float *w, const float *b,
+                      double *y) {
+  const int C = g->c, S = g->s, H = g->h, W = g->w, OH = g->oh, OW = g->ow, KH = g->kh, KW = g->kw;
+  for (int n = 0; n < g->n; n++)
+    for (int s = 0; s < S; s++)
+      for (int oy = 0; oy < OH; oy++)
+        for (int ox = 0; ox < OW; ox++) {
+          const size_t yi = (((size_t)n * S + s) * OH + oy) * OW + ox;
+          double acc = b ? b[s] : 0.0;
+          for (int c = 0; c < C; c++)
+            for (int ki = 0; ki < KH; ki++)
+              for (int kj = 0; kj < KW; kj++) {
+                const int iy = oy * g->stride_h + ki * g->dil_h - g->pad_t,
+                          ix = ox * g->stride_w + kj * g->dil_w - g->pad_l;
+                if (iy < 0 || iy >= H || ix < 0 || ix >= W) continue;
+                const size_t xi = (((size_t)n * C + c) * H + iy) * W + ix;
+                const size_t wi = (((size_t)s * C + c) * KH + ki) * KW + kj;
+                acc += (double)x[xi] * w[wi];
+              }
+          y[yi] = acc;
+        }
+}
+
+/* Worst |got - (ref + add)| / max(1, rms(ref)). */
+static double err(const float *got, const double *ref, size_t n, const float *add) {
+  double r = 0, worst = 0;
+  for (size_t i = 0; i < n; i++) r += ref[i] * ref[i];
+  r = n ? sqrt(r / n) : 0;
+  for (size_t i = 0; i < n; i++) {
+    const double e = fabs(got[i] - (ref[i] + (add ? add[i] : 0.0)));
+    if (!(e <= worst)) worst = e; /* NaN propagates */
+  }
+  return worst / (r > 1 ? r : 1);
+}
+
+static void check_shape(const shape *sh, const char *mode) {
+  const lt_conv_geom g = geom(sh);
+  const size_t nx = (size_t)g.n * g.c * g.h * g.w, ny = (size_t)g.n * g.s * g.oh * g.ow;
+  const size_t nw = (size_t)g.s * g.c * g.kh * g.kw;
+  float *x = randn(nx, 1.0f), *w = randn(nw, 0.3f), *b = randn((size_t)g.s, 1.0f);
+  float *y = malloc(ny * sizeof(float) + 4);
+  float *y0 = malloc(ny * sizeof(float) + 4);
+  double *ry = malloc(ny * sizeof(double) + 8);
+  reference(&g, x, w, b, ry);
+  /* one input channel is depthwise to kernels_conv.c (no workspace): give the direct entry point
+   * its slice anyway */
+  const size_t wconv = lt_cpu_conv2d_workspace(&g), slice = lt_cpu_direct_slice_bytes(&g);
+  const size_t wsb = wconv > slice ? wconv : slice;
+  void *ws = wsb ? malloc(wsb) : NULL;
+  CHECK_MSG(lt_cpu_direct_active(&g), "%s: direct path not active", mode);
+  CHECK(g.c == 1 || wconv >= slice);
+  char desc[96];
+  snprintf(desc, sizeof desc, "%s n%d c%d %dx%d s%d k%dx%d pad %d,%d,%d,%d dil %d", mode, sh->n,
+           sh->c, sh->h, sh->w, sh->s, sh->kh, sh->kw, sh->pt, sh->pl, sh->pb, sh->pr, sh->dil);
+
+  /* the inference forward (direct), outputs NaN-filled (accumulate = 0 must not read them) */
+  for (size_t i = 0; i < ny; i++) y[i] = NAN;
+  lt_cpu_conv2d_fwd_infer(&g, x, w, b, y, ws);
+  const double ey = err(y, ry, ny, NULL);
+  worst_seen = fmax(worst_seen, ey);
+  CHECK_MSG(ey <= TOL, "%s: forward error/rms %.2g", desc, ey);
+  /* the direct entry point with accumulate = 1 adds conv + b once */
+  memcpy(y0, y, ny * sizeof(float));
+  CHECK(lt_cpu_direct_fwd(&g, x, w, b, y, 1, ws, wsb) == 0);
+  const double ea = err(y, ry, ny, y0);
+  CHECK_MSG(ea <= 2 * TOL, "%s: accumulate forward error/rms %.2g", desc, ea);
+  memcpy(y, y0, ny * sizeof(float));
+
+  /* bitwise equal at 1 and 2 threads */
+  const int threads = omp_get_max_threads();
+  omp_set_num_threads(1);
+  lt_cpu_conv2d_fwd_infer(&g, x, w, b, y0, ws);
+  omp_set_num_threads(threads);
+  CHECK_MSG(!memcmp(y, y0, ny * sizeof(float)), "%s: forward differs at 1 and 2 threads", desc);
+  /* training forwards do not take the direct path: same inputs through the lowering, whose
+   * workspace the direct path fits in */
+  for (size_t i = 0; i < ny; i++) y0[i] = NAN;
+  lt_cpu_conv2d_fwd(&g, x, w, b, y0, ws);
+  CHECK_MSG(err(y0, ry, ny, NULL) <= TOL, "%s: training forward error/rms %.2g", desc,
+            err(y0, ry, ny, NULL));
+
+  /* the im2col/sgemm lowering agrees */
+  const int m = lt_cpu_direct_mode();
+  lt_cpu_direct_set_mode(LT_DIRECT_OFF);
+  CHECK(!lt_cpu_direct_active(&g));
+  lt_cpu_conv2d_fwd_infer(&g, x, w, b, y0, ws);
+  lt_cpu_direct_set_mode(m);
+  double e0 = 0;
+  for (size_t i = 0; i < ny; i++)
+    e0 = fmax(e0, fabs((double)y[i] - y0[i]));
+  double r = 0;
+  for (size_t i = 0; i < ny; i++) r += ry[i] * ry[i];
+  r = sqrt(r / ny);
+  CHECK_MSG(e0 <= 2 * TOL * fmax(1, r), "%s: direct and im2col forward differ by %.3g", desc, e0);
+  free(x), free(w), free(b), free(y), free(y0), free(ry);
+  free(ws);
+}
+
+static void run_mode(int mode, const char *want) {
+  const int wm = lt_cpu_winograd_mode();
+  lt_cpu_winograd_set_mode(LT_WINOGRAD_OFF);
+  lt_cpu_direct_set_mode(mode);
+  const char *name = lt_cpu_direct_impl_name();
+  if (strcmp(name, want) != 0) {
+    printf("skip %s: this CPU runs %s for it\n", want, name);
+  } else {
+    worst_seen = 0;
+    for (size_t i = 0; i < sizeof shapes / sizeof shapes[0]; i++)
+      check_shape(&shapes[i], name);
+    printf("%s: worst error / max(1, rms) %.3g (tolerance %g)\n", name, worst_seen, TOL);
+  }
+  lt_cpu_direct_set_mode(LT_DIRECT_AUTO);
+  lt_cpu_winograd_set_mode(wm);
+}
+
+TEST_CASE(direct_avx512) { run_mode(LT_DIRECT_AVX512, "avx512"); }
+TEST_CASE(direct_avx2) { run_mode(LT_DIRECT_AVX2, "avx2"); }
+TEST_CASE(direct_generic) { run_mode(LT_DIRECT_GENERIC, "generic"); }
+
+/* Which convolutions automatic mode takes, and that off takes none. */
+TEST_CASE(direct_eligibility) {
+  lt_cpu_winograd_set_mode(LT_WINOGRAD_AUTO);
+  lt_cpu_direct_set_mode(LT_DIRECT_AUTO);
+  shape pw = {2, 16, 8, 8, 36, 1, 1, 0, 0, 0, 0, 1, 1}, core = {2, 4, 8, 8, 12, 3, 3, 1, 1, 1, 1, 1, 1};
+  shape wide = {2, 16, 8, 8, 16, 3, 3, 1, 1, 1, 1, 1, 1};
+  lt_conv_geom g = geom(&pw), c = geom(&core), d = geom(&wide);
+  CHECK(lt_cpu_direct_active(&g));
+  CHECK(lt_cpu_direct_active(&c));
+  CHECK(lt_cpu_direct_active(&d)); /* 128 output pixels: Winograd's per-call costs not repaid */
+  d.n = 64;
+  CHECK(!lt_cpu_direct_active(&d)); /* Winograd's: 16 channels need no padding */
+  lt_conv_geom h = d;
+  h.c = h.s = 12;
+  CHECK(lt_cpu_direct_active(&h)); /* 12 -> 12: Winograd would pad to 16 */
+  h.c = h.s = 28;
+  CHECK(!lt_cpu_direct_active(&h));
+  h = d, h.stride_h = h.stride_w = 2;
+  lt_conv_geom_finish(&h, 0);
+  CHECK(lt_cpu_direct_active(&h)); /* strided 3×3 */
+  h.c = 128;
+  CHECK(!lt_cpu_direct_active(&h)); /* wide strided: im2col */
+  h = g, h.stride_h = h.stride_w = 2;
+  lt_conv_geom_finish(&h, 0);
+  CHECK(!lt_cpu_direct_active(&h)); /* 1×1 strided: im2col */
+  h = g, h.groups = 4, h.s = 32;
+  CHECK(!lt_cpu_direct_active(&h)); /* grouped */
+  lt_cpu_direct_set_mode(LT_DIRECT_OFF);
+  CHECK(!lt_cpu_direct_active(&g) && !lt_cpu_direct_active(&c));
+  CHECK(lt_cpu_direct_fwd(&g, NULL, NULL, NULL, NULL, 0, NULL, 0) == -1);
+  lt_cpu_direct_set_mode(LT_DIRECT_AUTO);
+  /* a workspace too small for one slice is refused, not overrun */
+  CHECK(lt_cpu_direct_fwd(&c, NULL, NULL, NULL, NULL, 0, NULL, 0) == -1);
+}
+
+/* A model-like chain, end to end through the automatic mode (Winograd on): 1×1 16->4, 3×3 4->4,
+ * 1×1 4->16 at batch 3 against the double reference of each stage fed the float stage before. */
+TEST_CASE(direct_auto_chain) {
+  lt_cpu_winograd_set_mode(LT_WINOGRAD_AUTO);
+  lt_cpu_direct_set_mode(LT_DIRECT_AUTO);
+  const shape st[3] = {{3, 16, 9, 9, 4, 1, 1, 0, 0, 0, 0, 1, 1},
+                       {3, 4, 9, 9, 4, 3, 3, 1, 1, 1, 1, 1, 1},
+                       {3, 4, 9, 9, 16, 1, 1, 0, 0, 0, 0, 1, 1}};
+  for (int i = 0; i < 3; i++) check_shape(&st[i], "auto");
+}
+
+int main(void) {
+  rng = lt_rng_make(9, 0);
+  RUN(direct_avx512);
+  RUN(direct_avx2);
+  RUN(direct_generic);
+  RUN(direct_eligibility);
+  RUN(direct_auto_chain);
+  return test_summary();
+}
