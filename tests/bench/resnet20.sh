@@ -17,6 +17,7 @@ print(f"threads {l['threads']}, batch {l['batch']}")
 print(f"train  images/s: lathe {l['train_images_per_s']:8.1f}  pytorch {t['train_images_per_s']:8.1f}  ratio {l['train_images_per_s'] / t['train_images_per_s']:.2f}x")
 print(f"infer  images/s: lathe {l['infer_images_per_s']:8.1f}  pytorch {t['infer_images_per_s']:8.1f}  ratio {l['infer_images_per_s'] / t['infer_images_per_s']:.2f}x")
 print(f"sgemm GFLOP/s (OpenBLAS, this run): {l['sgemm_gflops']:.1f} (torch.mm: {t['sgemm_gflops']:.1f})")
+print("GFLOP/s below count direct-convolution FLOPs (2 x MACs); Winograd does fewer multiplies, so these are effective rates and can pass sgemm's")
 print(f"train GFLOP/s: lathe {l['train_gflops']:.1f} = {l['train_gflops'] / l['sgemm_gflops']:.1%} of sgemm; pytorch {t['train_gflops']:.1f} = {t['train_gflops'] / l['sgemm_gflops']:.1%}")
 print(f"infer GFLOP/s: lathe {l['infer_gflops']:.1f} = {l['infer_gflops'] / l['sgemm_gflops']:.1%} of sgemm; pytorch {t['infer_gflops']:.1f} = {t['infer_gflops'] / l['sgemm_gflops']:.1%}")
 PY

@@ -94,6 +94,7 @@ struct lt_exec {
                         in the head's backward: the ReLU's saved output stays in its buffer */
   /* profile (LATHE_PROFILE=1 or lt_exec_profile_enable) */
   int prof_on;
+  int prof_env; /* LATHE_PROFILE set: print the profile on stderr when the executor is freed */
   double *prof;      /* (4F) forward then backward wall seconds per node, then the same in
                         process CPU seconds */
   double prof_exec[2], prof_zero, prof_exec_cpu[2], prof_zero_cpu;
@@ -545,6 +546,16 @@ static lt_status exec_allocate(lt_exec *ex, lt_err *err) {
 
 void lt_exec_free(lt_exec *ex) {
   if (!ex) return;
+  if (ex->prof_env && ex->prof_on && ex->prof) {
+    int64_t sf = 0, sb = 0;
+    lt_exec_profile_row row;
+    lt_exec_profile_get(ex, &row, 1, &sf, &sb);
+    if (sf || sb) {
+      fprintf(stderr, "LATHE_PROFILE: executor of batch %d (%s)\n", ex->batch,
+              ex->mode == LT_MODE_TRAIN ? "train" : "infer");
+      lt_exec_profile_print(ex, stderr);
+    }
+  }
   lt_backend *be = ex->be;
   if (ex->opts.stash && ex->nodes)
     for (int i = 0; i < ex->F; i++)
@@ -637,7 +648,7 @@ lt_exec *lt_exec_create(lt_graph *g, int batch, lt_mode mode, lt_backend *be,
       exec_allocate(ex, err))
     goto fail;
   const char *prof = getenv("LATHE_PROFILE");
-  ex->prof_on = prof && prof[0] && strcmp(prof, "0") != 0;
+  ex->prof_on = ex->prof_env = prof && prof[0] && strcmp(prof, "0") != 0;
   return ex;
 fail:
   lt_exec_free(ex);
