@@ -32,7 +32,8 @@ if [ ${#missing[@]} -gt 0 ]; then
   DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq "${missing[@]}" >/dev/null
 fi
 
-# onnxruntime-node's install script fetches GPU add-ons from outside; .npmrc skips it.
+# onnxruntime-node's install script fetches GPU add-ons from outside; the variable skips it
+# (its CPU runtime ships in the package). Run npm by hand the same way.
 if [ ! -d node_modules ] || [ package-lock.json -nt node_modules/.package-lock.json ]; then
   echo "setup: installing npm packages"
   ONNXRUNTIME_NODE_INSTALL=skip npm ci --no-audit --no-fund --loglevel=error
@@ -65,7 +66,7 @@ if [ ! -s "$fmnist" ]; then
   rm -rf "$idx"
   echo "setup: wrote $fmnist"
 fi
-# Surrogate data for the loader example (schema/jobs/train-surrogate.example.json): a real
-# Gray-Scott simulation, small enough to make in a fraction of a second.
+# Surrogate data for the loader example (schema/jobs/train-surrogate.example.json): Gray-Scott
+# reaction-diffusion fields integrated by `lathe data gen-surrogate` on a 32x32 grid (well under a second).
 [ -s build/data/surrogate.h5 ] || build/bin/lathe data gen-surrogate --out build/data/surrogate.h5 --samples 384 --grid 32 >/dev/null
 echo "setup: built $root/build/bin: $(ls build/bin | grep -xE 'lathe|lathe-server|lathe-worker' | tr '\n' ' ')"

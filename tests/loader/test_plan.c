@@ -214,7 +214,7 @@ TEST_CASE(loader_lru_fifo_belady_match_naive_single_rank_simulators) {
     naive_cache(seq, N * o.epochs, C, k, want);
     int64_t hits = 0, diff = 0;
     for (int64_t t = 0; t < N * o.epochs; t++) hits += got[t], diff += got[t] != want[t];
-    CHECK_MSG(diff == 0, "%s N=%lld C=%lld: %lld of %lld accesses differ from the naive simulator",
+    CHECK_MSG(diff == 0, "%s N=%lld C=%lld: %lld of %lld accesses differ from the brute-force cache replay",
               lt_loader_policy_name(pols[k]), (long long)N, (long long)C, (long long)diff,
               (long long)(N * o.epochs));
     if (pols[k] == LT_LOADER_POLICY_BELADY) CHECK(hits == C * (E - 1)); /* the optimum: C per epoch */
