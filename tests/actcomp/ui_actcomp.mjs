@@ -12,7 +12,7 @@ const fmnist = resolve(bin, '../data/fashion-mnist.h5');
 const shots = resolve(bin, '../test-artifacts/browser');
 const CHROMIUM = '/usr/bin/chromium';
 let chromium;
-try { ({ chromium } = await import('playwright-core')); } catch { console.log('skipped: playwright-core is not installed (npm ci in the repository root)'); process.exit(77); }
+try { ({ chromium } = await import('playwright-core')); } catch { console.log('skipped: playwright-core is not installed (run scripts/setup.sh)'); process.exit(77); }
 if (!existsSync(CHROMIUM)) { console.log('skipped: /usr/bin/chromium is not installed'); process.exit(77); }
 if (!existsSync(fmnist)) { console.log(`skipped: ${fmnist} missing (tests/train/fmnist.sh makes it)`); process.exit(77); }
 mkdirSync(shots, { recursive: true });

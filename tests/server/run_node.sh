@@ -6,6 +6,6 @@ set -u
 here=$(cd "$(dirname "$0")" && pwd)
 root=$(cd "$here/../.." && pwd)
 command -v node >/dev/null || { echo "node not found: skipped"; exit 77; }
-[ -d "$root/node_modules/ajv" ] || { echo "$root/node_modules/ajv missing (npm ci): skipped"; exit 77; }
+[ -d "$root/node_modules/ajv" ] || { echo "$root/node_modules/ajv missing (run scripts/setup.sh): skipped"; exit 77; }
 export NODE_PATH="$root/node_modules"
 exec node "$@"

@@ -229,6 +229,30 @@ static lt_status loop_checkpoint(const lt_train_config *c, const lt_graph *g, co
   return st;
 }
 
+/* Rank 0 writes the checkpoint; every rank learns whether it worked. */
+static lt_status loop_checkpoint_rank0(const lt_train_config *c, const lt_graph *g,
+                                       const lt_optim *o, const lt_ckpt_meta *m, int rank, int multi,
+                                       lt_err *err) {
+  lt_status st = rank == 0 ? loop_checkpoint(c, g, o, m, err) : LT_OK;
+  return multi ? lt_loader_agree(st, err) : st;
+}
+
+/* The end of every optimizer step in both loops: a checkpoint when one is due or the run is
+ * stopping (written by rank 0, agreed by all ranks), then the cancellation. */
+static lt_status loop_step_end(const lt_train_config *c, const lt_graph *g, const lt_optim *o,
+                               const lt_ckpt_meta *m, int stop, int rank, int multi, lt_err *err) {
+  int ckpt_due = c->checkpoint_every > 0 && m->step % c->checkpoint_every == 0;
+  if (ckpt_due || stop) {
+    lt_ckpt_meta saved = *m;
+    saved.epoch_step = m->epoch_step + 1;
+    lt_status st = loop_checkpoint_rank0(c, g, o, &saved, rank, multi, err);
+    if (st) return st;
+  }
+  if (stop)
+    return lt_errorf(err, LT_ERR_CANCELLED, "training cancelled at step %lld", (long long)m->step);
+  return LT_OK;
+}
+
 /* Where a run starts: the configured metadata at step 0, or the position a checkpoint recorded
  * (its weights and optimizer state loaded into g and o). */
 static lt_status loop_resume(const lt_train_config *c, lt_graph *g, lt_optim *o, lt_ckpt_meta *m,
@@ -381,17 +405,7 @@ lt_status lt_train_run(lt_graph *g, lt_backend *be, const lt_train_config *c, lt
                              .val_accuracy = NAN};
       lt_mem_get_stats(&p.mem);
       int stop = c->on_step && c->on_step(c->user, &p);
-      int ckpt_due = c->checkpoint_every > 0 && m.step % c->checkpoint_every == 0;
-      if (ckpt_due || stop) {
-        lt_ckpt_meta saved = m;
-        saved.epoch_step = m.epoch_step + 1;
-        if ((st = loop_checkpoint(c, g, opt, &saved, err))) goto done;
-      }
-      if (stop) {
-        st = lt_errorf(err, LT_ERR_CANCELLED, "training cancelled at step %lld",
-                       (long long)m.step);
-        goto done;
-      }
+      if ((st = loop_step_end(c, g, opt, &m, stop, 0, 0, err))) goto done;
     }
     train_time += epoch_time;
     train_samples += epoch_samples;
@@ -617,14 +631,6 @@ static void loop_loader_epoch(lt_loader *ld, const lt_loader_stats *at_start, do
   e->rank_batch_max = rank_max_all;
 }
 
-/* Rank 0 writes the checkpoint; every rank learns whether it worked. */
-static lt_status loop_checkpoint_rank0(const lt_train_config *c, const lt_graph *g,
-                                       const lt_optim *o, const lt_ckpt_meta *m, int rank, int multi,
-                                       lt_err *err) {
-  lt_status st = rank == 0 ? loop_checkpoint(c, g, o, m, err) : LT_OK;
-  return multi ? lt_loader_agree(st, err) : st;
-}
-
 static lt_status loop_run_loader(lt_graph *g, lt_backend *be, const lt_train_config *c,
                                  lt_train_result *r, lt_err *err) {
   lt_loader *ld = c->loader;
@@ -818,17 +824,7 @@ agreed:
       int stop = c->on_step && c->on_step(c->user, &p);
       /* a stop seen by one rank (a signal arrives at different times) stops all of them */
       if (multi) stop = lt_loader_agree(stop ? LT_ERR_CANCELLED : LT_OK, err) != LT_OK;
-      int ckpt_due = c->checkpoint_every > 0 && m.step % c->checkpoint_every == 0;
-      if (ckpt_due || stop) {
-        lt_ckpt_meta saved = m;
-        saved.epoch_step = m.epoch_step + 1;
-        if ((st = loop_checkpoint_rank0(c, g, opt, &saved, rank, multi, err))) goto done;
-      }
-      if (stop) {
-        st = lt_errorf(err, LT_ERR_CANCELLED, "training cancelled at step %lld",
-                       (long long)m.step);
-        goto done;
-      }
+      if ((st = loop_step_end(c, g, opt, &m, stop, rank, multi, err))) goto done;
     }
     train_time += epoch_time;
     train_samples += epoch_samples;
