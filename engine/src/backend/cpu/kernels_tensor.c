@@ -289,6 +289,14 @@ static void row_share(int64_t n, int64_t *lo, int64_t *hi) {
   *hi = *lo + per + (t < extra);
 }
 
+/* Inside a parallel region: this thread's share of x[0, n) set to zero (a barrier must follow
+ * before anyone adds into x). */
+static void zero_share(float *x, int64_t n) {
+  int64_t lo, hi;
+  row_share(n, &lo, &hi);
+  memset(x + lo, 0, sizeof(float) * (size_t)(hi - lo));
+}
+
 /* idx (the row's outer dims) to the next row */
 static inline void row_next(int ndim, const int64_t *shape, int64_t *idx) {
   for (int d = ndim - 2; d >= 0; d--) {
@@ -348,9 +356,7 @@ void lt_cpu_slice_bwd(int ndim, const int64_t *xshape, const int64_t *start, con
 #pragma omp parallel
   {
     if (!accumulate) {
-      int64_t a, b;
-      row_share(xn, &a, &b);
-      memset(dx + a, 0, sizeof(float) * (size_t)(b - a));
+      zero_share(dx, xn);
 #pragma omp barrier
     }
     int64_t lo, hi, idx[LT_KMAX_DIMS] = {0};
@@ -437,9 +443,7 @@ void lt_cpu_pad_bwd(int ndim, const int64_t *xshape, const int64_t *pads, const 
 #pragma omp parallel
   {
     if (!accumulate) {
-      int64_t a, e;
-      row_share(xn, &a, &e);
-      memset(dx + a, 0, sizeof(float) * (size_t)(e - a));
+      zero_share(dx, xn);
 #pragma omp barrier
     }
     int64_t lo, hi, idx[LT_KMAX_DIMS] = {0};
