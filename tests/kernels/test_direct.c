@@ -23,18 +23,12 @@
 #include <string.h>
 
 #include "backend/cpu/kernels.h"
+#include "conv_ref.h"
 #include "lathe/core.h"
 #include "test.h"
 
-static lt_rng rng;
 static const double TOL = 2e-5;
 static double worst_seen;
-
-static float *randn(size_t n, float scale) {
-  float *p = malloc(n * sizeof(float) + 4);
-  for (size_t i = 0; i < n; i++) p[i] = scale * lt_rng_normal(&rng);
-  return p;
-}
 
 typedef struct shape {
   int n, c, h, w, s, kh, kw, pt, pl, pb, pr, dil, stride; /* stride 0 means 1 */
@@ -78,42 +72,6 @@ static lt_conv_geom geom(const shape *s) {
   return g;
 }
 
-/* y = conv(x, w) + b in double. */
-static void reference(const lt_conv_geom *g, const float *x, const float *w, const float *b,
-                      double *y) {
-  const int C = g->c, S = g->s, H = g->h, W = g->w, OH = g->oh, OW = g->ow, KH = g->kh, KW = g->kw;
-  for (int n = 0; n < g->n; n++)
-    for (int s = 0; s < S; s++)
-      for (int oy = 0; oy < OH; oy++)
-        for (int ox = 0; ox < OW; ox++) {
-          const size_t yi = (((size_t)n * S + s) * OH + oy) * OW + ox;
-          double acc = b ? b[s] : 0.0;
-          for (int c = 0; c < C; c++)
-            for (int ki = 0; ki < KH; ki++)
-              for (int kj = 0; kj < KW; kj++) {
-                const int iy = oy * g->stride_h + ki * g->dil_h - g->pad_t,
-                          ix = ox * g->stride_w + kj * g->dil_w - g->pad_l;
-                if (iy < 0 || iy >= H || ix < 0 || ix >= W) continue;
-                const size_t xi = (((size_t)n * C + c) * H + iy) * W + ix;
-                const size_t wi = (((size_t)s * C + c) * KH + ki) * KW + kj;
-                acc += (double)x[xi] * w[wi];
-              }
-          y[yi] = acc;
-        }
-}
-
-/* Worst |got - (ref + add)| / max(1, rms(ref)). */
-static double err(const float *got, const double *ref, size_t n, const float *add) {
-  double r = 0, worst = 0;
-  for (size_t i = 0; i < n; i++) r += ref[i] * ref[i];
-  r = n ? sqrt(r / n) : 0;
-  for (size_t i = 0; i < n; i++) {
-    const double e = fabs(got[i] - (ref[i] + (add ? add[i] : 0.0)));
-    if (!(e <= worst)) worst = e; /* NaN propagates */
-  }
-  return worst / (r > 1 ? r : 1);
-}
-
 static void check_shape(const shape *sh, const char *mode) {
   const lt_conv_geom g = geom(sh);
   const size_t nx = (size_t)g.n * g.c * g.h * g.w, ny = (size_t)g.n * g.s * g.oh * g.ow;
@@ -122,7 +80,7 @@ static void check_shape(const shape *sh, const char *mode) {
   float *y = malloc(ny * sizeof(float) + 4);
   float *y0 = malloc(ny * sizeof(float) + 4);
   double *ry = malloc(ny * sizeof(double) + 8);
-  reference(&g, x, w, b, ry);
+  conv_ref(&g, x, w, b, NULL, ry, NULL, NULL);
   /* one input channel is depthwise to kernels_conv.c (no workspace): give the direct entry point
    * its slice anyway */
   const size_t wconv = lt_cpu_conv2d_workspace(&g), slice = lt_cpu_direct_slice_bytes(&g);

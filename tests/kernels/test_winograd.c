@@ -24,16 +24,9 @@
 #include <string.h>
 
 #include "backend/cpu/kernels.h"
+#include "conv_ref.h"
 #include "lathe/core.h"
 #include "test.h"
-
-static lt_rng rng;
-
-static float *randn(size_t n, float scale) {
-  float *p = malloc(n * sizeof(float) + 4);
-  for (size_t i = 0; i < n; i++) p[i] = scale * lt_rng_normal(&rng);
-  return p;
-}
 
 typedef struct shape {
   int n, c, h, w, s, pt, pl, pb, pr;
@@ -66,53 +59,6 @@ static lt_conv_geom geom(const shape *s) {
   return g;
 }
 
-/* Direct convolution in double: y = conv(x, w) + b, dx = convᵀ(dy, w), dw = dy ⋆ x. */
-static void direct(const lt_conv_geom *g, const float *x, const float *w, const float *b,
-                   const float *dy, double *y, double *dx, double *dw) {
-  const int C = g->c, S = g->s, H = g->h, W = g->w, OH = g->oh, OW = g->ow;
-  memset(dx, 0, sizeof(double) * g->n * C * H * W);
-  memset(dw, 0, sizeof(double) * S * C * 9);
-  for (int n = 0; n < g->n; n++)
-    for (int s = 0; s < S; s++)
-      for (int oy = 0; oy < OH; oy++)
-        for (int ox = 0; ox < OW; ox++) {
-          const size_t yi = (((size_t)n * S + s) * OH + oy) * OW + ox;
-          double acc = b ? b[s] : 0.0;
-          for (int c = 0; c < C; c++)
-            for (int ki = 0; ki < 3; ki++)
-              for (int kj = 0; kj < 3; kj++) {
-                const int iy = oy + ki - g->pad_t, ix = ox + kj - g->pad_l;
-                if (iy < 0 || iy >= H || ix < 0 || ix >= W) continue;
-                const size_t xi = (((size_t)n * C + c) * H + iy) * W + ix;
-                const size_t wi = (((size_t)s * C + c) * 3 + ki) * 3 + kj;
-                acc += (double)x[xi] * w[wi];
-                dx[xi] += (double)dy[yi] * w[wi];
-                dw[wi] += (double)dy[yi] * x[xi];
-              }
-          y[yi] = acc;
-        }
-}
-
-static double rms(const double *r, size_t n) {
-  double s = 0;
-  for (size_t i = 0; i < n; i++) s += r[i] * r[i];
-  return n ? sqrt(s / n) : 0;
-}
-
-/* Worst |got - ref| / max(1, rms(ref)), where ref = base * ref_scale (+ add when non-NULL). */
-static double err(const float *got, const double *ref, size_t n, double ref_scale,
-                  const float *add) {
-  double r = 0, worst = 0;
-  for (size_t i = 0; i < n; i++) r += ref[i] * ref[i];
-  r = n ? sqrt(r / n) * ref_scale : 0;
-  for (size_t i = 0; i < n; i++) {
-    const double want = ref[i] * ref_scale + (add ? add[i] : 0.0);
-    const double e = fabs(got[i] - want);
-    if (!(e <= worst)) worst = e; /* NaN propagates */
-  }
-  return worst / (r > 1 ? r : 1);
-}
-
 static double TOL = 2e-5;  /* per tile size, set by run_mode */
 static double worst_seen; /* printed per mode */
 
@@ -128,7 +74,7 @@ static void check_shape(const shape *sh, const char *mode) {
   float *dw0 = malloc(nw * sizeof(float) + 4);
   double *ry = malloc(ny * sizeof(double) + 8), *rdx = malloc(nx * sizeof(double) + 8);
   double *rdw = malloc(nw * sizeof(double) + 8);
-  direct(&g, x, w, b, dy, ry, rdx, rdw);
+  conv_ref(&g, x, w, b, dy, ry, rdx, rdw);
   const size_t wsb = lt_cpu_conv2d_workspace(&g);
   CHECK(lt_cpu_winograd_eligible(&g));
   CHECK(wsb >= lt_cpu_winograd_workspace(&g));
@@ -141,13 +87,13 @@ static void check_shape(const shape *sh, const char *mode) {
   lt_cpu_conv2d_fwd(&g, x, w, b, y, ws);
   lt_cpu_conv2d_bwd_data(&g, dy, w, dx, 0, ws);
   lt_cpu_conv2d_bwd_filter(&g, x, dy, dw, NULL, 0, ws);
-  const double ey = err(y, ry, ny, 1, NULL), edx = err(dx, rdx, nx, 1, NULL),
-               edw = err(dw, rdw, nw, 1, NULL);
+  const double ey = err(y, ry, ny, NULL), edx = err(dx, rdx, nx, NULL),
+               edw = err(dw, rdw, nw, NULL);
   worst_seen = fmax(worst_seen, fmax(ey, fmax(edx, edw)));
   /* the inference forward (F(4×4) for outputs of 16×16 and more unless a tile is forced) */
   for (size_t i = 0; i < ny; i++) y0[i] = NAN;
   lt_cpu_conv2d_fwd_infer(&g, x, w, b, y0, ws);
-  const double ei = err(y0, ry, ny, 1, NULL);
+  const double ei = err(y0, ry, ny, NULL);
   worst_seen = fmax(worst_seen, ei);
   CHECK_MSG(ei <= 1e-4, "%s: inference forward error/rms %.2g (tol 1e-4)", mode, ei);
   CHECK_MSG(ey <= TOL && edx <= TOL && edw <= TOL,
@@ -162,9 +108,9 @@ static void check_shape(const shape *sh, const char *mode) {
   memcpy(dw0, dw, nw * sizeof(float));
   lt_cpu_conv2d_bwd_data(&g, dy, w, dx, 1, ws);
   lt_cpu_conv2d_bwd_filter(&g, x, dy, dw, NULL, 1, ws);
-  CHECK_MSG(err(dx, rdx, nx, 1, dx0) <= 2 * TOL && err(dw, rdw, nw, 1, dw0) <= 2 * TOL,
-            "%s: accumulate=1 does not add (dx %.2g, dw %.2g)", mode, err(dx, rdx, nx, 1, dx0),
-            err(dw, rdw, nw, 1, dw0));
+  CHECK_MSG(err(dx, rdx, nx, dx0) <= 2 * TOL && err(dw, rdw, nw, dw0) <= 2 * TOL,
+            "%s: accumulate=1 does not add (dx %.2g, dw %.2g)", mode, err(dx, rdx, nx, dx0),
+            err(dw, rdw, nw, dw0));
 
   /* reproducibility: forward and backward data bitwise equal at 1 and 2 threads; backward
    * filter bitwise equal on a second call at the same thread count */
