@@ -14,7 +14,8 @@
 #include "test.h"
 
 enum { V_OK, V_CYCLE, V_DANGLING_INPUT, V_DANGLING_OUTPUT, V_ABSURD_DIMS, V_NEGATIVE_DIM,
-       V_SHORT_DATA, V_UNSUPPORTED_OP, V_REVERSED, V_EXTERNAL, V_EXTERNAL_ESCAPE, V_DUPLICATE };
+       V_SHORT_DATA, V_UNSUPPORTED_OP, V_REVERSED, V_EXTERNAL, V_EXTERNAL_ESCAPE, V_DUPLICATE,
+       V_EMPTY_INTS, V_ONE_INPUT_ADD };
 
 /* x (N,2,4,4) → Conv(3x3, pad 1) → Relu → GlobalAveragePool → Flatten → Gemm → y (N,4). */
 static void build(int variant, int64_t opset, pb_buf *out) {
@@ -51,6 +52,7 @@ static void build(int variant, int64_t opset, pb_buf *out) {
   int64_t pads[4] = {1, 1, 1, 1}, ks[2] = {3, 3};
   ob_attr_ints(&conv, "pads", 4, pads);
   ob_attr_ints(&conv, "kernel_shape", 2, ks);
+  if (variant == V_EMPTY_INTS) ob_attr_ints(&conv, "dilations", 0, NULL); /* a list of none */
   ob_attr_int(&flat, "axis", 1);
   ob_attr_int(&gemm, "transB", 1);
   const char *relu_in = variant == V_CYCLE ? "f" : variant == V_DANGLING_INPUT ? "nowhere" : "c";
@@ -65,6 +67,8 @@ static void build(int variant, int64_t opset, pb_buf *out) {
     int i = variant == V_REVERSED ? 4 - k : k;
     ob_node(&g, nodes[i].op, nodes[i].name, nodes[i].in, nodes[i].out, nodes[i].a);
   }
+  /* (fuzz crash-aafa4dd3) an Add of constants with its second input missing */
+  if (variant == V_ONE_INPUT_ADD) ob_node(&g, "Add", "half_add", OB_LIST("conv.bias"), OB_LIST("q"), NULL);
   int64_t xd[4] = {-1, 2, 4, 4}, yd[2] = {-1, 4};
   ob_valinfo(&g, 11, "x", 4, xd);
   ob_valinfo(&g, 12, variant == V_DANGLING_OUTPUT ? "zz" : "y", 2, yd);
@@ -155,6 +159,22 @@ TEST_CASE(onnx_malformed_graphs_are_clear_errors) {
   expect_error(V_SHORT_DATA, "need");
   expect_error(V_DUPLICATE, "defined twice");
   expect_error(V_EXTERNAL, "external file");  /* from memory: no folder to resolve it in */
+}
+
+/* Regression (fuzz crash-af71ce54, UBSan): an ints attribute with no values was copied from a
+ * NULL list. An empty dilations list is refused as a clear error, or read as the default. */
+TEST_CASE(onnx_constant_add_without_second_input_is_a_clear_error) {
+  expect_error(V_ONE_INPUT_ADD, "missing its second input");
+}
+
+TEST_CASE(onnx_empty_ints_attribute_is_handled) {
+  pb_buf m = {0};
+  build(V_EMPTY_INTS, 13, &m);
+  lt_err err = {0};
+  lt_graph *g = lt_onnx_load_buffer(m.data, m.len, NULL, &err);
+  CHECK_MSG(g || (err.status != LT_OK && err.msg[0]), "neither a graph nor an error");
+  lt_graph_free(g);
+  pb_buf_free(&m);
 }
 
 TEST_CASE(onnx_unsupported_op_names_op_node_and_opset) {
@@ -413,6 +433,8 @@ int main(int argc, char **argv) {
   RUN(onnx_every_truncation_is_a_clear_error);
   RUN(onnx_wrong_magic_is_a_clear_error);
   RUN(onnx_malformed_graphs_are_clear_errors);
+  RUN(onnx_empty_ints_attribute_is_handled);
+  RUN(onnx_constant_add_without_second_input_is_a_clear_error);
   RUN(onnx_unsupported_op_names_op_node_and_opset);
   RUN(onnx_external_data_only_beside_the_model);
   RUN(onnx_export_reimport_keeps_graph);

@@ -114,7 +114,7 @@ static const char *attr_s(const ox_node *n, const char *name, const char *def) {
 static int attr_ints(const ox_node *n, const char *name, int64_t *out, int cap) {
   const ox_attr *a = ox_node_attr(n, name);
   if (!a || a->type != OX_ATTR_INTS || a->n > cap) return -1;
-  memcpy(out, a->ints, sizeof *out * (size_t)a->n);
+  if (a->n) memcpy(out, a->ints, sizeof *out * (size_t)a->n); /* an empty list has no array */
   return a->n;
 }
 
@@ -435,6 +435,7 @@ static lt_status fold_cast(imp *im, const ent *x, lt_dtype to) {
 
 /* Add/Sub/Mul/Div of two constants with NumPy broadcasting. */
 static lt_status fold_binary(imp *im, const ent *a, const ent *b, char op) {
+  if (!b) return node_err(im, LT_ERR_FORMAT, "missing its second input");
   if (const_has_dyn(a) || const_has_dyn(b))
     return node_err(im, LT_ERR_UNSUPPORTED, "arithmetic on the batch size; export the model with a "
                     "fixed batch or without shape arithmetic on it");
@@ -625,6 +626,7 @@ static lt_status fold_slice(imp *im, const ent *x) {
 
 static lt_status fold_gather(imp *im, const ent *x, const ent *ind) {
   int axis;
+  if (!ind) return node_err(im, LT_ERR_FORMAT, "missing its second input");
   if (norm_axis(attr_i(im->node, "axis", 0), x->c->ndim, &axis))
     return node_err(im, LT_ERR_FORMAT, "axis out of range");
   if (ind->c->dtype == LT_F32) return node_err(im, LT_ERR_FORMAT, "indices must be integers");
@@ -737,10 +739,10 @@ static lt_status fold_constant(imp *im) {
     if ((t = new_tensor(im, LT_I64, 0, NULL))) ((int64_t *)t->data)[0] = a->i;
   } else if ((a = ox_node_attr(n, "value_floats")) && a->type == OX_ATTR_FLOATS) {
     one = a->n;
-    if ((t = new_tensor(im, LT_F32, 1, &one))) memcpy(t->data, a->floats, sizeof(float) * (size_t)a->n);
+    if ((t = new_tensor(im, LT_F32, 1, &one)) && a->n) memcpy(t->data, a->floats, sizeof(float) * (size_t)a->n);
   } else if ((a = ox_node_attr(n, "value_ints")) && a->type == OX_ATTR_INTS) {
     one = a->n;
-    if ((t = new_tensor(im, LT_I64, 1, &one))) memcpy(t->data, a->ints, sizeof(int64_t) * (size_t)a->n);
+    if ((t = new_tensor(im, LT_I64, 1, &one)) && a->n) memcpy(t->data, a->ints, sizeof(int64_t) * (size_t)a->n);
   } else {
     return node_err(im, LT_ERR_UNSUPPORTED, "Constant without a tensor, float or int value");
   }
