@@ -202,8 +202,9 @@ typedef struct jc {
                                       sensitivity samples at the end of train */
   lt_batch_opts bo;                /* normalisation + augmentation */
   lt_graph *g;                     /* the original model, owned */
-  lt_compress_layer *L;            /* (n) owned */
-  int n;
+  lt_compress_layer *L;            /* (n_all) owned: the n searched layers, then those that stay
+                                      dense because no rank is faster on the device */
+  int n, n_all;
   lt_target_kind kind;
   double target, fixed;            /* whole-model budget; cost outside the searched layers */
   int lat_batch;
@@ -769,6 +770,20 @@ int job_compress_run(job_ctx *job, cJSON **result) {
     rc = jc_fail_engine(&c, "latency table");
     goto done;
   }
+  c.n_all = c.n;
+  if (!cJSON_IsFalse(jc_obj(so, "latency_cap"))) {
+    c.n = lt_compress_layers_keep_faster(c.L, c.n_all);
+    for (int l = c.n; l < c.n_all; l++)
+      job_emit_log(job, "info", "layer %s stays dense: no rank of step %d is faster than the dense "
+                   "layer on %s (%.3f ms)", c.L[l].name, step, tab.device, c.L[l].dense_ms);
+    if (c.n == 0) {
+      rc = job_fail(job, JOB_EXIT_BAD_INPUT,
+                    "no layer of this model runs faster factorised on %s: every rank of step %d "
+                    "costs at least the dense layer's latency (set search.latency_cap false to "
+                    "search ranks by FLOPs or parameters alone)", tab.device, step);
+      goto done;
+    }
+  }
   jc_phase_end(&c, "profile");
 
   /* The target as a whole-model budget and the part of it the search cannot change. */
@@ -959,6 +974,14 @@ int job_compress_run(job_ctx *job, cJSON **result) {
     pred_ms += ranks[l] ? c.L[l].ms[pick[l]] : c.L[l].dense_ms;
     pred_now += (ranks[l] ? c.L[l].ms[pick[l]] : c.L[l].dense_ms) * now_scale;
     cJSON_AddItemToArray(layers, jc_layer_json(&c.L[l], ranks[l], pick[l], m, now_scale));
+  }
+  for (int l = c.n; l < c.n_all; l++) { /* stayed dense: no faster rank on this device */
+    double m = NAN;
+    if (lt_lat_measure_layer(&c.L[l], 0, c.be, c.lat_batch, NULL, &m, &c.err)) {
+      rc = jc_fail_engine(&c, "per-layer latency");
+      goto done;
+    }
+    cJSON_AddItemToArray(layers, jc_layer_json(&c.L[l], 0, 0, m, now_scale));
   }
   snprintf(path, sizeof path, "%s/model.onnx", job->out_dir);
   if (lt_onnx_save(cg, path, &c.err)) {

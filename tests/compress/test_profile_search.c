@@ -21,6 +21,32 @@ TEST_CASE(rank_step_is_the_distance_between_latency_jumps) {
   lt_lat_table_free(&t);
 }
 
+/* The latency cap: candidates not faster than the dense layer go; a layer left with none stays
+ * dense and moves behind the searched ones, the dropped layers keeping their order. */
+TEST_CASE(latency_cap_keeps_faster_ranks_and_leaves_slow_layers_dense) {
+  lt_compress_layer L[4] = {0};
+  const char *names[4] = {"a", "b", "c", "d"};
+  for (int i = 0; i < 4; i++) {
+    snprintf(L[i].name, sizeof L[i].name, "%s", names[i]);
+    L[i].dense_ms = 1.0;
+    L[i].n_cand = 3;
+    for (int k = 0; k < 3; k++) L[i].cand[k] = 4 * (k + 1), L[i].macs[k] = 100 * (k + 1);
+  }
+  double ms[4][3] = {{0.5, 0.9, 1.0}, {1.2, 1.5, 2.0}, {1.0, NAN, 3.0}, {0.2, 1.1, 0.7}};
+  for (int i = 0; i < 4; i++)
+    for (int k = 0; k < 3; k++) L[i].ms[k] = ms[i][k];
+  int k = lt_compress_layers_keep_faster(L, 4);
+  REQUIRE(k == 2);
+  CHECK(strcmp(L[0].name, "a") == 0);
+  CHECK(L[0].n_cand == 2 && L[0].cand[1] == 8 && L[0].max_rank == 8 && L[0].ms[1] == 0.9);
+  CHECK(strcmp(L[1].name, "d") == 0);
+  CHECK(L[1].n_cand == 2 && L[1].cand[0] == 4 && L[1].cand[1] == 12 && L[1].macs[1] == 300 &&
+        L[1].ms[1] == 0.7);
+  CHECK(strcmp(L[2].name, "b") == 0);
+  CHECK(strcmp(L[3].name, "c") == 0);
+  CHECK(L[2].n_cand == 0 && L[3].n_cand == 0 && L[3].dense_ms == 1.0);
+}
+
 TEST_CASE(profile_reuses_a_cached_table) {
   lt_err err = {0};
   lt_zoo_opts o = {.seed = 1};
@@ -112,6 +138,7 @@ TEST_CASE(search_meets_a_flops_target_and_its_cost_model_matches_the_graph) {
 
 int main(void) {
   RUN(rank_step_is_the_distance_between_latency_jumps);
+  RUN(latency_cap_keeps_faster_ranks_and_leaves_slow_layers_dense);
   RUN(profile_reuses_a_cached_table);
   RUN(search_meets_a_flops_target_and_its_cost_model_matches_the_graph);
   return test_summary();

@@ -190,6 +190,12 @@ void lt_lat_table_free(lt_lat_table *t);
  * it is. LT_ERR_INVALID when a layer's shape or a rank is missing. */
 lt_status lt_compress_layers_set_latency(lt_compress_layer *l, int n, const lt_lat_table *t,
                                          int step, lt_err *err);
+/* Latency caps the rank space (HALOC: a factorisation that is not faster on the device is not
+ * worth its accuracy): drops every candidate whose latency is not below the dense layer's. Layers
+ * left without a candidate stay dense; they are moved behind the others, in their original order,
+ * with n_cand 0. Returns how many layers keep candidates (the first ones). Needs latencies
+ * (lt_compress_layers_set_latency). */
+int lt_compress_layers_keep_faster(lt_compress_layer *l, int n);
 
 /* ---- the differentiable search -------------------------------------------------------------- */
 

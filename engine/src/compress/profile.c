@@ -442,3 +442,25 @@ lt_status lt_compress_layers_set_latency(lt_compress_layer *L, int n, const lt_l
   }
   return LT_OK;
 }
+
+int lt_compress_layers_keep_faster(lt_compress_layer *L, int n) {
+  int k = 0;
+  for (int i = 0; i < n; i++) {
+    lt_compress_layer l = L[i];
+    int m = 0;
+    for (int j = 0; j < l.n_cand; j++) {
+      if (!(l.ms[j] < l.dense_ms)) continue; /* NaN (no figure) counts as not faster */
+      l.cand[m] = l.cand[j], l.macs[m] = l.macs[j], l.params[m] = l.params[j];
+      l.ms[m++] = l.ms[j];
+    }
+    if (m == 0) continue;
+    l.n_cand = m;
+    l.max_rank = l.cand[m - 1];
+    /* [k, i) holds the layers dropped so far: shift them up one, in order, behind this one. */
+    memmove(&L[k + 1], &L[k], (size_t)(i - k) * sizeof *L);
+    L[k++] = l;
+  }
+  /* The dropped layers, behind the kept ones, lose their candidates. */
+  for (int i = k; i < n; i++) L[i].n_cand = 0, L[i].max_rank = 0;
+  return k;
+}
