@@ -14,7 +14,7 @@
 #   DISTILL_ALPHA [0.5], DISTILL_T [4], SEARCH_STEPS [200], EVAL_SAMPLES [0 = the full test split],
 #   BASELINES ["uniform"] (e.g. "uniform", "sensitivity"), BASELINES_ONLY [false]: true runs
 #   the baselines alone (no search; e.g. in a second process beside a run with BASELINES=" "),
-#   THREADS [2],
+#   THREADS [2], TARGET [{"kind": "flops", "reduction": 0.7}] (the job's target object),
 #   SMALLCNN_TRAIN_EPOCHS [3]: training of the small CNN before it is compressed.
 # The ResNet-20 figures of issue 6 (load average 13-22 on 2 cores, nice 10) came from two
 # processes side by side, each about 50 minutes:
@@ -35,6 +35,7 @@ else budget="\"epochs\": ${FINETUNE_EPOCHS:-1}"; fi
 finetune="{$budget, \"batch_size\": ${FINETUNE_BATCH:-128}, \"lr\": ${FINETUNE_LR:-0.02},
   \"schedule\": \"cosine\", \"distill\": {\"alpha\": ${DISTILL_ALPHA:-0.5}, \"temperature\": ${DISTILL_T:-4}}}"
 baselines=${BASELINES:-'"uniform"'}
+target=${TARGET:-'{"kind": "flops", "reduction": 0.7}'}
 
 summary() { # events.jsonl wall_seconds
   /usr/bin/python3 - "$1" "$2" <<'PY'
@@ -84,7 +85,7 @@ run_compress() { # name model_json dataset normalisation_json augmentation_json
   "model": $2,
   "dataset": "$3",
   "eval_samples": ${EVAL_SAMPLES:-0},
-  "target": {"kind": "flops", "reduction": 0.7},
+  "target": $target,
   "search": {"steps": ${SEARCH_STEPS:-200}, "batch_size": 32},
   "finetune": $finetune,
   "baselines": [$baselines], "baselines_only": ${BASELINES_ONLY:-false},
