@@ -14,6 +14,9 @@
 #             the median step time after the first two windows (the step-time overhead).
 #             $RESNET_EPOCHS > 0 instead trains that many epochs with validation (accuracy at the
 #             same budget; hours on a CPU).
+#   r20acc    ResNet-20 on the CIFAR-10 JPEG data, $ACC_EPOCHS epochs (default 3) with the full
+#             test split as validation, exact and adaptive with lossy batch-norm inputs, for each
+#             of $SEEDS: accuracy per seed and the differences (about 2 CPU-minutes per epoch).
 #   cap       the largest batch ResNet-20 trains at under a memory cap of $CAP_MIB MiB (default
 #             512) of training state, exact and compressed (actcomp_batch_cap): adaptive with the
 #             spec's exact first window, adaptive with initial_eb 0.01 (the first window
@@ -33,6 +36,7 @@ RESNET_STEPS=${RESNET_STEPS:-60}
 RESNET_EPOCHS=${RESNET_EPOCHS:-0}
 CAP_MIB=${CAP_MIB:-512}
 FMNIST_EPOCHS=${FMNIST_EPOCHS:-3}
+ACC_EPOCHS=${ACC_EPOCHS:-3}
 export OMP_WAIT_POLICY=PASSIVE
 work=$(mktemp -d "${TMPDIR:-/tmp}/actcomp-bench.XXXXXX")
 trap 'rm -rf "$work"' EXIT
@@ -133,6 +137,36 @@ for n in ("r20.adaptive.exact", "r20.adaptive.lossy"):
     print("   largest after: " + ", ".join(f"{l['name']} ({l['kind']}, eb {l['eb']:.3g}) {l['bytes_after']/2**20:.2f} MiB" for l in big))
 PY
   ;;
+r20acc)
+  [ -f "$CIFAR" ] || { echo "r20acc: $CIFAR absent, skipped"; continue; }
+  # Exact against adaptive (lossy batch-norm inputs, the configuration of the 15x figure) at the
+  # same budget, for each seed in turn; each run prints its line as it ends.
+  for seed in $SEEDS; do
+    for cfg in off:exact adaptive:lossy; do
+      mode=${cfg%:*} bn=${cfg#*:}
+      mkjob "$root/tests/bench/cifar10_resnet20.json" "$CIFAR" "{\"epochs\": $ACC_EPOCHS, \"seed\": $seed,
+        \"checkpoint_every\": 0, \"activation_compression\": {\"mode\": \"$mode\", \"window\": 10,
+        \"sample_every\": 0, \"bn\": {\"mode\": \"$bn\"}}}" > "$work/acc.$mode.$seed.json"
+      run "acc.$mode.$seed" "$work/acc.$mode.$seed.json"
+      /usr/bin/python3 - "$work/acc.$mode.$seed.log" "$mode" "$seed" <<'PY'
+import json, sys
+r = [json.loads(l) for l in open(sys.argv[1]) if '"type":"result"' in l][0]["summary"]
+c = r.get("activation_compression") or {}
+print(f"resnet20 seed {sys.argv[3]} {sys.argv[2]}: val acc {100*r['final']['val_accuracy']:.2f}% "
+      f"(loss {r['final'].get('val_loss')}), {r['throughput_samples_per_s']:.0f} samples/s"
+      + (f", saved {c['peak_ratio']:.2f}x" if c.get("peak_ratio") else ""), flush=True)
+PY
+    done
+  done
+  /usr/bin/python3 - "$work" $SEEDS <<'PY'
+import json, sys
+work, seeds = sys.argv[1], sys.argv[2:]
+acc = lambda n: [json.loads(l) for l in open(f"{work}/{n}.log") if '"type":"result"' in l][0]["summary"]["final"]["val_accuracy"]
+d = [100 * (acc(f"acc.adaptive.{s}") - acc(f"acc.off.{s}")) for s in seeds]
+print(f"resnet20 accuracy, adaptive - exact per seed: {', '.join(f'{x:+.2f}' for x in d)} pp; "
+      f"mean {sum(d)/len(d):+.2f} pp; every seed within 0.3 pp: {all(abs(x) <= 0.3 for x in d)}")
+PY
+  ;;
 cap)
   [ -f "$CIFAR" ] || { echo "cap: $CIFAR absent, skipped"; continue; }
   for mode in off adaptive-bnlossy-exactfirst adaptive-bnlossy fixed-bnlossy; do
@@ -140,6 +174,6 @@ cap)
     echo "cap $CAP_MIB MiB: $("$build/bin/actcomp_batch_cap" "$CIFAR" test resnet20 "$CAP_MIB" "$mode" "$param")"
   done
   ;;
-*) echo "unknown part $part (fmnist, resnet20, cap)" >&2; exit 2 ;;
+*) echo "unknown part $part (fmnist, resnet20, r20acc, cap)" >&2; exit 2 ;;
 esac
 done
