@@ -500,6 +500,16 @@ static lt_status jc_sensitivity(jc *c, int *pick) {
   return st;
 }
 
+/* The factorised layers feed batch norms whose running statistics describe the old layers:
+ * re-estimate them (finetune.bn_recalibrate batches, from training samples) before the model is
+ * scored or fine-tuned. */
+static lt_status jc_recalibrate(jc *c, lt_graph *g) {
+  const cJSON *ft = jc_obj(c->spec, "finetune");
+  int batches = (int)jc_num(ft, "bn_recalibrate", 20);
+  return lt_bn_recalibrate(g, c->be, c->train, &c->bo, (int)jc_num(ft, "batch_size", 128), batches,
+                           (uint64_t)jc_num(c->spec, "seed", 1), &c->err);
+}
+
 /* Compresses a fresh copy of the model at the baseline's ranks, fine-tunes and scores it. */
 static int jc_baseline(jc *c, const char *name, const int *pick, cJSON *out, double f0, double f1) {
   int *ranks = malloc(sizeof(int) * (size_t)c->n);
@@ -513,6 +523,7 @@ static int jc_baseline(jc *c, const char *name, const int *pick, cJSON *out, dou
   snprintf(key, sizeof key, "baseline.%s.finetune.loss", name);
   double acc = NAN, ms = NAN;
   lt_status st = lt_compress_apply(h, c->L, c->n, ranks, &c->err);
+  if (!st) st = jc_recalibrate(c, h);
   double acc_pre = NAN;
   cJSON *fi = cJSON_CreateObject();
   if (!st) st = jc_accuracy(c, h, &c->test_view, &acc_pre);
@@ -897,10 +908,14 @@ int job_compress_run(job_ctx *job, cJSON **result) {
    * "auto" keeps whichever scores better on the held-out training samples (never the test split). */
   cJSON *fti = cJSON_AddObjectToObject(res, "finetune");
   const char *init = jc_str(jc_obj(spec, "finetune"), "init", "auto");
+  if (jc_recalibrate(&c, cg)) {
+    rc = jc_fail_engine(&c, "batch-norm statistics of the searched model");
+    goto done;
+  }
   if (strcmp(init, "searched")) {
     lt_graph *fresh = lt_graph_clone(c.g, &c.err);
     double a_s = NAN, a_f = NAN;
-    if (!fresh || lt_compress_apply(fresh, c.L, c.n, ranks, &c.err) ||
+    if (!fresh || lt_compress_apply(fresh, c.L, c.n, ranks, &c.err) || jc_recalibrate(&c, fresh) ||
         (!strcmp(init, "auto") && (jc_accuracy(&c, cg, &c.held_view, &a_s) ||
                                    jc_accuracy(&c, fresh, &c.held_view, &a_f)))) {
       lt_graph_free(fresh);

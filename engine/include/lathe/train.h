@@ -259,6 +259,15 @@ typedef struct lt_eval_result {
 lt_status lt_evaluate(lt_graph *g, lt_backend *be, const lt_dataset *ds, const lt_norm *norm,
                       int batch_size, lt_eval_result *r, lt_err *err);
 
+/* Re-estimates every BatchNorm's running mean and variance from `batches` random batches of ds
+ * (with bo's normalisation and augmentation) in training-mode forwards: no backward, no weight
+ * changes; the result is the mean of the batch statistics (torch's momentum None). For a model
+ * whose layers were just replaced, e.g. by low-rank factors, so that the old running statistics
+ * no longer describe its activations. A model without BatchNorm is left as it is. */
+lt_status lt_bn_recalibrate(lt_graph *g, lt_backend *be, const lt_dataset *ds,
+                            const lt_batch_opts *bo, int batch_size, int batches, uint64_t seed,
+                            lt_err *err);
+
 #ifdef __cplusplus
 }
 #endif

@@ -11,6 +11,7 @@
 #include "backend/cpu/kernels.h"
 
 #include <math.h>
+#include <stdlib.h>
 #include <stdio.h>
 #include <string.h>
 
@@ -205,6 +206,48 @@ lt_status lt_evaluate(lt_graph *g, lt_backend *be, const lt_dataset *ds, const l
                      "evaluation loss is not finite; the model diverged or its weights are "
                      "damaged");
   return LT_OK;
+}
+
+lt_status lt_bn_recalibrate(lt_graph *g, lt_backend *be, const lt_dataset *ds,
+                            const lt_batch_opts *bo, int batch_size, int batches, uint64_t seed,
+                            lt_err *err) {
+  int n_bn = 0;
+  for (int i = 0; i < g->n_nodes; i++) n_bn += g->nodes[i].op == LT_OP_BATCHNORM;
+  if (n_bn == 0 || batches < 1) return LT_OK;
+  if (batch_size < 2 || ds->n < 2)
+    return lt_errorf(err, LT_ERR_INVALID,
+                     "batch-norm statistics need batches of at least 2 samples (batch size %d, "
+                     "%lld samples)", batch_size, (long long)ds->n);
+  loop_task t;
+  lt_status st = loop_task_make(g, ds, &t, err);
+  if (st) return st;
+  int bs = ds->n < batch_size ? (int)ds->n : batch_size;
+  float *momentum = malloc(sizeof(float) * (size_t)g->n_nodes);
+  if (!momentum) return lt_errorf(err, LT_ERR_NOMEM, "out of memory recalibrating batch norm");
+  for (int i = 0; i < g->n_nodes; i++) momentum[i] = g->nodes[i].a.momentum;
+  loop_batch b;
+  if ((st = loop_batch_alloc(&b, bs, &t, err))) {
+    free(momentum);
+    return st;
+  }
+  /* Training-mode forwards update the running statistics; nothing runs backward. */
+  lt_exec *ex = lt_exec_create(g, bs, LT_MODE_TRAIN, be, NULL, err);
+  if (!ex) st = err ? err->status : LT_ERR_INTERNAL;
+  lt_rng r = lt_rng_make(seed, 0x6263616cULL);
+  for (int k = 0; k < batches && !st; k++) {
+    /* momentum 1/(k+1): after batch k the running figures are the mean over batches 0..k */
+    for (int i = 0; i < g->n_nodes; i++)
+      if (g->nodes[i].op == LT_OP_BATCHNORM) g->nodes[i].a.momentum = 1.0f / (float)(k + 1);
+    for (int i = 0; i < bs; i++) b.idx[i] = (int64_t)lt_rng_below(&r, (uint64_t)ds->n);
+    st = lt_batch_fill(ds, b.idx, bs, bo, seed, (uint64_t)k, b.x, b.labels, b.targets, err);
+    if (!st) st = loop_forward(ex, be, &b, bs, err);
+  }
+  if (!st) st = lt_exec_sync_params(ex, 0, err);
+  for (int i = 0; i < g->n_nodes; i++) g->nodes[i].a.momentum = momentum[i];
+  free(momentum);
+  lt_exec_free(ex);
+  loop_batch_free(&b);
+  return st;
 }
 
 static lt_status loop_check_config(const lt_train_config *c, lt_err *err) {
