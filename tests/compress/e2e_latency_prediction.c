@@ -1,16 +1,22 @@
 /* Predicted whole-model latency of a compressed model is within 10% of the measured one (issue 6).
  * The prediction is the job's: the dense model's measured latency, minus the latency of each
  * factorised layer's dense conv, plus that of its Tucker-2 block at the chosen rank, each timed
- * alone (lt_lat_measure_layer, as the profiler times table entries). ResNet-20 (zoo weights:
- * latency does not depend on values) at batch 16 on the CPU backend, at two rank settings.
+ * alone (lt_lat_measure_layer, as the profiler times table entries; layers of one shape share
+ * one timing, as they share a table entry). ResNet-20 (zoo weights: latency does not depend on
+ * values) at batch 16 on the CPU backend, at the middle and at the smallest candidate ranks.
  *
  * On a shared 2-core machine wall time swings 2-3x with the other processes, and the dense
  * model's wall latency with two threads was bimodal from run to run; so the check runs on one
  * thread and times with the process's CPU time (lt_lat_opts.cpu_time), which other processes do
  * not inflate, in interleaved rounds with each quantity the median over the rounds. What it pins
- * is the prediction model itself: it failed (+10..+13%) while the profiler timed every block
- * with a bias the model's bias-free convs do not have (a separate pass on the CPU, ~10% of a
- * small block), and passes (+3..+7% here) since the bias is part of the table's key.
+ * is the prediction model and the timing protocol. It failed (+10..+13%) while the profiler
+ * timed every block with a bias the model's bias-free convs do not have (now part of the table's
+ * key); and at the smallest ranks it ran +7..+33% high (median +13% over 9 runs at load 7-10)
+ * while every rep was one forward: a whole model's forward contains the machine's small disturbances, the median of
+ * single forwards of a layer alone leaves them out, and the dense model's excess (0.3-0.5 ms)
+ * weighs most against the fastest compressed model (2.5 ms). Since every rep is a window of at
+ * least 10 ms (profile.c, LAT_WINDOW_S) it mostly runs +0..+12% there under the same load (the
+ * known gap below).
  *
  * By hand, with threads and wall time: compress_e2e_latency THREADS WALL(0|1) [BATCH [ROUNDS]]. */
 #include <stdlib.h>
@@ -37,6 +43,14 @@ static double median(const double *v, int n) {
   return t[n / 2];
 }
 
+static int same_shape(const lt_compress_layer *a, const lt_compress_layer *b) {
+  return a->c == b->c && a->s == b->s && a->kh == b->kh && a->kw == b->kw && a->in_h == b->in_h &&
+         a->in_w == b->in_w && a->out_h == b->out_h && a->out_w == b->out_w &&
+         a->bias == b->bias && !memcmp(a->a.stride, b->a.stride, sizeof a->a.stride) &&
+         !memcmp(a->a.pads, b->a.pads, sizeof a->a.pads) &&
+         !memcmp(a->a.dilation, b->a.dilation, sizeof a->a.dilation);
+}
+
 /* Relative error of the prediction for ResNet-20 with every layer at candidate pick(n_cand). */
 static void check_prediction(int (*pick)(int n_cand), const char *what, double tol) {
   lt_err err = {0};
@@ -51,18 +65,27 @@ static void check_prediction(int (*pick)(int n_cand), const char *what, double t
   int ranks[64];
   for (int l = 0; l < n; l++) ranks[l] = L[l].cand[pick(L[l].n_cand)];
   REQUIRE(lt_compress_apply(h, L, n, ranks, &err) == LT_OK);
+  /* Layers of one shape (and rank) share one timing each, as they share a latency table entry. */
+  int first[64];
+  for (int l = 0; l < n; l++) {
+    first[l] = l;
+    for (int j = 0; j < l && first[l] == l; j++)
+      if (same_shape(&L[j], &L[l]) && ranks[j] == ranks[l]) first[l] = j;
+  }
   lt_lat_opts lo = {.min_reps = 3, .max_reps = 5, .cpu_time = !wall};
   double before[MAX_ROUNDS], after[MAX_ROUNDS], dense[64][MAX_ROUNDS], block[64][MAX_ROUNDS];
   for (int r = 0; r < rounds; r++) {
     REQUIRE(lt_lat_measure_graph(g, be, batch, &lo, &before[r], &err) == LT_OK);
     for (int l = 0; l < n; l++) {
+      if (first[l] != l) continue;
       REQUIRE(lt_lat_measure_layer(&L[l], 0, be, batch, &lo, &dense[l][r], &err) == LT_OK);
       REQUIRE(lt_lat_measure_layer(&L[l], ranks[l], be, batch, &lo, &block[l][r], &err) == LT_OK);
     }
     REQUIRE(lt_lat_measure_graph(h, be, batch, &lo, &after[r], &err) == LT_OK);
   }
   double pred = median(before, rounds), meas = median(after, rounds), sd = 0, sb = 0;
-  for (int l = 0; l < n; l++) sd += median(dense[l], rounds), sb += median(block[l], rounds);
+  for (int l = 0; l < n; l++)
+    sd += median(dense[first[l]], rounds), sb += median(block[first[l]], rounds);
   pred += sb - sd;
   printf("%s: dense model %.2f ms (its dense layers alone %.2f), compressed: blocks alone %.2f, "
          "predicted %.2f ms, measured %.2f ms (%+.1f%%) [%s, %d thread(s), batch %d, %d rounds]\n",
@@ -82,11 +105,19 @@ TEST_CASE(predicted_latency_within_10_percent_middle_ranks) {
   check_prediction(middle, "middle ranks", 0.10);
 }
 
-/* KNOWN GAP (issue 6 stays open on it): since the direct kernels for 1x1 and narrow convs
- * (kernels_direct.c) serve inference, the smallest-rank blocks timed alone come out ~20% above
- * their cost inside the model, and the prediction runs +11..+14% high (+3.5% with
- * LATHE_CONV_DIRECT=0; cause not found yet). Bounded at 20% here so that it cannot get worse
- * unnoticed; the goal is 10%. */
+/* KNOWN GAP (issue 6 stays open on it): at the smallest ranks the prediction still runs high at
+ * load 8-10 on the 2-core test machine: +0..+12% in most runs, +19% once in ten (it ran
+ * +7..+33%, median +13%, before every rep became a 10 ms window). The rest of the bias is not in
+ * the layers' figures but in how a model runs around them: by the executor's per-op profile the
+ * BatchNorm, BatchNorm+ReLU and Add+ReLU of the dense model took 0.10-0.14 ms more than the same
+ * ops of the compressed one (likely the dense convs' larger buffers evicting the live tensors),
+ * and the dense convs cost 0.05-0.14 ms more in the model than alone, against their blocks; the
+ * prediction takes the ops that stay as they are at their cost in the dense model. Timing each
+ * layer between a producer and a consumer ReLU moved no figure by more than 5% (tried, not
+ * kept). The fastest compressed model (2.5 ms against 7.5 ms dense) weighs all this most (which
+ * is why the gap grew when the direct kernels made the blocks faster), and
+ * the difference of two long figures (the dense model less its layers) carries the noise of
+ * both: bounded at 20% so that it cannot get worse unnoticed; the goal is 10%. */
 TEST_CASE(predicted_latency_smallest_ranks_known_gap) {
   check_prediction(smallest, "smallest ranks", 0.20);
 }
