@@ -99,6 +99,16 @@ struct lt_exec {
                         process CPU seconds */
   double prof_exec[2], prof_zero, prof_exec_cpu[2], prof_zero_cpu;
   int64_t prof_steps[2];
+  /* batch split (inference on the CPU backend, see exec_split_plan) */
+  int n_split;       /* child executors, 0: none */
+  lt_exec **split;   /* (n_split) one contiguous slice of the batch each */
+  int *split_first;  /* (n_split) the slice's first image */
+  int split_on;      /* forwards go through the children (lt_exec_set_batch_split) */
+  int split_last;    /* the last forward ran split: only inputs and outputs hold its values */
+  int is_child;      /* a child: plans like its parent, never splits, prints no profile */
+  int arenas_ready;  /* arenas and workspace allocated (a splitting executor does it only when a
+                        forward runs unsplit) */
+  unsigned fuse_off; /* LT_FUSE_* kinds turned off by lt_exec_set_fusion */
 };
 
 /* ---- arena packing ------------------------------------------------------------------------- */
@@ -493,31 +503,47 @@ static void *exec_alloc(lt_exec *ex, size_t bytes, lt_mem_cat cat, lt_err *err) 
   return ex->be->vt->alloc(ex->be, bytes ? bytes : 1, cat, err);
 }
 
-static lt_status exec_allocate(lt_exec *ex, lt_err *err) {
-  lt_backend *be = ex->be;
+/* The arenas and the workspace, and the data pointers of the buffers placed in them. */
+static lt_status exec_allocate_arenas(lt_exec *ex, lt_err *err) {
+  if (ex->arenas_ready) return LT_OK;
   for (int a = 0; a < ARENA_COUNT; a++) {
-    int64_t size = arena_pack(ex->bufs, ex->n_bufs, a, !ex->opts.no_reuse);
-    if (size < 0) return lt_errorf(err, LT_ERR_NOMEM, "out of memory packing buffers");
-    ex->arena_bytes[a] = size;
+    const int64_t size = ex->arena_bytes[a];
     if (!(ex->arena[a] = exec_alloc(ex, (size_t)size, arena_cat[a], err)))
       return lt_err_prefix(err, "allocating %lld bytes of %s for batch %d", (long long)size,
                            lt_mem_cat_name(arena_cat[a]), ex->batch);
   }
   for (int b = 0; b < ex->n_bufs; b++) {
     exec_buf *eb = &ex->bufs[b];
-    if (eb->arena == ARENA_DEDICATED) {
-      if (!(eb->t->data = exec_alloc(ex, (size_t)eb->bytes, eb->cat, err)))
-        return lt_err_prefix(err, "allocating a %s buffer", lt_mem_cat_name(eb->cat));
-      eb->t->owned = 1;
-      ex->dedicated_bytes += eb->bytes;
-      lt_status st = be->vt->memset0(be, eb->t->data, (size_t)eb->bytes, err);
-      if (st) return st;
-    } else {
-      eb->t->data = (char *)ex->arena[eb->arena] + eb->offset;
-    }
+    if (eb->arena != ARENA_DEDICATED) eb->t->data = (char *)ex->arena[eb->arena] + eb->offset;
   }
   if (ex->ws_bytes && !(ex->ws = exec_alloc(ex, ex->ws_bytes, LT_MEM_WORKSPACE, err)))
     return lt_err_prefix(err, "allocating %zu bytes of workspace", ex->ws_bytes);
+  ex->arenas_ready = 1;
+  return LT_OK;
+}
+
+static lt_status exec_allocate(lt_exec *ex, lt_err *err) {
+  lt_backend *be = ex->be;
+  /* arena sizes and offsets are planned now; their memory when a forward needs it */
+  for (int a = 0; a < ARENA_COUNT; a++) {
+    int64_t size = arena_pack(ex->bufs, ex->n_bufs, a, !ex->opts.no_reuse);
+    if (size < 0) return lt_errorf(err, LT_ERR_NOMEM, "out of memory packing buffers");
+    ex->arena_bytes[a] = size;
+  }
+  if (!ex->n_split) {
+    lt_status st = exec_allocate_arenas(ex, err);
+    if (st) return st;
+  }
+  for (int b = 0; b < ex->n_bufs; b++) {
+    exec_buf *eb = &ex->bufs[b];
+    if (eb->arena != ARENA_DEDICATED) continue;
+    if (!(eb->t->data = exec_alloc(ex, (size_t)eb->bytes, eb->cat, err)))
+      return lt_err_prefix(err, "allocating a %s buffer", lt_mem_cat_name(eb->cat));
+    eb->t->owned = 1;
+    ex->dedicated_bytes += eb->bytes;
+    lt_status st = be->vt->memset0(be, eb->t->data, (size_t)eb->bytes, err);
+    if (st) return st;
+  }
   if (ex->obs_bytes && !(ex->obs = exec_alloc(ex, ex->obs_bytes, LT_MEM_WORKSPACE, err)))
     return lt_err_prefix(err, "allocating the observe() scratch");
   /* Parameters: device copies on device backends, gradients for trainable ones. */
@@ -556,6 +582,10 @@ void lt_exec_free(lt_exec *ex) {
       lt_exec_profile_print(ex, stderr);
     }
   }
+  if (ex->split)
+    for (int t = 0; t < ex->n_split; t++) lt_exec_free(ex->split[t]);
+  free(ex->split);
+  free(ex->split_first);
   lt_backend *be = ex->be;
   if (ex->opts.stash && ex->nodes)
     for (int i = 0; i < ex->F; i++)
@@ -598,8 +628,64 @@ void lt_exec_free(lt_exec *ex) {
   free(ex);
 }
 
+static lt_exec *exec_create(lt_graph *g, int batch, lt_mode mode, lt_backend *be,
+                            const lt_exec_opts *opts, int child, lt_err *err);
+
+/* Batch split: an inference executor on the CPU backend whose batch gives every thread at least
+ * two images runs forwards as T child executors, one per thread, each on a contiguous slice of
+ * the batch (sizes differ by at most one) with single-threaded kernels: no fork and join per
+ * node, and every thread works on data it wrote. The children share the graph's parameters and
+ * read and write the parent's input and output buffers in place (NCHW slices are contiguous);
+ * the parent's own arenas are allocated only if a forward runs unsplit (a hook is set, the
+ * profile is on, or lt_exec_set_batch_split(ex, 0)). Every kernel computes an image from that
+ * image alone, so the results are those of the whole batch, up to the kernels' choice of
+ * algorithm by batch size (kernels_direct.c takes stride-1 convolutions of at most 512 output
+ * pixels in the batch: different float rounding, well within the reference tolerances). Off
+ * with opts.no_split, opts.no_reuse or LATHE_INFER_SPLIT=0. */
+static lt_status exec_split_plan(lt_exec *ex, lt_err *err) {
+  const lt_graph *g = ex->g;
+  const char *env = getenv("LATHE_INFER_SPLIT");
+  if (ex->mode != LT_MODE_INFER || ex->be->device >= 0 || ex->opts.no_split ||
+      ex->opts.no_reuse || (env && (!strcmp(env, "0") || !strcmp(env, "off"))))
+    return LT_OK;
+  int T = lt_cpu_threads();
+  if (T > 64) T = 64;
+  if (T < 2 || ex->batch < 2 * T) return LT_OK;
+  for (int i = 0; i < g->n_outputs; i++)
+    if (!lt_value_batched(&g->values[g->outputs[i]])) return LT_OK;
+  ex->split = calloc((size_t)T, sizeof *ex->split);
+  ex->split_first = calloc((size_t)T, sizeof *ex->split_first);
+  if (!ex->split || !ex->split_first)
+    return lt_errorf(err, LT_ERR_NOMEM, "out of memory for %d batch slices", T);
+  ex->n_split = T;
+  for (int t = 0; t < T; t++) {
+    const int b0 = (int)((int64_t)ex->batch * t / T), b1 = (int)((int64_t)ex->batch * (t + 1) / T);
+    ex->split_first[t] = b0;
+    if (!(ex->split[t] = exec_create(ex->g, b1 - b0, ex->mode, ex->be, &ex->opts, 1, err)))
+      return lt_err_prefix(err, "batch slice %d of %d (images %d..%d)", t + 1, T, b0, b1 - 1);
+    /* its inputs and outputs are slices of ours, set at each forward */
+    lt_exec *c = ex->split[t];
+    for (int b = 0; b < c->n_bufs; b++) {
+      exec_buf *eb = &c->bufs[b];
+      if (eb->arena != ARENA_DEDICATED || !eb->t->owned || eb->t->cat == LT_MEM_GRADIENTS)
+        continue;
+      c->be->vt->free(c->be, eb->t->data, (size_t)(eb->bytes ? eb->bytes : 1), eb->cat);
+      c->dedicated_bytes -= eb->bytes;
+      eb->t->data = NULL;
+      eb->t->owned = 0;
+    }
+  }
+  ex->split_on = 1;
+  return LT_OK;
+}
+
 lt_exec *lt_exec_create(lt_graph *g, int batch, lt_mode mode, lt_backend *be,
                         const lt_exec_opts *opts, lt_err *err) {
+  return exec_create(g, batch, mode, be, opts, 0, err);
+}
+
+static lt_exec *exec_create(lt_graph *g, int batch, lt_mode mode, lt_backend *be,
+                            const lt_exec_opts *opts, int child, lt_err *err) {
   if (!g || !be || batch < 1) {
     lt_errorf(err, LT_ERR_INVALID, "lt_exec_create needs a graph, a backend and a batch >= 1 "
               "(got batch %d)", batch);
@@ -628,6 +714,7 @@ lt_exec *lt_exec_create(lt_graph *g, int batch, lt_mode mode, lt_backend *be,
   ex->batch = batch;
   ex->mode = mode;
   if (opts) ex->opts = *opts;
+  ex->is_child = child;
   ex->F = g->n_nodes;
   size_t nv = (size_t)g->n_values + 1;
   ex->val = calloc(nv, sizeof *ex->val);
@@ -644,11 +731,12 @@ lt_exec *lt_exec_create(lt_graph *g, int batch, lt_mode mode, lt_backend *be,
     lt_errorf(err, LT_ERR_NOMEM, "out of memory for an executor of %d values", g->n_values);
     goto fail;
   }
-  if (lt_graph_toposort(g, err) || lt_graph_infer_shapes(g, err) || exec_plan(ex, err) ||
-      exec_allocate(ex, err))
+  /* a child's graph was sorted and its shapes inferred by its parent a moment ago */
+  if ((!child && (lt_graph_toposort(g, err) || lt_graph_infer_shapes(g, err))) ||
+      exec_plan(ex, err) || (!child && exec_split_plan(ex, err)) || exec_allocate(ex, err))
     goto fail;
   const char *prof = getenv("LATHE_PROFILE");
-  ex->prof_on = ex->prof_env = prof && prof[0] && strcmp(prof, "0") != 0;
+  ex->prof_on = ex->prof_env = !child && prof && prof[0] && strcmp(prof, "0") != 0;
   return ex;
 fail:
   lt_exec_free(ex);
@@ -688,13 +776,15 @@ static void exec_release_handles(lt_exec *ex, int i) {
   }
 }
 
-lt_status lt_exec_forward(lt_exec *ex, lt_err *err) {
+/* Node by node over the whole batch. */
+static lt_status exec_forward_nodes(lt_exec *ex, lt_err *err) {
   const lt_stash_policy *pol = ex->opts.stash;
   if (pol)
     for (int i = 0; i < ex->F; i++) exec_release_handles(ex, i); /* a forward without backward */
   lt_mem_stats before, after;
   lt_mem_get_stats(&before);
-  const int prof = ex->prof_on, fuse = !ex->hook; /* hooks see every node's own output */
+  /* hooks see every node's own output */
+  const int prof = ex->prof_on, fuse = !ex->hook && !(ex->fuse_off & LT_FUSE_RELU);
   const double t_start = prof ? lt_now() : 0.0, c_start = prof ? cpu_now() : 0.0;
   double t_nodes = 0.0, c_nodes = 0.0;
   for (int i = 0; i < ex->F; i++) {
@@ -741,6 +831,62 @@ lt_status lt_exec_forward(lt_exec *ex, lt_err *err) {
                                                before.current[LT_MEM_SAVED] : 0);
   return LT_OK;
 }
+
+typedef struct split_job {
+  lt_exec *ex;
+  lt_status st[64];
+  lt_err err[64];
+} split_job;
+
+static void split_run(void *user, int t) {
+  split_job *job = user;
+  job->st[t] = exec_forward_nodes(job->ex->split[t], &job->err[t]);
+}
+
+/* Points a child's input and output tensors at its slice of ours. */
+static void split_alias(lt_exec *ex, int t) {
+  lt_exec *c = ex->split[t];
+  const lt_graph *g = ex->g;
+  for (int k = 0; k < g->n_inputs + g->n_outputs; k++) {
+    const int v = k < g->n_inputs ? g->inputs[k] : g->outputs[k - g->n_inputs];
+    const size_t per = lt_tensor_nbytes(&ex->val[v]) / (size_t)ex->batch;
+    c->val[v].data = (char *)ex->val[v].data + per * (size_t)ex->split_first[t];
+  }
+  c->fuse_off = ex->fuse_off;
+}
+
+static lt_status exec_forward_split(lt_exec *ex, lt_err *err) {
+  split_job *job = calloc(1, sizeof *job);
+  if (!job) return lt_errorf(err, LT_ERR_NOMEM, "out of memory for a split forward");
+  job->ex = ex;
+  for (int t = 0; t < ex->n_split; t++) split_alias(ex, t);
+  lt_cpu_run_split(ex->n_split, split_run, job);
+  lt_status st = LT_OK;
+  for (int t = 0; t < ex->n_split && !st; t++)
+    if ((st = job->st[t])) {
+      if (err) *err = job->err[t];
+      lt_err_prefix(err, "batch slice %d of %d", t + 1, ex->n_split);
+    }
+  free(job);
+  ex->step++;
+  ex->split_last = 1;
+  return st;
+}
+
+lt_status lt_exec_forward(lt_exec *ex, lt_err *err) {
+  if (ex->n_split && ex->split_on && !ex->hook && !ex->prof_on) return exec_forward_split(ex, err);
+  lt_status st = exec_allocate_arenas(ex, err);
+  if (st) return st;
+  ex->split_last = 0;
+  return exec_forward_nodes(ex, err);
+}
+
+int lt_exec_set_batch_split(lt_exec *ex, int on) {
+  ex->split_on = on && ex->n_split > 0;
+  return ex->split_on;
+}
+
+void lt_exec_set_fusion(lt_exec *ex, unsigned which) { ex->fuse_off = ~which & LT_FUSE_ALL; }
 
 /* dW (and db) of an observed node went to scratch: show it to the policy, then add it to the
  * parameter gradients. Host memory only (checked at create). */
@@ -837,6 +983,7 @@ lt_tensor *lt_exec_output(lt_exec *ex, int i) {
 
 lt_tensor *lt_exec_value(lt_exec *ex, int v) {
   if (v < 0 || v >= ex->g->n_values || !lt_value_batched(&ex->g->values[v])) return NULL;
+  if (ex->split_last && ex->live_end[v] != INT_MAX) return NULL; /* held by the children */
   /* Alive after forward: dedicated, or kept into backward, or never reused. */
   return ex->live_end[v] >= ex->F - 1 ? &ex->val[v] : NULL;
 }

@@ -19,6 +19,17 @@
 #include <stddef.h>
 #include <stdint.h>
 
+/* ---- threads ------------------------------------------------------------------------------ */
+
+/* OpenMP threads the kernels use (omp_get_max_threads of the calling thread). */
+int lt_cpu_threads(void);
+/* Runs fn(user, t) for t = 0..n-1 at once, one OpenMP thread each, with every kernel called
+ * inside running single-threaded: each calling thread's OpenMP thread count and OpenBLAS's are
+ * 1 for the duration (restored after). Each t runs exactly once even when the region gets fewer
+ * threads (nested in another region); then some run one after the other. fn must not use memory
+ * another t writes: kernels' per-thread scratch is indexed from 0 in every t. */
+void lt_cpu_run_split(int n, void (*fn)(void *user, int t), void *user);
+
 /* ---- matrix products --------------------------------------------------------------------- */
 
 /* C (m,n) = alpha * op(A) op(B) + beta * C, row-major, op = transpose when trans_* != 0. */
