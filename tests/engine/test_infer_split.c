@@ -137,6 +137,72 @@ TEST_CASE(infer_split_off_switches) {
   lt_graph_free(g);
 }
 
+/* Parameters changed between two forwards (as when a training executor shares the graph): the
+ * folded convolutions must follow, split or not. */
+TEST_CASE(folded_forward_follows_parameter_changes) {
+  lt_graph *g = load_dense();
+  REQUIRE(g);
+  lt_err err = {0};
+  lt_exec *ref = lt_exec_create(g, 8, LT_MODE_INFER, cpu(), &plain, &err);
+  lt_exec *ex = lt_exec_create(g, 8, LT_MODE_INFER, cpu(), NULL, &err);
+  lt_exec_opts one = {.no_split = 1};
+  lt_exec *ex1 = lt_exec_create(g, 8, LT_MODE_INFER, cpu(), &one, &err);
+  REQUIRE(ref && ex && ex1);
+  fill_input(ref, 9);
+  memcpy(lt_exec_input(ex, 0)->data, lt_exec_input(ref, 0)->data,
+         lt_tensor_nbytes(lt_exec_input(ref, 0)));
+  memcpy(lt_exec_input(ex1, 0)->data, lt_exec_input(ref, 0)->data,
+         lt_tensor_nbytes(lt_exec_input(ref, 0)));
+  REQUIRE(lt_exec_forward(ref, &err) == LT_OK);
+  REQUIRE(lt_exec_forward(ex, &err) == LT_OK);
+  REQUIRE(lt_exec_forward(ex1, &err) == LT_OK);
+  float before[80];
+  memcpy(before, lt_exec_output(ref, 0)->data, sizeof before);
+  int bns = 0;
+  for (int i = 0; i < g->n_nodes; i++) {
+    const lt_node *n = &g->nodes[i];
+    if (n->op == LT_OP_BATCHNORM) {
+      bns++;
+      float *p[4];
+      for (int k = 0; k < 4; k++) p[k] = lt_tensor_f32(g->values[n->in[k + 1]].data);
+      for (int64_t c = 0; c < lt_tensor_numel(g->values[n->in[1]].data); c++) {
+        p[0][c] *= 1.25f, p[1][c] += 0.05f, p[2][c] -= 0.03f, p[3][c] *= 1.5f;
+      }
+    } else if (n->op == LT_OP_CONV2D) {
+      lt_tensor *w = g->values[n->in[1]].data;
+      for (int64_t e = 0; e < lt_tensor_numel(w); e++) lt_tensor_f32(w)[e] *= 0.9f;
+    }
+  }
+  CHECK(bns == 19);
+  REQUIRE(lt_exec_forward(ref, &err) == LT_OK);
+  REQUIRE(lt_exec_forward(ex, &err) == LT_OK);
+  REQUIRE(lt_exec_forward(ex1, &err) == LT_OK);
+  double moved = 0;
+  for (int i = 0; i < 80; i++) moved = fmax(moved, fabs(before[i] - lt_tensor_f32(lt_exec_output(ref, 0))[i]));
+  CHECK(moved > 0.1); /* the change shows in the logits */
+  CHECK_MSG(rel_diff(ex, ref) <= 1e-4, "split: %g", rel_diff(ex, ref));
+  CHECK_MSG(rel_diff(ex1, ref) <= 1e-4, "unsplit: %g", rel_diff(ex1, ref));
+  /* the profile names the folds (a profiled forward runs unsplit): every BN folds into its
+   * conv, and the ten followed by a ReLU take it too */
+  lt_exec_profile_enable(ex, 1);
+  REQUIRE(lt_exec_forward(ex, &err) == LT_OK);
+  lt_exec_profile_row rows[64];
+  const int nr = lt_exec_profile_get(ex, rows, 64, NULL, NULL);
+  int folded = 0, folded_relu = 0, bn_rows = 0;
+  for (int r = 0; r < nr && r < 64; r++) {
+    if (!strcmp(rows[r].op, "Conv2d+BatchNorm2d+Relu")) folded_relu += rows[r].nodes;
+    if (!strcmp(rows[r].op, "BatchNorm2d (folded)")) folded += rows[r].nodes;
+    if (!strncmp(rows[r].op, "BatchNorm2d", 11) && strcmp(rows[r].op, "BatchNorm2d (folded)"))
+      bn_rows++;
+  }
+  CHECK_MSG(folded == 19 && folded_relu == 10 && bn_rows == 0, "folded %d, with ReLU %d, BN rows %d",
+            folded, folded_relu, bn_rows);
+  lt_exec_free(ex);
+  lt_exec_free(ex1);
+  lt_exec_free(ref);
+  lt_graph_free(g);
+}
+
 static int hook_calls;
 static void count_hook(void *user, lt_exec *ex, int node, const lt_tensor *out) {
   (void)user, (void)ex, (void)node;
@@ -175,6 +241,7 @@ int main(void) {
   RUN(infer_split_matches_plain_dense_resnet20);
   RUN(infer_split_matches_plain_tucker_resnet20);
   RUN(infer_split_off_switches);
+  RUN(folded_forward_follows_parameter_changes);
   RUN(infer_split_hook_sees_every_node);
   return test_summary();
 }

@@ -11,9 +11,11 @@
  *  - direct off: the im2col/sgemm lowering instead of the direct kernels (kernels_direct.c);
  *  - op-parallel: every node over the whole batch, threads inside each kernel (batch split off,
  *    BatchNorm folding off; the executor before batch split);
+ *  - BN fold: the inference BatchNorms folded into their convolutions (LT_FUSE_BN), unsplit;
  *  - split: batch split (lt_exec_set_batch_split), each thread the whole graph on a slice;
- *  - split + BN fold: also the inference BatchNorms folded into their convolutions (LT_FUSE_BN).
- * Set LATHE_BENCH_NO_BREAKDOWN=1 to skip the per-geometry tables.
+ *  - split + BN fold: both (the default).
+ * Set LATHE_BENCH_NO_BREAKDOWN=1 to skip the per-geometry tables, LATHE_BENCH_PROFILE=1 for
+ * per-op tables (lt_exec_profile) of the unsplit configurations.
  *
  * Per-geometry times call lt_cpu_conv2d_fwd_infer on random data of that geometry in isolation
  * (median of REPS, process CPU time of all threads, which other processes' load disturbs far
@@ -49,6 +51,7 @@ static const struct {
 } confs[] = {
     {"direct off", 0, 0, LT_FUSE_RELU},
     {"op-parallel (before)", 1, 0, LT_FUSE_RELU},
+    {"BN fold", 1, 0, LT_FUSE_ALL},
     {"split", 1, 1, LT_FUSE_RELU},
     {"split + BN fold (after)", 1, 1, LT_FUSE_ALL},
 };
@@ -186,6 +189,7 @@ int main(int argc, char **argv) {
     fprintf(stderr, "usage: bench_models DENSE.onnx COMPRESSED.onnx [REPS] [BATCH...]\n");
     return 2;
   }
+  if (getenv("LATHE_BENCH_FTZ")) __builtin_ia32_ldmxcsr(__builtin_ia32_stmxcsr() | 0x8040);
   const int reps = argc > 3 ? atoi(argv[3]) : 15;
   int batches[16] = {64, 1}, nbatch = 2;
   if (argc > 4) {
@@ -240,6 +244,20 @@ int main(int argc, char **argv) {
       printf("  %-22s %14.2f %11.2f %7.2fx | %14.2f %11.2f %7.2fx\n", confs[f].name, d, c, d / c,
              dc, cc, dc / cc);
     }
+    if (getenv("LATHE_BENCH_PROFILE")) /* per-op tables of the unsplit configurations */
+      for (int f = 0; f < NCONF; f++) {
+        if (confs[f].split || !confs[f].direct) continue;
+        for (int m = 0; m < 2; m++) {
+          lt_exec_set_fusion(ex[m], confs[f].fuse);
+          lt_exec_profile_enable(ex[m], 1);
+          double c;
+          for (int k = 0; k < reps; k++) time_forward(ex[m], &c);
+          printf("\n%s, %s, batch %d: per-op profile\n", m ? "compressed" : "dense", confs[f].name,
+                 batch);
+          lt_exec_profile_print(ex[m], stdout);
+          lt_exec_profile_enable(ex[m], 0);
+        }
+      }
     for (int m = 0; m < 2; m++) {
       lt_exec_free(ex[m]);
       for (int f = 0; f < NCONF; f++)

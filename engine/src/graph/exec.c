@@ -18,7 +18,9 @@
  * stash policy, or one that keeps it), the pair's backward runs as one too, at the head's step:
  * the ReLU's output and output gradient then live until that step.
  */
+#include <float.h>
 #include <limits.h>
+#include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -109,6 +111,12 @@ struct lt_exec {
   int arenas_ready;  /* arenas and workspace allocated (a splitting executor does it only when a
                         forward runs unsplit) */
   unsigned fuse_off; /* LT_FUSE_* kinds turned off by lt_exec_set_fusion */
+  /* BatchNorm folding (inference on the CPU backend, see plan_fold) */
+  int *fold_bn;      /* (F) for a Conv2d whose BatchNorm is folded into it, that BN; -1 otherwise */
+  char *bn_folded;   /* (F) 1 for a BatchNorm folded into the Conv2d before it */
+  lt_tensor *fold;   /* (2F) folded weight and bias of each folding Conv2d (a child's point at
+                        its parent's, which the parent refolds before each forward) */
+  int n_fold;
 };
 
 /* ---- arena packing ------------------------------------------------------------------------- */
@@ -304,6 +312,87 @@ static void plan_fusion(lt_exec *ex, int *first) {
   }
 }
 
+/* Which inference BatchNorms fold into the Conv2d before them: the BN's input must be a conv
+ * output that nothing else reads and no graph output, and the conv's weights (and bias) and the
+ * BN's parameters must be graph tensors. The conv then runs with w' = w * g/sqrt(v + eps) per
+ * output channel and bias b' = (b - mean) * g/sqrt(v + eps) + beta, writing the BN's output (or,
+ * when the BN's ReLU is fused, relu of it: the ReLU's output); the BN is skipped. The folded
+ * tensors are recomputed before every forward (a few multiplies per weight): the parameters may
+ * change between forwards, as when a training executor shares the graph. The BN's (and the
+ * ReLU's) output then lives from the conv's step; the unfused nodes still find their buffers when
+ * folding is off for a forward (a hook, lt_exec_set_fusion). */
+static void plan_fold(lt_exec *ex, int *first) {
+  const lt_graph *g = ex->g;
+  for (int i = 0; i < ex->F; i++) ex->fold_bn[i] = -1;
+  if (ex->mode != LT_MODE_INFER || ex->be->device >= 0 || ex->opts.no_fuse || ex->opts.no_reuse)
+    return;
+  for (int j = 0; j < ex->F; j++) {
+    const lt_node *b = &g->nodes[j];
+    if (b->op != LT_OP_BATCHNORM || b->n_in != 5) continue;
+    const int v = b->in[0];
+    const lt_value *val = &g->values[v];
+    if (val->kind != LT_VALUE_ACT || is_output(g, v) || val->ndim < 1) continue;
+    const int i = val->producer;
+    if (i < 0 || i >= j || g->nodes[i].op != LT_OP_CONV2D || ex->fold_bn[i] >= 0) continue;
+    const lt_node *c = &g->nodes[i];
+    int uses = 0, ok = 1;
+    for (int k = 0; k < ex->F; k++)
+      for (int s = 0; s < g->nodes[k].n_in; s++) uses += g->nodes[k].in[s] == v;
+    for (int s = 1; s < c->n_in; s++) {
+      const lt_value *p = &g->values[c->in[s]];
+      ok &= !lt_value_batched(p) && p->data && p->data->dtype == LT_F32;
+    }
+    for (int s = 1; s < 5; s++) {
+      const lt_value *p = &g->values[b->in[s]];
+      ok &= !lt_value_batched(p) && p->data && p->data->dtype == LT_F32 &&
+            lt_tensor_numel(p->data) == val->shape[0];
+    }
+    const lt_tensor *w = g->values[c->in[1]].data;
+    if (uses != 1 || !ok || w->ndim != 4 || w->shape[0] != val->shape[0]) continue;
+    ex->fold_bn[i] = j;
+    ex->bn_folded[j] = 1;
+    ex->n_fold++;
+    tensor_header(&ex->fold[2 * i], LT_F32, 4, w->shape, -1, LT_MEM_WEIGHTS);
+    tensor_header(&ex->fold[2 * i + 1], LT_F32, 1, w->shape, -1, LT_MEM_WEIGHTS);
+    int out = b->out[0];
+    if (first[out] > i) first[out] = i;
+    if (ex->fuse_relu[j] >= 0 && first[g->nodes[ex->fuse_relu[j]].out[0]] > i)
+      first[g->nodes[ex->fuse_relu[j]].out[0]] = i;
+  }
+}
+
+/* The folded weights and biases from the graph's current parameters (see plan_fold). */
+static void exec_refold(lt_exec *ex) {
+  const lt_graph *g = ex->g;
+  for (int i = 0; i < ex->F; i++) {
+    const int j = ex->fold_bn[i];
+    if (j < 0) continue;
+    const lt_node *c = &g->nodes[i], *b = &g->nodes[j];
+    const lt_tensor *wt = g->values[c->in[1]].data;
+    const float *w = lt_tensor_f32(wt);
+    const float *bias = c->n_in > 2 ? lt_tensor_f32(g->values[c->in[2]].data) : NULL;
+    const float *gamma = lt_tensor_f32(g->values[b->in[1]].data);
+    const float *beta = lt_tensor_f32(g->values[b->in[2]].data);
+    const float *mean = lt_tensor_f32(g->values[b->in[3]].data);
+    const float *var = lt_tensor_f32(g->values[b->in[4]].data);
+    float *fw = lt_tensor_f32(&ex->fold[2 * i]), *fb = lt_tensor_f32(&ex->fold[2 * i + 1]);
+    const int64_t S = wt->shape[0], per = lt_tensor_numel(wt) / S;
+    for (int64_t o = 0; o < S; o++) {
+      /* the same scale and shift as the BN kernel (lt_cpu_bn_fwd_infer_ex) */
+      const float invstd = 1.0f / sqrtf(var[o] + b->a.eps), k = gamma[o] * invstd;
+      /* Subnormal products (a channel whose gamma is almost 0 gives weights near 1e-40) become
+       * 0: the kernels would run at a fraction of their speed on them (microcode assists), for
+       * a contribution below 1e-38. */
+      for (int64_t e = 0; e < per; e++) {
+        const float v = w[o * per + e] * k;
+        fw[o * per + e] = fabsf(v) < FLT_MIN ? 0.0f : v;
+      }
+      const float sh = (bias ? bias[o] : 0.0f) * k + (beta[o] - mean[o] * k);
+      fb[o] = fabsf(sh) < FLT_MIN ? 0.0f : sh;
+    }
+  }
+}
+
 /* What each backward-running node saves, kept in place or offered to the policy. */
 static lt_status plan_saves(lt_exec *ex, int *last, int *aux_last, lt_err *err) {
   lt_graph *g = ex->g;
@@ -461,6 +550,7 @@ static lt_status exec_plan(lt_exec *ex, lt_err *err) {
   }
   if ((st = plan_forward(ex, first, last, err))) goto done;
   plan_fusion(ex, first);
+  plan_fold(ex, first);
   if (ex->mode == LT_MODE_TRAIN) {
     if ((st = plan_need_grad(ex, err))) goto done;
     for (int i = 0; i < ex->F; i++) ex->nodes[i].backward = ex->need_grad[g->nodes[i].out[0]];
@@ -544,6 +634,13 @@ static lt_status exec_allocate(lt_exec *ex, lt_err *err) {
     lt_status st = be->vt->memset0(be, eb->t->data, (size_t)eb->bytes, err);
     if (st) return st;
   }
+  for (int i = 0; i < ex->F && !ex->is_child; i++)
+    for (int k = 0; k < 2 && ex->fold_bn[i] >= 0; k++) {
+      lt_tensor *t = &ex->fold[2 * i + k];
+      if (!(t->data = exec_alloc(ex, lt_tensor_nbytes(t), LT_MEM_WEIGHTS, err)))
+        return lt_err_prefix(err, "allocating a folded convolution");
+      t->owned = 1;
+    }
   if (ex->obs_bytes && !(ex->obs = exec_alloc(ex, ex->obs_bytes, LT_MEM_WORKSPACE, err)))
     return lt_err_prefix(err, "allocating the observe() scratch");
   /* Parameters: device copies on device backends, gradients for trainable ones. */
@@ -613,6 +710,10 @@ void lt_exec_free(lt_exec *ex) {
       if (ex->grad[v].owned && ex->grad[v].data)
         be->vt->free(be, ex->grad[v].data, bytes ? bytes : 1, LT_MEM_GRADIENTS);
     }
+  if (ex->fold)
+    for (int k = 0; k < 2 * ex->F; k++)
+      if (ex->fold[k].owned && ex->fold[k].data)
+        be->vt->free(be, ex->fold[k].data, lt_tensor_nbytes(&ex->fold[k]), LT_MEM_WEIGHTS);
   if (ex->ws) be->vt->free(be, ex->ws, ex->ws_bytes, LT_MEM_WORKSPACE);
   if (ex->obs) be->vt->free(be, ex->obs, ex->obs_bytes, LT_MEM_WORKSPACE);
   free(ex->val);
@@ -624,6 +725,9 @@ void lt_exec_free(lt_exec *ex) {
   free(ex->fuse_relu);
   free(ex->fused_tail);
   free(ex->bwd_fused);
+  free(ex->fold_bn);
+  free(ex->bn_folded);
+  free(ex->fold);
   free(ex->prof);
   free(ex);
 }
@@ -725,9 +829,13 @@ static lt_exec *exec_create(lt_graph *g, int batch, lt_mode mode, lt_backend *be
   ex->fuse_relu = calloc((size_t)ex->F + 1, sizeof *ex->fuse_relu);
   ex->fused_tail = calloc((size_t)ex->F + 1, 1);
   ex->bwd_fused = calloc((size_t)ex->F + 1, 1);
+  ex->fold_bn = calloc((size_t)ex->F + 1, sizeof *ex->fold_bn);
+  ex->bn_folded = calloc((size_t)ex->F + 1, 1);
+  ex->fold = calloc(2 * (size_t)ex->F + 1, sizeof *ex->fold);
   ex->prof = calloc(4 * (size_t)ex->F + 1, sizeof *ex->prof);
   if (!ex->val || !ex->grad || !ex->need_grad || !ex->live_end || !ex->nodes || !ex->fuse_relu ||
-      !ex->fused_tail || !ex->bwd_fused || !ex->prof) {
+      !ex->fused_tail || !ex->bwd_fused || !ex->prof || !ex->fold_bn || !ex->bn_folded ||
+      !ex->fold) {
     lt_errorf(err, LT_ERR_NOMEM, "out of memory for an executor of %d values", g->n_values);
     goto fail;
   }
@@ -785,6 +893,7 @@ static lt_status exec_forward_nodes(lt_exec *ex, lt_err *err) {
   lt_mem_get_stats(&before);
   /* hooks see every node's own output */
   const int prof = ex->prof_on, fuse = !ex->hook && !(ex->fuse_off & LT_FUSE_RELU);
+  const int fold = ex->n_fold && !ex->hook && !(ex->fuse_off & LT_FUSE_BN);
   const double t_start = prof ? lt_now() : 0.0, c_start = prof ? cpu_now() : 0.0;
   double t_nodes = 0.0, c_nodes = 0.0;
   for (int i = 0; i < ex->F; i++) {
@@ -794,6 +903,14 @@ static lt_status exec_forward_nodes(lt_exec *ex, lt_err *err) {
     lt_status st = LT_OK;
     if (fuse && ex->fused_tail[i]) {
       /* its output was written by its head node's fused kernel */
+    } else if (fold && ex->bn_folded[i]) {
+      /* folded into the convolution before it */
+    } else if (fold && ex->fold_bn[i] >= 0) {
+      const int j = ex->fold_bn[i], k = fuse ? ex->fuse_relu[j] : -1;
+      ctx.in[1] = &ex->fold[2 * i];
+      ctx.in[2] = &ex->fold[2 * i + 1];
+      ctx.out[0] = &ex->val[ex->g->nodes[k >= 0 ? k : j].out[0]];
+      st = k >= 0 ? lt_op_conv_fwd_infer_relu(&ctx, err) : ex->be->vt->forward(ex->be, &ctx, err);
     } else if (fuse && ex->fuse_relu[i] >= 0) {
       ctx.out[0] = &ex->val[ex->g->nodes[ex->fuse_relu[i]].out[0]];
       st = lt_op_cpu_fwd_relu(&ctx, err);
@@ -853,6 +970,7 @@ static void split_alias(lt_exec *ex, int t) {
     c->val[v].data = (char *)ex->val[v].data + per * (size_t)ex->split_first[t];
   }
   c->fuse_off = ex->fuse_off;
+  for (int k = 0; k < 2 * ex->F; k++) c->fold[k].data = ex->fold[k].data; /* refolded by us */
 }
 
 static lt_status exec_forward_split(lt_exec *ex, lt_err *err) {
@@ -874,6 +992,7 @@ static lt_status exec_forward_split(lt_exec *ex, lt_err *err) {
 }
 
 lt_status lt_exec_forward(lt_exec *ex, lt_err *err) {
+  if (ex->n_fold && !ex->hook && !(ex->fuse_off & LT_FUSE_BN)) exec_refold(ex);
   if (ex->n_split && ex->split_on && !ex->hook && !ex->prof_on) return exec_forward_split(ex, err);
   lt_status st = exec_allocate_arenas(ex, err);
   if (st) return st;
@@ -1064,13 +1183,20 @@ static int prof_row_cmp(const void *a, const void *b) {
 int lt_exec_profile_get(const lt_exec *ex, lt_exec_profile_row *rows, int cap, int64_t *fwd_steps,
                         int64_t *bwd_steps) {
   /* At most one row per op type, per fused pair type, and the two executor rows. */
-  enum { MAX_ROWS = 2 * LT_OP_COUNT + 2 };
+  enum { MAX_ROWS = 3 * LT_OP_COUNT + 2 };
   lt_exec_profile_row all[MAX_ROWS];
   int n = 0;
+  const int fuse = !ex->hook && !(ex->fuse_off & LT_FUSE_RELU);
+  const int fold = ex->n_fold && !ex->hook && !(ex->fuse_off & LT_FUSE_BN);
   for (int i = 0; i < ex->F; i++) {
     const lt_node *nd = &ex->g->nodes[i];
     char name[48];
-    if (ex->fuse_relu[i] >= 0 && !ex->hook)
+    if (fold && ex->fold_bn[i] >= 0)
+      snprintf(name, sizeof name, "%s+BatchNorm2d%s", lt_op_name(nd->op),
+               fuse && ex->fuse_relu[ex->fold_bn[i]] >= 0 ? "+Relu" : "");
+    else if (fold && ex->bn_folded[i])
+      snprintf(name, sizeof name, "%s (folded)", lt_op_name(nd->op));
+    else if (ex->fuse_relu[i] >= 0 && fuse)
       snprintf(name, sizeof name, "%s+Relu", lt_op_name(nd->op));
     else
       snprintf(name, sizeof name, "%s", lt_op_name(nd->op));
@@ -1109,7 +1235,7 @@ int lt_exec_profile_get(const lt_exec *ex, lt_exec_profile_row *rows, int cap, i
 
 void lt_exec_profile_print(const lt_exec *ex, void *fp) {
   FILE *f = fp;
-  lt_exec_profile_row rows[2 * LT_OP_COUNT + 2];
+  lt_exec_profile_row rows[3 * LT_OP_COUNT + 2];
   int64_t sf, sb;
   int n = lt_exec_profile_get(ex, rows, (int)(sizeof rows / sizeof rows[0]), &sf, &sb);
   const double pf = sf ? 1e3 / (double)sf : 0.0, pb = sb ? 1e3 / (double)sb : 0.0;

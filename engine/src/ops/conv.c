@@ -76,20 +76,31 @@ static size_t convt_ws(const lt_graph *g, const lt_node *n, int batch) {
   return lt_cpu_conv_transpose2d_workspace(&geom);
 }
 
+/* The bias: the node's third input, or one the executor supplies (a folded BatchNorm's shift on
+ * a convolution without bias). */
 static const float *ctx_bias(const lt_node_ctx *ctx) {
   const lt_node *n = &ctx->g->nodes[ctx->node];
-  return n->n_in > 2 ? lt_tensor_f32(ctx->in[2]) : NULL;
+  return n->n_in > 2 || ctx->in[2] ? lt_tensor_f32(ctx->in[2]) : NULL;
 }
 
-static lt_status conv_fwd(lt_node_ctx *ctx, lt_err *err) {
+static lt_status conv_fwd_impl(lt_node_ctx *ctx, int relu, lt_err *err) {
   lt_conv_geom geom;
   lt_status st = lt_op_conv_geom(ctx->g, &ctx->g->nodes[ctx->node], ctx->batch, 0, &geom, err);
   if (st) return st;
   /* inference: no gradient follows, so the forward may take the faster, less exact Winograd */
-  (ctx->mode == LT_MODE_INFER ? lt_cpu_conv2d_fwd_infer : lt_cpu_conv2d_fwd)(
+  (ctx->mode != LT_MODE_INFER ? lt_cpu_conv2d_fwd
+   : relu                     ? lt_cpu_conv2d_fwd_infer_relu
+                              : lt_cpu_conv2d_fwd_infer)(
       &geom, lt_tensor_f32(ctx->in[0]), lt_tensor_f32(ctx->in[1]), ctx_bias(ctx),
       lt_tensor_f32(ctx->out[0]), ctx->ws);
   return LT_OK;
+}
+static lt_status conv_fwd(lt_node_ctx *ctx, lt_err *err) { return conv_fwd_impl(ctx, 0, err); }
+lt_status lt_op_conv_fwd_infer_relu(lt_node_ctx *ctx, lt_err *err) {
+  if (ctx->mode != LT_MODE_INFER)
+    return lt_op_fail(err, LT_ERR_INTERNAL, &ctx->g->nodes[ctx->node],
+                      "a fused convolution + ReLU runs in inference only");
+  return conv_fwd_impl(ctx, 1, err);
 }
 static lt_status convt_fwd(lt_node_ctx *ctx, lt_err *err) {
   lt_conv_geom geom;
