@@ -1,5 +1,6 @@
 /* Inference speed-ups of the executor against its plain path: batch split (each thread runs the
- * whole graph on a slice of the batch) and BatchNorm folding into the convolution before it,
+ * whole graph on a slice of the batch), BatchNorm folding into the convolution before it and
+ * the residual Add (+ ReLU) run in that convolution's epilogue,
  * on the shared ResNet-20 with its BatchNorms kept (../shared/data) and on a Tucker-2
  * factorisation of it, at odd batch sizes and batches too small to split. The reference is an
  * executor of the same graph with opts.no_split and opts.no_fuse (every node on its own over the
@@ -91,6 +92,14 @@ static void compare_batches(lt_graph *g, const char *what) {
                 split, d);
       if (rep == 0) printf("  %s batch %d: split %d, max diff %.3g\n", what, B, split, d);
     }
+    /* every subset of the fusions, switched at run time, split or not */
+    for (unsigned kinds = 0; kinds <= LT_FUSE_ALL && (B == 5 || B == 64); kinds++) {
+      lt_exec_set_fusion(ex, kinds);
+      REQUIRE(lt_exec_forward(ex, &err) == LT_OK);
+      CHECK_MSG(rel_diff(ex, ref) <= 1e-4, "%s batch %d, fusions %u: %.3g", what, B, kinds,
+                rel_diff(ex, ref));
+    }
+    lt_exec_set_fusion(ex, LT_FUSE_ALL);
     /* the split forward filled only inputs and outputs */
     if (split) CHECK(lt_exec_value(ex, g->nodes[g->n_nodes - 2].out[0]) == NULL);
     /* unsplit at run time: the same numbers again */
@@ -188,15 +197,19 @@ TEST_CASE(folded_forward_follows_parameter_changes) {
   REQUIRE(lt_exec_forward(ex, &err) == LT_OK);
   lt_exec_profile_row rows[64];
   const int nr = lt_exec_profile_get(ex, rows, 64, NULL, NULL);
-  int folded = 0, folded_relu = 0, bn_rows = 0;
+  int folded = 0, folded_relu = 0, bn_rows = 0, with_add = 0, adds = 0;
   for (int r = 0; r < nr && r < 64; r++) {
     if (!strcmp(rows[r].op, "Conv2d+BatchNorm2d+Relu")) folded_relu += rows[r].nodes;
+    if (!strcmp(rows[r].op, "Conv2d+BatchNorm2d+Add+Relu")) with_add += rows[r].nodes;
+    if (!strcmp(rows[r].op, "Add (fused)")) adds += rows[r].nodes;
     if (!strcmp(rows[r].op, "BatchNorm2d (folded)")) folded += rows[r].nodes;
     if (!strncmp(rows[r].op, "BatchNorm2d", 11) && strcmp(rows[r].op, "BatchNorm2d (folded)"))
       bn_rows++;
   }
   CHECK_MSG(folded == 19 && folded_relu == 10 && bn_rows == 0, "folded %d, with ReLU %d, BN rows %d",
             folded, folded_relu, bn_rows);
+  /* and the nine residual Adds (with their ReLUs) into the second conv of each block */
+  CHECK_MSG(with_add == 9 && adds == 9, "convs with the Add %d, Adds fused %d", with_add, adds);
   lt_exec_free(ex);
   lt_exec_free(ex1);
   lt_exec_free(ref);

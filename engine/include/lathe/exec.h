@@ -76,8 +76,12 @@ typedef struct lt_exec_opts {
   int no_fuse;  /* 1: run every node on its own. By default the CPU backend runs a ReLU that is
                    the only consumer of a BatchNorm or same-shape Add inside that node's kernel
                    (one pass instead of two); the graph, the stash and the results are the same
-                   (checked by tests/engine/test_pointwise_fused.c). A forward hook turns fusion
-                   off for that forward, so hooks see every node's output. */
+                   (checked by tests/engine/test_pointwise_fused.c). In LT_MODE_INFER it also
+                   folds a BatchNorm into the Conv2d whose output only it reads (weights scaled
+                   and bias shifted per output channel, recomputed from the graph's parameters
+                   before every forward), the BN's fused ReLU then applied by the conv kernel:
+                   equal up to float rounding. A forward hook turns fusion off for that forward,
+                   so hooks see every node's output. */
   int no_split; /* 1: inference forwards run every node over the whole batch with the threads
                    inside each kernel. By default an LT_MODE_INFER executor on the CPU backend
                    whose batch is at least twice the thread count T splits the batch into T
@@ -132,7 +136,8 @@ void lt_exec_set_forward_hook(lt_exec *ex, lt_exec_hook fn, void *user);
 int lt_exec_set_batch_split(lt_exec *ex, int on);
 enum { LT_FUSE_RELU = 1, /* a ReLU into the BatchNorm or Add before it */
        LT_FUSE_BN = 2,   /* an inference BatchNorm folded into the Conv2d before it */
-       LT_FUSE_ALL = 3 };
+       LT_FUSE_ADD = 4,  /* an inference residual Add into the Conv2d (+ folded BN) before it */
+       LT_FUSE_ALL = 7 };
 void lt_exec_set_fusion(lt_exec *ex, unsigned which); /* LT_FUSE_* bits that stay on */
 /* Copies parameters from the graph after an optimizer step on a device backend (no-op on CPU,
  * where the executor works on the graph's parameter tensors directly). */
@@ -144,7 +149,9 @@ lt_status lt_exec_sync_params(lt_exec *ex, int to_device, lt_err *err);
  * lt_exec_zero_grads. Turned on at create time by LATHE_PROFILE=1 in the environment, or by
  * lt_exec_profile_enable (which also clears what was gathered). */
 typedef struct lt_exec_profile_row {
-  char op[48];      /* op type name, "BatchNorm2d+Relu", "(executor)" or "(zero_grads)" */
+  char op[48];      /* op type name, "BatchNorm2d+Relu" (a fused pair), "Conv2d+BatchNorm2d"
+                       (+"+Relu": a fold), "BatchNorm2d (folded)", "(executor)" or
+                       "(zero_grads)" */
   int nodes;        /* nodes of this type in the graph */
   double fwd_s;     /* wall seconds summed over forwards */
   double bwd_s;     /* wall seconds summed over backwards */

@@ -17,6 +17,10 @@
  * in the stash at its own step. When the ReLU's saved output stays in its forward buffer (no
  * stash policy, or one that keeps it), the pair's backward runs as one too, at the head's step:
  * the ReLU's output and output gradient then live until that step.
+ *
+ * Inference only (CPU): a BatchNorm whose input only it reads is folded into the Conv2d that
+ * produces it (plan_fold), and a batch of at least two images per thread runs as one child
+ * executor per thread on a slice of the batch (exec_split_plan).
  */
 #include <float.h>
 #include <limits.h>
@@ -117,6 +121,10 @@ struct lt_exec {
   lt_tensor *fold;   /* (2F) folded weight and bias of each folding Conv2d (a child's point at
                         its parent's, which the parent refolds before each forward) */
   int n_fold;
+  /* residual Add fusion (inference on the CPU backend, see plan_residual) */
+  int *res_add;      /* (F) for a Conv2d that runs the Add after it (and its BN), that Add; -1 */
+  int *res_val;      /* (F) the value that Add adds to the conv's (BN's) output */
+  int *res_conv;     /* (F) for an Add so fused, its Conv2d; -1 otherwise */
 };
 
 /* ---- arena packing ------------------------------------------------------------------------- */
@@ -361,6 +369,47 @@ static void plan_fold(lt_exec *ex, int *first) {
   }
 }
 
+/* Which residual Adds run in the Conv2d before them (inference, CPU): an Add of two operands of
+ * one shape, one of them the output of a Conv2d, or of a BatchNorm folded into one, that nothing
+ * else reads, the other (the residual) computed before that conv. The conv's epilogue then
+ * writes act(conv + b + residual) into the Add's output (the ReLU's, when the Add's ReLU is
+ * fused), and the Add is skipped. The Add's (and ReLU's) output lives from the conv's step. */
+static void plan_residual(lt_exec *ex, int *first) {
+  const lt_graph *g = ex->g;
+  for (int i = 0; i < ex->F; i++) ex->res_add[i] = ex->res_conv[i] = ex->res_val[i] = -1;
+  if (ex->mode != LT_MODE_INFER || ex->be->device >= 0 || ex->opts.no_fuse || ex->opts.no_reuse)
+    return;
+  for (int a = 0; a < ex->F; a++) {
+    const lt_node *add = &g->nodes[a];
+    if (!lt_op_add_flat(g, add) || add->in[0] == add->in[1]) continue;
+    for (int side = 0; side < 2; side++) {
+      const int u = add->in[side], r = add->in[1 - side];
+      const lt_value *uv = &g->values[u], *rv = &g->values[r];
+      if (uv->kind != LT_VALUE_ACT || is_output(g, u) || uv->producer < 0) continue;
+      int i = uv->producer;
+      if (ex->bn_folded[i]) { /* conv -> folded BN -> Add */
+        const int bin = g->nodes[i].in[0];
+        i = g->values[bin].producer;
+      } else if (g->nodes[i].op != LT_OP_CONV2D || ex->fold_bn[i] >= 0) {
+        continue;
+      }
+      if (i < 0 || g->nodes[i].op != LT_OP_CONV2D || ex->res_add[i] >= 0) continue;
+      int uses = 0;
+      for (int k = 0; k < ex->F; k++)
+        for (int s = 0; s < g->nodes[k].n_in; s++) uses += g->nodes[k].in[s] == u;
+      const int rp = rv->kind == LT_VALUE_ACT ? rv->producer : -1;
+      if (uses != 1 || !lt_value_batched(rv) || rp >= i) continue;
+      ex->res_add[i] = a;
+      ex->res_val[i] = r;
+      ex->res_conv[a] = i;
+      if (first[add->out[0]] > i) first[add->out[0]] = i;
+      if (ex->fuse_relu[a] >= 0 && first[g->nodes[ex->fuse_relu[a]].out[0]] > i)
+        first[g->nodes[ex->fuse_relu[a]].out[0]] = i;
+      break;
+    }
+  }
+}
+
 /* The folded weights and biases from the graph's current parameters (see plan_fold). */
 static void exec_refold(lt_exec *ex) {
   const lt_graph *g = ex->g;
@@ -551,6 +600,7 @@ static lt_status exec_plan(lt_exec *ex, lt_err *err) {
   if ((st = plan_forward(ex, first, last, err))) goto done;
   plan_fusion(ex, first);
   plan_fold(ex, first);
+  plan_residual(ex, first);
   if (ex->mode == LT_MODE_TRAIN) {
     if ((st = plan_need_grad(ex, err))) goto done;
     for (int i = 0; i < ex->F; i++) ex->nodes[i].backward = ex->need_grad[g->nodes[i].out[0]];
@@ -728,6 +778,9 @@ void lt_exec_free(lt_exec *ex) {
   free(ex->fold_bn);
   free(ex->bn_folded);
   free(ex->fold);
+  free(ex->res_add);
+  free(ex->res_val);
+  free(ex->res_conv);
   free(ex->prof);
   free(ex);
 }
@@ -832,10 +885,13 @@ static lt_exec *exec_create(lt_graph *g, int batch, lt_mode mode, lt_backend *be
   ex->fold_bn = calloc((size_t)ex->F + 1, sizeof *ex->fold_bn);
   ex->bn_folded = calloc((size_t)ex->F + 1, 1);
   ex->fold = calloc(2 * (size_t)ex->F + 1, sizeof *ex->fold);
+  ex->res_add = calloc((size_t)ex->F + 1, sizeof *ex->res_add);
+  ex->res_val = calloc((size_t)ex->F + 1, sizeof *ex->res_val);
+  ex->res_conv = calloc((size_t)ex->F + 1, sizeof *ex->res_conv);
   ex->prof = calloc(4 * (size_t)ex->F + 1, sizeof *ex->prof);
   if (!ex->val || !ex->grad || !ex->need_grad || !ex->live_end || !ex->nodes || !ex->fuse_relu ||
       !ex->fused_tail || !ex->bwd_fused || !ex->prof || !ex->fold_bn || !ex->bn_folded ||
-      !ex->fold) {
+      !ex->fold || !ex->res_add || !ex->res_val || !ex->res_conv) {
     lt_errorf(err, LT_ERR_NOMEM, "out of memory for an executor of %d values", g->n_values);
     goto fail;
   }
@@ -884,6 +940,11 @@ static void exec_release_handles(lt_exec *ex, int i) {
   }
 }
 
+/* Whether conv i runs its residual Add in this forward: planned, on, and its BN (if any) folded. */
+static int resid_on(const lt_exec *ex, int i, int fold, int resid) {
+  return resid && ex->res_add[i] >= 0 && (ex->fold_bn[i] < 0 || fold);
+}
+
 /* Node by node over the whole batch. */
 static lt_status exec_forward_nodes(lt_exec *ex, lt_err *err) {
   const lt_stash_policy *pol = ex->opts.stash;
@@ -894,6 +955,7 @@ static lt_status exec_forward_nodes(lt_exec *ex, lt_err *err) {
   /* hooks see every node's own output */
   const int prof = ex->prof_on, fuse = !ex->hook && !(ex->fuse_off & LT_FUSE_RELU);
   const int fold = ex->n_fold && !ex->hook && !(ex->fuse_off & LT_FUSE_BN);
+  const int resid = !ex->hook && !(ex->fuse_off & LT_FUSE_ADD);
   const double t_start = prof ? lt_now() : 0.0, c_start = prof ? cpu_now() : 0.0;
   double t_nodes = 0.0, c_nodes = 0.0;
   for (int i = 0; i < ex->F; i++) {
@@ -905,12 +967,25 @@ static lt_status exec_forward_nodes(lt_exec *ex, lt_err *err) {
       /* its output was written by its head node's fused kernel */
     } else if (fold && ex->bn_folded[i]) {
       /* folded into the convolution before it */
-    } else if (fold && ex->fold_bn[i] >= 0) {
-      const int j = ex->fold_bn[i], k = fuse ? ex->fuse_relu[j] : -1;
-      ctx.in[1] = &ex->fold[2 * i];
-      ctx.in[2] = &ex->fold[2 * i + 1];
-      ctx.out[0] = &ex->val[ex->g->nodes[k >= 0 ? k : j].out[0]];
-      st = k >= 0 ? lt_op_conv_fwd_infer_relu(&ctx, err) : ex->be->vt->forward(ex->be, &ctx, err);
+    } else if (ex->res_conv[i] >= 0 && resid_on(ex, ex->res_conv[i], fold, resid)) {
+      /* run by the convolution before it */
+    } else if ((fold && ex->fold_bn[i] >= 0) || resid_on(ex, i, fold, resid)) {
+      const int j = fold ? ex->fold_bn[i] : -1;
+      int target = j >= 0 ? j : i, relu = 0;
+      const lt_tensor *res = NULL;
+      if (j >= 0) {
+        ctx.in[1] = &ex->fold[2 * i];
+        ctx.in[2] = &ex->fold[2 * i + 1];
+      }
+      if (resid_on(ex, i, fold, resid)) {
+        target = ex->res_add[i];
+        res = exec_tensor(ex, ex->res_val[i]);
+      }
+      const int k = fuse && target != i ? ex->fuse_relu[target] : -1;
+      if (k >= 0) target = k, relu = 1;
+      ctx.out[0] = &ex->val[ex->g->nodes[target].out[0]];
+      st = relu || res ? lt_op_conv_fwd_infer_epi(&ctx, res, relu, err)
+                       : ex->be->vt->forward(ex->be, &ctx, err);
     } else if (fuse && ex->fuse_relu[i] >= 0) {
       ctx.out[0] = &ex->val[ex->g->nodes[ex->fuse_relu[i]].out[0]];
       st = lt_op_cpu_fwd_relu(&ctx, err);
@@ -1188,12 +1263,17 @@ int lt_exec_profile_get(const lt_exec *ex, lt_exec_profile_row *rows, int cap, i
   int n = 0;
   const int fuse = !ex->hook && !(ex->fuse_off & LT_FUSE_RELU);
   const int fold = ex->n_fold && !ex->hook && !(ex->fuse_off & LT_FUSE_BN);
+  const int resid = !ex->hook && !(ex->fuse_off & LT_FUSE_ADD);
   for (int i = 0; i < ex->F; i++) {
     const lt_node *nd = &ex->g->nodes[i];
     char name[48];
-    if (fold && ex->fold_bn[i] >= 0)
-      snprintf(name, sizeof name, "%s+BatchNorm2d%s", lt_op_name(nd->op),
-               fuse && ex->fuse_relu[ex->fold_bn[i]] >= 0 ? "+Relu" : "");
+    const int fb = fold && ex->fold_bn[i] >= 0, ra = resid_on(ex, i, fold, resid);
+    if (fb || ra) {
+      const int tail = ra ? ex->res_add[i] : ex->fold_bn[i];
+      snprintf(name, sizeof name, "%s%s%s%s", lt_op_name(nd->op), fb ? "+BatchNorm2d" : "",
+               ra ? "+Add" : "", fuse && ex->fuse_relu[tail] >= 0 ? "+Relu" : "");
+    } else if (ex->res_conv[i] >= 0 && resid_on(ex, ex->res_conv[i], fold, resid))
+      snprintf(name, sizeof name, "%s (fused)", lt_op_name(nd->op));
     else if (fold && ex->bn_folded[i])
       snprintf(name, sizeof name, "%s (folded)", lt_op_name(nd->op));
     else if (ex->fuse_relu[i] >= 0 && fuse)

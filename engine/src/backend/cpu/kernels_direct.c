@@ -182,7 +182,7 @@ static int work_threads(double macs) {
 /* y (n, cout, hw) [+]= W · x (n, cin, hw) + b, with W's element (o, k) at w[o*wo + k*wk]. */
 static void pw_apply(const dc_impl *im, int n, int cin, int cout, size_t hw, const float *x,
                      const float *w, ptrdiff_t wo, ptrdiff_t wk, const float *b, float *y,
-                     int accumulate, int relu) {
+                     int accumulate, const lt_conv_epi *epi) {
   const int64_t blocks = (int64_t)((hw + DC_PW_BLOCK - 1) / DC_PW_BLOCK), units = blocks * n;
   const ptrdiff_t zero = 0;
   const int threads = work_threads((double)n * cin * cout * hw);
@@ -218,13 +218,8 @@ static void pw_apply(const dc_impl *im, int n, int cin, int cout, size_t hw, con
             acc += wo0[o * wo + k * wk] * xi[(size_t)k * hw + i];
           yo[(size_t)o * hw + i] = accumulate ? yo[(size_t)o * hw + i] + acc : acc;
         }
-      if (relu) /* the block just written, still in cache */
-        for (int o = 0; o < oc; o++) {
-          float *restrict r = yo + (size_t)o * hw;
-#pragma omp simd
-          for (size_t i = 0; i < len; i++)
-            r[i] = r[i] > 0.0f ? r[i] : 0.0f;
-        }
+      for (int o = 0; o < oc && epi; o++) /* the block just written, still in cache */
+        lt_conv_epi_apply(epi, yo + (size_t)o * hw, (size_t)(yo - y) + (size_t)o * hw, len);
     }
   }
 }
@@ -302,7 +297,8 @@ static void kx_pack(const lt_conv_geom *g, const kx_shape *k, const float *restr
 
 /* y (s, oh, ow) [+]= yt (s, npos on the grid of pitch wq), output channels [o0, o1). */
 static void kx_unpack(const lt_conv_geom *g, const kx_shape *k, const float *restrict yt,
-                      float *restrict y, int accumulate, int relu, int o0, int o1) {
+                      float *restrict y, int accumulate, const lt_conv_epi *epi, size_t yoff,
+                      int o0, int o1) {
   for (int o = o0; o < o1; o++)
     for (int r = 0; r < g->oh; r++) {
       const float *restrict s = yt + (size_t)o * k->npos + (size_t)r * k->wq;
@@ -310,27 +306,20 @@ static void kx_unpack(const lt_conv_geom *g, const kx_shape *k, const float *res
       if (accumulate)
         for (int i = 0; i < g->ow; i++)
           d[i] += s[i];
-      else if (!relu)
+      else
         memcpy(d, s, sizeof(float) * g->ow);
-      if (relu && accumulate) {
-#pragma omp simd
-        for (int i = 0; i < g->ow; i++)
-          d[i] = d[i] > 0.0f ? d[i] : 0.0f;
-      } else if (relu) {
-#pragma omp simd
-        for (int i = 0; i < g->ow; i++)
-          d[i] = s[i] > 0.0f ? s[i] : 0.0f;
-      }
+      lt_conv_epi_apply(epi, d, yoff + ((size_t)o * g->oh + r) * g->ow, (size_t)g->ow);
     }
 }
 
 int lt_cpu_direct_fwd(const lt_conv_geom *g, const float *x, const float *w, const float *b,
-                      float *y, int accumulate, void *ws, size_t ws_bytes, int relu) {
+                      float *y, int accumulate, void *ws, size_t ws_bytes,
+                      const lt_conv_epi *epi) {
   const dc_impl *im = dc_pick();
   if (!im || !lt_cpu_direct_active(g)) return -1;
   const size_t hw = (size_t)g->h * g->w;
   if (is_pointwise(g)) {
-    pw_apply(im, g->n, g->c, g->s, hw, x, w, g->c, 1, b, y, accumulate, relu);
+    pw_apply(im, g->n, g->c, g->s, hw, x, w, g->c, 1, b, y, accumulate, epi);
     return 0;
   }
   const kx_shape k = kx_make(g);
@@ -356,7 +345,8 @@ int lt_cpu_direct_fwd(const lt_conv_geom *g, const float *x, const float *w, con
       memset(xp + (size_t)g->c * k.chan, 0, sizeof(float) * 16);
       im->run(k.npos, g->s, g->c, kk, toff, xp, (ptrdiff_t)k.chan, w, (ptrdiff_t)g->c * kk, kk,
               b, yt, k.npos);
-      kx_unpack(g, &k, yt, y + (size_t)img * g->s * ohw, accumulate, relu, 0, g->s);
+      kx_unpack(g, &k, yt, y + (size_t)img * g->s * ohw, accumulate, epi,
+                (size_t)img * g->s * ohw, 0, g->s);
     }
     return 0;
   }
@@ -379,7 +369,8 @@ int lt_cpu_direct_fwd(const lt_conv_geom *g, const float *x, const float *w, con
       }
 #pragma omp for schedule(static)
       for (int o = 0; o < g->s; o++)
-        kx_unpack(g, &k, yt, y + (size_t)img * g->s * ohw, accumulate, relu, o, o + 1);
+        kx_unpack(g, &k, yt, y + (size_t)img * g->s * ohw, accumulate, epi,
+                  (size_t)img * g->s * ohw, o, o + 1);
     }
   }
   return 0;
