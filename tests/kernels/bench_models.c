@@ -10,10 +10,11 @@
  * configurations, so that "before" and "after" come from the same run under the same load:
  *  - direct off: the im2col/sgemm lowering instead of the direct kernels (kernels_direct.c);
  *  - op-parallel: every node over the whole batch, threads inside each kernel (batch split off,
- *    BatchNorm folding off; the executor before batch split);
- *  - BN fold: the inference BatchNorms folded into their convolutions (LT_FUSE_BN), unsplit;
+ *    BatchNorm folding and Add fusion off; the executor before this work);
+ *  - fused: the inference BatchNorms folded into their convolutions (LT_FUSE_BN) and the
+ *    residual Adds run in the convolution before them (LT_FUSE_ADD), unsplit;
  *  - split: batch split (lt_exec_set_batch_split), each thread the whole graph on a slice;
- *  - split + BN fold: both (the default).
+ *  - split + fused: both (the default).
  * Set LATHE_BENCH_NO_BREAKDOWN=1 to skip the per-geometry tables, LATHE_BENCH_PROFILE=1 for
  * per-op tables (lt_exec_profile) of the unsplit configurations.
  *
@@ -51,9 +52,9 @@ static const struct {
 } confs[] = {
     {"direct off", 0, 0, LT_FUSE_RELU},
     {"op-parallel (before)", 1, 0, LT_FUSE_RELU},
-    {"BN fold", 1, 0, LT_FUSE_ALL},
+    {"fused", 1, 0, LT_FUSE_ALL},
     {"split", 1, 1, LT_FUSE_RELU},
-    {"split + BN fold (after)", 1, 1, LT_FUSE_ALL},
+    {"split + fused (after)", 1, 1, LT_FUSE_ALL},
 };
 #define NCONF ((int)(sizeof confs / sizeof confs[0]))
 
@@ -189,7 +190,6 @@ int main(int argc, char **argv) {
     fprintf(stderr, "usage: bench_models DENSE.onnx COMPRESSED.onnx [REPS] [BATCH...]\n");
     return 2;
   }
-  if (getenv("LATHE_BENCH_FTZ")) __builtin_ia32_ldmxcsr(__builtin_ia32_stmxcsr() | 0x8040);
   const int reps = argc > 3 ? atoi(argv[3]) : 15;
   int batches[16] = {64, 1}, nbatch = 2;
   if (argc > 4) {

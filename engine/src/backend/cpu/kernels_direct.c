@@ -43,12 +43,14 @@
 #include <string.h>
 
 typedef float dc_v16 __attribute__((vector_size(64)));
+typedef int dc_v16i __attribute__((vector_size(64)));
 typedef float dc_v16u __attribute__((vector_size(64), aligned(4), may_alias));
 #define DC_V(p) (*(dc_v16u *)(uintptr_t)(p))
 
 typedef void (*dc_run_fn)(int npix, int s, int c, int nt, const ptrdiff_t *toff, const float *x,
                           ptrdiff_t xcs, const float *w, ptrdiff_t wo, ptrdiff_t wk,
-                          const float *bias, float *y, ptrdiff_t ycs);
+                          const float *bias, float *y, ptrdiff_t ycs, const float *res,
+                          int relu);
 typedef struct dc_impl {
   const char *name;
   dc_run_fn run;
@@ -202,13 +204,15 @@ static void pw_apply(const dc_impl *im, int n, int cin, int cout, size_t hw, con
       if (vlen) {
         if (accumulate) {
           im->run((int)vlen, oc, cin, 1, &zero, xi, (ptrdiff_t)hw, wo0, wo, wk, bo, tmp,
-                  DC_PW_BLOCK);
+                  DC_PW_BLOCK, NULL, 0);
           for (int o = 0; o < oc; o++)
             for (size_t i = 0; i < vlen; i++)
               yo[(size_t)o * hw + i] += tmp[(size_t)o * DC_PW_BLOCK + i];
         } else {
+          /* the epilogue in the micro-kernel, on the sums in registers */
           im->run((int)vlen, oc, cin, 1, &zero, xi, (ptrdiff_t)hw, wo0, wo, wk, bo, yo,
-                  (ptrdiff_t)hw);
+                  (ptrdiff_t)hw, epi && epi->res ? epi->res + (yo - y) : NULL,
+                  epi ? epi->relu : 0);
         }
       }
       for (size_t i = vlen; i < len; i++) /* tail: same summation order, scalar */
@@ -218,8 +222,11 @@ static void pw_apply(const dc_impl *im, int n, int cin, int cout, size_t hw, con
             acc += wo0[o * wo + k * wk] * xi[(size_t)k * hw + i];
           yo[(size_t)o * hw + i] = accumulate ? yo[(size_t)o * hw + i] + acc : acc;
         }
-      for (int o = 0; o < oc && epi; o++) /* the block just written, still in cache */
-        lt_conv_epi_apply(epi, yo + (size_t)o * hw, (size_t)(yo - y) + (size_t)o * hw, len);
+      /* the epilogue where the micro-kernel did not apply it: accumulated blocks, scalar tails */
+      const size_t e0 = accumulate ? 0 : vlen;
+      for (int o = 0; o < oc && epi && e0 < len; o++)
+        lt_conv_epi_apply(epi, yo + (size_t)o * hw + e0, (size_t)(yo - y) + (size_t)o * hw + e0,
+                          len - e0);
     }
   }
 }
@@ -344,7 +351,7 @@ int lt_cpu_direct_fwd(const lt_conv_geom *g, const float *x, const float *w, con
       kx_pack(g, &k, x + (size_t)img * g->c * hw, xp, 0, g->c);
       memset(xp + (size_t)g->c * k.chan, 0, sizeof(float) * 16);
       im->run(k.npos, g->s, g->c, kk, toff, xp, (ptrdiff_t)k.chan, w, (ptrdiff_t)g->c * kk, kk,
-              b, yt, k.npos);
+              b, yt, k.npos, NULL, 0);
       kx_unpack(g, &k, yt, y + (size_t)img * g->s * ohw, accumulate, epi,
                 (size_t)img * g->s * ohw, 0, g->s);
     }
@@ -365,7 +372,7 @@ int lt_cpu_direct_fwd(const lt_conv_geom *g, const float *x, const float *w, con
       for (int r = 0; r < runs; r++) {
         const int p0 = r * 64, len = k.npos - p0 < 64 ? k.npos - p0 : 64;
         im->run(len, g->s, g->c, kk, toff, xp + p0, (ptrdiff_t)k.chan, w, (ptrdiff_t)g->c * kk,
-                kk, b, yt + p0, k.npos);
+                kk, b, yt + p0, k.npos, NULL, 0);
       }
 #pragma omp for schedule(static)
       for (int o = 0; o < g->s; o++)
