@@ -432,9 +432,12 @@ static void exec_refold(lt_exec *ex) {
       /* Subnormal products (a channel whose gamma is almost 0 gives weights near 1e-40) become
        * 0: the kernels would run at a fraction of their speed on them (microcode assists), for
        * a contribution below 1e-38. */
+      const float *restrict wo = w + o * per;
+      float *restrict fo = fw + o * per;
+#pragma omp simd
       for (int64_t e = 0; e < per; e++) {
-        const float v = w[o * per + e] * k;
-        fw[o * per + e] = fabsf(v) < FLT_MIN ? 0.0f : v;
+        const float v = wo[e] * k;
+        fo[e] = fabsf(v) < FLT_MIN ? 0.0f : v;
       }
       const float sh = (bias ? bias[o] : 0.0f) * k + (beta[o] - mean[o] * k);
       fb[o] = fabsf(sh) < FLT_MIN ? 0.0f : sh;
