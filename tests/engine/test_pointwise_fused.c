@@ -209,12 +209,23 @@ static int conv(lt_graph *g, const char *name, int x, int cin, int cout) {
   return lt_graph_add_node(g, LT_OP_CONV2D, name, (int[]){x, w}, 2, &a, NULL);
 }
 
+/* The same with a bias (folding then scales and shifts it). */
+static int conv_bias(lt_graph *g, const char *name, int x, int cin, int cout) {
+  char pn[64];
+  snprintf(pn, sizeof pn, "%s.w", name);
+  int w = param(g, pn, 4, (int64_t[]){cout, cin, 3, 3}, -0.3f, 0.3f, 1);
+  snprintf(pn, sizeof pn, "%s.b", name);
+  int b = param(g, pn, 1, (int64_t[]){cout}, -0.5f, 0.5f, 1);
+  lt_node_attrs a = lt_attrs_conv(3, 1, 1, 1, 1);
+  return lt_graph_add_node(g, LT_OP_CONV2D, name, (int[]){x, w, b}, 3, &a, NULL);
+}
+
 static int relu(lt_graph *g, const char *name, int x) {
   return lt_graph_add_node(g, LT_OP_RELU, name, &x, 1, NULL, NULL);
 }
 
-/* conv-bn-relu, a residual block (conv-bn-relu-conv-bn + shortcut, relu), a BN whose output
- * feeds both a ReLU and an Add (not fusable), then GAP. c channels of h x w. */
+/* conv-bn-relu, a residual block (conv-bn-relu-conv-bn + shortcut, relu), a conv with bias and
+ * a BN whose output feeds both a ReLU and an Add (not fusable), then GAP. c channels of h x w. */
 static lt_graph *build(int c, int h, int w) {
   lt_graph *g = lt_graph_new();
   int x = lt_graph_add_input(g, "x", LT_F32, 3, (int64_t[]){3, h, w});
@@ -222,7 +233,7 @@ static lt_graph *build(int c, int h, int w) {
   int y = relu(g, "b.relu1", bn(g, "b.bn1", conv(g, "b.conv1", x, c, c), c));
   y = bn(g, "b.bn2", conv(g, "b.conv2", y, c, c), c);
   y = relu(g, "b.relu2", lt_graph_add_node(g, LT_OP_ADD, "b.add", (int[]){y, x}, 2, NULL, NULL));
-  int z = bn(g, "two.bn", conv(g, "two.conv", y, c, c), c);
+  int z = bn(g, "two.bn", conv_bias(g, "two.conv", y, c, c), c);
   int zr = relu(g, "two.relu", z);
   z = lt_graph_add_node(g, LT_OP_ADD, "two.add", (int[]){zr, z}, 2, NULL, NULL);
   z = lt_graph_add_node(g, LT_OP_GLOBAL_AVGPOOL, "gap", &z, 1, NULL, NULL);
@@ -232,7 +243,8 @@ static lt_graph *build(int c, int h, int w) {
 
 /* One forward (and backward in training) with or without fusion; copies the output, the
  * parameter gradients and the parameters (BN running statistics change in training) into out. */
-static int64_t run(lt_graph *g, int batch, lt_mode mode, int no_fuse, float *out, int *fused) {
+static int64_t run_kinds(lt_graph *g, int batch, lt_mode mode, int no_fuse, unsigned kinds,
+                         float *out, int *fused, int *folded) {
   lt_err err = {0};
   lt_exec_opts o = {.no_fuse = no_fuse};
   lt_exec *ex = lt_exec_create(g, batch, mode, lt_backend_get("cpu", NULL), &o, &err);
@@ -240,6 +252,7 @@ static int64_t run(lt_graph *g, int batch, lt_mode mode, int no_fuse, float *out
     fprintf(stderr, "%s\n", err.msg);
     return -1;
   }
+  lt_exec_set_fusion(ex, kinds);
   lt_exec_profile_enable(ex, 1);
   lt_tensor *x = lt_exec_input(ex, 0);
   fill(lt_tensor_f32(x), lt_tensor_numel(x), 5, -1.0f, 1.0f);
@@ -266,14 +279,22 @@ static int64_t run(lt_graph *g, int batch, lt_mode mode, int no_fuse, float *out
   lt_exec_profile_row rows[64];
   int nr = lt_exec_profile_get(ex, rows, 64, NULL, NULL);
   *fused = 0;
-  for (int r = 0; r < nr && r < 64; r++)
+  if (folded) *folded = 0;
+  for (int r = 0; r < nr && r < 64; r++) {
     if (strstr(rows[r].op, "+Relu")) *fused += rows[r].nodes;
+    if (folded && strstr(rows[r].op, "Conv2d+BatchNorm2d")) *folded += rows[r].nodes;
+  }
   lt_exec_free(ex);
   return k;
 fail:
   fprintf(stderr, "%s\n", err.msg);
   lt_exec_free(ex);
   return -1;
+}
+
+/* ReLU fusion alone: the fused and unfused runs compute the same operations in the same order. */
+static int64_t run(lt_graph *g, int batch, lt_mode mode, int no_fuse, float *out, int *fused) {
+  return run_kinds(g, batch, mode, no_fuse, LT_FUSE_RELU, out, fused, NULL);
 }
 
 TEST_CASE(fused_graph_matches_unfused_graph_bit_for_bit) {
@@ -294,6 +315,37 @@ TEST_CASE(fused_graph_matches_unfused_graph_bit_for_bit) {
       CHECK_MSG(k1 > 0 && k1 == k2 && same_bits(o1, o2, k1),
                 "batch %d, %d channels, %dx%d, %s: fused run differs", batch, c, h, w,
                 mode ? "train" : "infer");
+      free(o1), free(o2);
+      lt_graph_free(g1);
+      lt_graph_free(g2);
+    }
+  }
+}
+
+/* Inference BatchNorm folding (with the ReLU fusion): every conv-BN pair folds, two.bn too (its
+ * output feeds two nodes, but the conv's output only the BN); equal to the unfused run within
+ * float rounding (the folded weights round differently). Training never folds. */
+TEST_CASE(folded_batchnorm_matches_unfused_graph) {
+  static const int cases[][4] = {{1, 5, 4, 4}, {3, 17, 1, 1}, {2, 20, 5, 7}, {4, 8, 8, 8}};
+  for (int cs = 0; cs < 4; cs++) {
+    const int batch = cases[cs][0], c = cases[cs][1], h = cases[cs][2], w = cases[cs][3];
+    for (int mode = 0; mode < 2; mode++) {
+      lt_graph *g1 = build(c, h, w), *g2 = build(c, h, w);
+      REQUIRE(g1 && g2);
+      float *o1 = fbuf(1 << 16), *o2 = fbuf(1 << 16);
+      int f1 = -1, f2 = -1, d1 = -1, d2 = -1;
+      int64_t k1 = run_kinds(g1, batch, (lt_mode)mode, 0, LT_FUSE_ALL, o1, &f1, &d1);
+      int64_t k2 = run_kinds(g2, batch, (lt_mode)mode, 1, LT_FUSE_ALL, o2, &f2, &d2);
+      REQUIRE(k1 > 0 && k1 == k2);
+      CHECK_MSG(d1 == (mode == LT_MODE_INFER ? 4 : 0) && d2 == 0, "folded: %d and %d", d1, d2);
+      CHECK_MSG(f1 == 3 && f2 == 0, "fused pairs: %d with fusion, %d without", f1, f2);
+      double worst = 0, big = 0;
+      for (int64_t i = 0; i < k1; i++) {
+        worst = fmax(worst, fabs(o1[i] - o2[i]));
+        big = fmax(big, fabs(o2[i]));
+      }
+      CHECK_MSG(worst <= 1e-5 * big, "batch %d, %d channels, %dx%d, %s: differs by %g of %g",
+                batch, c, h, w, mode ? "train" : "infer", worst, big);
       free(o1), free(o2);
       lt_graph_free(g1);
       lt_graph_free(g2);
@@ -335,6 +387,7 @@ int main(void) {
   RUN(bn_backward_separate_accumulate_flags_match_double);
   RUN(add_relu_matches_add_then_relu_bit_for_bit);
   RUN(fused_graph_matches_unfused_graph_bit_for_bit);
+  RUN(folded_batchnorm_matches_unfused_graph);
   RUN(forward_hook_sees_unfused_outputs);
   return test_summary();
 }

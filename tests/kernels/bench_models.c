@@ -6,10 +6,17 @@
  *
  * Each batch size runs the two models' forwards (LT_MODE_INFER, as the compress job's latency
  * measurement and eval do) interleaved, REPS times each, and reports the median wall time per
- * forward and the ratio dense / compressed. When the direct convolution kernels are available
- * (kernels_direct.c) every repetition runs each model twice, with them off (the previous
- * im2col/sgemm lowering) and on, so that "before" and "after" come from the same run under the
- * same load. Set LATHE_BENCH_NO_BREAKDOWN=1 to skip the per-geometry tables.
+ * forward and the ratio dense / compressed. Every repetition runs each model in several
+ * configurations, so that "before" and "after" come from the same run under the same load:
+ *  - direct off: the im2col/sgemm lowering instead of the direct kernels (kernels_direct.c);
+ *  - op-parallel: every node over the whole batch, threads inside each kernel (batch split off,
+ *    BatchNorm folding and Add fusion off; the executor before this work);
+ *  - fused: the inference BatchNorms folded into their convolutions (LT_FUSE_BN) and the
+ *    residual Adds run in the convolution before them (LT_FUSE_ADD), unsplit;
+ *  - split: batch split (lt_exec_set_batch_split), each thread the whole graph on a slice;
+ *  - split + fused: both (the default).
+ * Set LATHE_BENCH_NO_BREAKDOWN=1 to skip the per-geometry tables, LATHE_BENCH_PROFILE=1 for
+ * per-op tables (lt_exec_profile) of the unsplit configurations.
  *
  * Per-geometry times call lt_cpu_conv2d_fwd_infer on random data of that geometry in isolation
  * (median of REPS, process CPU time of all threads, which other processes' load disturbs far
@@ -36,6 +43,20 @@ static double median(double *v, int n) {
   qsort(v, n, sizeof *v, cmp_double);
   return n % 2 ? v[n / 2] : 0.5 * (v[n / 2 - 1] + v[n / 2]);
 }
+
+/* The configurations every repetition runs, in this order. */
+static const struct {
+  const char *name;
+  int direct, split;
+  unsigned fuse;
+} confs[] = {
+    {"direct off", 0, 0, LT_FUSE_RELU},
+    {"op-parallel (before)", 1, 0, LT_FUSE_RELU},
+    {"fused", 1, 0, LT_FUSE_ALL},
+    {"split", 1, 1, LT_FUSE_RELU},
+    {"split + fused (after)", 1, 1, LT_FUSE_ALL},
+};
+#define NCONF ((int)(sizeof confs / sizeof confs[0]))
 
 static lt_exec *make_exec(lt_graph *g, int batch, lt_backend *be) {
   lt_err err = {0};
@@ -189,41 +210,58 @@ int main(int argc, char **argv) {
     fprintf(stderr, "bench_models: %s\n", err.msg);
     return 1;
   }
-  const int have_direct = 1;
   printf("threads %d, direct conv kernels: %s, Winograd: %s, %d interleaved reps\n",
          omp_get_max_threads(), lt_cpu_direct_impl_name(), lt_cpu_winograd_impl_name(), reps);
   printf("dense: %s\ncompressed: %s\n", argv[1], argv[2]);
   for (int bi = 0; bi < nbatch; bi++) {
     const int batch = batches[bi];
     lt_exec *ex[2] = {make_exec(g[0], batch, be), make_exec(g[1], batch, be)};
-    double *t[2][2], *tc[2][2];
+    double *t[2][NCONF], *tc[2][NCONF];
     for (int m = 0; m < 2; m++)
-      for (int on = 0; on < 2; on++) {
-        t[m][on] = malloc(sizeof(double) * reps);
-        tc[m][on] = malloc(sizeof(double) * reps);
+      for (int k = 0; k < NCONF; k++) {
+        t[m][k] = malloc(sizeof(double) * reps);
+        tc[m][k] = malloc(sizeof(double) * reps);
       }
+    int split_ok = 1;
     for (int k = -1; k < reps; k++) /* k = -1 warms up */
-      for (int on = 0; on <= have_direct; on++) {
-        lt_cpu_direct_set_mode(on ? LT_DIRECT_AUTO : LT_DIRECT_OFF);
+      for (int f = 0; f < NCONF; f++) {
+        lt_cpu_direct_set_mode(confs[f].direct ? LT_DIRECT_AUTO : LT_DIRECT_OFF);
         for (int m = 0; m < 2; m++) {
+          split_ok &= lt_exec_set_batch_split(ex[m], confs[f].split) == confs[f].split;
+          lt_exec_set_fusion(ex[m], confs[f].fuse);
           double c, s = time_forward(ex[m], &c);
-          if (k >= 0) t[m][on][k] = s, tc[m][on][k] = c;
+          if (k >= 0) t[m][f][k] = s, tc[m][f][k] = c;
         }
       }
     lt_cpu_direct_set_mode(-1);
     printf("\nbatch %d                  wall ms: dense  compressed  speedup |  CPU ms: dense  "
            "compressed  speedup\n",
            batch);
-    for (int on = 0; on <= have_direct; on++) {
-      double d = median(t[0][on], reps) * 1e3, c = median(t[1][on], reps) * 1e3;
-      double dc = median(tc[0][on], reps) * 1e3, cc = median(tc[1][on], reps) * 1e3;
-      printf("  %-22s %14.2f %11.2f %7.2fx | %14.2f %11.2f %7.2fx\n",
-             on ? "direct on (after)" : "direct off (before)", d, c, d / c, dc, cc, dc / cc);
+    if (!split_ok) printf("  (no batch split at this batch: it needs >= 2 images per thread)\n");
+    for (int f = 0; f < NCONF; f++) {
+      double d = median(t[0][f], reps) * 1e3, c = median(t[1][f], reps) * 1e3;
+      double dc = median(tc[0][f], reps) * 1e3, cc = median(tc[1][f], reps) * 1e3;
+      printf("  %-22s %14.2f %11.2f %7.2fx | %14.2f %11.2f %7.2fx\n", confs[f].name, d, c, d / c,
+             dc, cc, dc / cc);
     }
+    if (getenv("LATHE_BENCH_PROFILE")) /* per-op tables of the unsplit configurations */
+      for (int f = 0; f < NCONF; f++) {
+        if (confs[f].split || !confs[f].direct) continue;
+        for (int m = 0; m < 2; m++) {
+          lt_exec_set_fusion(ex[m], confs[f].fuse);
+          lt_exec_profile_enable(ex[m], 1);
+          double c;
+          for (int k = 0; k < reps; k++) time_forward(ex[m], &c);
+          printf("\n%s, %s, batch %d: per-op profile\n", m ? "compressed" : "dense", confs[f].name,
+                 batch);
+          lt_exec_profile_print(ex[m], stdout);
+          lt_exec_profile_enable(ex[m], 0);
+        }
+      }
     for (int m = 0; m < 2; m++) {
       lt_exec_free(ex[m]);
-      for (int on = 0; on < 2; on++)
-        free(t[m][on]), free(tc[m][on]);
+      for (int f = 0; f < NCONF; f++)
+        free(t[m][f]), free(tc[m][f]);
     }
     if (!getenv("LATHE_BENCH_NO_BREAKDOWN")) {
       breakdown("dense", g[0], batch, reps);

@@ -72,6 +72,27 @@ static lt_conv_geom geom(const shape *s) {
   return g;
 }
 
+/* lt_cpu_conv2d_fwd_infer_epi against lt_cpu_conv2d_fwd_infer's output y, then the epilogue
+ * computed here: ReLU, residual, both (bit for bit: the same sum, then the same operations). */
+static void check_epilogues(const lt_conv_geom *g, const float *x, const float *w, const float *b,
+                            const float *y, void *ws, const char *desc) {
+  const size_t ny = (size_t)g->n * g->s * g->oh * g->ow;
+  float *res = randn(ny, 1.0f), *y1 = malloc(ny * sizeof(float) + 4);
+  for (int kind = 1; kind < 4; kind++) {
+    const lt_conv_epi epi = {.res = kind & 2 ? res : NULL, .relu = kind & 1};
+    for (size_t i = 0; i < ny; i++) y1[i] = NAN;
+    lt_cpu_conv2d_fwd_infer_epi(g, x, w, b, &epi, y1, ws);
+    size_t bad = 0;
+    for (size_t i = 0; i < ny; i++) {
+      const float v = epi.res ? y[i] + res[i] : y[i], want = epi.relu ? (v > 0.0f ? v : 0.0f) : v;
+      bad += !(y1[i] == want);
+    }
+    CHECK_MSG(bad == 0, "%s: epilogue (relu %d, residual %d) differs at %zu of %zu", desc,
+              epi.relu, epi.res != NULL, bad, ny);
+  }
+  free(res), free(y1);
+}
+
 static void check_shape(const shape *sh, const char *mode) {
   const lt_conv_geom g = geom(sh);
   const size_t nx = (size_t)g.n * g.c * g.h * g.w, ny = (size_t)g.n * g.s * g.oh * g.ow;
@@ -98,9 +119,11 @@ static void check_shape(const shape *sh, const char *mode) {
   const double ey = err(y, ry, ny, NULL);
   worst_seen = fmax(worst_seen, ey);
   CHECK_MSG(ey <= TOL, "%s: forward error/rms %.2g", desc, ey);
+  /* the epilogues: bit for bit max(forward, 0), forward + res, max(forward + res, 0) */
+  check_epilogues(&g, x, w, b, y, ws, desc);
   /* the direct entry point with accumulate = 1 adds conv + b once */
   memcpy(y0, y, ny * sizeof(float));
-  CHECK(lt_cpu_direct_fwd(&g, x, w, b, y, 1, ws, wsb) == 0);
+  CHECK(lt_cpu_direct_fwd(&g, x, w, b, y, 1, ws, wsb, 0) == 0);
   const double ea = err(y, ry, ny, y0);
   CHECK_MSG(ea <= 2 * TOL, "%s: accumulate forward error/rms %.2g", desc, ea);
   memcpy(y, y0, ny * sizeof(float));
@@ -185,10 +208,10 @@ TEST_CASE(direct_eligibility) {
   CHECK(!lt_cpu_direct_active(&h)); /* grouped */
   lt_cpu_direct_set_mode(LT_DIRECT_OFF);
   CHECK(!lt_cpu_direct_active(&g) && !lt_cpu_direct_active(&c));
-  CHECK(lt_cpu_direct_fwd(&g, NULL, NULL, NULL, NULL, 0, NULL, 0) == -1);
+  CHECK(lt_cpu_direct_fwd(&g, NULL, NULL, NULL, NULL, 0, NULL, 0, 0) == -1);
   lt_cpu_direct_set_mode(LT_DIRECT_AUTO);
   /* a workspace too small for one slice is refused, not overrun */
-  CHECK(lt_cpu_direct_fwd(&c, NULL, NULL, NULL, NULL, 0, NULL, 0) == -1);
+  CHECK(lt_cpu_direct_fwd(&c, NULL, NULL, NULL, NULL, 0, NULL, 0, 0) == -1);
 }
 
 /* A model-like chain, end to end through the automatic mode (Winograd on): 1×1 16->4, 3×3 4->4,
@@ -202,6 +225,44 @@ TEST_CASE(direct_auto_chain) {
   for (int i = 0; i < 3; i++) check_shape(&st[i], "auto");
 }
 
+/* lt_cpu_conv2d_fwd_infer_epi on the paths other than direct: Winograd F(4×4) and F(2×2),
+ * im2col, per-image sgemm for pointwise, depthwise; bit for bit as computed after the forward. */
+TEST_CASE(conv_infer_epilogue_other_paths) {
+  const shape st[] = {{2, 16, 32, 32, 16, 3, 3, 1, 1, 1, 1, 1, 1}, /* Winograd F(4×4) */
+                      {9, 64, 8, 8, 64, 3, 3, 1, 1, 1, 1, 1, 1},   /* Winograd F(2×2) */
+                      {2, 9, 11, 13, 10, 3, 3, 1, 1, 1, 1, 1, 2},  /* im2col (direct off) */
+                      {2, 12, 7, 9, 20, 1, 1, 0, 0, 0, 0, 1, 1}};  /* sgemm (direct off) */
+  for (int k = 0; k < 5; k++) {
+    lt_conv_geom g;
+    if (k < 4) {
+      g = geom(&st[k]);
+    } else { /* depthwise, 2 outputs per channel */
+      g = (lt_conv_geom){.n = 2, .c = 6, .h = 9, .w = 9, .s = 12, .kh = 3, .kw = 3, .stride_h = 1,
+                         .stride_w = 1, .pad_t = 1, .pad_l = 1, .pad_b = 1, .pad_r = 1,
+                         .dil_h = 1, .dil_w = 1, .groups = 6};
+      REQUIRE(lt_conv_geom_finish(&g, 0) == 0);
+    }
+    lt_cpu_winograd_set_mode(LT_WINOGRAD_AUTO);
+    lt_cpu_direct_set_mode(k < 2 ? LT_DIRECT_AUTO : LT_DIRECT_OFF);
+    if (k < 2) CHECK(lt_cpu_winograd_active(&g) && !lt_cpu_direct_active(&g));
+    const size_t nx = (size_t)g.n * g.c * g.h * g.w, ny = (size_t)g.n * g.s * g.oh * g.ow;
+    float *x = randn(nx, 1.0f), *w = randn((size_t)g.s * (g.c / g.groups) * 9, 0.3f);
+    float *b = randn((size_t)g.s, 1.0f), *y = malloc(ny * sizeof(float)),
+          *y0 = malloc(ny * sizeof(float));
+    const size_t wsb = lt_cpu_conv2d_workspace(&g);
+    void *ws = wsb ? malloc(wsb) : NULL;
+    lt_cpu_conv2d_fwd_infer(&g, x, w, b, y, ws);
+    size_t neg = 0;
+    for (size_t i = 0; i < ny; i++) neg += y[i] < 0.0f;
+    CHECK(neg > 0);
+    char desc[32];
+    snprintf(desc, sizeof desc, "path %d", k);
+    check_epilogues(&g, x, w, b, y, ws, desc);
+    free(x), free(w), free(b), free(y), free(y0), free(ws);
+  }
+  lt_cpu_direct_set_mode(LT_DIRECT_AUTO);
+}
+
 int main(void) {
   rng = lt_rng_make(9, 0);
   RUN(direct_avx512);
@@ -209,5 +270,6 @@ int main(void) {
   RUN(direct_generic);
   RUN(direct_eligibility);
   RUN(direct_auto_chain);
+  RUN(conv_infer_epilogue_other_paths);
   return test_summary();
 }

@@ -76,8 +76,22 @@ typedef struct lt_exec_opts {
   int no_fuse;  /* 1: run every node on its own. By default the CPU backend runs a ReLU that is
                    the only consumer of a BatchNorm or same-shape Add inside that node's kernel
                    (one pass instead of two); the graph, the stash and the results are the same
-                   (checked by tests/engine/test_pointwise_fused.c). A forward hook turns fusion
-                   off for that forward, so hooks see every node's output. */
+                   (checked by tests/engine/test_pointwise_fused.c). In LT_MODE_INFER it also
+                   folds a BatchNorm into the Conv2d whose output only it reads (weights scaled
+                   and bias shifted per output channel, recomputed from the graph's parameters
+                   before every forward), the BN's fused ReLU then applied by the conv kernel:
+                   equal up to float rounding. A forward hook turns fusion off for that forward,
+                   so hooks see every node's output. */
+  int no_split; /* 1: inference forwards run every node over the whole batch with the threads
+                   inside each kernel. By default an LT_MODE_INFER executor on the CPU backend
+                   whose batch is at least twice the thread count T splits the batch into T
+                   contiguous slices, and each thread runs the whole graph on its slice with
+                   single-threaded kernels (no fork and join per node). Results are the same up
+                   to float rounding (tests/engine/test_infer_split.c). LATHE_INFER_SPLIT=0 in the
+                   environment turns it off at create time; no_reuse does too. A forward with a
+                   hook set or the profile on runs unsplit (the executor's own buffers are then
+                   allocated on that first forward), and after a split forward lt_exec_value
+                   returns only inputs and outputs. */
 } lt_exec_opts;
 
 /* Bytes of the executor's planned memory, by what it holds. */
@@ -114,6 +128,17 @@ lt_tensor *lt_exec_param_grad(lt_exec *ex, int value_id); /* NULL for non-traina
 /* Called after a node's forward (for feature-map losses, latency probes, activation capture). */
 typedef void (*lt_exec_hook)(void *user, lt_exec *ex, int node, const lt_tensor *out);
 void lt_exec_set_forward_hook(lt_exec *ex, lt_exec_hook fn, void *user);
+/* Run-time switches, for benchmarks that compare before and after in one process. Batch split
+ * (opts.no_split): on by default where the executor planned it; returns 1 when forwards now run
+ * split, 0 when they run unsplit (always 0 where it was not planned). Fusion (opts.no_fuse): from the
+ * next forward only the planned fusions of the kinds in `which` run (0: every node on its own, as
+ * with a hook; LT_FUSE_ALL, the default: all that were planned). */
+int lt_exec_set_batch_split(lt_exec *ex, int on);
+enum { LT_FUSE_RELU = 1, /* a ReLU into the BatchNorm or Add before it */
+       LT_FUSE_BN = 2,   /* an inference BatchNorm folded into the Conv2d before it */
+       LT_FUSE_ADD = 4,  /* an inference residual Add into the Conv2d (+ folded BN) before it */
+       LT_FUSE_ALL = 7 };
+void lt_exec_set_fusion(lt_exec *ex, unsigned which); /* LT_FUSE_* bits that stay on */
 /* Copies parameters from the graph after an optimizer step on a device backend (no-op on CPU,
  * where the executor works on the graph's parameter tensors directly). */
 lt_status lt_exec_sync_params(lt_exec *ex, int to_device, lt_err *err);
@@ -124,7 +149,9 @@ lt_status lt_exec_sync_params(lt_exec *ex, int to_device, lt_err *err);
  * lt_exec_zero_grads. Turned on at create time by LATHE_PROFILE=1 in the environment, or by
  * lt_exec_profile_enable (which also clears what was gathered). */
 typedef struct lt_exec_profile_row {
-  char op[48];      /* op type name, "BatchNorm2d+Relu", "(executor)" or "(zero_grads)" */
+  char op[48];      /* op type name, "BatchNorm2d+Relu" (a fused pair), "Conv2d+BatchNorm2d"
+                       (+"+Relu": a fold), "BatchNorm2d (folded)", "(executor)" or
+                       "(zero_grads)" */
   int nodes;        /* nodes of this type in the graph */
   double fwd_s;     /* wall seconds summed over forwards */
   double bwd_s;     /* wall seconds summed over backwards */

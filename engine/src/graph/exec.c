@@ -17,8 +17,14 @@
  * in the stash at its own step. When the ReLU's saved output stays in its forward buffer (no
  * stash policy, or one that keeps it), the pair's backward runs as one too, at the head's step:
  * the ReLU's output and output gradient then live until that step.
+ *
+ * Inference only (CPU): a BatchNorm whose input only it reads is folded into the Conv2d that
+ * produces it (plan_fold), and a batch of at least two images per thread runs as one child
+ * executor per thread on a slice of the batch (exec_split_plan).
  */
+#include <float.h>
 #include <limits.h>
+#include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -99,6 +105,26 @@ struct lt_exec {
                         process CPU seconds */
   double prof_exec[2], prof_zero, prof_exec_cpu[2], prof_zero_cpu;
   int64_t prof_steps[2];
+  /* batch split (inference on the CPU backend, see exec_split_plan) */
+  int n_split;       /* child executors, 0: none */
+  lt_exec **split;   /* (n_split) one contiguous slice of the batch each */
+  int *split_first;  /* (n_split) the slice's first image */
+  int split_on;      /* forwards go through the children (lt_exec_set_batch_split) */
+  int split_last;    /* the last forward ran split: only inputs and outputs hold its values */
+  int is_child;      /* a child: plans like its parent, never splits, prints no profile */
+  int arenas_ready;  /* arenas and workspace allocated (a splitting executor does it only when a
+                        forward runs unsplit) */
+  unsigned fuse_off; /* LT_FUSE_* kinds turned off by lt_exec_set_fusion */
+  /* BatchNorm folding (inference on the CPU backend, see plan_fold) */
+  int *fold_bn;      /* (F) for a Conv2d whose BatchNorm is folded into it, that BN; -1 otherwise */
+  char *bn_folded;   /* (F) 1 for a BatchNorm folded into the Conv2d before it */
+  lt_tensor *fold;   /* (2F) folded weight and bias of each folding Conv2d (a child's point at
+                        its parent's, which the parent refolds before each forward) */
+  int n_fold;
+  /* residual Add fusion (inference on the CPU backend, see plan_residual) */
+  int *res_add;      /* (F) for a Conv2d that runs the Add after it (and its BN), that Add; -1 */
+  int *res_val;      /* (F) the value that Add adds to the conv's (BN's) output */
+  int *res_conv;     /* (F) for an Add so fused, its Conv2d; -1 otherwise */
 };
 
 /* ---- arena packing ------------------------------------------------------------------------- */
@@ -294,6 +320,131 @@ static void plan_fusion(lt_exec *ex, int *first) {
   }
 }
 
+/* Which inference BatchNorms fold into the Conv2d before them: the BN's input must be a conv
+ * output that nothing else reads and no graph output, and the conv's weights (and bias) and the
+ * BN's parameters must be graph tensors. The conv then runs with w' = w * g/sqrt(v + eps) per
+ * output channel and bias b' = (b - mean) * g/sqrt(v + eps) + beta, writing the BN's output (or,
+ * when the BN's ReLU is fused, relu of it: the ReLU's output); the BN is skipped. The folded
+ * tensors are recomputed before every forward (a few multiplies per weight): the parameters may
+ * change between forwards, as when a training executor shares the graph. The BN's (and the
+ * ReLU's) output then lives from the conv's step; the unfused nodes still find their buffers when
+ * folding is off for a forward (a hook, lt_exec_set_fusion). */
+static void plan_fold(lt_exec *ex, int *first) {
+  const lt_graph *g = ex->g;
+  for (int i = 0; i < ex->F; i++) ex->fold_bn[i] = -1;
+  if (ex->mode != LT_MODE_INFER || ex->be->device >= 0 || ex->opts.no_fuse || ex->opts.no_reuse)
+    return;
+  for (int j = 0; j < ex->F; j++) {
+    const lt_node *b = &g->nodes[j];
+    if (b->op != LT_OP_BATCHNORM || b->n_in != 5) continue;
+    const int v = b->in[0];
+    const lt_value *val = &g->values[v];
+    if (val->kind != LT_VALUE_ACT || is_output(g, v) || val->ndim < 1) continue;
+    const int i = val->producer;
+    if (i < 0 || i >= j || g->nodes[i].op != LT_OP_CONV2D || ex->fold_bn[i] >= 0) continue;
+    const lt_node *c = &g->nodes[i];
+    int uses = 0, ok = 1;
+    for (int k = 0; k < ex->F; k++)
+      for (int s = 0; s < g->nodes[k].n_in; s++) uses += g->nodes[k].in[s] == v;
+    for (int s = 1; s < c->n_in; s++) {
+      const lt_value *p = &g->values[c->in[s]];
+      ok &= !lt_value_batched(p) && p->data && p->data->dtype == LT_F32;
+    }
+    for (int s = 1; s < 5; s++) {
+      const lt_value *p = &g->values[b->in[s]];
+      ok &= !lt_value_batched(p) && p->data && p->data->dtype == LT_F32 &&
+            lt_tensor_numel(p->data) == val->shape[0];
+    }
+    const lt_tensor *w = g->values[c->in[1]].data;
+    if (uses != 1 || !ok || w->ndim != 4 || w->shape[0] != val->shape[0]) continue;
+    ex->fold_bn[i] = j;
+    ex->bn_folded[j] = 1;
+    ex->n_fold++;
+    tensor_header(&ex->fold[2 * i], LT_F32, 4, w->shape, -1, LT_MEM_WEIGHTS);
+    tensor_header(&ex->fold[2 * i + 1], LT_F32, 1, w->shape, -1, LT_MEM_WEIGHTS);
+    int out = b->out[0];
+    if (first[out] > i) first[out] = i;
+    if (ex->fuse_relu[j] >= 0 && first[g->nodes[ex->fuse_relu[j]].out[0]] > i)
+      first[g->nodes[ex->fuse_relu[j]].out[0]] = i;
+  }
+}
+
+/* Which residual Adds run in the Conv2d before them (inference, CPU): an Add of two operands of
+ * one shape, one of them the output of a Conv2d, or of a BatchNorm folded into one, that nothing
+ * else reads, the other (the residual) computed before that conv. The conv's epilogue then
+ * writes act(conv + b + residual) into the Add's output (the ReLU's, when the Add's ReLU is
+ * fused), and the Add is skipped. The Add's (and ReLU's) output lives from the conv's step. */
+static void plan_residual(lt_exec *ex, int *first) {
+  const lt_graph *g = ex->g;
+  for (int i = 0; i < ex->F; i++) ex->res_add[i] = ex->res_conv[i] = ex->res_val[i] = -1;
+  if (ex->mode != LT_MODE_INFER || ex->be->device >= 0 || ex->opts.no_fuse || ex->opts.no_reuse)
+    return;
+  for (int a = 0; a < ex->F; a++) {
+    const lt_node *add = &g->nodes[a];
+    if (!lt_op_add_flat(g, add) || add->in[0] == add->in[1]) continue;
+    for (int side = 0; side < 2; side++) {
+      const int u = add->in[side], r = add->in[1 - side];
+      const lt_value *uv = &g->values[u], *rv = &g->values[r];
+      if (uv->kind != LT_VALUE_ACT || is_output(g, u) || uv->producer < 0) continue;
+      int i = uv->producer;
+      if (ex->bn_folded[i]) { /* conv -> folded BN -> Add */
+        const int bin = g->nodes[i].in[0];
+        i = g->values[bin].producer;
+      } else if (g->nodes[i].op != LT_OP_CONV2D || ex->fold_bn[i] >= 0) {
+        continue;
+      }
+      if (i < 0 || g->nodes[i].op != LT_OP_CONV2D || ex->res_add[i] >= 0) continue;
+      int uses = 0;
+      for (int k = 0; k < ex->F; k++)
+        for (int s = 0; s < g->nodes[k].n_in; s++) uses += g->nodes[k].in[s] == u;
+      const int rp = rv->kind == LT_VALUE_ACT ? rv->producer : -1;
+      if (uses != 1 || !lt_value_batched(rv) || rp >= i) continue;
+      ex->res_add[i] = a;
+      ex->res_val[i] = r;
+      ex->res_conv[a] = i;
+      if (first[add->out[0]] > i) first[add->out[0]] = i;
+      if (ex->fuse_relu[a] >= 0 && first[g->nodes[ex->fuse_relu[a]].out[0]] > i)
+        first[g->nodes[ex->fuse_relu[a]].out[0]] = i;
+      break;
+    }
+  }
+}
+
+/* The folded weights and biases from the graph's current parameters (see plan_fold). */
+static void exec_refold(lt_exec *ex) {
+  const lt_graph *g = ex->g;
+  for (int i = 0; i < ex->F; i++) {
+    const int j = ex->fold_bn[i];
+    if (j < 0) continue;
+    const lt_node *c = &g->nodes[i], *b = &g->nodes[j];
+    const lt_tensor *wt = g->values[c->in[1]].data;
+    const float *w = lt_tensor_f32(wt);
+    const float *bias = c->n_in > 2 ? lt_tensor_f32(g->values[c->in[2]].data) : NULL;
+    const float *gamma = lt_tensor_f32(g->values[b->in[1]].data);
+    const float *beta = lt_tensor_f32(g->values[b->in[2]].data);
+    const float *mean = lt_tensor_f32(g->values[b->in[3]].data);
+    const float *var = lt_tensor_f32(g->values[b->in[4]].data);
+    float *fw = lt_tensor_f32(&ex->fold[2 * i]), *fb = lt_tensor_f32(&ex->fold[2 * i + 1]);
+    const int64_t S = wt->shape[0], per = lt_tensor_numel(wt) / S;
+    for (int64_t o = 0; o < S; o++) {
+      /* the same scale and shift as the BN kernel (lt_cpu_bn_fwd_infer_ex) */
+      const float invstd = 1.0f / sqrtf(var[o] + b->a.eps), k = gamma[o] * invstd;
+      /* Subnormal products (a channel whose gamma is almost 0 gives weights near 1e-40) become
+       * 0: the kernels would run at a fraction of their speed on them (microcode assists), for
+       * a contribution below 1e-38. */
+      const float *restrict wo = w + o * per;
+      float *restrict fo = fw + o * per;
+#pragma omp simd
+      for (int64_t e = 0; e < per; e++) {
+        const float v = wo[e] * k;
+        fo[e] = fabsf(v) < FLT_MIN ? 0.0f : v;
+      }
+      const float sh = (bias ? bias[o] : 0.0f) * k + (beta[o] - mean[o] * k);
+      fb[o] = fabsf(sh) < FLT_MIN ? 0.0f : sh;
+    }
+  }
+}
+
 /* What each backward-running node saves, kept in place or offered to the policy. */
 static lt_status plan_saves(lt_exec *ex, int *last, int *aux_last, lt_err *err) {
   lt_graph *g = ex->g;
@@ -451,6 +602,8 @@ static lt_status exec_plan(lt_exec *ex, lt_err *err) {
   }
   if ((st = plan_forward(ex, first, last, err))) goto done;
   plan_fusion(ex, first);
+  plan_fold(ex, first);
+  plan_residual(ex, first);
   if (ex->mode == LT_MODE_TRAIN) {
     if ((st = plan_need_grad(ex, err))) goto done;
     for (int i = 0; i < ex->F; i++) ex->nodes[i].backward = ex->need_grad[g->nodes[i].out[0]];
@@ -493,31 +646,54 @@ static void *exec_alloc(lt_exec *ex, size_t bytes, lt_mem_cat cat, lt_err *err) 
   return ex->be->vt->alloc(ex->be, bytes ? bytes : 1, cat, err);
 }
 
-static lt_status exec_allocate(lt_exec *ex, lt_err *err) {
-  lt_backend *be = ex->be;
+/* The arenas and the workspace, and the data pointers of the buffers placed in them. */
+static lt_status exec_allocate_arenas(lt_exec *ex, lt_err *err) {
+  if (ex->arenas_ready) return LT_OK;
   for (int a = 0; a < ARENA_COUNT; a++) {
-    int64_t size = arena_pack(ex->bufs, ex->n_bufs, a, !ex->opts.no_reuse);
-    if (size < 0) return lt_errorf(err, LT_ERR_NOMEM, "out of memory packing buffers");
-    ex->arena_bytes[a] = size;
+    const int64_t size = ex->arena_bytes[a];
     if (!(ex->arena[a] = exec_alloc(ex, (size_t)size, arena_cat[a], err)))
       return lt_err_prefix(err, "allocating %lld bytes of %s for batch %d", (long long)size,
                            lt_mem_cat_name(arena_cat[a]), ex->batch);
   }
   for (int b = 0; b < ex->n_bufs; b++) {
     exec_buf *eb = &ex->bufs[b];
-    if (eb->arena == ARENA_DEDICATED) {
-      if (!(eb->t->data = exec_alloc(ex, (size_t)eb->bytes, eb->cat, err)))
-        return lt_err_prefix(err, "allocating a %s buffer", lt_mem_cat_name(eb->cat));
-      eb->t->owned = 1;
-      ex->dedicated_bytes += eb->bytes;
-      lt_status st = be->vt->memset0(be, eb->t->data, (size_t)eb->bytes, err);
-      if (st) return st;
-    } else {
-      eb->t->data = (char *)ex->arena[eb->arena] + eb->offset;
-    }
+    if (eb->arena != ARENA_DEDICATED) eb->t->data = (char *)ex->arena[eb->arena] + eb->offset;
   }
   if (ex->ws_bytes && !(ex->ws = exec_alloc(ex, ex->ws_bytes, LT_MEM_WORKSPACE, err)))
     return lt_err_prefix(err, "allocating %zu bytes of workspace", ex->ws_bytes);
+  ex->arenas_ready = 1;
+  return LT_OK;
+}
+
+static lt_status exec_allocate(lt_exec *ex, lt_err *err) {
+  lt_backend *be = ex->be;
+  /* arena sizes and offsets are planned now; their memory when a forward needs it */
+  for (int a = 0; a < ARENA_COUNT; a++) {
+    int64_t size = arena_pack(ex->bufs, ex->n_bufs, a, !ex->opts.no_reuse);
+    if (size < 0) return lt_errorf(err, LT_ERR_NOMEM, "out of memory packing buffers");
+    ex->arena_bytes[a] = size;
+  }
+  if (!ex->n_split) {
+    lt_status st = exec_allocate_arenas(ex, err);
+    if (st) return st;
+  }
+  for (int b = 0; b < ex->n_bufs; b++) {
+    exec_buf *eb = &ex->bufs[b];
+    if (eb->arena != ARENA_DEDICATED) continue;
+    if (!(eb->t->data = exec_alloc(ex, (size_t)eb->bytes, eb->cat, err)))
+      return lt_err_prefix(err, "allocating a %s buffer", lt_mem_cat_name(eb->cat));
+    eb->t->owned = 1;
+    ex->dedicated_bytes += eb->bytes;
+    lt_status st = be->vt->memset0(be, eb->t->data, (size_t)eb->bytes, err);
+    if (st) return st;
+  }
+  for (int i = 0; i < ex->F && !ex->is_child; i++)
+    for (int k = 0; k < 2 && ex->fold_bn[i] >= 0; k++) {
+      lt_tensor *t = &ex->fold[2 * i + k];
+      if (!(t->data = exec_alloc(ex, lt_tensor_nbytes(t), LT_MEM_WEIGHTS, err)))
+        return lt_err_prefix(err, "allocating a folded convolution");
+      t->owned = 1;
+    }
   if (ex->obs_bytes && !(ex->obs = exec_alloc(ex, ex->obs_bytes, LT_MEM_WORKSPACE, err)))
     return lt_err_prefix(err, "allocating the observe() scratch");
   /* Parameters: device copies on device backends, gradients for trainable ones. */
@@ -556,6 +732,10 @@ void lt_exec_free(lt_exec *ex) {
       lt_exec_profile_print(ex, stderr);
     }
   }
+  if (ex->split)
+    for (int t = 0; t < ex->n_split; t++) lt_exec_free(ex->split[t]);
+  free(ex->split);
+  free(ex->split_first);
   lt_backend *be = ex->be;
   if (ex->opts.stash && ex->nodes)
     for (int i = 0; i < ex->F; i++)
@@ -583,6 +763,10 @@ void lt_exec_free(lt_exec *ex) {
       if (ex->grad[v].owned && ex->grad[v].data)
         be->vt->free(be, ex->grad[v].data, bytes ? bytes : 1, LT_MEM_GRADIENTS);
     }
+  if (ex->fold)
+    for (int k = 0; k < 2 * ex->F; k++)
+      if (ex->fold[k].owned && ex->fold[k].data)
+        be->vt->free(be, ex->fold[k].data, lt_tensor_nbytes(&ex->fold[k]), LT_MEM_WEIGHTS);
   if (ex->ws) be->vt->free(be, ex->ws, ex->ws_bytes, LT_MEM_WORKSPACE);
   if (ex->obs) be->vt->free(be, ex->obs, ex->obs_bytes, LT_MEM_WORKSPACE);
   free(ex->val);
@@ -594,12 +778,74 @@ void lt_exec_free(lt_exec *ex) {
   free(ex->fuse_relu);
   free(ex->fused_tail);
   free(ex->bwd_fused);
+  free(ex->fold_bn);
+  free(ex->bn_folded);
+  free(ex->fold);
+  free(ex->res_add);
+  free(ex->res_val);
+  free(ex->res_conv);
   free(ex->prof);
   free(ex);
 }
 
+static lt_exec *exec_create(lt_graph *g, int batch, lt_mode mode, lt_backend *be,
+                            const lt_exec_opts *opts, int child, lt_err *err);
+
+/* Batch split: an inference executor on the CPU backend whose batch gives every thread at least
+ * two images runs forwards as T child executors, one per thread, each on a contiguous slice of
+ * the batch (sizes differ by at most one) with single-threaded kernels: no fork and join per
+ * node, and every thread works on data it wrote. The children share the graph's parameters and
+ * read and write the parent's input and output buffers in place (NCHW slices are contiguous);
+ * the parent's own arenas are allocated only if a forward runs unsplit (a hook is set, the
+ * profile is on, or lt_exec_set_batch_split(ex, 0)). Every kernel computes an image from that
+ * image alone, so the results are those of the whole batch, up to the kernels' choice of
+ * algorithm by batch size (kernels_direct.c takes stride-1 convolutions of at most 512 output
+ * pixels in the batch: different float rounding, well within the reference tolerances). Off
+ * with opts.no_split, opts.no_reuse or LATHE_INFER_SPLIT=0. */
+static lt_status exec_split_plan(lt_exec *ex, lt_err *err) {
+  const lt_graph *g = ex->g;
+  const char *env = getenv("LATHE_INFER_SPLIT");
+  if (ex->mode != LT_MODE_INFER || ex->be->device >= 0 || ex->opts.no_split ||
+      ex->opts.no_reuse || (env && (!strcmp(env, "0") || !strcmp(env, "off"))))
+    return LT_OK;
+  int T = lt_cpu_threads();
+  if (T > 64) T = 64;
+  if (T < 2 || ex->batch < 2 * T) return LT_OK;
+  for (int i = 0; i < g->n_outputs; i++)
+    if (!lt_value_batched(&g->values[g->outputs[i]])) return LT_OK;
+  ex->split = calloc((size_t)T, sizeof *ex->split);
+  ex->split_first = calloc((size_t)T, sizeof *ex->split_first);
+  if (!ex->split || !ex->split_first)
+    return lt_errorf(err, LT_ERR_NOMEM, "out of memory for %d batch slices", T);
+  ex->n_split = T;
+  for (int t = 0; t < T; t++) {
+    const int b0 = (int)((int64_t)ex->batch * t / T), b1 = (int)((int64_t)ex->batch * (t + 1) / T);
+    ex->split_first[t] = b0;
+    if (!(ex->split[t] = exec_create(ex->g, b1 - b0, ex->mode, ex->be, &ex->opts, 1, err)))
+      return lt_err_prefix(err, "batch slice %d of %d (images %d..%d)", t + 1, T, b0, b1 - 1);
+    /* its inputs and outputs are slices of ours, set at each forward */
+    lt_exec *c = ex->split[t];
+    for (int b = 0; b < c->n_bufs; b++) {
+      exec_buf *eb = &c->bufs[b];
+      if (eb->arena != ARENA_DEDICATED || !eb->t->owned || eb->t->cat == LT_MEM_GRADIENTS)
+        continue;
+      c->be->vt->free(c->be, eb->t->data, (size_t)(eb->bytes ? eb->bytes : 1), eb->cat);
+      c->dedicated_bytes -= eb->bytes;
+      eb->t->data = NULL;
+      eb->t->owned = 0;
+    }
+  }
+  ex->split_on = 1;
+  return LT_OK;
+}
+
 lt_exec *lt_exec_create(lt_graph *g, int batch, lt_mode mode, lt_backend *be,
                         const lt_exec_opts *opts, lt_err *err) {
+  return exec_create(g, batch, mode, be, opts, 0, err);
+}
+
+static lt_exec *exec_create(lt_graph *g, int batch, lt_mode mode, lt_backend *be,
+                            const lt_exec_opts *opts, int child, lt_err *err) {
   if (!g || !be || batch < 1) {
     lt_errorf(err, LT_ERR_INVALID, "lt_exec_create needs a graph, a backend and a batch >= 1 "
               "(got batch %d)", batch);
@@ -628,6 +874,7 @@ lt_exec *lt_exec_create(lt_graph *g, int batch, lt_mode mode, lt_backend *be,
   ex->batch = batch;
   ex->mode = mode;
   if (opts) ex->opts = *opts;
+  ex->is_child = child;
   ex->F = g->n_nodes;
   size_t nv = (size_t)g->n_values + 1;
   ex->val = calloc(nv, sizeof *ex->val);
@@ -638,17 +885,25 @@ lt_exec *lt_exec_create(lt_graph *g, int batch, lt_mode mode, lt_backend *be,
   ex->fuse_relu = calloc((size_t)ex->F + 1, sizeof *ex->fuse_relu);
   ex->fused_tail = calloc((size_t)ex->F + 1, 1);
   ex->bwd_fused = calloc((size_t)ex->F + 1, 1);
+  ex->fold_bn = calloc((size_t)ex->F + 1, sizeof *ex->fold_bn);
+  ex->bn_folded = calloc((size_t)ex->F + 1, 1);
+  ex->fold = calloc(2 * (size_t)ex->F + 1, sizeof *ex->fold);
+  ex->res_add = calloc((size_t)ex->F + 1, sizeof *ex->res_add);
+  ex->res_val = calloc((size_t)ex->F + 1, sizeof *ex->res_val);
+  ex->res_conv = calloc((size_t)ex->F + 1, sizeof *ex->res_conv);
   ex->prof = calloc(4 * (size_t)ex->F + 1, sizeof *ex->prof);
   if (!ex->val || !ex->grad || !ex->need_grad || !ex->live_end || !ex->nodes || !ex->fuse_relu ||
-      !ex->fused_tail || !ex->bwd_fused || !ex->prof) {
+      !ex->fused_tail || !ex->bwd_fused || !ex->prof || !ex->fold_bn || !ex->bn_folded ||
+      !ex->fold || !ex->res_add || !ex->res_val || !ex->res_conv) {
     lt_errorf(err, LT_ERR_NOMEM, "out of memory for an executor of %d values", g->n_values);
     goto fail;
   }
-  if (lt_graph_toposort(g, err) || lt_graph_infer_shapes(g, err) || exec_plan(ex, err) ||
-      exec_allocate(ex, err))
+  /* a child's graph was sorted and its shapes inferred by its parent a moment ago */
+  if ((!child && (lt_graph_toposort(g, err) || lt_graph_infer_shapes(g, err))) ||
+      exec_plan(ex, err) || (!child && exec_split_plan(ex, err)) || exec_allocate(ex, err))
     goto fail;
   const char *prof = getenv("LATHE_PROFILE");
-  ex->prof_on = ex->prof_env = prof && prof[0] && strcmp(prof, "0") != 0;
+  ex->prof_on = ex->prof_env = !child && prof && prof[0] && strcmp(prof, "0") != 0;
   return ex;
 fail:
   lt_exec_free(ex);
@@ -688,13 +943,22 @@ static void exec_release_handles(lt_exec *ex, int i) {
   }
 }
 
-lt_status lt_exec_forward(lt_exec *ex, lt_err *err) {
+/* Whether conv i runs its residual Add in this forward: planned, on, and its BN (if any) folded. */
+static int resid_on(const lt_exec *ex, int i, int fold, int resid) {
+  return resid && ex->res_add[i] >= 0 && (ex->fold_bn[i] < 0 || fold);
+}
+
+/* Node by node over the whole batch. */
+static lt_status exec_forward_nodes(lt_exec *ex, lt_err *err) {
   const lt_stash_policy *pol = ex->opts.stash;
   if (pol)
     for (int i = 0; i < ex->F; i++) exec_release_handles(ex, i); /* a forward without backward */
   lt_mem_stats before, after;
   lt_mem_get_stats(&before);
-  const int prof = ex->prof_on, fuse = !ex->hook; /* hooks see every node's own output */
+  /* hooks see every node's own output */
+  const int prof = ex->prof_on, fuse = !ex->hook && !(ex->fuse_off & LT_FUSE_RELU);
+  const int fold = ex->n_fold && !ex->hook && !(ex->fuse_off & LT_FUSE_BN);
+  const int resid = !ex->hook && !(ex->fuse_off & LT_FUSE_ADD);
   const double t_start = prof ? lt_now() : 0.0, c_start = prof ? cpu_now() : 0.0;
   double t_nodes = 0.0, c_nodes = 0.0;
   for (int i = 0; i < ex->F; i++) {
@@ -704,6 +968,27 @@ lt_status lt_exec_forward(lt_exec *ex, lt_err *err) {
     lt_status st = LT_OK;
     if (fuse && ex->fused_tail[i]) {
       /* its output was written by its head node's fused kernel */
+    } else if (fold && ex->bn_folded[i]) {
+      /* folded into the convolution before it */
+    } else if (ex->res_conv[i] >= 0 && resid_on(ex, ex->res_conv[i], fold, resid)) {
+      /* run by the convolution before it */
+    } else if ((fold && ex->fold_bn[i] >= 0) || resid_on(ex, i, fold, resid)) {
+      const int j = fold ? ex->fold_bn[i] : -1;
+      int target = j >= 0 ? j : i, relu = 0;
+      const lt_tensor *res = NULL;
+      if (j >= 0) {
+        ctx.in[1] = &ex->fold[2 * i];
+        ctx.in[2] = &ex->fold[2 * i + 1];
+      }
+      if (resid_on(ex, i, fold, resid)) {
+        target = ex->res_add[i];
+        res = exec_tensor(ex, ex->res_val[i]);
+      }
+      const int k = fuse && target != i ? ex->fuse_relu[target] : -1;
+      if (k >= 0) target = k, relu = 1;
+      ctx.out[0] = &ex->val[ex->g->nodes[target].out[0]];
+      st = relu || res ? lt_op_conv_fwd_infer_epi(&ctx, res, relu, err)
+                       : ex->be->vt->forward(ex->be, &ctx, err);
     } else if (fuse && ex->fuse_relu[i] >= 0) {
       ctx.out[0] = &ex->val[ex->g->nodes[ex->fuse_relu[i]].out[0]];
       st = lt_op_cpu_fwd_relu(&ctx, err);
@@ -741,6 +1026,64 @@ lt_status lt_exec_forward(lt_exec *ex, lt_err *err) {
                                                before.current[LT_MEM_SAVED] : 0);
   return LT_OK;
 }
+
+typedef struct split_job {
+  lt_exec *ex;
+  lt_status st[64];
+  lt_err err[64];
+} split_job;
+
+static void split_run(void *user, int t) {
+  split_job *job = user;
+  job->st[t] = exec_forward_nodes(job->ex->split[t], &job->err[t]);
+}
+
+/* Points a child's input and output tensors at its slice of ours. */
+static void split_alias(lt_exec *ex, int t) {
+  lt_exec *c = ex->split[t];
+  const lt_graph *g = ex->g;
+  for (int k = 0; k < g->n_inputs + g->n_outputs; k++) {
+    const int v = k < g->n_inputs ? g->inputs[k] : g->outputs[k - g->n_inputs];
+    const size_t per = lt_tensor_nbytes(&ex->val[v]) / (size_t)ex->batch;
+    c->val[v].data = (char *)ex->val[v].data + per * (size_t)ex->split_first[t];
+  }
+  c->fuse_off = ex->fuse_off;
+  for (int k = 0; k < 2 * ex->F; k++) c->fold[k].data = ex->fold[k].data; /* refolded by us */
+}
+
+static lt_status exec_forward_split(lt_exec *ex, lt_err *err) {
+  split_job *job = calloc(1, sizeof *job);
+  if (!job) return lt_errorf(err, LT_ERR_NOMEM, "out of memory for a split forward");
+  job->ex = ex;
+  for (int t = 0; t < ex->n_split; t++) split_alias(ex, t);
+  lt_cpu_run_split(ex->n_split, split_run, job);
+  lt_status st = LT_OK;
+  for (int t = 0; t < ex->n_split && !st; t++)
+    if ((st = job->st[t])) {
+      if (err) *err = job->err[t];
+      lt_err_prefix(err, "batch slice %d of %d", t + 1, ex->n_split);
+    }
+  free(job);
+  ex->step++;
+  ex->split_last = 1;
+  return st;
+}
+
+lt_status lt_exec_forward(lt_exec *ex, lt_err *err) {
+  if (ex->n_fold && !ex->hook && !(ex->fuse_off & LT_FUSE_BN)) exec_refold(ex);
+  if (ex->n_split && ex->split_on && !ex->hook && !ex->prof_on) return exec_forward_split(ex, err);
+  lt_status st = exec_allocate_arenas(ex, err);
+  if (st) return st;
+  ex->split_last = 0;
+  return exec_forward_nodes(ex, err);
+}
+
+int lt_exec_set_batch_split(lt_exec *ex, int on) {
+  ex->split_on = on && ex->n_split > 0;
+  return ex->split_on;
+}
+
+void lt_exec_set_fusion(lt_exec *ex, unsigned which) { ex->fuse_off = ~which & LT_FUSE_ALL; }
 
 /* dW (and db) of an observed node went to scratch: show it to the policy, then add it to the
  * parameter gradients. Host memory only (checked at create). */
@@ -837,6 +1180,7 @@ lt_tensor *lt_exec_output(lt_exec *ex, int i) {
 
 lt_tensor *lt_exec_value(lt_exec *ex, int v) {
   if (v < 0 || v >= ex->g->n_values || !lt_value_batched(&ex->g->values[v])) return NULL;
+  if (ex->split_last && ex->live_end[v] != INT_MAX) return NULL; /* held by the children */
   /* Alive after forward: dedicated, or kept into backward, or never reused. */
   return ex->live_end[v] >= ex->F - 1 ? &ex->val[v] : NULL;
 }
@@ -917,13 +1261,25 @@ static int prof_row_cmp(const void *a, const void *b) {
 int lt_exec_profile_get(const lt_exec *ex, lt_exec_profile_row *rows, int cap, int64_t *fwd_steps,
                         int64_t *bwd_steps) {
   /* At most one row per op type, per fused pair type, and the two executor rows. */
-  enum { MAX_ROWS = 2 * LT_OP_COUNT + 2 };
+  enum { MAX_ROWS = 3 * LT_OP_COUNT + 2 };
   lt_exec_profile_row all[MAX_ROWS];
   int n = 0;
+  const int fuse = !ex->hook && !(ex->fuse_off & LT_FUSE_RELU);
+  const int fold = ex->n_fold && !ex->hook && !(ex->fuse_off & LT_FUSE_BN);
+  const int resid = !ex->hook && !(ex->fuse_off & LT_FUSE_ADD);
   for (int i = 0; i < ex->F; i++) {
     const lt_node *nd = &ex->g->nodes[i];
     char name[48];
-    if (ex->fuse_relu[i] >= 0 && !ex->hook)
+    const int fb = fold && ex->fold_bn[i] >= 0, ra = resid_on(ex, i, fold, resid);
+    if (fb || ra) {
+      const int tail = ra ? ex->res_add[i] : ex->fold_bn[i];
+      snprintf(name, sizeof name, "%s%s%s%s", lt_op_name(nd->op), fb ? "+BatchNorm2d" : "",
+               ra ? "+Add" : "", fuse && ex->fuse_relu[tail] >= 0 ? "+Relu" : "");
+    } else if (ex->res_conv[i] >= 0 && resid_on(ex, ex->res_conv[i], fold, resid))
+      snprintf(name, sizeof name, "%s (fused)", lt_op_name(nd->op));
+    else if (fold && ex->bn_folded[i])
+      snprintf(name, sizeof name, "%s (folded)", lt_op_name(nd->op));
+    else if (ex->fuse_relu[i] >= 0 && fuse)
       snprintf(name, sizeof name, "%s+Relu", lt_op_name(nd->op));
     else
       snprintf(name, sizeof name, "%s", lt_op_name(nd->op));
@@ -962,7 +1318,7 @@ int lt_exec_profile_get(const lt_exec *ex, lt_exec_profile_row *rows, int cap, i
 
 void lt_exec_profile_print(const lt_exec *ex, void *fp) {
   FILE *f = fp;
-  lt_exec_profile_row rows[2 * LT_OP_COUNT + 2];
+  lt_exec_profile_row rows[3 * LT_OP_COUNT + 2];
   int64_t sf, sb;
   int n = lt_exec_profile_get(ex, rows, (int)(sizeof rows / sizeof rows[0]), &sf, &sb);
   const double pf = sf ? 1e3 / (double)sf : 0.0, pb = sb ? 1e3 / (double)sb : 0.0;

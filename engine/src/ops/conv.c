@@ -76,9 +76,11 @@ static size_t convt_ws(const lt_graph *g, const lt_node *n, int batch) {
   return lt_cpu_conv_transpose2d_workspace(&geom);
 }
 
+/* The bias: the node's third input, or one the executor supplies (a folded BatchNorm's shift on
+ * a convolution without bias). */
 static const float *ctx_bias(const lt_node_ctx *ctx) {
   const lt_node *n = &ctx->g->nodes[ctx->node];
-  return n->n_in > 2 ? lt_tensor_f32(ctx->in[2]) : NULL;
+  return n->n_in > 2 || ctx->in[2] ? lt_tensor_f32(ctx->in[2]) : NULL;
 }
 
 static lt_status conv_fwd(lt_node_ctx *ctx, lt_err *err) {
@@ -89,6 +91,24 @@ static lt_status conv_fwd(lt_node_ctx *ctx, lt_err *err) {
   (ctx->mode == LT_MODE_INFER ? lt_cpu_conv2d_fwd_infer : lt_cpu_conv2d_fwd)(
       &geom, lt_tensor_f32(ctx->in[0]), lt_tensor_f32(ctx->in[1]), ctx_bias(ctx),
       lt_tensor_f32(ctx->out[0]), ctx->ws);
+  return LT_OK;
+}
+lt_status lt_op_conv_fwd_infer_epi(lt_node_ctx *ctx, const lt_tensor *res, int relu,
+                                   lt_err *err) {
+  const lt_node *n = &ctx->g->nodes[ctx->node];
+  if (ctx->mode != LT_MODE_INFER || n->op != LT_OP_CONV2D)
+    return lt_op_fail(err, LT_ERR_INTERNAL, n, "a fused convolution epilogue runs on inference "
+                      "Conv2d only");
+  lt_conv_geom geom;
+  lt_status st = lt_op_conv_geom(ctx->g, n, ctx->batch, 0, &geom, err);
+  if (st) return st;
+  if (res && lt_tensor_numel(res) != lt_tensor_numel(ctx->out[0]))
+    return lt_op_fail(err, LT_ERR_INTERNAL, n, "the fused residual has %lld elements, the output "
+                      "%lld", (long long)lt_tensor_numel(res),
+                      (long long)lt_tensor_numel(ctx->out[0]));
+  const lt_conv_epi epi = {.res = res ? lt_tensor_f32(res) : NULL, .relu = relu};
+  lt_cpu_conv2d_fwd_infer_epi(&geom, lt_tensor_f32(ctx->in[0]), lt_tensor_f32(ctx->in[1]),
+                              ctx_bias(ctx), &epi, lt_tensor_f32(ctx->out[0]), ctx->ws);
   return LT_OK;
 }
 static lt_status convt_fwd(lt_node_ctx *ctx, lt_err *err) {

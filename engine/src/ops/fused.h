@@ -23,5 +23,10 @@ lt_status lt_op_add_fwd_relu(lt_node_ctx *ctx, lt_err *err);
 lt_status lt_op_bn_bwd_relu(lt_node_ctx *ctx, const lt_tensor *relu_y, lt_err *err);
 lt_status lt_op_add_bwd_relu(lt_node_ctx *ctx, const lt_tensor *relu_y, lt_err *err);
 int lt_op_add_flat(const lt_graph *g, const lt_node *n);
+/* Inference forward of a Conv2d writing act(conv + bias + res) (res: NULL or a tensor of the
+ * output's shape; act: ReLU when relu): a folded BatchNorm's ReLU, or the residual Add (and its
+ * ReLU) after the conv. The executor may supply folded weight and bias in ctx->in[1], ctx->in[2]. */
+lt_status lt_op_conv_fwd_infer_epi(lt_node_ctx *ctx, const lt_tensor *res, int relu,
+                                   lt_err *err);
 
 #endif

@@ -2,6 +2,8 @@
  * descriptor's CPU entry points (which call the kernels of kernels.h). Op logic that does not
  * depend on the backend (shapes, geometry, what to save) stays in ops/, so other backends reuse
  * it. */
+#include <cblas.h>
+#include <omp.h>
 #include <pthread.h>
 #include <stdio.h>
 #include <string.h>
@@ -10,6 +12,20 @@
 #include "ops/ops.h"
 
 lt_backend *lt_cpu_backend(void);
+
+int lt_cpu_threads(void) { return omp_get_max_threads(); }
+
+void lt_cpu_run_split(int n, void (*fn)(void *user, int t), void *user) {
+  if (n < 1) return;
+  const int blas = openblas_get_num_threads();
+  openblas_set_num_threads(1);
+#pragma omp parallel for num_threads(n) schedule(static, 1)
+  for (int t = 0; t < n; t++) {
+    omp_set_num_threads(1); /* this implicit task's regions: one thread (not inherited past it) */
+    fn(user, t);
+  }
+  openblas_set_num_threads(blas);
+}
 
 static int cpu_supports(lt_backend *be, const lt_graph *g, int node) {
   const lt_op_desc *d = lt_op_get(g->nodes[node].op);

@@ -19,6 +19,17 @@
 #include <stddef.h>
 #include <stdint.h>
 
+/* ---- threads ------------------------------------------------------------------------------ */
+
+/* OpenMP threads the kernels use (omp_get_max_threads of the calling thread). */
+int lt_cpu_threads(void);
+/* Runs fn(user, t) for t = 0..n-1 at once, one OpenMP thread each, with every kernel called
+ * inside running single-threaded: each calling thread's OpenMP thread count and OpenBLAS's are
+ * 1 for the duration (restored after). Each t runs exactly once even when the region gets fewer
+ * threads (nested in another region); then some run one after the other. fn must not use memory
+ * another t writes: kernels' per-thread scratch is indexed from 0 in every t. */
+void lt_cpu_run_split(int n, void (*fn)(void *user, int t), void *user);
+
 /* ---- matrix products --------------------------------------------------------------------- */
 
 /* C (m,n) = alpha * op(A) op(B) + beta * C, row-major, op = transpose when trans_* != 0. */
@@ -56,6 +67,20 @@ void lt_cpu_conv2d_fwd(const lt_conv_geom *g, const float *x, const float *w, co
  * reference tolerances (Winograd F(4×4, 3×3), about 3e-5 of the output's RMS). */
 void lt_cpu_conv2d_fwd_infer(const lt_conv_geom *g, const float *x, const float *w, const float *b,
                              float *y, void *ws);
+/* What an inference convolution does to its output before it is final: y = act(conv + b + res),
+ * res (y's shape, NULL: none) a residual added, act max(., 0) when relu. */
+typedef struct lt_conv_epi {
+  const float *res;
+  int relu;
+} lt_conv_epi;
+/* y[i] = act(y[i] + res[off + i]) for i < n (epi NULL or empty: nothing). */
+void lt_conv_epi_apply(const lt_conv_epi *e, float *y, size_t off, size_t n);
+/* The inference forward with an epilogue, applied to each block of y right after the block is
+ * written (while it is in cache) on the direct, Winograd and im2col paths, in a second pass on
+ * the others. For inference executors that fold a BatchNorm into the convolution and fuse the
+ * ReLU, or the residual Add and its ReLU, after it. */
+void lt_cpu_conv2d_fwd_infer_epi(const lt_conv_geom *g, const float *x, const float *w,
+                                 const float *b, const lt_conv_epi *epi, float *y, void *ws);
 void lt_cpu_conv2d_bwd_data(const lt_conv_geom *g, const float *dy, const float *w, float *dx,
                             int accumulate, void *ws);
 void lt_cpu_conv2d_bwd_filter(const lt_conv_geom *g, const float *x, const float *dy, float *dw,
@@ -86,7 +111,7 @@ int lt_cpu_winograd_eligible(const lt_conv_geom *g);
 int lt_cpu_winograd_active(const lt_conv_geom *g);
 size_t lt_cpu_winograd_workspace(const lt_conv_geom *g);
 void lt_cpu_winograd_fwd(const lt_conv_geom *g, const float *x, const float *w, const float *b,
-                         float *y, int accumulate, int infer, void *ws);
+                         float *y, int accumulate, int infer, const lt_conv_epi *epi, void *ws);
 void lt_cpu_winograd_bwd_data(const lt_conv_geom *g, const float *dy, const float *w, float *dx,
                               int accumulate, void *ws);
 void lt_cpu_winograd_bwd_filter(const lt_conv_geom *g, const float *x, const float *dy, float *dw,
@@ -116,9 +141,10 @@ int lt_cpu_direct_active(const lt_conv_geom *g);
 /* Bytes of scratch one thread needs for a non-pointwise direct forward (0 for pointwise). */
 size_t lt_cpu_direct_slice_bytes(const lt_conv_geom *g);
 /* Return 0 when done, -1 (nothing written) when the direct path does not take this convolution
- * or ws (ws_bytes) is too small for one thread's slice. */
+ * or ws (ws_bytes) is too small for one thread's slice. epi (may be NULL) after the sum. */
 int lt_cpu_direct_fwd(const lt_conv_geom *g, const float *x, const float *w, const float *b,
-                      float *y, int accumulate, void *ws, size_t ws_bytes);
+                      float *y, int accumulate, void *ws, size_t ws_bytes,
+                      const lt_conv_epi *epi);
 
 size_t lt_cpu_conv_transpose2d_workspace(const lt_conv_geom *g);
 void lt_cpu_conv_transpose2d_fwd(const lt_conv_geom *g, const float *x, const float *w,

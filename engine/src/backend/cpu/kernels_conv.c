@@ -88,6 +88,27 @@ int lt_conv_geom_finish(lt_conv_geom *g, int transpose) {
   return g->oh > 0 && g->ow > 0 ? 0 : -1;
 }
 
+void lt_conv_epi_apply(const lt_conv_epi *e, float *restrict y, size_t off,
+                       size_t n) {
+  if (!e) return;
+  const float *restrict r = e->res ? e->res + off : NULL;
+  if (r && e->relu) {
+#pragma omp simd
+    for (size_t i = 0; i < n; i++) {
+      const float v = y[i] + r[i];
+      y[i] = v > 0.0f ? v : 0.0f;
+    }
+  } else if (r) {
+#pragma omp simd
+    for (size_t i = 0; i < n; i++)
+      y[i] += r[i];
+  } else if (e->relu) {
+#pragma omp simd
+    for (size_t i = 0; i < n; i++)
+      y[i] = y[i] > 0.0f ? y[i] : 0.0f;
+  }
+}
+
 /* ---- im2col / col2im ----------------------------------------------------------------------- */
 
 /* The four movement helpers below (im2col, col2im, cm_to_nchw, nchw_to_cm) are serial: each team
@@ -246,9 +267,10 @@ size_t lt_cpu_conv2d_workspace(const lt_conv_geom *g) {
   return direct > most ? direct : most;
 }
 
-/* y (nb, s, ohw) = [accumulate ? y : 0] + p (s, nb*ohw) + b (s) (b may be NULL). */
+/* y (nb, s, ohw) = [accumulate ? y : 0] + p (s, nb*ohw) + b (s) (b may be NULL), then the
+ * epilogue (its residual at y's offsets plus yoff). */
 static void cm_to_nchw(int nb, int s, size_t ohw, const float *restrict p, const float *restrict b,
-                       float *restrict y, int accumulate) {
+                       float *restrict y, int accumulate, const lt_conv_epi *epi, size_t yoff) {
   for (int img = 0; img < nb; img++)
     for (int ch = 0; ch < s; ch++) {
       const float *restrict src = p + ((size_t)ch * nb + img) * ohw;
@@ -260,7 +282,18 @@ static void cm_to_nchw(int nb, int s, size_t ohw, const float *restrict p, const
       else
         for (size_t i = 0; i < ohw; i++)
           dst[i] = src[i] + bias;
+      lt_conv_epi_apply(epi, dst, yoff + ((size_t)img * s + ch) * ohw, ohw);
     }
+}
+
+/* The epilogue over count floats of y, in parallel: the second pass of the paths that cannot
+ * apply it block by block. */
+static void epi_pass(const lt_conv_epi *epi, float *y, size_t count) {
+  if (!epi || (!epi->res && !epi->relu)) return;
+  const size_t blk = 4096, nblk = (count + blk - 1) / blk;
+#pragma omp parallel for schedule(static)
+  for (size_t k = 0; k < nblk; k++)
+    lt_conv_epi_apply(epi, y + k * blk, k * blk, count - k * blk < blk ? count - k * blk : blk);
 }
 
 /* p (s, nb*ohw) = y (nb, s, ohw): the inverse reorder, for dy. */
@@ -431,8 +464,8 @@ static void team_range(const lt_conv_geom *g, const conv_plan *p, int team, int 
 
 /* y[i0:i1] [+]= conv(x[i0:i1], w) + b, in chunks of at most p->nb images. */
 static void fwd_range(const lt_conv_geom *g, const conv_plan *p, int i0, int i1, const float *x,
-                      const float *w, const float *b, float *y, int accumulate, float *col,
-                      float *prod) {
+                      const float *w, const float *b, float *y, int accumulate,
+                      const lt_conv_epi *epi, float *col, float *prod) {
   const int G = g->groups, cg = g->c / G, sg = g->s / G, kk = g->kh * g->kw;
   const size_t hw = (size_t)g->h * g->w, ohw = (size_t)g->oh * g->ow;
   for (int a = i0; a < i1; a += p->nb) {
@@ -442,7 +475,8 @@ static void fwd_range(const lt_conv_geom *g, const conv_plan *p, int i0, int i1,
       lt_cpu_gemm(0, 0, sg, ncols, cg * kk, 1.0f, w + (size_t)gr * sg * cg * kk, cg * kk,
                   col + (size_t)gr * cg * kk * ncols, ncols, 0.0f, prod + (size_t)gr * sg * ncols,
                   ncols);
-    cm_to_nchw(nb, g->s, ohw, prod, b, y + (size_t)a * g->s * ohw, accumulate);
+    cm_to_nchw(nb, g->s, ohw, prod, b, y + (size_t)a * g->s * ohw, accumulate, epi,
+               (size_t)a * g->s * ohw);
   }
 }
 
@@ -480,13 +514,14 @@ static void bwd_filter_range(const lt_conv_geom *g, const conv_plan *p, int i0, 
   }
 }
 
-/* y [+]= conv(x, w) + b. */
+/* y [+]= conv(x, w) + b, then the epilogue (may be NULL). */
 static void conv_fwd(const lt_conv_geom *g, const float *x, const float *w, const float *b,
-                     float *y, int accumulate, int infer, void *ws) {
+                     float *y, int accumulate, int infer, const lt_conv_epi *epi, void *ws) {
   const int G = g->groups, cg = g->c / G, sg = g->s / G;
   const size_t hw = (size_t)g->h * g->w;
   if (is_depthwise(g)) {
     dw_fwd(g, x, w, b, y, accumulate);
+    epi_pass(epi, y, (size_t)g->n * g->s * g->oh * g->ow);
     return;
   }
   /* inference forwards: direct kernels first, unless a Winograd mode is forced (tests,
@@ -495,7 +530,8 @@ static void conv_fwd(const lt_conv_geom *g, const float *x, const float *w, cons
    * parameter gradients moved by 1.7% (tolerance 2e-4), though its logits stayed within 5e-7 */
   const int wm = lt_cpu_winograd_mode();
   if (infer && !(wm != LT_WINOGRAD_AUTO && lt_cpu_winograd_active(g)) &&
-      !lt_cpu_direct_fwd(g, x, w, b, y, accumulate, ws, ws ? lt_cpu_conv2d_workspace(g) : 0))
+      !lt_cpu_direct_fwd(g, x, w, b, y, accumulate, ws, ws ? lt_cpu_conv2d_workspace(g) : 0,
+                         epi))
     return;
   if (is_pointwise(g)) {
     /* y[img] (s, hw) = w (s, c) · x[img] (c, hw), per group */
@@ -505,19 +541,21 @@ static void conv_fwd(const lt_conv_geom *g, const float *x, const float *w, cons
                     x + ((size_t)img * g->c + (size_t)gr * cg) * hw, (int)hw,
                     accumulate ? 1.0f : 0.0f, y + ((size_t)img * g->s + (size_t)gr * sg) * hw,
                     (int)hw);
-    if (b) {
+    if (b || epi) {
 #pragma omp parallel for collapse(2) schedule(static)
       for (int img = 0; img < g->n; img++)
         for (int ch = 0; ch < g->s; ch++) {
           float *restrict p = y + ((size_t)img * g->s + ch) * hw;
+          const float bias = b ? b[ch] : 0.0f;
           for (size_t i = 0; i < hw; i++)
-            p[i] += b[ch];
+            p[i] += bias;
+          lt_conv_epi_apply(epi, p, ((size_t)img * g->s + ch) * hw, hw);
         }
     }
     return;
   }
   if (lt_cpu_winograd_active(g)) {
-    lt_cpu_winograd_fwd(g, x, w, b, y, accumulate, infer, ws);
+    lt_cpu_winograd_fwd(g, x, w, b, y, accumulate, infer, epi, ws);
     return;
   }
   const conv_plan p = plan_teams(g);
@@ -525,7 +563,7 @@ static void conv_fwd(const lt_conv_geom *g, const float *x, const float *w, cons
     int i0, i1;
     team_range(g, &p, t, &i0, &i1);
     float *col = (float *)ws + (size_t)t * p.team_floats;
-    fwd_range(g, &p, i0, i1, x, w, b, y, accumulate, col, col + p.col_floats);
+    fwd_range(g, &p, i0, i1, x, w, b, y, accumulate, epi, col, col + p.col_floats);
   });
 }
 
@@ -609,12 +647,17 @@ static void conv_bwd_filter(const lt_conv_geom *g, const float *x, const float *
 
 void lt_cpu_conv2d_fwd(const lt_conv_geom *g, const float *x, const float *w, const float *b,
                        float *y, void *ws) {
-  conv_fwd(g, x, w, b, y, 0, 0, ws);
+  conv_fwd(g, x, w, b, y, 0, 0, NULL, ws);
 }
 
 void lt_cpu_conv2d_fwd_infer(const lt_conv_geom *g, const float *x, const float *w, const float *b,
                              float *y, void *ws) {
-  conv_fwd(g, x, w, b, y, 0, 1, ws);
+  conv_fwd(g, x, w, b, y, 0, 1, NULL, ws);
+}
+
+void lt_cpu_conv2d_fwd_infer_epi(const lt_conv_geom *g, const float *x, const float *w,
+                                 const float *b, const lt_conv_epi *epi, float *y, void *ws) {
+  conv_fwd(g, x, w, b, y, 0, 1, epi && (epi->res || epi->relu) ? epi : NULL, ws);
 }
 
 void lt_cpu_conv2d_bwd_data(const lt_conv_geom *g, const float *dy, const float *w, float *dx,
@@ -670,7 +713,7 @@ void lt_cpu_conv_transpose2d_fwd(const lt_conv_geom *g, const float *x, const fl
 void lt_cpu_conv_transpose2d_bwd_data(const lt_conv_geom *g, const float *dy, const float *w,
                                       float *dx, int accumulate, void *ws) {
   lt_conv_geom m = mirror_geom(g);
-  if (dx) conv_fwd(&m, dy, w, NULL, dx, accumulate, 0, ws);
+  if (dx) conv_fwd(&m, dy, w, NULL, dx, accumulate, 0, NULL, ws);
 }
 
 void lt_cpu_conv_transpose2d_bwd_filter(const lt_conv_geom *g, const float *x, const float *dy,

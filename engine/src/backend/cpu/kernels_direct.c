@@ -43,12 +43,14 @@
 #include <string.h>
 
 typedef float dc_v16 __attribute__((vector_size(64)));
+typedef int dc_v16i __attribute__((vector_size(64)));
 typedef float dc_v16u __attribute__((vector_size(64), aligned(4), may_alias));
 #define DC_V(p) (*(dc_v16u *)(uintptr_t)(p))
 
 typedef void (*dc_run_fn)(int npix, int s, int c, int nt, const ptrdiff_t *toff, const float *x,
                           ptrdiff_t xcs, const float *w, ptrdiff_t wo, ptrdiff_t wk,
-                          const float *bias, float *y, ptrdiff_t ycs);
+                          const float *bias, float *y, ptrdiff_t ycs, const float *res,
+                          int relu);
 typedef struct dc_impl {
   const char *name;
   dc_run_fn run;
@@ -182,7 +184,7 @@ static int work_threads(double macs) {
 /* y (n, cout, hw) [+]= W · x (n, cin, hw) + b, with W's element (o, k) at w[o*wo + k*wk]. */
 static void pw_apply(const dc_impl *im, int n, int cin, int cout, size_t hw, const float *x,
                      const float *w, ptrdiff_t wo, ptrdiff_t wk, const float *b, float *y,
-                     int accumulate) {
+                     int accumulate, const lt_conv_epi *epi) {
   const int64_t blocks = (int64_t)((hw + DC_PW_BLOCK - 1) / DC_PW_BLOCK), units = blocks * n;
   const ptrdiff_t zero = 0;
   const int threads = work_threads((double)n * cin * cout * hw);
@@ -202,13 +204,15 @@ static void pw_apply(const dc_impl *im, int n, int cin, int cout, size_t hw, con
       if (vlen) {
         if (accumulate) {
           im->run((int)vlen, oc, cin, 1, &zero, xi, (ptrdiff_t)hw, wo0, wo, wk, bo, tmp,
-                  DC_PW_BLOCK);
+                  DC_PW_BLOCK, NULL, 0);
           for (int o = 0; o < oc; o++)
             for (size_t i = 0; i < vlen; i++)
               yo[(size_t)o * hw + i] += tmp[(size_t)o * DC_PW_BLOCK + i];
         } else {
+          /* the epilogue in the micro-kernel, on the sums in registers */
           im->run((int)vlen, oc, cin, 1, &zero, xi, (ptrdiff_t)hw, wo0, wo, wk, bo, yo,
-                  (ptrdiff_t)hw);
+                  (ptrdiff_t)hw, epi && epi->res ? epi->res + (yo - y) : NULL,
+                  epi ? epi->relu : 0);
         }
       }
       for (size_t i = vlen; i < len; i++) /* tail: same summation order, scalar */
@@ -218,6 +222,11 @@ static void pw_apply(const dc_impl *im, int n, int cin, int cout, size_t hw, con
             acc += wo0[o * wo + k * wk] * xi[(size_t)k * hw + i];
           yo[(size_t)o * hw + i] = accumulate ? yo[(size_t)o * hw + i] + acc : acc;
         }
+      /* the epilogue where the micro-kernel did not apply it: accumulated blocks, scalar tails */
+      const size_t e0 = accumulate ? 0 : vlen;
+      for (int o = 0; o < oc && epi && e0 < len; o++)
+        lt_conv_epi_apply(epi, yo + (size_t)o * hw + e0, (size_t)(yo - y) + (size_t)o * hw + e0,
+                          len - e0);
     }
   }
 }
@@ -295,7 +304,8 @@ static void kx_pack(const lt_conv_geom *g, const kx_shape *k, const float *restr
 
 /* y (s, oh, ow) [+]= yt (s, npos on the grid of pitch wq), output channels [o0, o1). */
 static void kx_unpack(const lt_conv_geom *g, const kx_shape *k, const float *restrict yt,
-                      float *restrict y, int accumulate, int o0, int o1) {
+                      float *restrict y, int accumulate, const lt_conv_epi *epi, size_t yoff,
+                      int o0, int o1) {
   for (int o = o0; o < o1; o++)
     for (int r = 0; r < g->oh; r++) {
       const float *restrict s = yt + (size_t)o * k->npos + (size_t)r * k->wq;
@@ -305,16 +315,18 @@ static void kx_unpack(const lt_conv_geom *g, const kx_shape *k, const float *res
           d[i] += s[i];
       else
         memcpy(d, s, sizeof(float) * g->ow);
+      lt_conv_epi_apply(epi, d, yoff + ((size_t)o * g->oh + r) * g->ow, (size_t)g->ow);
     }
 }
 
 int lt_cpu_direct_fwd(const lt_conv_geom *g, const float *x, const float *w, const float *b,
-                      float *y, int accumulate, void *ws, size_t ws_bytes) {
+                      float *y, int accumulate, void *ws, size_t ws_bytes,
+                      const lt_conv_epi *epi) {
   const dc_impl *im = dc_pick();
   if (!im || !lt_cpu_direct_active(g)) return -1;
   const size_t hw = (size_t)g->h * g->w;
   if (is_pointwise(g)) {
-    pw_apply(im, g->n, g->c, g->s, hw, x, w, g->c, 1, b, y, accumulate);
+    pw_apply(im, g->n, g->c, g->s, hw, x, w, g->c, 1, b, y, accumulate, epi);
     return 0;
   }
   const kx_shape k = kx_make(g);
@@ -339,8 +351,9 @@ int lt_cpu_direct_fwd(const lt_conv_geom *g, const float *x, const float *w, con
       kx_pack(g, &k, x + (size_t)img * g->c * hw, xp, 0, g->c);
       memset(xp + (size_t)g->c * k.chan, 0, sizeof(float) * 16);
       im->run(k.npos, g->s, g->c, kk, toff, xp, (ptrdiff_t)k.chan, w, (ptrdiff_t)g->c * kk, kk,
-              b, yt, k.npos);
-      kx_unpack(g, &k, yt, y + (size_t)img * g->s * ohw, accumulate, 0, g->s);
+              b, yt, k.npos, NULL, 0);
+      kx_unpack(g, &k, yt, y + (size_t)img * g->s * ohw, accumulate, epi,
+                (size_t)img * g->s * ohw, 0, g->s);
     }
     return 0;
   }
@@ -359,11 +372,12 @@ int lt_cpu_direct_fwd(const lt_conv_geom *g, const float *x, const float *w, con
       for (int r = 0; r < runs; r++) {
         const int p0 = r * 64, len = k.npos - p0 < 64 ? k.npos - p0 : 64;
         im->run(len, g->s, g->c, kk, toff, xp + p0, (ptrdiff_t)k.chan, w, (ptrdiff_t)g->c * kk,
-                kk, b, yt + p0, k.npos);
+                kk, b, yt + p0, k.npos, NULL, 0);
       }
 #pragma omp for schedule(static)
       for (int o = 0; o < g->s; o++)
-        kx_unpack(g, &k, yt, y + (size_t)img * g->s * ohw, accumulate, o, o + 1);
+        kx_unpack(g, &k, yt, y + (size_t)img * g->s * ohw, accumulate, epi,
+                  (size_t)img * g->s * ohw, o, o + 1);
     }
   }
   return 0;

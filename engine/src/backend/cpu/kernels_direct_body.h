@@ -13,7 +13,8 @@
 static inline __attribute__((always_inline)) void DC_FN(tile)(
     const int ob, const int nv, int c, int nt, const ptrdiff_t *restrict toff,
     const float *restrict x, ptrdiff_t xcs, const float *restrict w, ptrdiff_t wo, ptrdiff_t wk,
-    const float *restrict bias, float *restrict y, ptrdiff_t ycs) {
+    const float *restrict bias, float *restrict y, ptrdiff_t ycs, const float *restrict res,
+    int relu) {
   dc_v16 acc[DC_OB][DC_NV];
 #pragma GCC unroll 8
   for (int o = 0; o < ob; o++)
@@ -36,6 +37,14 @@ static inline __attribute__((always_inline)) void DC_FN(tile)(
       }
     }
   }
+  if (res || relu) /* the epilogue (lt_conv_epi): + residual (y's layout), then max(., 0) */
+#pragma GCC unroll 8
+    for (int o = 0; o < ob; o++)
+#pragma GCC unroll 4
+      for (int v = 0; v < nv; v++) {
+        if (res) acc[o][v] += DC_V(res + o * ycs + v * 16);
+        if (relu) acc[o][v] = (dc_v16)((dc_v16i)acc[o][v] & (acc[o][v] > (dc_v16){0}));
+      }
 #pragma GCC unroll 8
   for (int o = 0; o < ob; o++)
 #pragma GCC unroll 4
@@ -46,18 +55,20 @@ static inline __attribute__((always_inline)) void DC_FN(tile)(
 /* All s output channels for nv pixel vectors: blocks of DC_OB channels and one shorter block. */
 static inline __attribute__((always_inline)) void DC_FN(cols)(
     const int nv, int s, int c, int nt, const ptrdiff_t *toff, const float *x, ptrdiff_t xcs,
-    const float *w, ptrdiff_t wo, ptrdiff_t wk, const float *bias, float *y, ptrdiff_t ycs) {
+    const float *w, ptrdiff_t wo, ptrdiff_t wk, const float *bias, float *y, ptrdiff_t ycs,
+    const float *res, int relu) {
   int o = 0;
   for (; o + DC_OB <= s; o += DC_OB)
     DC_FN(tile)(DC_OB, nv, c, nt, toff, x, xcs, w + o * wo, wo, wk, bias ? bias + o : NULL,
-                y + o * ycs, ycs);
-  const float *wr = w + o * wo, *br = bias ? bias + o : NULL;
+                y + o * ycs, ycs, res ? res + o * ycs : NULL, relu);
+  const float *wr = w + o * wo, *br = bias ? bias + o : NULL, *rr = res ? res + o * ycs : NULL;
   float *yr = y + o * ycs;
   switch (s - o) { /* the remaining channels, each count its own fully unrolled kernel */
   case 0: break;
 #define DC_REST(r)                                                                                 \
   case r:                                                                                          \
-    if (r < DC_OB) DC_FN(tile)(r < DC_OB ? r : 1, nv, c, nt, toff, x, xcs, wr, wo, wk, br, yr, ycs);\
+    if (r < DC_OB)                                                                                 \
+      DC_FN(tile)(r < DC_OB ? r : 1, nv, c, nt, toff, x, xcs, wr, wo, wk, br, yr, ycs, rr, relu);  \
     break;
     DC_REST(1)
     DC_REST(2)
@@ -74,13 +85,16 @@ static inline __attribute__((always_inline)) void DC_FN(cols)(
 /* y (s, 16*nvec + tail) for one run of npix pixels: whole blocks of DC_NV vectors, then single
  * vectors. x and y point at the run's first pixel; every load of x stays within npix + 16 * ceil
  * pixels of the start (callers guarantee that much readable memory, or pass npix a multiple of
- * 16 and handle the rest themselves). npix must be a multiple of 16. */
+ * 16 and handle the rest themselves). npix must be a multiple of 16. res (NULL: none; laid out
+ * as y) is added and relu applied to the sums before they are stored. */
 static void DC_FN(run)(int npix, int s, int c, int nt, const ptrdiff_t *toff, const float *x,
                        ptrdiff_t xcs, const float *w, ptrdiff_t wo, ptrdiff_t wk,
-                       const float *bias, float *y, ptrdiff_t ycs) {
+                       const float *bias, float *y, ptrdiff_t ycs, const float *res, int relu) {
   int p = 0;
   for (; p + 16 * DC_NV <= npix; p += 16 * DC_NV)
-    DC_FN(cols)(DC_NV, s, c, nt, toff, x + p, xcs, w, wo, wk, bias, y + p, ycs);
+    DC_FN(cols)(DC_NV, s, c, nt, toff, x + p, xcs, w, wo, wk, bias, y + p, ycs,
+                res ? res + p : NULL, relu);
   for (; p + 16 <= npix; p += 16)
-    DC_FN(cols)(1, s, c, nt, toff, x + p, xcs, w, wo, wk, bias, y + p, ycs);
+    DC_FN(cols)(1, s, c, nt, toff, x + p, xcs, w, wo, wk, bias, y + p, ycs, res ? res + p : NULL,
+                relu);
 }

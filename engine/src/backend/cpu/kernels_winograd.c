@@ -351,7 +351,8 @@ static void team_chunks(const wg_plan *p, int teams, int team, int *c0, int *c1)
 
 /* y [+]= conv(x, w) + b on the pass shape sh (forward, or backward data with flip). */
 static void fwd_pass(const wg_impl *im, const wg_shape *sh, int n, const float *x, const float *w,
-                     int flip, const float *b, float *y, int accumulate, float *ws,
+                     int flip, const float *b, float *y, int accumulate,
+                     const lt_conv_epi *epi, float *ws,
                      size_t u_floats, size_t slices_floats) {
   const int cp = sh->cp, sp = sh->sp, tiles = sh->ty * sh->tx, nf = sh->nf;
   float *U = ws, *slices = ws + u_floats;
@@ -374,6 +375,8 @@ static void fwd_pass(const wg_impl *im, const wg_shape *sh, int n, const float *
         im->gemm(tp, sp, cp, V + f * WG_FSTRIDE(tp, cp), cp, 1, U + (size_t)f * cp * sp, sp,
                  M + f * WG_FSTRIDE(tp, sp), sp, 0);
       (sh->m == 4 ? im->out_tf4 : im->out_tf)(sh, nb, M, tp, b, y + a * yout, accumulate, yrow);
+      /* the chunk just written, mostly still in cache */
+      lt_conv_epi_apply(epi, y + a * yout, (size_t)a * yout, (size_t)nb * yout);
     }
   }
 }
@@ -381,16 +384,16 @@ static void fwd_pass(const wg_impl *im, const wg_shape *sh, int n, const float *
 void lt_cpu_winograd_set_tile(int m) { wg_m_fwd = m == 2 || m == 4 ? m : 0; }
 
 void lt_cpu_winograd_fwd(const lt_conv_geom *g, const float *x, const float *w, const float *b,
-                         float *y, int accumulate, int infer, void *ws) {
+                         float *y, int accumulate, int infer, const lt_conv_epi *epi, void *ws) {
   const wg_shape sh = shape_fwd_m(g, pick_m(g->oh, g->ow, infer));
-  fwd_pass(wg_pick() ? wg_pick() : &impl_generic, &sh, g->n, x, w, 0, b, y, accumulate,
+  fwd_pass(wg_pick() ? wg_pick() : &impl_generic, &sh, g->n, x, w, 0, b, y, accumulate, epi,
            ws_align(ws), floats_u(g), floats_slices(g));
 }
 
 void lt_cpu_winograd_bwd_data(const lt_conv_geom *g, const float *dy, const float *w, float *dx,
                               int accumulate, void *ws) {
   const wg_shape sh = shape_bwd_data_m(g, pick_m(g->h, g->w, 0));
-  fwd_pass(wg_pick() ? wg_pick() : &impl_generic, &sh, g->n, dy, w, 1, NULL, dx, accumulate,
+  fwd_pass(wg_pick() ? wg_pick() : &impl_generic, &sh, g->n, dy, w, 1, NULL, dx, accumulate, NULL,
            ws_align(ws), floats_u(g), floats_slices(g));
 }
 
