@@ -208,8 +208,17 @@ static lt_tensor *filled(int ndim, const int64_t *shape, float v, lt_err *err) {
   return t;
 }
 
+static lt_tensor *constant(int64_t n, float v, lt_err *err) {
+  lt_tensor *t = lt_tensor_new(LT_F32, 1, (int64_t[]){n}, LT_MEM_WEIGHTS, err);
+  if (!t) return NULL;
+  float *p = lt_tensor_f32(t);
+  for (int64_t i = 0; i < n; i++) p[i] = v;
+  return t;
+}
+
 /* A graph holding one conv of the entry's geometry (r == 0) or its Tucker-2 block at rank r,
- * with a bias on the last conv when the layer has one, as the model has after factorisation. */
+ * with a bias on the last conv when the layer has one, as the model has after factorisation,
+ * followed by a batch norm and a ReLU. */
 static lt_graph *block_graph(const lt_lat_entry *e, int r, lt_err *err) {
   lt_graph *g = lt_graph_new();
   if (!g) {
@@ -236,6 +245,18 @@ static lt_graph *block_graph(const lt_lat_entry *e, int r, lt_err *err) {
     int y1 = lt_graph_add_node(g, LT_OP_CONV2D, "u_in", (int[]){x, w1}, 2, &pw, err);
     int y2 = y1 < 0 ? -1 : lt_graph_add_node(g, LT_OP_CONV2D, "core", (int[]){y1, w2}, 2, &core, err);
     y = y2 < 0 ? -1 : lt_graph_add_node(g, LT_OP_CONV2D, "u_out", (int[]){y2, w3, b}, nb, &pw, err);
+  }
+  /* The batch norm and ReLU that follow a conv in a CNN: inference executors fold the batch
+   * norm into the conv and run the ReLU in its output pass, at a cost that differs between a
+   * dense conv and a factorised block's last 1x1 conv, so both are timed with them. */
+  if (y >= 0) {
+    int bn[5] = {y};
+    static const float v[4] = {1.0f, 0.0f, 0.0f, 1.0f}; /* gamma, beta, mean, var */
+    static const char *const name[4] = {"bn.w", "bn.b", "bn.rm", "bn.rv"};
+    for (int i = 0; i < 4; i++)
+      bn[i + 1] = lt_graph_add_param(g, name[i], constant(e->s, v[i], err), i < 2);
+    y = lt_graph_add_node(g, LT_OP_BATCHNORM, "bn", bn, 5, NULL, err);
+    if (y >= 0) y = lt_graph_add_node(g, LT_OP_RELU, "relu", &y, 1, NULL, err);
   }
   if (y < 0) {
     lt_graph_free(g);
