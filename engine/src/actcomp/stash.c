@@ -59,6 +59,7 @@ typedef struct ac_entry {
   uint8_t *data;      /* (bytes) owned, LT_MEM_SAVED */
   size_t bytes;
   int64_t dense;      /* bytes an exact copy takes */
+  int64_t nnz;        /* FORM_MASK1: set bits (the ReLU output's non-zeros) */
   /* FORM_BN_*: (batch, channels, hw) layout and (nchan × 3) floats: mean, 1/σ, z step
    * (2·eb_x, 0 for exact), owned, LT_MEM_SAVED */
   int64_t batch, nchan, hw;
@@ -503,9 +504,79 @@ __attribute__((target("avx512f"))) static int64_t unpack_mask1_avx512(const uint
 }
 
 static void unpack_mask1(const uint8_t *mask, int64_t n, float *y) {
-  __builtin_cpu_init();
-  int64_t i = __builtin_cpu_supports("avx512f") ? unpack_mask1_avx512(mask, n, y) : 0;
-  for (; i < n; i++) y[i] = (mask[i >> 3] >> (i & 7)) & 1 ? 1.0f : 0.0f;
+  const int avx512 = have_avx512();
+  const int64_t nb = (n + 4095) / 4096;
+#pragma omp parallel for schedule(static) if (n >= 65536)
+  for (int64_t b = 0; b < nb; b++) {
+    const int64_t i0 = b * 4096, i1 = i0 + 4096 < n ? i0 + 4096 : n;
+    int64_t i = i0 + (avx512 ? unpack_mask1_avx512(mask + i0 / 8, i1 - i0, y + i0) : 0);
+    for (; i < i1; i++) y[i] = (mask[i >> 3] >> (i & 7)) & 1 ? 1.0f : 0.0f;
+  }
+}
+
+/* Packs y > 0 into a 1-bit mask (lt_cpu_relu_mask_pack's layout, LSB first) and returns the
+ * number of set bits: the ReLU output's non-zeros, which is also the zero count the controller
+ * needs for a conv that reads this output. One pass, threads over blocks of 4096 elements. */
+__attribute__((target("avx512f"))) static int64_t pack_mask1_avx512(const float *y,
+                                                                            int64_t n,
+                                                                            uint8_t *mask) {
+  const __m512 zero = _mm512_setzero_ps();
+  int64_t i = 0, nnz = 0;
+  for (; i + 16 <= n; i += 16) {
+    const __mmask16 m = _mm512_cmp_ps_mask(_mm512_loadu_ps(y + i), zero, _CMP_GT_OQ);
+    memcpy(mask + i / 8, &m, 2);
+    nnz += __builtin_popcount(m);
+  }
+  return nnz;
+}
+
+static int64_t pack_mask1(const float *y, int64_t n, uint8_t *mask, int avx512) {
+  const int64_t nb = (n + 4095) / 4096;
+  int64_t nnz = 0;
+#pragma omp parallel for reduction(+ : nnz) schedule(static) if (n >= 65536)
+  for (int64_t b = 0; b < nb; b++) {
+    const int64_t i0 = b * 4096, i1 = i0 + 4096 < n ? i0 + 4096 : n;
+    int64_t i = i0, c = 0;
+    if (avx512) {
+      c = pack_mask1_avx512(y + i0, i1 - i0, mask + i0 / 8);
+      i = i0 + ((i1 - i0) & ~(int64_t)15);
+    }
+    for (; i < i1; i += 8) { /* i is a multiple of 8 here, so each byte is built whole */
+      uint8_t v = 0;
+      for (int64_t j = 0; j < 8 && i + j < i1; j++) v |= (uint8_t)((y[i + j] > 0.0f) << j);
+      mask[i / 8] = v;
+      c += __builtin_popcount(v);
+    }
+    nnz += c;
+  }
+  return nnz;
+}
+
+/* Exact zeros of x (the R of the controller), vectorised, threads over blocks. */
+__attribute__((target("avx512f"))) static int64_t count_zeros_avx512(const float *x, int64_t n) {
+  const __m512 zero = _mm512_setzero_ps();
+  int64_t i = 0, z = 0;
+  for (; i + 16 <= n; i += 16)
+    z += __builtin_popcount(_mm512_cmp_ps_mask(_mm512_loadu_ps(x + i), zero, _CMP_EQ_OQ));
+  for (; i < n; i++) z += x[i] == 0.0f;
+  return z;
+}
+
+static int64_t count_zeros(const float *x, int64_t n, int avx512) {
+  const int64_t nb = (n + 4095) / 4096;
+  int64_t zeros = 0;
+#pragma omp parallel for reduction(+ : zeros) schedule(static) if (n >= 65536)
+  for (int64_t b = 0; b < nb; b++) {
+    const int64_t i0 = b * 4096, i1 = i0 + 4096 < n ? i0 + 4096 : n;
+    if (avx512) {
+      zeros += count_zeros_avx512(x + i0, i1 - i0);
+    } else {
+      int64_t z = 0;
+      for (int64_t i = i0; i < i1; i++) z += x[i] == 0.0f;
+      zeros += z;
+    }
+  }
+  return zeros;
 }
 
 /* 2-bit argmax packing applies to 2×2 windows only: -1 when an index exceeds 3. */
@@ -551,6 +622,18 @@ static int try_derive(lt_ac_stash *st, const lt_graph *g, int node, int slot, do
   e->bytes = 0;
   *eb_used = bn->y_rms;
   return 1;
+}
+
+/* The current mask entry of the ReLU that produces conv/linear node k's input, or NULL. */
+static const ac_entry *relu_mask_of_input(const lt_ac_stash *st, const lt_graph *g, int k,
+                                          int64_t n) {
+  const lt_node *nk = node_at(g, k);
+  if (!nk || nk->n_in < 1) return NULL;
+  const int r = producer_of(g, nk->in[0]);
+  const lt_node *nr = node_at(g, r);
+  if (!nr || nr->op != LT_OP_RELU || r >= st->n_layers) return NULL;
+  const ac_entry *m = st->layers[r].cur;
+  return m && m->form == FORM_MASK1 && m->n == n ? m : NULL;
 }
 
 static lt_status st_store(void *user, const lt_graph *g, int node, int slot, lt_save_kind kind,
@@ -607,7 +690,7 @@ static lt_status st_store(void *user, const lt_graph *g, int node, int slot, lt_
     }
     e->bytes = bytes ? bytes : 1;
     if (e->form == FORM_MASK1) {
-      lt_cpu_relu_mask_pack((size_t)e->n, lt_tensor_f32(t), e->data);
+      e->nnz = pack_mask1(lt_tensor_f32(t), e->n, e->data, have_avx512());
     } else if (e->form == FORM_PACK2 && pack2(t->data, e->n, e->data)) {
       /* Windows larger than 2×2: keep the indices exact. */
       lt_free(LT_MEM_SAVED, e->data, e->bytes);
@@ -625,10 +708,10 @@ static lt_status st_store(void *user, const lt_graph *g, int node, int slot, lt_
 
   l->eb_used = eb_used;
   if (kind == LT_SAVE_WEIGHT_INPUT && f32) {
-    int64_t zeros = 0;
+    /* The zeros of a ReLU's output are the clear bits of the mask just stored for it. */
+    const ac_entry *m = e->form == FORM_DERIVED ? e->mask : relu_mask_of_input(st, g, node, e->n);
     const float *x = lt_tensor_f32(t);
-#pragma omp parallel for reduction(+ : zeros) schedule(static) if (e->n >= 65536)
-    for (int64_t i = 0; i < e->n; i++) zeros += x[i] == 0.0f;
+    const int64_t zeros = m ? e->n - m->nnz : count_zeros(x, e->n, have_avx512());
     l->zero_frac = e->n ? (double)zeros / (double)e->n : 0;
     /* A sampled step keeps the original too, for observe() to measure the real dW error. */
     if (eb_used > 0 && st->cfg.sample_every > 0 && st->step % st->cfg.sample_every == 0) {
