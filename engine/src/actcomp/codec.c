@@ -143,6 +143,7 @@ struct lt_ac_codec {
   ac_scratch sub;     /* uint32 (threads, 4, AC_NSYM): see hist_add */
   ac_scratch chunks;  /* uint64 (n_chunks): bit counts, then byte offsets */
   ac_scratch payload; /* raw Huffman payload when a zstd pass runs, either direction */
+  ac_scratch pranges; /* int64 (threads, 2): planes each decode thread finished */
   ac_list *outl, *esc; /* (n_lists) per-thread lists */
   int n_lists;
   uint8_t len[AC_NSYM];
@@ -223,6 +224,7 @@ void lt_ac_codec_free(lt_ac_codec *c) {
   scratch_free(&c->sub);
   scratch_free(&c->chunks);
   scratch_free(&c->payload);
+  scratch_free(&c->pranges);
   free_lists(c);
   ZSTD_freeCCtx(c->zc);
   ZSTD_freeDCtx(c->zd);
@@ -280,28 +282,36 @@ static void hist_add(const uint16_t *cp, int64_t m, uint64_t *hist, uint32_t *su
   for (; i < m; i++) hist[cp[i]]++;
 }
 
-/* hist_add for codes dominated by one value (R, a zero residual: most codes of activations at
- * the bounds in use): that value is counted with compares and popcounts, the others are packed
- * into a small buffer (register compress, then one store) and counted by hist_add. */
+/* hist_add for codes dominated by a few values (R and R ± 1, residuals 0 and ±1: most codes of
+ * activations at the bounds in use): those are counted with compares and popcounts, the others
+ * are packed into a small buffer (register compress, then one store) and counted by hist_add.
+ * Runs of one code then no longer chain increments on one counter, so no sub-histograms. */
 __attribute__((target("avx512f,avx512bw,avx512vbmi2"))) static void
-hist_add_avx512(const uint16_t *cp, int64_t m, uint64_t *hist, uint32_t *sub) {
+hist_add_avx512(const uint16_t *cp, int64_t m, uint64_t *hist) {
   uint16_t rest[1024 + 32];
-  const __m512i r = _mm512_set1_epi16((short)AC_RADIUS);
-  uint64_t zeros = 0;
+  const __m512i r0 = _mm512_set1_epi16((short)AC_RADIUS), rm = _mm512_set1_epi16(AC_RADIUS - 1),
+                rp = _mm512_set1_epi16((short)(AC_RADIUS + 1));
+  uint64_t c0 = 0, cm = 0, cp1 = 0;
   int64_t i = 0;
   while (i + 32 <= m) {
     int nr = 0;
     for (int64_t e = i + 1024 <= m ? i + 1024 : m - (m - i) % 32; i < e; i += 32) {
       const __m512i v = _mm512_loadu_si512((const void *)(cp + i));
-      const __mmask32 other = _mm512_cmpneq_epi16_mask(v, r);
-      zeros += 32 - (uint64_t)__builtin_popcount(other);
+      const __mmask32 a = _mm512_cmpeq_epi16_mask(v, r0), b = _mm512_cmpeq_epi16_mask(v, rm),
+                      c = _mm512_cmpeq_epi16_mask(v, rp);
+      const __mmask32 other = ~(a | b | c);
+      c0 += (uint64_t)__builtin_popcount(a);
+      cm += (uint64_t)__builtin_popcount(b);
+      cp1 += (uint64_t)__builtin_popcount(c);
       _mm512_storeu_si512((void *)(rest + nr), _mm512_maskz_compress_epi16(other, v));
       nr += __builtin_popcount(other);
     }
-    hist_add(rest, nr, hist, sub);
+    hist_add(rest, nr, hist, NULL);
   }
-  hist_add(cp + i, m - i, hist, sub);
-  hist[AC_RADIUS] += zeros;
+  hist_add(cp + i, m - i, hist, NULL);
+  hist[AC_RADIUS] += c0;
+  hist[AC_RADIUS - 1] += cm;
+  hist[AC_RADIUS + 1] += cp1;
 }
 
 static int cpu_has_vbmi2(void) {
@@ -351,7 +361,7 @@ static void code_plane(const ac_kernels *k, const float *x, const ac_qp *qp, int
       memset(L, 0, (size_t)n * sizeof *L);
       k->predict(q, L, L, L, n, codes + base, esc, base);
     }
-    if (k->level == LT_AC_SIMD_AVX512 && cpu_has_vbmi2()) hist_add_avx512(codes + base, n, hist, sub);
+    if (k->level == LT_AC_SIMD_AVX512 && cpu_has_vbmi2()) hist_add_avx512(codes + base, n, hist);
     else hist_add(codes + base, n, hist, sub);
     return;
   }
@@ -433,7 +443,8 @@ static lt_status lorenzo_encode(lt_ac_codec *c, const float *x, int ndim, const 
 
   /* Stage 1: prequantise and predict, one plane at a time; static scheduling gives each thread
    * a contiguous run of planes, so concatenating the per-thread lists keeps indices sorted. */
-  const int use_sub = n / t >= AC_HIST4_MIN;
+  const int use_sub = n / t >= AC_HIST4_MIN &&
+                      !(k->level == LT_AC_SIMD_AVX512 && cpu_has_vbmi2() && plane <= AC_PLANE_MAX);
   uint32_t *subs = NULL;
   if (use_sub &&
       !(subs = scratch_get(&c->sub, (size_t)t * 4 * AC_NSYM * sizeof *subs, err)))
@@ -717,6 +728,17 @@ static int apply_escapes(const ac_hdr *hd, float *x, int64_t *next, int64_t end)
   return 0;
 }
 
+/* Index into the escape list of the first escape at or after element e (the list is sorted). */
+static int64_t first_escape_at(const ac_hdr *hd, int64_t e) {
+  int64_t lo = 0, hi = hd->nesc;
+  while (lo < hi) {
+    const int64_t mid = lo + (hi - lo) / 2;
+    if ((int64_t)ac_get_u64(hd->esc + 12 * mid) < e) lo = mid + 1;
+    else hi = mid;
+  }
+  return lo;
+}
+
 static int decode_groups(const ac_huff_dec *dec, const ac_hdr *hd, const uint8_t *payload,
                          const uint64_t *cstart, float *x, int64_t g) {
   ac_chunk ch[AC_GROUP];
@@ -766,41 +788,42 @@ static lt_status lorenzo_decode(lt_ac_codec *c, const uint8_t *src, size_t len, 
 
   ac_qp qp;
   ac_qp_init(hd.eb, &qp); /* checked by the parser */
-  const int64_t plane = hd.h * hd.w, nplanes = hd.n / plane;
+  const int64_t plane = hd.h * hd.w;
   const int64_t ngroups = (hd.nchunks + AC_GROUP - 1) / AC_GROUP;
   const int t = codec_threads(c, hd.n, ngroups);
-  const int tp = codec_threads(c, hd.n, nplanes);
-  const int tmax = t > tp ? t : tp;
-  int32_t *rows = scratch_get(&c->rows, (size_t)tmax * (size_t)hd.w * sizeof *rows, err);
-  if (!rows) return err ? err->status : LT_ERR_NOMEM;
-  int64_t next_esc = 0;
+  int32_t *rows = scratch_get(&c->rows, (size_t)t * (size_t)hd.w * sizeof *rows, err);
+  int64_t *pr = scratch_get(&c->pranges, (size_t)t * 2 * sizeof *pr, err);
+  if (!rows || !pr) return err ? err->status : LT_ERR_NOMEM;
   int bad = 0;
-  if (t == 1 && tp == 1) {
-    /* One thread: finish planes as soon as their residuals are decoded, while they are still in
-     * cache. */
-    int64_t done = 0;
-    for (int64_t g = 0; g < ngroups && !bad; g++) {
+  /* Each thread decodes a contiguous run of groups and finishes every plane inside its run as
+   * soon as the plane's residuals are there, while they are still in cache; the planes that
+   * straddle two runs are finished afterwards. */
+#pragma omp parallel num_threads(t) reduction(| : bad)
+  {
+    const int tid = omp_get_thread_num();
+    const int64_t g0 = ngroups * tid / t, g1 = ngroups * (tid + 1) / t;
+    const int64_t e0 = g0 * AC_GROUP * AC_CHUNK;
+    int32_t *u = rows + (size_t)tid * (size_t)hd.w;
+    int64_t next_esc = first_escape_at(&hd, e0);
+    const int64_t pa = (e0 + plane - 1) / plane;
+    int64_t done = pa;
+    for (int64_t g = g0; g < g1; g++) {
       bad |= decode_groups(&c->dec, &hd, payload, cstart, x, g);
       int64_t end = (g + 1) * AC_GROUP * AC_CHUNK;
       if (end > hd.n) end = hd.n;
       bad |= apply_escapes(&hd, x, &next_esc, end);
-      int64_t p1 = end / plane;
-      finish_planes(c->k, &hd, qp.twoeb, x, done, p1, rows);
-      done = p1;
-    }
-  } else {
-#pragma omp parallel for num_threads(t) schedule(static) reduction(| : bad)
-    for (int64_t g = 0; g < ngroups; g++) bad |= decode_groups(&c->dec, &hd, payload, cstart, x, g);
-    if (!bad) bad |= apply_escapes(&hd, x, &next_esc, hd.n);
-    if (!bad) {
-#pragma omp parallel num_threads(tp)
-      {
-        int32_t *u = rows + (size_t)omp_get_thread_num() * (size_t)hd.w;
-#pragma omp for schedule(static)
-        for (int64_t p = 0; p < nplanes; p++) finish_planes(c->k, &hd, qp.twoeb, x, p, p + 1, u);
+      const int64_t p1 = end / plane;
+      if (p1 > done) {
+        finish_planes(c->k, &hd, qp.twoeb, x, done, p1, u);
+        done = p1;
       }
     }
+    pr[2 * tid] = pa;
+    pr[2 * tid + 1] = done;
   }
+  for (int i = 0; i + 1 < t; i++)
+    if (pr[2 * i + 1] < pr[2 * i + 2])
+      finish_planes(c->k, &hd, qp.twoeb, x, pr[2 * i + 1], pr[2 * i + 2], rows);
   if (bad) return BAD("Huffman payload does not decode to its chunk sizes");
   for (int64_t j = 0; j < hd.nout; j++) {
     const uint8_t *e = hd.outl + 12 * j;

@@ -93,6 +93,7 @@ typedef struct ac_layer {
   double exact_eb;
   int n_samples;
   double last_obs, last_pred, sum_ratio;
+  int64_t zstd_from;  /* step from which this node's streams try the zstd pass again */
 } ac_layer;
 
 struct lt_ac_stash {
@@ -103,6 +104,11 @@ struct lt_ac_stash {
   const lt_graph *g;           /* the graph of the last store() (derived entries read γ, β) */
   float *zbuf;                 /* (zcap) normalised 2-D batch-norm input, LT_MEM_WORKSPACE */
   int64_t zcap;
+  /* The decoded z' of one FORM_BN_CODEC entry, kept from the conv input rebuilt from it (whose
+   * backward runs first) to the batch norm's own backward, so each stream decodes once. */
+  float *zdec;                 /* (zdec_cap) LT_MEM_WORKSPACE */
+  int64_t zdec_cap;
+  const struct ac_entry *zdec_of; /* the entry zdec holds, or NULL */
   float *aff;                  /* (2 × affcap) per-channel offsets then scales, LT_MEM_WORKSPACE */
   int64_t affcap;
   ac_layer *layers;            /* (n_layers) indexed by node id, owned */
@@ -254,6 +260,31 @@ static double derived_consumer_eb(const lt_ac_stash *st, const lt_graph *g, int 
   return eb;
 }
 
+/* ---- the zstd pass ----------------------------------------------------------------------------
+ * zstd over the Huffman payload pays where Huffman's one-bit floor wastes space (sparse inputs at
+ * coarse bounds) and costs a quarter of the codec's time everywhere. Each node's streams try it;
+ * when it saves under AC_ZSTD_MIN_GAIN of the payload the node codes without it for the next
+ * AC_ZSTD_RECHECK steps, then tries again (the data and bounds drift). */
+#define AC_ZSTD_MIN_GAIN 0.04
+#define AC_ZSTD_RECHECK 25
+
+/* Sets the codec's zstd level for a store by node l; returns whether the pass is tried. */
+static int zstd_begin(lt_ac_stash *st, const ac_layer *l) {
+  lt_ac_opts o = st->cfg.codec;
+  const int tried = o.zstd_level > 0 && st->step >= l->zstd_from;
+  if (!tried) o.zstd_level = 0;
+  lt_ac_codec_set_opts(st->codec, &o);
+  return tried;
+}
+
+/* After a LORENZO encode into st->tmp that tried zstd: how much it saved decides the next tries. */
+static void zstd_end(lt_ac_stash *st, ac_layer *l, int tried) {
+  if (!tried || st->tmp.len < AC_HEADER_BYTES) return;
+  const uint64_t raw = ac_get_u64(st->tmp.data + 112), stored = ac_get_u64(st->tmp.data + 120);
+  if (!raw || (double)stored > (1.0 - AC_ZSTD_MIN_GAIN) * (double)raw)
+    l->zstd_from = st->step + AC_ZSTD_RECHECK;
+}
+
 /* ---- batch-norm inputs ----------------------------------------------------------------------- */
 
 /* Per-channel mean and 1/σ (σ = √(var + eps), var biased, as batch norm computes them) of the
@@ -355,6 +386,8 @@ static lt_status store_bn(lt_ac_stash *st, const lt_graph *g, int node, const lt
       off[c] = e->chan[3 * c];
       scale[c] = 1.0f / e->chan[3 * c + 2];
     }
+    ac_layer *lz = &st->layers[node];
+    const int ztry = zstd_begin(st, lz);
     if (t->ndim >= 3) { /* the codec maps each row as it goes: no z copy of the tensor */
       rc = lt_ac_encode_affine(st->codec, x, t->ndim, t->shape, 0.5, off, scale, &st->tmp, err);
     } else {
@@ -362,6 +395,7 @@ static lt_status store_bn(lt_ac_stash *st, const lt_graph *g, int node, const lt
         float *z = lt_alloc(LT_MEM_WORKSPACE, (size_t)e->n * sizeof *z, err);
         if (!z) return err ? err->status : LT_ERR_NOMEM;
         lt_free(LT_MEM_WORKSPACE, st->zbuf, (size_t)st->zcap * sizeof *st->zbuf);
+  lt_free(LT_MEM_WORKSPACE, st->zdec, (size_t)st->zdec_cap * sizeof *st->zdec);
         st->zbuf = z;
         st->zcap = e->n;
       }
@@ -375,6 +409,7 @@ static lt_status store_bn(lt_ac_stash *st, const lt_graph *g, int node, const lt
                         &st->tmp, err);
     }
     if (rc) return rc;
+    zstd_end(st, lz, ztry);
     if (st->tmp.len < (size_t)e->dense) {
       e->form = FORM_BN_CODEC;
       e->bytes = st->tmp.len;
@@ -401,14 +436,15 @@ static lt_status store_bn(lt_ac_stash *st, const lt_graph *g, int node, const lt
   return LT_OK;
 }
 
-/* y[i] = a·y[i] + b over one plane, then, with mask (the plane's bits start at bit `bit`), 0
- * where the mask bit is clear and max(0, ·) where it is set. */
-__attribute__((target("avx512f"))) static int64_t plane_map_avx512(float *y, int64_t hw, float a,
-                                                                  float b, const uint8_t *mask) {
+/* y[i] = a·z[i] + b over one plane (z may be y), then, with mask (the plane's bits start at bit
+ * `bit`), 0 where the mask bit is clear and max(0, ·) where it is set. */
+__attribute__((target("avx512f"))) static int64_t plane_map_avx512(float *y, const float *z,
+                                                                  int64_t hw, float a, float b,
+                                                                  const uint8_t *mask) {
   const __m512 va = _mm512_set1_ps(a), vb = _mm512_set1_ps(b), zero = _mm512_setzero_ps();
   int64_t i = 0;
   for (; i + 16 <= hw; i += 16) {
-    __m512 v = _mm512_fmadd_ps(_mm512_loadu_ps(y + i), va, vb);
+    __m512 v = _mm512_fmadd_ps(_mm512_loadu_ps(z + i), va, vb);
     if (mask) {
       uint16_t m;
       memcpy(&m, mask + i / 8, 2);
@@ -419,12 +455,13 @@ __attribute__((target("avx512f"))) static int64_t plane_map_avx512(float *y, int
   return i;
 }
 
-static void plane_map(float *y, int64_t hw, float a, float b, const uint8_t *mask, int64_t bit,
-                      int avx512) {
+static void plane_map(float *y, const float *z, int64_t hw, float a, float b,
+                      const uint8_t *mask, int64_t bit, int avx512) {
   int64_t i = 0;
-  if (avx512 && (!mask || bit % 8 == 0)) i = plane_map_avx512(y, hw, a, b, mask ? mask + bit / 8 : NULL);
+  if (avx512 && (!mask || bit % 8 == 0))
+    i = plane_map_avx512(y, z, hw, a, b, mask ? mask + bit / 8 : NULL);
   for (; i < hw; i++) {
-    float v = y[i] * a + b;
+    float v = z[i] * a + b;
     if (mask) {
       const int64_t k = bit + i;
       v = (mask[k >> 3] >> (k & 7)) & 1 && v > 0 ? v : 0;
@@ -444,14 +481,21 @@ static lt_status load_bn(lt_ac_stash *st, const ac_entry *e, float *y, lt_err *e
     memcpy(y, e->data, (size_t)e->dense);
     return LT_OK;
   }
-  lt_status rc = lt_ac_decode(st->codec, e->data, e->bytes, y, e->n, err);
-  if (rc) return rc;
+  const float *z = y;
+  if (st->zdec_of == e) { /* decoded already for the conv input rebuilt from it */
+    z = st->zdec;
+    st->zdec_of = NULL;
+  } else {
+    lt_status rc = lt_ac_decode(st->codec, e->data, e->bytes, y, e->n, err);
+    if (rc) return rc;
+  }
   const int avx512 = have_avx512();
   const int64_t planes = e->batch * e->nchan;
 #pragma omp parallel for schedule(static) if (e->n >= 65536)
   for (int64_t pl = 0; pl < planes; pl++) {
     const int64_t c = pl % e->nchan;
-    plane_map(y + pl * e->hw, e->hw, e->chan[3 * c + 2], e->chan[3 * c], NULL, 0, avx512);
+    plane_map(y + pl * e->hw, z + pl * e->hw, e->hw, e->chan[3 * c + 2], e->chan[3 * c], NULL,
+              0, avx512);
   }
   return LT_OK;
 }
@@ -467,9 +511,24 @@ static lt_status load_derived(lt_ac_stash *st, const ac_entry *e, float *y, lt_e
     return lt_errorf(err, LT_ERR_INTERNAL, "stash: batch-norm node %d lost its parameters",
                      bn->node);
   const int coded = bn->form == FORM_BN_CODEC;
-  lt_status rc = coded ? lt_ac_decode(st->codec, bn->data, bn->bytes, y, bn->n, err) : LT_OK;
-  if (rc) return rc;
-  if (!coded) memcpy(y, bn->data, (size_t)bn->dense);
+  /* A coded BN entry decodes into zdec, kept for the batch norm's own load (it has another
+   * reference: this entry's); without room for it, into y as before. */
+  const float *z = coded ? y : (const float *)bn->data;
+  if (coded) {
+    if (st->zdec_of != bn) {
+      st->zdec_of = NULL;
+      if (bn->n > st->zdec_cap) {
+        lt_free(LT_MEM_WORKSPACE, st->zdec, (size_t)st->zdec_cap * sizeof *st->zdec);
+        st->zdec = lt_alloc(LT_MEM_WORKSPACE, (size_t)bn->n * sizeof *st->zdec, NULL);
+        st->zdec_cap = st->zdec ? bn->n : 0;
+      }
+      float *dst = st->zdec && bn->refs > 1 ? st->zdec : y;
+      lt_status rc = lt_ac_decode(st->codec, bn->data, bn->bytes, dst, bn->n, err);
+      if (rc) return rc;
+      if (dst == st->zdec) st->zdec_of = bn;
+    }
+    if (st->zdec_of == bn) z = st->zdec;
+  }
   const uint8_t *mask = e->mask->data;
   const int avx512 = have_avx512();
   const int64_t planes = bn->batch * bn->nchan;
@@ -479,7 +538,7 @@ static lt_status load_derived(lt_ac_stash *st, const ac_entry *e, float *y, lt_e
     const float g = gamma[c] * bn->chan[3 * c + 1];
     const float a = coded ? g * bn->chan[3 * c + 2] : g;
     const float b = coded ? beta[c] : beta[c] - bn->chan[3 * c] * g;
-    plane_map(y + pl * bn->hw, bn->hw, a, b, mask, pl * bn->hw, avx512);
+    plane_map(y + pl * bn->hw, z + pl * bn->hw, bn->hw, a, b, mask, pl * bn->hw, avx512);
   }
   return LT_OK;
 }
@@ -590,6 +649,7 @@ static int pack2(const uint8_t *a, int64_t n, uint8_t *p) {
 /* Frees e once nothing refers to it (its own handle and derived entries), with its sources. */
 static void entry_unref(lt_ac_stash *st, ac_entry *e) {
   if (!e || --e->refs > 0) return;
+  if (st->zdec_of == e) st->zdec_of = NULL;
   st->cur_dense -= e->dense;
   st->cur_held -= (int64_t)entry_held(e);
   if (e->node >= 0 && e->node < st->n_layers && st->layers[e->node].cur == e)
@@ -667,9 +727,11 @@ static lt_status st_store(void *user, const lt_graph *g, int node, int slot, lt_
     const uint8_t *src = t->data;
     size_t bytes = (size_t)e->dense;
     if (eb > 0 && e->n >= AC_MIN_ELEMS) {
+      const int ztry = zstd_begin(st, l);
       rc = lt_ac_encode(st->codec, LT_AC_KIND_LORENZO, lt_tensor_f32(t), t->ndim, t->shape, eb,
                         &st->tmp, err);
       if (rc) goto fail;
+      zstd_end(st, l, ztry);
       if (st->tmp.len < bytes) { /* incompressible (noise at a tiny bound): the exact copy is smaller */
         e->form = FORM_CODEC;
         src = st->tmp.data;
