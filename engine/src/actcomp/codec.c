@@ -336,12 +336,12 @@ static int cpu_has_vbmi2(void) {
  * one predict call covers the plane. Row by row: rb is 3 rows of w+1 ints, a zero row and two
  * working rows, each with a zero at index 0 for the column left of the plane. */
 static void code_plane(const ac_kernels *k, const float *x, const ac_qp *qp, int pred,
-                       int64_t h, int64_t rows, int64_t w, int64_t base, int32_t *rb, uint16_t *codes,
-                       ac_list *outl, ac_list *esc, uint64_t *hist, uint32_t *sub,
+                       int64_t h, int64_t rows, int64_t w, int64_t base, int32_t *rb,
+                       uint16_t *codes, ac_list *outl, ac_list *esc, uint64_t *hist, uint32_t *sub,
                        const ac_affine *af) {
   float aff[2];
   const int64_t n = rows * w;
-  if (af) { /* z = (x − off_c)·scale_c; a plane lies within one channel (hw is a multiple of it) */
+  if (af) { /* z = (x − off_c)·scale_c; a plane lies in one channel (hw is a multiple of it) */
     const int64_t ch = base / af->hw % af->nchan;
     aff[0] = af->off[ch];
     aff[1] = af->scale[ch];

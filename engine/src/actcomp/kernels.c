@@ -109,7 +109,8 @@ __attribute__((target("avx2"))) static void quant_avx2(const float *x, int64_t n
   const __m256 vinv = _mm256_set1_ps(p->inv2eb), v2eb = _mm256_set1_ps(p->twoeb);
   const __m256 veb = _mm256_set1_ps(p->eb), vlim = _mm256_set1_ps(AC_QLIMIT);
   const __m256 absm = _mm256_castsi256_ps(_mm256_set1_epi32(0x7fffffff));
-  const __m256 voff = _mm256_set1_ps(aff ? aff[0] : 0.0f), vsc = _mm256_set1_ps(aff ? aff[1] : 1.0f);
+  const __m256 voff = _mm256_set1_ps(aff ? aff[0] : 0.0f);
+  const __m256 vsc = _mm256_set1_ps(aff ? aff[1] : 1.0f);
   int64_t i = 0;
   for (; i + 8 <= n; i += 8) {
     __m256 v = _mm256_loadu_ps(x + i);

@@ -576,9 +576,8 @@ static void unpack_mask1(const uint8_t *mask, int64_t n, float *y) {
 /* Packs y > 0 into a 1-bit mask (lt_cpu_relu_mask_pack's layout, LSB first) and returns the
  * number of set bits: the ReLU output's non-zeros, which is also the zero count the controller
  * needs for a conv that reads this output. One pass, threads over blocks of 4096 elements. */
-__attribute__((target("avx512f"))) static int64_t pack_mask1_avx512(const float *y,
-                                                                            int64_t n,
-                                                                            uint8_t *mask) {
+__attribute__((target("avx512f"))) static int64_t pack_mask1_avx512(const float *y, int64_t n,
+                                                                   uint8_t *mask) {
   const __m512 zero = _mm512_setzero_ps();
   int64_t i = 0, nnz = 0;
   for (; i + 16 <= n; i += 16) {
