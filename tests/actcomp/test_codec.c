@@ -269,6 +269,89 @@ TEST_CASE(codec_picks_lorenzo_on_smooth_data_and_no_prediction_on_sparse_relu) {
   free(x);
 }
 
+/* The plane-at-a-time paths (whole planes up to AC_PLANE_MAX, two 8-wide rows per vector in
+ * the AVX-512 decode) on ResNet-sized planes, odd row counts and widths that are not a multiple
+ * of the vector: every SIMD level must decode the very same floats as the scalar reference, on
+ * smooth data (Lorenzo) and on sparse data (no prediction), with escapes (tiny bound). */
+TEST_CASE(codec_small_planes_decode_identically_on_every_simd_level) {
+  int64_t shapes[][4] = {{3, 5, 8, 8}, {2, 3, 7, 8}, {2, 3, 9, 8}, {4, 2, 16, 16},
+                         {2, 2, 32, 32}, {1, 2, 9, 24}, {1, 1, 130, 130}};
+  double ebs[] = {1e-6, 0.01, 0.3};
+  lt_ac_simd levels[3] = {LT_AC_SIMD_SCALAR, LT_AC_SIMD_AVX2, LT_AC_SIMD_AVX512};
+  lt_err err = {0};
+  for (size_t si = 0; si < sizeof shapes / sizeof *shapes; si++) {
+    const int64_t n = lt_shape_numel(4, shapes[si]), h = shapes[si][2], w = shapes[si][3];
+    float *x = malloc((size_t)n * sizeof *x), *ref = malloc((size_t)n * sizeof *ref),
+          *y = malloc((size_t)n * sizeof *y);
+    for (int smooth = 0; smooth <= 1; smooth++) {
+      if (smooth)
+        for (int64_t i = 0; i < n; i++)
+          x[i] = 3 * sinf(0.05f * (float)(i / w % h)) + 2 * cosf(0.07f * (float)(i % w)) +
+                 (float)(i / (h * w));
+      else
+        fill_relu(x, n / (h * w), h, w);
+      for (size_t e = 0; e < sizeof ebs / sizeof *ebs; e++) {
+        roundtrip_all(x, 4, shapes[si], ebs[e]);
+        lt_ac_buf out = {0};
+        lt_ac_codec *c0 = lt_ac_codec_new(NULL, &err);
+        REQUIRE(c0);
+        REQUIRE(lt_ac_encode(c0, LT_AC_KIND_LORENZO, x, 4, shapes[si], ebs[e], &out, &err) ==
+                LT_OK);
+        for (int li = 0; li < 3; li++)
+          for (int th = 1; th <= 2; th++) {
+            lt_ac_opts o = {.threads = th, .zstd_level = 1, .simd = levels[li]};
+            lt_ac_codec *c = lt_ac_codec_new(&o, &err);
+            REQUIRE(c);
+            REQUIRE(lt_ac_decode(c, out.data, out.len, li || th > 1 ? y : ref, n, &err) == LT_OK);
+            if (li || th > 1)
+              CHECK_MSG(!memcmp(y, ref, (size_t)n * sizeof *y),
+                        "shape %lldx%lld eb %g: %s decode with %d threads differs from scalar",
+                        (long long)h, (long long)w, ebs[e], lt_ac_simd_name(levels[li]), th);
+            lt_ac_codec_free(c);
+          }
+        lt_ac_codec_free(c0);
+        lt_ac_buf_free(&out);
+      }
+    }
+    free(x);
+    free(ref);
+    free(y);
+  }
+}
+
+/* lt_ac_encode_affine codes z = (x − off_c)·scale_c per channel: the same stream as encoding z
+ * itself, on every SIMD level. */
+TEST_CASE(codec_affine_encode_equals_encoding_the_mapped_tensor) {
+  int64_t shape[4] = {3, 4, 16, 8};
+  const int64_t n = 3 * 4 * 16 * 8, hw = 16 * 8;
+  float *x = malloc(n * sizeof *x), *z = malloc(n * sizeof *z);
+  float off[4] = {0.5f, -1.25f, 3.0f, 0.0f}, scale[4] = {2.0f, 0.7f, 1.3f, 10.0f};
+  for (int64_t i = 0; i < n; i++) {
+    x[i] = lt_rng_normal(&rng) + (float)(i % 7) * 0.1f;
+    const int64_t c = i / hw % 4;
+    z[i] = (x[i] - off[c]) * scale[c];
+  }
+  x[5] = NAN; /* an outlier keeps its mapped bits */
+  z[5] = (x[5] - off[0]) * scale[0];
+  lt_ac_simd levels[3] = {LT_AC_SIMD_SCALAR, LT_AC_SIMD_AVX2, LT_AC_SIMD_AVX512};
+  lt_err err = {0};
+  lt_ac_buf a = {0}, b = {0};
+  for (int li = 0; li < 3; li++) {
+    lt_ac_opts o = {.threads = 1, .zstd_level = 0, .simd = levels[li]};
+    lt_ac_codec *c = lt_ac_codec_new(&o, &err);
+    REQUIRE(c);
+    REQUIRE(lt_ac_encode_affine(c, x, 4, shape, 0.5, off, scale, &a, &err) == LT_OK);
+    REQUIRE(lt_ac_encode(c, LT_AC_KIND_LORENZO, z, 4, shape, 0.5, &b, &err) == LT_OK);
+    CHECK_MSG(a.len == b.len && !memcmp(a.data, b.data, a.len), "affine stream differs (%s)",
+              lt_ac_simd_name(levels[li]));
+    lt_ac_codec_free(c);
+  }
+  lt_ac_buf_free(&a);
+  lt_ac_buf_free(&b);
+  free(x);
+  free(z);
+}
+
 TEST_CASE(codec_scratch_is_counted_and_returned) {
   lt_mem_stats m0, m1, m2;
   lt_mem_get_stats(&m0);
@@ -294,6 +377,8 @@ int main(void) {
   rng = lt_rng_make(8, 1);
   RUN(codec_bound_holds_on_random_tensors_every_simd_level);
   RUN(codec_bound_holds_on_adversarial_values);
+  RUN(codec_small_planes_decode_identically_on_every_simd_level);
+  RUN(codec_affine_encode_equals_encoding_the_mapped_tensor);
   RUN(codec_constants_zeros_and_escapes_round_trip);
   RUN(codec_rejects_bad_arguments_with_a_message);
   RUN(codec_every_truncation_and_bit_flip_is_rejected_or_bounded);

@@ -14,6 +14,7 @@
 #define AC_MAXLEN 16         /* length limit: 2^16 >= AC_NSYM, so every alphabet fits */
 #define AC_TABLE_BITS 11     /* primary decode table: 2^11 entries of 4 bytes stay in L1 */
 #define AC_CHUNK 16384       /* symbols per Huffman chunk: the unit of parallel decode */
+#define AC_MULTI 8      /* most symbols one decode-table lookup yields */
 #define AC_GROUP 4           /* chunks decoded interleaved by one thread (breaks the
                                 load→lookup→shift dependency chain of a single bit stream) */
 #define AC_QLIMIT 8388608.0f /* |x/2eb| must stay below 2^23 so q converts to float exactly */
@@ -45,9 +46,10 @@ void ac_list_free(ac_list *l);
 /* SIMD kernels (one instance per instruction set, identical results). */
 typedef struct ac_kernels {
   lt_ac_simd level;
-  /* q[i] = round(x[i]/2eb), 0 where x[i] is an outlier (recorded as base+i with its bits). */
-  void (*quant)(const float *x, int64_t n, const ac_qp *p, int32_t *q, ac_list *outl,
-                int64_t base);
+  /* q[i] = round(z[i]/2eb), 0 where z[i] is an outlier (recorded as base+i with its bits);
+   * z = x, or (x - aff[0])·aff[1] with an affine map. */
+  void (*quant)(const float *x, int64_t n, const ac_qp *p, const float *aff, int32_t *q,
+                ac_list *outl, int64_t base);
   /* codes[j] = d + R for the residual d = (c[j]-cl[j]) - (u[j]-ul[j]), or 0 with (base+j, d)
    * pushed to esc. 2-D Lorenzo passes cl = c-1, u = the row above, ul = u-1; no prediction
    * passes zero rows for cl, u and ul. */
@@ -58,6 +60,8 @@ typedef struct ac_kernels {
   void (*unpredict)(ac_i32a *row, int32_t *u, int64_t w, float twoeb);
   /* Decode without prediction: row[j] = (float)q[j] * twoeb in place. */
   void (*dequant)(ac_i32a *row, int64_t n, float twoeb);
+  /* unpredict over the h rows of a plane at x, u (w ints) zeroed by the caller. */
+  void (*unpredict_plane)(ac_i32a *x, int32_t *u, int64_t h, int64_t w, float twoeb);
 } ac_kernels;
 
 const ac_kernels *ac_kernels_get(lt_ac_simd s);
@@ -74,9 +78,12 @@ int64_t ac_huff_encode(const uint16_t *codes, int64_t n, const uint32_t *enc, ui
 
 typedef struct ac_huff_dec {
   uint32_t table[1 << AC_TABLE_BITS]; /* (len << 16) | sym; len 0: long or invalid code */
-  /* Two symbols per lookup where both codes fit the table bits: sym1 | sym2 << 16 | total
-   * length << 32 | count << 40, count 1 (one code) or 2; 0: long or invalid first code. */
-  uint64_t pair[1 << AC_TABLE_BITS];
+  /* Up to AC_MULTI symbols per lookup: every whole code the table bits hold, as residuals
+   * d = sym - R (int16: the escape code 0 gives -R); minfo is count | total length << 4, 0 for a
+   * long or invalid first code. Zero-heavy activations code 0 in one bit, so one lookup often
+   * yields all AC_MULTI. */
+  int16_t multi[1 << AC_TABLE_BITS][AC_MULTI];
+  uint8_t minfo[1 << AC_TABLE_BITS];
   uint32_t first[AC_MAXLEN + 2];      /* canonical first code per length */
   uint32_t count[AC_MAXLEN + 2];      /* symbols per length */
   uint32_t offset[AC_MAXLEN + 2];     /* index of the first symbol of each length in sorted */

@@ -24,6 +24,7 @@
 #include "lathe/config.h"
 
 #include <math.h>
+#include <immintrin.h>
 #include <omp.h>
 #include <stdlib.h>
 #include <zstd.h>
@@ -142,7 +143,7 @@ struct lt_ac_codec {
   ac_scratch sub;     /* uint32 (threads, 4, AC_NSYM): see hist_add */
   ac_scratch chunks;  /* uint64 (n_chunks): bit counts, then byte offsets */
   ac_scratch payload; /* raw Huffman payload when a zstd pass runs, either direction */
-  ac_scratch zrow;    /* float per thread: one row of W, the affine-mapped input */
+  ac_scratch pranges; /* int64 (threads, 2): planes each decode thread finished */
   ac_list *outl, *esc; /* (n_lists) per-thread lists */
   int n_lists;
   uint8_t len[AC_NSYM];
@@ -223,7 +224,7 @@ void lt_ac_codec_free(lt_ac_codec *c) {
   scratch_free(&c->sub);
   scratch_free(&c->chunks);
   scratch_free(&c->payload);
-  scratch_free(&c->zrow);
+  scratch_free(&c->pranges);
   free_lists(c);
   ZSTD_freeCCtx(c->zc);
   ZSTD_freeDCtx(c->zd);
@@ -281,27 +282,96 @@ static void hist_add(const uint16_t *cp, int64_t m, uint64_t *hist, uint32_t *su
   for (; i < m; i++) hist[cp[i]]++;
 }
 
-/* Codes the first `rows` rows of the plane starting at element base into codes (same offsets)
- * and adds them to hist (or sub, see hist_add). rb holds 3 rows of w+1 ints: a zero row and two
+/* hist_add for codes dominated by a few values (R and R ± 1, residuals 0 and ±1: most codes of
+ * activations at the bounds in use): those are counted with compares and popcounts, the others
+ * are packed into a small buffer (register compress, then one store) and counted by hist_add.
+ * Runs of one code then no longer chain increments on one counter, so no sub-histograms. */
+__attribute__((target("avx512f,avx512bw,avx512vbmi2"))) static void
+hist_add_avx512(const uint16_t *cp, int64_t m, uint64_t *hist) {
+  uint16_t rest[1024 + 32];
+  const __m512i r0 = _mm512_set1_epi16((short)AC_RADIUS), rm = _mm512_set1_epi16(AC_RADIUS - 1),
+                rp = _mm512_set1_epi16((short)(AC_RADIUS + 1));
+  uint64_t c0 = 0, cm = 0, cp1 = 0;
+  int64_t i = 0;
+  while (i + 32 <= m) {
+    int nr = 0;
+    for (int64_t e = i + 1024 <= m ? i + 1024 : m - (m - i) % 32; i < e; i += 32) {
+      const __m512i v = _mm512_loadu_si512((const void *)(cp + i));
+      const __mmask32 a = _mm512_cmpeq_epi16_mask(v, r0), b = _mm512_cmpeq_epi16_mask(v, rm),
+                      c = _mm512_cmpeq_epi16_mask(v, rp);
+      const __mmask32 other = ~(a | b | c);
+      c0 += (uint64_t)__builtin_popcount(a);
+      cm += (uint64_t)__builtin_popcount(b);
+      cp1 += (uint64_t)__builtin_popcount(c);
+      _mm512_storeu_si512((void *)(rest + nr), _mm512_maskz_compress_epi16(other, v));
+      nr += __builtin_popcount(other);
+    }
+    hist_add(rest, nr, hist, NULL);
+  }
+  hist_add(cp + i, m - i, hist, NULL);
+  hist[AC_RADIUS] += c0;
+  hist[AC_RADIUS - 1] += cm;
+  hist[AC_RADIUS + 1] += cp1;
+}
+
+static int cpu_has_vbmi2(void) {
+  static int has = -1;
+  if (has < 0) {
+    __builtin_cpu_init();
+    has = __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
+          __builtin_cpu_supports("avx512vbmi2");
+  }
+  return has;
+}
+
+/* Planes up to this many elements are coded whole (one kernel call per stage), larger ones row
+ * by row; rows of ResNet-sized planes are 8 to 32 elements, too short for per-row calls. */
+#define AC_PLANE_MAX 16384
+
+/* Codes the first `rows` rows of the h×w plane starting at element base into codes (same offsets)
+ * and adds them to hist (or sub, see hist_add). rb holds the thread's rows (plane_rows_ints).
+ *
+ * Whole plane (h·w <= AC_PLANE_MAX): rb is [w zeros | q (n) | w zeros | L (n)] with L[i] =
+ * q[i-1] but 0 at each row start; then u = q - w, ul = L - w read the zeros above row 0, and
+ * one predict call covers the plane. Row by row: rb is 3 rows of w+1 ints, a zero row and two
  * working rows, each with a zero at index 0 for the column left of the plane. */
 static void code_plane(const ac_kernels *k, const float *x, const ac_qp *qp, int pred,
-                       int64_t rows, int64_t w, int64_t base, int32_t *rb, uint16_t *codes,
-                       ac_list *outl, ac_list *esc, uint64_t *hist, uint32_t *sub,
-                       const ac_affine *af, float *zrow) {
+                       int64_t h, int64_t rows, int64_t w, int64_t base, int32_t *rb,
+                       uint16_t *codes, ac_list *outl, ac_list *esc, uint64_t *hist, uint32_t *sub,
+                       const ac_affine *af) {
+  float aff[2];
+  const int64_t n = rows * w;
+  if (af) { /* z = (x − off_c)·scale_c; a plane lies in one channel (hw is a multiple of it) */
+    const int64_t ch = base / af->hw % af->nchan;
+    aff[0] = af->off[ch];
+    aff[1] = af->scale[ch];
+  }
+  if (h * w <= AC_PLANE_MAX) {
+    int32_t *q = rb + w, *L = q + n + w;
+    memset(rb, 0, (size_t)w * sizeof *rb);
+    memset(q + n, 0, (size_t)w * sizeof *rb);
+    k->quant(x + base, n, qp, af ? aff : NULL, q, outl, base);
+    if (pred == AC_PREDICTOR_LORENZO2D) {
+      L[0] = 0;
+      memcpy(L + 1, q, (size_t)(n - 1) * sizeof *L);
+      for (int64_t r = 1; r < rows; r++) L[r * w] = 0;
+      k->predict(q, L, q - w, L - w, n, codes + base, esc, base);
+    } else {
+      /* No prediction: the neighbour rows are zeros (L's region, zeroed here). */
+      memset(L, 0, (size_t)n * sizeof *L);
+      k->predict(q, L, L, L, n, codes + base, esc, base);
+    }
+    if (k->level == LT_AC_SIMD_AVX512 && cpu_has_vbmi2()) hist_add_avx512(codes + base, n, hist);
+    else hist_add(codes + base, n, hist, sub);
+    return;
+  }
   int32_t *zero = rb, *cur = rb + (w + 1), *prev = cur + (w + 1);
   memset(zero, 0, (size_t)(w + 1) * sizeof *zero);
   cur[0] = prev[0] = 0;
   const int32_t *up = zero;
   for (int64_t r = 0; r < rows; r++) {
     int64_t off = base + r * w;
-    const float *xr = x + off;
-    if (af) { /* z = (x − off_c)·scale_c for the row's channel, into the thread's row */
-      const int64_t ch = off / af->hw % af->nchan;
-      const float m = af->off[ch], sc = af->scale[ch];
-      for (int64_t j = 0; j < w; j++) zrow[j] = (xr[j] - m) * sc;
-      xr = zrow;
-    }
-    k->quant(xr, w, qp, cur + 1, outl, off);
+    k->quant(x + off, w, qp, af ? aff : NULL, cur + 1, outl, off);
     if (pred == AC_PREDICTOR_LORENZO2D)
       k->predict(cur + 1, cur, up + 1, up, w, codes + off, esc, off);
     else
@@ -311,7 +381,12 @@ static void code_plane(const ac_kernels *k, const float *x, const ac_qp *qp, int
     cur = tmp;
     up = prev;
   }
-  hist_add(codes + base, rows * w, hist, sub);
+  hist_add(codes + base, n, hist, sub);
+}
+
+/* Ints of row scratch one thread needs for planes of h×w (see code_plane). */
+static size_t plane_rows_ints(int64_t h, int64_t w) {
+  return h * w <= AC_PLANE_MAX ? (size_t)(2 * (h * w + w)) : (size_t)(3 * (w + 1));
 }
 
 static lt_status lorenzo_encode(lt_ac_codec *c, const float *x, int ndim, const int64_t *shape,
@@ -330,12 +405,12 @@ static lt_status lorenzo_encode(lt_ac_codec *c, const float *x, int ndim, const 
   const ac_kernels *k = c->k;
 
   uint16_t *codes = scratch_get(&c->codes, (size_t)n * sizeof *codes, err);
-  int32_t *rows = scratch_get(&c->rows, (size_t)t * 3 * (size_t)(w + 1) * sizeof *rows, err);
+  const size_t rb_ints = plane_rows_ints(h, w);
+  int32_t *rows = scratch_get(&c->rows, (size_t)t * rb_ints * sizeof *rows, err);
   uint64_t *hist = scratch_get(&c->hist, (size_t)t * AC_NSYM * sizeof *hist, err);
   /* (nchunks) bit counts, then (nchunks + 1) byte offsets */
   uint64_t *cbits = scratch_get(&c->chunks, (size_t)(2 * nchunks + 1) * sizeof *cbits, err);
-  float *zrows = af ? scratch_get(&c->zrow, (size_t)t * (size_t)w * sizeof *zrows, err) : NULL;
-  if (!codes || !rows || !hist || !cbits || (af && !zrows)) return err ? err->status : LT_ERR_NOMEM;
+  if (!codes || !rows || !hist || !cbits) return err ? err->status : LT_ERR_NOMEM;
   if ((st = lists_reset(c, t, err))) return st;
   memset(hist, 0, (size_t)t * AC_NSYM * sizeof *hist);
 
@@ -353,8 +428,8 @@ static lt_status lorenzo_encode(lt_ac_codec *c, const float *x, int ndim, const 
       c->esc[0].n = c->outl[0].n = 0;
       int64_t total = 0;
       for (int64_t p = 0; p < nplanes; p += stride) {
-        code_plane(k, x, &qp, preds[pi], rows_max, w, p * plane, rows, codes, &c->outl[0],
-                   &c->esc[0], hist, NULL, af, zrows);
+        code_plane(k, x, &qp, preds[pi], h, rows_max, w, p * plane, rows, codes, &c->outl[0],
+                   &c->esc[0], hist, NULL, af);
         total += rows_max * w;
       }
       cost[pi] = 96.0 * (double)c->esc[0].n;
@@ -368,7 +443,8 @@ static lt_status lorenzo_encode(lt_ac_codec *c, const float *x, int ndim, const 
 
   /* Stage 1: prequantise and predict, one plane at a time; static scheduling gives each thread
    * a contiguous run of planes, so concatenating the per-thread lists keeps indices sorted. */
-  const int use_sub = n / t >= AC_HIST4_MIN;
+  const int use_sub = n / t >= AC_HIST4_MIN &&
+                      !(k->level == LT_AC_SIMD_AVX512 && cpu_has_vbmi2() && plane <= AC_PLANE_MAX);
   uint32_t *subs = NULL;
   if (use_sub &&
       !(subs = scratch_get(&c->sub, (size_t)t * 4 * AC_NSYM * sizeof *subs, err)))
@@ -376,14 +452,14 @@ static lt_status lorenzo_encode(lt_ac_codec *c, const float *x, int ndim, const 
 #pragma omp parallel num_threads(t)
   {
     int tid = omp_get_thread_num();
-    int32_t *rb = rows + (size_t)tid * 3 * (size_t)(w + 1);
+    int32_t *rb = rows + (size_t)tid * rb_ints;
     uint64_t *hi = hist + (size_t)tid * AC_NSYM;
     uint32_t *sub = use_sub ? subs + (size_t)tid * 4 * AC_NSYM : NULL;
     if (sub) memset(sub, 0, 4 * AC_NSYM * sizeof *sub);
 #pragma omp for schedule(static) nowait
     for (int64_t p = 0; p < nplanes; p++)
-      code_plane(k, x, &qp, pred, h, w, p * plane, rb, codes, &c->outl[tid], &c->esc[tid], hi,
-                 sub, af, af ? zrows + (size_t)tid * (size_t)w : NULL);
+      code_plane(k, x, &qp, pred, h, h, w, p * plane, rb, codes, &c->outl[tid], &c->esc[tid], hi,
+                 sub, af);
     if (sub)
       for (int sy = 0; sy < AC_NSYM; sy++)
         hi[sy] += (uint64_t)sub[sy] + sub[AC_NSYM + sy] + sub[2 * AC_NSYM + sy] +
@@ -430,8 +506,9 @@ static lt_status lorenzo_encode(lt_ac_codec *c, const float *x, int ndim, const 
   if (use_zstd && !(raw = scratch_get(&c->payload, raw_cap, err)))
     return err ? err->status : LT_ERR_NOMEM;
 
-  /* Huffman chunks: one thread writes them back to back; several first count each chunk's
-   * bits so that every chunk knows where it starts and writes only its own bytes. */
+  /* Huffman chunks, back to back. With several threads each encodes a contiguous run of chunks
+   * into its own region of raw (worst case 2 bytes a symbol, so regions start at twice the run's
+   * first symbol), then the runs move down to close the gaps. */
   size_t raw_bytes = 0;
   const int te = codec_threads(c, n, nchunks);
   if (te == 1) {
@@ -442,20 +519,27 @@ static lt_status lorenzo_encode(lt_ac_codec *c, const float *x, int ndim, const 
       raw_bytes += (size_t)(bits + 7) / 8;
     }
   } else {
-#pragma omp parallel for num_threads(te) schedule(static)
-    for (int64_t ci = 0; ci < nchunks; ci++) {
-      int64_t s0 = ci * AC_CHUNK, m = n - s0 < AC_CHUNK ? n - s0 : AC_CHUNK;
-      cbits[ci] = (uint64_t)ac_huff_chunk_bits(codes + s0, m, c->enc);
+    uint64_t *run = cbits + nchunks; /* (te) bytes each thread wrote */
+#pragma omp parallel num_threads(te)
+    {
+      const int tid = omp_get_thread_num();
+      const int64_t c0 = nchunks * tid / te, c1 = nchunks * (tid + 1) / te;
+      uint8_t *dst = raw + 2 * (size_t)(c0 * AC_CHUNK);
+      uint8_t *end = c1 == nchunks ? raw + raw_cap : raw + 2 * (size_t)(c1 * AC_CHUNK);
+      size_t used = 0;
+      for (int64_t ci = c0; ci < c1; ci++) {
+        int64_t s0 = ci * AC_CHUNK, m = n - s0 < AC_CHUNK ? n - s0 : AC_CHUNK;
+        int64_t bits = ac_huff_encode(codes + s0, m, c->enc, dst + used, end);
+        cbits[ci] = (uint64_t)bits;
+        used += (size_t)(bits + 7) / 8;
+      }
+      run[tid] = used;
     }
-    uint64_t *start = cbits + nchunks;
-    start[0] = 0;
-    for (int64_t ci = 0; ci < nchunks; ci++) start[ci + 1] = start[ci] + (cbits[ci] + 7) / 8;
-#pragma omp parallel for num_threads(te) schedule(static)
-    for (int64_t ci = 0; ci < nchunks; ci++) {
-      int64_t s0 = ci * AC_CHUNK, m = n - s0 < AC_CHUNK ? n - s0 : AC_CHUNK;
-      ac_huff_encode(codes + s0, m, c->enc, raw + start[ci], raw + start[ci + 1]);
+    for (int i = 0; i < te; i++) {
+      const int64_t c0 = nchunks * i / te;
+      if (i) memmove(raw + raw_bytes, raw + 2 * (size_t)(c0 * AC_CHUNK), run[i]);
+      raw_bytes += run[i];
     }
-    raw_bytes = (size_t)start[nchunks];
   }
   for (int64_t ci = 0; ci < nchunks; ci++) ac_put_u32(chunk_sec + 4 * ci, (uint32_t)cbits[ci]);
 
@@ -626,8 +710,7 @@ static void finish_planes(const ac_kernels *k, const ac_hdr *hd, float twoeb, fl
   }
   for (int64_t p = p0; p < p1; p++) {
     memset(u, 0, (size_t)hd->w * sizeof *u);
-    for (int64_t r = 0; r < hd->h; r++)
-      k->unpredict((ac_i32a *)(x + p * hd->h * hd->w + r * hd->w), u, hd->w, twoeb);
+    k->unpredict_plane((ac_i32a *)(x + p * plane), u, hd->h, hd->w, twoeb);
   }
 }
 
@@ -643,6 +726,17 @@ static int apply_escapes(const ac_hdr *hd, float *x, int64_t *next, int64_t end)
     d[idx] = (int32_t)ac_get_u32(e + 8);
   }
   return 0;
+}
+
+/* Index into the escape list of the first escape at or after element e (the list is sorted). */
+static int64_t first_escape_at(const ac_hdr *hd, int64_t e) {
+  int64_t lo = 0, hi = hd->nesc;
+  while (lo < hi) {
+    const int64_t mid = lo + (hi - lo) / 2;
+    if ((int64_t)ac_get_u64(hd->esc + 12 * mid) < e) lo = mid + 1;
+    else hi = mid;
+  }
+  return lo;
 }
 
 static int decode_groups(const ac_huff_dec *dec, const ac_hdr *hd, const uint8_t *payload,
@@ -694,41 +788,42 @@ static lt_status lorenzo_decode(lt_ac_codec *c, const uint8_t *src, size_t len, 
 
   ac_qp qp;
   ac_qp_init(hd.eb, &qp); /* checked by the parser */
-  const int64_t plane = hd.h * hd.w, nplanes = hd.n / plane;
+  const int64_t plane = hd.h * hd.w;
   const int64_t ngroups = (hd.nchunks + AC_GROUP - 1) / AC_GROUP;
   const int t = codec_threads(c, hd.n, ngroups);
-  const int tp = codec_threads(c, hd.n, nplanes);
-  const int tmax = t > tp ? t : tp;
-  int32_t *rows = scratch_get(&c->rows, (size_t)tmax * (size_t)hd.w * sizeof *rows, err);
-  if (!rows) return err ? err->status : LT_ERR_NOMEM;
-  int64_t next_esc = 0;
+  int32_t *rows = scratch_get(&c->rows, (size_t)t * (size_t)hd.w * sizeof *rows, err);
+  int64_t *pr = scratch_get(&c->pranges, (size_t)t * 2 * sizeof *pr, err);
+  if (!rows || !pr) return err ? err->status : LT_ERR_NOMEM;
   int bad = 0;
-  if (t == 1 && tp == 1) {
-    /* One thread: finish planes as soon as their residuals are decoded, while they are still in
-     * cache. */
-    int64_t done = 0;
-    for (int64_t g = 0; g < ngroups && !bad; g++) {
+  /* Each thread decodes a contiguous run of groups and finishes every plane inside its run as
+   * soon as the plane's residuals are there, while they are still in cache; the planes that
+   * straddle two runs are finished afterwards. */
+#pragma omp parallel num_threads(t) reduction(| : bad)
+  {
+    const int tid = omp_get_thread_num();
+    const int64_t g0 = ngroups * tid / t, g1 = ngroups * (tid + 1) / t;
+    const int64_t e0 = g0 * AC_GROUP * AC_CHUNK;
+    int32_t *u = rows + (size_t)tid * (size_t)hd.w;
+    int64_t next_esc = first_escape_at(&hd, e0);
+    const int64_t pa = (e0 + plane - 1) / plane;
+    int64_t done = pa;
+    for (int64_t g = g0; g < g1; g++) {
       bad |= decode_groups(&c->dec, &hd, payload, cstart, x, g);
       int64_t end = (g + 1) * AC_GROUP * AC_CHUNK;
       if (end > hd.n) end = hd.n;
       bad |= apply_escapes(&hd, x, &next_esc, end);
-      int64_t p1 = end / plane;
-      finish_planes(c->k, &hd, qp.twoeb, x, done, p1, rows);
-      done = p1;
-    }
-  } else {
-#pragma omp parallel for num_threads(t) schedule(static) reduction(| : bad)
-    for (int64_t g = 0; g < ngroups; g++) bad |= decode_groups(&c->dec, &hd, payload, cstart, x, g);
-    if (!bad) bad |= apply_escapes(&hd, x, &next_esc, hd.n);
-    if (!bad) {
-#pragma omp parallel num_threads(tp)
-      {
-        int32_t *u = rows + (size_t)omp_get_thread_num() * (size_t)hd.w;
-#pragma omp for schedule(static)
-        for (int64_t p = 0; p < nplanes; p++) finish_planes(c->k, &hd, qp.twoeb, x, p, p + 1, u);
+      const int64_t p1 = end / plane;
+      if (p1 > done) {
+        finish_planes(c->k, &hd, qp.twoeb, x, done, p1, u);
+        done = p1;
       }
     }
+    pr[2 * tid] = pa;
+    pr[2 * tid + 1] = done;
   }
+  for (int i = 0; i + 1 < t; i++)
+    if (pr[2 * i + 1] < pr[2 * i + 2])
+      finish_planes(c->k, &hd, qp.twoeb, x, pr[2 * i + 1], pr[2 * i + 2], rows);
   if (bad) return BAD("Huffman payload does not decode to its chunk sizes");
   for (int64_t j = 0; j < hd.nout; j++) {
     const uint8_t *e = hd.outl + 12 * j;

@@ -10,6 +10,7 @@
  * are validated before a table is built, and a bit pattern with no code is an error. */
 #include "actcomp/ac_internal.h"
 
+#include <immintrin.h>
 #include <stdlib.h> /* qsort */
 
 static inline uint64_t load_le64(const uint8_t *p) {
@@ -210,20 +211,18 @@ int ac_huff_dec_build(ac_huff_dec *d, const uint16_t *syms, const uint8_t *lens,
       for (uint32_t x = r; x < (1u << AC_TABLE_BITS); x += 1u << l)
         d->table[x] = ((uint32_t)l << 16) | sym;
     }
-  /* Pairs: the first code's length fixes where the second starts; the second counts only if
-   * the known remaining bits determine it (its length fits in what is left of the index). */
+  /* Multi-symbol entries: decode whole codes from the index while they fit in its bits (the
+   * bits above what is consumed are known, those past the table width are not). */
   for (uint32_t i = 0; i < (1u << AC_TABLE_BITS); i++) {
-    uint32_t e1 = d->table[i], l1 = e1 >> 16;
-    if (!l1) {
-      d->pair[i] = 0;
-      continue;
+    uint32_t used = 0, cnt = 0;
+    memset(d->multi[i], 0, sizeof d->multi[i]);
+    while (cnt < AC_MULTI) {
+      uint32_t e = d->table[i >> used], l = e >> 16;
+      if (!l || used + l > AC_TABLE_BITS) break;
+      d->multi[i][cnt++] = (int16_t)((int32_t)(e & 0xffff) - AC_RADIUS);
+      used += l;
     }
-    uint32_t e2 = d->table[i >> l1], l2 = e2 >> 16;
-    if (l2 && l1 + l2 <= AC_TABLE_BITS)
-      d->pair[i] = (e1 & 0xffff) | (uint64_t)(e2 & 0xffff) << 16 | (uint64_t)(l1 + l2) << 32 |
-                   (uint64_t)2 << 40;
-    else
-      d->pair[i] = (e1 & 0xffff) | (uint64_t)l1 << 32 | (uint64_t)1 << 40;
+    d->minfo[i] = (uint8_t)(cnt ? cnt | used << 4 : 0);
   }
   return 0;
 }
@@ -249,21 +248,28 @@ static inline uint64_t peek_safe(const uint8_t *p, size_t size, uint64_t pos) {
   return load_le64(tmp) >> (pos & 7);
 }
 
-int ac_huff_decode_group(const ac_huff_dec *d, const uint8_t *payload, size_t size,
-                         ac_chunk *ch, int nch) {
-  const uint32_t *tab = d->table;
-  const uint64_t mask = (1u << AC_TABLE_BITS) - 1;
-  uint64_t pos[AC_GROUP];
-  int64_t left[AC_GROUP];
-  ac_i32a *out[AC_GROUP];
-  uint32_t bad = 0;
-  for (int k = 0; k < nch; k++) {
-    pos[k] = ch[k].bit0;
-    left[k] = ch[k].nsym;
-    out[k] = ch[k].out;
-  }
-  /* One symbol: a table hit, else the canonical slow path; a length of 0 marks an invalid code
-   * (recorded in bad, decoding carries on harmlessly and the group is rejected). */
+/* The decode loop, instantiated per instruction set (STORE8 writes the AC_MULTI residuals of a
+ * table entry as int32). A lookup writes all AC_MULTI output slots whatever its count, so the
+ * fast loops run only while each chunk has 3·AC_MULTI symbols left (three lookups between
+ * reloads: at least 57 bits are valid after a reload, a lookup takes at most 16); slots past the
+ * count are overwritten by the next lookup. The last symbols of a chunk go one at a time. */
+#define AC_DECODE_BODY(STORE8)                                                                    \
+  const uint32_t *tab = d->table;                                                                 \
+  const uint64_t mask = (1u << AC_TABLE_BITS) - 1;                                                \
+  uint64_t pos[AC_GROUP];                                                                         \
+  int64_t left[AC_GROUP];                                                                         \
+  ac_i32a *out[AC_GROUP];                                                                         \
+  uint32_t bad = 0;                                                                               \
+  for (int k = 0; k < nch; k++) {                                                                 \
+    pos[k] = ch[k].bit0;                                                                          \
+    left[k] = ch[k].nsym;                                                                         \
+    out[k] = ch[k].out;                                                                           \
+  }                                                                                               \
+  AC_DECODE_LOOPS(STORE8)                                                                         \
+  return bad ? -1 : 0;
+
+/* One symbol: a table hit, else the canonical slow path; a length of 0 marks an invalid code
+ * (recorded in bad, decoding carries on harmlessly and the group is rejected). */
 #define AC_DEC1(k, v)                                                                             \
   do {                                                                                            \
     uint32_t e_ = tab[(v) & mask];                                                                \
@@ -275,22 +281,21 @@ int ac_huff_decode_group(const ac_huff_dec *d, const uint8_t *payload, size_t si
     pos[k] += l_;                                                                                 \
   } while (0)
 
-  /* One or two symbols per lookup from the pair table. Both output slots are written, so at
-   * least two symbols must be left in the chunk; a long code takes the slow path for one. */
-#define AC_DEC2(k, v)                                                                             \
+/* Up to AC_MULTI symbols per lookup; a long first code takes the slow path for one. */
+#define AC_DECM(k, v, STORE8)                                                                     \
   do {                                                                                            \
-    uint64_t p_ = pair[(v) & mask];                                                               \
-    uint32_t n_ = (uint32_t)(p_ >> 40), l_;                                                       \
-    if (__builtin_expect(n_ == 0, 0)) {                                                           \
+    const uint32_t i_ = (uint32_t)((v) & mask);                                                   \
+    uint32_t inf_ = d->minfo[i_], n_, l_;                                                         \
+    if (__builtin_expect(inf_ == 0, 0)) {                                                         \
       uint32_t e_ = decode_long(d, (v));                                                          \
       l_ = e_ >> 16;                                                                              \
       bad |= (l_ == 0);                                                                           \
       out[k][0] = (int32_t)(e_ & 0xffff) - AC_RADIUS;                                             \
       n_ = 1;                                                                                     \
     } else {                                                                                      \
-      l_ = (uint32_t)(p_ >> 32) & 0xff;                                                           \
-      out[k][0] = (int32_t)(p_ & 0xffff) - AC_RADIUS;                                             \
-      out[k][1] = (int32_t)((p_ >> 16) & 0xffff) - AC_RADIUS;                                     \
+      STORE8(out[k], d->multi[i_]);                                                               \
+      n_ = inf_ & 15;                                                                             \
+      l_ = inf_ >> 4;                                                                             \
     }                                                                                             \
     out[k] += n_;                                                                                 \
     left[k] -= n_;                                                                                \
@@ -298,48 +303,74 @@ int ac_huff_decode_group(const ac_huff_dec *d, const uint8_t *payload, size_t si
     pos[k] += l_;                                                                                 \
   } while (0)
 
-  const uint64_t *pair = d->pair;
-  if (nch == AC_GROUP) {
-    /* After a reload at least 57 bits are valid: three lookups of at most 16 bits each, giving
-     * up to six symbols, so each stream needs six left. */
-    for (;;) {
-      int ok = 1;
-      for (int k = 0; k < AC_GROUP; k++) ok &= (left[k] >= 6) & ((pos[k] >> 3) + 8 <= size);
-      if (!ok) break;
-      uint64_t v0 = load_le64(payload + (pos[0] >> 3)) >> (pos[0] & 7);
-      uint64_t v1 = load_le64(payload + (pos[1] >> 3)) >> (pos[1] & 7);
-      uint64_t v2 = load_le64(payload + (pos[2] >> 3)) >> (pos[2] & 7);
-      uint64_t v3 = load_le64(payload + (pos[3] >> 3)) >> (pos[3] & 7);
-      AC_DEC2(0, v0);
-      AC_DEC2(1, v1);
-      AC_DEC2(2, v2);
-      AC_DEC2(3, v3);
-      AC_DEC2(0, v0);
-      AC_DEC2(1, v1);
-      AC_DEC2(2, v2);
-      AC_DEC2(3, v3);
-      AC_DEC2(0, v0);
-      AC_DEC2(1, v1);
-      AC_DEC2(2, v2);
-      AC_DEC2(3, v3);
-    }
+#define AC_DECODE_LOOPS(STORE8)                                                                   \
+  if (nch == AC_GROUP) {                                                                          \
+    for (;;) {                                                                                    \
+      int ok = 1;                                                                                 \
+      for (int k = 0; k < AC_GROUP; k++)                                                          \
+        ok &= (left[k] >= 3 * AC_MULTI) & ((pos[k] >> 3) + 8 <= size);                            \
+      if (!ok) break;                                                                             \
+      uint64_t v0 = load_le64(payload + (pos[0] >> 3)) >> (pos[0] & 7);                           \
+      uint64_t v1 = load_le64(payload + (pos[1] >> 3)) >> (pos[1] & 7);                           \
+      uint64_t v2 = load_le64(payload + (pos[2] >> 3)) >> (pos[2] & 7);                           \
+      uint64_t v3 = load_le64(payload + (pos[3] >> 3)) >> (pos[3] & 7);                           \
+      AC_DECM(0, v0, STORE8);                                                                     \
+      AC_DECM(1, v1, STORE8);                                                                     \
+      AC_DECM(2, v2, STORE8);                                                                     \
+      AC_DECM(3, v3, STORE8);                                                                     \
+      AC_DECM(0, v0, STORE8);                                                                     \
+      AC_DECM(1, v1, STORE8);                                                                     \
+      AC_DECM(2, v2, STORE8);                                                                     \
+      AC_DECM(3, v3, STORE8);                                                                     \
+      AC_DECM(0, v0, STORE8);                                                                     \
+      AC_DECM(1, v1, STORE8);                                                                     \
+      AC_DECM(2, v2, STORE8);                                                                     \
+      AC_DECM(3, v3, STORE8);                                                                     \
+    }                                                                                             \
+  }                                                                                               \
+  for (int k = 0; k < nch; k++) {                                                                 \
+    while (left[k] >= 3 * AC_MULTI && (pos[k] >> 3) + 8 <= size) {                                \
+      uint64_t v = load_le64(payload + (pos[k] >> 3)) >> (pos[k] & 7);                            \
+      AC_DECM(k, v, STORE8);                                                                      \
+      AC_DECM(k, v, STORE8);                                                                      \
+      AC_DECM(k, v, STORE8);                                                                      \
+    }                                                                                             \
+    for (; left[k] > 0; left[k]--) {                                                              \
+      uint64_t v = peek_safe(payload, size, pos[k]);                                              \
+      AC_DEC1(k, v);                                                                              \
+    }                                                                                             \
+    if (pos[k] != ch[k].bit0 + ch[k].nbits) bad = 1;                                              \
   }
-  for (int k = 0; k < nch; k++) {
-    while (left[k] >= 6 && (pos[k] >> 3) + 8 <= size) {
-      uint64_t v = load_le64(payload + (pos[k] >> 3)) >> (pos[k] & 7);
-      AC_DEC2(k, v);
-      AC_DEC2(k, v);
-      AC_DEC2(k, v);
-    }
-    for (; left[k] > 0; left[k]--) {
-      uint64_t v = peek_safe(payload, size, pos[k]);
-      AC_DEC1(k, v);
-    }
-    if (pos[k] != ch[k].bit0 + ch[k].nbits) bad = 1;
+
+#define AC_STORE8_C(o, s)                                                                         \
+  do {                                                                                            \
+    for (int j_ = 0; j_ < AC_MULTI; j_++) (o)[j_] = (s)[j_];                                      \
+  } while (0)
+
+#define AC_STORE8_AVX2(o, s)                                                                      \
+  _mm256_storeu_si256((__m256i *)(void *)(o),                                                     \
+                      _mm256_cvtepi16_epi32(_mm_loadu_si128((const __m128i *)(const void *)(s))))
+
+static int decode_group_c(const ac_huff_dec *d, const uint8_t *payload, size_t size,
+                          ac_chunk *ch, int nch) {
+  AC_DECODE_BODY(AC_STORE8_C)
+}
+
+__attribute__((target("avx2"))) static int decode_group_avx2(const ac_huff_dec *d,
+                                                             const uint8_t *payload, size_t size,
+                                                             ac_chunk *ch, int nch) {
+  AC_DECODE_BODY(AC_STORE8_AVX2)
+}
+
+int ac_huff_decode_group(const ac_huff_dec *d, const uint8_t *payload, size_t size,
+                         ac_chunk *ch, int nch) {
+  static int avx2 = -1;
+  if (avx2 < 0) {
+    __builtin_cpu_init();
+    avx2 = __builtin_cpu_supports("avx2");
   }
-#undef AC_DEC1
-#undef AC_DEC2
-  return bad ? -1 : 0;
+  return avx2 ? decode_group_avx2(d, payload, size, ch, nch)
+              : decode_group_c(d, payload, size, ch, nch);
 }
 
 /* ---- CRC-32C --------------------------------------------------------------------------------- */

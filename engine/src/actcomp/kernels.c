@@ -52,14 +52,15 @@ static inline int32_t quant_one(float x, const ac_qp *p, int *outlier) {
   return q;
 }
 
-static void quant_scalar(const float *x, int64_t n, const ac_qp *p, int32_t *q, ac_list *outl,
-                         int64_t base) {
+static void quant_scalar(const float *x, int64_t n, const ac_qp *p, const float *aff, int32_t *q,
+                         ac_list *outl, int64_t base) {
   for (int64_t i = 0; i < n; i++) {
     int o;
-    q[i] = quant_one(x[i], p, &o);
+    const float z = aff ? (x[i] - aff[0]) * aff[1] : x[i];
+    q[i] = quant_one(z, p, &o);
     if (o) {
       uint32_t bits;
-      memcpy(&bits, &x[i], 4);
+      memcpy(&bits, &z, 4);
       ac_list_push(outl, base + i, bits);
     }
   }
@@ -103,13 +104,17 @@ static void dequant_scalar(ac_i32a *row, int64_t n, float twoeb) {
 /* ---- AVX2 ------------------------------------------------------------------------------------ */
 
 __attribute__((target("avx2"))) static void quant_avx2(const float *x, int64_t n, const ac_qp *p,
-                                                       int32_t *q, ac_list *outl, int64_t base) {
+                                                       const float *aff, int32_t *q, ac_list *outl,
+                                                       int64_t base) {
   const __m256 vinv = _mm256_set1_ps(p->inv2eb), v2eb = _mm256_set1_ps(p->twoeb);
   const __m256 veb = _mm256_set1_ps(p->eb), vlim = _mm256_set1_ps(AC_QLIMIT);
   const __m256 absm = _mm256_castsi256_ps(_mm256_set1_epi32(0x7fffffff));
+  const __m256 voff = _mm256_set1_ps(aff ? aff[0] : 0.0f);
+  const __m256 vsc = _mm256_set1_ps(aff ? aff[1] : 1.0f);
   int64_t i = 0;
   for (; i + 8 <= n; i += 8) {
     __m256 v = _mm256_loadu_ps(x + i);
+    if (aff) v = _mm256_mul_ps(_mm256_sub_ps(v, voff), vsc);
     __m256 t = _mm256_mul_ps(v, vinv);
     __m256 inr = _mm256_cmp_ps(_mm256_and_ps(t, absm), vlim, _CMP_LT_OQ);
     __m256i qi = _mm256_and_si256(_mm256_cvtps_epi32(t), _mm256_castps_si256(inr));
@@ -120,15 +125,13 @@ __attribute__((target("avx2"))) static void quant_avx2(const float *x, int64_t n
     _mm256_storeu_si256((__m256i *)(q + i), qi);
     int m = _mm256_movemask_ps(ok);
     if (m != 0xff) {
+      uint32_t zb[8];
+      _mm256_storeu_ps((float *)zb, v);
       for (int k = 0; k < 8; k++)
-        if (!(m >> k & 1)) {
-          uint32_t bits;
-          memcpy(&bits, &x[i + k], 4);
-          ac_list_push(outl, base + i + k, bits);
-        }
+        if (!(m >> k & 1)) ac_list_push(outl, base + i + k, zb[k]);
     }
   }
-  quant_scalar(x + i, n - i, p, q + i, outl, base + i);
+  quant_scalar(x + i, n - i, p, aff, q + i, outl, base + i);
 }
 
 __attribute__((target("avx2"))) static void predict_avx2(const int32_t *c, const int32_t *cl,
@@ -209,11 +212,12 @@ static inline __mmask16 tail_mask(int64_t left) {
   return left >= 16 ? (__mmask16)0xffff : (__mmask16)((1u << left) - 1);
 }
 
-AVX512_INLINE void quant16(const float *x, const ac_qp *p, int32_t *q, ac_list *outl,
-                           int64_t base, __mmask16 live, int full) {
+AVX512_INLINE void quant16(const float *x, const ac_qp *p, const float *aff, int32_t *q,
+                           ac_list *outl, int64_t base, __mmask16 live, int full) {
   const __m512 vinv = _mm512_set1_ps(p->inv2eb), v2eb = _mm512_set1_ps(p->twoeb);
   const __m512 veb = _mm512_set1_ps(p->eb), vlim = _mm512_set1_ps(AC_QLIMIT);
   __m512 v = full ? _mm512_loadu_ps(x) : _mm512_maskz_loadu_ps(live, x);
+  if (aff) v = _mm512_mul_ps(_mm512_sub_ps(v, _mm512_set1_ps(aff[0])), _mm512_set1_ps(aff[1]));
   __m512 t = _mm512_mul_ps(v, vinv);
   __mmask16 inr = _mm512_mask_cmp_ps_mask(live, _mm512_abs_ps(t), vlim, _CMP_LT_OQ);
   __m512i qi = _mm512_maskz_cvtps_epi32(inr, t);
@@ -224,20 +228,27 @@ AVX512_INLINE void quant16(const float *x, const ac_qp *p, int32_t *q, ac_list *
   if (full) _mm512_storeu_si512(q, qi);
   else _mm512_mask_storeu_epi32(q, live, qi);
   unsigned bad = (unsigned)live & ~(unsigned)ok;
-  while (bad) {
-    int k = __builtin_ctz(bad);
-    bad &= bad - 1;
-    uint32_t bits;
-    memcpy(&bits, &x[k], 4);
-    ac_list_push(outl, base + k, bits);
+  if (bad) {
+    uint32_t zb[16];
+    _mm512_storeu_ps((float *)zb, v);
+    while (bad) {
+      int k = __builtin_ctz(bad);
+      bad &= bad - 1;
+      ac_list_push(outl, base + k, zb[k]);
+    }
   }
 }
 
-AVX512_TARGET static void quant_avx512(const float *x, int64_t n, const ac_qp *p, int32_t *q,
-                                       ac_list *outl, int64_t base) {
+AVX512_TARGET static void quant_avx512(const float *x, int64_t n, const ac_qp *p,
+                                       const float *aff, int32_t *q, ac_list *outl, int64_t base) {
   int64_t i = 0;
-  for (; i + 16 <= n; i += 16) quant16(x + i, p, q + i, outl, base + i, 0xffff, 1);
-  if (i < n) quant16(x + i, p, q + i, outl, base + i, tail_mask(n - i), 0);
+  if (aff) {
+    for (; i + 16 <= n; i += 16) quant16(x + i, p, aff, q + i, outl, base + i, 0xffff, 1);
+    if (i < n) quant16(x + i, p, aff, q + i, outl, base + i, tail_mask(n - i), 0);
+  } else {
+    for (; i + 16 <= n; i += 16) quant16(x + i, p, NULL, q + i, outl, base + i, 0xffff, 1);
+    if (i < n) quant16(x + i, p, NULL, q + i, outl, base + i, tail_mask(n - i), 0);
+  }
 }
 
 AVX512_INLINE void predict16(const int32_t *c, const int32_t *cl, const int32_t *u,
@@ -328,14 +339,62 @@ AVX512_TARGET static void dequant_avx512(ac_i32a *row, int64_t n, float twoeb) {
   }
 }
 
+/* A whole H×W plane: rows in one call (ResNet rows are 8 to 32 elements), u zeroed by the
+ * caller. w = 8 packs two rows in one vector: a segmented scan along each half, then the upper
+ * row adds the lower's q. */
+AVX512_TARGET static void unpredict_plane_avx512(ac_i32a *x, int32_t *u, int64_t h, int64_t w,
+                                                 float twoeb) {
+  if (w == 8 && h % 2 == 0) {
+    const __m512i zero = _mm512_setzero_si512();
+    const __m512 v2eb = _mm512_set1_ps(twoeb);
+    /* lanes whose segment (of 8) has a lane k below them */
+    const __mmask16 m1 = 0xfefe, m2 = 0xfcfc, m4 = 0xf0f0;
+    __m512i prev = zero; /* q of the row above, in every lane of both halves */
+    for (int64_t r = 0; r < h; r += 2) {
+      ac_i32a *row = x + r * 8;
+      __m512i d = _mm512_loadu_si512((const void *)row);
+      d = _mm512_mask_add_epi32(d, m1, d, _mm512_alignr_epi32(d, zero, 15));
+      d = _mm512_mask_add_epi32(d, m2, d, _mm512_alignr_epi32(d, zero, 14));
+      d = _mm512_mask_add_epi32(d, m4, d, _mm512_alignr_epi32(d, zero, 12));
+      /* the upper row adds the lower row's prefix sums lane by lane (its column's sum) */
+      __m512i lower = _mm512_permutexvar_epi32(
+          _mm512_set_epi32(7, 6, 5, 4, 3, 2, 1, 0, 7, 6, 5, 4, 3, 2, 1, 0), d);
+      d = _mm512_mask_add_epi32(d, 0xff00, d, lower);
+      __m512i q = _mm512_add_epi32(d, prev);
+      _mm512_storeu_ps((void *)row, _mm512_mul_ps(_mm512_cvtepi32_ps(q), v2eb));
+      /* next rows' "up": the upper row's q, in both halves */
+      prev = _mm512_permutexvar_epi32(
+          _mm512_set_epi32(15, 14, 13, 12, 11, 10, 9, 8, 15, 14, 13, 12, 11, 10, 9, 8), q);
+    }
+    return;
+  }
+  for (int64_t r = 0; r < h; r++) {
+    ac_i32a *row = x + r * w;
+    __m512i carry = _mm512_setzero_si512();
+    int64_t j = 0;
+    for (; j + 16 <= w; j += 16) carry = unpredict16(row + j, u + j, twoeb, carry, 0xffff, 1);
+    if (j < w) unpredict16(row + j, u + j, twoeb, carry, tail_mask(w - j), 0);
+  }
+}
+
+static void unpredict_plane_scalar(ac_i32a *x, int32_t *u, int64_t h, int64_t w, float twoeb) {
+  for (int64_t r = 0; r < h; r++) unpredict_scalar(x + r * w, u, w, twoeb);
+}
+
+__attribute__((target("avx2"))) static void unpredict_plane_avx2(ac_i32a *x, int32_t *u,
+                                                                 int64_t h, int64_t w,
+                                                                 float twoeb) {
+  for (int64_t r = 0; r < h; r++) unpredict_avx2(x + r * w, u, w, twoeb);
+}
+
 /* ---- dispatch -------------------------------------------------------------------------------- */
 
 static const ac_kernels k_scalar = {LT_AC_SIMD_SCALAR, quant_scalar, predict_scalar,
-                                    unpredict_scalar, dequant_scalar};
+                                    unpredict_scalar, dequant_scalar, unpredict_plane_scalar};
 static const ac_kernels k_avx2 = {LT_AC_SIMD_AVX2, quant_avx2, predict_avx2, unpredict_avx2,
-                                  dequant_avx2};
+                                  dequant_avx2, unpredict_plane_avx2};
 static const ac_kernels k_avx512 = {LT_AC_SIMD_AVX512, quant_avx512, predict_avx512,
-                                    unpredict_avx512, dequant_avx512};
+                                    unpredict_avx512, dequant_avx512, unpredict_plane_avx512};
 
 static int cpu_has_avx512(void) {
   __builtin_cpu_init();

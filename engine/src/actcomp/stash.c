@@ -59,6 +59,7 @@ typedef struct ac_entry {
   uint8_t *data;      /* (bytes) owned, LT_MEM_SAVED */
   size_t bytes;
   int64_t dense;      /* bytes an exact copy takes */
+  int64_t nnz;        /* FORM_MASK1: set bits (the ReLU output's non-zeros) */
   /* FORM_BN_*: (batch, channels, hw) layout and (nchan × 3) floats: mean, 1/σ, z step
    * (2·eb_x, 0 for exact), owned, LT_MEM_SAVED */
   int64_t batch, nchan, hw;
@@ -92,6 +93,7 @@ typedef struct ac_layer {
   double exact_eb;
   int n_samples;
   double last_obs, last_pred, sum_ratio;
+  int64_t zstd_from;  /* step from which this node's streams try the zstd pass again */
 } ac_layer;
 
 struct lt_ac_stash {
@@ -102,6 +104,11 @@ struct lt_ac_stash {
   const lt_graph *g;           /* the graph of the last store() (derived entries read γ, β) */
   float *zbuf;                 /* (zcap) normalised 2-D batch-norm input, LT_MEM_WORKSPACE */
   int64_t zcap;
+  /* The decoded z' of one FORM_BN_CODEC entry, kept from the conv input rebuilt from it (whose
+   * backward runs first) to the batch norm's own backward, so each stream decodes once. */
+  float *zdec;                 /* (zdec_cap) LT_MEM_WORKSPACE */
+  int64_t zdec_cap;
+  const struct ac_entry *zdec_of; /* the entry zdec holds, or NULL */
   float *aff;                  /* (2 × affcap) per-channel offsets then scales, LT_MEM_WORKSPACE */
   int64_t affcap;
   ac_layer *layers;            /* (n_layers) indexed by node id, owned */
@@ -253,6 +260,31 @@ static double derived_consumer_eb(const lt_ac_stash *st, const lt_graph *g, int 
   return eb;
 }
 
+/* ---- the zstd pass ----------------------------------------------------------------------------
+ * zstd over the Huffman payload pays where Huffman's one-bit floor wastes space (sparse inputs at
+ * coarse bounds) and costs a quarter of the codec's time everywhere. Each node's streams try it;
+ * when it saves under AC_ZSTD_MIN_GAIN of the payload the node codes without it for the next
+ * AC_ZSTD_RECHECK steps, then tries again (the data and bounds drift). */
+#define AC_ZSTD_MIN_GAIN 0.04
+#define AC_ZSTD_RECHECK 25
+
+/* Sets the codec's zstd level for a store by node l; returns whether the pass is tried. */
+static int zstd_begin(lt_ac_stash *st, const ac_layer *l) {
+  lt_ac_opts o = st->cfg.codec;
+  const int tried = o.zstd_level > 0 && st->step >= l->zstd_from;
+  if (!tried) o.zstd_level = 0;
+  lt_ac_codec_set_opts(st->codec, &o);
+  return tried;
+}
+
+/* After a LORENZO encode into st->tmp that tried zstd: how much it saved decides the next tries. */
+static void zstd_end(lt_ac_stash *st, ac_layer *l, int tried) {
+  if (!tried || st->tmp.len < AC_HEADER_BYTES) return;
+  const uint64_t raw = ac_get_u64(st->tmp.data + 112), stored = ac_get_u64(st->tmp.data + 120);
+  if (!raw || (double)stored > (1.0 - AC_ZSTD_MIN_GAIN) * (double)raw)
+    l->zstd_from = st->step + AC_ZSTD_RECHECK;
+}
+
 /* ---- batch-norm inputs ----------------------------------------------------------------------- */
 
 /* Per-channel mean and 1/σ (σ = √(var + eps), var biased, as batch norm computes them) of the
@@ -354,6 +386,8 @@ static lt_status store_bn(lt_ac_stash *st, const lt_graph *g, int node, const lt
       off[c] = e->chan[3 * c];
       scale[c] = 1.0f / e->chan[3 * c + 2];
     }
+    ac_layer *lz = &st->layers[node];
+    const int ztry = zstd_begin(st, lz);
     if (t->ndim >= 3) { /* the codec maps each row as it goes: no z copy of the tensor */
       rc = lt_ac_encode_affine(st->codec, x, t->ndim, t->shape, 0.5, off, scale, &st->tmp, err);
     } else {
@@ -361,6 +395,7 @@ static lt_status store_bn(lt_ac_stash *st, const lt_graph *g, int node, const lt
         float *z = lt_alloc(LT_MEM_WORKSPACE, (size_t)e->n * sizeof *z, err);
         if (!z) return err ? err->status : LT_ERR_NOMEM;
         lt_free(LT_MEM_WORKSPACE, st->zbuf, (size_t)st->zcap * sizeof *st->zbuf);
+  lt_free(LT_MEM_WORKSPACE, st->zdec, (size_t)st->zdec_cap * sizeof *st->zdec);
         st->zbuf = z;
         st->zcap = e->n;
       }
@@ -374,6 +409,7 @@ static lt_status store_bn(lt_ac_stash *st, const lt_graph *g, int node, const lt
                         &st->tmp, err);
     }
     if (rc) return rc;
+    zstd_end(st, lz, ztry);
     if (st->tmp.len < (size_t)e->dense) {
       e->form = FORM_BN_CODEC;
       e->bytes = st->tmp.len;
@@ -400,14 +436,15 @@ static lt_status store_bn(lt_ac_stash *st, const lt_graph *g, int node, const lt
   return LT_OK;
 }
 
-/* y[i] = a·y[i] + b over one plane, then, with mask (the plane's bits start at bit `bit`), 0
- * where the mask bit is clear and max(0, ·) where it is set. */
-__attribute__((target("avx512f"))) static int64_t plane_map_avx512(float *y, int64_t hw, float a,
-                                                                  float b, const uint8_t *mask) {
+/* y[i] = a·z[i] + b over one plane (z may be y), then, with mask (the plane's bits start at bit
+ * `bit`), 0 where the mask bit is clear and max(0, ·) where it is set. */
+__attribute__((target("avx512f"))) static int64_t plane_map_avx512(float *y, const float *z,
+                                                                  int64_t hw, float a, float b,
+                                                                  const uint8_t *mask) {
   const __m512 va = _mm512_set1_ps(a), vb = _mm512_set1_ps(b), zero = _mm512_setzero_ps();
   int64_t i = 0;
   for (; i + 16 <= hw; i += 16) {
-    __m512 v = _mm512_fmadd_ps(_mm512_loadu_ps(y + i), va, vb);
+    __m512 v = _mm512_fmadd_ps(_mm512_loadu_ps(z + i), va, vb);
     if (mask) {
       uint16_t m;
       memcpy(&m, mask + i / 8, 2);
@@ -418,12 +455,13 @@ __attribute__((target("avx512f"))) static int64_t plane_map_avx512(float *y, int
   return i;
 }
 
-static void plane_map(float *y, int64_t hw, float a, float b, const uint8_t *mask, int64_t bit,
-                      int avx512) {
+static void plane_map(float *y, const float *z, int64_t hw, float a, float b,
+                      const uint8_t *mask, int64_t bit, int avx512) {
   int64_t i = 0;
-  if (avx512 && (!mask || bit % 8 == 0)) i = plane_map_avx512(y, hw, a, b, mask ? mask + bit / 8 : NULL);
+  if (avx512 && (!mask || bit % 8 == 0))
+    i = plane_map_avx512(y, z, hw, a, b, mask ? mask + bit / 8 : NULL);
   for (; i < hw; i++) {
-    float v = y[i] * a + b;
+    float v = z[i] * a + b;
     if (mask) {
       const int64_t k = bit + i;
       v = (mask[k >> 3] >> (k & 7)) & 1 && v > 0 ? v : 0;
@@ -443,14 +481,21 @@ static lt_status load_bn(lt_ac_stash *st, const ac_entry *e, float *y, lt_err *e
     memcpy(y, e->data, (size_t)e->dense);
     return LT_OK;
   }
-  lt_status rc = lt_ac_decode(st->codec, e->data, e->bytes, y, e->n, err);
-  if (rc) return rc;
+  const float *z = y;
+  if (st->zdec_of == e) { /* decoded already for the conv input rebuilt from it */
+    z = st->zdec;
+    st->zdec_of = NULL;
+  } else {
+    lt_status rc = lt_ac_decode(st->codec, e->data, e->bytes, y, e->n, err);
+    if (rc) return rc;
+  }
   const int avx512 = have_avx512();
   const int64_t planes = e->batch * e->nchan;
 #pragma omp parallel for schedule(static) if (e->n >= 65536)
   for (int64_t pl = 0; pl < planes; pl++) {
     const int64_t c = pl % e->nchan;
-    plane_map(y + pl * e->hw, e->hw, e->chan[3 * c + 2], e->chan[3 * c], NULL, 0, avx512);
+    plane_map(y + pl * e->hw, z + pl * e->hw, e->hw, e->chan[3 * c + 2], e->chan[3 * c], NULL,
+              0, avx512);
   }
   return LT_OK;
 }
@@ -466,9 +511,24 @@ static lt_status load_derived(lt_ac_stash *st, const ac_entry *e, float *y, lt_e
     return lt_errorf(err, LT_ERR_INTERNAL, "stash: batch-norm node %d lost its parameters",
                      bn->node);
   const int coded = bn->form == FORM_BN_CODEC;
-  lt_status rc = coded ? lt_ac_decode(st->codec, bn->data, bn->bytes, y, bn->n, err) : LT_OK;
-  if (rc) return rc;
-  if (!coded) memcpy(y, bn->data, (size_t)bn->dense);
+  /* A coded BN entry decodes into zdec, kept for the batch norm's own load (it has another
+   * reference: this entry's); without room for it, into y as before. */
+  const float *z = coded ? y : (const float *)bn->data;
+  if (coded) {
+    if (st->zdec_of != bn) {
+      st->zdec_of = NULL;
+      if (bn->n > st->zdec_cap) {
+        lt_free(LT_MEM_WORKSPACE, st->zdec, (size_t)st->zdec_cap * sizeof *st->zdec);
+        st->zdec = lt_alloc(LT_MEM_WORKSPACE, (size_t)bn->n * sizeof *st->zdec, NULL);
+        st->zdec_cap = st->zdec ? bn->n : 0;
+      }
+      float *dst = st->zdec && bn->refs > 1 ? st->zdec : y;
+      lt_status rc = lt_ac_decode(st->codec, bn->data, bn->bytes, dst, bn->n, err);
+      if (rc) return rc;
+      if (dst == st->zdec) st->zdec_of = bn;
+    }
+    if (st->zdec_of == bn) z = st->zdec;
+  }
   const uint8_t *mask = e->mask->data;
   const int avx512 = have_avx512();
   const int64_t planes = bn->batch * bn->nchan;
@@ -478,7 +538,7 @@ static lt_status load_derived(lt_ac_stash *st, const ac_entry *e, float *y, lt_e
     const float g = gamma[c] * bn->chan[3 * c + 1];
     const float a = coded ? g * bn->chan[3 * c + 2] : g;
     const float b = coded ? beta[c] : beta[c] - bn->chan[3 * c] * g;
-    plane_map(y + pl * bn->hw, bn->hw, a, b, mask, pl * bn->hw, avx512);
+    plane_map(y + pl * bn->hw, z + pl * bn->hw, bn->hw, a, b, mask, pl * bn->hw, avx512);
   }
   return LT_OK;
 }
@@ -503,9 +563,78 @@ __attribute__((target("avx512f"))) static int64_t unpack_mask1_avx512(const uint
 }
 
 static void unpack_mask1(const uint8_t *mask, int64_t n, float *y) {
-  __builtin_cpu_init();
-  int64_t i = __builtin_cpu_supports("avx512f") ? unpack_mask1_avx512(mask, n, y) : 0;
-  for (; i < n; i++) y[i] = (mask[i >> 3] >> (i & 7)) & 1 ? 1.0f : 0.0f;
+  const int avx512 = have_avx512();
+  const int64_t nb = (n + 4095) / 4096;
+#pragma omp parallel for schedule(static) if (n >= 65536)
+  for (int64_t b = 0; b < nb; b++) {
+    const int64_t i0 = b * 4096, i1 = i0 + 4096 < n ? i0 + 4096 : n;
+    int64_t i = i0 + (avx512 ? unpack_mask1_avx512(mask + i0 / 8, i1 - i0, y + i0) : 0);
+    for (; i < i1; i++) y[i] = (mask[i >> 3] >> (i & 7)) & 1 ? 1.0f : 0.0f;
+  }
+}
+
+/* Packs y > 0 into a 1-bit mask (lt_cpu_relu_mask_pack's layout, LSB first) and returns the
+ * number of set bits: the ReLU output's non-zeros, which is also the zero count the controller
+ * needs for a conv that reads this output. One pass, threads over blocks of 4096 elements. */
+__attribute__((target("avx512f"))) static int64_t pack_mask1_avx512(const float *y, int64_t n,
+                                                                   uint8_t *mask) {
+  const __m512 zero = _mm512_setzero_ps();
+  int64_t i = 0, nnz = 0;
+  for (; i + 16 <= n; i += 16) {
+    const __mmask16 m = _mm512_cmp_ps_mask(_mm512_loadu_ps(y + i), zero, _CMP_GT_OQ);
+    memcpy(mask + i / 8, &m, 2);
+    nnz += __builtin_popcount(m);
+  }
+  return nnz;
+}
+
+static int64_t pack_mask1(const float *y, int64_t n, uint8_t *mask, int avx512) {
+  const int64_t nb = (n + 4095) / 4096;
+  int64_t nnz = 0;
+#pragma omp parallel for reduction(+ : nnz) schedule(static) if (n >= 65536)
+  for (int64_t b = 0; b < nb; b++) {
+    const int64_t i0 = b * 4096, i1 = i0 + 4096 < n ? i0 + 4096 : n;
+    int64_t i = i0, c = 0;
+    if (avx512) {
+      c = pack_mask1_avx512(y + i0, i1 - i0, mask + i0 / 8);
+      i = i0 + ((i1 - i0) & ~(int64_t)15);
+    }
+    for (; i < i1; i += 8) { /* i is a multiple of 8 here, so each byte is built whole */
+      uint8_t v = 0;
+      for (int64_t j = 0; j < 8 && i + j < i1; j++) v |= (uint8_t)((y[i + j] > 0.0f) << j);
+      mask[i / 8] = v;
+      c += __builtin_popcount(v);
+    }
+    nnz += c;
+  }
+  return nnz;
+}
+
+/* Exact zeros of x (the R of the controller), vectorised, threads over blocks. */
+__attribute__((target("avx512f"))) static int64_t count_zeros_avx512(const float *x, int64_t n) {
+  const __m512 zero = _mm512_setzero_ps();
+  int64_t i = 0, z = 0;
+  for (; i + 16 <= n; i += 16)
+    z += __builtin_popcount(_mm512_cmp_ps_mask(_mm512_loadu_ps(x + i), zero, _CMP_EQ_OQ));
+  for (; i < n; i++) z += x[i] == 0.0f;
+  return z;
+}
+
+static int64_t count_zeros(const float *x, int64_t n, int avx512) {
+  const int64_t nb = (n + 4095) / 4096;
+  int64_t zeros = 0;
+#pragma omp parallel for reduction(+ : zeros) schedule(static) if (n >= 65536)
+  for (int64_t b = 0; b < nb; b++) {
+    const int64_t i0 = b * 4096, i1 = i0 + 4096 < n ? i0 + 4096 : n;
+    if (avx512) {
+      zeros += count_zeros_avx512(x + i0, i1 - i0);
+    } else {
+      int64_t z = 0;
+      for (int64_t i = i0; i < i1; i++) z += x[i] == 0.0f;
+      zeros += z;
+    }
+  }
+  return zeros;
 }
 
 /* 2-bit argmax packing applies to 2×2 windows only: -1 when an index exceeds 3. */
@@ -519,6 +648,7 @@ static int pack2(const uint8_t *a, int64_t n, uint8_t *p) {
 /* Frees e once nothing refers to it (its own handle and derived entries), with its sources. */
 static void entry_unref(lt_ac_stash *st, ac_entry *e) {
   if (!e || --e->refs > 0) return;
+  if (st->zdec_of == e) st->zdec_of = NULL;
   st->cur_dense -= e->dense;
   st->cur_held -= (int64_t)entry_held(e);
   if (e->node >= 0 && e->node < st->n_layers && st->layers[e->node].cur == e)
@@ -553,6 +683,18 @@ static int try_derive(lt_ac_stash *st, const lt_graph *g, int node, int slot, do
   return 1;
 }
 
+/* The current mask entry of the ReLU that produces conv/linear node k's input, or NULL. */
+static const ac_entry *relu_mask_of_input(const lt_ac_stash *st, const lt_graph *g, int k,
+                                          int64_t n) {
+  const lt_node *nk = node_at(g, k);
+  if (!nk || nk->n_in < 1) return NULL;
+  const int r = producer_of(g, nk->in[0]);
+  const lt_node *nr = node_at(g, r);
+  if (!nr || nr->op != LT_OP_RELU || r >= st->n_layers) return NULL;
+  const ac_entry *m = st->layers[r].cur;
+  return m && m->form == FORM_MASK1 && m->n == n ? m : NULL;
+}
+
 static lt_status st_store(void *user, const lt_graph *g, int node, int slot, lt_save_kind kind,
                           const lt_tensor *t, void **handle, lt_err *err) {
   lt_ac_stash *st = user;
@@ -584,9 +726,11 @@ static lt_status st_store(void *user, const lt_graph *g, int node, int slot, lt_
     const uint8_t *src = t->data;
     size_t bytes = (size_t)e->dense;
     if (eb > 0 && e->n >= AC_MIN_ELEMS) {
+      const int ztry = zstd_begin(st, l);
       rc = lt_ac_encode(st->codec, LT_AC_KIND_LORENZO, lt_tensor_f32(t), t->ndim, t->shape, eb,
                         &st->tmp, err);
       if (rc) goto fail;
+      zstd_end(st, l, ztry);
       if (st->tmp.len < bytes) { /* incompressible (noise at a tiny bound): the exact copy is smaller */
         e->form = FORM_CODEC;
         src = st->tmp.data;
@@ -607,7 +751,7 @@ static lt_status st_store(void *user, const lt_graph *g, int node, int slot, lt_
     }
     e->bytes = bytes ? bytes : 1;
     if (e->form == FORM_MASK1) {
-      lt_cpu_relu_mask_pack((size_t)e->n, lt_tensor_f32(t), e->data);
+      e->nnz = pack_mask1(lt_tensor_f32(t), e->n, e->data, have_avx512());
     } else if (e->form == FORM_PACK2 && pack2(t->data, e->n, e->data)) {
       /* Windows larger than 2×2: keep the indices exact. */
       lt_free(LT_MEM_SAVED, e->data, e->bytes);
@@ -625,10 +769,10 @@ static lt_status st_store(void *user, const lt_graph *g, int node, int slot, lt_
 
   l->eb_used = eb_used;
   if (kind == LT_SAVE_WEIGHT_INPUT && f32) {
-    int64_t zeros = 0;
+    /* The zeros of a ReLU's output are the clear bits of the mask just stored for it. */
+    const ac_entry *m = e->form == FORM_DERIVED ? e->mask : relu_mask_of_input(st, g, node, e->n);
     const float *x = lt_tensor_f32(t);
-#pragma omp parallel for reduction(+ : zeros) schedule(static) if (e->n >= 65536)
-    for (int64_t i = 0; i < e->n; i++) zeros += x[i] == 0.0f;
+    const int64_t zeros = m ? e->n - m->nnz : count_zeros(x, e->n, have_avx512());
     l->zero_frac = e->n ? (double)zeros / (double)e->n : 0;
     /* A sampled step keeps the original too, for observe() to measure the real dW error. */
     if (eb_used > 0 && st->cfg.sample_every > 0 && st->step % st->cfg.sample_every == 0) {
