@@ -395,7 +395,6 @@ static lt_status store_bn(lt_ac_stash *st, const lt_graph *g, int node, const lt
         float *z = lt_alloc(LT_MEM_WORKSPACE, (size_t)e->n * sizeof *z, err);
         if (!z) return err ? err->status : LT_ERR_NOMEM;
         lt_free(LT_MEM_WORKSPACE, st->zbuf, (size_t)st->zcap * sizeof *st->zbuf);
-  lt_free(LT_MEM_WORKSPACE, st->zdec, (size_t)st->zdec_cap * sizeof *st->zdec);
         st->zbuf = z;
         st->zcap = e->n;
       }
@@ -1016,6 +1015,7 @@ void lt_ac_stash_free(lt_ac_stash *st) {
   lt_free(LT_MEM_WORKSPACE, st->rep, (size_t)st->rep_cap * sizeof *st->rep);
   lt_ac_buf_free(&st->tmp);
   lt_free(LT_MEM_WORKSPACE, st->zbuf, (size_t)st->zcap * sizeof *st->zbuf);
+  lt_free(LT_MEM_WORKSPACE, st->zdec, (size_t)st->zdec_cap * sizeof *st->zdec);
   lt_free(LT_MEM_WORKSPACE, st->aff, (size_t)st->affcap * 2 * sizeof *st->aff);
   lt_ac_codec_free(st->codec);
   lt_free(LT_MEM_SAVED, st, sizeof *st);
