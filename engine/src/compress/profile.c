@@ -459,6 +459,12 @@ int lt_lat_find_step(const lt_lat_table *t) {
   return best * ps;
 }
 
+/* Moves candidate `from` of l to slot `to` (<= from) with latency ms: compacting the candidates. */
+static void cand_keep(lt_compress_layer *l, int to, int from, double ms) {
+  l->cand[to] = l->cand[from], l->macs[to] = l->macs[from], l->params[to] = l->params[from];
+  l->ms[to] = ms;
+}
+
 lt_status lt_compress_layers_set_latency(lt_compress_layer *L, int n, const lt_lat_table *t,
                                          int step, lt_err *err) {
   lt_compress_layers_set_step(L, n, step);
@@ -476,8 +482,7 @@ lt_status lt_compress_layers_set_latency(lt_compress_layer *L, int n, const lt_l
       int j = 0;
       while (j < e->n && e->ranks[j] != l->cand[k]) j++;
       if (j == e->n) continue; /* rank not probed (a table with a coarser probe step) */
-      l->cand[m] = l->cand[k], l->macs[m] = l->macs[k], l->params[m] = l->params[k];
-      l->ms[m++] = e->ms[j];
+      cand_keep(l, m++, k, e->ms[j]);
     }
     l->n_cand = m;
     l->max_rank = m ? l->cand[m - 1] : 0;
@@ -497,8 +502,7 @@ int lt_compress_layers_keep_faster(lt_compress_layer *L, int n) {
     int m = 0;
     for (int j = 0; j < l.n_cand; j++) {
       if (!(l.ms[j] < l.dense_ms)) continue; /* NaN (no figure) counts as not faster */
-      l.cand[m] = l.cand[j], l.macs[m] = l.macs[j], l.params[m] = l.params[j];
-      l.ms[m++] = l.ms[j];
+      cand_keep(&l, m++, j, l.ms[j]);
     }
     if (m == 0) continue;
     l.n_cand = m;
