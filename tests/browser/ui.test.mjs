@@ -131,6 +131,12 @@ try {
     await page.locator('table.layers tbody tr').first().waitFor();
     const figs = await page.locator('#main section figure.chart').count();
     assert(figs >= 4, `compress result shows ${figs} charts`);
+    // the warning about other work while timing shows exactly when the result carries it
+    const job = (await cluster.api(admin, 'GET', `/jobs/${r.body.id}`)).body;
+    const note = job.result && job.result.latency_note;
+    const shown = await page.locator('p.latency-note').count();
+    assert(shown === (note ? 1 : 0), `latency note in result: ${JSON.stringify(note)}, shown ${shown}`);
+    if (note) assert((await page.locator('p.latency-note').textContent()).includes(note), 'latency note text');
     await page.screenshot({ path: join(shots, 'compress-result.png'), fullPage: true });
   });
 

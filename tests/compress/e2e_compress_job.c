@@ -108,6 +108,13 @@ TEST_CASE(compress_job_meets_target_caches_table_and_refuses_bad_input) {
     CHECK_MSG(isfinite(num(r, fields[i])), "result field %s missing or not a number", fields[i]);
   }
   CHECK(cJSON_IsString(cJSON_GetObjectItemCaseSensitive(r, "device")));
+  /* how busy the machine was while timing, and the warning exactly when others kept it busy */
+  const cJSON *cond = cJSON_GetObjectItemCaseSensitive(r, "latency_conditions");
+  double others = num(cond, "other_busy_cores");
+  CHECK(num(cond, "cores") >= 1 && num(cond, "seconds") > 0);
+  CHECK_MSG(isfinite(others) && others >= 0 && others <= num(cond, "cores") + 0.05,
+            "other_busy_cores %g", others);
+  CHECK(cJSON_IsString(cJSON_GetObjectItemCaseSensitive(r, "latency_note")) == (others > 0.25));
   const cJSON *target = cJSON_GetObjectItemCaseSensitive(r, "target");
   double T = num(target, "value");
   CHECK(cJSON_IsTrue(cJSON_GetObjectItemCaseSensitive(target, "met")));

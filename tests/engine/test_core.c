@@ -1,4 +1,8 @@
-/* Core: errors, the counting allocator, the counter-based RNG. */
+/* Core: errors, the counting allocator, the counter-based RNG, the machine-busy sampler. */
+#include <sys/resource.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
 #include "lathe/core.h"
 #include "test.h"
 
@@ -70,6 +74,45 @@ TEST_CASE(error_prefix_keeps_status_and_message) {
   CHECK(strcmp(err.msg, "loading m.onnx: bad magic 12") == 0);
 }
 
+static void spin(double seconds) {
+  volatile double x = 1;
+  for (double t0 = lt_now(); lt_now() - t0 < seconds;)
+    for (int i = 0; i < 100000; i++) x = x * 1.0000001 + 1e-9;
+}
+
+/* The other work a child process does counts as others, this process's own work does not. The
+ * child's CPU time comes from the kernel (wait4), so the check holds at any load: others must
+ * be at least that (less the two samples' clock-tick rounding), and this process's spinning must
+ * leave room for itself (others + own rate cannot exceed the cores). */
+TEST_CASE(busy_sampler_counts_other_processes_not_this_one) {
+  long cores = sysconf(_SC_NPROCESSORS_ONLN);
+  lt_busy a, b;
+  lt_busy_sample(&a);
+  pid_t pid = fork();
+  REQUIRE(pid >= 0);
+  if (pid == 0) {
+    spin(0.6);
+    _exit(0);
+  }
+  spin(0.3); /* this process busy too, for part of the window */
+  int st = 0;
+  struct rusage ru;
+  REQUIRE(wait4(pid, &st, 0, &ru) == pid);
+  lt_busy_sample(&b);
+  double dt = b.wall - a.wall, child = (double)ru.ru_utime.tv_sec + 1e-6 * ru.ru_utime.tv_usec +
+                                       (double)ru.ru_stime.tv_sec + 1e-6 * ru.ru_stime.tv_usec;
+  double others = lt_busy_others(&a, &b), self = (b.self - a.self) / dt;
+  printf("busy sampler: %.2f s, child %.2f s of CPU, others %.2f cores, self %.2f cores, %ld cores\n",
+         dt, child, others, self, cores);
+  REQUIRE(isfinite(others));
+  CHECK_MSG(others >= child / dt - 0.05, "others %.3f below the child's %.3f", others, child / dt);
+  CHECK_MSG(others + self <= (double)cores + 0.05, "others %.3f + self %.3f > %ld cores", others,
+            self, cores);
+  lt_busy c = a;
+  c.wall = a.wall + 0.01; /* too short a window to say */
+  CHECK(isnan(lt_busy_others(&a, &c)));
+}
+
 int main(void) {
   RUN(alloc_counts_current_and_peak_per_category);
   RUN(alloc_cap_refused_with_message);
@@ -77,5 +120,6 @@ int main(void) {
   RUN(rng_is_a_function_of_its_key);
   RUN(rng_below_is_uniform_enough);
   RUN(error_prefix_keeps_status_and_message);
+  RUN(busy_sampler_counts_other_processes_not_this_one);
   return test_summary();
 }

@@ -111,6 +111,16 @@ void lt_log(lt_log_level level, const char *fmt, ...) __attribute__((format(prin
 /* Monotonic clock in seconds. */
 double lt_now(void);
 
+/* How busy the machine is apart from this process: lt_busy_others of two samples is the number
+ * of cores that other work (other processes, and steal: a hypervisor running other guests) kept
+ * busy on average between them, from /proc/stat's busy time less this process's CPU time; NAN
+ * when /proc/stat cannot be read or less than 0.1 s lies between the samples. */
+typedef struct lt_busy {
+  double machine, self, wall; /* seconds; machine < 0: unknown */
+} lt_busy;
+void lt_busy_sample(lt_busy *b);
+double lt_busy_others(const lt_busy *a, const lt_busy *b);
+
 const char *lt_version(void);
 /* "cpu" or "cpu cuda": the backends compiled in. */
 const char *lt_backends_compiled(void);

@@ -10,6 +10,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
+#include <unistd.h>
 
 const char *lt_status_name(lt_status st) {
   switch (st) {
@@ -222,6 +223,30 @@ double lt_now(void) {
   struct timespec ts;
   clock_gettime(CLOCK_MONOTONIC, &ts);
   return (double)ts.tv_sec + ts.tv_nsec * 1e-9;
+}
+
+void lt_busy_sample(lt_busy *b) {
+  /* cpu user nice system idle iowait irq softirq steal, in clock ticks */
+  unsigned long long v[8] = {0};
+  FILE *f = fopen("/proc/stat", "r");
+  int n = f ? fscanf(f, "cpu %llu %llu %llu %llu %llu %llu %llu %llu", &v[0], &v[1], &v[2], &v[3],
+                     &v[4], &v[5], &v[6], &v[7])
+            : 0;
+  if (f) fclose(f);
+  long hz = sysconf(_SC_CLK_TCK);
+  b->machine = n == 8 && hz > 0 ? (double)(v[0] + v[1] + v[2] + v[5] + v[6] + v[7]) / (double)hz
+                                : -1;
+  struct timespec ts;
+  clock_gettime(CLOCK_PROCESS_CPUTIME_ID, &ts);
+  b->self = (double)ts.tv_sec + ts.tv_nsec * 1e-9;
+  b->wall = lt_now();
+}
+
+double lt_busy_others(const lt_busy *a, const lt_busy *b) {
+  double dt = b->wall - a->wall;
+  if (a->machine < 0 || b->machine < 0 || !(dt >= 0.1)) return NAN;
+  double o = ((b->machine - a->machine) - (b->self - a->self)) / dt;
+  return o > 0 ? o : 0; /* ticks (1/100 s) against nanoseconds: a little below 0 when idle */
 }
 
 const char *lt_version(void) { return LATHE_VERSION; }

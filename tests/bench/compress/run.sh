@@ -58,6 +58,7 @@ out = {
     "speedup_batch1": r4(g("speedup_measured_batch1")),
     "latency_ms_predicted": g("latency_ms_predicted"),
     "latency_prediction_error": g("latency_prediction_error"),
+    "latency_conditions": g("latency_conditions"), "latency_note": g("latency_note"),
     "phases_s": {k: round(v, 1) for k, v in res["phases_s"].items()},
     "wall_s": int(sys.argv[2]),
 }

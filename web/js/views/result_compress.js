@@ -30,6 +30,8 @@ export function renderCompress(box, r, charts) {
     h('dt', {}, `Latency, batch ${r.latency_batch ?? '–'}`), h('dd', {}, `${ms(r.latency_ms_before)} → ${ms(r.latency_ms_after)} (×${fmtNum(r.speedup_measured)})`),
     h('dt', {}, 'Latency, batch 1'), h('dd', {}, `${ms(r.latency_ms_before_batch1)} → ${ms(r.latency_ms_after_batch1)} (×${fmtNum(r.speedup_measured_batch1)})`),
     h('dt', {}, 'Predicted latency'), h('dd', {}, r.latency_ms_predicted == null ? (r.latency_prediction_note || 'not comparable (table from another device or an estimate)') : `${ms(r.latency_ms_predicted)} (error ${pct(r.latency_prediction_error)})`)));
+  // Other work on the worker while it timed: the latencies and the speedup carry it.
+  if (r.latency_note) box.append(h('p', { class: 'error latency-note' }, `Warning: ${r.latency_note}.`));
 
   charts.push(barChart(box, 'Accuracy before and after', ['accuracy'],
     [{ label: 'before', data: [r.accuracy_before] }, { label: 'after', data: [r.accuracy_after] }]));
