@@ -582,9 +582,9 @@ static int jc_baselines(jc *c, cJSON *res) {
 static void jc_cache_path(const jc *c, const char *dir, int probe_step, char *out, size_t cap) {
   char key[400];
   /* "conv+bn+relu": layers timed with the batch norm and ReLU after them (tables measured before
-   * that are not reused) */
-  snprintf(key, sizeof key, "%s|batch %d|probe %d|conv+bn+relu", c->be->description, c->lat_batch,
-           probe_step);
+   * that are not reused); the engine's version: another release has other kernels */
+  snprintf(key, sizeof key, "%s|batch %d|probe %d|conv+bn+relu|lathe %s", c->be->description,
+           c->lat_batch, probe_step, lt_version());
   uint64_t h = 1469598103934665603ull;
   for (const char *p = key; *p; p++) h = (h ^ (unsigned char)*p) * 1099511628211ull;
   snprintf(out, cap, "%s/latency-%016llx.json", dir, (unsigned long long)h);
