@@ -61,6 +61,16 @@ static const shape shapes[] = {
     {2, 6, 12, 12, 5, 3, 3, 2, 2, 2, 2, 2, 2},  /* dilation 2, stride 2 */
     {1, 9, 7, 7, 2, 1, 1, 0, 0, 0, 0, 1, 2},    /* 1×1 stride 2 (a shortcut) */
     {2, 16, 16, 16, 17, 3, 3, 1, 1, 1, 1, 1, 2}, /* wide, stride 2: forced only */
+    /* stride 2, the plane copies: 16- and 8-float even/odd splits and scalar tails, odd and
+     * even left padding (which phase the first pixel lands in), several images per thread (the
+     * zeroed border reused) */
+    {5, 3, 15, 15, 7, 3, 3, 0, 0, 0, 0, 1, 2},    /* no padding, odd size */
+    {3, 8, 32, 32, 8, 3, 3, 1, 1, 1, 1, 1, 2},    /* 32-float splits */
+    {4, 11, 7, 7, 20, 3, 3, 2, 2, 2, 2, 1, 2},    /* padding 2 */
+    {2, 24, 16, 16, 24, 3, 3, 1, 1, 1, 1, 1, 2},  /* 16-float splits */
+    {3, 5, 33, 31, 9, 3, 3, 2, 1, 0, 2, 1, 2},    /* 31 wide: 16 + 8 + scalars, asymmetric */
+    {1, 2, 32, 35, 3, 3, 3, 1, 0, 1, 2, 1, 2},    /* even left padding, one image */
+    {6, 40, 8, 8, 40, 3, 3, 1, 1, 1, 1, 1, 2},    /* 40 -> 40 */
 };
 
 static lt_conv_geom geom(const shape *s) {

@@ -264,58 +264,125 @@ static kx_shape kx_make(const lt_conv_geom *g) {
   return k;
 }
 
-/* The phase planes of one image (c, h, w) into xp (c, sh*sw, hq, wq), channels [c0, c1). */
-static void kx_pack(const lt_conv_geom *g, const kx_shape *k, const float *restrict x,
-                    float *restrict xp, int c0, int c1) {
-  const int sh = g->stride_h, sw = g->stride_w;
-  for (int ch = c0; ch < c1; ch++) {
-    const float *restrict s = x + (size_t)ch * g->h * g->w;
-    if (sh == 1 && sw == 1) {
-      float *restrict d = xp + (size_t)ch * k->chan;
-      memset(d, 0, sizeof(float) * (size_t)g->pad_t * k->wp);
-      for (int r = 0; r < g->h; r++) {
-        float *restrict dr = d + (size_t)(r + g->pad_t) * k->wp;
-        memset(dr, 0, sizeof(float) * g->pad_l);
-        memcpy(dr + g->pad_l, s + (size_t)r * g->w, sizeof(float) * g->w);
-        memset(dr + g->pad_l + g->w, 0, sizeof(float) * g->pad_r);
-      }
-      memset(d + (size_t)(g->pad_t + g->h) * k->wp, 0, sizeof(float) * (size_t)g->pad_b * k->wp);
-      continue;
-    }
-    for (int a = 0; a < sh; a++)
-      for (int b = 0; b < sw; b++) {
-        float *restrict d = xp + (size_t)ch * k->chan + (size_t)(a * sw + b) * k->phase;
-        for (int i = 0; i < k->hq; i++) {
-          const int iy = sh * i + a - g->pad_t;
-          float *restrict dr = d + (size_t)i * k->wq;
-          if (iy < 0 || iy >= g->h) {
-            memset(dr, 0, sizeof(float) * k->wq);
-            continue;
-          }
-          const float *restrict sr = s + (size_t)iy * g->w;
-          for (int j = 0; j < k->wq; j++) {
-            const int ix = sw * j + b - g->pad_l;
-            dr[j] = ix >= 0 && ix < g->w ? sr[ix] : 0.0f;
-          }
-        }
-      }
+/* Unaligned 16- and 8-float vectors for the plane copies. */
+typedef float dc_v8u __attribute__((vector_size(32), aligned(4), may_alias));
+typedef float dc_v8 __attribute__((vector_size(32)));
+typedef int dc_v8i __attribute__((vector_size(32)));
+#define DC_V8(p) (*(dc_v8u *)(uintptr_t)(p))
+
+/* d[0, n) = s[0, n): whole vectors, the last one overlapping the one before when n is not a
+ * multiple (n >= the vector's width), scalars below 8. */
+static inline void kx_copy(float *restrict d, const float *restrict s, int n) {
+  if (n >= 16) {
+    int i = 0;
+    for (; i + 16 <= n; i += 16) DC_V(d + i) = DC_V(s + i);
+    if (i < n) DC_V(d + n - 16) = DC_V(s + n - 16);
+  } else if (n >= 8) {
+    DC_V8(d) = DC_V8(s);
+    DC_V8(d + n - 8) = DC_V8(s + n - 8);
+  } else {
+    for (int i = 0; i < n; i++) d[i] = s[i];
   }
 }
 
-/* y (s, oh, ow) [+]= yt (s, npos on the grid of pitch wq), output channels [o0, o1). */
+/* Element m of s[q + 2m] (q = 0, 1) into d_q[m], m < ceil((n - q) / 2): 32 (then 16) source
+ * floats at a time split into their even and odd elements, then scalars. */
+static inline void kx_split2(const float *restrict s, int n, float *restrict d0,
+                             float *restrict d1) {
+  int m = 0;
+  const dc_v16i ev = {0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30};
+  const dc_v8i ev8 = {0, 2, 4, 6, 8, 10, 12, 14};
+  for (; 2 * m + 32 <= n; m += 16) {
+    const dc_v16 lo = DC_V(s + 2 * m), hi = DC_V(s + 2 * m + 16);
+    DC_V(d0 + m) = __builtin_shuffle(lo, hi, ev);
+    DC_V(d1 + m) = __builtin_shuffle(lo, hi, ev + 1);
+  }
+  for (; 2 * m + 16 <= n; m += 8) {
+    const dc_v8 lo = DC_V8(s + 2 * m), hi = DC_V8(s + 2 * m + 8);
+    DC_V8(d0 + m) = __builtin_shuffle(lo, hi, ev8);
+    DC_V8(d1 + m) = __builtin_shuffle(lo, hi, ev8 + 1);
+  }
+  for (; 2 * m < n; m++) {
+    d0[m] = s[2 * m];
+    if (2 * m + 1 < n) d1[m] = s[2 * m + 1];
+  }
+}
+
+/* The phase planes of one image (c, h, w) into xp (c, sh*sw, hq, wq), channels [c0, c1): the
+ * image's pixels only. The zero border (and the positions of the phase planes past the padded
+ * image) are not written: the caller zeroes the planes once (kx_zero) and reuses them for any
+ * number of images of the same geometry. */
+static void kx_pack(const lt_conv_geom *g, const kx_shape *k, const float *restrict x,
+                    float *restrict xp, int c0, int c1) {
+  const int sh = g->stride_h, sw = g->stride_w, pl = g->pad_l;
+  for (int ch = c0; ch < c1; ch++) {
+    const float *restrict s = x + (size_t)ch * g->h * g->w;
+    float *restrict d = xp + (size_t)ch * k->chan;
+    for (int iy = 0; iy < g->h; iy++) {
+      const int r = iy + g->pad_t;
+      const float *restrict sr = s + (size_t)iy * g->w;
+      /* padded row r: phase row (r % sh), row r / sh of it */
+      float *restrict dr = d + (size_t)(r % sh) * sw * k->phase + (size_t)(r / sh) * k->wq;
+      if (sw == 1) {
+        kx_copy(dr + pl, sr, g->w);
+      } else if (sw == 2) {
+        /* pixel ix is padded column ix + pl: phase (ix + pl) % 2, column (ix + pl) / 2 */
+        float *d0 = dr + (size_t)(pl % 2) * k->phase + pl / 2;
+        float *d1 = dr + (size_t)((pl + 1) % 2) * k->phase + (pl + 1) / 2;
+        kx_split2(sr, g->w, d0, d1);
+      } else {
+        for (int ix = 0; ix < g->w; ix++)
+          dr[(size_t)((ix + pl) % sw) * k->phase + (ix + pl) / sw] = sr[ix];
+      }
+    }
+  }
+}
+
+/* The planes of channels [c0, c1) zeroed, and the 16 floats after the last channel. */
+static void kx_zero(const lt_conv_geom *g, const kx_shape *k, float *xp, int c0, int c1) {
+  memset(xp + (size_t)c0 * k->chan, 0, sizeof(float) * (size_t)(c1 - c0) * k->chan);
+  if (c1 == g->c) memset(xp + (size_t)g->c * k->chan, 0, sizeof(float) * 16);
+}
+
+/* One row of n outputs: d = act(s [+ res]), the epilogue's operations in its order. */
+static inline __attribute__((always_inline)) void kx_row(float *restrict d,
+                                                        const float *restrict s,
+                                                        const float *restrict res, int relu,
+                                                        int n) {
+#pragma omp simd
+  for (int i = 0; i < n; i++) {
+    float v = s[i];
+    if (res) v = v + res[i];
+    if (relu) v = v > 0.0f ? v : 0.0f;
+    d[i] = v;
+  }
+}
+
+/* y (s, oh, ow) [+]= yt (s, npos on the grid of pitch wq), output channels [o0, o1), then the
+ * epilogue (in the same pass when not accumulating). */
 static void kx_unpack(const lt_conv_geom *g, const kx_shape *k, const float *restrict yt,
                       float *restrict y, int accumulate, const lt_conv_epi *epi, size_t yoff,
                       int o0, int o1) {
+  const float *res = epi && epi->res ? epi->res + yoff : NULL;
+  const int relu = epi && epi->relu, ow = g->ow;
   for (int o = o0; o < o1; o++)
     for (int r = 0; r < g->oh; r++) {
       const float *restrict s = yt + (size_t)o * k->npos + (size_t)r * k->wq;
-      float *restrict d = y + ((size_t)o * g->oh + r) * g->ow;
-      if (accumulate)
-        for (int i = 0; i < g->ow; i++)
+      const size_t off = ((size_t)o * g->oh + r) * ow;
+      float *restrict d = y + off;
+      if (accumulate) {
+        for (int i = 0; i < ow; i++)
           d[i] += s[i];
-      else
-        memcpy(d, s, sizeof(float) * g->ow);
-      lt_conv_epi_apply(epi, d, yoff + ((size_t)o * g->oh + r) * g->ow, (size_t)g->ow);
+        lt_conv_epi_apply(epi, d, yoff + off, (size_t)ow);
+      } else if (res && relu) {
+        kx_row(d, s, res + off, 1, ow);
+      } else if (res) {
+        kx_row(d, s, res + off, 0, ow);
+      } else if (relu) {
+        kx_row(d, s, NULL, 1, ow);
+      } else {
+        kx_copy(d, s, ow);
+      }
     }
 }
 
@@ -344,16 +411,20 @@ int lt_cpu_direct_fwd(const lt_conv_geom *g, const float *x, const float *w, con
   int threads = work_threads((double)g->n * g->s * g->c * kk * k.npos);
   if ((size_t)threads > max_slices) threads = (int)max_slices;
   if (g->n >= threads) {
-    /* one image per unit, each thread in its own slice */
-#pragma omp parallel for num_threads(threads) schedule(static)
-    for (int img = 0; img < g->n; img++) {
-      float *xp = (float *)ws + (size_t)omp_get_thread_num() * k.slice, *yt = xp + k.xfloats;
-      kx_pack(g, &k, x + (size_t)img * g->c * hw, xp, 0, g->c);
-      memset(xp + (size_t)g->c * k.chan, 0, sizeof(float) * 16);
-      im->run(k.npos, g->s, g->c, kk, toff, xp, (ptrdiff_t)k.chan, w, (ptrdiff_t)g->c * kk, kk,
-              b, yt, k.npos, NULL, 0);
-      kx_unpack(g, &k, yt, y + (size_t)img * g->s * ohw, accumulate, epi,
-                (size_t)img * g->s * ohw, 0, g->s);
+    /* a run of images per thread, each thread in its own slice, its planes zeroed once */
+#pragma omp parallel num_threads(threads)
+    {
+      const int t = omp_get_thread_num(), nth = omp_get_num_threads();
+      const int i0 = (int)((int64_t)g->n * t / nth), i1 = (int)((int64_t)g->n * (t + 1) / nth);
+      float *xp = (float *)ws + (size_t)t * k.slice, *yt = xp + k.xfloats;
+      if (i0 < i1) kx_zero(g, &k, xp, 0, g->c);
+      for (int img = i0; img < i1; img++) {
+        kx_pack(g, &k, x + (size_t)img * g->c * hw, xp, 0, g->c);
+        im->run(k.npos, g->s, g->c, kk, toff, xp, (ptrdiff_t)k.chan, w, (ptrdiff_t)g->c * kk,
+                kk, b, yt, k.npos, NULL, 0);
+        kx_unpack(g, &k, yt, y + (size_t)img * g->s * ohw, accumulate, epi,
+                  (size_t)img * g->s * ohw, 0, g->s);
+      }
     }
     return 0;
   }
@@ -364,10 +435,10 @@ int lt_cpu_direct_fwd(const lt_conv_geom *g, const float *x, const float *w, con
 #pragma omp parallel num_threads(threads)
     {
 #pragma omp for schedule(static)
-      for (int ch = 0; ch < g->c; ch++)
+      for (int ch = 0; ch < g->c; ch++) {
+        if (img == 0) kx_zero(g, &k, xp, ch, ch + 1);
         kx_pack(g, &k, x + (size_t)img * g->c * hw, xp, ch, ch + 1);
-#pragma omp single
-      memset(xp + (size_t)g->c * k.chan, 0, sizeof(float) * 16);
+      }
 #pragma omp for schedule(static)
       for (int r = 0; r < runs; r++) {
         const int p0 = r * 64, len = k.npos - p0 < 64 ? k.npos - p0 : 64;
