@@ -264,6 +264,12 @@ static kx_shape kx_make(const lt_conv_geom *g) {
   return k;
 }
 
+/* The plane copies move a few rows of 8..64 floats each per channel: GCC would turn their loops
+ * into memcpy calls, whose call and size dispatch cost more than the copy (a third of a rank-4
+ * core's time went to them). */
+#pragma GCC push_options
+#pragma GCC optimize("no-tree-loop-distribute-patterns")
+
 /* Unaligned 16- and 8-float vectors for the plane copies. */
 typedef float dc_v8u __attribute__((vector_size(32), aligned(4), may_alias));
 typedef float dc_v8 __attribute__((vector_size(32)));
@@ -385,6 +391,8 @@ static void kx_unpack(const lt_conv_geom *g, const kx_shape *k, const float *res
       }
     }
 }
+
+#pragma GCC pop_options
 
 int lt_cpu_direct_fwd(const lt_conv_geom *g, const float *x, const float *w, const float *b,
                       float *y, int accumulate, void *ws, size_t ws_bytes,
