@@ -168,6 +168,18 @@ static void check_shape(const shape *sh, const char *mode) {
   free(ws);
 }
 
+/* Every output-channel count 1..40 (each a different split into register blocks), against
+ * images whose padded-pitch grids are 3..69 vectors (different pixel blockings and remainders):
+ * 7×7, 8×8, 15×15, 32×32 at strides 1 and 2, padding 0..2, two images. */
+static void check_blockings(const char *mode) {
+  static const int sizes[4] = {7, 8, 15, 32};
+  for (int s = 1; s <= 40; s++) {
+    const int hw = sizes[s % 4], stride = 1 + (s / 4) % 2, pad = s % 3;
+    const shape sh = {2, 1 + (s * 7) % 13, hw, hw, s, 3, 3, pad, pad, pad, pad, 1, stride};
+    check_shape(&sh, mode);
+  }
+}
+
 static void run_mode(int mode, const char *want) {
   const int wm = lt_cpu_winograd_mode();
   lt_cpu_winograd_set_mode(LT_WINOGRAD_OFF);
@@ -179,6 +191,7 @@ static void run_mode(int mode, const char *want) {
     worst_seen = 0;
     for (size_t i = 0; i < sizeof shapes / sizeof shapes[0]; i++)
       check_shape(&shapes[i], name);
+    check_blockings(name);
     printf("%s: worst error / max(1, rms) %.3g (tolerance %g)\n", name, worst_seen, TOL);
   }
   lt_cpu_direct_set_mode(LT_DIRECT_AUTO);

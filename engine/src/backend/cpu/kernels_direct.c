@@ -61,12 +61,14 @@ typedef struct dc_impl {
 #pragma GCC push_options
 #pragma GCC target("avx512f,avx512dq,avx512bw,avx512vl,avx2,fma")
 #define DC_FN(f) dc_##f##_avx512
-#define DC_NV 4
-#define DC_OB 6
+#define DC_NV 6
+#define DC_OB 8
+#define DC_ACC 24
 #include "backend/cpu/kernels_direct_body.h"
 #undef DC_FN
 #undef DC_NV
 #undef DC_OB
+#undef DC_ACC
 #pragma GCC pop_options
 
 #pragma GCC push_options
@@ -74,20 +76,24 @@ typedef struct dc_impl {
 #define DC_FN(f) dc_##f##_avx2
 #define DC_NV 1
 #define DC_OB 6
+#define DC_ACC 6
 #include "backend/cpu/kernels_direct_body.h"
 #undef DC_FN
 #undef DC_NV
 #undef DC_OB
+#undef DC_ACC
 #pragma GCC pop_options
 #endif
 
 #define DC_FN(f) dc_##f##_generic
 #define DC_NV 1
 #define DC_OB 3
+#define DC_ACC 3
 #include "backend/cpu/kernels_direct_body.h"
 #undef DC_FN
 #undef DC_NV
 #undef DC_OB
+#undef DC_ACC
 
 static const dc_impl impl_generic = {"generic", dc_run_generic};
 #ifdef DC_HAVE_X86
