@@ -212,18 +212,31 @@ TEST_CASE(direct_eligibility) {
   CHECK(lt_cpu_direct_active(&g));
   CHECK(lt_cpu_direct_active(&c));
   CHECK(lt_cpu_direct_active(&d)); /* 128 output pixels: Winograd's per-call costs not repaid */
+  const int avx512 = !strcmp(lt_cpu_direct_impl_name(), "avx512");
   d.n = 64;
-  CHECK(!lt_cpu_direct_active(&d)); /* Winograd's: 16 channels need no padding */
+  CHECK(lt_cpu_direct_active(&d) == avx512); /* 8×8: AVX-512 direct up to c*s = 1600 */
   lt_conv_geom h = d;
+  h.c = h.s = 40;
+  CHECK(lt_cpu_direct_active(&h) == avx512);
+  h.c = h.s = 44;
+  CHECK(!lt_cpu_direct_active(&h));
+  h = d, h.h = h.w = 16;
+  lt_conv_geom_finish(&h, 0);
+  CHECK(!lt_cpu_direct_active(&h)); /* Winograd's: 16 channels need no padding */
   h.c = h.s = 12;
   CHECK(lt_cpu_direct_active(&h)); /* 12 -> 12: Winograd would pad to 16 */
   h.c = h.s = 28;
   CHECK(!lt_cpu_direct_active(&h));
+  h.c = h.s = 36;
+  CHECK(lt_cpu_direct_active(&h) == !avx512); /* 16*c*s = 9*cp*sp, but c*s > 1024 */
   h = d, h.stride_h = h.stride_w = 2;
   lt_conv_geom_finish(&h, 0);
   CHECK(lt_cpu_direct_active(&h)); /* strided 3×3 */
   h.c = 128;
-  CHECK(!lt_cpu_direct_active(&h)); /* wide strided: im2col */
+  CHECK(lt_cpu_direct_active(&h) == avx512); /* 128 channels of 64 pixels */
+  h.h = h.w = 32;
+  lt_conv_geom_finish(&h, 0);
+  CHECK(!lt_cpu_direct_active(&h)); /* wide strided, large images: im2col */
   h = g, h.stride_h = h.stride_w = 2;
   lt_conv_geom_finish(&h, 0);
   CHECK(!lt_cpu_direct_active(&h)); /* 1×1 strided: im2col */

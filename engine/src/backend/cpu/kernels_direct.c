@@ -153,22 +153,39 @@ static int round16(int v) { return (v + 15) & ~15; }
  *  - stride 1 where padding the channels to 16 costs Winograd over 16/9 of the products
  *    (16*c*s <= 9*cp*sp): 8->8 32×32 0.71 vs 1.47 ms (F(4×4)), 12->12 32×32 1.17 vs 1.69,
  *    20->20 8×8 0.25 vs 0.33, 36->36 8×8 0.70 vs 0.88, 24->24 16×16 1.16 vs 1.21; beyond it
- *    Winograd wins (28->28 8×8 0.43 vs 0.38, 16->16 16×16 0.56 vs 0.38, 16->16 32×32 12.1 vs 9.3);
+ *    Winograd wins (16->16 16×16 0.56 vs 0.38, 16->16 32×32 12.1 vs 9.3);
  *  - stride 1 with at most 512 output pixels in the batch (16×16 images at batch 1 or 2, 8×8 up
  *    to 8), where Winograd's per-call costs (filter transform, padded buffers) are not paid back:
  *    batch 1, 32->32 16×16 0.047 vs 0.26 ms, 64->64 8×8 0.054 vs 0.17, 24->24 16×16 0.034 vs
  *    0.155, 28->28 8×8 0.008 vs 0.040 (but 16->16 32×32, 1024 pixels: 0.044 vs 0.032);
  *  - strided 3×3 (and larger) with at most 64 input channels: 16->16 3×3/2 32×32 1.60 vs 2.22 ms,
- *    32->32 3×3/2 16×16 1.01 vs 1.68, dense 16->32 2.06 vs 3.11, 32->64 1.56 vs 2.18. */
+ *    32->32 3×3/2 16×16 1.01 vs 1.68, dense 16->32 2.06 vs 3.11, 32->64 1.56 vs 2.18.
+ * With the AVX-512 kernels' per-geometry blocking (one thread, batch 32, process CPU time,
+ * direct vs Winograd or im2col, tests/kernels/bench_models' conv table):
+ *  - stride 1 on images of at most 64 pixels (8×8), up to c*s = 1600 whatever the padding:
+ *    16->16 0.065 vs 0.088 ms, 28->28 0.169 vs 0.184, 32->32 0.214 vs 0.217, 40->40 0.323 vs
+ *    0.343, 16->64 0.223 vs 0.251, 64->24 0.298 vs 0.319; Winograd from 44->44 (0.383 vs 0.347),
+ *    48->48 0.455 vs 0.380;
+ *  - on larger images the 16/9 rule only up to c*s = 1024: 36->36 16×16 0.87 vs 0.62 ms,
+ *    36->36 32×32 3.3 vs 2.7-3.2 (where 16*c*s = 9*cp*sp);
+ *  - strided, also above 64 input channels while an image's channels hold at most 2^16 pixels:
+ *    64->128 3×3/2 16×16 1.62 vs 3.02 ms, 128->128 3×3/2 16×16 3.2 vs 6.0, 256->256 3×3/2
+ *    8×8 5.1 vs 6.6. */
 int lt_cpu_direct_active(const lt_conv_geom *g) {
   const int m = lt_cpu_direct_mode();
   if (m == LT_DIRECT_OFF || g->groups != 1) return 0;
   if (m != LT_DIRECT_AUTO) return 1;
   if (is_pointwise(g)) return g->c <= 256 && g->s <= 256;
-  if (g->stride_h == 1 && g->stride_w == 1)
-    return g->c < 8 || g->s < 8 || 16 * g->c * g->s <= 9 * round16(g->c) * round16(g->s) ||
-           (size_t)g->n * g->oh * g->ow <= 512;
-  return g->kh >= 3 && g->kw >= 3 && g->c <= 64;
+  const char *isa = lt_cpu_direct_impl_name();
+  const int wide = !strcmp(isa, "avx512"); /* the wider rules were measured with it */
+  const size_t cs = (size_t)g->c * g->s;
+  if (g->stride_h == 1 && g->stride_w == 1) {
+    if (g->c < 8 || g->s < 8 || (size_t)g->n * g->oh * g->ow <= 512) return 1;
+    if (wide && (size_t)g->oh * g->ow <= 64) return cs <= 1600;
+    return 16 * cs <= 9 * (size_t)round16(g->c) * round16(g->s) && (!wide || cs <= 1024);
+  }
+  return g->kh >= 3 && g->kw >= 3 &&
+         (g->c <= 64 || (wide && g->c <= 256 && (size_t)g->c * g->h * g->w <= 65536));
 }
 
 /* Threads worth waking for a product of this many multiply-adds: one per 2^20 (tens of
