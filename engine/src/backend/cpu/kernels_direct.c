@@ -47,12 +47,20 @@ typedef int dc_v16i __attribute__((vector_size(64)));
 typedef float dc_v16u __attribute__((vector_size(64), aligned(4), may_alias));
 #define DC_V(p) (*(dc_v16u *)(uintptr_t)(p))
 
-typedef void (*dc_run_fn)(int npix, int s, int c, int nt, const ptrdiff_t *toff, const float *x,
-                          ptrdiff_t xcs, const float *w, ptrdiff_t wo, ptrdiff_t wk,
-                          const float *bias, float *y, ptrdiff_t ycs, const float *res,
-                          int relu);
+/* How one run of pixels is blocked (kernels_direct_body.h's DC_FN(plan) and DC_FN(run)):
+ * blocks of nv 16-pixel vectors and one of rem; a block of v vectors splits the output channels
+ * into nb[v] blocks. */
+typedef struct dc_plan {
+  int nv, rem, nb[8];
+} dc_plan;
+typedef void (*dc_plan_fn)(dc_plan *pl, int npix, int s, int steps);
+typedef void (*dc_run_fn)(const dc_plan *pl, int npix, int s, int c, int nt,
+                          const ptrdiff_t *toff, const float *x, ptrdiff_t xcs, const float *w,
+                          ptrdiff_t wo, ptrdiff_t wk, const float *bias, float *y, ptrdiff_t ycs,
+                          const float *res, int relu);
 typedef struct dc_impl {
   const char *name;
+  dc_plan_fn plan;
   dc_run_fn run;
 } dc_impl;
 
@@ -95,10 +103,10 @@ typedef struct dc_impl {
 #undef DC_OB
 #undef DC_ACC
 
-static const dc_impl impl_generic = {"generic", dc_run_generic};
+static const dc_impl impl_generic = {"generic", dc_plan_generic, dc_run_generic};
 #ifdef DC_HAVE_X86
-static const dc_impl impl_avx2 = {"avx2", dc_run_avx2};
-static const dc_impl impl_avx512 = {"avx512", dc_run_avx512};
+static const dc_impl impl_avx2 = {"avx2", dc_plan_avx2, dc_run_avx2};
+static const dc_impl impl_avx512 = {"avx512", dc_plan_avx512, dc_run_avx512};
 #endif
 
 static int dc_mode = -1; /* LT_DIRECT_*, -1 until the first use reads the environment */
@@ -211,6 +219,12 @@ static void pw_apply(const dc_impl *im, int n, int cin, int cout, size_t hw, con
   const int64_t blocks = (int64_t)((hw + DC_PW_BLOCK - 1) / DC_PW_BLOCK), units = blocks * n;
   const ptrdiff_t zero = 0;
   const int threads = work_threads((double)n * cin * cout * hw);
+  /* the blockings: whole or last pixel block (f, t) times whole or last channel pass */
+  const size_t tail = (hw % DC_PW_BLOCK) & ~(size_t)15;
+  const int orest = cout % DC_PW_OCH;
+  dc_plan pff, pft, ptf, ptt;
+  im->plan(&pff, DC_PW_BLOCK, DC_PW_OCH, cin), im->plan(&pft, DC_PW_BLOCK, orest, cin);
+  im->plan(&ptf, (int)tail, DC_PW_OCH, cin), im->plan(&ptt, (int)tail, orest, cin);
 #pragma omp parallel for num_threads(threads) schedule(static)
   for (int64_t u = 0; u < units; u++) {
     const int img = (int)(u / blocks);
@@ -223,17 +237,19 @@ static void pw_apply(const dc_impl *im, int n, int cin, int cout, size_t hw, con
     for (int o0 = 0; o0 < cout; o0 += DC_PW_OCH) {
       const int oc = cout - o0 < DC_PW_OCH ? cout - o0 : DC_PW_OCH;
       const float *wo0 = w + o0 * wo, *bo = b ? b + o0 : NULL;
+      const dc_plan *pl = len == DC_PW_BLOCK ? (oc == DC_PW_OCH ? &pff : &pft)
+                                             : (oc == DC_PW_OCH ? &ptf : &ptt);
       float *yo = yi + (size_t)o0 * hw;
       if (vlen) {
         if (accumulate) {
-          im->run((int)vlen, oc, cin, 1, &zero, xi, (ptrdiff_t)hw, wo0, wo, wk, bo, tmp,
+          im->run(pl, (int)vlen, oc, cin, 1, &zero, xi, (ptrdiff_t)hw, wo0, wo, wk, bo, tmp,
                   DC_PW_BLOCK, NULL, 0);
           for (int o = 0; o < oc; o++)
             for (size_t i = 0; i < vlen; i++)
               yo[(size_t)o * hw + i] += tmp[(size_t)o * DC_PW_BLOCK + i];
         } else {
           /* the epilogue in the micro-kernel, on the sums in registers */
-          im->run((int)vlen, oc, cin, 1, &zero, xi, (ptrdiff_t)hw, wo0, wo, wk, bo, yo,
+          im->run(pl, (int)vlen, oc, cin, 1, &zero, xi, (ptrdiff_t)hw, wo0, wo, wk, bo, yo,
                   (ptrdiff_t)hw, epi && epi->res ? epi->res + (yo - y) : NULL,
                   epi ? epi->relu : 0);
         }
@@ -442,6 +458,8 @@ int lt_cpu_direct_fwd(const lt_conv_geom *g, const float *x, const float *w, con
   int threads = work_threads((double)g->n * g->s * g->c * kk * k.npos);
   if ((size_t)threads > max_slices) threads = (int)max_slices;
   if (g->n >= threads) {
+    dc_plan pl;
+    im->plan(&pl, k.npos, g->s, g->c * kk);
     /* a run of images per thread, each thread in its own slice, its planes zeroed once */
 #pragma omp parallel num_threads(threads)
     {
@@ -451,8 +469,8 @@ int lt_cpu_direct_fwd(const lt_conv_geom *g, const float *x, const float *w, con
       if (i0 < i1) kx_zero(g, &k, xp, 0, g->c);
       for (int img = i0; img < i1; img++) {
         kx_pack(g, &k, x + (size_t)img * g->c * hw, xp, 0, g->c);
-        im->run(k.npos, g->s, g->c, kk, toff, xp, (ptrdiff_t)k.chan, w, (ptrdiff_t)g->c * kk,
-                kk, b, yt, k.npos, NULL, 0);
+        im->run(&pl, k.npos, g->s, g->c, kk, toff, xp, (ptrdiff_t)k.chan, w,
+                (ptrdiff_t)g->c * kk, kk, b, yt, k.npos, NULL, 0);
         kx_unpack(g, &k, yt, y + (size_t)img * g->s * ohw, accumulate, epi,
                   (size_t)img * g->s * ohw, 0, g->s);
       }
@@ -462,6 +480,8 @@ int lt_cpu_direct_fwd(const lt_conv_geom *g, const float *x, const float *w, con
   /* fewer images than threads: the pixel runs of one image across threads */
   float *xp = ws, *yt = xp + k.xfloats;
   const int runs = (k.npos + 63) / 64;
+  dc_plan pl64, plt;
+  im->plan(&pl64, 64, g->s, g->c * kk), im->plan(&plt, k.npos - (runs - 1) * 64, g->s, g->c * kk);
   for (int img = 0; img < g->n; img++) {
 #pragma omp parallel num_threads(threads)
     {
@@ -473,8 +493,8 @@ int lt_cpu_direct_fwd(const lt_conv_geom *g, const float *x, const float *w, con
 #pragma omp for schedule(static)
       for (int r = 0; r < runs; r++) {
         const int p0 = r * 64, len = k.npos - p0 < 64 ? k.npos - p0 : 64;
-        im->run(len, g->s, g->c, kk, toff, xp + p0, (ptrdiff_t)k.chan, w, (ptrdiff_t)g->c * kk,
-                kk, b, yt + p0, k.npos, NULL, 0);
+        im->run(len == 64 ? &pl64 : &plt, len, g->s, g->c, kk, toff, xp + p0,
+                (ptrdiff_t)k.chan, w, (ptrdiff_t)g->c * kk, kk, b, yt + p0, k.npos, NULL, 0);
       }
 #pragma omp for schedule(static)
       for (int o = 0; o < g->s; o++)

@@ -67,7 +67,8 @@ static inline __attribute__((always_inline)) void DC_FN(block)(
       DC_FN(tile)(DC_OK(o, v) ? (o) : 1, DC_OK(o, v) ? (v) : 1, c, nt, toff, x, xcs, w, wo, wk,    \
                   bias, y, ycs, res, relu);                                                        \
     break;
-#define DC_TV(v) DC_T(1, v) DC_T(2, v) DC_T(3, v) DC_T(4, v) DC_T(5, v) DC_T(6, v) DC_T(7, v) DC_T(8, v)
+#define DC_TV(v)                                                                                   \
+  DC_T(1, v) DC_T(2, v) DC_T(3, v) DC_T(4, v) DC_T(5, v) DC_T(6, v) DC_T(7, v) DC_T(8, v)
     DC_TV(1)
     DC_TV(2)
     DC_TV(3)
@@ -89,10 +90,6 @@ static inline __attribute__((always_inline)) void DC_FN(block)(
  * block: ob * nv multiply-adds at two per cycle, 2 * nv + ob loads (the unaligned pixel loads
  * mostly split cache lines) at two per cycle, the four-cycle add latency; per block, the stores
  * and the set-up. */
-typedef struct DC_FN(plan) {
-  int nv, rem, nb[DC_NV + 1];
-} DC_FN(plan);
-
 static int DC_FN(och_blocks)(int s, int v) {
   int most = DC_ACC / v;
   if (most > DC_OB) most = DC_OB;
@@ -111,9 +108,10 @@ static long DC_FN(cost)(int s, int v, int steps, int nb) {
   return total;
 }
 
-static DC_FN(plan) DC_FN(make_plan)(int nvec, int s, int steps) {
-  DC_FN(plan) best = {1, 0, {0}};
+static void DC_FN(plan)(dc_plan *best, int npix, int s, int steps) {
+  const int nvec = npix / 16;
   long best_cost = -1;
+  *best = (dc_plan){1, 0, {0}};
   for (int nv = DC_NV < nvec ? DC_NV : nvec; nv >= 1; nv--) {
     const int rem = nvec % nv, full = nvec / nv;
     const int nbf = DC_FN(och_blocks)(s, nv), nbr = rem ? DC_FN(och_blocks)(s, rem) : 0;
@@ -121,11 +119,10 @@ static DC_FN(plan) DC_FN(make_plan)(int nvec, int s, int steps) {
         full * DC_FN(cost)(s, nv, steps, nbf) + (rem ? DC_FN(cost)(s, rem, steps, nbr) : 0);
     if (best_cost < 0 || cost < best_cost) {
       best_cost = cost;
-      best.nv = nv, best.rem = rem;
-      for (int v = 1; v <= DC_NV; v++) best.nb[v] = DC_FN(och_blocks)(s, v);
+      best->nv = nv, best->rem = rem;
+      for (int v = 1; v <= DC_NV; v++) best->nb[v] = DC_FN(och_blocks)(s, v);
     }
   }
-  return best;
 }
 
 /* All s output channels for nv pixel vectors, in nb blocks. */
@@ -142,23 +139,20 @@ static inline __attribute__((always_inline)) void DC_FN(cols)(
   }
 }
 
-/* y (s, npix) for one run of npix pixels (a multiple of 16): blocks of plan.nv vectors, then one
- * of plan.rem. x and y point at the run's first pixel; every load of x stays within npix
- * pixels of the start plus the taps' offsets (callers guarantee that much readable memory).
- * res (NULL: none; laid out as y) is added and relu applied to the sums before they are
- * stored. */
-static void DC_FN(run)(int npix, int s, int c, int nt, const ptrdiff_t *toff, const float *x,
-                       ptrdiff_t xcs, const float *w, ptrdiff_t wo, ptrdiff_t wk,
+/* y (s, npix) for one run of npix pixels (a multiple of 16) blocked by pl, DC_FN(plan)'s answer
+ * for (npix, s, c * nt): blocks of pl->nv vectors, then one of pl->rem. x and y point at the
+ * run's first pixel; every load of x stays within npix pixels of the start plus the taps'
+ * offsets (callers guarantee that much readable memory). res (NULL: none; laid out as y) is
+ * added and relu applied to the sums before they are stored. */
+static void DC_FN(run)(const dc_plan *pl, int npix, int s, int c, int nt, const ptrdiff_t *toff,
+                       const float *x, ptrdiff_t xcs, const float *w, ptrdiff_t wo, ptrdiff_t wk,
                        const float *bias, float *y, ptrdiff_t ycs, const float *res, int relu) {
-  const int nvec = npix / 16;
-  if (nvec <= 0 || s <= 0) return;
-  const DC_FN(plan) pl = DC_FN(make_plan)(nvec, s, c * nt);
-  const int nv = pl.nv, nbv = pl.nb[nv];
+  const int nv = pl->nv, nbv = pl->nb[nv];
   int p = 0;
   for (; p + 16 * nv <= npix; p += 16 * nv)
     DC_FN(cols)(nv, nbv, s, c, nt, toff, x + p, xcs, w, wo, wk, bias, y + p, ycs,
                 res ? res + p : NULL, relu);
-  if (pl.rem)
-    DC_FN(cols)(pl.rem, pl.nb[pl.rem], s, c, nt, toff, x + p, xcs, w, wo, wk, bias, y + p, ycs,
+  if (pl->rem)
+    DC_FN(cols)(pl->rem, pl->nb[pl->rem], s, c, nt, toff, x + p, xcs, w, wo, wk, bias, y + p, ycs,
                 res ? res + p : NULL, relu);
 }
