@@ -2,7 +2,7 @@
  * precision and against kernels_conv.c's im2col/sgemm lowering (LT_DIRECT_OFF), on shapes that
  * stress the blocking: batch 1 and batches larger than the thread count, 1×1 and odd spatial
  * sizes (pixel counts that are not multiples of 16: scalar tails for pointwise, partial runs on
- * the padded-pitch grid), channel counts 1..40 that are not multiples of 4, 8 or 16 (partial
+ * the padded-pitch grid or a partial last vector written in place on shifted planes), channel counts 1..40 that are not multiples of 4, 8 or 16 (partial
  * blocks of output channels), asymmetric padding, non-square and dilated kernels, strides 2
  * and 3 (phase planes). Every
  * instruction-set variant the CPU has runs (lt_cpu_direct_set_mode: AVX-512, AVX2 without
@@ -71,6 +71,12 @@ static const shape shapes[] = {
     {3, 5, 33, 31, 9, 3, 3, 2, 1, 0, 2, 1, 2},    /* 31 wide: 16 + 8 + scalars, asymmetric */
     {1, 2, 32, 35, 3, 3, 3, 1, 0, 1, 2, 1, 2},    /* even left padding, one image */
     {6, 40, 8, 8, 40, 3, 3, 1, 1, 1, 1, 1, 2},    /* 40 -> 40 */
+    /* stride 1 on shifted planes (outputs at most 8 wide or 16+ output channels): written in
+     * place with a partial last vector, dilation, asymmetric padding, one image across threads */
+    {2, 5, 9, 8, 18, 3, 3, 2, 2, 2, 2, 2, 1},     /* dilation 2 */
+    {2, 3, 6, 9, 17, 3, 3, 2, 0, 1, 2, 1, 1},     /* asymmetric padding, 9 wide */
+    {1, 40, 16, 16, 24, 3, 3, 1, 1, 1, 1, 1, 1},  /* one image, two threads' runs */
+    {1, 32, 15, 15, 20, 3, 3, 1, 1, 1, 1, 1, 1},  /* one image, 225 outputs */
 };
 
 static lt_conv_geom geom(const shape *s) {
@@ -169,7 +175,7 @@ static void check_shape(const shape *sh, const char *mode) {
 }
 
 /* Every output-channel count 1..40 (each a different split into register blocks), against
- * images whose padded-pitch grids are 3..69 vectors (different pixel blockings and remainders):
+ * images whose output grids are 3..69 vectors (different pixel blockings and remainders):
  * 7×7, 8×8, 15×15, 32×32 at strides 1 and 2, padding 0..2, two images. */
 static void check_blockings(const char *mode) {
   static const int sizes[4] = {7, 8, 15, 32};

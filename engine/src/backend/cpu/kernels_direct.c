@@ -19,6 +19,8 @@
  *    so every tap is one contiguous run and the micro-kernel needs no bounds: the columns
  *    ox >= ow are computed and dropped when the result is copied into NCHW y. Strides > 1 split
  *    the plane into stride_h*stride_w phase planes (kx_shape) so that taps stay contiguous.
+ *    At stride 1 with narrow outputs or many output channels, kw shifted planes on y's own grid
+ *    instead: no dropped columns, and y written in place.
  * Only inference forwards use these kernels (kernels_conv.c says why); training and grouped
  * convolutions stay on kernels_conv.c's lowering or Winograd.
  *
@@ -272,34 +274,63 @@ static void pw_apply(const dc_impl *im, int n, int cin, int cout, size_t hw, con
 
 /* ---- k×k, any stride ------------------------------------------------------------------------ */
 
-/* The zero-bordered image is stored as sh*sw phase planes per channel: phase (a, b) holds the
- * padded pixels (sh*i + a, sw*j + b) at (i, j), hq × wq each. Output (oy, ox) reads padded pixel
- * (sh*oy + ki*dh, sw*ox + kj*dw), i.e. phase ((ki*dh) % sh, (kj*dw) % sw) at
- * (oy + (ki*dh) / sh, ox + (kj*dw) / sw): on the output grid of pitch wq (position
- * p = oy*wq + ox) every tap is a constant offset, and with stride 1 there is one phase, the
- * padded plane itself. */
+/* Each image is stored as sh*nb planes per channel, hq rows of pitch P each: plane (a, q) holds
+ * at (i, j) the zero-bordered image's pixel (sh*i + a, sw*j + col[q]), i.e. the input pixel
+ * (sh*i + a - pad_t, sw*j + col[q] - pad_l), zero outside the image. The output (oy, ox) is grid
+ * position p = oy*P + ox, and tap (ki, kj) reads plane ((ki*dh) % sh, q(kj)) at
+ * p + ((ki*dh) / sh)*P + shift(kj): every tap is one contiguous run at a constant offset and the
+ * micro-kernel needs no bounds. Two column layouts:
+ *  - phase planes (nb = sw, col[q] = q, P = ceil(wp / sw)): tap column kj reads plane
+ *    (kj*dw) % sw shifted by (kj*dw) / sw. One copy of each input pixel; the columns ox >= ow
+ *    of the grid are computed and dropped when the result is copied into y.
+ *  - shifted planes (nb = kw, col[q] = q*dw, P = ow): tap column kj reads plane kj unshifted.
+ *    kw copies of each pixel, but the grid is y's own layout: no discarded columns (20% of an
+ *    8×8 image's grid of pitch 10) and the micro-kernel writes y in place, the epilogue applied
+ *    in registers. Taken at stride 1 for outputs at most 8 wide or at least 16 output channels
+ *    (the copies cost per input channel, the columns saved per output channel), measured at
+ *    batch 32 on one thread, shifted vs phase planes: 28->28 8×8 0.146 vs 0.165 ms, 40->40 8×8
+ *    0.270 vs 0.311, 3->16 32×32 0.143 vs 0.170, 4->36 32×32 0.385 vs 0.458, 20->20 16×16 and
+ *    32×32 even; but 4->4 32×32 0.069 vs 0.063, 8->8 16×16 0.062 vs 0.058, and at stride 2 the
+ *    kw copies of every pixel cost more than the columns saved (16->16 3×3/2 32×32 0.28 vs
+ *    0.24). */
 typedef struct kx_shape {
-  int hp, wp;     /* zero-bordered image */
-  int hq, wq;     /* one phase plane: ceil(hp / sh), ceil(wp / sw) */
-  size_t phase;   /* hq*wq */
-  size_t chan;    /* sh*sw*phase: floats per channel */
-  int npos;       /* output positions on the grid of pitch wq, rounded up to 16 */
-  size_t xfloats; /* c*chan + 16 (a run may read up to 15 floats past the last plane) */
-  size_t slice;   /* xfloats + s*npos, rounded up to 16 */
+  int shifted;    /* the layout: shifted planes (1) or phase planes (0) */
+  int nb;         /* planes per row phase: sw (phase planes) or kw (shifted) */
+  int hq, pitch;  /* one plane: hq rows (oh + ((kh-1)*dh) / sh) of P floats */
+  size_t plane;   /* hq*P */
+  size_t chan;    /* sh*nb*plane: floats per channel */
+  int npos;       /* grid positions (oh-1)*P + ow, rounded up to 16 */
+  size_t xfloats; /* c*chan + P + 16 (runs read past the last plane's rows) */
+  size_t yfloats; /* s*npos: the outputs when they do not go to y directly */
+  size_t slice;   /* xfloats + yfloats + a row's even/odd split, rounded up to 16 */
+  /* plane q's columns [j0, j1) are inside the image, input column sw*j + off[q]; tap column kj
+   * reads plane qof[kj] shifted by shift[kj] (kw <= 64) */
+  int j0[64], j1[64], off[64], qof[64], shift[64];
 } kx_shape;
 
 static kx_shape kx_make(const lt_conv_geom *g) {
   kx_shape k;
-  k.hp = g->h + g->pad_t + g->pad_b;
-  k.wp = g->w + g->pad_l + g->pad_r;
-  k.hq = (k.hp + g->stride_h - 1) / g->stride_h;
-  k.wq = (k.wp + g->stride_w - 1) / g->stride_w;
-  k.phase = (size_t)k.hq * k.wq;
-  k.chan = (size_t)g->stride_h * g->stride_w * k.phase;
-  const size_t pos = (size_t)(g->oh - 1) * k.wq + g->ow;
-  k.npos = (int)((pos + 15) & ~(size_t)15);
-  k.xfloats = (size_t)g->c * k.chan + 16;
-  k.slice = (k.xfloats + (size_t)g->s * k.npos + 15) & ~(size_t)15;
+  const int sw = g->stride_w, dw = g->dil_w, kw = g->kw < 64 ? g->kw : 64;
+  const int shifted = sw == 1 && (g->ow <= 8 || g->s >= 16);
+  k.shifted = shifted;
+  k.nb = shifted ? kw : sw;
+  k.pitch = shifted ? g->ow : (g->w + g->pad_l + g->pad_r + sw - 1) / sw;
+  k.hq = g->oh + (g->kh - 1) * g->dil_h / g->stride_h;
+  k.plane = (size_t)k.hq * k.pitch;
+  k.chan = (size_t)g->stride_h * k.nb * k.plane;
+  k.npos = (int)(((size_t)(g->oh - 1) * k.pitch + g->ow + 15) & ~(size_t)15);
+  k.xfloats = (size_t)g->c * k.chan + k.pitch + 16;
+  k.yfloats = (size_t)g->s * k.npos;
+  k.slice = (k.xfloats + k.yfloats + (size_t)g->w + 32 + 15) & ~(size_t)15;
+  for (int q = 0; q < k.nb && q < 64; q++) {
+    const int off = (shifted ? q * dw : q) - g->pad_l;
+    const int j0 = off < 0 ? (-off + sw - 1) / sw : 0, j1 = (g->w - off + sw - 1) / sw;
+    k.off[q] = off, k.j0[q] = j0, k.j1[q] = j1 < k.pitch ? j1 : k.pitch;
+  }
+  for (int kj = 0; kj < kw; kj++) {
+    k.qof[kj] = shifted ? kj : kj * dw % sw;
+    k.shift[kj] = shifted ? 0 : kj * dw / sw;
+  }
   return k;
 }
 
@@ -314,6 +345,8 @@ typedef float dc_v8u __attribute__((vector_size(32), aligned(4), may_alias));
 typedef float dc_v8 __attribute__((vector_size(32)));
 typedef int dc_v8i __attribute__((vector_size(32)));
 #define DC_V8(p) (*(dc_v8u *)(uintptr_t)(p))
+typedef float dc_v4u __attribute__((vector_size(16), aligned(4), may_alias));
+#define DC_V4(p) (*(dc_v4u *)(uintptr_t)(p))
 
 /* d[0, n) = s[0, n): whole vectors, the last one overlapping the one before when n is not a
  * multiple (n >= the vector's width), scalars below 8. */
@@ -325,6 +358,9 @@ static inline void kx_copy(float *restrict d, const float *restrict s, int n) {
   } else if (n >= 8) {
     DC_V8(d) = DC_V8(s);
     DC_V8(d + n - 8) = DC_V8(s + n - 8);
+  } else if (n >= 4) {
+    DC_V4(d) = DC_V4(s);
+    DC_V4(d + n - 4) = DC_V4(s + n - 4);
   } else {
     for (int i = 0; i < n; i++) d[i] = s[i];
   }
@@ -353,43 +389,59 @@ static inline void kx_split2(const float *restrict s, int n, float *restrict d0,
   }
 }
 
-/* The phase planes of one image (c, h, w) into xp (c, sh*sw, hq, wq), channels [c0, c1): the
- * image's pixels only. The zero border (and the positions of the phase planes past the padded
- * image) are not written: the caller zeroes the planes once (kx_zero) and reuses them for any
- * number of images of the same geometry. */
+/* The planes of one image (c, h, w) into xp (c, sh, nb, hq, P), channels [c0, c1): the image's
+ * pixels only. The zeros (padding, and plane positions past the image) are not written: the
+ * caller zeroes the planes once (kx_zero) and reuses them for any number of images of the same
+ * geometry. split: scratch of w + 32 floats (stride 2). */
 static void kx_pack(const lt_conv_geom *g, const kx_shape *k, const float *restrict x,
-                    float *restrict xp, int c0, int c1) {
-  const int sh = g->stride_h, sw = g->stride_w, pl = g->pad_l;
+                    float *restrict xp, float *restrict split, int c0, int c1) {
+  /* everything in locals: the vector stores may alias anything, *k and *g included */
+  const int sh = g->stride_h, sw = g->stride_w, wd = g->w, ht = g->h, pt = g->pad_t;
+  const int pl = g->pad_l, nb = k->nb, hq = k->hq, shifted = k->shifted;
+  const size_t plane = k->plane, chan = k->chan, pitch = (size_t)k->pitch;
+  int j0[64], j1[64], off[64];
+  for (int q = 0; q < nb; q++) j0[q] = k->j0[q], j1[q] = k->j1[q], off[q] = k->off[q];
+  float *ev = split, *od = split + (wd + 1) / 2 + 16;
   for (int ch = c0; ch < c1; ch++) {
-    const float *restrict s = x + (size_t)ch * g->h * g->w;
-    float *restrict d = xp + (size_t)ch * k->chan;
-    for (int iy = 0; iy < g->h; iy++) {
-      const int r = iy + g->pad_t;
-      const float *restrict sr = s + (size_t)iy * g->w;
-      /* padded row r: phase row (r % sh), row r / sh of it */
-      float *restrict dr = d + (size_t)(r % sh) * sw * k->phase + (size_t)(r / sh) * k->wq;
-      if (sw == 1) {
-        kx_copy(dr + pl, sr, g->w);
-      } else if (sw == 2) {
-        /* pixel ix is padded column ix + pl: phase (ix + pl) % 2, column (ix + pl) / 2 */
-        float *d0 = dr + (size_t)(pl % 2) * k->phase + pl / 2;
-        float *d1 = dr + (size_t)((pl + 1) % 2) * k->phase + (pl + 1) / 2;
-        kx_split2(sr, g->w, d0, d1);
-      } else {
-        for (int ix = 0; ix < g->w; ix++)
-          dr[(size_t)((ix + pl) % sw) * k->phase + (ix + pl) / sw] = sr[ix];
+    const float *restrict s = x + (size_t)ch * ht * wd;
+    for (int a = 0; a < sh; a++)
+      for (int i = 0; i < hq; i++) {
+        const int iy = sh * i + a - pt;
+        if (iy < 0 || iy >= ht) continue;
+        const float *restrict sr = s + (size_t)iy * wd;
+        float *restrict d = xp + (size_t)ch * chan + (size_t)a * nb * plane + (size_t)i * pitch;
+        if (sw == 2 && !shifted) {
+          /* phase planes: input column ix is plane (ix + pad_l) % 2's (ix + pad_l) / 2 */
+          kx_split2(sr, wd, d + (size_t)(pl % 2) * plane + pl / 2,
+                    d + (size_t)((pl + 1) % 2) * plane + (pl + 1) / 2);
+          continue;
+        }
+        if (sw == 2) kx_split2(sr, wd, ev, od);
+        for (int q = 0; q < nb; q++, d += plane) {
+          if (j0[q] >= j1[q]) continue;
+          const int o = off[q];
+          if (sw == 1) {
+            kx_copy(d + j0[q], sr + j0[q] + o, j1[q] - j0[q]);
+          } else if (sw == 2) {
+            /* input column 2j + o: even ones ev[j + o/2], odd ones od[j + (o - 1)/2] */
+            const int h2 = (o - (o & 1)) / 2;
+            kx_copy(d + j0[q], ((o & 1) ? od : ev) + (j0[q] + h2), j1[q] - j0[q]);
+          } else {
+            for (int j = j0[q]; j < j1[q]; j++) d[j] = sr[sw * j + o];
+          }
+        }
       }
-    }
   }
 }
 
-/* The planes of channels [c0, c1) zeroed, and the 16 floats after the last channel. */
+/* The planes of channels [c0, c1) zeroed, and the margin after the last channel. */
 static void kx_zero(const lt_conv_geom *g, const kx_shape *k, float *xp, int c0, int c1) {
   memset(xp + (size_t)c0 * k->chan, 0, sizeof(float) * (size_t)(c1 - c0) * k->chan);
-  if (c1 == g->c) memset(xp + (size_t)g->c * k->chan, 0, sizeof(float) * 16);
+  if (c1 == g->c)
+    memset(xp + (size_t)g->c * k->chan, 0, sizeof(float) * (k->xfloats - (size_t)g->c * k->chan));
 }
 
-/* One row of n outputs: d = act(s [+ res]), the epilogue's operations in its order. */
+/* One run of n outputs: d = act(s [+ res]), the epilogue's operations in its order. */
 static inline __attribute__((always_inline)) void kx_row(float *restrict d,
                                                         const float *restrict s,
                                                         const float *restrict res, int relu,
@@ -403,30 +455,31 @@ static inline __attribute__((always_inline)) void kx_row(float *restrict d,
   }
 }
 
-/* y (s, oh, ow) [+]= yt (s, npos on the grid of pitch wq), output channels [o0, o1), then the
- * epilogue (in the same pass when not accumulating). */
-static void kx_unpack(const lt_conv_geom *g, const kx_shape *k, const float *restrict yt,
-                      float *restrict y, int accumulate, const lt_conv_epi *epi, size_t yoff,
-                      int o0, int o1) {
+/* y[o*ycs + r*n + i] [+]= yt[o*yts + r*pitch + i] for outputs [o0, o1), rows r < rows and
+ * i < n, then the epilogue (in the same pass when not accumulating); res laid out as y, y at
+ * offset yoff of the epilogue's residual. */
+static void kx_unpack(const float *restrict yt, size_t yts, size_t pitch, float *restrict y,
+                      size_t ycs, int rows, int n, int accumulate, const lt_conv_epi *epi,
+                      size_t yoff, int o0, int o1) {
   const float *res = epi && epi->res ? epi->res + yoff : NULL;
-  const int relu = epi && epi->relu, ow = g->ow;
+  const int relu = epi && epi->relu;
   for (int o = o0; o < o1; o++)
-    for (int r = 0; r < g->oh; r++) {
-      const float *restrict s = yt + (size_t)o * k->npos + (size_t)r * k->wq;
-      const size_t off = ((size_t)o * g->oh + r) * ow;
+    for (int r = 0; r < rows; r++) {
+      const float *restrict s = yt + (size_t)o * yts + (size_t)r * pitch;
+      const size_t off = (size_t)o * ycs + (size_t)r * n;
       float *restrict d = y + off;
       if (accumulate) {
-        for (int i = 0; i < ow; i++)
+        for (int i = 0; i < n; i++)
           d[i] += s[i];
-        lt_conv_epi_apply(epi, d, yoff + off, (size_t)ow);
+        lt_conv_epi_apply(epi, d, yoff + off, (size_t)n);
       } else if (res && relu) {
-        kx_row(d, s, res + off, 1, ow);
+        kx_row(d, s, res + off, 1, n);
       } else if (res) {
-        kx_row(d, s, res + off, 0, ow);
+        kx_row(d, s, res + off, 0, n);
       } else if (relu) {
-        kx_row(d, s, NULL, 1, ow);
+        kx_row(d, s, NULL, 1, n);
       } else {
-        kx_copy(d, s, ow);
+        kx_copy(d, s, n);
       }
     }
 }
@@ -449,57 +502,79 @@ int lt_cpu_direct_fwd(const lt_conv_geom *g, const float *x, const float *w, con
   ptrdiff_t toff[64];
   for (int i = 0; i < g->kh; i++)
     for (int j = 0; j < g->kw; j++) {
-      const int dy = i * g->dil_h, dx = j * g->dil_w;
-      const int ph = (dy % g->stride_h) * g->stride_w + dx % g->stride_w;
-      toff[i * g->kw + j] = (ptrdiff_t)ph * (ptrdiff_t)k.phase +
-                            (ptrdiff_t)(dy / g->stride_h) * k.wq + dx / g->stride_w;
+      const int dy = i * g->dil_h;
+      toff[i * g->kw + j] =
+          (ptrdiff_t)((dy % g->stride_h) * k.nb + k.qof[j]) * (ptrdiff_t)k.plane +
+          (ptrdiff_t)(dy / g->stride_h) * k.pitch + k.shift[j];
     }
   const size_t ohw = (size_t)g->oh * g->ow, max_slices = ws_bytes / sizeof(float) / k.slice;
+  const ptrdiff_t wo = (ptrdiff_t)g->c * kk;
+  const int direct = k.pitch == g->ow; /* the grid is y's layout: outputs written in place */
+  const size_t full = direct ? ohw & ~(size_t)15 : 0; /* in place; the rest through yt */
   int threads = work_threads((double)g->n * g->s * g->c * kk * k.npos);
   if ((size_t)threads > max_slices) threads = (int)max_slices;
   if (g->n >= threads) {
-    dc_plan pl;
-    im->plan(&pl, k.npos, g->s, g->c * kk);
+    dc_plan pl, pl16, pln;
+    im->plan(&pl, (int)full, g->s, g->c * kk), im->plan(&pl16, 16, g->s, g->c * kk);
+    im->plan(&pln, k.npos, g->s, g->c * kk);
     /* a run of images per thread, each thread in its own slice, its planes zeroed once */
 #pragma omp parallel num_threads(threads)
     {
       const int t = omp_get_thread_num(), nth = omp_get_num_threads();
       const int i0 = (int)((int64_t)g->n * t / nth), i1 = (int)((int64_t)g->n * (t + 1) / nth);
       float *xp = (float *)ws + (size_t)t * k.slice, *yt = xp + k.xfloats;
+      float *split = yt + k.yfloats;
       if (i0 < i1) kx_zero(g, &k, xp, 0, g->c);
       for (int img = i0; img < i1; img++) {
-        kx_pack(g, &k, x + (size_t)img * g->c * hw, xp, 0, g->c);
-        im->run(&pl, k.npos, g->s, g->c, kk, toff, xp, (ptrdiff_t)k.chan, w,
-                (ptrdiff_t)g->c * kk, kk, b, yt, k.npos, NULL, 0);
-        kx_unpack(g, &k, yt, y + (size_t)img * g->s * ohw, accumulate, epi,
-                  (size_t)img * g->s * ohw, 0, g->s);
+        const size_t yoff = (size_t)img * g->s * ohw;
+        float *yi = y + yoff;
+        kx_pack(g, &k, x + (size_t)img * g->c * hw, xp, split, 0, g->c);
+        if (!direct || accumulate) { /* the grid through yt, copied into y with the epilogue */
+          im->run(&pln, k.npos, g->s, g->c, kk, toff, xp, (ptrdiff_t)k.chan, w, wo, kk, b, yt,
+                  k.npos, NULL, 0);
+          kx_unpack(yt, (size_t)k.npos, (size_t)k.pitch, yi, ohw, g->oh, g->ow, accumulate, epi,
+                    yoff, 0, g->s);
+          continue;
+        }
+        /* in place, the epilogue on the sums in registers; a partial last vector through yt */
+        im->run(&pl, (int)full, g->s, g->c, kk, toff, xp, (ptrdiff_t)k.chan, w, wo, kk, b, yi,
+                (ptrdiff_t)ohw, epi && epi->res ? epi->res + yoff : NULL, epi ? epi->relu : 0);
+        if (full < ohw) {
+          im->run(&pl16, 16, g->s, g->c, kk, toff, xp + full, (ptrdiff_t)k.chan, w, wo, kk, b,
+                  yt, 16, NULL, 0);
+          kx_unpack(yt, 16, 0, yi + full, ohw, 1, (int)(ohw - full), 0, epi, yoff + full, 0,
+                    g->s);
+        }
       }
     }
     return 0;
   }
-  /* fewer images than threads: the pixel runs of one image across threads */
+  /* fewer images than threads: the pixel runs of one image across threads, through yt */
   float *xp = ws, *yt = xp + k.xfloats;
   const int runs = (k.npos + 63) / 64;
   dc_plan pl64, plt;
   im->plan(&pl64, 64, g->s, g->c * kk), im->plan(&plt, k.npos - (runs - 1) * 64, g->s, g->c * kk);
   for (int img = 0; img < g->n; img++) {
+    const size_t yoff = (size_t)img * g->s * ohw;
 #pragma omp parallel num_threads(threads)
     {
+      /* the row scratch of the thread's own slice (slice 0 holds the planes and outputs) */
+      float *sp = (float *)ws + (size_t)omp_get_thread_num() * k.slice + k.xfloats + k.yfloats;
 #pragma omp for schedule(static)
       for (int ch = 0; ch < g->c; ch++) {
         if (img == 0) kx_zero(g, &k, xp, ch, ch + 1);
-        kx_pack(g, &k, x + (size_t)img * g->c * hw, xp, ch, ch + 1);
+        kx_pack(g, &k, x + (size_t)img * g->c * hw, xp, sp, ch, ch + 1);
       }
 #pragma omp for schedule(static)
       for (int r = 0; r < runs; r++) {
         const int p0 = r * 64, len = k.npos - p0 < 64 ? k.npos - p0 : 64;
         im->run(len == 64 ? &pl64 : &plt, len, g->s, g->c, kk, toff, xp + p0,
-                (ptrdiff_t)k.chan, w, (ptrdiff_t)g->c * kk, kk, b, yt + p0, k.npos, NULL, 0);
+                (ptrdiff_t)k.chan, w, wo, kk, b, yt + p0, k.npos, NULL, 0);
       }
 #pragma omp for schedule(static)
       for (int o = 0; o < g->s; o++)
-        kx_unpack(g, &k, yt, y + (size_t)img * g->s * ohw, accumulate, epi,
-                  (size_t)img * g->s * ohw, o, o + 1);
+        kx_unpack(yt, (size_t)k.npos, (size_t)k.pitch, y + yoff, ohw, g->oh, g->ow, accumulate,
+                  epi, yoff, o, o + 1);
     }
   }
   return 0;
