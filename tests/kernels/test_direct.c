@@ -43,6 +43,7 @@ static const shape shapes[] = {
     {1, 16, 32, 32, 36, 1, 1, 0, 0, 0, 0, 1, 1},   /* Tucker u_out-like, one image */
     {5, 36, 16, 17, 12, 1, 1, 0, 0, 0, 0, 1, 1},   /* 272 pixels: two blocks, one partial */
     {2, 7, 3, 200, 38, 1, 1, 0, 0, 0, 0, 1, 1},    /* 600 pixels, 38 = 6*6 + 2 output channels */
+    {3, 5, 64, 16, 9, 1, 1, 0, 0, 0, 0, 1, 1},     /* 1024 pixels: rows copied apart first */
     /* k×k stride 1 */
     {1, 4, 8, 8, 4, 3, 3, 1, 1, 1, 1, 1, 1},       /* Tucker core at rank 4 */
     {3, 4, 32, 32, 12, 3, 3, 1, 1, 1, 1, 1, 1},    /* rank 4 -> 12 */
