@@ -1,15 +1,19 @@
 /* Direct convolutions on the CPU, for the shapes where lowering to sgemm (or Winograd's channel
  * padding) runs far below the machine's rate: pointwise convolutions (1×1, stride 1, no padding,
- * groups 1), stride-1 convolutions with few channels, and strided ones (lt_cpu_direct_active). Low-rank
- * (Tucker-2) compressed networks are made of exactly these: 1×1 convolutions C -> r and r -> S
+ * groups 1), stride-1 convolutions with few channels, and strided ones
+ * (lt_cpu_direct_active). Low-rank (Tucker-2) compressed networks are made of exactly these: 1×1 convolutions C -> r and r -> S
  * around a 3×3 core r_in -> r_out with ranks of 4..36. Per-image sgemm calls with M or K of
  * 4..36 spend their time packing, and im2col of a 4-channel core costs more than its product.
  *
- * Kernel. One micro-kernel (kernels_direct_body.h) keeps a block of DC_OB output channels times
- * DC_NV 16-pixel vectors in registers and walks the reduction (input channel, then tap):
- * each step loads DC_NV vectors of input pixels and does DC_OB broadcast multiply-adds per
- * vector, so the input is read from L1 once per block of output channels and the output written
- * once. NCHW needs no reordering for it: pixels of one channel are contiguous.
+ * Kernel. One micro-kernel (kernels_direct_body.h) keeps a block of ob output channels times
+ * nv 16-pixel vectors in registers and walks the reduction (input channel, then tap): each
+ * step loads nv vectors of input pixels and does ob broadcast multiply-adds per vector, so the
+ * input is read from L1 once per block of output channels and the output written once. ob and
+ * nv are chosen per geometry by a cost model (dc_plan: on AVX-512 up to 8 channels, up to 6
+ * vectors, at most 24 accumulators), the output channels split evenly and the pixels with
+ * little remainder: an 8×8 image's 5 vectors as one block of 5 (28 channels: 7 blocks of 4),
+ * 4 channels of a 32×32 image's 68 vectors as 11 blocks of 4 × 6 and one of 4 × 2. NCHW needs
+ * no reordering for it: pixels of one channel are contiguous.
  *  - Pointwise: the pixels of one image are the columns; y (s, hw) = w (s, c) · x (c, hw) + b
  *    (pw_apply also takes the weight strided, e.g. transposed for a backward data). Pixel tails
  *    (hw not a multiple of 16) are computed by a scalar loop in the same summation order.
