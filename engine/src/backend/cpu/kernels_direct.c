@@ -388,20 +388,33 @@ static inline void kx_copy(float *restrict d, const float *restrict s, int n) {
 
 /* Element m of s[q + 2m] (q = 0, 1) into d_q[m], m < ceil((n - q) / 2): 32 (then 16) source
  * floats at a time split into their even and odd elements, then scalars. */
+#ifdef __clang__ /* the fuzzing build */
+#define DC_EVEN16(a, b)                                                                            \
+  __builtin_shufflevector(a, b, 0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30)
+#define DC_ODD16(a, b)                                                                             \
+  __builtin_shufflevector(a, b, 1, 3, 5, 7, 9, 11, 13, 15, 17, 19, 21, 23, 25, 27, 29, 31)
+#define DC_EVEN8(a, b) __builtin_shufflevector(a, b, 0, 2, 4, 6, 8, 10, 12, 14)
+#define DC_ODD8(a, b) __builtin_shufflevector(a, b, 1, 3, 5, 7, 9, 11, 13, 15)
+#else
+#define DC_EVEN16(a, b)                                                                            \
+  __builtin_shuffle(a, b, (dc_v16i){0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30})
+#define DC_ODD16(a, b)                                                                             \
+  __builtin_shuffle(a, b, (dc_v16i){1, 3, 5, 7, 9, 11, 13, 15, 17, 19, 21, 23, 25, 27, 29, 31})
+#define DC_EVEN8(a, b) __builtin_shuffle(a, b, (dc_v8i){0, 2, 4, 6, 8, 10, 12, 14})
+#define DC_ODD8(a, b) __builtin_shuffle(a, b, (dc_v8i){1, 3, 5, 7, 9, 11, 13, 15})
+#endif
 static inline void kx_split2(const float *restrict s, int n, float *restrict d0,
                              float *restrict d1) {
   int m = 0;
-  const dc_v16i ev = {0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30};
-  const dc_v8i ev8 = {0, 2, 4, 6, 8, 10, 12, 14};
   for (; 2 * m + 32 <= n; m += 16) {
     const dc_v16 lo = DC_V(s + 2 * m), hi = DC_V(s + 2 * m + 16);
-    DC_V(d0 + m) = __builtin_shuffle(lo, hi, ev);
-    DC_V(d1 + m) = __builtin_shuffle(lo, hi, ev + 1);
+    DC_V(d0 + m) = DC_EVEN16(lo, hi);
+    DC_V(d1 + m) = DC_ODD16(lo, hi);
   }
   for (; 2 * m + 16 <= n; m += 8) {
     const dc_v8 lo = DC_V8(s + 2 * m), hi = DC_V8(s + 2 * m + 8);
-    DC_V8(d0 + m) = __builtin_shuffle(lo, hi, ev8);
-    DC_V8(d1 + m) = __builtin_shuffle(lo, hi, ev8 + 1);
+    DC_V8(d0 + m) = DC_EVEN8(lo, hi);
+    DC_V8(d1 + m) = DC_ODD8(lo, hi);
   }
   for (; 2 * m < n; m++) {
     d0[m] = s[2 * m];
