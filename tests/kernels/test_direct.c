@@ -78,6 +78,10 @@ static const shape shapes[] = {
     {2, 3, 6, 9, 17, 3, 3, 2, 0, 1, 2, 1, 1},     /* asymmetric padding, 9 wide */
     {1, 40, 16, 16, 24, 3, 3, 1, 1, 1, 1, 1, 1},  /* one image, two threads' runs */
     {1, 32, 15, 15, 20, 3, 3, 1, 1, 1, 1, 1, 1},  /* one image, 225 outputs */
+    /* shifted planes at strides 2 and 3 (64+ output channels) */
+    {2, 6, 15, 15, 64, 3, 3, 1, 1, 1, 1, 1, 2},   /* odd size */
+    {3, 5, 16, 16, 70, 3, 3, 0, 1, 2, 0, 1, 2},   /* asymmetric padding */
+    {2, 3, 10, 7, 64, 3, 5, 2, 0, 1, 2, 1, 3},    /* stride 3, 3×5 */
 };
 
 static lt_conv_geom geom(const shape *s) {

@@ -307,12 +307,14 @@ static void pw_apply(const dc_impl *im, int n, int cin, int cout, size_t hw, con
  *    kw copies of each pixel, but the grid is y's own layout: no discarded columns (20% of an
  *    8×8 image's grid of pitch 10) and the micro-kernel writes y in place, the epilogue applied
  *    in registers. Taken at stride 1 for outputs at most 8 wide or at least 16 output channels
+ *    (at larger strides: at least 64 output channels)
  *    (the copies cost per input channel, the columns saved per output channel), measured at
  *    batch 32 on one thread, shifted vs phase planes: 28->28 8×8 0.146 vs 0.165 ms, 40->40 8×8
  *    0.270 vs 0.311, 3->16 32×32 0.143 vs 0.170, 4->36 32×32 0.385 vs 0.458, 20->20 16×16 and
- *    32×32 even; but 4->4 32×32 0.069 vs 0.063, 8->8 16×16 0.062 vs 0.058, and at stride 2 the
- *    kw copies of every pixel cost more than the columns saved (16->16 3×3/2 32×32 0.28 vs
- *    0.24). */
+ *    32×32 even; but 4->4 32×32 0.069 vs 0.063, 8->8 16×16 0.062 vs 0.058. At stride 2 the
+ *    kw copies of every pixel replace one even/odd split and pay for themselves later: 32->64
+ *    3×3/2 16×16 0.404 vs 0.438 ms, but 16->16 32×32 0.306 vs 0.242, 16->32 0.460 vs 0.415,
+ *    24->24 16×16 0.164 vs 0.143. */
 typedef struct kx_shape {
   int shifted;    /* the layout: shifted planes (1) or phase planes (0) */
   int nb;         /* planes per row phase: sw (phase planes) or kw (shifted) */
@@ -331,7 +333,7 @@ typedef struct kx_shape {
 static kx_shape kx_make(const lt_conv_geom *g) {
   kx_shape k;
   const int sw = g->stride_w, dw = g->dil_w, kw = g->kw < 64 ? g->kw : 64;
-  const int shifted = sw == 1 && (g->ow <= 8 || g->s >= 16);
+  const int shifted = sw == 1 ? g->ow <= 8 || g->s >= 16 : g->s >= 64;
   k.shifted = shifted;
   k.nb = shifted ? kw : sw;
   k.pitch = shifted ? g->ow : (g->w + g->pad_l + g->pad_r + sw - 1) / sw;
