@@ -236,9 +236,12 @@ static void pw_apply(const dc_impl *im, int n, int cin, int cout, size_t hw, con
   /* the blockings: whole or last pixel block (f, t) times whole or last channel pass */
   const size_t tail = (hw % DC_PW_BLOCK) & ~(size_t)15;
   const int orest = cout % DC_PW_OCH;
-  dc_plan pff, pft, ptf, ptt;
-  im->plan(&pff, DC_PW_BLOCK, DC_PW_OCH, cin), im->plan(&pft, DC_PW_BLOCK, orest, cin);
-  im->plan(&ptf, (int)tail, DC_PW_OCH, cin), im->plan(&ptt, (int)tail, orest, cin);
+  dc_plan pff = {0}, pft = {0}, ptf = {0}, ptt = {0}; /* only those used: small calls count */
+  const int whole = hw >= DC_PW_BLOCK, opass = cout >= DC_PW_OCH;
+  if (whole && opass) im->plan(&pff, DC_PW_BLOCK, DC_PW_OCH, cin);
+  if (whole && orest) im->plan(&pft, DC_PW_BLOCK, orest, cin);
+  if (tail && opass) im->plan(&ptf, (int)tail, DC_PW_OCH, cin);
+  if (tail && orest) im->plan(&ptt, (int)tail, orest, cin);
 #pragma omp parallel for num_threads(threads) schedule(static)
   for (int64_t u = 0; u < units; u++) {
     const int img = (int)(u / blocks);
@@ -549,9 +552,13 @@ int lt_cpu_direct_fwd(const lt_conv_geom *g, const float *x, const float *w, con
   int threads = work_threads((double)g->n * g->s * g->c * kk * k.npos);
   if ((size_t)threads > max_slices) threads = (int)max_slices;
   if (g->n >= threads) {
-    dc_plan pl, pl16, pln;
-    im->plan(&pl, (int)full, g->s, g->c * kk), im->plan(&pl16, 16, g->s, g->c * kk);
-    im->plan(&pln, k.npos, g->s, g->c * kk);
+    dc_plan pl = {0}, pl16 = {0}, pln = {0}; /* only those used: small calls count */
+    if (direct && !accumulate) {
+      im->plan(&pl, (int)full, g->s, g->c * kk);
+      if (full < ohw) im->plan(&pl16, 16, g->s, g->c * kk);
+    } else {
+      im->plan(&pln, k.npos, g->s, g->c * kk);
+    }
     /* a run of images per thread, each thread in its own slice, its planes zeroed once */
 #pragma omp parallel num_threads(threads)
     {
