@@ -2,7 +2,7 @@
  * precision and against kernels_conv.c's im2col/sgemm lowering (LT_DIRECT_OFF), on shapes that
  * stress the blocking: batch 1 and batches larger than the thread count, 1×1 and odd spatial
  * sizes (pixel counts that are not multiples of 16: scalar tails for pointwise, partial runs on
- * the padded-pitch grid), channel counts 1..40 that are not multiples of 4, 8 or 16 (partial
+ * the padded-pitch grid or a partial last vector written in place on shifted planes), channel counts 1..40 that are not multiples of 4, 8 or 16 (partial
  * blocks of output channels), asymmetric padding, non-square and dilated kernels, strides 2
  * and 3 (phase planes). Every
  * instruction-set variant the CPU has runs (lt_cpu_direct_set_mode: AVX-512, AVX2 without
@@ -43,6 +43,7 @@ static const shape shapes[] = {
     {1, 16, 32, 32, 36, 1, 1, 0, 0, 0, 0, 1, 1},   /* Tucker u_out-like, one image */
     {5, 36, 16, 17, 12, 1, 1, 0, 0, 0, 0, 1, 1},   /* 272 pixels: two blocks, one partial */
     {2, 7, 3, 200, 38, 1, 1, 0, 0, 0, 0, 1, 1},    /* 600 pixels, 38 = 6*6 + 2 output channels */
+    {3, 5, 64, 16, 9, 1, 1, 0, 0, 0, 0, 1, 1},     /* 1024 pixels: rows copied apart first */
     /* k×k stride 1 */
     {1, 4, 8, 8, 4, 3, 3, 1, 1, 1, 1, 1, 1},       /* Tucker core at rank 4 */
     {3, 4, 32, 32, 12, 3, 3, 1, 1, 1, 1, 1, 1},    /* rank 4 -> 12 */
@@ -61,6 +62,26 @@ static const shape shapes[] = {
     {2, 6, 12, 12, 5, 3, 3, 2, 2, 2, 2, 2, 2},  /* dilation 2, stride 2 */
     {1, 9, 7, 7, 2, 1, 1, 0, 0, 0, 0, 1, 2},    /* 1×1 stride 2 (a shortcut) */
     {2, 16, 16, 16, 17, 3, 3, 1, 1, 1, 1, 1, 2}, /* wide, stride 2: forced only */
+    /* stride 2, the plane copies: 16- and 8-float even/odd splits and scalar tails, odd and
+     * even left padding (which phase the first pixel lands in), several images per thread (the
+     * zeroed border reused) */
+    {5, 3, 15, 15, 7, 3, 3, 0, 0, 0, 0, 1, 2},    /* no padding, odd size */
+    {3, 8, 32, 32, 8, 3, 3, 1, 1, 1, 1, 1, 2},    /* 32-float splits */
+    {4, 11, 7, 7, 20, 3, 3, 2, 2, 2, 2, 1, 2},    /* padding 2 */
+    {2, 24, 16, 16, 24, 3, 3, 1, 1, 1, 1, 1, 2},  /* 16-float splits */
+    {3, 5, 33, 31, 9, 3, 3, 2, 1, 0, 2, 1, 2},    /* 31 wide: 16 + 8 + scalars, asymmetric */
+    {1, 2, 32, 35, 3, 3, 3, 1, 0, 1, 2, 1, 2},    /* even left padding, one image */
+    {6, 40, 8, 8, 40, 3, 3, 1, 1, 1, 1, 1, 2},    /* 40 -> 40 */
+    /* stride 1 on shifted planes (outputs at most 8 wide or 16+ output channels): written in
+     * place with a partial last vector, dilation, asymmetric padding, one image across threads */
+    {2, 5, 9, 8, 18, 3, 3, 2, 2, 2, 2, 2, 1},     /* dilation 2 */
+    {2, 3, 6, 9, 17, 3, 3, 2, 0, 1, 2, 1, 1},     /* asymmetric padding, 9 wide */
+    {1, 40, 16, 16, 24, 3, 3, 1, 1, 1, 1, 1, 1},  /* one image, two threads' runs */
+    {1, 32, 15, 15, 20, 3, 3, 1, 1, 1, 1, 1, 1},  /* one image, 225 outputs */
+    /* shifted planes at strides 2 and 3 (64+ output channels) */
+    {2, 6, 15, 15, 64, 3, 3, 1, 1, 1, 1, 1, 2},   /* odd size */
+    {3, 5, 16, 16, 70, 3, 3, 0, 1, 2, 0, 1, 2},   /* asymmetric padding */
+    {2, 3, 10, 7, 64, 3, 5, 2, 0, 1, 2, 1, 3},    /* stride 3, 3×5 */
 };
 
 static lt_conv_geom geom(const shape *s) {
@@ -121,6 +142,15 @@ static void check_shape(const shape *sh, const char *mode) {
   CHECK_MSG(ey <= TOL, "%s: forward error/rms %.2g", desc, ey);
   /* the epilogues: bit for bit max(forward, 0), forward + res, max(forward + res, 0) */
   check_epilogues(&g, x, w, b, y, ws, desc);
+  /* in a workspace of exactly one slice (one thread; ASan sees any read or write past it), the
+   * same bits (one input channel: y came from kernels_conv.c's depthwise loops) */
+  if (slice && g.c > 1) {
+    void *ws1 = malloc(slice);
+    for (size_t i = 0; i < ny; i++) y0[i] = NAN;
+    CHECK(lt_cpu_direct_fwd(&g, x, w, b, y0, 0, ws1, slice, 0) == 0);
+    CHECK_MSG(!memcmp(y, y0, ny * sizeof(float)), "%s: one-slice forward differs", desc);
+    free(ws1);
+  }
   /* the direct entry point with accumulate = 1 adds conv + b once */
   memcpy(y0, y, ny * sizeof(float));
   CHECK(lt_cpu_direct_fwd(&g, x, w, b, y, 1, ws, wsb, 0) == 0);
@@ -158,6 +188,18 @@ static void check_shape(const shape *sh, const char *mode) {
   free(ws);
 }
 
+/* Every output-channel count 1..40 (each a different split into register blocks), against
+ * images whose output grids are 3..69 vectors (different pixel blockings and remainders):
+ * 7×7, 8×8, 15×15, 32×32 at strides 1 and 2, padding 0..2, two images. */
+static void check_blockings(const char *mode) {
+  static const int sizes[4] = {7, 8, 15, 32};
+  for (int s = 1; s <= 40; s++) {
+    const int hw = sizes[s % 4], stride = 1 + (s / 4) % 2, pad = s % 3;
+    const shape sh = {2, 1 + (s * 7) % 13, hw, hw, s, 3, 3, pad, pad, pad, pad, 1, stride};
+    check_shape(&sh, mode);
+  }
+}
+
 static void run_mode(int mode, const char *want) {
   const int wm = lt_cpu_winograd_mode();
   lt_cpu_winograd_set_mode(LT_WINOGRAD_OFF);
@@ -169,6 +211,7 @@ static void run_mode(int mode, const char *want) {
     worst_seen = 0;
     for (size_t i = 0; i < sizeof shapes / sizeof shapes[0]; i++)
       check_shape(&shapes[i], name);
+    check_blockings(name);
     printf("%s: worst error / max(1, rms) %.3g (tolerance %g)\n", name, worst_seen, TOL);
   }
   lt_cpu_direct_set_mode(LT_DIRECT_AUTO);
@@ -189,18 +232,31 @@ TEST_CASE(direct_eligibility) {
   CHECK(lt_cpu_direct_active(&g));
   CHECK(lt_cpu_direct_active(&c));
   CHECK(lt_cpu_direct_active(&d)); /* 128 output pixels: Winograd's per-call costs not repaid */
+  const int avx512 = !strcmp(lt_cpu_direct_impl_name(), "avx512");
   d.n = 64;
-  CHECK(!lt_cpu_direct_active(&d)); /* Winograd's: 16 channels need no padding */
+  CHECK(lt_cpu_direct_active(&d) == avx512); /* 8×8: AVX-512 direct up to c*s = 1600 */
   lt_conv_geom h = d;
+  h.c = h.s = 40;
+  CHECK(lt_cpu_direct_active(&h) == avx512);
+  h.c = h.s = 44;
+  CHECK(!lt_cpu_direct_active(&h));
+  h = d, h.h = h.w = 16;
+  lt_conv_geom_finish(&h, 0);
+  CHECK(!lt_cpu_direct_active(&h)); /* Winograd's: 16 channels need no padding */
   h.c = h.s = 12;
   CHECK(lt_cpu_direct_active(&h)); /* 12 -> 12: Winograd would pad to 16 */
   h.c = h.s = 28;
   CHECK(!lt_cpu_direct_active(&h));
+  h.c = h.s = 36;
+  CHECK(lt_cpu_direct_active(&h) == !avx512); /* 16*c*s = 9*cp*sp, but c*s > 1024 */
   h = d, h.stride_h = h.stride_w = 2;
   lt_conv_geom_finish(&h, 0);
   CHECK(lt_cpu_direct_active(&h)); /* strided 3×3 */
   h.c = 128;
-  CHECK(!lt_cpu_direct_active(&h)); /* wide strided: im2col */
+  CHECK(lt_cpu_direct_active(&h) == avx512); /* 128 channels of 64 pixels */
+  h.h = h.w = 32;
+  lt_conv_geom_finish(&h, 0);
+  CHECK(!lt_cpu_direct_active(&h)); /* wide strided, large images: im2col */
   h = g, h.stride_h = h.stride_w = 2;
   lt_conv_geom_finish(&h, 0);
   CHECK(!lt_cpu_direct_active(&h)); /* 1×1 strided: im2col */

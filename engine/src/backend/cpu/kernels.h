@@ -123,7 +123,10 @@ void lt_cpu_winograd_bwd_filter(const lt_conv_geom *g, const float *x, const flo
  * stride 1, unpadded) convolutions up to 256 channels, stride-1 convolutions with fewer than 8
  * channels in or out, whose channels Winograd would pad by more than 16/9, or with at most 512
  * output pixels in the batch, and strided
- * convolutions with kernels of at least 3×3 and at most 64 input channels; groups 1 only.
+ * convolutions with kernels of at least 3×3 and at most 64 input channels; with the AVX-512
+ * kernels also stride-1 convolutions with outputs of at most 64 pixels up to c*s = 1600 (and the
+ * 16/9 rule only up to c*s = 1024), and strided ones up to 256 input channels of at most 2^16
+ * pixels in all (lt_cpu_direct_active says why); groups 1 only.
  * Results do not depend on the thread count. */
 enum {
   LT_DIRECT_OFF = 0,     /* kernels_conv.c's lowering everywhere */
