@@ -113,6 +113,8 @@ struct lt_exec {
   int *split_first;  /* (n_split) the slice's first image */
   int split_on;      /* forwards go through the children (lt_exec_set_batch_split) */
   int split_last;    /* the last forward ran split: only inputs and outputs hold its values */
+  lt_status *split_st; /* (n_split) each slice's status in the last split forward */
+  lt_err *split_err;   /* (n_split) and its error */
   int is_child;      /* a child: plans like its parent, never splits, prints no profile */
   int arenas_ready;  /* arenas and workspace allocated (a splitting executor does it only when a
                         forward runs unsplit) */
@@ -785,6 +787,8 @@ void lt_exec_free(lt_exec *ex) {
     for (int t = 0; t < ex->n_split; t++) lt_exec_free(ex->split[t]);
   free(ex->split);
   free(ex->split_first);
+  free(ex->split_st);
+  free(ex->split_err);
   lt_backend *be = ex->be;
   if (ex->opts.stash && ex->nodes)
     for (int i = 0; i < ex->F; i++)
@@ -867,7 +871,9 @@ static lt_status exec_split_plan(lt_exec *ex, lt_err *err) {
     if (!lt_value_batched(&g->values[g->outputs[i]])) return LT_OK;
   ex->split = calloc((size_t)T, sizeof *ex->split);
   ex->split_first = calloc((size_t)T, sizeof *ex->split_first);
-  if (!ex->split || !ex->split_first)
+  ex->split_st = calloc((size_t)T, sizeof *ex->split_st);
+  ex->split_err = calloc((size_t)T, sizeof *ex->split_err);
+  if (!ex->split || !ex->split_first || !ex->split_st || !ex->split_err)
     return lt_errorf(err, LT_ERR_NOMEM, "out of memory for %d batch slices", T);
   ex->n_split = T;
   for (int t = 0; t < T; t++) {
@@ -1090,15 +1096,9 @@ static lt_status exec_forward_nodes(lt_exec *ex, lt_err *err) {
   return LT_OK;
 }
 
-typedef struct split_job {
-  lt_exec *ex;
-  lt_status st[64];
-  lt_err err[64];
-} split_job;
-
 static void split_run(void *user, int t) {
-  split_job *job = user;
-  job->st[t] = exec_forward_nodes(job->ex->split[t], &job->err[t]);
+  lt_exec *ex = user;
+  ex->split_st[t] = exec_forward_nodes(ex->split[t], &ex->split_err[t]);
 }
 
 /* Points a child's input and output tensors at its slice of ours. */
@@ -1115,18 +1115,14 @@ static void split_alias(lt_exec *ex, int t) {
 }
 
 static lt_status exec_forward_split(lt_exec *ex, lt_err *err) {
-  split_job *job = calloc(1, sizeof *job);
-  if (!job) return lt_errorf(err, LT_ERR_NOMEM, "out of memory for a split forward");
-  job->ex = ex;
   for (int t = 0; t < ex->n_split; t++) split_alias(ex, t);
-  lt_cpu_run_split(ex->n_split, split_run, job);
+  lt_cpu_run_split(ex->n_split, split_run, ex);
   lt_status st = LT_OK;
   for (int t = 0; t < ex->n_split && !st; t++)
-    if ((st = job->st[t])) {
-      if (err) *err = job->err[t];
+    if ((st = ex->split_st[t])) {
+      if (err) *err = ex->split_err[t];
       lt_err_prefix(err, "batch slice %d of %d", t + 1, ex->n_split);
     }
-  free(job);
   ex->step++;
   ex->split_last = 1;
   return st;
