@@ -33,6 +33,7 @@ class Net(nn.Module):
         # Opset 9 can only express "asymmetric" linear upsampling, which is not what PyTorch
         # computes (torch warns on export); those exports use nearest twice instead.
         self.bilinear = True
+        self.strided = True
         for bn in (self.bn1, self.bn2):  # non-trivial running statistics
             bn.running_mean.uniform_(-0.5, 0.5)
             bn.running_var.uniform_(0.5, 2.0)
@@ -47,6 +48,10 @@ class Net(nn.Module):
         y = torch.cat([up * 0.5 + 0.25, d - 0.1], dim=1)    # (N, 12, 16, 16)
         y = F.max_pool2d(y, 2)                              # (N, 12, 8, 8)
         y = torch.tanh(self.conv3(y)) / 2.0                 # (N, 16, 8, 8)
+        # ResNet's option-A shortcut at odd offsets: Slices, then a Pad of every axis (Lathe's
+        # inference runs the chain as one copy). Opset 9's Slice takes no steps.
+        s = y[:, 4:12, ::2, 1::2] if self.strided else y[:, 4:12, 0:4, 1:5]  # (N, 8, 4, 4)
+        y = y + F.pad(s, (2, 2, 1, 3, 4, 4))                # (N, 16, 8, 8)
         y = F.hardtanh(y, -0.4, 0.4)                        # Clip
         y = F.pad(y, (1, 1, 1, 1), value=0.05)              # (N, 16, 10, 10)
         y = y[:, :, 1:9, 1:9]                               # Slice (N, 16, 8, 8)
@@ -72,6 +77,7 @@ def main():
     lines = []
     for opset in range(9, 18):
         net.bilinear = opset >= 11
+        net.strided = opset >= 10
         with torch.no_grad():
             ref = net(x)
         for bn in ("folded", "kept"):

@@ -80,7 +80,9 @@ typedef struct lt_exec_opts {
                    folds a BatchNorm into the Conv2d whose output only it reads (weights scaled
                    and bias shifted per output channel, recomputed from the graph's parameters
                    before every forward), the BN's fused ReLU then applied by the conv kernel:
-                   equal up to float rounding. A forward hook turns fusion off for that forward,
+                   equal up to float rounding. Inference also runs a chain of Slices, ending
+                   in a Pad or not, as one strided copy from the chain's input (bit-identical).
+                   A forward hook turns fusion off for that forward,
                    so hooks see every node's output. */
   int no_split; /* 1: inference forwards run every node over the whole batch with the threads
                    inside each kernel. By default an LT_MODE_INFER executor on the CPU backend
@@ -137,7 +139,8 @@ int lt_exec_set_batch_split(lt_exec *ex, int on);
 enum { LT_FUSE_RELU = 1, /* a ReLU into the BatchNorm or Add before it */
        LT_FUSE_BN = 2,   /* an inference BatchNorm folded into the Conv2d before it */
        LT_FUSE_ADD = 4,  /* an inference residual Add into the Conv2d (+ folded BN) before it */
-       LT_FUSE_ALL = 7 };
+       LT_FUSE_SLICE = 8, /* an inference chain of Slices (and a Pad after them) as one copy */
+       LT_FUSE_ALL = 15 };
 void lt_exec_set_fusion(lt_exec *ex, unsigned which); /* LT_FUSE_* bits that stay on */
 /* Copies parameters from the graph after an optimizer step on a device backend (no-op on CPU,
  * where the executor works on the graph's parameter tensors directly). */

@@ -19,8 +19,10 @@
  * the ReLU's output and output gradient then live until that step.
  *
  * Inference only (CPU): a BatchNorm whose input only it reads is folded into the Conv2d that
- * produces it (plan_fold), and a batch of at least two images per thread runs as one child
- * executor per thread on a slice of the batch (exec_split_plan).
+ * produces it (plan_fold), the residual Add runs in the Conv2d before it (plan_residual), a chain
+ * of Slices (and a Pad) runs as one strided copy (plan_window), and a batch of at least two
+ * images per thread runs as one child executor per thread on a slice of the batch
+ * (exec_split_plan).
  */
 #include <float.h>
 #include <limits.h>
@@ -111,6 +113,8 @@ struct lt_exec {
   int *split_first;  /* (n_split) the slice's first image */
   int split_on;      /* forwards go through the children (lt_exec_set_batch_split) */
   int split_last;    /* the last forward ran split: only inputs and outputs hold its values */
+  lt_status *split_st; /* (n_split) each slice's status in the last split forward */
+  lt_err *split_err;   /* (n_split) and its error */
   int is_child;      /* a child: plans like its parent, never splits, prints no profile */
   int arenas_ready;  /* arenas and workspace allocated (a splitting executor does it only when a
                         forward runs unsplit) */
@@ -125,6 +129,10 @@ struct lt_exec {
   int *res_add;      /* (F) for a Conv2d that runs the Add after it (and its BN), that Add; -1 */
   int *res_val;      /* (F) the value that Add adds to the conv's (BN's) output */
   int *res_conv;     /* (F) for an Add so fused, its Conv2d; -1 otherwise */
+  /* Slice chains (inference on the CPU backend, see plan_window) */
+  int *win_tail;     /* (F) for the first node of a fused chain, the chain's last node; -1 */
+  char *win_skip;    /* (F) 1 for a chain node after the first: the first one does its work */
+  lt_op_window *win; /* (F) the composed window of each chain's first node */
 };
 
 /* ---- arena packing ------------------------------------------------------------------------- */
@@ -410,6 +418,48 @@ static void plan_residual(lt_exec *ex, int *first) {
   }
 }
 
+/* Which chains of Slices (the last may be a Pad) run as one strided copy (inference, CPU): each
+ * value between two nodes of the chain is read by the next one only and is no graph output, and
+ * the nodes compose into one window of the chain's input (lt_op_window_then). The first node then
+ * writes the last one's output straight from the chain's input, while that input is fresh in
+ * cache, and the others are skipped; the last output lives from the first node's step, and the
+ * skipped nodes' buffers stay planned for forwards with the fusion off. ResNet's option-A
+ * shortcut, x[:, :, ::2, ::2] then zero channels on both sides, is such a chain of three. */
+static void plan_window(lt_exec *ex, int *first) {
+  enum { MAX_CHAIN = 16 };
+  const lt_graph *g = ex->g;
+  for (int i = 0; i < ex->F; i++) ex->win_tail[i] = -1;
+  if (ex->mode != LT_MODE_INFER || ex->be->device >= 0 || ex->opts.no_fuse || ex->opts.no_reuse)
+    return;
+  for (int t = ex->F - 1; t >= 0; t--) {
+    const lt_node *tn = &g->nodes[t];
+    if ((tn->op != LT_OP_SLICE && tn->op != LT_OP_PAD) || ex->win_skip[t]) continue;
+    int chain[MAX_CHAIN], n = 0; /* last node first */
+    chain[n++] = t;
+    while (n < MAX_CHAIN) { /* back while the input is a Slice's that only the chain reads */
+      const int v = g->nodes[chain[n - 1]].in[0];
+      const lt_value *val = &g->values[v];
+      const int p = val->kind == LT_VALUE_ACT ? val->producer : -1;
+      if (p < 0 || g->nodes[p].op != LT_OP_SLICE || is_output(g, v)) break;
+      int uses = 0;
+      for (int k = 0; k < ex->F; k++)
+        for (int s = 0; s < g->nodes[k].n_in; s++) uses += g->nodes[k].in[s] == v;
+      if (uses != 1) break;
+      chain[n++] = p;
+    }
+    if (n < 2) continue;
+    const int h = chain[n - 1], x = g->nodes[h].in[0];
+    lt_op_window *w = &ex->win[h];
+    lt_op_window_init(w, ex->val[x].ndim, ex->val[x].shape);
+    int ok = 1;
+    for (int k = n - 1; k >= 0 && ok; k--) ok = !lt_op_window_then(w, g, &g->nodes[chain[k]], NULL);
+    if (!ok) continue;
+    ex->win_tail[h] = t;
+    for (int k = 0; k < n - 1; k++) ex->win_skip[chain[k]] = 1;
+    if (first[tn->out[0]] > h) first[tn->out[0]] = h;
+  }
+}
+
 /* The folded weights and biases from the graph's current parameters (see plan_fold). */
 static void exec_refold(lt_exec *ex) {
   const lt_graph *g = ex->g;
@@ -604,6 +654,7 @@ static lt_status exec_plan(lt_exec *ex, lt_err *err) {
   plan_fusion(ex, first);
   plan_fold(ex, first);
   plan_residual(ex, first);
+  plan_window(ex, first);
   if (ex->mode == LT_MODE_TRAIN) {
     if ((st = plan_need_grad(ex, err))) goto done;
     for (int i = 0; i < ex->F; i++) ex->nodes[i].backward = ex->need_grad[g->nodes[i].out[0]];
@@ -736,6 +787,8 @@ void lt_exec_free(lt_exec *ex) {
     for (int t = 0; t < ex->n_split; t++) lt_exec_free(ex->split[t]);
   free(ex->split);
   free(ex->split_first);
+  free(ex->split_st);
+  free(ex->split_err);
   lt_backend *be = ex->be;
   if (ex->opts.stash && ex->nodes)
     for (int i = 0; i < ex->F; i++)
@@ -784,6 +837,9 @@ void lt_exec_free(lt_exec *ex) {
   free(ex->res_add);
   free(ex->res_val);
   free(ex->res_conv);
+  free(ex->win_tail);
+  free(ex->win_skip);
+  free(ex->win);
   free(ex->prof);
   free(ex);
 }
@@ -815,7 +871,9 @@ static lt_status exec_split_plan(lt_exec *ex, lt_err *err) {
     if (!lt_value_batched(&g->values[g->outputs[i]])) return LT_OK;
   ex->split = calloc((size_t)T, sizeof *ex->split);
   ex->split_first = calloc((size_t)T, sizeof *ex->split_first);
-  if (!ex->split || !ex->split_first)
+  ex->split_st = calloc((size_t)T, sizeof *ex->split_st);
+  ex->split_err = calloc((size_t)T, sizeof *ex->split_err);
+  if (!ex->split || !ex->split_first || !ex->split_st || !ex->split_err)
     return lt_errorf(err, LT_ERR_NOMEM, "out of memory for %d batch slices", T);
   ex->n_split = T;
   for (int t = 0; t < T; t++) {
@@ -891,10 +949,14 @@ static lt_exec *exec_create(lt_graph *g, int batch, lt_mode mode, lt_backend *be
   ex->res_add = calloc((size_t)ex->F + 1, sizeof *ex->res_add);
   ex->res_val = calloc((size_t)ex->F + 1, sizeof *ex->res_val);
   ex->res_conv = calloc((size_t)ex->F + 1, sizeof *ex->res_conv);
+  ex->win_tail = calloc((size_t)ex->F + 1, sizeof *ex->win_tail);
+  ex->win_skip = calloc((size_t)ex->F + 1, 1);
+  ex->win = calloc((size_t)ex->F + 1, sizeof *ex->win);
   ex->prof = calloc(4 * (size_t)ex->F + 1, sizeof *ex->prof);
   if (!ex->val || !ex->grad || !ex->need_grad || !ex->live_end || !ex->nodes || !ex->fuse_relu ||
       !ex->fused_tail || !ex->bwd_fused || !ex->prof || !ex->fold_bn || !ex->bn_folded ||
-      !ex->fold || !ex->res_add || !ex->res_val || !ex->res_conv) {
+      !ex->fold || !ex->res_add || !ex->res_val || !ex->res_conv || !ex->win_tail ||
+      !ex->win_skip || !ex->win) {
     lt_errorf(err, LT_ERR_NOMEM, "out of memory for an executor of %d values", g->n_values);
     goto fail;
   }
@@ -959,6 +1021,7 @@ static lt_status exec_forward_nodes(lt_exec *ex, lt_err *err) {
   const int prof = ex->prof_on, fuse = !ex->hook && !(ex->fuse_off & LT_FUSE_RELU);
   const int fold = ex->n_fold && !ex->hook && !(ex->fuse_off & LT_FUSE_BN);
   const int resid = !ex->hook && !(ex->fuse_off & LT_FUSE_ADD);
+  const int window = !ex->hook && !(ex->fuse_off & LT_FUSE_SLICE);
   const double t_start = prof ? lt_now() : 0.0, c_start = prof ? cpu_now() : 0.0;
   double t_nodes = 0.0, c_nodes = 0.0;
   for (int i = 0; i < ex->F; i++) {
@@ -972,6 +1035,12 @@ static lt_status exec_forward_nodes(lt_exec *ex, lt_err *err) {
       /* folded into the convolution before it */
     } else if (ex->res_conv[i] >= 0 && resid_on(ex, ex->res_conv[i], fold, resid)) {
       /* run by the convolution before it */
+    } else if (window && ex->win_skip[i]) {
+      /* run by the first node of its Slice chain */
+    } else if (window && ex->win_tail[i] >= 0) {
+      ctx.out[0] = &ex->val[ex->g->nodes[ex->win_tail[i]].out[0]];
+      lt_op_window_cpu(&ex->win[i], lt_dtype_size(ctx.in[0]->dtype), ctx.in[0]->data,
+                       ctx.out[0]->data);
     } else if ((fold && ex->fold_bn[i] >= 0) || resid_on(ex, i, fold, resid)) {
       const int j = fold ? ex->fold_bn[i] : -1;
       int target = j >= 0 ? j : i, relu = 0;
@@ -1027,15 +1096,9 @@ static lt_status exec_forward_nodes(lt_exec *ex, lt_err *err) {
   return LT_OK;
 }
 
-typedef struct split_job {
-  lt_exec *ex;
-  lt_status st[64];
-  lt_err err[64];
-} split_job;
-
 static void split_run(void *user, int t) {
-  split_job *job = user;
-  job->st[t] = exec_forward_nodes(job->ex->split[t], &job->err[t]);
+  lt_exec *ex = user;
+  ex->split_st[t] = exec_forward_nodes(ex->split[t], &ex->split_err[t]);
 }
 
 /* Points a child's input and output tensors at its slice of ours. */
@@ -1052,18 +1115,14 @@ static void split_alias(lt_exec *ex, int t) {
 }
 
 static lt_status exec_forward_split(lt_exec *ex, lt_err *err) {
-  split_job *job = calloc(1, sizeof *job);
-  if (!job) return lt_errorf(err, LT_ERR_NOMEM, "out of memory for a split forward");
-  job->ex = ex;
   for (int t = 0; t < ex->n_split; t++) split_alias(ex, t);
-  lt_cpu_run_split(ex->n_split, split_run, job);
+  lt_cpu_run_split(ex->n_split, split_run, ex);
   lt_status st = LT_OK;
   for (int t = 0; t < ex->n_split && !st; t++)
-    if ((st = job->st[t])) {
-      if (err) *err = job->err[t];
+    if ((st = ex->split_st[t])) {
+      if (err) *err = ex->split_err[t];
       lt_err_prefix(err, "batch slice %d of %d", t + 1, ex->n_split);
     }
-  free(job);
   ex->step++;
   ex->split_last = 1;
   return st;
@@ -1258,6 +1317,18 @@ static int prof_row_cmp(const void *a, const void *b) {
   return tx < ty ? 1 : tx > ty ? -1 : strcmp(x->op, y->op);
 }
 
+/* "Slice+Slice+Pad": the ops of a fused chain from its head h to its last node t. */
+static void prof_chain_name(const lt_graph *g, int h, int t, char *name, size_t cap) {
+  const int v = g->nodes[t].in[0];
+  if (t == h || g->values[v].producer < 0) {
+    snprintf(name, cap, "%s", lt_op_name(g->nodes[t].op));
+    return;
+  }
+  prof_chain_name(g, h, g->values[v].producer, name, cap);
+  const size_t len = strlen(name);
+  snprintf(name + len, cap - len, "+%s", lt_op_name(g->nodes[t].op));
+}
+
 int lt_exec_profile_get(const lt_exec *ex, lt_exec_profile_row *rows, int cap, int64_t *fwd_steps,
                         int64_t *bwd_steps) {
   /* At most one row per op type, per fused pair type, and the two executor rows. */
@@ -1267,6 +1338,7 @@ int lt_exec_profile_get(const lt_exec *ex, lt_exec_profile_row *rows, int cap, i
   const int fuse = !ex->hook && !(ex->fuse_off & LT_FUSE_RELU);
   const int fold = ex->n_fold && !ex->hook && !(ex->fuse_off & LT_FUSE_BN);
   const int resid = !ex->hook && !(ex->fuse_off & LT_FUSE_ADD);
+  const int window = !ex->hook && !(ex->fuse_off & LT_FUSE_SLICE);
   for (int i = 0; i < ex->F; i++) {
     const lt_node *nd = &ex->g->nodes[i];
     char name[48];
@@ -1279,6 +1351,10 @@ int lt_exec_profile_get(const lt_exec *ex, lt_exec_profile_row *rows, int cap, i
       snprintf(name, sizeof name, "%s (fused)", lt_op_name(nd->op));
     else if (fold && ex->bn_folded[i])
       snprintf(name, sizeof name, "%s (folded)", lt_op_name(nd->op));
+    else if (window && ex->win_skip[i])
+      snprintf(name, sizeof name, "%s (fused)", lt_op_name(nd->op));
+    else if (window && ex->win_tail[i] >= 0)
+      prof_chain_name(ex->g, i, ex->win_tail[i], name, sizeof name);
     else if (ex->fuse_relu[i] >= 0 && fuse)
       snprintf(name, sizeof name, "%s+Relu", lt_op_name(nd->op));
     else

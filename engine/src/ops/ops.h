@@ -90,6 +90,25 @@ void lt_op_full_shape(const lt_value *v, int batch, int ndim, int64_t *shape);
 void lt_op_slice_axis(int64_t dim, int64_t start, int64_t end, int64_t step, int64_t *first,
                       int64_t *len);
 
+/* A strided window of a tensor with constant fill, as lt_cpu_window_fwd runs it: Slice and Pad
+ * are each one, and so is a chain of Slices that may end in one Pad, composed node by node from
+ * the chain's input (the inference executor runs such a chain as one copy, exec.c plan_window).
+ * Full shapes, batch first. */
+typedef struct lt_op_window {
+  int ndim;
+  int64_t xshape[LT_MAX_DIMS], yshape[LT_MAX_DIMS];
+  int64_t start[LT_MAX_DIMS], step[LT_MAX_DIMS], lo[LT_MAX_DIMS], hi[LT_MAX_DIMS];
+  float value;
+  int padded; /* some of y is fill: no Slice or Pad composes after it */
+} lt_op_window;
+/* The window that reads all of x (full shape) unchanged. */
+void lt_op_window_init(lt_op_window *w, int ndim, const int64_t *xshape);
+/* w followed by node n (a Slice or a Pad whose input has w's output shape). Fails for any other
+ * op and after a Pad. */
+lt_status lt_op_window_then(lt_op_window *w, const lt_graph *g, const lt_node *n, lt_err *err);
+/* y = the window of x, elem bytes per element (a padded window takes float32). */
+void lt_op_window_cpu(const lt_op_window *w, size_t elem, const void *x, void *y);
+
 /* Gradient of an identity-like op on the CPU: dx = dy, or dx += dy when accumulating. */
 void lt_op_cpu_pass_grad(size_t count, const float *dy, float *dx, int accumulate);
 

@@ -320,14 +320,17 @@ static lt_status slice_full(const lt_node_ctx *ctx, int64_t *start, int64_t *ste
   return LT_OK;
 }
 
-static lt_status slice_fwd(lt_node_ctx *ctx, lt_err *err) {
-  int64_t start[LT_MAX_DIMS], step[LT_MAX_DIMS];
-  lt_status st = slice_full(ctx, start, step, err);
+/* Slice and Pad forward: the node's own window over its input. */
+static lt_status window_fwd(lt_node_ctx *ctx, lt_err *err) {
+  const lt_tensor *x = ctx->in[0];
+  lt_op_window w;
+  lt_op_window_init(&w, x->ndim, x->shape);
+  lt_status st = lt_op_window_then(&w, ctx->g, &ctx->g->nodes[ctx->node], err);
   if (st) return st;
-  const lt_tensor *x = ctx->in[0], *y = ctx->out[0];
-  lt_cpu_slice_fwd(x->ndim, x->shape, start, step, y->shape, ctx_elem(x), x->data, y->data);
+  lt_op_window_cpu(&w, ctx_elem(x), x->data, ctx->out[0]->data);
   return LT_OK;
 }
+
 static lt_status slice_bwd(lt_node_ctx *ctx, lt_err *err) {
   int64_t start[LT_MAX_DIMS], step[LT_MAX_DIMS];
   lt_status st = slice_full(ctx, start, step, err);
@@ -338,7 +341,7 @@ static lt_status slice_bwd(lt_node_ctx *ctx, lt_err *err) {
   return LT_OK;
 }
 const lt_op_desc lt_op_slice = {.name = "Slice", .min_in = 1, .max_in = 1, .infer = slice_infer,
-                                .fwd_cpu = slice_fwd, .bwd_cpu = slice_bwd};
+                                .fwd_cpu = window_fwd, .bwd_cpu = slice_bwd};
 
 /* Pad: ints = begins[r] then ends[r] over per-sample axes (ONNX order); negative crops. */
 static lt_status pad_infer(const lt_graph *g, const lt_node *n, lt_value *out, lt_err *err) {
@@ -370,14 +373,6 @@ static void pad_full(const lt_node_ctx *ctx, int64_t *pads) {
   for (int d = 0; d < r; d++) pads[1 + d] = n->a.ints[d], pads[r + 2 + d] = n->a.ints[r + d];
 }
 
-static lt_status pad_fwd(lt_node_ctx *ctx, lt_err *err) {
-  int64_t pads[2 * LT_MAX_DIMS];
-  pad_full(ctx, pads);
-  const lt_tensor *x = ctx->in[0];
-  lt_cpu_pad_fwd(x->ndim, x->shape, pads, ctx->g->nodes[ctx->node].a.value, lt_tensor_f32(x),
-                 lt_tensor_f32(ctx->out[0]));
-  return LT_OK;
-}
 static lt_status pad_bwd(lt_node_ctx *ctx, lt_err *err) {
   int64_t pads[2 * LT_MAX_DIMS];
   pad_full(ctx, pads);
@@ -387,7 +382,55 @@ static lt_status pad_bwd(lt_node_ctx *ctx, lt_err *err) {
   return LT_OK;
 }
 const lt_op_desc lt_op_pad = {.name = "Pad", .min_in = 1, .max_in = 1, .infer = pad_infer,
-                              .fwd_cpu = pad_fwd, .bwd_cpu = pad_bwd};
+                              .fwd_cpu = window_fwd, .bwd_cpu = pad_bwd};
+
+void lt_op_window_init(lt_op_window *w, int ndim, const int64_t *xshape) {
+  memset(w, 0, sizeof *w);
+  w->ndim = ndim;
+  for (int d = 0; d < ndim; d++) {
+    w->xshape[d] = w->yshape[d] = w->hi[d] = xshape[d];
+    w->step[d] = 1;
+  }
+}
+
+lt_status lt_op_window_then(lt_op_window *w, const lt_graph *g, const lt_node *n, lt_err *err) {
+  if (w->padded || (n->op != LT_OP_SLICE && n->op != LT_OP_PAD))
+    return lt_op_fail(err, LT_ERR_UNSUPPORTED, n, "does not compose into a strided window%s",
+                      w->padded ? " after a Pad" : "");
+  const int r = w->ndim - 1;
+  if (n->op == LT_OP_SLICE) {
+    int64_t first[LT_MAX_DIMS], len[LT_MAX_DIMS];
+    lt_status st = slice_plan(g, n, first, len, err);
+    if (st) return st;
+    /* y index i of the slice reads index first + i * s of the window's output */
+    for (int d = 0; d < r; d++) {
+      const int64_t s = n->a.ints[2 * r + d];
+      w->start[d + 1] += first[d] * w->step[d + 1];
+      w->step[d + 1] *= s;
+      w->yshape[d + 1] = w->hi[d + 1] = len[d];
+    }
+    return LT_OK;
+  }
+  if (n->a.n_ints != 2 * r)
+    return lt_op_fail(err, LT_ERR_INVALID, n, "pad needs %d ints, got %d", 2 * r, n->a.n_ints);
+  for (int d = 0; d < r; d++) {
+    /* y index i holds index i - b of the window's output where that lies in it */
+    const int64_t b = n->a.ints[d], e = n->a.ints[r + d], x = w->yshape[d + 1], y = x + b + e;
+    const int64_t lo = b > 0 ? b : 0, hi = x + b < y ? x + b : y;
+    w->start[d + 1] += (lo - b) * w->step[d + 1];
+    w->yshape[d + 1] = y;
+    w->lo[d + 1] = lo;
+    w->hi[d + 1] = hi > lo ? hi : lo;
+    w->padded |= lo > 0 || w->hi[d + 1] < y;
+  }
+  w->value = n->a.value;
+  return LT_OK;
+}
+
+void lt_op_window_cpu(const lt_op_window *w, size_t elem, const void *x, void *y) {
+  lt_cpu_window_fwd(w->ndim, w->xshape, w->yshape, w->start, w->step, w->lo, w->hi, w->value,
+                    elem, x, y);
+}
 
 /* Reshape, Flatten and Identity move no data in the row-major layout: forward copies, backward
  * passes the gradient through. */

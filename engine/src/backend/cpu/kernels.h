@@ -243,6 +243,13 @@ void lt_cpu_concat(int ninputs, const void *const *inputs, const int64_t *sizes,
                    int64_t inner, size_t elem, void *y);
 void lt_cpu_split(int noutputs, void *const *outputs, const int64_t *sizes, int64_t outer,
                   int64_t inner, size_t elem, const void *y, int accumulate_f32);
+/* Strided window with constant fill: along dim d, y index i reads x index
+ * start[d] + (i - lo[d]) * step[d] where lo[d] <= i < hi[d] on every dim, and y is value
+ * elsewhere (value for 4-byte elements; zero bytes for other sizes). A slice (lo 0, hi yshape), a
+ * constant pad (step 1) and a chain of slices ending in a pad are each one window. */
+void lt_cpu_window_fwd(int ndim, const int64_t *xshape, const int64_t *yshape,
+                       const int64_t *start, const int64_t *step, const int64_t *lo,
+                       const int64_t *hi, float value, size_t elem, const void *x, void *y);
 /* Strided slice: y[i...] = x[start + i*step ...] per dim (step may be negative). */
 void lt_cpu_slice_fwd(int ndim, const int64_t *xshape, const int64_t *start, const int64_t *step,
                       const int64_t *yshape, size_t elem, const void *x, void *y);

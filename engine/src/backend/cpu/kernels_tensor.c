@@ -314,34 +314,141 @@ static inline int64_t slice_row_offset(int ndim, const int64_t *xst, const int64
   return off;
 }
 
-void lt_cpu_slice_fwd(int ndim, const int64_t *xshape, const int64_t *start, const int64_t *step,
-                      const int64_t *yshape, size_t elem, const void *x, void *y) {
+/* ---- strided window with constant fill (slice and pad forward) -------------------------------- */
+
+/* y[from, to) set to value (elements of elem bytes; zero bytes unless elem is 4). */
+static void window_fill(char *y, int64_t from, int64_t to, float value, int zero, size_t elem) {
+  if (to <= from) return;
+  if (zero) {
+    memset(y + from * (int64_t)elem, 0, (size_t)(to - from) * elem);
+    return;
+  }
+  float *restrict yp = (float *)y + from;
+  for (int64_t j = 0; j < to - from; j++)
+    yp[j] = value;
+}
+
+/* rows of n elements each: row r of y (at y + r * ys bytes) from x + r * xs bytes at an element
+ * stride of is. One branch per call, not per row: rows are short. The stride-2 loop is ResNet's
+ * option-A shortcut (x[:, :, ::2, ::2]), written out so that it vectorises as shuffles; short
+ * contiguous rows copy inline rather than through a memcpy call each. */
+static void window_rows(char *restrict y, int64_t ys, const char *restrict x, int64_t xs,
+                        int64_t rows, int64_t n, int64_t is, size_t elem) {
+  const int64_t e = (int64_t)elem;
+  if (is == 1 && (elem != 4 || n * e >= 256)) {
+    if (xs == n * e && ys == n * e) {
+      memcpy(y, x, (size_t)(rows * n * e));
+      return;
+    }
+    for (int64_t r = 0; r < rows; r++)
+      memcpy(y + r * ys, x + r * xs, (size_t)(n * e));
+  } else if (elem == 4 && is == 1) {
+    for (int64_t r = 0; r < rows; r++) {
+      const float *restrict sp = (const float *)(x + r * xs);
+      float *restrict dp = (float *)(y + r * ys);
+#pragma omp simd
+      for (int64_t j = 0; j < n; j++)
+        dp[j] = sp[j];
+    }
+  } else if (elem == 4 && is == 2) {
+    for (int64_t r = 0; r < rows; r++) {
+      const float *restrict sp = (const float *)(x + r * xs);
+      float *restrict dp = (float *)(y + r * ys);
+#pragma omp simd
+      for (int64_t j = 0; j < n; j++)
+        dp[j] = sp[2 * j];
+    }
+  } else if (elem == 4) {
+    for (int64_t r = 0; r < rows; r++) {
+      const float *restrict sp = (const float *)(x + r * xs);
+      float *restrict dp = (float *)(y + r * ys);
+      for (int64_t j = 0; j < n; j++)
+        dp[j] = sp[j * is];
+    }
+  } else {
+    for (int64_t r = 0; r < rows; r++)
+      for (int64_t j = 0; j < n; j++)
+        copy_elem(y + r * ys + j * e, x + r * xs + j * is * e, elem);
+  }
+}
+
+/* The x offset of the outer dims [0, od) of a y row at idx, and whether they all lie inside. */
+static int64_t window_base(int od, const int64_t *xst, const int64_t *start, const int64_t *step,
+                           const int64_t *lo, const int64_t *hi, const int64_t *idx, int *in) {
+  int64_t off = 0;
+  *in = 1;
+  for (int d = 0; d < od; d++) {
+    *in &= idx[d] >= lo[d] && idx[d] < hi[d];
+    off += (start[d] + (idx[d] - lo[d]) * step[d]) * xst[d];
+  }
+  return off;
+}
+
+/* Each thread takes a contiguous range of y rows (the last dim) and walks it as runs of rows of
+ * one plane (the last two dims): the outer dims' offset is computed once per plane, and a run of
+ * rows inside the window copies in one call (window_rows). The fill between copied rows is one
+ * memset per gap, a whole run of planes for padded channels. */
+void lt_cpu_window_fwd(int ndim, const int64_t *xshape, const int64_t *yshape,
+                       const int64_t *start, const int64_t *step, const int64_t *lo,
+                       const int64_t *hi, float value, size_t elem, const void *x, void *y) {
   assert(ndim >= 1 && ndim <= LT_KMAX_DIMS); /* a slice or pad of a 0-d tensor has no axis */
-  int64_t xst[LT_KMAX_DIMS];
-  strides_of(ndim, xshape, xst);
-  const int64_t inner = yshape[ndim - 1], rows = prod(ndim - 1, yshape);
-  const int64_t is = step[ndim - 1] * xst[ndim - 1], e = (int64_t)elem;
-#pragma omp parallel
+  /* a leading dim of 1: every row then lies in a plane */
+  enum { K = LT_KMAX_DIMS + 1 };
+  const int nd = ndim + 1, od = nd - 2;
+  int64_t xs[K], ys[K], st[K], sp[K], l[K], h[K], xst[K];
+  xs[0] = ys[0] = sp[0] = h[0] = 1;
+  st[0] = l[0] = 0;
+  for (int d = 0; d < ndim; d++) {
+    xs[d + 1] = xshape[d], ys[d + 1] = yshape[d], st[d + 1] = start[d], sp[d + 1] = step[d];
+    l[d + 1] = lo[d], h[d + 1] = hi[d] < lo[d] ? lo[d] : hi[d];
+  }
+  strides_of(nd, xs, xst);
+  const int64_t inner = ys[nd - 1], rows = prod(nd - 1, ys), e = (int64_t)elem;
+  const int64_t c_lo = l[nd - 1], c_hi = h[nd - 1], plane = ys[od];
+  const int gaps = c_lo > 0 || c_hi < inner;
+  uint32_t bits;
+  memcpy(&bits, &value, sizeof bits);
+  const int zero = elem != 4 || bits == 0;
+  char *yb = y;
+#pragma omp parallel if (rows * inner * e >= (1 << 16))
   {
-    int64_t lo, hi, idx[LT_KMAX_DIMS] = {0};
-    row_share(rows, &lo, &hi);
-    row_index(ndim, yshape, lo, idx);
-    for (int64_t r = lo; r < hi; r++, row_next(ndim, yshape, idx)) {
-      const int64_t off = slice_row_offset(ndim, xst, start, step, idx);
-      char *dst = (char *)y + r * inner * e;
-      if (is == 1) {
-        memcpy(dst, (const char *)x + off * e, (size_t)(inner * e));
-      } else if (elem == 4) {
-        const float *restrict sp = (const float *)x + off;
-        float *restrict dp = (float *)dst;
-        for (int64_t j = 0; j < inner; j++)
-          dp[j] = sp[j * is];
-      } else {
-        for (int64_t j = 0; j < inner; j++)
-          copy_elem(dst + j * e, (const char *)x + (off + j * is) * e, elem);
+    int64_t r0, r1, idx[K] = {0};
+    row_share(rows, &r0, &r1);
+    row_index(nd, ys, r0, idx);
+    int64_t fill = r0 * inner; /* the pending run of fill starts here (y element) */
+    for (int64_t r = r0; r < r1;) {
+      /* rows [i0, i1) of the plane at idx[0..od) */
+      const int64_t i0 = idx[od], i1 = plane - i0 < r1 - r ? plane : i0 + (r1 - r);
+      const int64_t row0 = r - i0; /* the plane's first row */
+      int in;
+      const int64_t base = window_base(od, xst, st, sp, l, h, idx, &in);
+      const int64_t a = i0 > l[od] ? i0 : l[od], b = i1 < h[od] ? i1 : h[od];
+      if (in && a < b && c_hi > c_lo) {
+        window_fill(yb, fill, (row0 + a) * inner, value, zero, elem);
+        for (int64_t i = a; i < b && gaps; i++) {
+          window_fill(yb, (row0 + i) * inner, (row0 + i) * inner + c_lo, value, zero, elem);
+          window_fill(yb, (row0 + i) * inner + c_hi, (row0 + i + 1) * inner, value, zero, elem);
+        }
+        const int64_t off = base + (st[od] + (a - l[od]) * sp[od]) * xst[od] + st[nd - 1];
+        window_rows(yb + ((row0 + a) * inner + c_lo) * e, inner * e, (const char *)x + off * e,
+                    sp[od] * xst[od] * e, b - a, c_hi - c_lo, sp[nd - 1], elem);
+        fill = (row0 + b) * inner;
+      }
+      r += i1 - i0;
+      idx[od] = 0;
+      for (int d = od - 1; d >= 0; d--) {
+        if (++idx[d] < ys[d]) break;
+        idx[d] = 0;
       }
     }
+    window_fill(yb, fill, r1 * inner, value, zero, elem);
   }
+}
+
+void lt_cpu_slice_fwd(int ndim, const int64_t *xshape, const int64_t *start, const int64_t *step,
+                      const int64_t *yshape, size_t elem, const void *x, void *y) {
+  int64_t lo[LT_KMAX_DIMS] = {0};
+  lt_cpu_window_fwd(ndim, xshape, yshape, start, step, lo, yshape, 0.0f, elem, x, y);
 }
 
 void lt_cpu_slice_bwd(int ndim, const int64_t *xshape, const int64_t *start, const int64_t *step,
@@ -399,33 +506,17 @@ static void pad_span(int64_t inner, int64_t b, int64_t xw, int64_t *j0, int64_t 
 void lt_cpu_pad_fwd(int ndim, const int64_t *xshape, const int64_t *pads, float value,
                     const float *x, float *y) {
   assert(ndim >= 1 && ndim <= LT_KMAX_DIMS); /* a slice or pad of a 0-d tensor has no axis */
-  int64_t xst[LT_KMAX_DIMS] = {0}, yshape[LT_KMAX_DIMS] = {0};
-  strides_of(ndim, xshape, xst);
+  int64_t yshape[LT_KMAX_DIMS], start[LT_KMAX_DIMS], step[LT_KMAX_DIMS], lo[LT_KMAX_DIMS];
+  int64_t hi[LT_KMAX_DIMS];
   pad_yshape(ndim, xshape, pads, yshape);
-  const int64_t inner = yshape[ndim - 1], rows = prod(ndim - 1, yshape);
-  const int64_t b = pads[ndim - 1], xw = xshape[ndim - 1];
-  int64_t j0, j1;
-  pad_span(inner, b, xw, &j0, &j1);
-#pragma omp parallel
-  {
-    int64_t lo, hi, idx[LT_KMAX_DIMS] = {0};
-    row_share(rows, &lo, &hi);
-    row_index(ndim, yshape, lo, idx);
-    for (int64_t r = lo; r < hi; r++, row_next(ndim, yshape, idx)) {
-      const int64_t off = pad_row_offset(ndim, xshape, xst, pads, idx);
-      float *restrict yp = y + r * inner;
-      if (off < 0) {
-        for (int64_t j = 0; j < inner; j++)
-          yp[j] = value;
-        continue;
-      }
-      for (int64_t j = 0; j < j0; j++)
-        yp[j] = value;
-      if (j1 > j0) memcpy(yp + j0, x + off + (j0 - b), sizeof(float) * (size_t)(j1 - j0));
-      for (int64_t j = j1; j < inner; j++)
-        yp[j] = value;
-    }
+  for (int d = 0; d < ndim; d++) {
+    /* y index i holds x index i - pads[d] where that lies in x */
+    lo[d] = pads[d] > 0 ? pads[d] : 0;
+    start[d] = lo[d] - pads[d];
+    step[d] = 1;
+    hi[d] = xshape[d] + pads[d] < yshape[d] ? xshape[d] + pads[d] : yshape[d];
   }
+  lt_cpu_window_fwd(ndim, xshape, yshape, start, step, lo, hi, value, sizeof(float), x, y);
 }
 
 void lt_cpu_pad_bwd(int ndim, const int64_t *xshape, const int64_t *pads, const float *dy,
