@@ -112,6 +112,7 @@ TEST_CASE(compress_job_meets_target_caches_table_and_refuses_bad_input) {
   const cJSON *cond = cJSON_GetObjectItemCaseSensitive(r, "latency_conditions");
   double others = num(cond, "other_busy_cores");
   CHECK(num(cond, "cores") >= 1 && num(cond, "seconds") > 0);
+  CHECK(cJSON_IsString(cJSON_GetObjectItemCaseSensitive(cond, "omp_wait_policy")));
   CHECK_MSG(isfinite(others) && others >= 0 && others <= num(cond, "cores") + 0.05,
             "other_busy_cores %g", others);
   CHECK(cJSON_IsString(cJSON_GetObjectItemCaseSensitive(r, "latency_note")) == (others > 0.25));

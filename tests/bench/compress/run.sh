@@ -27,7 +27,10 @@ build=${1:-$root/build}
 out=${2:-/tmp/lathe-bench-compress}
 data=$root/../shared/data
 bench=${BENCH:-all}
-export OMP_WAIT_POLICY=passive
+# OpenMP's wait policy as the caller has it (unset: libgomp's default, spinning a while before
+# sleeping, as a worker runs jobs): with OMP_WAIT_POLICY=passive every operator that wakes the
+# second thread pays a futex wake-up, which at batch 1 made the dense ResNet-20 2.6 ms against
+# 0.4 ms (and its batch-1 speedup 8.6x against about 2x). Set it to passive on a shared machine.
 mkdir -p "$out"
 
 if [ -n "${FINETUNE_STEPS:-}" ]; then budget="\"steps\": $FINETUNE_STEPS"

@@ -14,6 +14,12 @@ function fineTuning(f) {
   return `${f.steps} steps (${fmtNum(f.epochs)} epochs) of batch ${f.batch_size}, ${f.schedule} from lr ${f.lr}, ${d}, from the ${f.init || 'searched'} weights`;
 }
 
+function timing(c) {
+  if (!c) return '–';
+  const others = typeof c.other_busy_cores === 'number' ? `${fmtNum(c.other_busy_cores)} cores busy with other work` : 'other work unknown';
+  return `${c.cores} cores, ${others}, OMP_WAIT_POLICY ${c.omp_wait_policy || '–'}`;
+}
+
 export function renderCompress(box, r, charts) {
   if (!r) return;
   const tgt = r.target || {};
@@ -29,6 +35,7 @@ export function renderCompress(box, r, charts) {
     h('dt', {}, 'Fine-tuning'), h('dd', {}, fineTuning(r.finetune)),
     h('dt', {}, `Latency, batch ${r.latency_batch ?? '–'}`), h('dd', {}, `${ms(r.latency_ms_before)} → ${ms(r.latency_ms_after)} (×${fmtNum(r.speedup_measured)})`),
     h('dt', {}, 'Latency, batch 1'), h('dd', {}, `${ms(r.latency_ms_before_batch1)} → ${ms(r.latency_ms_after_batch1)} (×${fmtNum(r.speedup_measured_batch1)})`),
+    h('dt', {}, 'Timing conditions'), h('dd', {}, timing(r.latency_conditions)),
     h('dt', {}, 'Predicted latency'), h('dd', {}, r.latency_ms_predicted == null ? (r.latency_prediction_note || 'not comparable (table from another device or an estimate)') : `${ms(r.latency_ms_predicted)} (error ${pct(r.latency_prediction_error)})`)));
   // Other work on the worker while it timed: the latencies and the speedup carry it.
   if (r.latency_note) box.append(h('p', { class: 'error latency-note' }, `Warning: ${r.latency_note}.`));
