@@ -1042,7 +1042,8 @@ int job_compress_run(job_ctx *job, cJSON **result) {
   cJSON_AddNumberToObject(cond, "cores", (double)cores);
   cJSON_AddNumberToObject(cond, "seconds", busy1.wall - busy0.wall);
   /* OpenMP's wait policy moves small-batch latency several-fold (a futex wake-up per operator
-   * when passive: the dense ResNet-20 at batch 1 took 2.6 ms against 0.4 ms spinning) */
+   * when passive, which main_lathe.c sets unless the environment has a policy: the dense
+   * ResNet-20 at batch 1 took 2.6 ms against 0.4 ms with active waiting) */
   const char *wait = getenv("OMP_WAIT_POLICY");
   cJSON_AddStringToObject(cond, "omp_wait_policy", wait && *wait ? wait : "default");
   if (isnan(others)) {

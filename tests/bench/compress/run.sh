@@ -27,10 +27,11 @@ build=${1:-$root/build}
 out=${2:-/tmp/lathe-bench-compress}
 data=$root/../shared/data
 bench=${BENCH:-all}
-# OpenMP's wait policy as the caller has it (unset: libgomp's default, spinning a while before
-# sleeping, as a worker runs jobs): with OMP_WAIT_POLICY=passive every operator that wakes the
-# second thread pays a futex wake-up, which at batch 1 made the dense ResNet-20 2.6 ms against
-# 0.4 ms (and its batch-1 speedup 8.6x against about 2x). Set it to passive on a shared machine.
+# OpenMP's wait policy is the caller's; unset, `lathe` itself starts with OMP_WAIT_POLICY=passive
+# (workers/main_lathe.c), as a worker's jobs do. Under passive every operator that wakes the
+# second thread pays a futex wake-up: at batch 1 the dense ResNet-20 took 2.6 ms against 0.4 ms
+# with OMP_WAIT_POLICY=active (its batch-1 speedup 8.6x against about 2x). The job records the
+# policy in latency_conditions.omp_wait_policy.
 mkdir -p "$out"
 
 if [ -n "${FINETUNE_STEPS:-}" ]; then budget="\"steps\": $FINETUNE_STEPS"
