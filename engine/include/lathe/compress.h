@@ -85,11 +85,17 @@ lt_status lt_compress_factorize_linear(lt_graph *g, int node, int rank, lt_err *
 
 #define LT_COMPRESS_MAX_CAND 64
 
-/* One convolution the search may factorise, its candidate ranks and what each costs. Costs are
- * per sample (MACs, parameters) or per batch of the latency table (milliseconds). */
+/* What a compressible layer is: a k×k conv (Tucker-2) or a linear layer (two-factor SVD). */
+typedef enum lt_compress_kind { LT_COMPRESS_CONV = 0, LT_COMPRESS_LINEAR = 1 } lt_compress_kind;
+
+/* One convolution or linear layer the search may factorise, its candidate ranks and what each
+ * costs. Costs are per sample (MACs, parameters) or per batch of the latency table
+ * (milliseconds). A linear layer x(K) -> W(M, K) has s = M, c = K, kh = kw = 1 and
+ * in/out h, w = 1; at rank r it costs r·(K + M) MACs and parameters (dense: K·M). */
 typedef struct lt_compress_layer {
-  char name[128];              /* conv node name (node ids change with rewrites; names do not) */
-  int s, c, kh, kw;            /* weight (s, c, kh, kw) */
+  char name[128];              /* node name (node ids change with rewrites; names do not) */
+  lt_compress_kind kind;       /* 0 (conv) in a zeroed struct */
+  int s, c, kh, kw;            /* weight (s, c, kh, kw); linear: (M, K, 1, 1) */
   int in_h, in_w, out_h, out_w;
   lt_node_attrs a;             /* the conv's geometry (stride, pads, dilation) */
   int bias;                    /* 1: the conv adds a bias (the factorised block's last conv will) */
@@ -102,8 +108,9 @@ typedef struct lt_compress_layer {
   double ms[LT_COMPRESS_MAX_CAND];
 } lt_compress_layer;
 
-/* Every dense conv (groups 1, kernel larger than 1×1) with constant weights for which some tied
- * rank (a multiple of step) is cheaper than the dense conv. *out is malloc'd (free()); *n may be 0
+/* Every dense conv (groups 1, kernel larger than 1×1) and every linear layer with constant
+ * (float, 2-D for linear) weights for which some tied rank (a multiple of step) is cheaper than
+ * the dense layer, in graph order. *out is malloc'd (free()); *n may be 0
  * (the caller decides whether a model with nothing to compress is an error). Candidates are the
  * multiples of step up to max_rank; at most LT_COMPRESS_MAX_CAND (the step grows per layer when
  * needed). */
@@ -113,20 +120,23 @@ lt_status lt_compress_layers_find(const lt_graph *g, int step, lt_compress_layer
 void lt_compress_layers_set_step(lt_compress_layer *l, int n, int step);
 
 /* MACs per sample and parameters of a conv factorised at tied rank r with this geometry (the 1×1
- * input factor runs at the input resolution, the core and output factor at the output one). */
+ * input factor runs at the input resolution, the core and output factor at the output one); of a
+ * linear layer at rank r: r·(K + M) both. */
 int64_t lt_compress_layer_macs(const lt_compress_layer *l, int r);
 int64_t lt_compress_layer_params(const lt_compress_layer *l, int r);
 
 /* Replaces each layer i with ranks[i] > 0 by its Tucker-2 factors at that rank (a fresh
- * truncated HOSVD of the weight g holds now); ranks[i] == 0 leaves it dense. */
+ * truncated HOSVD of the weight g holds now; linear layers: a fresh two-factor SVD);
+ * ranks[i] == 0 leaves it dense. */
 lt_status lt_compress_apply(lt_graph *g, const lt_compress_layer *l, int n, const int *ranks,
                             lt_err *err);
 
 /* ---- latency table -------------------------------------------------------------------------- */
 
-/* One distinct conv shape: the dense conv and its factorised block at each probed rank, timed as
- * a forward pass of a graph holding just that block, at the table's batch. */
+/* One distinct conv or linear shape: the dense layer and its factorised block at each probed
+ * rank, timed as a forward pass of a graph holding just that block, at the table's batch. */
 typedef struct lt_lat_entry {
+  lt_compress_kind kind; /* part of the key: a linear shape never matches a conv one */
   int s, c, kh, kw, in_h, in_w;
   int stride[2], pads[4], dilation[2];
   int bias;        /* timed with a bias (part of the key: on the CPU a 1x1 conv adds its bias in
@@ -209,6 +219,11 @@ void lt_mixture_backward(const float *g, int r, int p, const float *c, const flo
                          float *dg, double *dc);
 /* dm_i = Σ_{j < cand_i} dc_j (through the cumulative sum). */
 void lt_mixture_dm(int n_cand, const int *cand, const double *dc, double *dm);
+/* The same for a two-factor (linear) layer, masked on the rows of its first factor B (r, p):
+ * B_eff[j] = c_j B[j]; dB = M ⊙ dB_eff and dc_j = Σ_k B[j][k] dB_eff[j][k] (dw may be NULL). */
+void lt_mixture_apply_rows(const float *w, int r, int p, const float *c, float *w_eff);
+void lt_mixture_backward_rows(const float *w, int r, int p, const float *c, const float *dw_eff,
+                              float *dw, double *dc);
 /* m = softmax((alpha + gumbel) / tau); gumbel may be NULL (plain softmax). */
 void lt_gumbel_softmax(int n, const double *alpha, const double *gumbel, double tau, double *m);
 /* dalpha_k = (1/tau) m_k (dm_k - Σ_i m_i dm_i). */
