@@ -12,7 +12,8 @@
  *
  * Usage (the whole pipeline, as workers/job_compress.c runs it):
  *   lt_compress_layer *L; int n;
- *   lt_compress_layers_find(g, 4, &L, &n, &err);             // compressible convs, ranks 4, 8, …
+ *   lt_compress_layers_find(g, 4, &L, &n, &err);             // compressible convs and linear
+ *                                                            // layers, ranks 4, 8, …
  *   lt_lat_table t = {0};
  *   lt_lat_profile(g, be, 64, NULL, &t, &err);               // measures what t does not hold yet
  *   lt_compress_layers_set_latency(L, n, &t, t.step);        // candidates = multiples of the step
@@ -174,9 +175,10 @@ typedef struct lt_roofline {
   double gbytes_s; /* memory bandwidth, GB/s */
 } lt_roofline;
 
-/* Measures every conv shape of g's compressible layers that t does not already hold (a cache
- * loaded from a file, or a table measured elsewhere) at t->batch (set it, or pass batch > 0 for
- * a new table), then finds the step. A table for another device or batch is refused. */
+/* Measures every conv and linear shape of g's compressible layers that t does not already hold
+ * (a cache loaded from a file, or a table measured elsewhere) at t->batch (set it, or pass
+ * batch > 0 for a new table), then finds the step. A table for another device or batch is
+ * refused. */
 lt_status lt_lat_profile(lt_graph *g, lt_backend *be, int batch, const lt_lat_opts *o,
                          lt_lat_table *t, lt_err *err);
 /* The same table from a roofline model (t->estimated = 1). */
@@ -185,7 +187,9 @@ lt_status lt_lat_estimate(lt_graph *g, const lt_roofline *rf, int batch, int pro
 /* Median forward latency (ms) of a whole graph at batch, measured as the profiler measures. */
 lt_status lt_lat_measure_graph(lt_graph *g, lt_backend *be, int batch, const lt_lat_opts *o,
                                double *ms, lt_err *err);
-/* Median forward latency (ms) of layer l alone at batch: dense (rank 0) or as its Tucker-2 block. */
+/* Median forward latency (ms) of layer l alone at batch: dense (rank 0) or as its Tucker-2 block
+ * (linear: its two factors), followed by what the profiler times with it (conv: batch norm and
+ * ReLU; linear: ReLU). */
 lt_status lt_lat_measure_layer(const lt_compress_layer *l, int rank, lt_backend *be, int batch,
                                const lt_lat_opts *o, double *ms, lt_err *err);
 /* The rank step: the most common distance between ranks where latency jumps up (>= 5% over the
