@@ -4,7 +4,8 @@
  * factor masked), so the mixture of all K candidates costs one forward and one backward. The
  * mask lives host-side: a master copy of each core (first factor) is kept, G ⊙ M is written
  * into the core conv's weight before each forward, and after backward the core gradient gives
- * dG = M ⊙ dG_eff (for the SGD step on the master) and dc (for the logits, through the cumulative sum and the softmax).
+ * dG = M ⊙ dG_eff (for the SGD step on the master) and dc (for the logits, through the
+ * cumulative sum and the softmax).
  * Weights (SGD, training samples) and logits (Adam, held-out samples) update in alternation
  * under loss = task × (E[cost]/T)^β when E[cost] > T, plus a decaying feature-map loss between
  * stage outputs of the searched model and the original one. */
