@@ -78,7 +78,8 @@ int lt_tucker2_max_rank(int s, int c, int kh, int kw, int step);
 
 /* Graph rewrites. The node must be a conv (groups 1) or linear with constant weights; the new
  * nodes are named <node>.u_in / <node>.core / <node>.u_out (and <node>.a / <node>.b for linear),
- * inherit stride/padding/dilation on the k×k core, and the bias on the last factor. */
+ * inherit stride/padding/dilation on the k×k core, and the bias on the last factor. A linear
+ * layer's factors are balanced for training: b = Σ_r^½ V_rᵀ, a = U_r Σ_r^½. */
 lt_status lt_compress_factorize_conv(lt_graph *g, int node, int rank, lt_err *err);
 lt_status lt_compress_factorize_linear(lt_graph *g, int node, int rank, lt_err *err);
 
