@@ -39,6 +39,7 @@ cJSON *compress_lat_to_json(const lt_lat_table *t) {
   for (int i = 0; i < t->n; i++) {
     const lt_lat_entry *e = &t->e[i];
     cJSON *o = cJSON_CreateObject();
+    cJSON_AddStringToObject(o, "kind", e->kind == LT_COMPRESS_LINEAR ? "linear" : "conv");
     cJSON_AddItemToObject(o, "weight", jc_int_array((int[]){e->s, e->c, e->kh, e->kw}, 4));
     cJSON_AddItemToObject(o, "input", jc_int_array((int[]){e->in_h, e->in_w}, 2));
     cJSON_AddItemToObject(o, "stride", jc_int_array(e->stride, 2));
@@ -100,6 +101,15 @@ int compress_lat_from_json(const cJSON *j, lt_lat_table *t, char *why, size_t ca
       return -1;
     }
     e.s = w[0], e.c = w[1], e.kh = w[2], e.kw = w[3], e.in_h = in[0], e.in_w = in[1];
+    /* Tables written before linear layers were profiled hold convs only. */
+    const cJSON *kind = cJSON_GetObjectItemCaseSensitive(o, "kind");
+    if (kind && (!cJSON_IsString(kind) || (strcmp(kind->valuestring, "conv") &&
+                                           strcmp(kind->valuestring, "linear")))) {
+      snprintf(why, cap, "latency table entry %d has kind other than \"conv\" or \"linear\"", i);
+      lt_lat_table_free(t);
+      return -1;
+    }
+    e.kind = kind && !strcmp(kind->valuestring, "linear") ? LT_COMPRESS_LINEAR : LT_COMPRESS_CONV;
     /* Tables written before the key had a bias were all timed with one. */
     const cJSON *bias = cJSON_GetObjectItemCaseSensitive(o, "bias");
     e.bias = bias ? cJSON_IsTrue(bias) : 1;
@@ -704,8 +714,15 @@ static cJSON *jc_layer_json(const lt_compress_layer *l, int rank, int pick, doub
                             double now_scale) {
   cJSON *o = cJSON_CreateObject();
   cJSON_AddStringToObject(o, "name", l->name);
-  cJSON_AddItemToObject(o, "shape", cJSON_CreateIntArray((int[]){l->s, l->c, l->kh, l->kw}, 4));
-  cJSON_AddItemToObject(o, "input", cJSON_CreateIntArray((int[]){l->c, l->in_h, l->in_w}, 3));
+  if (l->kind == LT_COMPRESS_LINEAR) {
+    cJSON_AddStringToObject(o, "kind", "linear");
+    cJSON_AddItemToObject(o, "shape", cJSON_CreateIntArray((int[]){l->s, l->c}, 2));
+    cJSON_AddItemToObject(o, "input", cJSON_CreateIntArray((int[]){l->c}, 1));
+  } else {
+    cJSON_AddStringToObject(o, "kind", "conv");
+    cJSON_AddItemToObject(o, "shape", cJSON_CreateIntArray((int[]){l->s, l->c, l->kh, l->kw}, 4));
+    cJSON_AddItemToObject(o, "input", cJSON_CreateIntArray((int[]){l->c, l->in_h, l->in_w}, 3));
+  }
   cJSON_AddItemToObject(o, "candidate_ranks", cJSON_CreateIntArray(l->cand, l->n_cand));
   cJSON_AddNumberToObject(o, "chosen_rank", rank);
   cJSON_AddNumberToObject(o, "params_before", (double)l->dense_params);
@@ -754,7 +771,8 @@ int job_compress_run(job_ctx *job, cJSON **result) {
   if (c.n == 0) {
     rc = job_fail(job, JOB_EXIT_BAD_INPUT,
                   "the model has no compressible layer: no dense k x k convolution (k > 1, "
-                  "groups 1) with constant weights has a rank of step %d cheaper than itself",
+                  "groups 1) or linear layer with constant weights has a rank of step %d "
+                  "cheaper than itself",
                   probe);
     goto done;
   }

@@ -44,8 +44,8 @@ static double median(const double *v, int n) {
 }
 
 static int same_shape(const lt_compress_layer *a, const lt_compress_layer *b) {
-  return a->c == b->c && a->s == b->s && a->kh == b->kh && a->kw == b->kw && a->in_h == b->in_h &&
-         a->in_w == b->in_w && a->out_h == b->out_h && a->out_w == b->out_w &&
+  return a->kind == b->kind && a->c == b->c && a->s == b->s && a->kh == b->kh && a->kw == b->kw &&
+         a->in_h == b->in_h && a->in_w == b->in_w && a->out_h == b->out_h && a->out_w == b->out_w &&
          a->bias == b->bias && !memcmp(a->a.stride, b->a.stride, sizeof a->a.stride) &&
          !memcmp(a->a.pads, b->a.pads, sizeof a->a.pads) &&
          !memcmp(a->a.dilation, b->a.dilation, sizeof a->a.dilation);

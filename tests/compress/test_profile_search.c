@@ -55,15 +55,21 @@ TEST_CASE(profile_reuses_a_cached_table) {
   lt_backend *be = lt_backend_get("cpu", &err);
   lt_lat_opts lo = {.probe_step = 8, .min_reps = 3, .max_reps = 3};
   lt_lat_table t = {0};
-  REQUIRE(lt_lat_profile(g, be, 2, &lo, &t, &err) == LT_OK);
-  CHECK(t.n == 1); /* smallcnn: only conv 32→64 (conv 1→32 has no rank below its 1 input) */
+  lt_status st = lt_lat_profile(g, be, 2, &lo, &t, &err);
+  CHECK_MSG(st == LT_OK, "%s", err.msg);
+  REQUIRE(st == LT_OK);
+  /* smallcnn: conv 32→64 (conv 1→32 has no rank below its 1 input), fc1 and fc2 */
+  CHECK(t.n == 3);
+  int linear = 0;
+  for (int i = 0; i < t.n; i++) linear += t.e[i].kind == LT_COMPRESS_LINEAR;
+  CHECK(linear == 2);
   for (int i = 0; i < t.n; i++) {
     CHECK(t.e[i].dense_ms > 0);
     for (int k = 0; k < t.e[i].n; k++) CHECK(t.e[i].ms[k] > 0);
   }
   double first = t.e[0].dense_ms;
   REQUIRE(lt_lat_profile(g, be, 2, &lo, &t, &err) == LT_OK);
-  CHECK(t.n == 1 && t.e[0].dense_ms == first); /* nothing re-measured */
+  CHECK(t.n == 3 && t.e[0].dense_ms == first); /* nothing re-measured */
   /* A table from another batch is refused rather than silently mixed. */
   CHECK(lt_lat_profile(g, be, 4, &lo, &t, &err) == LT_ERR_INVALID);
   CHECK_STR_CONTAINS(err.msg, "measure a new one");
@@ -92,7 +98,7 @@ TEST_CASE(search_meets_a_flops_target_and_its_cost_model_matches_the_graph) {
   lt_compress_layer *L;
   int n;
   REQUIRE(lt_compress_layers_find(g, 4, &L, &n, &err) == LT_OK);
-  REQUIRE(n == 1);
+  REQUIRE(n == 3); /* block2's conv, fc1, fc2 */
   uint8_t *x;
   int32_t *y;
   lt_dataset ds = fake_data(64, &x, &y);
@@ -106,7 +112,7 @@ TEST_CASE(search_meets_a_flops_target_and_its_cost_model_matches_the_graph) {
   c.target = LT_TARGET_FLOPS;
   c.fixed_cost = before - dense;
   c.target_value = 0.5 * before;
-  int ranks[1];
+  int ranks[3];
   lt_graph *trained = NULL;
   REQUIRE(lt_compress_search(g, be, L, n, &c, ranks, &trained, &err) == LT_OK);
   double predicted = c.fixed_cost;
@@ -118,6 +124,14 @@ TEST_CASE(search_meets_a_flops_target_and_its_cost_model_matches_the_graph) {
   }
   CHECK(predicted <= c.target_value);
   CHECK_NEAR((double)lt_graph_macs(trained), predicted, 0.5);
+  /* The linear layers were searched and come out as two factors at their chosen ranks. */
+  for (int l = 1; l < 3; l++) {
+    char nm[200];
+    snprintf(nm, sizeof nm, "%s.b.weight", L[l].name);
+    int v = lt_graph_find_value(trained, nm);
+    REQUIRE(v >= 0);
+    CHECK(trained->values[v].shape[0] == ranks[l] && trained->values[v].shape[1] == L[l].c);
+  }
   /* The trained copy runs. */
   lt_exec *ex = lt_exec_create(trained, 2, LT_MODE_INFER, be, NULL, &err);
   CHECK(ex && lt_exec_forward(ex, &err) == LT_OK);
@@ -136,10 +150,88 @@ TEST_CASE(search_meets_a_flops_target_and_its_cost_model_matches_the_graph) {
   lt_graph_free(g);
 }
 
+/* Brute force: the small CNN's linear layers (from their weights in the graph) with every rank r
+ * (a multiple of the step, r <= min(K, M)) for which r·(K + M) < K·M, and their MACs. */
+TEST_CASE(layers_find_lists_linear_layers_with_cheaper_ranks) {
+  lt_err err = {0};
+  lt_zoo_opts o = {.seed = 1};
+  lt_graph *g = lt_zoo_build("smallcnn", &o, &err);
+  REQUIRE(g != NULL);
+  for (int step = 4; step <= 8; step += 4) {
+    lt_compress_layer *L;
+    int n;
+    REQUIRE(lt_compress_layers_find(g, step, &L, &n, &err) == LT_OK);
+    int seen = 0;
+    for (int i = 0; i < g->n_nodes; i++) {
+      const lt_node *nd = &g->nodes[i];
+      if (nd->op != LT_OP_LINEAR) continue;
+      const lt_value *w = &g->values[nd->in[1]];
+      int M = (int)w->shape[0], K = (int)w->shape[1], want[LT_COMPRESS_MAX_CAND], nw = 0;
+      for (int r = 1; r <= (M < K ? M : K); r++)
+        if (r % step == 0 && (int64_t)r * (K + M) < (int64_t)K * M) want[nw++] = r;
+      const lt_compress_layer *l = NULL;
+      for (int k = 0; k < n; k++)
+        if (!strcmp(L[k].name, nd->name)) l = &L[k];
+      if (nw == 0) {
+        CHECK_MSG(l == NULL, "%s listed without a cheaper rank", nd->name);
+        continue;
+      }
+      REQUIRE(l != NULL);
+      seen++;
+      CHECK(l->kind == LT_COMPRESS_LINEAR && l->s == M && l->c == K && l->kh == 1 && l->kw == 1);
+      CHECK(l->dense_macs == (int64_t)K * M && l->dense_params == (int64_t)K * M);
+      CHECK_MSG(l->n_cand == nw, "%s: %d candidates, want %d", nd->name, l->n_cand, nw);
+      for (int k = 0; k < nw && k < l->n_cand; k++) {
+        CHECK(l->cand[k] == want[k]);
+        CHECK(l->macs[k] == (int64_t)want[k] * (K + M) && l->params[k] == l->macs[k]);
+      }
+      /* The rewrite at a candidate changes the graph's MACs by exactly the predicted amount. */
+      lt_graph *h = lt_graph_clone(g, &err);
+      REQUIRE(h != NULL);
+      int ranks[8] = {0};
+      int idx = (int)(l - L);
+      ranks[idx] = l->cand[l->n_cand / 2];
+      REQUIRE(n <= 8);
+      REQUIRE(lt_compress_apply(h, L, n, ranks, &err) == LT_OK);
+      CHECK(lt_graph_macs(g) - lt_graph_macs(h) == l->dense_macs - l->macs[l->n_cand / 2]);
+      lt_graph_free(h);
+    }
+    /* fc1 (3136 -> 128) and fc2 (128 -> 10: 8·138 = 1104 < 1280, so rank 8 is cheaper) */
+    CHECK(seen == 2);
+    free(L);
+  }
+  lt_graph_free(g);
+}
+
+/* A linear shape and a conv shape with the same numbers are different table entries. */
+TEST_CASE(latency_table_keys_linear_apart_from_conv) {
+  lt_lat_table t = {.probe_step = 4, .batch = 1};
+  lt_lat_entry e = {.kind = LT_COMPRESS_CONV, .s = 16, .c = 32, .kh = 1, .kw = 1, .in_h = 1,
+                    .in_w = 1, .stride = {1, 1}, .dilation = {1, 1}, .bias = 1, .dense_ms = 1,
+                    .n = 1, .ranks = {4}, .ms = {0.5}};
+  REQUIRE(lt_lat_table_add(&t, &e, NULL) == LT_OK);
+  lt_compress_layer l = {.name = "fc", .kind = LT_COMPRESS_LINEAR, .s = 16, .c = 32, .kh = 1,
+                         .kw = 1, .in_h = 1, .in_w = 1, .out_h = 1, .out_w = 1, .bias = 1,
+                         .dense_macs = 512};
+  l.a = lt_attrs_default();
+  CHECK(lt_lat_lookup(&t, &l) == NULL);
+  lt_err err = {0};
+  CHECK(lt_compress_layers_set_latency(&l, 1, &t, 4, &err) == LT_ERR_INVALID);
+  CHECK_STR_CONTAINS(err.msg, "linear layer fc");
+  e.kind = LT_COMPRESS_LINEAR, e.dense_ms = 2;
+  REQUIRE(lt_lat_table_add(&t, &e, NULL) == LT_OK);
+  CHECK(lt_lat_lookup(&t, &l) == &t.e[1]);
+  CHECK(lt_compress_layers_set_latency(&l, 1, &t, 4, &err) == LT_OK);
+  CHECK(l.dense_ms == 2 && l.n_cand == 1 && l.ms[0] == 0.5 && l.macs[0] == 4 * 48);
+  lt_lat_table_free(&t);
+}
+
 int main(void) {
   RUN(rank_step_is_the_distance_between_latency_jumps);
   RUN(latency_cap_keeps_faster_ranks_and_leaves_slow_layers_dense);
   RUN(profile_reuses_a_cached_table);
+  RUN(layers_find_lists_linear_layers_with_cheaper_ranks);
+  RUN(latency_table_keys_linear_apart_from_conv);
   RUN(search_meets_a_flops_target_and_its_cost_model_matches_the_graph);
   return test_summary();
 }

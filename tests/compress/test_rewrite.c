@@ -124,6 +124,23 @@ TEST_CASE(full_rank_svd_of_a_linear_layer_is_exact) {
   for (size_t i = 0; i < na; i++) worst = fmax(worst, fabs(a[i] - b[i]));
   CHECK_MSG(worst < 1e-3, "max |diff| %g", worst);
   free(a), free(b);
+  /* Balanced factors (for fine-tuning): column j of a and row j of b have the same norm
+   * (sqrt of singular value j), not all of the scale in a. */
+  char nm[300];
+  snprintf(nm, sizeof nm, "%s.a.weight", g->nodes[lin].name);
+  const lt_value *va = &f->values[lt_graph_find_value(f, nm)];
+  snprintf(nm, sizeof nm, "%s.b.weight", g->nodes[lin].name);
+  const lt_value *vb = &f->values[lt_graph_find_value(f, nm)];
+  int M = (int)va->shape[0], K = (int)vb->shape[1];
+  REQUIRE(va->shape[1] == r && vb->shape[0] == r);
+  double worst_rel = 0;
+  for (int j = 0; j < r; j++) {
+    double na2 = 0, nb2 = 0;
+    for (int i = 0; i < M; i++) na2 += pow(lt_tensor_f32(va->data)[(size_t)i * r + j], 2);
+    for (int i = 0; i < K; i++) nb2 += pow(lt_tensor_f32(vb->data)[(size_t)j * K + i], 2);
+    worst_rel = fmax(worst_rel, fabs(sqrt(na2) - sqrt(nb2)) / fmax(sqrt(nb2), 1e-12));
+  }
+  CHECK_MSG(worst_rel < 1e-3, "factor norms differ by %g (relative)", worst_rel);
   lt_graph_free(g), lt_graph_free(f);
 }
 

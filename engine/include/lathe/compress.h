@@ -12,7 +12,8 @@
  *
  * Usage (the whole pipeline, as workers/job_compress.c runs it):
  *   lt_compress_layer *L; int n;
- *   lt_compress_layers_find(g, 4, &L, &n, &err);             // compressible convs, ranks 4, 8, …
+ *   lt_compress_layers_find(g, 4, &L, &n, &err);             // compressible convs and linear
+ *                                                            // layers, ranks 4, 8, …
  *   lt_lat_table t = {0};
  *   lt_lat_profile(g, be, 64, NULL, &t, &err);               // measures what t does not hold yet
  *   lt_compress_layers_set_latency(L, n, &t, t.step);        // candidates = multiples of the step
@@ -77,7 +78,8 @@ int lt_tucker2_max_rank(int s, int c, int kh, int kw, int step);
 
 /* Graph rewrites. The node must be a conv (groups 1) or linear with constant weights; the new
  * nodes are named <node>.u_in / <node>.core / <node>.u_out (and <node>.a / <node>.b for linear),
- * inherit stride/padding/dilation on the k×k core, and the bias on the last factor. */
+ * inherit stride/padding/dilation on the k×k core, and the bias on the last factor. A linear
+ * layer's factors are balanced for training: b = Σ_r^½ V_rᵀ, a = U_r Σ_r^½. */
 lt_status lt_compress_factorize_conv(lt_graph *g, int node, int rank, lt_err *err);
 lt_status lt_compress_factorize_linear(lt_graph *g, int node, int rank, lt_err *err);
 
@@ -85,11 +87,17 @@ lt_status lt_compress_factorize_linear(lt_graph *g, int node, int rank, lt_err *
 
 #define LT_COMPRESS_MAX_CAND 64
 
-/* One convolution the search may factorise, its candidate ranks and what each costs. Costs are
- * per sample (MACs, parameters) or per batch of the latency table (milliseconds). */
+/* What a compressible layer is: a k×k conv (Tucker-2) or a linear layer (two-factor SVD). */
+typedef enum lt_compress_kind { LT_COMPRESS_CONV = 0, LT_COMPRESS_LINEAR = 1 } lt_compress_kind;
+
+/* One convolution or linear layer the search may factorise, its candidate ranks and what each
+ * costs. Costs are per sample (MACs, parameters) or per batch of the latency table
+ * (milliseconds). A linear layer x(K) -> W(M, K) has s = M, c = K, kh = kw = 1 and
+ * in/out h, w = 1; at rank r it costs r·(K + M) MACs and parameters (dense: K·M). */
 typedef struct lt_compress_layer {
-  char name[128];              /* conv node name (node ids change with rewrites; names do not) */
-  int s, c, kh, kw;            /* weight (s, c, kh, kw) */
+  char name[128];              /* node name (node ids change with rewrites; names do not) */
+  lt_compress_kind kind;       /* 0 (conv) in a zeroed struct */
+  int s, c, kh, kw;            /* weight (s, c, kh, kw); linear: (M, K, 1, 1) */
   int in_h, in_w, out_h, out_w;
   lt_node_attrs a;             /* the conv's geometry (stride, pads, dilation) */
   int bias;                    /* 1: the conv adds a bias (the factorised block's last conv will) */
@@ -102,8 +110,9 @@ typedef struct lt_compress_layer {
   double ms[LT_COMPRESS_MAX_CAND];
 } lt_compress_layer;
 
-/* Every dense conv (groups 1, kernel larger than 1×1) with constant weights for which some tied
- * rank (a multiple of step) is cheaper than the dense conv. *out is malloc'd (free()); *n may be 0
+/* Every dense conv (groups 1, kernel larger than 1×1) and every linear layer with constant
+ * (float, 2-D for linear) weights for which some tied rank (a multiple of step) is cheaper than
+ * the dense layer, in graph order. *out is malloc'd (free()); *n may be 0
  * (the caller decides whether a model with nothing to compress is an error). Candidates are the
  * multiples of step up to max_rank; at most LT_COMPRESS_MAX_CAND (the step grows per layer when
  * needed). */
@@ -113,20 +122,23 @@ lt_status lt_compress_layers_find(const lt_graph *g, int step, lt_compress_layer
 void lt_compress_layers_set_step(lt_compress_layer *l, int n, int step);
 
 /* MACs per sample and parameters of a conv factorised at tied rank r with this geometry (the 1×1
- * input factor runs at the input resolution, the core and output factor at the output one). */
+ * input factor runs at the input resolution, the core and output factor at the output one); of a
+ * linear layer at rank r: r·(K + M) both. */
 int64_t lt_compress_layer_macs(const lt_compress_layer *l, int r);
 int64_t lt_compress_layer_params(const lt_compress_layer *l, int r);
 
 /* Replaces each layer i with ranks[i] > 0 by its Tucker-2 factors at that rank (a fresh
- * truncated HOSVD of the weight g holds now); ranks[i] == 0 leaves it dense. */
+ * truncated HOSVD of the weight g holds now; linear layers: a fresh two-factor SVD);
+ * ranks[i] == 0 leaves it dense. */
 lt_status lt_compress_apply(lt_graph *g, const lt_compress_layer *l, int n, const int *ranks,
                             lt_err *err);
 
 /* ---- latency table -------------------------------------------------------------------------- */
 
-/* One distinct conv shape: the dense conv and its factorised block at each probed rank, timed as
- * a forward pass of a graph holding just that block, at the table's batch. */
+/* One distinct conv or linear shape: the dense layer and its factorised block at each probed
+ * rank, timed as a forward pass of a graph holding just that block, at the table's batch. */
 typedef struct lt_lat_entry {
+  lt_compress_kind kind; /* part of the key: a linear shape never matches a conv one */
   int s, c, kh, kw, in_h, in_w;
   int stride[2], pads[4], dilation[2];
   int bias;        /* timed with a bias (part of the key: on the CPU a 1x1 conv adds its bias in
@@ -164,9 +176,10 @@ typedef struct lt_roofline {
   double gbytes_s; /* memory bandwidth, GB/s */
 } lt_roofline;
 
-/* Measures every conv shape of g's compressible layers that t does not already hold (a cache
- * loaded from a file, or a table measured elsewhere) at t->batch (set it, or pass batch > 0 for
- * a new table), then finds the step. A table for another device or batch is refused. */
+/* Measures every conv and linear shape of g's compressible layers that t does not already hold
+ * (a cache loaded from a file, or a table measured elsewhere) at t->batch (set it, or pass
+ * batch > 0 for a new table), then finds the step. A table for another device or batch is
+ * refused. */
 lt_status lt_lat_profile(lt_graph *g, lt_backend *be, int batch, const lt_lat_opts *o,
                          lt_lat_table *t, lt_err *err);
 /* The same table from a roofline model (t->estimated = 1). */
@@ -175,7 +188,9 @@ lt_status lt_lat_estimate(lt_graph *g, const lt_roofline *rf, int batch, int pro
 /* Median forward latency (ms) of a whole graph at batch, measured as the profiler measures. */
 lt_status lt_lat_measure_graph(lt_graph *g, lt_backend *be, int batch, const lt_lat_opts *o,
                                double *ms, lt_err *err);
-/* Median forward latency (ms) of layer l alone at batch: dense (rank 0) or as its Tucker-2 block. */
+/* Median forward latency (ms) of layer l alone at batch: dense (rank 0) or as its Tucker-2 block
+ * (linear: its two factors), followed by what the profiler times with it (conv: batch norm and
+ * ReLU; linear: ReLU). */
 lt_status lt_lat_measure_layer(const lt_compress_layer *l, int rank, lt_backend *be, int batch,
                                const lt_lat_opts *o, double *ms, lt_err *err);
 /* The rank step: the most common distance between ranks where latency jumps up (>= 5% over the
@@ -209,6 +224,11 @@ void lt_mixture_backward(const float *g, int r, int p, const float *c, const flo
                          float *dg, double *dc);
 /* dm_i = Σ_{j < cand_i} dc_j (through the cumulative sum). */
 void lt_mixture_dm(int n_cand, const int *cand, const double *dc, double *dm);
+/* The same for a two-factor (linear) layer, masked on the rows of its first factor B (r, p):
+ * B_eff[j] = c_j B[j]; dB = M ⊙ dB_eff and dc_j = Σ_k B[j][k] dB_eff[j][k] (dw may be NULL). */
+void lt_mixture_apply_rows(const float *w, int r, int p, const float *c, float *w_eff);
+void lt_mixture_backward_rows(const float *w, int r, int p, const float *c, const float *dw_eff,
+                              float *dw, double *dc);
 /* m = softmax((alpha + gumbel) / tau); gumbel may be NULL (plain softmax). */
 void lt_gumbel_softmax(int n, const double *alpha, const double *gumbel, double tau, double *m);
 /* dalpha_k = (1/tau) m_k (dm_k - Σ_i m_i dm_i). */

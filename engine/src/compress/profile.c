@@ -1,6 +1,7 @@
-/* The latency profiler: times every distinct compressible conv shape of a model on the backend,
- * dense and as a Tucker-2 block at each probed rank, each as a small graph run by the engine's
- * own executor (so the figures include exactly the kernels and buffer plans a real model gets).
+/* The latency profiler: times every distinct compressible conv and linear shape of a model on the
+ * backend, dense and as a Tucker-2 block (two-factor pair) at each probed rank, each as a small
+ * graph run by the engine's own executor (so the figures include exactly the kernels and buffer
+ * plans a real model gets).
  * Also the roofline estimate for devices nobody can measure, the rank-step finder, and the
  * compressible-layer list the search and the job share. */
 #include <math.h>
@@ -16,12 +17,14 @@
 /* ---- compressible layers ------------------------------------------------------------------- */
 
 int64_t lt_compress_layer_macs(const lt_compress_layer *l, int r) {
+  if (l->kind == LT_COMPRESS_LINEAR) return (int64_t)r * (l->c + l->s);
   int64_t in_px = (int64_t)l->in_h * l->in_w, out_px = (int64_t)l->out_h * l->out_w;
   return (int64_t)l->c * r * in_px + (int64_t)l->kh * l->kw * r * r * out_px +
          (int64_t)r * l->s * out_px;
 }
 
 int64_t lt_compress_layer_params(const lt_compress_layer *l, int r) {
+  if (l->kind == LT_COMPRESS_LINEAR) return (int64_t)r * (l->c + l->s);
   return (int64_t)l->c * r + (int64_t)l->kh * l->kw * r * r + (int64_t)r * l->s;
 }
 
@@ -55,6 +58,25 @@ lt_status lt_compress_layers_find(const lt_graph *g, int step, lt_compress_layer
   int k = 0;
   for (int i = 0; i < g->n_nodes; i++) {
     const lt_node *nd = &g->nodes[i];
+    if (nd->op == LT_OP_LINEAR) {
+      const lt_value *w = &g->values[nd->in[1]], *x = &g->values[nd->in[0]],
+                     *y = &g->values[nd->out[0]];
+      if (!w->data || w->dtype != LT_F32 || w->ndim != 2 || x->ndim != 1 || y->ndim != 1 ||
+          x->shape[0] != w->shape[1] || y->shape[0] != w->shape[0])
+        continue;
+      lt_compress_layer *l = &L[k];
+      snprintf(l->name, sizeof l->name, "%s", nd->name);
+      l->kind = LT_COMPRESS_LINEAR;
+      l->s = (int)w->shape[0], l->c = (int)w->shape[1], l->kh = l->kw = 1;
+      l->in_h = l->in_w = l->out_h = l->out_w = 1;
+      l->a = lt_attrs_default();
+      l->bias = nd->n_in > 2 && nd->in[2] >= 0;
+      l->dense_macs = l->dense_params = (int64_t)l->s * l->c;
+      l->dense_ms = NAN;
+      lt_compress_layers_set_step(l, 1, step);
+      if (l->n_cand > 0) k++;
+      continue;
+    }
     if (nd->op != LT_OP_CONV2D || nd->a.groups != 1) continue;
     const lt_value *w = &g->values[nd->in[1]], *x = &g->values[nd->in[0]],
                    *y = &g->values[nd->out[0]];
@@ -92,7 +114,9 @@ lt_status lt_compress_apply(lt_graph *g, const lt_compress_layer *l, int n, cons
     int node = find_node(g, l[i].name);
     if (node < 0)
       return lt_errorf(err, LT_ERR_INVALID, "layer %s is not in the model any more", l[i].name);
-    lt_status st = lt_compress_factorize_conv(g, node, ranks[i], err);
+    lt_status st = l[i].kind == LT_COMPRESS_LINEAR
+                       ? lt_compress_factorize_linear(g, node, ranks[i], err)
+                       : lt_compress_factorize_conv(g, node, ranks[i], err);
     if (st != LT_OK) return st;
   }
   return lt_graph_infer_shapes(g, err);
@@ -216,15 +240,43 @@ static lt_tensor *constant(int64_t n, float v, lt_err *err) {
   return t;
 }
 
+/* A graph holding one linear layer K -> M (r == 0) or its two factors K -> r -> M at rank r,
+ * with a bias on the last one when the layer has one, followed by a ReLU (a hidden linear layer
+ * of a CNN's classifier: no batch norm). */
+static lt_graph *linear_block_graph(lt_graph *g, const lt_lat_entry *e, int r, lt_err *err) {
+  int x = lt_graph_add_input(g, "x", LT_F32, 1, (int64_t[]){e->c});
+  lt_node_attrs at = lt_attrs_default();
+  int b = e->bias ? lt_graph_add_param(g, "b", filled(1, (int64_t[]){e->s}, 0.01f, err), 1) : -1;
+  int nb = e->bias ? 3 : 2;
+  int y;
+  if (r == 0) {
+    int w = lt_graph_add_param(g, "w", filled(2, (int64_t[]){e->s, e->c}, 0.01f, err), 1);
+    y = lt_graph_add_node(g, LT_OP_LINEAR, "dense", (int[]){x, w, b}, nb, &at, err);
+  } else {
+    int wb = lt_graph_add_param(g, "wb", filled(2, (int64_t[]){r, e->c}, 0.01f, err), 1);
+    int wa = lt_graph_add_param(g, "wa", filled(2, (int64_t[]){e->s, r}, 0.01f, err), 1);
+    int y1 = lt_graph_add_node(g, LT_OP_LINEAR, "fb", (int[]){x, wb}, 2, &at, err);
+    y = y1 < 0 ? -1 : lt_graph_add_node(g, LT_OP_LINEAR, "fa", (int[]){y1, wa, b}, nb, &at, err);
+  }
+  if (y >= 0) y = lt_graph_add_node(g, LT_OP_RELU, "relu", &y, 1, NULL, err);
+  if (y < 0) {
+    lt_graph_free(g);
+    return NULL;
+  }
+  lt_graph_set_output(g, y);
+  return g;
+}
+
 /* A graph holding one conv of the entry's geometry (r == 0) or its Tucker-2 block at rank r,
  * with a bias on the last conv when the layer has one, as the model has after factorisation,
- * followed by a batch norm and a ReLU. */
+ * followed by a batch norm and a ReLU. Linear entries: linear_block_graph. */
 static lt_graph *block_graph(const lt_lat_entry *e, int r, lt_err *err) {
   lt_graph *g = lt_graph_new();
   if (!g) {
     lt_errorf(err, LT_ERR_NOMEM, "out of memory for a timing graph");
     return NULL;
   }
+  if (e->kind == LT_COMPRESS_LINEAR) return linear_block_graph(g, e, r, err);
   int x = lt_graph_add_input(g, "x", LT_F32, 3, (int64_t[]){e->c, e->in_h, e->in_w});
   lt_node_attrs core = lt_attrs_default(), pw = lt_attrs_default();
   core.kernel[0] = e->kh, core.kernel[1] = e->kw;
@@ -268,6 +320,7 @@ static lt_graph *block_graph(const lt_lat_entry *e, int r, lt_err *err) {
 
 static void entry_from_layer(const lt_compress_layer *l, lt_lat_entry *e) {
   memset(e, 0, sizeof *e);
+  e->kind = l->kind;
   e->s = l->s, e->c = l->c, e->kh = l->kh, e->kw = l->kw, e->in_h = l->in_h, e->in_w = l->in_w;
   memcpy(e->stride, l->a.stride, sizeof e->stride);
   memcpy(e->pads, l->a.pads, sizeof e->pads);
@@ -276,8 +329,9 @@ static void entry_from_layer(const lt_compress_layer *l, lt_lat_entry *e) {
 }
 
 static int entry_matches(const lt_lat_entry *e, const lt_lat_entry *f) {
-  return e->s == f->s && e->c == f->c && e->kh == f->kh && e->kw == f->kw && e->in_h == f->in_h &&
-         e->in_w == f->in_w && !memcmp(e->stride, f->stride, sizeof e->stride) &&
+  return e->kind == f->kind && e->s == f->s && e->c == f->c && e->kh == f->kh && e->kw == f->kw &&
+         e->in_h == f->in_h && e->in_w == f->in_w &&
+         !memcmp(e->stride, f->stride, sizeof e->stride) &&
          !memcmp(e->pads, f->pads, sizeof e->pads) &&
          !memcmp(e->dilation, f->dilation, sizeof e->dilation) && e->bias == f->bias;
 }
@@ -319,8 +373,8 @@ void lt_lat_table_free(lt_lat_table *t) {
 
 /* The probed ranks of a shape: multiples of probe_step while the block is cheaper than dense. */
 static void entry_ranks(lt_lat_entry *e, int probe_step) {
-  lt_compress_layer l = {.s = e->s, .c = e->c, .kh = e->kh, .kw = e->kw, .in_h = e->in_h,
-                         .in_w = e->in_w, .bias = e->bias};
+  lt_compress_layer l = {.kind = e->kind, .s = e->s, .c = e->c, .kh = e->kh, .kw = e->kw,
+                         .in_h = e->in_h, .in_w = e->in_w, .bias = e->bias};
   lt_node_attrs a = lt_attrs_default();
   memcpy(a.stride, e->stride, sizeof a.stride);
   memcpy(a.pads, e->pads, sizeof a.pads);
@@ -329,6 +383,7 @@ static void entry_ranks(lt_lat_entry *e, int probe_step) {
   l.out_h = (e->in_h + e->pads[0] + e->pads[2] - e->dilation[0] * (e->kh - 1) - 1) / e->stride[0] + 1;
   l.out_w = (e->in_w + e->pads[1] + e->pads[3] - e->dilation[1] * (e->kw - 1) - 1) / e->stride[1] + 1;
   l.dense_macs = (int64_t)e->s * e->c * e->kh * e->kw * l.out_h * l.out_w;
+  if (e->kind == LT_COMPRESS_LINEAR) l.out_h = l.out_w = 1, l.dense_macs = (int64_t)e->s * e->c;
   lt_compress_layers_set_step(&l, 1, probe_step);
   e->n = l.n_cand;
   memcpy(e->ranks, l.cand, sizeof(int) * (size_t)l.n_cand);
@@ -420,7 +475,12 @@ lt_status lt_lat_estimate(lt_graph *g, const lt_roofline *rf, int batch, int pro
   (1e3 * fmax(2.0 * (macs) * batch / (rf->gflops * 1e9), (bytes) / (rf->gbytes_s * 1e9)))
     e.dense_ms = ROOF_MS((double)l->dense_macs,
                          4.0 * (batch * (l->c * in_px + l->s * out_px) + (double)l->dense_params));
-    for (int k = 0; k < e.n; k++) {
+    for (int k = 0; k < e.n && l->kind == LT_COMPRESS_LINEAR; k++) {
+      double r = e.ranks[k]; /* K -> r, then r -> M */
+      e.ms[k] = ROOF_MS(l->c * r, 4.0 * (batch * (l->c + r) + l->c * r)) +
+                ROOF_MS(r * l->s, 4.0 * (batch * (r + l->s) + r * l->s));
+    }
+    for (int k = 0; k < e.n && l->kind != LT_COMPRESS_LINEAR; k++) {
       double r = e.ranks[k];
       e.ms[k] = ROOF_MS(l->c * r * in_px, 4.0 * (batch * (l->c + r) * in_px + l->c * r)) +
                 ROOF_MS(l->kh * l->kw * r * r * out_px,
@@ -473,9 +533,10 @@ lt_status lt_compress_layers_set_latency(lt_compress_layer *L, int n, const lt_l
     const lt_lat_entry *e = lookup_nearest(t, l);
     if (!e)
       return lt_errorf(err, LT_ERR_INVALID,
-                       "the latency table has no entry for layer %s (%d->%d, %dx%d, input %dx%d); "
-                       "profile this model (lathe profile MODEL --out TABLE.json)",
-                       l->name, l->c, l->s, l->kh, l->kw, l->in_h, l->in_w);
+                       "the latency table has no entry for %s layer %s (%d->%d, %dx%d, input "
+                       "%dx%d); profile this model (lathe profile MODEL --out TABLE.json)",
+                       l->kind == LT_COMPRESS_LINEAR ? "linear" : "conv", l->name, l->c, l->s,
+                       l->kh, l->kw, l->in_h, l->in_w);
     l->dense_ms = e->dense_ms;
     int m = 0;
     for (int k = 0; k < l->n_cand; k++) {

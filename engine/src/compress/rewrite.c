@@ -2,6 +2,7 @@
  * linear layer by its two SVD factors, keeping the model's other nodes and names untouched. */
 #include "lathe/compress.h"
 
+#include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -112,6 +113,16 @@ lt_status lt_compress_factorize_linear(lt_graph *g, int node, int rank, lt_err *
   if (st != LT_OK) return lt_err_prefix(err, "factorising %s", n.name);
   char base[256], name[300];
   snprintf(base, sizeof base, "%s", n.name);
+  /* Balanced factors, A = U_r Σ_r^½ and B = Σ_r^½ V_rᵀ: with all of Σ in A, SGD on the pair
+   * scales the update of the product by Σ² along A's columns (fine-tuning the small CNN's fc1 at
+   * lr 0.02 diverged: accuracy 0.86 -> 0.60 in 93 steps, NaN in another run); balanced, both
+   * factors see Σ once. */
+  for (int j = 0; j < rank; j++) {
+    double sq = sqrt(f.sv[j]);
+    if (!(sq > 0)) continue;
+    for (int i = 0; i < m; i++) f.a[(size_t)i * rank + j] = (float)(f.a[(size_t)i * rank + j] / sq);
+    for (int i = 0; i < k; i++) f.b[(size_t)j * k + i] = (float)(f.b[(size_t)j * k + i] * sq);
+  }
   lt_tensor *tb = weight_tensor(LT_F32, 2, (int64_t[]){rank, k}, f.b, err);
   lt_tensor *ta = tb ? weight_tensor(LT_F32, 2, (int64_t[]){m, rank}, f.a, err) : NULL;
   lt_svd2_free(&f);

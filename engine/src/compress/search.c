@@ -1,9 +1,11 @@
 /* The differentiable rank search (HALOC): every searched conv becomes one Tucker-2 block at its
  * largest candidate rank whose core is masked by the cumulative Gumbel-softmax weights of its
- * candidates, so the mixture of all K candidates costs one forward and one backward. The mask
- * lives host-side: a master copy of each core is kept, G ⊙ M is written into the core conv's
- * weight before each forward, and after backward the core gradient gives dG = M ⊙ dG_eff (for the
- * SGD step on the master) and dc (for the logits, through the cumulative sum and the softmax).
+ * candidates (a linear layer: its two SVD factors at the largest candidate, the rows of the first
+ * factor masked), so the mixture of all K candidates costs one forward and one backward. The
+ * mask lives host-side: a master copy of each core (first factor) is kept, G ⊙ M is written
+ * into the core conv's weight before each forward, and after backward the core gradient gives
+ * dG = M ⊙ dG_eff (for the SGD step on the master) and dc (for the logits, through the
+ * cumulative sum and the softmax).
  * Weights (SGD, training samples) and logits (Adam, held-out samples) update in alternation
  * under loss = task × (E[cost]/T)^β when E[cost] > T, plus a decaying feature-map loss between
  * stage outputs of the searched model and the original one. */
@@ -64,6 +66,24 @@ void lt_mixture_dm(int n_cand, const int *cand, const double *dc, double *dm) {
   }
 }
 
+void lt_mixture_apply_rows(const float *w, int r, int p, const float *c, float *w_eff) {
+  for (int j = 0; j < r; j++)
+    for (int k = 0; k < p; k++) w_eff[(size_t)j * p + k] = c[j] * w[(size_t)j * p + k];
+}
+
+void lt_mixture_backward_rows(const float *w, int r, int p, const float *c, const float *dw_eff,
+                              float *dw, double *dc) {
+  for (int j = 0; j < r; j++) {
+    const float *wj = w + (size_t)j * p, *gj = dw_eff + (size_t)j * p;
+    double acc = 0;
+    for (int k = 0; k < p; k++) {
+      acc += (double)wj[k] * gj[k];
+      if (dw) dw[(size_t)j * p + k] = c[j] * gj[k];
+    }
+    dc[j] = acc;
+  }
+}
+
 void lt_gumbel_softmax(int n, const double *alpha, const double *gumbel, double tau, double *m) {
   double mx = -INFINITY;
   for (int i = 0; i < n; i++) {
@@ -102,12 +122,13 @@ lt_search_config lt_search_config_default(void) {
 #define SEARCH_MAX_STAGES (LT_MAX_IO - 1)
 
 typedef struct search_layer {
+  int linear;             /* a two-factor layer: the mask scales the rows of its first factor */
   int n_cand;
   const int *cand;        /* (n_cand) borrowed from lt_compress_layer */
-  int r, p;               /* largest candidate, kh·kw */
-  int core, u_in, u_out;  /* value ids in the searched graph */
-  lt_tensor *master;      /* (r, r, kh, kw) the unmasked core, owned */
-  lt_tensor *dmaster;     /* (r, r, kh, kw) its gradient M ⊙ dG_eff, owned */
+  int r, p;               /* largest candidate, kh·kw (linear: K) */
+  int core, u_in, u_out;  /* value ids in the searched graph (linear: core = b, u_out = a) */
+  lt_tensor *master;      /* (r, r, kh, kw) the unmasked core (linear: b (r, K)), owned */
+  lt_tensor *dmaster;     /* its gradient M ⊙ dG_eff, owned */
   lt_tensor *alpha;       /* (n_cand) logits, owned */
   lt_tensor *dalpha;      /* (n_cand) owned */
   double m[LT_COMPRESS_MAX_CAND];  /* current mixture weights */
@@ -190,9 +211,21 @@ static void search_set_mixture(search_state *s, double tau, int noisy) {
     float mf[LT_COMPRESS_MAX_CAND];
     for (int i = 0; i < y->n_cand; i++) mf[i] = (float)y->m[i];
     lt_mixture_cummask(y->n_cand, y->cand, mf, y->c);
-    lt_mixture_apply(lt_tensor_f32(y->master), y->r, y->p, y->c,
-                     lt_tensor_f32(s->sg->values[y->core].data));
+    if (y->linear)
+      lt_mixture_apply_rows(lt_tensor_f32(y->master), y->r, y->p, y->c,
+                            lt_tensor_f32(s->sg->values[y->core].data));
+    else
+      lt_mixture_apply(lt_tensor_f32(y->master), y->r, y->p, y->c,
+                       lt_tensor_f32(s->sg->values[y->core].data));
   }
+}
+
+static void search_mixture_backward(const search_layer *y, const float *dw_eff, float *dw,
+                                    double *dc) {
+  if (y->linear)
+    lt_mixture_backward_rows(lt_tensor_f32(y->master), y->r, y->p, y->c, dw_eff, dw, dc);
+  else
+    lt_mixture_backward(lt_tensor_f32(y->master), y->r, y->p, y->c, dw_eff, dw, dc);
 }
 
 static double search_expected_cost(const search_state *s) {
@@ -270,7 +303,8 @@ static lt_status search_setup(search_state *s, const lt_graph *g, lt_backend *be
       return lt_errorf(err, LT_ERR_INVALID, "layer %s has no candidate rank to search",
                        L[l].name);
     y->n_cand = L[l].n_cand, y->cand = L[l].cand, y->r = L[l].cand[L[l].n_cand - 1];
-    y->p = L[l].kh * L[l].kw;
+    y->linear = L[l].kind == LT_COMPRESS_LINEAR;
+    y->p = y->linear ? L[l].c : L[l].kh * L[l].kw;
     for (int i = 0; i < y->n_cand; i++) {
       y->cost[i] = lt_compress_layer_cost(&L[l], c->target, i);
       if (!isfinite(y->cost[i]))
@@ -280,15 +314,19 @@ static lt_status search_setup(search_state *s, const lt_graph *g, lt_backend *be
     }
     int node = node_by_name(s->sg, L[l].name);
     if (node < 0) return lt_errorf(err, LT_ERR_INVALID, "layer %s is not in the model", L[l].name);
-    lt_status st = lt_compress_factorize_conv(s->sg, node, y->r, err);
+    lt_status st = y->linear ? lt_compress_factorize_linear(s->sg, node, y->r, err)
+                             : lt_compress_factorize_conv(s->sg, node, y->r, err);
     if (st) return st;
   }
   /* Value ids only now: every rewrite prunes, which renumbers values. */
   for (int l = 0; l < n; l++) {
     search_layer *y = &s->L[l];
-    y->core = value_of(s->sg, L[l].name, "core.weight");
-    y->u_in = value_of(s->sg, L[l].name, "u_in.weight");
-    y->u_out = value_of(s->sg, L[l].name, "u_out.weight");
+    y->core = value_of(s->sg, L[l].name, y->linear ? "b.weight" : "core.weight");
+    y->u_in = y->linear ? -1 : value_of(s->sg, L[l].name, "u_in.weight");
+    y->u_out = value_of(s->sg, L[l].name, y->linear ? "a.weight" : "u_out.weight");
+    if (y->core < 0 || y->u_out < 0 || (!y->linear && y->u_in < 0))
+      return lt_errorf(err, LT_ERR_INTERNAL, "the factors of %s are missing after the rewrite",
+                       L[l].name);
     const lt_tensor *cw = s->sg->values[y->core].data;
     y->master = lt_tensor_clone(cw, LT_MEM_WEIGHTS, err);
     y->dmaster = lt_tensor_clone(cw, LT_MEM_GRADIENTS, err);
@@ -342,7 +380,7 @@ static lt_status search_check(const lt_graph *g, lt_backend *be, const lt_compre
                      c->batch_size, c->train->split, (long long)c->train->n,
                      (long long)c->n_weights);
   if (n < 1)
-    return lt_errorf(err, LT_ERR_INVALID, "the model has no compressible convolution");
+    return lt_errorf(err, LT_ERR_INVALID, "the model has no compressible layer");
   double lo = c->fixed_cost;
   for (int l = 0; l < n; l++) lo += lt_compress_layer_cost(&L[l], c->target, 0);
   if (!(c->target_value > 0) || lo > c->target_value)
@@ -413,6 +451,20 @@ static lt_status search_trained_graph(search_state *s, const lt_graph *g,
     search_layer *y = &s->L[l];
     int node = node_by_name(h, L[l].name);
     lt_tensor *w = h->values[h->nodes[node].in[1]].data;
+    if (y->linear) {
+      /* W (M, K) = A[:, :r] B[:r, :] from the trained a (M, R) and the master b (R, K). */
+      const float *a = lt_tensor_f32(s->sg->values[y->u_out].data), *b = lt_tensor_f32(y->master);
+      float *wd = lt_tensor_f32(w);
+      int M = L[l].s, K = L[l].c, R = y->r;
+      for (int i = 0; i < M; i++)
+        for (int k = 0; k < K; k++) {
+          double acc = 0;
+          for (int j = 0; j < ranks[l]; j++)
+            acc += (double)a[(size_t)i * R + j] * b[(size_t)j * K + k];
+          wd[(size_t)i * K + k] = (float)acc;
+        }
+      continue;
+    }
     const float *ui = lt_tensor_f32(s->sg->values[y->u_in].data); /* (r, c, 1, 1) */
     lt_tucker2 t = {.s = L[l].s, .c = L[l].c, .kh = L[l].kh, .kw = L[l].kw, .r_out = y->r,
                     .r_in = y->r};
@@ -486,9 +538,8 @@ lt_status lt_compress_search(const lt_graph *g, lt_backend *be, const lt_compres
     for (int l = 0; l < n; l++) {
       search_layer *y = &s.L[l];
       double dc[4096];
-      lt_mixture_backward(lt_tensor_f32(y->master), y->r, y->p, y->c,
-                          lt_tensor_f32(lt_exec_param_grad(s.sx, y->core)),
-                          lt_tensor_f32(y->dmaster), dc);
+      search_mixture_backward(y, lt_tensor_f32(lt_exec_param_grad(s.sx, y->core)),
+                              lt_tensor_f32(y->dmaster), dc);
     }
     if ((st = lt_optim_step(ow, wg, (float)c->lr_weights, err))) goto done;
     /* Logit step: a fresh sample on held-out samples, Adam on the logits. */
@@ -498,8 +549,7 @@ lt_status lt_compress_search(const lt_graph *g, lt_backend *be, const lt_compres
     for (int l = 0; l < n; l++) {
       search_layer *y = &s.L[l];
       double dc[4096], dm[LT_COMPRESS_MAX_CAND], da[LT_COMPRESS_MAX_CAND];
-      lt_mixture_backward(lt_tensor_f32(y->master), y->r, y->p, y->c,
-                          lt_tensor_f32(lt_exec_param_grad(s.sx, y->core)), NULL, dc);
+      search_mixture_backward(y, lt_tensor_f32(lt_exec_param_grad(s.sx, y->core)), NULL, dc);
       lt_mixture_dm(y->n_cand, y->cand, dc, dm);
       for (int i = 0; i < y->n_cand; i++) dm[i] += dE * y->cost[i];
       lt_gumbel_softmax_backward(y->n_cand, y->m, tau, dm, da);

@@ -48,6 +48,7 @@ export function renderCompress(box, r, charts) {
   const layers = Array.isArray(r.layers) ? r.layers : [];
   box.append(table([
     { label: 'Layer', value: (l) => l.name },
+    { label: 'Kind', value: (l) => l.kind || 'conv' },
     { label: 'Weight', value: (l) => JSON.stringify(l.shape) },
     { label: 'Input', value: (l) => JSON.stringify(l.input) },
     { label: 'Candidates', value: (l) => (l.candidate_ranks || []).join(' ') },
