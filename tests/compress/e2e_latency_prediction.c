@@ -29,7 +29,7 @@
 #include "test.h"
 
 enum { MAX_ROUNDS = 15 };
-static int threads = 1, wall = 0, batch = 16, rounds = 7;
+static int threads = 1, wall = 0, batch = 16, rounds = 13;
 
 static int cmp(const void *a, const void *b) {
   double x = *(const double *)a, y = *(const double *)b;
@@ -129,8 +129,11 @@ TEST_CASE(predicted_latency_within_10_percent_middle_ranks) {
  * before it: the dense model's median differs between processes by up to 8% (6.35-6.93 ms,
  * while its layers alone stay within 3%), likely where its buffers land in the caches (the L2
  * is physically indexed), and the subtraction carries all of it into the smallest prediction.
- * Bounded at 30% (the middle ranks, where the same 0.3-0.5 ms weighs half as much, at the goal's
- * 10%) so that it cannot get worse unnoticed. */
+ * The placement changes from one executor to the next as well (the dense model's median moved
+ * 6.66 -> 6.98 ms between the two cases of one run), so 13 rounds rather than 7 average over
+ * more of them: +7..+10% here and +2..+8% at the middle ranks over 4 runs, against +2..+21% and
+ * +2..+14% with 7. Bounded at 30% (the middle ranks, where the same 0.3-0.5 ms weighs half as
+ * much, at the goal's 10%) so that it cannot get worse unnoticed. */
 TEST_CASE(predicted_latency_smallest_ranks_known_gap) {
   check_prediction(smallest, "smallest ranks", 0.30);
 }
