@@ -240,6 +240,16 @@ static lt_tensor *constant(int64_t n, float v, lt_err *err) {
   return t;
 }
 
+/* A timing graph whose last node is y (y < 0: building it failed; the graph is freed). */
+static lt_graph *timing_graph_finish(lt_graph *g, int y) {
+  if (y < 0) {
+    lt_graph_free(g);
+    return NULL;
+  }
+  lt_graph_set_output(g, y);
+  return g;
+}
+
 /* A graph holding one linear layer K -> M (r == 0) or its two factors K -> r -> M at rank r,
  * with a bias on the last one when the layer has one, followed by a ReLU (a hidden linear layer
  * of a CNN's classifier: no batch norm). */
@@ -259,12 +269,7 @@ static lt_graph *linear_block_graph(lt_graph *g, const lt_lat_entry *e, int r, l
     y = y1 < 0 ? -1 : lt_graph_add_node(g, LT_OP_LINEAR, "fa", (int[]){y1, wa, b}, nb, &at, err);
   }
   if (y >= 0) y = lt_graph_add_node(g, LT_OP_RELU, "relu", &y, 1, NULL, err);
-  if (y < 0) {
-    lt_graph_free(g);
-    return NULL;
-  }
-  lt_graph_set_output(g, y);
-  return g;
+  return timing_graph_finish(g, y);
 }
 
 /* A graph holding one conv of the entry's geometry (r == 0) or its Tucker-2 block at rank r,
@@ -310,12 +315,7 @@ static lt_graph *block_graph(const lt_lat_entry *e, int r, lt_err *err) {
     y = lt_graph_add_node(g, LT_OP_BATCHNORM, "bn", bn, 5, NULL, err);
     if (y >= 0) y = lt_graph_add_node(g, LT_OP_RELU, "relu", &y, 1, NULL, err);
   }
-  if (y < 0) {
-    lt_graph_free(g);
-    return NULL;
-  }
-  lt_graph_set_output(g, y);
-  return g;
+  return timing_graph_finish(g, y);
 }
 
 static void entry_from_layer(const lt_compress_layer *l, lt_lat_entry *e) {
