@@ -804,10 +804,12 @@ int job_compress_run(job_ctx *job, cJSON **result) {
   }
   c.n_all = c.n;
   if (!cJSON_IsFalse(jc_obj(so, "latency_cap"))) {
-    c.n = lt_compress_layers_keep_faster(c.L, c.n_all);
+    const double margin = jc_num(so, "latency_margin", 0.1);
+    c.n = lt_compress_layers_keep_faster(c.L, c.n_all, margin);
     for (int l = c.n; l < c.n_all; l++)
-      job_emit_log(job, "info", "layer %s stays dense: no rank of step %d is faster than the dense "
-                   "layer on %s (%.3f ms)", c.L[l].name, step, tab.device, c.L[l].dense_ms);
+      job_emit_log(job, "info", "layer %s stays dense: no rank of step %d is %.0f%% faster than "
+                   "the dense layer on %s (%.3f ms)", c.L[l].name, step, 100 * margin, tab.device,
+                   c.L[l].dense_ms);
     if (c.n == 0) {
       rc = job_fail(job, JOB_EXIT_BAD_INPUT,
                     "no layer of this model runs faster factorised on %s: every rank of step %d "

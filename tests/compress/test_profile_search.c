@@ -35,7 +35,9 @@ TEST_CASE(latency_cap_keeps_faster_ranks_and_leaves_slow_layers_dense) {
   double ms[4][3] = {{0.5, 0.9, 1.0}, {1.2, 1.5, 2.0}, {1.0, NAN, 3.0}, {0.2, 1.1, 0.7}};
   for (int i = 0; i < 4; i++)
     for (int k = 0; k < 3; k++) L[i].ms[k] = ms[i][k];
-  int k = lt_compress_layers_keep_faster(L, 4);
+  lt_compress_layer M[4];
+  memcpy(M, L, sizeof M);
+  int k = lt_compress_layers_keep_faster(L, 4, 0);
   REQUIRE(k == 2);
   CHECK(strcmp(L[0].name, "a") == 0);
   CHECK(L[0].n_cand == 2 && L[0].cand[1] == 8 && L[0].max_rank == 8 && L[0].ms[1] == 0.9);
@@ -45,6 +47,11 @@ TEST_CASE(latency_cap_keeps_faster_ranks_and_leaves_slow_layers_dense) {
   CHECK(strcmp(L[2].name, "b") == 0);
   CHECK(strcmp(L[3].name, "c") == 0);
   CHECK(L[2].n_cand == 0 && L[3].n_cand == 0 && L[3].dense_ms == 1.0);
+  /* a 15% margin: 0.9 (10% faster) goes too, and a's only rank left is 4; d keeps 4 and 12 */
+  k = lt_compress_layers_keep_faster(M, 4, 0.15);
+  REQUIRE(k == 2);
+  CHECK(strcmp(M[0].name, "a") == 0 && M[0].n_cand == 1 && M[0].max_rank == 4);
+  CHECK(strcmp(M[1].name, "d") == 0 && M[1].n_cand == 2 && M[1].cand[1] == 12);
 }
 
 TEST_CASE(profile_reuses_a_cached_table) {

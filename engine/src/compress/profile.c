@@ -556,13 +556,14 @@ lt_status lt_compress_layers_set_latency(lt_compress_layer *L, int n, const lt_l
   return LT_OK;
 }
 
-int lt_compress_layers_keep_faster(lt_compress_layer *L, int n) {
+int lt_compress_layers_keep_faster(lt_compress_layer *L, int n, double margin) {
   int k = 0;
   for (int i = 0; i < n; i++) {
     lt_compress_layer l = L[i];
     int m = 0;
     for (int j = 0; j < l.n_cand; j++) {
-      if (!(l.ms[j] < l.dense_ms)) continue; /* NaN (no figure) counts as not faster */
+      /* NaN (no figure) counts as not faster */
+      if (!(l.ms[j] < (1 - margin) * l.dense_ms)) continue;
       cand_keep(&l, m++, j, l.ms[j]);
     }
     if (m == 0) continue;
