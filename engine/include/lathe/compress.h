@@ -82,6 +82,8 @@ int lt_tucker2_max_rank(int s, int c, int kh, int kw, int step);
  * layer's factors are balanced for training: b = Σ_r^½ V_rᵀ, a = U_r Σ_r^½. */
 lt_status lt_compress_factorize_conv(lt_graph *g, int node, int rank, lt_err *err);
 lt_status lt_compress_factorize_linear(lt_graph *g, int node, int rank, lt_err *err);
+/* Either of the two, by the node's op. */
+lt_status lt_compress_factorize(lt_graph *g, int node, int rank, lt_err *err);
 
 /* ---- compressible layers ---------------------------------------------------------------- */
 

@@ -114,9 +114,7 @@ lt_status lt_compress_apply(lt_graph *g, const lt_compress_layer *l, int n, cons
     int node = find_node(g, l[i].name);
     if (node < 0)
       return lt_errorf(err, LT_ERR_INVALID, "layer %s is not in the model any more", l[i].name);
-    lt_status st = l[i].kind == LT_COMPRESS_LINEAR
-                       ? lt_compress_factorize_linear(g, node, ranks[i], err)
-                       : lt_compress_factorize_conv(g, node, ranks[i], err);
+    lt_status st = lt_compress_factorize(g, node, ranks[i], err);
     if (st != LT_OK) return st;
   }
   return lt_graph_infer_shapes(g, err);

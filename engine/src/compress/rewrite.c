@@ -144,3 +144,9 @@ lt_status lt_compress_factorize_linear(lt_graph *g, int node, int rank, lt_err *
   if (y2 < 0) return lt_err_prefix(err, "factorising %s", base);
   return finish_rewrite(g, n.out[0], y2, err);
 }
+
+lt_status lt_compress_factorize(lt_graph *g, int node, int rank, lt_err *err) {
+  if (node >= 0 && node < g->n_nodes && g->nodes[node].op == LT_OP_LINEAR)
+    return lt_compress_factorize_linear(g, node, rank, err);
+  return lt_compress_factorize_conv(g, node, rank, err);
+}

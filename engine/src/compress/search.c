@@ -314,8 +314,7 @@ static lt_status search_setup(search_state *s, const lt_graph *g, lt_backend *be
     }
     int node = node_by_name(s->sg, L[l].name);
     if (node < 0) return lt_errorf(err, LT_ERR_INVALID, "layer %s is not in the model", L[l].name);
-    lt_status st = y->linear ? lt_compress_factorize_linear(s->sg, node, y->r, err)
-                             : lt_compress_factorize_conv(s->sg, node, y->r, err);
+    lt_status st = lt_compress_factorize(s->sg, node, y->r, err);
     if (st) return st;
   }
   /* Value ids only now: every rewrite prunes, which renumbers values. */

@@ -302,6 +302,15 @@ static lt_status plan_forward(lt_exec *ex, int *first, int *last, lt_err *err) {
   return LT_OK;
 }
 
+/* How many inputs of the forward nodes read value v (a node reading it twice counts twice). */
+static int forward_readers(const lt_exec *ex, int v) {
+  const lt_graph *g = ex->g;
+  int uses = 0;
+  for (int k = 0; k < ex->F; k++)
+    for (int s = 0; s < g->nodes[k].n_in; s++) uses += g->nodes[k].in[s] == v;
+  return uses;
+}
+
 /* Which ReLUs run inside the node before them: the ReLU must be the only consumer of a value
  * that is no graph output, produced by a node the CPU kernels can fuse with it. The ReLU's output
  * is then written at the head's step, so its lifetime starts there. */
@@ -315,10 +324,8 @@ static void plan_fusion(lt_exec *ex, int *first) {
     int v = r->in[0];
     const lt_value *val = &g->values[v];
     if (val->kind != LT_VALUE_ACT || is_output(g, v)) continue;
-    int i = val->producer, uses = 0;
+    int i = val->producer, uses = forward_readers(ex, v);
     if (i < 0 || i >= j) continue;
-    for (int k = 0; k < ex->F; k++)
-      for (int s = 0; s < g->nodes[k].n_in; s++) uses += g->nodes[k].in[s] == v;
     if (uses != 1 || ex->fuse_relu[i] >= 0 || ex->fused_tail[i]) continue;
     if (!lt_op_cpu_relu_fusable(g, &g->nodes[i])) continue;
     ex->fuse_relu[i] = j;
@@ -351,9 +358,7 @@ static void plan_fold(lt_exec *ex, int *first) {
     const int i = val->producer;
     if (i < 0 || i >= j || g->nodes[i].op != LT_OP_CONV2D || ex->fold_bn[i] >= 0) continue;
     const lt_node *c = &g->nodes[i];
-    int uses = 0, ok = 1;
-    for (int k = 0; k < ex->F; k++)
-      for (int s = 0; s < g->nodes[k].n_in; s++) uses += g->nodes[k].in[s] == v;
+    int uses = forward_readers(ex, v), ok = 1;
     for (int s = 1; s < c->n_in; s++) {
       const lt_value *p = &g->values[c->in[s]];
       ok &= !lt_value_batched(p) && p->data && p->data->dtype == LT_F32;
@@ -402,9 +407,7 @@ static void plan_residual(lt_exec *ex, int *first) {
         continue;
       }
       if (i < 0 || g->nodes[i].op != LT_OP_CONV2D || ex->res_add[i] >= 0) continue;
-      int uses = 0;
-      for (int k = 0; k < ex->F; k++)
-        for (int s = 0; s < g->nodes[k].n_in; s++) uses += g->nodes[k].in[s] == u;
+      const int uses = forward_readers(ex, u);
       const int rp = rv->kind == LT_VALUE_ACT ? rv->producer : -1;
       if (uses != 1 || !lt_value_batched(rv) || rp >= i) continue;
       ex->res_add[i] = a;
@@ -441,10 +444,7 @@ static void plan_window(lt_exec *ex, int *first) {
       const lt_value *val = &g->values[v];
       const int p = val->kind == LT_VALUE_ACT ? val->producer : -1;
       if (p < 0 || g->nodes[p].op != LT_OP_SLICE || is_output(g, v)) break;
-      int uses = 0;
-      for (int k = 0; k < ex->F; k++)
-        for (int s = 0; s < g->nodes[k].n_in; s++) uses += g->nodes[k].in[s] == v;
-      if (uses != 1) break;
+      if (forward_readers(ex, v) != 1) break;
       chain[n++] = p;
     }
     if (n < 2) continue;
