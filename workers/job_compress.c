@@ -217,6 +217,8 @@ typedef struct jc {
   int n, n_all;
   lt_target_kind kind;
   double target, fixed;            /* whole-model budget; cost outside the searched layers */
+  double layer_scale;              /* each searched layer's cost is multiplied by it (latency:
+                                      the model's slope over its layers' sum; otherwise 1) */
   int lat_batch;
   double t_phase;
   cJSON *phases, *traj;            /* wall seconds per phase; search trajectory (owned) */
@@ -406,9 +408,9 @@ static double jc_model_cost(jc *c, lt_graph *g, double lat_ms) {
 }
 
 static double jc_ranks_cost(const jc *c, const int *pick /* candidate indices, -1 dense */) {
-  double e = c->fixed;
+  double e = 0;
   for (int l = 0; l < c->n; l++) e += lt_compress_layer_cost(&c->L[l], c->kind, pick[l]);
-  return e;
+  return c->fixed + c->layer_scale * e;
 }
 
 /* Uniform rank ratio: every layer at the largest candidate ≤ ratio·min(S, C) (its smallest when
@@ -745,7 +747,7 @@ int job_compress_run(job_ctx *job, cJSON **result) {
   c.kind = jc_kind(jc_str(to, "kind", "flops"));
   c.lat_batch = (int)jc_num(jc_obj(spec, "latency"), "batch", 64);
   lt_lat_table tab = {0};
-  lt_graph *cg = NULL, *cg_search = NULL;
+  lt_graph *cg = NULL, *cg_search = NULL, *ref = NULL;
   int *ranks = NULL, *pick = NULL, foreign = 0, rc;
   cJSON *res = cJSON_CreateObject();
   char path[4200], why[512];
@@ -821,10 +823,32 @@ int job_compress_run(job_ctx *job, cJSON **result) {
   jc_phase_end(&c, "profile");
 
   /* The target as a whole-model budget and the part of it the search cannot change. */
-  double sum_dense_ms = 0, sum_dense = 0;
+  double sum_dense_ms = 0, sum_dense = 0, sum_small_ms = 0, ms_ref = NAN;
   for (int l = 0; l < c.n; l++) {
     sum_dense_ms += c.L[l].dense_ms;
+    sum_small_ms += c.L[l].ms[0];
     sum_dense += lt_compress_layer_cost(&c.L[l], c.kind, -1);
+  }
+  /* The latency model (lt_lat_model_slope): affine in the searched layers' sum, through the
+   * dense model and a reference model with every searched layer at its smallest rank. Taking
+   * all that lies outside the layers from the dense model alone put the predictions for fast
+   * models 7-29% high (tests/compress/e2e_latency_prediction.c). */
+  if (!foreign) {
+    int *r0 = malloc(sizeof(int) * (size_t)c.n);
+    ref = r0 ? lt_graph_clone(c.g, &c.err) : NULL;
+    if (ref)
+      for (int l = 0; l < c.n; l++) r0[l] = c.L[l].cand[0];
+    lt_status st = ref  ? lt_compress_apply(ref, c.L, c.n, r0, &c.err)
+                   : r0 ? c.err.status
+                        : lt_errorf(&c.err, LT_ERR_NOMEM, "out of memory");
+    free(r0);
+    if (!st) st = lt_lat_measure_graph(ref, c.be, c.lat_batch, NULL, &ms_ref, &c.err);
+    if (st) {
+      rc = jc_fail_engine(&c, "the reference model for the latency prediction");
+      goto done;
+    }
+    job_emit_log(job, "info", "reference model (every searched layer at its smallest rank): "
+                 "%.3f ms at batch %d", ms_ref, c.lat_batch);
   }
   /* A table from the cache was measured at another time, and a shared machine's speed drifts:
    * time the dense layers again now, and carry the whole-model latency into the table's scale
@@ -844,11 +868,17 @@ int job_compress_run(job_ctx *job, cJSON **result) {
     job_emit_log(job, "info", "dense layers: %.3f ms in the table, %.3f ms now (scale %.3f)",
                  sum_dense_ms, sum_now, scale);
   }
-  double fixed_ms = foreign ? 0 : (ms0 - sum_now) * scale;
+  double slope =
+      foreign ? 1 : lt_lat_model_slope(ms0 * scale, ms_ref * scale, sum_dense_ms, sum_small_ms);
+  double fixed_ms = foreign ? 0 : ms_ref * scale - slope * sum_small_ms;
+  if (!foreign)
+    job_emit_log(job, "info", "latency model: %.3f ms + %.3f x the searched layers' sum (table)",
+                 fixed_ms, slope);
   double before = c.kind == LT_TARGET_LATENCY && foreign ? sum_dense_ms
                   : c.kind == LT_TARGET_LATENCY          ? ms0 * scale
                                                          : jc_model_cost(&c, c.g, ms0);
   c.fixed = c.kind == LT_TARGET_LATENCY ? fixed_ms : before - sum_dense;
+  c.layer_scale = c.kind == LT_TARGET_LATENCY ? slope : 1;
   double tv = jc_num(to, "value", 0);
   c.target = tv > 0 ? tv : (1 - jc_num(to, "reduction", 0.7)) * before;
   if (c.kind == LT_TARGET_LATENCY && foreign)
@@ -900,6 +930,7 @@ int job_compress_run(job_ctx *job, cJSON **result) {
   sc.target = c.kind;
   sc.target_value = c.target;
   sc.fixed_cost = c.fixed;
+  sc.layer_cost_scale = c.layer_scale;
   sc.seed = (uint64_t)jc_num(spec, "seed", 1);
   sc.on_step = jc_on_search;
   sc.user = &c;
@@ -974,11 +1005,11 @@ int job_compress_run(job_ctx *job, cJSON **result) {
   job_emit_progress(job, 0.75, "evaluating", -1);
   /* Latency in interleaved rounds, each figure the median over the rounds so that the drift of a
    * shared machine hits them alike: the original model, its compressible layers alone (dense),
-   * and the compressed model. The prediction carries the table into the conditions of now by the
-   * ratio of the dense layers measured now to the table's, and adds what lies outside those
-   * layers (the original model less its dense layers, measured now). */
+   * the reference model and the compressed model. The prediction carries the table into the
+   * conditions of now by the ratio of the dense layers measured now to the table's, and adds
+   * what lies outside the searched layers (the reference model less its blocks, now). */
   enum { ROUNDS = 5 };
-  double t_orig[ROUNDS], td[ROUNDS], tcm[ROUNDS], pair0, pair0_1;
+  double t_orig[ROUNDS], td[ROUNDS], tref[ROUNDS], tcm[ROUNDS], pair0, pair0_1;
   lt_lat_opts lo = {.min_reps = 3, .max_reps = 10};
   lt_status ast = jc_accuracy(&c, cg, &c.test_view, &acc1);
   if (!ast)
@@ -994,6 +1025,7 @@ int job_compress_run(job_ctx *job, cJSON **result) {
       ast = lt_lat_measure_layer(&c.L[l], 0, c.be, c.lat_batch, &lo, &m, &c.err);
       td[r] += m;
     }
+    if (!ast && !foreign) ast = lt_lat_measure_graph(ref, c.be, c.lat_batch, &lo, &tref[r], &c.err);
     if (!ast) ast = lt_lat_measure_graph(cg, c.be, c.lat_batch, &lo, &tcm[r], &c.err);
   }
   if (!ast) ast = jc_measure_pair(&c, c.g, cg, 1, &pair0_1, &ms1_1);
@@ -1005,7 +1037,9 @@ int job_compress_run(job_ctx *job, cJSON **result) {
   pair0 = jc_median(t_orig, ROUNDS);
   ms1 = jc_median(tcm, ROUNDS);
   double dense_now = jc_median(td, ROUNDS), now_scale = foreign ? 1 : dense_now / sum_dense_ms;
-  double pred_ms = fixed_ms, pred_now = pair0 - dense_now;
+  double ref_now = foreign ? NAN : jc_median(tref, ROUNDS), small_now = sum_small_ms * now_scale;
+  double slope_now = foreign ? 1 : lt_lat_model_slope(pair0, ref_now, dense_now, small_now);
+  double pred_ms = 0, pred_now = 0; /* the chosen layers' sum in the table, and now */
   cJSON *layers = cJSON_AddArrayToObject(res, "layers");
   for (int l = 0; l < c.n; l++) {
     double m = NAN;
@@ -1014,9 +1048,10 @@ int job_compress_run(job_ctx *job, cJSON **result) {
       goto done;
     }
     pred_ms += ranks[l] ? c.L[l].ms[pick[l]] : c.L[l].dense_ms;
-    pred_now += (ranks[l] ? c.L[l].ms[pick[l]] : c.L[l].dense_ms) * now_scale;
     cJSON_AddItemToArray(layers, jc_layer_json(&c.L[l], ranks[l], pick[l], m, now_scale));
   }
+  pred_now = ref_now + slope_now * (pred_ms * now_scale - small_now);
+  pred_ms = fixed_ms + slope * pred_ms;
   for (int l = c.n; l < c.n_all; l++) { /* stayed dense: no faster rank on this device */
     double m = NAN;
     if (lt_lat_measure_layer(&c.L[l], 0, c.be, c.lat_batch, NULL, &m, &c.err)) {
@@ -1099,6 +1134,8 @@ int job_compress_run(job_ctx *job, cJSON **result) {
     cJSON_AddNumberToObject(res, "latency_ms_predicted", pred_now);
     cJSON_AddNumberToObject(res, "latency_prediction_error", (pred_now - ms1) / ms1);
     cJSON_AddNumberToObject(res, "latency_table_scale", 1 / now_scale);
+    cJSON_AddNumberToObject(res, "latency_ms_reference", ref_now);
+    cJSON_AddNumberToObject(res, "latency_prediction_slope", slope_now);
   }
   cJSON_AddStringToObject(res, "device", c.be->description);
   cJSON *lt = cJSON_AddObjectToObject(res, "latency_table");
@@ -1138,6 +1175,7 @@ done:
   cJSON_Delete(c.traj);
   lt_lat_table_free(&tab);
   lt_graph_free(cg);
+  lt_graph_free(ref);
   lt_graph_free(c.g);
   free(c.L), free(ranks), free(pick);
   lt_dataset_free(c.train);

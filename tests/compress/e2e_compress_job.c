@@ -109,6 +109,13 @@ TEST_CASE(compress_job_meets_target_caches_table_and_refuses_bad_input) {
     CHECK_MSG(isfinite(num(r, fields[i])), "result field %s missing or not a number", fields[i]);
   }
   CHECK(cJSON_IsString(cJSON_GetObjectItemCaseSensitive(r, "device")));
+  /* the latency model's reference (every searched layer at its smallest rank) is faster than
+   * the original, and its slope a plausible one */
+  if (isfinite(num(r, "latency_prediction_error"))) {
+    CHECK(num(r, "latency_ms_reference") > 0 &&
+          num(r, "latency_ms_reference") < num(r, "latency_ms_before"));
+    CHECK(num(r, "latency_prediction_slope") >= 0.5 && num(r, "latency_prediction_slope") <= 2);
+  }
   /* how busy the machine was while timing, and the warning exactly when others kept it busy */
   const cJSON *cond = cJSON_GetObjectItemCaseSensitive(r, "latency_conditions");
   double others = num(cond, "other_busy_cores");
@@ -153,6 +160,21 @@ TEST_CASE(compress_job_meets_target_caches_table_and_refuses_bad_input) {
   CHECK(rc == 2);
   CHECK_STR_CONTAINS(ev, "cannot be met");
   CHECK_STR_CONTAINS(ev, "(6 from the cache");
+  free(ev);
+
+  /* A latency target on this worker's own table (from the cache): the latency model's intercept
+   * and slope are logged, and the target is met in its terms. */
+  spec_small(spec, sizeof spec, MODEL, DATA "/cifar10-jpeg.h5",
+             "{\"kind\": \"latency\", \"reduction\": 0.4}", 4, 0, "[]");
+  rc = run_job(spec, "latency", &ev);
+  CHECK_MSG(rc == 0, "latency-target job exited %d", rc);
+  r = result_of(ev);
+  target = cJSON_GetObjectItemCaseSensitive(r, "target");
+  CHECK(cJSON_IsTrue(cJSON_GetObjectItemCaseSensitive(target, "met")));
+  CHECK(num(target, "achieved") <= num(target, "value") &&
+        num(target, "value") < num(target, "before"));
+  CHECK_STR_CONTAINS(ev, "latency model: ");
+  cJSON_Delete(r);
   free(ev);
 
   /* A latency target with a table measured by `lathe profile` (the path for compressing for

@@ -145,6 +145,27 @@ TEST_CASE(search_meets_a_flops_target_and_its_cost_model_matches_the_graph) {
   lt_exec_free(ex);
   lt_graph_free(trained);
 
+  /* Each layer's cost counted twice (layer_cost_scale: a latency target's slope of the whole
+   * model over its layers timed alone): the chosen ranks fit the target at twice their cost, and
+   * a target that the smallest ranks meet only at their cost counted once cannot be met. */
+  double small = 0;
+  for (int l = 0; l < n; l++) small += (double)L[l].macs[0];
+  c.layer_cost_scale = 2;
+  c.target_value = c.fixed_cost + 2 * small + 0.3 * (2 * dense - 2 * small);
+  REQUIRE(lt_compress_search(g, be, L, n, &c, ranks, NULL, &err) == LT_OK);
+  double twice = c.fixed_cost;
+  for (int l = 0; l < n; l++) {
+    int i = 0;
+    while (i < L[l].n_cand && L[l].cand[i] != ranks[l]) i++;
+    REQUIRE(i < L[l].n_cand);
+    twice += 2 * (double)L[l].macs[i];
+  }
+  CHECK(twice <= c.target_value);
+  CHECK(twice > c.fixed_cost + 2 * small); /* the budget left above the smallest ranks is used */
+  c.target_value = c.fixed_cost + 1.5 * small;
+  CHECK(lt_compress_search(g, be, L, n, &c, ranks, NULL, &err) == LT_ERR_INVALID);
+  CHECK_STR_CONTAINS(err.msg, "cannot be met");
+  c.layer_cost_scale = 0; /* once */
   /* An impossible target: even the smallest ranks cost more. */
   c.target_value = c.fixed_cost + 1;
   CHECK(lt_compress_search(g, be, L, n, &c, ranks, NULL, &err) == LT_ERR_INVALID);

@@ -387,6 +387,11 @@ static void entry_ranks(lt_lat_entry *e, int probe_step) {
   memcpy(e->ranks, l.cand, sizeof(int) * (size_t)l.n_cand);
 }
 
+double lt_lat_model_slope(double t_dense, double t_ref, double s_dense, double s_ref) {
+  double k = (t_dense - t_ref) / (s_dense - s_ref);
+  return s_dense - s_ref > 0.05 * s_dense && k >= 0.5 && k <= 2 ? k : 1;
+}
+
 lt_status lt_lat_measure_layer(const lt_compress_layer *l, int rank, lt_backend *be, int batch,
                                const lt_lat_opts *o, double *ms, lt_err *err) {
   lt_lat_entry e;

@@ -111,6 +111,10 @@ double lt_compress_layer_cost(const lt_compress_layer *l, lt_target_kind kind, i
   return NAN;
 }
 
+static double layer_scale(const lt_search_config *c) {
+  return c->layer_cost_scale > 0 ? c->layer_cost_scale : 1;
+}
+
 lt_search_config lt_search_config_default(void) {
   return (lt_search_config){.batch_size = 64, .steps = 200, .lr_weights = 0.01, .momentum = 0.9,
                             .weight_decay = 5e-4, .lr_logits = 0.05, .tau_start = 5,
@@ -306,7 +310,7 @@ static lt_status search_setup(search_state *s, const lt_graph *g, lt_backend *be
     y->linear = L[l].kind == LT_COMPRESS_LINEAR;
     y->p = y->linear ? L[l].c : L[l].kh * L[l].kw;
     for (int i = 0; i < y->n_cand; i++) {
-      y->cost[i] = lt_compress_layer_cost(&L[l], c->target, i);
+      y->cost[i] = layer_scale(c) * lt_compress_layer_cost(&L[l], c->target, i);
       if (!isfinite(y->cost[i]))
         return lt_errorf(err, LT_ERR_INVALID,
                          "layer %s has no latency for rank %d; set latencies from a table first",
@@ -381,7 +385,7 @@ static lt_status search_check(const lt_graph *g, lt_backend *be, const lt_compre
   if (n < 1)
     return lt_errorf(err, LT_ERR_INVALID, "the model has no compressible layer");
   double lo = c->fixed_cost;
-  for (int l = 0; l < n; l++) lo += lt_compress_layer_cost(&L[l], c->target, 0);
+  for (int l = 0; l < n; l++) lo += layer_scale(c) * lt_compress_layer_cost(&L[l], c->target, 0);
   if (!(c->target_value > 0) || lo > c->target_value)
     return lt_errorf(err, LT_ERR_INVALID,
                      "the target %g cannot be met: even the smallest ranks cost %g (%g of it in "

@@ -14,7 +14,8 @@
 #   DISTILL_ALPHA [0.5], DISTILL_T [4], SEARCH_STEPS [200], EVAL_SAMPLES [0 = the full test split],
 #   BASELINES ["uniform"] (e.g. "uniform", "sensitivity"), BASELINES_ONLY [false]: true runs
 #   the baselines alone (no search; e.g. in a second process beside a run with BASELINES=" "),
-#   THREADS [2], TARGET [{"kind": "flops", "reduction": 0.7}] (the job's target object),
+#   THREADS [2], SEED [1] (the job's seed: search sampling, fine-tuning order),
+#   TARGET [{"kind": "flops", "reduction": 0.7}] (the job's target object),
 #   SMALLCNN_TRAIN_EPOCHS [3]: training of the small CNN before it is compressed.
 # The ResNet-20 figures of issue 6 (load average 13-22 on 2 cores, nice 10) came from two
 # processes side by side, each about 50 minutes:
@@ -62,6 +63,8 @@ out = {
     "speedup_batch1": r4(g("speedup_measured_batch1")),
     "latency_ms_predicted": g("latency_ms_predicted"),
     "latency_prediction_error": g("latency_prediction_error"),
+    "latency_ms_reference": g("latency_ms_reference"),
+    "latency_prediction_slope": g("latency_prediction_slope"),
     "latency_conditions": g("latency_conditions"), "latency_note": g("latency_note"),
     "phases_s": {k: round(v, 1) for k, v in res["phases_s"].items()},
     "wall_s": int(sys.argv[2]),
@@ -98,7 +101,7 @@ run_compress() { # name model_json dataset normalisation_json augmentation_json
   "latency": {"batch": 64, "cache_dir": "$out/cache"},
   "augmentation": $5,
   "normalisation": $4,
-  "seed": 1, "threads": ${THREADS:-2}}}
+  "seed": ${SEED:-1}, "threads": ${THREADS:-2}}}
 JSON
   start=$(date +%s)
   "$build/bin/lathe" run "$d/job.json" --out "$d/artifacts" > "$d/events.jsonl"
