@@ -842,13 +842,22 @@ int job_compress_run(job_ctx *job, cJSON **result) {
                    : r0 ? c.err.status
                         : lt_errorf(&c.err, LT_ERR_NOMEM, "out of memory");
     free(r0);
-    if (!st) st = lt_lat_measure_graph(ref, c.be, c.lat_batch, NULL, &ms_ref, &c.err);
+    /* Both ends in interleaved rounds, each the median: one measurement alone was now and then
+     * twice too slow (the reference at 3.7-3.9 ms against 1.8-2.0 ms in 3 of 7 jobs, the first
+     * time it ran in the process, never again after) */
+    enum { ROUNDS0 = 3 };
+    double t0[ROUNDS0], tr[ROUNDS0];
+    for (int r = 0; r < ROUNDS0 && !st; r++) {
+      st = lt_lat_measure_graph(ref, c.be, c.lat_batch, NULL, &tr[r], &c.err);
+      if (!st) st = lt_lat_measure_graph(c.g, c.be, c.lat_batch, NULL, &t0[r], &c.err);
+    }
     if (st) {
       rc = jc_fail_engine(&c, "the reference model for the latency prediction");
       goto done;
     }
+    ms_ref = jc_median(tr, ROUNDS0), ms0 = jc_median(t0, ROUNDS0);
     job_emit_log(job, "info", "reference model (every searched layer at its smallest rank): "
-                 "%.3f ms at batch %d", ms_ref, c.lat_batch);
+                 "%.3f ms at batch %d; the original %.3f ms", ms_ref, c.lat_batch, ms0);
   }
   /* A table from the cache was measured at another time, and a shared machine's speed drifts:
    * time the dense layers again now, and carry the whole-model latency into the table's scale
@@ -1115,19 +1124,7 @@ int job_compress_run(job_ctx *job, cJSON **result) {
       cJSON_AddStringToObject(res, "latency_note", note);
     }
   }
-  /* The compressible layers alone cannot take longer than the whole model that holds them (and
-   * more): when they did, other processes took the cores while the rounds ran, and no
-   * prediction can be checked against such figures. */
-  int busy = !foreign && dense_now >= pair0;
-  if (busy) {
-    job_emit_log(job, "warn", "latency check skipped: the compressible layers alone took %.2f ms, "
-                 "the whole model %.2f ms (the machine was too busy to time them)", dense_now, pair0);
-    cJSON_AddStringToObject(res, "latency_prediction_note",
-                            "not checked: the machine was too busy while timing (the layers alone "
-                            "took longer than the whole model)");
-    cJSON_AddNumberToObject(res, "latency_ms_dense_layers_now", dense_now);
-  }
-  if (foreign || busy) {
+  if (foreign) {
     cJSON_AddNullToObject(res, "latency_ms_predicted");
     cJSON_AddNullToObject(res, "latency_prediction_error");
   } else {

@@ -137,6 +137,12 @@ try {
     const shown = await page.locator('p.latency-note').count();
     assert(shown === (note ? 1 : 0), `latency note in result: ${JSON.stringify(note)}, shown ${shown}`);
     if (note) assert((await page.locator('p.latency-note').textContent()).includes(note), 'latency note text');
+    // the prediction names the latency model it came from
+    const facts = await page.locator('dl.facts', { hasText: 'Predicted latency' }).textContent();
+    if (typeof job.result.latency_ms_reference === 'number') {
+      assert(facts.includes('from the reference model') && facts.includes("× the chosen layers' latencies"),
+        `prediction model shown: ${facts}`);
+    }
     await page.screenshot({ path: join(shots, 'compress-result.png'), fullPage: true });
   });
 

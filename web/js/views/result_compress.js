@@ -20,6 +20,13 @@ function timing(c) {
   return `${c.cores} cores, ${others}, OMP_WAIT_POLICY ${c.omp_wait_policy || '–'}`;
 }
 
+// The latency model behind the prediction: affine in the searched layers' latencies, through the
+// dense model and a reference with every searched layer at its smallest rank.
+function predictionModel(r) {
+  if (typeof r.latency_ms_reference !== 'number') return '';
+  return `; from the reference model (every searched layer at its smallest rank, ${ms(r.latency_ms_reference)}) plus ${fmtNum(r.latency_prediction_slope)} × the chosen layers' latencies above it`;
+}
+
 export function renderCompress(box, r, charts) {
   if (!r) return;
   const tgt = r.target || {};
@@ -36,7 +43,7 @@ export function renderCompress(box, r, charts) {
     h('dt', {}, `Latency, batch ${r.latency_batch ?? '–'}`), h('dd', {}, `${ms(r.latency_ms_before)} → ${ms(r.latency_ms_after)} (×${fmtNum(r.speedup_measured)})`),
     h('dt', {}, 'Latency, batch 1'), h('dd', {}, `${ms(r.latency_ms_before_batch1)} → ${ms(r.latency_ms_after_batch1)} (×${fmtNum(r.speedup_measured_batch1)})`),
     h('dt', {}, 'Timing conditions'), h('dd', {}, timing(r.latency_conditions)),
-    h('dt', {}, 'Predicted latency'), h('dd', {}, r.latency_ms_predicted == null ? (r.latency_prediction_note || 'not comparable (table from another device or an estimate)') : `${ms(r.latency_ms_predicted)} (error ${pct(r.latency_prediction_error)})`)));
+    h('dt', {}, 'Predicted latency'), h('dd', {}, r.latency_ms_predicted == null ? (r.latency_prediction_note || 'not comparable (table from another device or an estimate)') : `${ms(r.latency_ms_predicted)} (error ${pct(r.latency_prediction_error)})${predictionModel(r)}`)));
   // Other work on the worker while it timed: the latencies and the speedup carry it.
   if (r.latency_note) box.append(h('p', { class: 'error latency-note' }, `Warning: ${r.latency_note}.`));
 
