@@ -512,6 +512,24 @@ static lt_status jc_sensitivity(jc *c, int *pick) {
   return st;
 }
 
+/* A copy of the model with every searched layer at its smallest candidate rank: the latency
+ * model's reference. NULL with c->err set when it cannot be built. */
+static lt_graph *jc_reference(jc *c) {
+  int *r0 = malloc(sizeof(int) * (size_t)c->n);
+  if (!r0) {
+    lt_errorf(&c->err, LT_ERR_NOMEM, "out of memory");
+    return NULL;
+  }
+  for (int l = 0; l < c->n; l++) r0[l] = c->L[l].cand[0];
+  lt_graph *h = lt_graph_clone(c->g, &c->err);
+  if (h && lt_compress_apply(h, c->L, c->n, r0, &c->err)) {
+    lt_graph_free(h);
+    h = NULL;
+  }
+  free(r0);
+  return h;
+}
+
 /* The factorised layers feed batch norms whose running statistics describe the old layers:
  * re-estimate them (finetune.bn_recalibrate batches, from training samples) before the model is
  * scored or fine-tuned. */
@@ -782,12 +800,7 @@ int job_compress_run(job_ctx *job, cJSON **result) {
     rc = jc_fail_engine(&c, "the dataset does not fit the model");
     goto done;
   }
-  if (lt_lat_measure_graph(c.g, c.be, c.lat_batch, NULL, &ms0, &c.err)) {
-    rc = jc_fail_engine(&c, "latency of the original model");
-    goto done;
-  }
-  job_emit_log(job, "info", "%d compressible layers; accuracy %.4f, %.3f ms at batch %d",
-               c.n, acc0, ms0, c.lat_batch);
+  job_emit_log(job, "info", "%d compressible layers; accuracy %.4f", c.n, acc0);
   jc_phase_end(&c, "load");
 
   job_emit_progress(job, 0.05, "latency table", -1);
@@ -820,7 +833,6 @@ int job_compress_run(job_ctx *job, cJSON **result) {
       goto done;
     }
   }
-  jc_phase_end(&c, "profile");
 
   /* The target as a whole-model budget and the part of it the search cannot change. */
   double sum_dense_ms = 0, sum_dense = 0, sum_small_ms = 0, ms_ref = NAN;
@@ -830,34 +842,32 @@ int job_compress_run(job_ctx *job, cJSON **result) {
     sum_dense += lt_compress_layer_cost(&c.L[l], c.kind, -1);
   }
   /* The latency model (lt_lat_model_slope): affine in the searched layers' sum, through the
-   * dense model and a reference model with every searched layer at its smallest rank. Taking
-   * all that lies outside the layers from the dense model alone put the predictions for fast
-   * models 7-29% high (tests/compress/e2e_latency_prediction.c). */
-  if (!foreign) {
-    int *r0 = malloc(sizeof(int) * (size_t)c.n);
-    ref = r0 ? lt_graph_clone(c.g, &c.err) : NULL;
-    if (ref)
-      for (int l = 0; l < c.n; l++) r0[l] = c.L[l].cand[0];
-    lt_status st = ref  ? lt_compress_apply(ref, c.L, c.n, r0, &c.err)
-                   : r0 ? c.err.status
-                        : lt_errorf(&c.err, LT_ERR_NOMEM, "out of memory");
-    free(r0);
-    /* Both ends in interleaved rounds, each the median: one measurement alone was now and then
-     * twice too slow (the reference at 3.7-3.9 ms against 1.8-2.0 ms in 3 of 7 jobs, the first
-     * time it ran in the process, never again after) */
-    enum { ROUNDS0 = 3 };
-    double t0[ROUNDS0], tr[ROUNDS0];
-    for (int r = 0; r < ROUNDS0 && !st; r++) {
-      st = lt_lat_measure_graph(ref, c.be, c.lat_batch, NULL, &tr[r], &c.err);
-      if (!st) st = lt_lat_measure_graph(c.g, c.be, c.lat_batch, NULL, &t0[r], &c.err);
-    }
-    if (st) {
-      rc = jc_fail_engine(&c, "the reference model for the latency prediction");
-      goto done;
-    }
-    ms_ref = jc_median(tr, ROUNDS0), ms0 = jc_median(t0, ROUNDS0);
-    job_emit_log(job, "info", "reference model (every searched layer at its smallest rank): "
-                 "%.3f ms at batch %d; the original %.3f ms", ms_ref, c.lat_batch, ms0);
+   * original model and, when the table measures this device, a reference model with every
+   * searched layer at its smallest rank. Taking all that lies outside the layers from the
+   * original alone put the predictions for fast models 7-29% high
+   * (tests/compress/e2e_latency_prediction.c). Both in interleaved rounds, each the median: one
+   * measurement alone was now and then twice too slow (the reference at 3.7-3.9 ms against
+   * 1.8-2.0 ms in 3 of 7 jobs, the first time it ran in the process, never again after). */
+  if (!foreign && !(ref = jc_reference(&c))) {
+    rc = jc_fail_engine(&c, "the reference model for the latency prediction");
+    goto done;
+  }
+  enum { ROUNDS0 = 3 };
+  double t0[ROUNDS0], tr[ROUNDS0];
+  lt_status st = LT_OK;
+  for (int r = 0; r < ROUNDS0 && !st; r++) {
+    if (ref) st = lt_lat_measure_graph(ref, c.be, c.lat_batch, NULL, &tr[r], &c.err);
+    if (!st) st = lt_lat_measure_graph(c.g, c.be, c.lat_batch, NULL, &t0[r], &c.err);
+  }
+  if (st) {
+    rc = jc_fail_engine(&c, "latency of the original and reference models");
+    goto done;
+  }
+  ms0 = jc_median(t0, ROUNDS0);
+  if (ref) {
+    ms_ref = jc_median(tr, ROUNDS0);
+    job_emit_log(job, "info", "original model %.3f ms at batch %d; reference model (every searched "
+                 "layer at its smallest rank) %.3f ms", ms0, c.lat_batch, ms_ref);
   }
   /* A table from the cache was measured at another time, and a shared machine's speed drifts:
    * time the dense layers again now, and carry the whole-model latency into the table's scale
@@ -877,6 +887,7 @@ int job_compress_run(job_ctx *job, cJSON **result) {
     job_emit_log(job, "info", "dense layers: %.3f ms in the table, %.3f ms now (scale %.3f)",
                  sum_dense_ms, sum_now, scale);
   }
+  jc_phase_end(&c, "profile");
   double slope =
       foreign ? 1 : lt_lat_model_slope(ms0 * scale, ms_ref * scale, sum_dense_ms, sum_small_ms);
   double fixed_ms = foreign ? 0 : ms_ref * scale - slope * sum_small_ms;
@@ -1015,8 +1026,8 @@ int job_compress_run(job_ctx *job, cJSON **result) {
   /* Latency in interleaved rounds, each figure the median over the rounds so that the drift of a
    * shared machine hits them alike: the original model, its compressible layers alone (dense),
    * the reference model and the compressed model. The prediction carries the table into the
-   * conditions of now by the ratio of the dense layers measured now to the table's, and adds
-   * what lies outside the searched layers (the reference model less its blocks, now). */
+   * conditions of now by the ratio of the dense layers measured now to the table's, and puts
+   * the chosen layers' sum on the latency model through the original and the reference, now. */
   enum { ROUNDS = 5 };
   double t_orig[ROUNDS], td[ROUNDS], tref[ROUNDS], tcm[ROUNDS], pair0, pair0_1;
   lt_lat_opts lo = {.min_reps = 3, .max_reps = 10};
@@ -1048,7 +1059,7 @@ int job_compress_run(job_ctx *job, cJSON **result) {
   double dense_now = jc_median(td, ROUNDS), now_scale = foreign ? 1 : dense_now / sum_dense_ms;
   double ref_now = foreign ? NAN : jc_median(tref, ROUNDS), small_now = sum_small_ms * now_scale;
   double slope_now = foreign ? 1 : lt_lat_model_slope(pair0, ref_now, dense_now, small_now);
-  double pred_ms = 0, pred_now = 0; /* the chosen layers' sum in the table, and now */
+  double chosen_ms = 0; /* the chosen layers' sum in the table */
   cJSON *layers = cJSON_AddArrayToObject(res, "layers");
   for (int l = 0; l < c.n; l++) {
     double m = NAN;
@@ -1056,11 +1067,12 @@ int job_compress_run(job_ctx *job, cJSON **result) {
       rc = jc_fail_engine(&c, "per-layer latency");
       goto done;
     }
-    pred_ms += ranks[l] ? c.L[l].ms[pick[l]] : c.L[l].dense_ms;
+    chosen_ms += ranks[l] ? c.L[l].ms[pick[l]] : c.L[l].dense_ms;
     cJSON_AddItemToArray(layers, jc_layer_json(&c.L[l], ranks[l], pick[l], m, now_scale));
   }
-  pred_now = ref_now + slope_now * (pred_ms * now_scale - small_now);
-  pred_ms = fixed_ms + slope * pred_ms;
+  /* the latency model of now, and of the table (what the latency target was met in) */
+  const double pred_now = ref_now + slope_now * (chosen_ms * now_scale - small_now);
+  const double pred_ms = fixed_ms + slope * chosen_ms;
   for (int l = c.n; l < c.n_all; l++) { /* stayed dense: no faster rank on this device */
     double m = NAN;
     if (lt_lat_measure_layer(&c.L[l], 0, c.be, c.lat_batch, NULL, &m, &c.err)) {

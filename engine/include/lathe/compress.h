@@ -200,7 +200,7 @@ lt_status lt_lat_measure_layer(const lt_compress_layer *l, int rank, lt_backend 
  * layers' sum s_dense) and a reference model with every searched layer at its smallest rank
  * (t_ref, s_ref). The intercept is what lies outside the layers; the slope is the layers'
  * excess in the model, where their inputs and weights are found in the caches less often than
- * when timed alone (ResNet-20 on one CPU thread: 1.07-1.10). Returns the slope; 1 (the layers
+ * when timed alone (ResNet-20: 0.99-1.05, on one thread at batch 16 and two at batch 64). Returns the slope; 1 (the layers
  * count as timed alone) when the two sums lie within 5% of s_dense, where noise decides it, or
  * when it falls outside [0.5, 2]. */
 double lt_lat_model_slope(double t_dense, double t_ref, double s_dense, double s_ref);
