@@ -8,7 +8,12 @@
  * Layouts (see kernels_winograd.c): V (nf, tp, cp), M (nf, tp, sp) with frequency stride
  * WG_FSTRIDE, U (nf, cp, sp), xt
  * (nb, hp, wp, cp), channels innermost and padded to multiples of 16, so every access below is
- * a whole aligned wg_v16. */
+ * a whole aligned wg_v16.
+ *
+ * memset and memcpy are written as __builtin_memset and __builtin_memcpy: where the C library
+ * fortifies them (_FORTIFY_SOURCE, on by default in Ubuntu's gcc) they are always-inline
+ * wrappers built for the whole file's target, which a narrower `GCC target` region (the AVX2 one
+ * under -march=native on an AVX-512 machine) cannot inline, and the build fails. */
 
 /* C (m, n) [+]= A (m, k) · B (k, n) for mr rows and nv 16-float column vectors: A's element
  * (i, kk) is a[i*sam + kk*sak] (broadcast), B and C are row-major with leading dimensions ldb,
@@ -103,11 +108,11 @@ static void WG_FN(to_tiles)(int nb, int c, int h, int w, int cp, int hp, int wp,
       float *restrict row = xt + ((size_t)img * hp + r) * wp * cp;
       const int yy = r - pt;
       if (yy < 0 || yy >= rows) {
-        memset(row, 0, sizeof(float) * (size_t)wp * cp);
+        __builtin_memset(row, 0, sizeof(float) * (size_t)wp * cp);
         continue;
       }
-      memset(row, 0, sizeof(float) * (size_t)pl * cp);
-      memset(row + (size_t)(pl + cols) * cp, 0, sizeof(float) * (size_t)(wp - pl - cols) * cp);
+      __builtin_memset(row, 0, sizeof(float) * (size_t)pl * cp);
+      __builtin_memset(row + (size_t)(pl + cols) * cp, 0, sizeof(float) * (size_t)(wp - pl - cols) * cp);
       float *restrict dst = row + (size_t)pl * cp;
       for (int cb = 0; cb < cp; cb += 16) {
         int xx = 0;
@@ -116,7 +121,7 @@ static void WG_FN(to_tiles)(int nb, int c, int h, int w, int cp, int hp, int wp,
             wg_v16 v[16];
 #pragma GCC unroll 16
             for (int l = 0; l < 16; l++)
-              memcpy(&v[l], x0 + ((size_t)(cb + l) * h + yy) * w + xx, sizeof(wg_v16));
+              __builtin_memcpy(&v[l], x0 + ((size_t)(cb + l) * h + yy) * w + xx, sizeof(wg_v16));
             WG_FN(tr16)(v);
 #pragma GCC unroll 16
             for (int j = 0; j < 16; j++)
@@ -126,7 +131,7 @@ static void WG_FN(to_tiles)(int nb, int c, int h, int w, int cp, int hp, int wp,
           /* the last columns, or a partial channel block: through a zeroed 16×16 block */
           const int nx = cols - xx < 16 ? cols - xx : 16, nc = c - cb < 16 ? c - cb : 16;
           float blk[16][16] __attribute__((aligned(64)));
-          memset(blk, 0, sizeof blk);
+          __builtin_memset(blk, 0, sizeof blk);
           for (int l = 0; l < nc; l++)
             for (int j = 0; j < nx; j++)
               blk[l][j] = x0[((size_t)(cb + l) * h + yy) * w + xx + j];
@@ -179,7 +184,7 @@ static void WG_FN(in_tf)(const wg_shape *sh, int nb, const float *restrict xt, f
         }
       }
   for (int f = 0; f < 16 && t < tp; f++)
-    memset(V + f * xs + (ptrdiff_t)t * cp, 0, sizeof(float) * (size_t)(tp - t) * cp);
+    __builtin_memset(V + f * xs + (ptrdiff_t)t * cp, 0, sizeof(float) * (size_t)(tp - t) * cp);
 }
 
 /* M'[ξ][t][:] = (A dY Aᵀ)[ξ] for the 2×2 output-gradient block dY of every tile of nb images of
@@ -214,7 +219,7 @@ static void WG_FN(dy_tf)(const wg_shape *sh, int nb, const float *restrict dyt,
         }
       }
   for (int f = 0; f < 16 && t < tp; f++)
-    memset(M + f * xs + (ptrdiff_t)t * sp, 0, sizeof(float) * (size_t)(tp - t) * sp);
+    __builtin_memset(M + f * xs + (ptrdiff_t)t * sp, 0, sizeof(float) * (size_t)(tp - t) * sp);
 }
 
 /* Rows [oy0, oy0 + m) of image img of y [+]= yrow (m, rw, sp) + b, reordered into NCHW: whole
@@ -241,10 +246,10 @@ static void WG_FN(scatter)(const wg_shape *sh, int img, int oy0, const float *re
           wg_v16 o = v[l] + (b ? b[s0 + l] : 0.0f);
           if (accumulate) {
             wg_v16 old;
-            memcpy(&old, dst, sizeof old);
+            __builtin_memcpy(&old, dst, sizeof old);
             o += old;
           }
-          memcpy(dst, &o, sizeof o);
+          __builtin_memcpy(dst, &o, sizeof o);
         }
       }
       if (ox < ow) {
@@ -360,7 +365,7 @@ static void WG_FN(in_tf4)(const wg_shape *sh, int nb, const float *restrict xt, 
         }
       }
   for (int f = 0; f < 36 && t < tp; f++)
-    memset(V + f * xs + (ptrdiff_t)t * cp, 0, sizeof(float) * (size_t)(tp - t) * cp);
+    __builtin_memset(V + f * xs + (ptrdiff_t)t * cp, 0, sizeof(float) * (size_t)(tp - t) * cp);
 }
 
 /* y = Aᵀ m for the 6-point transform, Aᵀ = [1 1 1 1 1 0; 0 1 -1 2 -2 0; 0 1 1 4 4 0;
