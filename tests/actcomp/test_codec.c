@@ -373,6 +373,56 @@ TEST_CASE(codec_scratch_is_counted_and_returned) {
   free(x);
 }
 
+/* Streams with smaller Huffman chunks (what the GPU encoder writes) decode to exactly what the
+ * default chunking decodes to, on one and two threads, and with escapes spread over chunks; a
+ * chunk size that is not a power of two in 1024..16384 is refused by encoder and decoder. */
+TEST_CASE(codec_smaller_chunks_decode_identically) {
+  enum { P = 6, H = 37, W = 41, N = P * H * W };
+  float *x = malloc(N * sizeof *x), *y0 = malloc(N * sizeof *y0), *y = malloc(N * sizeof *y);
+  fill_relu(x, P, H, W);
+  for (int i = 0; i < N; i += 997) x[i] = 5e3f; /* escapes in several chunks */
+  x[7] = NAN;
+  int64_t shape[3] = {P, H, W};
+  lt_err err = {0};
+  lt_ac_buf out = {0};
+  lt_ac_codec *c = lt_ac_codec_new(NULL, &err);
+  REQUIRE(c);
+  REQUIRE(lt_ac_encode(c, LT_AC_KIND_LORENZO, x, 3, shape, 0.02, &out, &err) == LT_OK);
+  REQUIRE(lt_ac_decode(c, out.data, out.len, y0, N, &err) == LT_OK);
+  CHECK(check_bound(x, y0, N, 0.02) == 0);
+  const int chunks[3] = {1024, 2048, 8192};
+  for (int k = 0; k < 3; k++)
+    for (int th = 1; th <= 2; th++) {
+      lt_ac_opts o = lt_ac_opts_default();
+      o.chunk = chunks[k];
+      o.threads = th;
+      o.zstd_level = 0;
+      lt_ac_codec_set_opts(c, &o);
+      REQUIRE(lt_ac_encode(c, LT_AC_KIND_LORENZO, x, 3, shape, 0.02, &out, &err) == LT_OK);
+      CHECK(ac_get_u32(out.data + 88) == (uint32_t)chunks[k]);
+      memset(y, 0xA5, N * sizeof *y);
+      CHECK_MSG(lt_ac_decode(c, out.data, out.len, y, N, &err) == LT_OK, "chunk %d: %s",
+                chunks[k], err.msg);
+      CHECK_MSG(!memcmp(y, y0, N * sizeof *y), "chunk %d threads %d decodes differently",
+                chunks[k], th);
+    }
+  /* The decoder refuses a chunk size outside the set even with a valid checksum. */
+  ac_put_u32(out.data + 88, 3000);
+  ac_put_u32(out.data + AC_CRC_OFFSET, ac_stream_checksum(out.data, out.len));
+  CHECK(lt_ac_decode(c, out.data, out.len, y, N, &err) == LT_ERR_FORMAT);
+  CHECK_STR_CONTAINS(err.msg, "chunk size");
+  lt_ac_opts o = lt_ac_opts_default();
+  o.chunk = 512;
+  lt_ac_codec_set_opts(c, &o);
+  CHECK(lt_ac_encode(c, LT_AC_KIND_LORENZO, x, 3, shape, 0.02, &out, &err) == LT_ERR_INVALID);
+  CHECK_STR_CONTAINS(err.msg, "chunk size");
+  lt_ac_buf_free(&out);
+  lt_ac_codec_free(c);
+  free(x);
+  free(y0);
+  free(y);
+}
+
 int main(void) {
   rng = lt_rng_make(8, 1);
   RUN(codec_bound_holds_on_random_tensors_every_simd_level);
@@ -386,5 +436,6 @@ int main(void) {
   RUN(codec_post_relu_ratio_beats_plain_quantisation);
   RUN(codec_picks_lorenzo_on_smooth_data_and_no_prediction_on_sparse_relu);
   RUN(codec_scratch_is_counted_and_returned);
+  RUN(codec_smaller_chunks_decode_identically);
   return test_summary();
 }

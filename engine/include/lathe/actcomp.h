@@ -76,6 +76,9 @@ typedef struct lt_ac_opts {
   int zstd_level;  /* LORENZO: zstd pass over the Huffman payload at this level (kept only when it
                       shrinks it); 0 = none. ZSTD kind: its level (0 means 3). */
   lt_ac_simd simd;
+  int chunk;       /* LORENZO: symbols per Huffman chunk, a power of two from 1024 to 16384;
+                      0 = 16384. Smaller chunks decode with more parallelism (the GPU decoder
+                      runs one thread per chunk) and cost 4 bytes of chunk table each. */
 } lt_ac_opts;
 
 lt_ac_opts lt_ac_opts_default(void); /* threads 0, zstd_level 1, simd AUTO */

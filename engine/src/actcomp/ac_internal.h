@@ -13,7 +13,11 @@
 #define AC_NSYM 65536        /* Huffman alphabet: every uint16 code */
 #define AC_MAXLEN 16         /* length limit: 2^16 >= AC_NSYM, so every alphabet fits */
 #define AC_TABLE_BITS 11     /* primary decode table: 2^11 entries of 4 bytes stay in L1 */
-#define AC_CHUNK 16384       /* symbols per Huffman chunk: the unit of parallel decode */
+#define AC_CHUNK 16384       /* symbols per Huffman chunk: the unit of parallel decode (the CPU
+                                encoder's; streams may carry any power of two from AC_CHUNK_MIN
+                                up to this: the GPU encoder writes smaller chunks, one decode
+                                thread each) */
+#define AC_CHUNK_MIN 1024
 #define AC_MULTI 8      /* most symbols one decode-table lookup yields */
 #define AC_GROUP 4           /* chunks decoded interleaved by one thread (breaks the
                                 load→lookup→shift dependency chain of a single bit stream) */
@@ -113,6 +117,43 @@ uint32_t ac_crc32c(uint32_t crc, const void *data, size_t n);
 uint32_t ac_stream_checksum(const uint8_t *src, size_t len);
 #define AC_HEADER_BYTES 136
 #define AC_CRC_OFFSET 128
+#define AC_MAGIC "LTAC"
+#define AC_VERSION 1
+#define AC_PREDICTOR_NONE 0
+#define AC_PREDICTOR_LORENZO2D 2
+#define AC_FLAG_ZSTD 1u
+#define AC_MAX_ELEMS ((int64_t)1 << 33) /* keeps the 4-way uint32 histograms from overflowing
+                                            (each sees at most a quarter) and every size far
+                                            from overflow */
+
+/* The LORENZO stream's header (layout in codec.c), written by the CPU and GPU encoders alike;
+ * the CRC field is left zero. */
+void ac_header_put(uint8_t *o, int pred, int flags, int ndim, const int64_t *shape, double eb,
+                   uint32_t chunk, int64_t nsym, int64_t nesc, int64_t nout, uint64_t raw_bytes,
+                   uint64_t stored_bytes);
+
+/* A parsed header. The offsets are from the stream's start; the pointers are set only by the
+ * CPU decoder, which has the whole stream in host memory. */
+typedef struct ac_hdr {
+  int ndim;
+  int64_t shape[LT_MAX_DIMS];
+  int64_t n, h, w, nchunks, chunk;
+  double eb;
+  int zstd, pred;
+  int64_t nsym, nesc, nout;
+  uint64_t raw_bytes, stored_bytes;
+  size_t off_table, off_chunks, off_payload, off_esc, off_outl;
+  const uint8_t *table, *chunk_sec, *payload, *esc, *outl;
+} ac_hdr;
+
+/* The header's own checks, which need only its AC_HEADER_BYTES, against a stream of len bytes:
+ * fields, dims, bound, chunk size, counts, and the sections adding up to len exactly. Neither
+ * the checksum nor the sections' contents are checked (the GPU decoder reads the header alone
+ * first). */
+lt_status ac_parse_header(const uint8_t *s, size_t len, ac_hdr *hd, lt_err *err);
+/* The chunk section (hd->nchunks u32 bit counts): each within [symbols, 16·symbols], and their
+ * byte sizes summing to the raw payload. */
+lt_status ac_parse_chunks(const ac_hdr *hd, const uint8_t *chunk_sec, lt_err *err);
 
 /* Comparison codecs (zfp_codec.c is built only with libzfp). */
 lt_status ac_zfp_encode(const float *x, int ndim, const int64_t *shape, double eb, lt_ac_buf *out,

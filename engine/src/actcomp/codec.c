@@ -29,14 +29,6 @@
 #include <stdlib.h>
 #include <zstd.h>
 
-#define AC_MAGIC "LTAC"
-#define AC_VERSION 1
-#define AC_PREDICTOR_NONE 0
-#define AC_PREDICTOR_LORENZO2D 2
-#define AC_FLAG_ZSTD 1u
-#define AC_MAX_ELEMS ((int64_t)1 << 33) /* keeps the 4-way uint32 histograms from overflowing
-                                            (each sees at most a quarter) and every size far
-                                            from overflow */
 #define AC_HIST4_MIN ((int64_t)1 << 18) /* a thread with this many elements counts into 4
                                             interleaved histograms (zeroed per call) */
 #define AC_PAR_MIN 65536                 /* below this many elements threads cost more than
@@ -176,7 +168,7 @@ static void scratch_free(ac_scratch *s) {
 }
 
 lt_ac_opts lt_ac_opts_default(void) {
-  lt_ac_opts o = {.threads = 0, .zstd_level = 1, .simd = LT_AC_SIMD_AUTO};
+  lt_ac_opts o = {.threads = 0, .zstd_level = 1, .simd = LT_AC_SIMD_AUTO, .chunk = 0};
   return o;
 }
 
@@ -400,7 +392,11 @@ static lt_status lorenzo_encode(lt_ac_codec *c, const float *x, int ndim, const 
                      "error bound %g is not usable: give a finite eb between 1e-30 and 1e30", eb);
   plane_dims(ndim, shape, &h, &w);
   const int64_t plane = h * w, nplanes = n / plane;
-  const int64_t nchunks = (n + AC_CHUNK - 1) / AC_CHUNK;
+  const int64_t chunk = c->opts.chunk ? c->opts.chunk : AC_CHUNK;
+  if (chunk < AC_CHUNK_MIN || chunk > AC_CHUNK || (chunk & (chunk - 1)))
+    return lt_errorf(err, LT_ERR_INVALID, "chunk size %lld: give a power of two from %d to %d",
+                     (long long)chunk, AC_CHUNK_MIN, AC_CHUNK);
+  const int64_t nchunks = (n + chunk - 1) / chunk;
   const int t = codec_threads(c, n, nplanes);
   const ac_kernels *k = c->k;
 
@@ -513,7 +509,7 @@ static lt_status lorenzo_encode(lt_ac_codec *c, const float *x, int ndim, const 
   const int te = codec_threads(c, n, nchunks);
   if (te == 1) {
     for (int64_t ci = 0; ci < nchunks; ci++) {
-      int64_t s0 = ci * AC_CHUNK, m = n - s0 < AC_CHUNK ? n - s0 : AC_CHUNK;
+      int64_t s0 = ci * chunk, m = n - s0 < chunk ? n - s0 : chunk;
       int64_t bits = ac_huff_encode(codes + s0, m, c->enc, raw + raw_bytes, raw + raw_cap);
       cbits[ci] = (uint64_t)bits;
       raw_bytes += (size_t)(bits + 7) / 8;
@@ -524,11 +520,11 @@ static lt_status lorenzo_encode(lt_ac_codec *c, const float *x, int ndim, const 
     {
       const int tid = omp_get_thread_num();
       const int64_t c0 = nchunks * tid / te, c1 = nchunks * (tid + 1) / te;
-      uint8_t *dst = raw + 2 * (size_t)(c0 * AC_CHUNK);
-      uint8_t *end = c1 == nchunks ? raw + raw_cap : raw + 2 * (size_t)(c1 * AC_CHUNK);
+      uint8_t *dst = raw + 2 * (size_t)(c0 * chunk);
+      uint8_t *end = c1 == nchunks ? raw + raw_cap : raw + 2 * (size_t)(c1 * chunk);
       size_t used = 0;
       for (int64_t ci = c0; ci < c1; ci++) {
-        int64_t s0 = ci * AC_CHUNK, m = n - s0 < AC_CHUNK ? n - s0 : AC_CHUNK;
+        int64_t s0 = ci * chunk, m = n - s0 < chunk ? n - s0 : chunk;
         int64_t bits = ac_huff_encode(codes + s0, m, c->enc, dst + used, end);
         cbits[ci] = (uint64_t)bits;
         used += (size_t)(bits + 7) / 8;
@@ -537,7 +533,7 @@ static lt_status lorenzo_encode(lt_ac_codec *c, const float *x, int ndim, const 
     }
     for (int i = 0; i < te; i++) {
       const int64_t c0 = nchunks * i / te;
-      if (i) memmove(raw + raw_bytes, raw + 2 * (size_t)(c0 * AC_CHUNK), run[i]);
+      if (i) memmove(raw + raw_bytes, raw + 2 * (size_t)(c0 * chunk), run[i]);
       raw_bytes += run[i];
     }
   }
@@ -567,24 +563,30 @@ static lt_status lorenzo_encode(lt_ac_codec *c, const float *x, int ndim, const 
       ac_put_u32(ep + 8, c->outl[i].val[j]);
     }
 
+  ac_header_put(o, pred, flags, ndim, shape, eb, (uint32_t)chunk, nsym, nesc, nout, raw_bytes, stored);
+  out->len = (size_t)(ep - o);
+  ac_put_u32(o + AC_CRC_OFFSET, ac_stream_checksum(o, out->len));
+  return LT_OK;
+}
+
+void ac_header_put(uint8_t *o, int pred, int flags, int ndim, const int64_t *shape, double eb,
+                   uint32_t chunk, int64_t nsym, int64_t nesc, int64_t nout, uint64_t raw_bytes,
+                   uint64_t stored_bytes) {
+  memset(o, 0, AC_HEADER_BYTES);
   memcpy(o, AC_MAGIC, 4);
   o[4] = AC_VERSION;
-  o[5] = 0;
   o[6] = (uint8_t)pred;
-  o[7] = flags;
+  o[7] = (uint8_t)flags;
   ac_put_u32(o + 8, (uint32_t)ndim);
   ac_put_u32(o + 12, AC_RADIUS);
   for (int i = 0; i < ndim; i++) ac_put_u64(o + 16 + 8 * i, (uint64_t)shape[i]);
   memcpy(o + 80, &eb, 8);
-  ac_put_u32(o + 88, AC_CHUNK);
+  ac_put_u32(o + 88, chunk);
   ac_put_u32(o + 92, (uint32_t)nsym);
   ac_put_u64(o + 96, (uint64_t)nesc);
   ac_put_u64(o + 104, (uint64_t)nout);
   ac_put_u64(o + 112, raw_bytes);
-  ac_put_u64(o + 120, stored);
-  out->len = (size_t)(ep - o);
-  ac_put_u32(o + AC_CRC_OFFSET, ac_stream_checksum(o, out->len));
-  return LT_OK;
+  ac_put_u64(o + 120, stored_bytes);
 }
 
 /* ---- parsing --------------------------------------------------------------------------------- */
@@ -594,27 +596,15 @@ uint32_t ac_stream_checksum(const uint8_t *src, size_t len) {
   return ac_crc32c(crc, src + AC_CRC_OFFSET + 4, len - AC_CRC_OFFSET - 4);
 }
 
-typedef struct ac_hdr {
-  int ndim;
-  int64_t shape[LT_MAX_DIMS];
-  int64_t n, h, w, nchunks;
-  double eb;
-  int zstd, pred;
-  int64_t nsym, nesc, nout;
-  uint64_t raw_bytes, stored_bytes;
-  const uint8_t *table, *chunk_sec, *payload, *esc, *outl;
-} ac_hdr;
 
 #define BAD(...) lt_errorf(err, LT_ERR_FORMAT, "activation stream: " __VA_ARGS__)
 
-static lt_status parse_lorenzo(const uint8_t *s, size_t len, ac_hdr *hd, lt_err *err) {
+lt_status ac_parse_header(const uint8_t *s, size_t len, ac_hdr *hd, lt_err *err) {
   if (len < AC_HEADER_BYTES) return BAD("%zu bytes, shorter than its %d-byte header", len,
                                         AC_HEADER_BYTES);
   if (memcmp(s, AC_MAGIC, 4)) return BAD("bad magic (not a Lathe activation stream)");
   if (s[4] != AC_VERSION || s[5] != 0)
     return BAD("version %u; this build reads version %d", s[4] | s[5] << 8, AC_VERSION);
-  if (ac_get_u32(s + AC_CRC_OFFSET) != ac_stream_checksum(s, len))
-    return BAD("checksum mismatch: the stream is corrupt or truncated");
   if (s[6] != AC_PREDICTOR_LORENZO2D && s[6] != AC_PREDICTOR_NONE)
     return BAD("unknown predictor %u", s[6]);
   hd->pred = s[6];
@@ -640,10 +630,13 @@ static lt_status parse_lorenzo(const uint8_t *s, size_t len, ac_hdr *hd, lt_err 
   memcpy(&hd->eb, s + 80, 8);
   ac_qp qp;
   if (ac_qp_init(hd->eb, &qp)) return BAD("error bound %g is not usable", hd->eb);
-  if (ac_get_u32(s + 88) != AC_CHUNK) return BAD("chunk size %u (expected %d)",
-                                                 ac_get_u32(s + 88), AC_CHUNK);
+  const uint32_t chunk = ac_get_u32(s + 88);
+  if (chunk < AC_CHUNK_MIN || chunk > AC_CHUNK || (chunk & (chunk - 1)))
+    return BAD("chunk size %u (expected a power of two from %d to %d)", chunk, AC_CHUNK_MIN,
+               AC_CHUNK);
+  hd->chunk = chunk;
   plane_dims(hd->ndim, hd->shape, &hd->h, &hd->w);
-  hd->nchunks = (hd->n + AC_CHUNK - 1) / AC_CHUNK;
+  hd->nchunks = (hd->n + hd->chunk - 1) / hd->chunk;
   hd->nsym = ac_get_u32(s + 92);
   uint64_t nesc = ac_get_u64(s + 96), nout = ac_get_u64(s + 104);
   hd->raw_bytes = ac_get_u64(s + 112);
@@ -666,22 +659,40 @@ static lt_status parse_lorenzo(const uint8_t *s, size_t len, ac_hdr *hd, lt_err 
   if (need != len)
     return BAD("sections add up to %llu bytes but the stream has %zu (truncated or padded)",
                (unsigned long long)need, len);
-  hd->table = s + AC_HEADER_BYTES;
-  hd->chunk_sec = hd->table + hd->nsym * 3;
-  hd->payload = hd->chunk_sec + hd->nchunks * 4;
-  hd->esc = hd->payload + hd->stored_bytes;
-  hd->outl = hd->esc + hd->nesc * 12;
+  hd->off_table = AC_HEADER_BYTES;
+  hd->off_chunks = hd->off_table + (size_t)hd->nsym * 3;
+  hd->off_payload = hd->off_chunks + (size_t)hd->nchunks * 4;
+  hd->off_esc = hd->off_payload + hd->stored_bytes;
+  hd->off_outl = hd->off_esc + (size_t)hd->nesc * 12;
+  return LT_OK;
+}
+
+lt_status ac_parse_chunks(const ac_hdr *hd, const uint8_t *chunk_sec, lt_err *err) {
   /* Chunk bit counts: each within [symbols, 16·symbols], byte sizes summing to the payload. */
   uint64_t total = 0;
   for (int64_t ci = 0; ci < hd->nchunks; ci++) {
-    uint64_t b = ac_get_u32(hd->chunk_sec + 4 * ci);
-    int64_t m = hd->n - ci * AC_CHUNK < AC_CHUNK ? hd->n - ci * AC_CHUNK : AC_CHUNK;
+    uint64_t b = ac_get_u32(chunk_sec + 4 * ci);
+    int64_t m = hd->n - ci * hd->chunk < hd->chunk ? hd->n - ci * hd->chunk : hd->chunk;
     if (b < (uint64_t)m || b > (uint64_t)m * AC_MAXLEN)
       return BAD("chunk %lld has %llu bits for %lld symbols", (long long)ci,
                  (unsigned long long)b, (long long)m);
     total += (b + 7) / 8;
   }
   if (total != hd->raw_bytes) return BAD("chunk sizes do not add up to the payload");
+  return LT_OK;
+}
+
+static lt_status parse_lorenzo(const uint8_t *s, size_t len, ac_hdr *hd, lt_err *err) {
+  lt_status st = ac_parse_header(s, len, hd, err);
+  if (st) return st;
+  if (ac_get_u32(s + AC_CRC_OFFSET) != ac_stream_checksum(s, len))
+    return BAD("checksum mismatch: the stream is corrupt or truncated");
+  hd->table = s + hd->off_table;
+  hd->chunk_sec = s + hd->off_chunks;
+  hd->payload = s + hd->off_payload;
+  hd->esc = s + hd->off_esc;
+  hd->outl = s + hd->off_outl;
+  if ((st = ac_parse_chunks(hd, hd->chunk_sec, err))) return st;
   /* Indices strictly increasing and in range. */
   const uint8_t *lists[2] = {hd->esc, hd->outl};
   int64_t counts[2] = {hd->nesc, hd->nout};
@@ -744,10 +755,10 @@ static int decode_groups(const ac_huff_dec *dec, const ac_hdr *hd, const uint8_t
   ac_chunk ch[AC_GROUP];
   int nch = 0;
   for (int64_t ci = g * AC_GROUP; ci < hd->nchunks && nch < AC_GROUP; ci++, nch++) {
-    int64_t s0 = ci * AC_CHUNK;
+    int64_t s0 = ci * hd->chunk;
     ch[nch].bit0 = cstart[ci] * 8;
     ch[nch].nbits = ac_get_u32(hd->chunk_sec + 4 * ci);
-    ch[nch].nsym = hd->n - s0 < AC_CHUNK ? hd->n - s0 : AC_CHUNK;
+    ch[nch].nsym = hd->n - s0 < hd->chunk ? hd->n - s0 : hd->chunk;
     ch[nch].out = (ac_i32a *)(x + s0);
   }
   return ac_huff_decode_group(dec, payload, hd->raw_bytes, ch, nch);
@@ -802,14 +813,14 @@ static lt_status lorenzo_decode(lt_ac_codec *c, const uint8_t *src, size_t len, 
   {
     const int tid = omp_get_thread_num();
     const int64_t g0 = ngroups * tid / t, g1 = ngroups * (tid + 1) / t;
-    const int64_t e0 = g0 * AC_GROUP * AC_CHUNK;
+    const int64_t e0 = g0 * AC_GROUP * hd.chunk;
     int32_t *u = rows + (size_t)tid * (size_t)hd.w;
     int64_t next_esc = first_escape_at(&hd, e0);
     const int64_t pa = (e0 + plane - 1) / plane;
     int64_t done = pa;
     for (int64_t g = g0; g < g1; g++) {
       bad |= decode_groups(&c->dec, &hd, payload, cstart, x, g);
-      int64_t end = (g + 1) * AC_GROUP * AC_CHUNK;
+      int64_t end = (g + 1) * AC_GROUP * hd.chunk;
       if (end > hd.n) end = hd.n;
       bad |= apply_escapes(&hd, x, &next_esc, end);
       const int64_t p1 = end / plane;
