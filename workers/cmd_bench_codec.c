@@ -5,7 +5,13 @@
  *
  *   lathe bench codec [--input FILE.h5] [--eb 0.01,0.05,0.1,0.3] [--threads 1] [--repeat 3]
  *                     [--zstd-level 1] [--codecs lorenzo,zfp,zstd] [--clock wall|cpu]
- *                     [--simd auto|scalar|avx2|avx512] [--json]
+ *                     [--simd auto|scalar|avx2|avx512] [--device cuda[:N]] [--json]
+ *
+ * --device cuda adds the GPU codec (row "lorenzo-gpu", builds with the CUDA backend): tensors
+ * are on the device before the clock starts, and its speed is wall time per pass over all of them
+ * with the device synchronised at the end (each encode also waits for the device twice inside,
+ * see actcomp/ac_cuda.h). Its first pass is checked against the CPU: the GPU's decode must equal,
+ * bit for bit, the CPU's decode of the same GPU stream and the CPU's own round trip.
  *
  * Speed is input bytes (float32) over the best of --repeat times, compress and decompress
  * separately, summed over all tensors. Times are wall-clock by default; --clock cpu uses the
@@ -14,6 +20,12 @@
  * everywhere and keep zeros; the others report their max error and how many zeros survive.
  * Exit status as every lathe command: 0, 2 for bad usage or input, 3 for a runtime failure. */
 #include "lathe/actcomp.h"
+#include "lathe/config.h"
+#if LATHE_HAVE_CUDA
+#include "actcomp/ac_cuda.h"
+#include "actcomp/ac_internal.h"
+#include "lathe/backend.h"
+#endif
 
 #include <hdf5.h>
 #include <math.h>
@@ -165,6 +177,82 @@ static int run_one(lt_ac_codec *c, lt_ac_kind kind, const bench_set *s, double e
   return 0;
 }
 
+#if LATHE_HAVE_CUDA
+/* The GPU codec over the whole set: dx[i] holds tensor i on the device, dy the largest; host
+ * buffers y and yc hold the largest. mismatches counts tensors whose GPU decode differs from the
+ * CPU's decode of the GPU stream or from the CPU's own round trip. */
+static int run_one_gpu(lt_backend *be, ac_cuda *g, lt_ac_codec *cpu, const bench_set *s,
+                       float **dx, float *dy, double eb, int repeat, float *y, float *yc,
+                       bench_result *r, int64_t *mismatches) {
+  lt_err err = {0};
+  ac_dstream *st = calloc((size_t)s->count, sizeof *st);
+  lt_ac_buf hs = {0}, cs = {0};
+  double best_c = 1e30, best_d = 1e30;
+  int64_t raw = 0, packed = 0;
+  memset(r, 0, sizeof *r);
+  *mismatches = 0;
+  int rc = st ? 0 : -1;
+  for (int rep = 0; rep < repeat && !rc; rep++) {
+    double t0 = lt_now();
+    for (int i = 0; i < s->count && !rc; i++)
+      if (ac_cuda_encode(g, dx[i], s->t[i].ndim, s->t[i].shape, eb, LT_MEM_SAVED, &st[i], &err))
+        rc = -1;
+    if (!rc && be->vt->synchronize(be, &err)) rc = -1;
+    double t1 = lt_now();
+    for (int i = 0; i < s->count && !rc; i++)
+      if (ac_cuda_decode(g, st[i].data, st[i].len, dy, s->t[i].n, &err)) rc = -1;
+    if (!rc && be->vt->synchronize(be, &err)) rc = -1;
+    double t2 = lt_now();
+    if (rc) {
+      fprintf(stderr, "bench codec: lorenzo-gpu: %s\n", err.msg);
+      break;
+    }
+    if (t1 - t0 < best_c) best_c = t1 - t0;
+    if (t2 - t1 < best_d) best_d = t2 - t1;
+    for (int i = 0; rep == 0 && i < s->count && !rc; i++) {
+      const bench_tensor *t = &s->t[i];
+      const size_t nb = (size_t)t->n * sizeof(float);
+      if (ac_cuda_decode(g, st[i].data, st[i].len, dy, t->n, &err) ||
+          be->vt->to_host(be, y, dy, nb, &err) || ac_buf_reserve(&hs, st[i].len, &err) ||
+          be->vt->to_host(be, hs.data, st[i].data, st[i].len, &err)) {
+        fprintf(stderr, "bench codec: lorenzo-gpu on %s: %s\n", t->name, err.msg);
+        rc = -1;
+        break;
+      }
+      for (int64_t j = 0; j < t->n; j++) {
+        double e = fabs((double)t->x[j] - (double)y[j]);
+        if (e > r->max_err) r->max_err = e;
+        if (!(e <= eb)) r->violations++;
+        if (t->x[j] == 0.0f) {
+          r->zeros_in++;
+          r->zeros_kept += y[j] == 0.0f;
+        }
+      }
+      int same = !lt_ac_decode(cpu, hs.data, st[i].len, yc, t->n, &err) && !memcmp(y, yc, nb);
+      same = same && !lt_ac_encode(cpu, LT_AC_KIND_LORENZO, t->x, t->ndim, t->shape, eb, &cs, &err) &&
+             !lt_ac_decode(cpu, cs.data, cs.len, yc, t->n, &err) && !memcmp(y, yc, nb);
+      if (!same) {
+        fprintf(stderr, "bench codec: lorenzo-gpu on %s differs from the CPU codec\n", t->name);
+        ++*mismatches;
+      }
+    }
+  }
+  for (int i = 0; i < s->count; i++) {
+    raw += s->t[i].n * 4;
+    packed += (int64_t)st[i].len;
+    if (st) ac_cuda_stream_free(g, &st[i]);
+  }
+  free(st);
+  lt_ac_buf_free(&hs);
+  lt_ac_buf_free(&cs);
+  if (rc) return rc;
+  r->ratio = (double)raw / (double)packed;
+  r->comp_gbs = (double)raw / best_c / 1e9;
+  r->decomp_gbs = (double)raw / best_d / 1e9;
+  return 0;
+}
+#endif
+
 static int parse_list(const char *s, double *out, int cap) {
   int n = 0;
   while (*s && n < cap) {
@@ -178,6 +266,7 @@ static int parse_list(const char *s, double *out, int cap) {
 
 int cmd_bench_codec(int argc, char **argv) {
   const char *input = "build/actcomp/resnet20_acts.h5", *codecs = "lorenzo,zfp,zstd";
+  const char *device = NULL;
   double ebs[16] = {0.01, 0.05, 0.1, 0.3};
   int n_eb = 4, threads = 1, repeat = 3, zlevel = 1, json = 0;
   lt_ac_simd simd = LT_AC_SIMD_AUTO;
@@ -195,6 +284,7 @@ int cmd_bench_codec(int argc, char **argv) {
     else if (!strcmp(a, "--zstd-level") && v) zlevel = atoi(argv[++i]);
     else if (!strcmp(a, "--codecs") && v) codecs = argv[++i];
     else if (!strcmp(a, "--json")) json = 1;
+    else if (!strcmp(a, "--device") && v) device = argv[++i];
     else if (!strcmp(a, "--clock") && v) use_cpu_clock = !strcmp(argv[++i], "cpu");
     else if (!strcmp(a, "--simd") && v) {
       const char *sv = argv[++i];
@@ -208,7 +298,8 @@ int cmd_bench_codec(int argc, char **argv) {
               "usage: lathe bench codec [--input FILE.h5] [--eb 0.01,0.05,0.1,0.3] [--threads N]\n"
               "                         [--repeat R] [--zstd-level L] [--codecs lorenzo,zfp,zstd]"
               " [--clock wall|cpu]\n"
-              "                         [--simd auto|scalar|avx2|avx512] [--json]\n");
+              "                         [--simd auto|scalar|avx2|avx512] [--device cuda[:N]]"
+              " [--json]\n");
       return 2;
     }
   }
@@ -272,10 +363,60 @@ int cmd_bench_codec(int argc, char **argv) {
       if (r.violations) rc = 1;
     }
   }
+  if (device && !rc) {
+#if LATHE_HAVE_CUDA
+    lt_backend *be = lt_backend_get(device, &err);
+    ac_cuda *g = be ? ac_cuda_new(be, &err) : NULL;
+    float **dx = calloc((size_t)s.count, sizeof *dx);
+    float *yc = malloc((size_t)maxn * sizeof *yc);
+    float *dy = g ? be->vt->alloc(be, (size_t)maxn * sizeof(float), LT_MEM_WORKSPACE, &err) : NULL;
+    for (int i = 0; dy && dx && i < s.count && !rc; i++)
+      if (!(dx[i] = be->vt->alloc(be, (size_t)s.t[i].n * 4, LT_MEM_DATA, &err)) ||
+          be->vt->to_device(be, dx[i], s.t[i].x, (size_t)s.t[i].n * 4, &err))
+        rc = 1;
+    if (!dy || !dx || !yc || rc) {
+      fprintf(stderr, "bench codec: %s: %s\n", device, err.msg);
+      rc = 1;
+    }
+    lt_ac_opts o1 = o;
+    o1.zstd_level = 0; /* the CPU twin, as the GPU writes: no zstd pass */
+    lt_ac_codec_set_opts(c, &o1);
+    if (!rc && !json) printf("GPU: %s\n", be->description);
+    for (int e = 0; e < n_eb && !rc; e++) {
+      bench_result r;
+      int64_t mism = 0;
+      rc = run_one_gpu(be, g, c, &s, dx, dy, ebs[e], repeat, y, yc, &r, &mism);
+      if (rc) break;
+      double kept = r.zeros_in ? (double)r.zeros_kept / (double)r.zeros_in : 1.0;
+      if (json)
+        printf("%s{\"codec\":\"lorenzo-gpu\",\"eb\":%g,\"ratio\":%.4f,\"compress_gbs\":%.4f,"
+               "\"decompress_gbs\":%.4f,\"max_error\":%.6g,\"zeros_kept\":%.6f,"
+               "\"violations\":%lld,\"cpu_mismatches\":%lld}",
+               first ? "" : ",", ebs[e], r.ratio, r.comp_gbs, r.decomp_gbs, r.max_err, kept,
+               (long long)r.violations, (long long)mism);
+      else
+        printf("%-11s %3g %8.2f %10.3f %10.3f %10.4g %9.1f%%%s%s\n", "lorenzo-gpu", ebs[e],
+               r.ratio, r.comp_gbs, r.decomp_gbs, r.max_err, 100 * kept,
+               r.violations ? "  BOUND VIOLATED" : "", mism ? "  DIFFERS FROM CPU" : "");
+      first = 0;
+      if (r.violations || mism) rc = 1;
+    }
+    lt_ac_codec_set_opts(c, &o);
+    for (int i = 0; dx && i < s.count; i++)
+      if (dx[i]) be->vt->free(be, dx[i], (size_t)s.t[i].n * 4, LT_MEM_DATA);
+    if (dy) be->vt->free(be, dy, (size_t)maxn * sizeof(float), LT_MEM_WORKSPACE);
+    ac_cuda_free(g);
+    free(dx);
+    free(yc);
+#else
+    fprintf(stderr, "bench codec: --device %s: this build has no CUDA backend\n", device);
+    rc = 2;
+#endif
+  }
   if (json) printf("]}\n");
   lt_ac_codec_free(c);
   free(y);
   for (int i = 0; i < s.count; i++) free(s.t[i].x);
   free(s.t);
-  return rc ? 3 : 0; /* a codec failure or a bound violation is a runtime failure */
+  return rc == 2 ? 2 : rc ? 3 : 0; /* a codec failure or a bound violation is a runtime failure */
 }

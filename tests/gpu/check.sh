@@ -2,12 +2,16 @@
 # The GPU check, for a bare NVIDIA machine (nvcc, CMake, gcc, PyTorch; no -dev packages, no
 # network): builds Lathe with the CUDA backend against the libraries fetched beforehand by
 # tests/gpu/fetch-debs.sh (unpacked here into a private prefix), runs the op conformance test of
-# the CUDA backend against the CPU one, then benchmarks ResNet-20 training and inference at batch
-# 128 against PyTorch eager on the same GPU in the same run, and prints a short table last.
+# the CUDA backend against the CPU one and the GPU activation codec's test against its CPU twin
+# (also under compute-sanitizer's memcheck when there), benchmarks the GPU codec on ResNet-20
+# activations captured here from the carried model and images (tests/gpu/.data) beside the CPU
+# codec, then ResNet-20 training and inference at batch 128 against PyTorch eager on the same GPU
+# in the same run, and prints a short table last.
 # Takes about 3-5 minutes on 16 cores; it stops itself with a message before 8.
 #
 #   here:          tests/gpu/fetch-debs.sh
-#   GPU machine:   tests/gpu/check.sh [OUT_DIR]      (device tool: carry ["tests/gpu/.debs"])
+#   GPU machine:   tests/gpu/check.sh [OUT_DIR]
+#                  (device tool: carry ["tests/gpu/.debs", "tests/gpu/.data"])
 #
 # OUT_DIR (default: $OUT when set, else /tmp/lathe-gpu-check) receives the build log, the test
 # output and both benchmarks' JSON lines. Exit status: 0 when the build and the conformance test
@@ -99,7 +103,7 @@ timeout "$(budget)" cmake -S "$root" -B "$build" "${gen[@]}" -DCMAKE_BUILD_TYPE=
   >"$out/configure.log" 2>&1 || { tail -30 "$out/configure.log"; die "cmake configure (log: $out/configure.log)"; }
 grep -q "CUDA: found" "$out/configure.log" || die "CMake did not enable CUDA: $(grep 'CUDA' "$out/configure.log")"
 say "building ($(nproc) jobs)"
-timeout "$(budget)" cmake --build "$build" -j "$(nproc)" --target gpu_test_conformance gpu_bench_resnet20 \
+timeout "$(budget)" cmake --build "$build" -j "$(nproc)" --target gpu_test_conformance gpu_test_codec gpu_bench_resnet20 actcomp_capture actcomp_bench_codec \
   >"$out/build.log" 2>&1 || { tail -40 "$out/build.log"; die "build (log: $out/build.log)"; }
 say "built"
 
@@ -116,6 +120,43 @@ case $rc in
 esac
 conf_cases=$(tail -1 "$out/conformance.log")
 
+# ---- the GPU activation codec against its CPU twin, then under memcheck --------------------------
+say "GPU codec: its CPU-twin test"
+timeout "$(budget)" "$build/bin/gpu_test_codec" >"$out/codec.log" 2>&1
+rc=$?
+cat "$out/codec.log"
+case $rc in 0) codec="pass" ;; *) codec="FAIL (exit $rc)"; status=1 ;; esac
+codec_cases=$(tail -1 "$out/codec.log")
+memcheck="not run (no compute-sanitizer)"
+if command -v compute-sanitizer >/dev/null && [ "$(budget)" -gt 200 ]; then
+  say "GPU codec test under compute-sanitizer memcheck"
+  timeout 100 compute-sanitizer --tool memcheck --error-exitcode 9 "$build/bin/gpu_test_codec" \
+    >"$out/codec_memcheck.log" 2>&1
+  rc=$?
+  tail -4 "$out/codec_memcheck.log"
+  case $rc in
+    0) memcheck="clean" ;;
+    124) memcheck="stopped at 100 s (log: codec_memcheck.log)" ;;
+    *) memcheck="FAIL (exit $rc)"; status=1 ;;
+  esac
+fi
+
+# ---- GPU codec speed and ratio on captured ResNet-20 activations, beside the CPU codec ----------
+data="$here/.data"
+if [ -f "$data/resnet20-cifar10-bn.onnx" ] && [ -f "$data/cifar10-test256.h5" ]; then
+  say "capturing ResNet-20 conv/linear inputs of 256 test images (CPU, training mode)"
+  timeout "$(budget)" "$build/bin/actcomp_capture" "$data/resnet20-cifar10-bn.onnx" \
+    "$data/cifar10-test256.h5" test /tmp/lathe-acts256.h5 256 >"$out/capture.log" 2>&1 ||
+    say "capture failed: $(tail -3 "$out/capture.log")"
+  say "codec benchmark: GPU and CPU (1 thread), eb 0.01 0.05 0.1 0.3"
+  timeout "$(budget)" "$build/bin/actcomp_bench_codec" --input /tmp/lathe-acts256.h5 \
+    --codecs lorenzo --threads 1 --repeat 5 --device cuda >"$out/bench_codec.txt" \
+    2>"$out/bench_codec.err" || { status=1; say "codec benchmark failed: $(tail -3 "$out/bench_codec.err")"; }
+  cat "$out/bench_codec.txt"
+else
+  say "no tests/gpu/.data (run tests/gpu/fetch-debs.sh beside ../shared/data): codec benchmark skipped"
+fi
+
 # ---- ResNet-20 at batch 128: Lathe (FP32, then TF32 matmuls) and PyTorch, same GPU, same run ---
 steps_train=${LATHE_BENCH_TRAIN_STEPS:-50} steps_infer=${LATHE_BENCH_INFER_STEPS:-100}
 say "benchmark: ResNet-20, batch 128, $steps_train training and $steps_infer inference steps each"
@@ -130,9 +171,9 @@ PYTHONUNBUFFERED=1 run_bench pytorch "$PY" "$here/resnet20_torch.py" 128 "$steps
 
 # ---- the table, last ----------------------------------------------------------------------------
 echo
-"$PY" - "$out" "$conf" "$conf_cases" <<'PY'
+"$PY" - "$out" "$conf" "$conf_cases" "$codec" "$codec_cases" "$memcheck" <<'PY'
 import json, os, sys
-out, conf, cases = sys.argv[1:4]
+out, conf, cases, codec, codec_cases, memcheck = sys.argv[1:7]
 rows = []
 for name, label in (("lathe_fp32", "lathe (fp32 sgemm)"), ("lathe_tf32", "lathe (tf32 sgemm)"),
                     ("pytorch", "pytorch eager")):
@@ -145,6 +186,14 @@ torch = dict(rows).get("pytorch eager")
 dev = next((r["device"] for _, r in rows if r), "?")
 print(f"GPU: {dev}")
 print(f"op conformance (CUDA vs CPU): {conf} — {cases}")
+print(f"GPU codec vs CPU codec: {codec} — {codec_cases}; memcheck: {memcheck}")
+try:
+    with open(os.path.join(out, "bench_codec.txt")) as f:
+        lines = [l.rstrip() for l in f if l.startswith(("codec ", "lorenzo"))]
+    print("codec on 256 images' ResNet-20 conv/linear inputs (CPU: 1 thread; GPU: device memory)")
+    print("\n".join(lines))
+except OSError:
+    pass
 print(f"ResNet-20, batch 128          train img/s   infer img/s   train vs torch   infer vs torch")
 for label, r in rows:
     if not r:

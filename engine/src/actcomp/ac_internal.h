@@ -73,8 +73,13 @@ const ac_kernels *ac_kernels_get(lt_ac_simd s);
 /* Canonical Huffman. */
 /* Code lengths (0 = unused) for hist, limited to AC_MAXLEN. scratch holds 3*AC_NSYM int64. */
 void ac_huff_lengths(const uint64_t *hist, uint8_t *len, int64_t *scratch);
+/* The same from n (weight, symbol) int64 pairs of the used symbols, in any order (sorted here);
+ * scratch holds n int64. */
+void ac_huff_lengths_pairs(int64_t *pairs, int64_t n, uint8_t *len, int64_t *scratch);
 /* Encoder table: enc[s] = (len << 16) | bit-reversed canonical code, for LSB-first streams. */
 void ac_huff_enc_table(const uint8_t *len, uint32_t *enc);
+/* The same for the n used symbols syms (strictly increasing): enc[i] is symbol syms[i]'s entry. */
+void ac_huff_enc_list(const uint16_t *syms, int64_t n, const uint8_t *len, uint32_t *enc);
 int64_t ac_huff_chunk_bits(const uint16_t *codes, int64_t n, const uint32_t *enc);
 /* Writes the codes of one chunk at dst, never past dst_end; returns the bit count. */
 int64_t ac_huff_encode(const uint16_t *codes, int64_t n, const uint32_t *enc, uint8_t *dst,

@@ -75,17 +75,21 @@ static int cmp_weight(const void *pa, const void *pb) {
 void ac_huff_lengths(const uint64_t *hist, uint8_t *len, int64_t *scratch) {
   int64_t *pairs = scratch; /* (n, 2): weight, symbol */
   int64_t n = 0;
-  memset(len, 0, AC_NSYM);
   for (int64_t s = 0; s < AC_NSYM; s++)
     if (hist[s]) {
       pairs[2 * n] = (int64_t)hist[s];
       pairs[2 * n + 1] = s;
       n++;
     }
+  ac_huff_lengths_pairs(pairs, n, len, scratch + 2 * n);
+}
+
+void ac_huff_lengths_pairs(int64_t *pairs, int64_t n, uint8_t *len, int64_t *scratch) {
+  memset(len, 0, AC_NSYM);
   if (n == 0) return;
   qsort(pairs, (size_t)n, 2 * sizeof(int64_t), cmp_weight);
   /* Lengths in place over the weights, compacted to the first n slots of a second array. */
-  int64_t *a = scratch + 2 * n;
+  int64_t *a = scratch;
   for (int64_t i = 0; i < n; i++) a[i] = pairs[2 * i];
   mk_lengths(a, n);
 
@@ -134,6 +138,17 @@ void ac_huff_enc_table(const uint8_t *len, uint32_t *enc) {
   for (int s = 0; s < AC_NSYM; s++) {
     int l = len[s];
     enc[s] = l ? ((uint32_t)l << 16) | bit_reverse(first[l]++, l) : 0;
+  }
+}
+
+void ac_huff_enc_list(const uint16_t *syms, int64_t n, const uint8_t *len, uint32_t *enc) {
+  uint32_t count[AC_MAXLEN + 2] = {0}, first[AC_MAXLEN + 2] = {0};
+  for (int64_t i = 0; i < n; i++) count[len[syms[i]]]++;
+  count[0] = 0;
+  canonical_first(count, first);
+  for (int64_t i = 0; i < n; i++) {
+    int l = len[syms[i]];
+    enc[i] = l ? ((uint32_t)l << 16) | bit_reverse(first[l]++, l) : 0;
   }
 }
 

@@ -70,6 +70,10 @@ static lt_status cuda_enter(lt_backend *be, lt_err *err) {
   return LT_OK;
 }
 
+extern "C" lt_status lt_cuda_backend_enter(lt_backend *be, lt_err *err) {
+  return cuda_enter(be, err);
+}
+
 /* Ops whose data-movement kernels index with LT_KMAX_DIMS-dim shapes. */
 static int fits_kmax(const lt_graph *g, const lt_node *n) {
   for (int i = 0; i < n->n_in; i++) {

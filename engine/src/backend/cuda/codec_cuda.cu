@@ -1,0 +1,966 @@
+/* The LORENZO activation codec on device memory (interface and stream differences: ac_cuda.h;
+ * the stream layout: actcomp/codec.c). Its CPU twin is codec.c with kernels.c and huffman.c, and
+ * tests/gpu/test_cuda_codec.c checks one against the other in both directions.
+ *
+ * Encoder, for n elements in H×W planes:
+ *   1. k_hist: one thread per element prequantises it and its west, north and north-west
+ *      neighbours (the CPU's arithmetic exactly: no fused multiply-add, round half to even) and
+ *      histograms the code under both predictors (2-D Lorenzo and none): a block-private window
+ *      of codes around the radius in shared memory, warp-aggregated, the rest in global memory;
+ *      outliers are counted.
+ *   2. host: the predictor with the lower cost estimate (the CPU's formula, over the whole tensor
+ *      rather than a sample), canonical length-limited Huffman lengths (ac_huff_lengths, the CPU
+ *      code itself), the encoder table.
+ *   3. k_codes: one block per chunk of AC_CUDA_CHUNK symbols writes the codes, the chunk's bit
+ *      count, and appends escapes and outliers (unordered; sorted by index afterwards).
+ *   4. chunk byte offsets by a device scan; the total sizes the stream (second wait).
+ *   5. k_encode: one warp per chunk, each lane a run of 64 symbols at its bit offset (warp scan),
+ *      OR-ing whole 32-bit words into a zeroed, aligned payload, then copied into place.
+ *   6. header and table from the host, chunk section, sorted escape and outlier records, and the
+ *      CRC-32C: per-segment CRCs (slicing-by-8 from shared tables) combined in one block with
+ *      zlib's GF(2) shift operator.
+ * Decoder: header, then table and chunk section read back and checked on the host with the CPU
+ * parser; on the device, the checksum and list order checks, one thread per chunk of Huffman
+ * decode (primary table in shared memory, canonical slow path for long codes), escapes, prefix
+ * sums over rows then columns with dequantisation, outliers. Every kernel bounds its own reads
+ * and writes, so a malformed stream cannot make one touch memory outside its buffers; the error
+ * word says what was wrong. */
+#include <cub/cub.cuh>
+#include <math.h>
+#include <stdio.h>
+
+#include "backend/cuda/cuda_common.cuh"
+
+extern "C" {
+#include "actcomp/ac_cuda.h"
+#include "actcomp/ac_internal.h"
+}
+
+#define HWIN 2048           /* shared histogram window: codes R-HWIN .. R+HWIN-1 */
+#define CRC_SEG 1024        /* bytes per CRC segment */
+#define CRC_POLY 0x82F63B78u /* CRC-32C, reflected */
+#define ENC_RUN (AC_CUDA_CHUNK / 32) /* symbols per lane in k_encode */
+
+/* Error word bits of the decoder. */
+enum { E_CRC = 1, E_LIST = 2, E_CODE = 4, E_ESC = 8 };
+
+typedef struct dqp {
+  float inv2eb, twoeb, eb;
+} dqp;
+
+/* ---- device buffers ------------------------------------------------------------------------ */
+
+typedef struct dbuf {
+  void *p;
+  size_t cap;
+} dbuf;
+
+struct ac_cuda {
+  lt_backend *be;
+  int sms;
+  dbuf hist, comp, encp, codes, cbits, coff, pay, ei, ev, oi, ov, sk, sv, tmp, crc, crctab, denc, dtab,
+      sorted, cstart, errw;
+  unsigned long long *h_comp; /* pinned: 4 counter pairs, then both compacted histograms */
+  uint8_t *h_small; /* pinned: header + table / chunk section staging */
+  size_t h_small_cap;
+  uint8_t len[AC_NSYM];
+  uint32_t enc[AC_NSYM];
+  uint16_t syms[AC_NSYM]; /* the code's symbols, increasing */
+  uint32_t enc_list[2 * AC_NSYM]; /* (symbol, entry) pairs for k_scatter_enc */
+  int64_t lscratch[3 * AC_NSYM];
+  ac_huff_dec dec;
+};
+
+static void *dgrow(ac_cuda *c, dbuf *b, size_t bytes, lt_err *err) {
+  if (b->cap >= bytes && b->p) return b->p;
+  c->be->vt->free(c->be, b->p, b->cap, LT_MEM_WORKSPACE);
+  b->p = NULL;
+  b->cap = 0;
+  size_t want = bytes < 256 ? 256 : bytes + bytes / 4;
+  void *p = c->be->vt->alloc(c->be, want, LT_MEM_WORKSPACE, err);
+  if (!p) {
+    lt_err_prefix(err, "GPU codec scratch of %zu bytes", want);
+    return NULL;
+  }
+  b->p = p;
+  b->cap = want;
+  return p;
+}
+
+static void dfree(ac_cuda *c, dbuf *b) {
+  c->be->vt->free(c->be, b->p, b->cap, LT_MEM_WORKSPACE);
+  b->p = NULL;
+  b->cap = 0;
+}
+
+static uint8_t *hsmall(ac_cuda *c, size_t bytes, lt_err *err) {
+  if (c->h_small_cap >= bytes) return c->h_small;
+  cudaFreeHost(c->h_small);
+  c->h_small = NULL;
+  c->h_small_cap = 0;
+  size_t want = bytes + bytes / 4 + 4096;
+  if (cudaMallocHost((void **)&c->h_small, want) != cudaSuccess) {
+    lt_errorf(err, LT_ERR_NOMEM, "GPU codec: cannot allocate %zu bytes of pinned host memory",
+              want);
+    return NULL;
+  }
+  c->h_small_cap = want;
+  return c->h_small;
+}
+
+extern "C" ac_cuda *ac_cuda_new(lt_backend *be, lt_err *err) {
+  if (!be || be->device < 0) {
+    lt_errorf(err, LT_ERR_INVALID, "the GPU codec needs a CUDA backend (lt_backend_get(\"cuda\"))");
+    return NULL;
+  }
+  if (lt_cuda_backend_enter(be, err)) return NULL;
+  ac_cuda *c = (ac_cuda *)calloc(1, sizeof *c);
+  if (!c) {
+    lt_errorf(err, LT_ERR_NOMEM, "out of memory for the GPU codec");
+    return NULL;
+  }
+  c->be = be;
+  cudaDeviceGetAttribute(&c->sms, cudaDevAttrMultiProcessorCount, be->device);
+  if (c->sms < 1) c->sms = 1;
+  if (cudaMallocHost((void **)&c->h_comp, (2 * AC_NSYM + 4) * sizeof(unsigned long long)) !=
+      cudaSuccess) {
+    free(c);
+    lt_errorf(err, LT_ERR_NOMEM, "GPU codec: cannot allocate pinned host memory");
+    return NULL;
+  }
+  return c;
+}
+
+extern "C" void ac_cuda_free(ac_cuda *c) {
+  if (!c) return;
+  if (lt_cuda_backend_enter(c->be, NULL) == LT_OK) cudaStreamSynchronize(lt_cuda_stream);
+  dbuf *all[] = {&c->hist, &c->comp, &c->encp, &c->codes, &c->cbits, &c->coff, &c->pay, &c->ei, &c->ev, &c->oi,
+                 &c->ov, &c->sk, &c->sv, &c->tmp, &c->crc, &c->crctab, &c->denc, &c->dtab,
+                 &c->sorted, &c->cstart, &c->errw};
+  for (size_t i = 0; i < sizeof all / sizeof *all; i++) dfree(c, all[i]);
+  cudaFreeHost(c->h_comp);
+  cudaFreeHost(c->h_small);
+  free(c);
+}
+
+extern "C" void ac_cuda_stream_free(ac_cuda *c, ac_dstream *s) {
+  if (!s || !s->data) return;
+  c->be->vt->free(c->be, s->data, s->len, s->cat);
+  s->data = NULL;
+  s->len = 0;
+}
+
+/* ---- prequantisation and prediction (the CPU's arithmetic, bit for bit) -------------------- */
+
+__device__ __forceinline__ int32_t dquant(float x, const dqp &p, int *outl) {
+  float t = __fmul_rn(x, p.inv2eb);
+  if (!(fabsf(t) < AC_QLIMIT)) {
+    *outl = 1;
+    return 0;
+  }
+  int32_t q = __float2int_rn(t); /* rintf: round half to even */
+  float xr = __fmul_rn(__int2float_rn(q), p.twoeb);
+  if (!(fabsf(__fsub_rn(x, xr)) <= p.eb)) {
+    *outl = 1;
+    return 0;
+  }
+  *outl = 0;
+  return q;
+}
+
+__device__ __forceinline__ int32_t dq(const float *x, unsigned i, const dqp &p) {
+  int o;
+  return dquant(x[i], p, &o);
+}
+
+/* The residual of element i under 2-D Lorenzo (lorenzo = 1) or no prediction, its q already
+ * known; w and hw are the plane's row length and size. */
+__device__ __forceinline__ int32_t dresid(const float *x, unsigned i, int32_t q, unsigned w,
+                                          unsigned hw, const dqp &p, int lorenzo) {
+  if (!lorenzo) return q;
+  const unsigned in_plane = i % hw, col = in_plane % w;
+  const int32_t west = col ? dq(x, i - 1, p) : 0;
+  const int32_t north = in_plane >= w ? dq(x, i - w, p) : 0;
+  const int32_t nw = col && in_plane >= w ? dq(x, i - w - 1, p) : 0;
+  /* (q - west) - (north - nw), in unsigned arithmetic: wraps exactly like the CPU's int32 */
+  return (int32_t)(((uint32_t)q - (uint32_t)west) - ((uint32_t)north - (uint32_t)nw));
+}
+
+__device__ __forceinline__ unsigned dcode(int32_t d) {
+  return d > -AC_RADIUS && d < AC_RADIUS ? (unsigned)(d + AC_RADIUS) : 0u;
+}
+
+/* Adds one per lane to bin code (valid lanes only): lanes with equal codes add once together. */
+__device__ __forceinline__ void hist_add(unsigned *sh, unsigned *g, unsigned code, bool valid) {
+  const unsigned key = valid ? code : 0xFFFFFFFFu;
+  const unsigned peers = __match_any_sync(0xFFFFFFFFu, key);
+  if (!valid || (threadIdx.x & 31) != (unsigned)(__ffs(peers) - 1)) return;
+  const int b = (int)code - (AC_RADIUS - HWIN);
+  if (b >= 0 && b < 2 * HWIN) atomicAdd(&sh[b], __popc(peers));
+  else atomicAdd(&g[code], __popc(peers));
+}
+
+__global__ void __launch_bounds__(256) k_hist(const float *x, unsigned n, unsigned w, unsigned hw,
+                                              dqp p, unsigned *ghist, unsigned *gcnt) {
+  __shared__ unsigned sh[2][2 * HWIN];
+  for (unsigned j = threadIdx.x; j < 4 * HWIN; j += blockDim.x) (&sh[0][0])[j] = 0;
+  __syncthreads();
+  unsigned outl = 0;
+  for (unsigned base = blockIdx.x * blockDim.x; base < n; base += gridDim.x * blockDim.x) {
+    const unsigned i = base + threadIdx.x;
+    const bool valid = i < n;
+    unsigned cl = 0, cn = 0;
+    if (valid) {
+      int o;
+      const int32_t q = dquant(x[i], p, &o);
+      outl += o;
+      cl = dcode(dresid(x, i, q, w, hw, p, 1));
+      cn = dcode(q);
+    }
+    hist_add(sh[0], ghist, cl, valid);
+    hist_add(sh[1], ghist + AC_NSYM, cn, valid);
+  }
+  for (int off = 16; off; off >>= 1) outl += __shfl_down_sync(0xFFFFFFFFu, outl, off);
+  if ((threadIdx.x & 31) == 0 && outl) atomicAdd(gcnt, outl);
+  __syncthreads();
+  for (unsigned j = threadIdx.x; j < 4 * HWIN; j += blockDim.x) {
+    const unsigned v = (&sh[0][0])[j];
+    if (v) atomicAdd(&ghist[(j / (2 * HWIN)) * AC_NSYM + AC_RADIUS - HWIN + j % (2 * HWIN)], v);
+  }
+}
+
+/* The non-zero bins of both histograms as (symbol << 32 | count) lists, unordered: the host
+ * builds the code from a few hundred entries instead of reading 2 × 65536 bins. */
+__global__ void k_compact(const unsigned *hist, unsigned *ncomp, unsigned long long *comp) {
+  GRID_STRIDE(b, 2 * AC_NSYM) {
+    const unsigned v = hist[b];
+    if (!v) continue;
+    const unsigned p = b / AC_NSYM, slot = atomicAdd(&ncomp[p], 1u);
+    comp[(size_t)p * AC_NSYM + slot] = (unsigned long long)(b % AC_NSYM) << 32 | v;
+  }
+}
+
+__global__ void k_scatter_enc(const uint32_t *pairs, unsigned n, uint32_t *enc) {
+  GRID_STRIDE(i, n) enc[pairs[2 * i]] = pairs[2 * i + 1];
+}
+
+/* One block of 256 threads per chunk: codes, the chunk's bit count, escapes and outliers. */
+__global__ void __launch_bounds__(256) k_codes(const float *x, unsigned n, unsigned w,
+                                               unsigned hw, dqp p, int lorenzo,
+                                               const uint32_t *enc, uint16_t *codes,
+                                               uint32_t *cbits, unsigned *gcnt, unsigned *ei,
+                                               unsigned *ev, unsigned cap_e, unsigned *oi,
+                                               unsigned *ov, unsigned cap_o) {
+  typedef cub::BlockReduce<unsigned, 256> Reduce;
+  __shared__ typename Reduce::TempStorage tmp;
+  const unsigned c0 = blockIdx.x * AC_CUDA_CHUNK;
+  unsigned bits = 0;
+  for (unsigned k = threadIdx.x; k < AC_CUDA_CHUNK; k += 256) {
+    const unsigned i = c0 + k;
+    if (i >= n) break;
+    int o;
+    const float xv = x[i];
+    const int32_t q = dquant(xv, p, &o);
+    if (o) {
+      const unsigned s = atomicAdd(&gcnt[2], 1u);
+      if (s < cap_o) {
+        oi[s] = i;
+        ov[s] = __float_as_uint(xv);
+      }
+    }
+    const int32_t d = dresid(x, i, q, w, hw, p, lorenzo);
+    const unsigned code = dcode(d);
+    if (!code) {
+      const unsigned s = atomicAdd(&gcnt[1], 1u);
+      if (s < cap_e) {
+        ei[s] = i;
+        ev[s] = (uint32_t)d;
+      }
+    }
+    codes[i] = (uint16_t)code;
+    bits += enc[code] >> 16;
+  }
+  const unsigned total = Reduce(tmp).Sum(bits);
+  if (threadIdx.x == 0) cbits[blockIdx.x] = total;
+}
+
+__global__ void k_chunk_bytes(const uint32_t *cbits, unsigned nchunks,
+                              unsigned long long *coff) {
+  GRID_STRIDE(i, nchunks + 1) coff[i] = i < nchunks ? (cbits[i] + 7u) / 8u : 0ull;
+}
+
+/* One warp per chunk; lane l codes symbols [l·ENC_RUN, (l+1)·ENC_RUN) of it. */
+__global__ void __launch_bounds__(128) k_encode(const uint16_t *codes, unsigned n,
+                                                unsigned nchunks, const uint32_t *enc,
+                                                const unsigned long long *coff, uint32_t *pay) {
+  const unsigned chunk = blockIdx.x * 4 + threadIdx.x / 32, lane = threadIdx.x & 31;
+  if (chunk >= nchunks) return; /* whole warps leave together */
+  const unsigned s0 = chunk * AC_CUDA_CHUNK + lane * ENC_RUN;
+  const unsigned s1 = min(s0 + ENC_RUN, n);
+  unsigned bits = 0;
+  for (unsigned i = s0; i < s1; i++) bits += enc[codes[i]] >> 16;
+  unsigned incl = bits;
+  for (int off = 1; off < 32; off <<= 1) {
+    const unsigned v = __shfl_up_sync(0xFFFFFFFFu, incl, off);
+    if (lane >= (unsigned)off) incl += v;
+  }
+  unsigned long long pos = coff[chunk] * 8ull + (incl - bits);
+  unsigned long long wi = pos >> 5;
+  unsigned long long acc = 0;
+  unsigned nb = (unsigned)(pos & 31);
+  for (unsigned i = s0; i < s1; i++) {
+    const uint32_t e = enc[codes[i]];
+    acc |= (unsigned long long)(e & 0xFFFFu) << nb;
+    nb += e >> 16;
+    if (nb >= 32) {
+      atomicOr(&pay[wi++], (uint32_t)acc);
+      acc >>= 32;
+      nb -= 32;
+    }
+  }
+  if (nb) atomicOr(&pay[wi], (uint32_t)acc); /* zero when the lane had no symbols */
+}
+
+__device__ __forceinline__ void put_le(uint8_t *d, unsigned long long v, int bytes) {
+  for (int b = 0; b < bytes; b++) d[b] = (uint8_t)(v >> (8 * b));
+}
+
+__global__ void k_put_u32(uint8_t *dst, const uint32_t *v, unsigned count) {
+  GRID_STRIDE(i, count) put_le(dst + 4ull * i, v[i], 4);
+}
+
+/* count × (u64 index, u32 value) records. */
+__global__ void k_put_records(uint8_t *dst, const unsigned *idx, const unsigned *val,
+                              unsigned count) {
+  GRID_STRIDE(i, count) {
+    put_le(dst + 12ull * i, idx[i], 8);
+    put_le(dst + 12ull * i + 8, val[i], 4);
+  }
+}
+
+/* ---- CRC-32C on the device ------------------------------------------------------------------ */
+
+/* Slicing-by-8 tables and zlib's x2n_table (x^(2^k) mod P), built on the host and copied once
+ * into the codec's device buffer crctab: 8 × 256 words, then 32. */
+typedef struct crc_tabs {
+  uint32_t t[8][256];
+  uint32_t x2n[32];
+} crc_tabs;
+
+static uint32_t h_multmodp(uint32_t a, uint32_t b) {
+  uint32_t m = 1u << 31, p = 0;
+  for (;;) {
+    if (a & m) {
+      p ^= b;
+      if ((a & (m - 1)) == 0) break;
+    }
+    m >>= 1;
+    b = b & 1 ? (b >> 1) ^ CRC_POLY : b >> 1;
+  }
+  return p;
+}
+
+static const crc_tabs *crc_init(ac_cuda *c, lt_err *err) {
+  if (c->crctab.p) return (const crc_tabs *)c->crctab.p;
+  crc_tabs *h = (crc_tabs *)malloc(sizeof *h);
+  if (!h) {
+    lt_errorf(err, LT_ERR_NOMEM, "out of memory for CRC tables");
+    return NULL;
+  }
+  for (uint32_t i = 0; i < 256; i++) {
+    uint32_t v = i;
+    for (int k = 0; k < 8; k++) v = v & 1 ? (v >> 1) ^ CRC_POLY : v >> 1;
+    h->t[0][i] = v;
+  }
+  for (int t = 1; t < 8; t++)
+    for (int i = 0; i < 256; i++) h->t[t][i] = (h->t[t - 1][i] >> 8) ^ h->t[0][h->t[t - 1][i] & 0xFF];
+  uint32_t p = 1u << 30; /* x^1 */
+  h->x2n[0] = p;
+  for (int k = 1; k < 32; k++) h->x2n[k] = p = h_multmodp(p, p);
+  void *d = dgrow(c, &c->crctab, sizeof *h, err);
+  cudaError_t e = d ? cudaMemcpy(d, h, sizeof *h, cudaMemcpyHostToDevice) : cudaSuccess;
+  free(h);
+  if (!d) return NULL;
+  if (e != cudaSuccess) {
+    lt_errorf(err, LT_ERR_INTERNAL, "CUDA: %s copying CRC tables", cudaGetErrorName(e));
+    return NULL;
+  }
+  return (const crc_tabs *)d;
+}
+
+__device__ uint32_t d_multmodp(uint32_t a, uint32_t b) {
+  uint32_t m = 1u << 31, p = 0;
+  for (;;) {
+    if (a & m) {
+      p ^= b;
+      if ((a & (m - 1)) == 0) break;
+    }
+    m >>= 1;
+    b = b & 1 ? (b >> 1) ^ CRC_POLY : b >> 1;
+  }
+  return p;
+}
+
+/* x^(8·len) mod P: the operator that moves a CRC over len more bytes (zlib's x2nmodp(len, 3)). */
+__device__ uint32_t d_shift_op(const uint32_t *x2n, unsigned long long len) {
+  uint32_t p = 1u << 31;
+  unsigned k = 3;
+  while (len) {
+    if (len & 1) p = d_multmodp(x2n[k & 31], p);
+    len >>= 1;
+    k++;
+  }
+  return p;
+}
+
+/* Byte j of the checksummed data: the stream with its four CRC bytes left out (skip = 1), or
+ * the buffer as it is. */
+__device__ __forceinline__ uint8_t crc_byte(const uint8_t *s, unsigned long long j, int skip) {
+  return s[skip && j >= AC_CRC_OFFSET ? j + 4 : j];
+}
+
+/* One thread per CRC_SEG-byte segment: its standard CRC-32C (initial and final inversion). */
+__global__ void __launch_bounds__(128) k_crc_seg(const uint8_t *s, unsigned long long n,
+                                                 int skip, const crc_tabs *tabs, uint32_t *seg,
+                                                 unsigned nseg) {
+  __shared__ uint32_t t[8][256];
+  for (unsigned j = threadIdx.x; j < 8 * 256; j += blockDim.x) (&t[0][0])[j] = (&tabs->t[0][0])[j];
+  __syncthreads();
+  const unsigned g = blockIdx.x * blockDim.x + threadIdx.x;
+  if (g >= nseg) return;
+  const unsigned long long a = (unsigned long long)g * CRC_SEG;
+  const unsigned long long b = min(a + CRC_SEG, n);
+  uint32_t crc = 0xFFFFFFFFu;
+  unsigned long long j = a;
+  for (; j + 8 <= b; j += 8) {
+    uint32_t lo = crc ^ ((uint32_t)crc_byte(s, j, skip) | (uint32_t)crc_byte(s, j + 1, skip) << 8 |
+                         (uint32_t)crc_byte(s, j + 2, skip) << 16 |
+                         (uint32_t)crc_byte(s, j + 3, skip) << 24);
+    uint32_t hi = (uint32_t)crc_byte(s, j + 4, skip) | (uint32_t)crc_byte(s, j + 5, skip) << 8 |
+                  (uint32_t)crc_byte(s, j + 6, skip) << 16 |
+                  (uint32_t)crc_byte(s, j + 7, skip) << 24;
+    crc = t[7][lo & 0xFF] ^ t[6][(lo >> 8) & 0xFF] ^ t[5][(lo >> 16) & 0xFF] ^ t[4][lo >> 24] ^
+          t[3][hi & 0xFF] ^ t[2][(hi >> 8) & 0xFF] ^ t[1][(hi >> 16) & 0xFF] ^ t[0][hi >> 24];
+  }
+  for (; j < b; j++) crc = (crc >> 8) ^ t[0][(crc ^ crc_byte(s, j, skip)) & 0xFF];
+  seg[g] = ~crc;
+}
+
+/* One block combines nseg segment CRCs into the CRC of all n bytes: each thread folds a run of
+ * segments in order, then a tree folds the runs; crc(A‖B) = shift(crc(A), |B|) ⊕ crc(B). The
+ * result goes to *out, and with cmp, a mismatch against the little-endian u32 at cmp sets
+ * E_CRC in *errw. */
+__global__ void __launch_bounds__(1024) k_crc_combine(const crc_tabs *tabs, const uint32_t *seg,
+                                                      unsigned nseg, unsigned long long n,
+                                                      uint32_t *out, const uint8_t *cmp,
+                                                      unsigned *errw) {
+  __shared__ uint32_t crc[1024], x2n[32];
+  __shared__ unsigned long long len[1024];
+  const unsigned t = threadIdx.x, T = blockDim.x;
+  if (t < 32) x2n[t] = tabs->x2n[t];
+  __syncthreads();
+  const unsigned r0 = (unsigned)((unsigned long long)nseg * t / T),
+                 r1 = (unsigned)((unsigned long long)nseg * (t + 1) / T);
+  uint32_t c = 0;
+  unsigned long long l = 0;
+  const uint32_t full = d_shift_op(x2n, CRC_SEG);
+  for (unsigned g = r0; g < r1; g++) {
+    const unsigned long long a = (unsigned long long)g * CRC_SEG, b = min(a + CRC_SEG, n);
+    c = (l ? d_multmodp(b - a == CRC_SEG ? full : d_shift_op(x2n, b - a), c) : 0) ^ seg[g];
+    l += b - a;
+  }
+  crc[t] = c;
+  len[t] = l;
+  __syncthreads();
+  for (unsigned step = 1; step < T; step <<= 1) {
+    if (t % (2 * step) == 0 && t + step < T) {
+      const unsigned long long lr = len[t + step];
+      if (lr) {
+        crc[t] = len[t] ? d_multmodp(d_shift_op(x2n, lr), crc[t]) ^ crc[t + step] : crc[t + step];
+        len[t] += lr;
+      }
+    }
+    __syncthreads();
+  }
+  if (t == 0) {
+    const uint32_t v = n ? crc[0] : 0u;
+    if (out) *out = v;
+    if (cmp) {
+      const uint32_t want = (uint32_t)cmp[0] | (uint32_t)cmp[1] << 8 | (uint32_t)cmp[2] << 16 |
+                            (uint32_t)cmp[3] << 24;
+      if (want != v) atomicOr(errw, (unsigned)E_CRC);
+    }
+  }
+}
+
+/* Queues the CRC of n bytes at s (skip: the stream's own CRC field left out) into *dcrc (device)
+ * and, with cmp, the comparison with the stored value. */
+static lt_status crc_queue(ac_cuda *c, const uint8_t *s, unsigned long long n, int skip,
+                           uint32_t *dcrc, const uint8_t *cmp, unsigned *errw, lt_err *err) {
+  const crc_tabs *tabs = crc_init(c, err);
+  if (!tabs) return err ? err->status : LT_ERR_NOMEM;
+  const unsigned long long m = skip ? n - 4 : n;
+  const unsigned nseg = (unsigned)((m + CRC_SEG - 1) / CRC_SEG);
+  uint32_t *seg = (uint32_t *)dgrow(c, &c->crc, (size_t)(nseg + 1) * 4, err);
+  if (!seg) return err ? err->status : LT_ERR_NOMEM;
+  if (nseg)
+    k_crc_seg<<<(nseg + 127) / 128, 128, 0, lt_cuda_stream>>>(s, m, skip, tabs, seg, nseg);
+  k_crc_combine<<<1, 1024, 0, lt_cuda_stream>>>(tabs, seg, nseg, m, dcrc, cmp, errw);
+  CHECK_CUDA_ST(cudaGetLastError(), err);
+  return LT_OK;
+}
+
+extern "C" lt_status ac_cuda_crc32c(ac_cuda *c, const uint8_t *d, size_t n, uint32_t *crc,
+                                    lt_err *err) {
+  lt_status st = lt_cuda_backend_enter(c->be, err);
+  if (st) return st;
+  uint32_t *dv = (uint32_t *)dgrow(c, &c->errw, 16, err);
+  if (!dv) return err ? err->status : LT_ERR_NOMEM;
+  if ((st = crc_queue(c, d, n, 0, dv, NULL, NULL, err))) return st;
+  CHECK_CUDA_ST(cudaMemcpyAsync(crc, dv, 4, cudaMemcpyDeviceToHost, lt_cuda_stream), err);
+  CHECK_CUDA_ST(cudaStreamSynchronize(lt_cuda_stream), err);
+  return LT_OK;
+}
+
+/* ---- encoder -------------------------------------------------------------------------------- */
+
+static lt_status check_dims(int ndim, const int64_t *shape, int64_t *n, int64_t *h, int64_t *w,
+                            lt_err *err) {
+  lt_status st = ac_check_shape(ndim, shape, n, err);
+  if (st) return st;
+  if (*n >= (int64_t)LT_CUDA_MAX_COUNT)
+    return lt_errorf(err, LT_ERR_INVALID, "the GPU codec takes fewer than 2^31 elements (got "
+                     "%lld); split the tensor", (long long)*n);
+  *w = shape[ndim - 1];
+  *h = ndim >= 2 ? shape[ndim - 2] : 1;
+  return LT_OK;
+}
+
+/* The CPU's predictor cost estimate (codec.c): order-0 entropy of the codes, plus 96 bits an
+ * escape and 24 a table entry; from a compacted histogram. */
+static double pred_cost(const unsigned long long *comp, unsigned m, double total) {
+  double cost = 0;
+  for (unsigned i = 0; i < m; i++) {
+    const double v = (double)(comp[i] & 0xFFFFFFFFu);
+    cost += v * log2(total / v) + 24 + ((comp[i] >> 32) == 0 ? 96.0 * v : 0);
+  }
+  return cost;
+}
+
+static int cmp_u16(const void *a, const void *b) {
+  return (int)*(const uint16_t *)a - (int)*(const uint16_t *)b;
+}
+
+/* Counter words after the two histograms: outliers (k_hist), escapes and outliers (k_codes), and
+ * the two compacted lists' lengths. */
+enum { CNT_OUTL = 0, CNT_ESC = 1, CNT_OUTL2 = 2, CNT_COMP = 4, CNT_WORDS = 8 };
+#define COMP_FIRST 4096 /* list entries read back with the counters; longer lists take a 2nd copy */
+
+extern "C" lt_status ac_cuda_encode(ac_cuda *c, const float *dx, int ndim, const int64_t *shape,
+                                    double eb, lt_mem_cat cat, ac_dstream *out, lt_err *err) {
+  if (!c || !dx || !shape || !out)
+    return lt_errorf(err, LT_ERR_INVALID, "ac_cuda_encode: codec, data, shape and out are required");
+  ac_cuda_stream_free(c, out);
+  int64_t n64 = 0, h = 1, w = 1;
+  lt_status st = check_dims(ndim, shape, &n64, &h, &w, err);
+  if (st) return st;
+  ac_qp qp;
+  if (ac_qp_init(eb, &qp))
+    return lt_errorf(err, LT_ERR_INVALID,
+                     "error bound %g is not usable: give a finite eb between 1e-30 and 1e30", eb);
+  if ((st = lt_cuda_backend_enter(c->be, err))) return st;
+  cudaStream_t s = lt_cuda_stream;
+  const unsigned n = (unsigned)n64, uw = (unsigned)w, uhw = (unsigned)(h * w);
+  const unsigned nchunks = (n + AC_CUDA_CHUNK - 1) / AC_CUDA_CHUNK;
+  const dqp p = {qp.inv2eb, qp.twoeb, qp.eb};
+
+  /* 1. both histograms, compacted, and the outlier count */
+  unsigned *hist = (unsigned *)dgrow(c, &c->hist, (2 * AC_NSYM + CNT_WORDS) * sizeof(unsigned), err);
+  unsigned long long *comp =
+      (unsigned long long *)dgrow(c, &c->comp, 2 * AC_NSYM * sizeof(unsigned long long), err);
+  if (!hist || !comp) return err ? err->status : LT_ERR_NOMEM;
+  unsigned *cnt = hist + 2 * AC_NSYM;
+  CHECK_CUDA_ST(cudaMemsetAsync(hist, 0, (2 * AC_NSYM + CNT_WORDS) * sizeof(unsigned), s), err);
+  const unsigned blocks = min((n + 255) / 256, (unsigned)c->sms * 4);
+  k_hist<<<blocks, 256, 0, s>>>(dx, n, uw, uhw, p, hist, cnt + CNT_OUTL);
+  k_compact<<<lt_cuda_blocks(2 * AC_NSYM, 256), 256, 0, s>>>(hist, cnt + CNT_COMP, comp);
+  CHECK_CUDA_ST(cudaGetLastError(), err);
+  unsigned long long *hc = c->h_comp; /* [0..4) counters, then list 0 at 4, list 1 at 4+NSYM */
+  CHECK_CUDA_ST(cudaMemcpyAsync(hc, cnt, CNT_WORDS * sizeof(unsigned), cudaMemcpyDeviceToHost, s),
+                err);
+  for (int k = 0; k < 2; k++)
+    CHECK_CUDA_ST(cudaMemcpyAsync(hc + 4 + (size_t)k * AC_NSYM, comp + (size_t)k * AC_NSYM,
+                                  COMP_FIRST * sizeof *comp, cudaMemcpyDeviceToHost, s), err);
+  CHECK_CUDA_ST(cudaStreamSynchronize(s), err);
+  unsigned cw[CNT_WORDS];
+  memcpy(cw, hc, sizeof cw);
+  const unsigned m[2] = {cw[CNT_COMP], cw[CNT_COMP + 1]};
+  if (m[0] > COMP_FIRST || m[1] > COMP_FIRST) {
+    for (int k = 0; k < 2; k++)
+      if (m[k] > COMP_FIRST)
+        CHECK_CUDA_ST(cudaMemcpyAsync(hc + 4 + (size_t)k * AC_NSYM + COMP_FIRST,
+                                      comp + (size_t)k * AC_NSYM + COMP_FIRST,
+                                      (m[k] - COMP_FIRST) * sizeof *comp, cudaMemcpyDeviceToHost,
+                                      s), err);
+    CHECK_CUDA_ST(cudaStreamSynchronize(s), err);
+  }
+
+  /* 2. predictor and code, from the used symbols only */
+  const unsigned long long *cl = hc + 4, *cn = hc + 4 + AC_NSYM;
+  const int lorenzo = !(pred_cost(cn, m[1], (double)n) < pred_cost(cl, m[0], (double)n));
+  const unsigned long long *cc = lorenzo ? cl : cn;
+  const int64_t nsym = lorenzo ? m[0] : m[1];
+  unsigned nesc = 0;
+  const unsigned nout = cw[CNT_OUTL];
+  int64_t *pairs = c->lscratch; /* (weight, symbol), then the length scratch */
+  for (int64_t i = 0; i < nsym; i++) {
+    const unsigned sym = (unsigned)(cc[i] >> 32), v = (unsigned)(cc[i] & 0xFFFFFFFFu);
+    pairs[2 * i] = v;
+    pairs[2 * i + 1] = sym;
+    c->syms[i] = (uint16_t)sym;
+    if (sym == 0) nesc = v;
+  }
+  ac_huff_lengths_pairs(pairs, nsym, c->len, c->lscratch + 2 * nsym);
+  qsort(c->syms, (size_t)nsym, sizeof *c->syms, cmp_u16);
+  ac_huff_enc_list(c->syms, nsym, c->len, c->enc);
+  for (int64_t i = 0; i < nsym; i++) {
+    c->enc_list[2 * i] = c->syms[i];
+    c->enc_list[2 * i + 1] = c->enc[i];
+  }
+
+  /* 3. codes, chunk bit counts, escapes and outliers */
+  uint32_t *denc = (uint32_t *)dgrow(c, &c->denc, AC_NSYM * sizeof(uint32_t), err);
+  uint16_t *codes = (uint16_t *)dgrow(c, &c->codes, (size_t)n * 2, err);
+  uint32_t *cbits = (uint32_t *)dgrow(c, &c->cbits, (size_t)nchunks * 4, err);
+  unsigned long long *coff =
+      (unsigned long long *)dgrow(c, &c->coff, (size_t)(nchunks + 1) * 8, err);
+  unsigned *ei = (unsigned *)dgrow(c, &c->ei, (size_t)nesc * 4 + 4, err);
+  unsigned *ev = (unsigned *)dgrow(c, &c->ev, (size_t)nesc * 4 + 4, err);
+  unsigned *oi = (unsigned *)dgrow(c, &c->oi, (size_t)nout * 4 + 4, err);
+  unsigned *ov = (unsigned *)dgrow(c, &c->ov, (size_t)nout * 4 + 4, err);
+  if (!denc || !codes || !cbits || !coff || !ei || !ev || !oi || !ov)
+    return err ? err->status : LT_ERR_NOMEM;
+  uint32_t *pin = (uint32_t *)(void *)hc; /* the lists are read: the pinned buffer is free */
+  memcpy(pin, c->enc_list, (size_t)nsym * 8);
+  uint32_t *encp = (uint32_t *)dgrow(c, &c->encp, (size_t)nsym * 8, err);
+  if (!encp) return err ? err->status : LT_ERR_NOMEM;
+  CHECK_CUDA_ST(cudaMemcpyAsync(encp, pin, (size_t)nsym * 8, cudaMemcpyHostToDevice, s), err);
+  k_scatter_enc<<<lt_cuda_blocks((size_t)nsym, 256), 256, 0, s>>>(encp, (unsigned)nsym, denc);
+  k_codes<<<nchunks, 256, 0, s>>>(dx, n, uw, uhw, p, lorenzo, denc, codes, cbits, cnt, ei, ev,
+                                  nesc, oi, ov, nout);
+  CHECK_CUDA_ST(cudaGetLastError(), err);
+
+  /* 4. chunk byte offsets; coff[nchunks] is the payload size */
+  k_chunk_bytes<<<lt_cuda_blocks(nchunks + 1, 256), 256, 0, s>>>(cbits, nchunks, coff);
+  size_t scan_tmp = 0, sort_tmp = 0;
+  cub::DeviceScan::ExclusiveSum(NULL, scan_tmp, coff, coff, (int)nchunks + 1, s);
+  const unsigned nlist = nesc > nout ? nesc : nout;
+  if (nlist)
+    cub::DeviceRadixSort::SortPairs(NULL, sort_tmp, ei, ei, ev, ev, (int)nlist, 0, 32, s);
+  void *tmp = dgrow(c, &c->tmp, scan_tmp > sort_tmp ? scan_tmp : sort_tmp, err);
+  unsigned *sk = (unsigned *)dgrow(c, &c->sk, (size_t)nlist * 4 + 4, err);
+  unsigned *sv = (unsigned *)dgrow(c, &c->sv, (size_t)nlist * 4 + 4, err);
+  if (!tmp || !sk || !sv) return err ? err->status : LT_ERR_NOMEM;
+  CHECK_CUDA_ST(cub::DeviceScan::ExclusiveSum(tmp, scan_tmp, coff, coff, (int)nchunks + 1, s),
+                err);
+  unsigned long long raw = 0;
+  unsigned got[3];
+  CHECK_CUDA_ST(cudaMemcpyAsync(hc, coff + nchunks, 8, cudaMemcpyDeviceToHost, s), err);
+  CHECK_CUDA_ST(cudaMemcpyAsync(hc + 1, cnt, 12, cudaMemcpyDeviceToHost, s), err);
+  CHECK_CUDA_ST(cudaStreamSynchronize(s), err);
+  memcpy(&raw, hc, 8);
+  memcpy(got, hc + 1, 12);
+  if (got[1] != nesc || got[2] != nout || got[0] != nout)
+    return lt_errorf(err, LT_ERR_INTERNAL,
+                     "GPU codec: the passes disagree (escapes %u then %u, outliers %u then %u)",
+                     nesc, got[1], nout, got[2]);
+
+  /* 5. the stream: header and table from the host, then the device sections */
+  const size_t off_chunks = AC_HEADER_BYTES + (size_t)nsym * 3;
+  const size_t off_pay = off_chunks + (size_t)nchunks * 4;
+  const size_t off_esc = off_pay + raw, off_outl = off_esc + (size_t)nesc * 12;
+  const size_t total = off_outl + (size_t)nout * 12;
+  uint32_t *pay = (uint32_t *)dgrow(c, &c->pay, (size_t)raw + 8, err);
+  uint8_t *hb = hsmall(c, off_chunks, err);
+  if (!pay || !hb) return err ? err->status : LT_ERR_NOMEM;
+  uint8_t *o = (uint8_t *)c->be->vt->alloc(c->be, total, cat, err);
+  if (!o) return lt_err_prefix(err, "GPU codec output of %zu bytes", total);
+  out->data = o;
+  out->len = total;
+  out->cat = cat;
+  out->predictor = lorenzo ? AC_PREDICTOR_LORENZO2D : AC_PREDICTOR_NONE;
+
+  ac_header_put(hb, out->predictor, 0, ndim, shape, eb, AC_CUDA_CHUNK, nsym, nesc, nout, raw,
+                raw);
+  uint8_t *tp = hb + AC_HEADER_BYTES;
+  for (int64_t i = 0; i < nsym; i++, tp += 3) {
+    tp[0] = (uint8_t)c->syms[i];
+    tp[1] = (uint8_t)(c->syms[i] >> 8);
+    tp[2] = c->len[c->syms[i]];
+  }
+  CHECK_CUDA_ST(cudaMemcpyAsync(o, hb, off_chunks, cudaMemcpyHostToDevice, s), err);
+  k_put_u32<<<lt_cuda_blocks(nchunks, 256), 256, 0, s>>>(o + off_chunks, cbits, nchunks);
+  CHECK_CUDA_ST(cudaMemsetAsync(pay, 0, (size_t)raw + 8, s), err);
+  k_encode<<<(nchunks + 3) / 4, 128, 0, s>>>(codes, n, nchunks, denc, coff, pay);
+  CHECK_CUDA_ST(cudaGetLastError(), err);
+  if (raw)
+    CHECK_CUDA_ST(cudaMemcpyAsync(o + off_pay, pay, raw, cudaMemcpyDeviceToDevice, s), err);
+  const unsigned counts[2] = {nesc, nout};
+  unsigned *li[2] = {ei, oi}, *lv[2] = {ev, ov};
+  const size_t offs[2] = {off_esc, off_outl};
+  for (int k = 0; k < 2; k++) {
+    if (!counts[k]) continue;
+    size_t t = sort_tmp;
+    CHECK_CUDA_ST(cub::DeviceRadixSort::SortPairs(tmp, t, li[k], sk, lv[k], sv, (int)counts[k],
+                                                  0, 32, s), err);
+    k_put_records<<<lt_cuda_blocks(counts[k], 256), 256, 0, s>>>(o + offs[k], sk, sv, counts[k]);
+  }
+  CHECK_CUDA_ST(cudaGetLastError(), err);
+
+  /* 6. the checksum, straight into its field */
+  if ((st = crc_queue(c, o, total, 1, (uint32_t *)(void *)(o + AC_CRC_OFFSET), NULL, NULL, err)))
+    return st;
+  return LT_OK;
+}
+
+/* ---- decoder -------------------------------------------------------------------------------- */
+
+typedef struct dtab {
+  uint32_t table[1 << AC_TABLE_BITS];
+  uint32_t first[AC_MAXLEN + 2], count[AC_MAXLEN + 2], offset[AC_MAXLEN + 2];
+} dtab;
+
+/* Entries strictly increasing and below n, for count 12-byte records. */
+__global__ void k_check_list(const uint8_t *rec, unsigned long long count, unsigned long long n,
+                             unsigned *errw) {
+  for (unsigned long long j = blockIdx.x * (unsigned long long)blockDim.x + threadIdx.x;
+       j < count; j += (unsigned long long)gridDim.x * blockDim.x) {
+    unsigned long long v = 0, u = 0;
+    for (int b = 7; b >= 0; b--) v = v << 8 | rec[12 * j + b];
+    if (j)
+      for (int b = 7; b >= 0; b--) u = u << 8 | rec[12 * (j - 1) + b];
+    if (v >= n || (j && v <= u)) atomicOr(errw, (unsigned)E_LIST);
+  }
+}
+
+/* One thread per chunk: residuals d = sym − R as int32 into out. */
+__global__ void __launch_bounds__(128) k_decode(const uint8_t *pay, unsigned long long size,
+                                                const dtab *gt, const uint16_t *sorted,
+                                                unsigned nsorted,
+                                                const unsigned long long *cstart,
+                                                const uint8_t *chunk_sec, unsigned nchunks,
+                                                unsigned chunk, unsigned n, int32_t *out,
+                                                unsigned *errw) {
+  __shared__ dtab t;
+  for (unsigned j = threadIdx.x; j < sizeof(dtab) / 4; j += blockDim.x)
+    ((uint32_t *)&t)[j] = ((const uint32_t *)gt)[j];
+  __syncthreads();
+  const unsigned ci = blockIdx.x * blockDim.x + threadIdx.x;
+  if (ci >= nchunks) return;
+  const unsigned nbits = (uint32_t)chunk_sec[4 * ci] | (uint32_t)chunk_sec[4 * ci + 1] << 8 |
+                         (uint32_t)chunk_sec[4 * ci + 2] << 16 |
+                         (uint32_t)chunk_sec[4 * ci + 3] << 24;
+  const unsigned s0 = ci * chunk, m = min(chunk, n - s0);
+  unsigned long long bytepos = cstart[ci];
+  unsigned long long buf = 0;
+  unsigned nbuf = 0, used = 0;
+  bool bad = false;
+  for (unsigned k = 0; k < m; k++) {
+    while (nbuf <= 56) {
+      const unsigned long long v = bytepos < size ? pay[bytepos] : 0;
+      buf |= v << nbuf;
+      bytepos++;
+      nbuf += 8;
+    }
+    uint32_t e = t.table[buf & ((1u << AC_TABLE_BITS) - 1)];
+    if (e < (1u << 16)) { /* long code or no code: canonical decode bit by bit */
+      e = 0;
+      uint32_t code = 0;
+      for (int l = 1; l <= AC_MAXLEN; l++) {
+        code = (code << 1) | (uint32_t)((buf >> (l - 1)) & 1);
+        const uint32_t q = code - t.first[l];
+        if (q < t.count[l]) {
+          const uint32_t at = t.offset[l] + q;
+          e = at < nsorted ? ((uint32_t)l << 16) | sorted[at] : 0;
+          break;
+        }
+      }
+    }
+    const unsigned l = e >> 16;
+    if (!l) {
+      bad = true;
+      break;
+    }
+    out[s0 + k] = (int32_t)(e & 0xFFFFu) - AC_RADIUS;
+    buf >>= l;
+    nbuf -= l;
+    used += l;
+    if (used > nbits) {
+      bad = true;
+      break;
+    }
+  }
+  if (bad || used != nbits) atomicOr(errw, (unsigned)E_CODE);
+}
+
+__device__ __forceinline__ unsigned long long rec_idx(const uint8_t *r) {
+  unsigned long long v = 0;
+  for (int b = 7; b >= 0; b--) v = v << 8 | r[b];
+  return v;
+}
+__device__ __forceinline__ uint32_t rec_val(const uint8_t *r) {
+  return (uint32_t)r[8] | (uint32_t)r[9] << 8 | (uint32_t)r[10] << 16 | (uint32_t)r[11] << 24;
+}
+
+__global__ void k_escapes(const uint8_t *rec, unsigned count, unsigned n, int32_t *out,
+                          unsigned *errw) {
+  GRID_STRIDE(j, count) {
+    const unsigned long long idx = rec_idx(rec + 12ull * j);
+    if (idx >= n) continue; /* reported by k_check_list */
+    if (out[idx] != -AC_RADIUS) atomicOr(errw, (unsigned)E_ESC);
+    else out[idx] = (int32_t)rec_val(rec + 12ull * j);
+  }
+}
+
+/* Prefix sums along each row (thread per row), in unsigned arithmetic like the CPU's wrap. */
+__global__ void k_rows(int32_t *d, unsigned rows, unsigned w) {
+  GRID_STRIDE(r, rows) {
+    uint32_t *row = (uint32_t *)d + (size_t)r * w, s = 0;
+    for (unsigned j = 0; j < w; j++) row[j] = s += row[j];
+  }
+}
+
+/* Prefix sums down each column of each plane (thread per column), then x' = (float)q · 2eb. */
+__global__ void k_cols(int32_t *d, unsigned cols, unsigned h, unsigned w, float twoeb) {
+  GRID_STRIDE(cidx, cols) {
+    const unsigned plane = cidx / w, col = cidx % w;
+    uint32_t *b = (uint32_t *)d + (size_t)plane * h * w + col, s = 0;
+    for (unsigned r = 0; r < h; r++) {
+      s += b[(size_t)r * w];
+      ((float *)b)[(size_t)r * w] = __fmul_rn(__int2float_rn((int32_t)s), twoeb);
+    }
+  }
+}
+
+__global__ void k_dequant(int32_t *d, unsigned n, float twoeb) {
+  GRID_STRIDE(i, n) ((float *)d)[i] = __fmul_rn(__int2float_rn(d[i]), twoeb);
+}
+
+__global__ void k_outliers(const uint8_t *rec, unsigned count, unsigned n, float *x) {
+  GRID_STRIDE(j, count) {
+    const unsigned long long idx = rec_idx(rec + 12ull * j);
+    if (idx < n) x[idx] = __uint_as_float(rec_val(rec + 12ull * j));
+  }
+}
+
+#define BAD(...) lt_errorf(err, LT_ERR_FORMAT, "activation stream: " __VA_ARGS__)
+
+extern "C" lt_status ac_cuda_decode(ac_cuda *c, const uint8_t *ds, size_t len, float *dx,
+                                    int64_t n64, lt_err *err) {
+  if (!c || (!ds && len) || (!dx && n64))
+    return lt_errorf(err, LT_ERR_INVALID, "ac_cuda_decode: codec, stream and output are required");
+  lt_status st = lt_cuda_backend_enter(c->be, err);
+  if (st) return st;
+  cudaStream_t s = lt_cuda_stream;
+  if (len < AC_HEADER_BYTES) return BAD("%zu bytes, shorter than its %d-byte header", len,
+                                        AC_HEADER_BYTES);
+  uint8_t *hb = hsmall(c, AC_HEADER_BYTES, err);
+  if (!hb) return err ? err->status : LT_ERR_NOMEM;
+  CHECK_CUDA_ST(cudaMemcpyAsync(hb, ds, AC_HEADER_BYTES, cudaMemcpyDeviceToHost, s), err);
+  CHECK_CUDA_ST(cudaStreamSynchronize(s), err);
+  ac_hdr hd;
+  if ((st = ac_parse_header(hb, len, &hd, err))) return st;
+  if (hd.n != n64)
+    return lt_errorf(err, LT_ERR_INVALID, "activation stream holds %lld elements, buffer %lld",
+                     (long long)hd.n, (long long)n64);
+  if (hd.zstd)
+    return lt_errorf(err, LT_ERR_UNSUPPORTED, "activation stream: its payload is zstd-packed, "
+                     "which the GPU decoder does not unpack; decode it on the CPU (lt_ac_decode)");
+  if (hd.n >= (int64_t)LT_CUDA_MAX_COUNT)
+    return lt_errorf(err, LT_ERR_UNSUPPORTED, "the GPU codec takes fewer than 2^31 elements");
+  const unsigned n = (unsigned)hd.n, nchunks = (unsigned)hd.nchunks;
+
+  /* table and chunk section: read back, checked with the CPU's parser. One staging buffer holds
+   * them, then the decode table and chunk starts on their way to the device. */
+  const size_t meta = hd.off_payload - hd.off_table;
+  const size_t meta16 = (meta + 15) & ~(size_t)15;
+  uint8_t *stage = hsmall(c, meta16 + sizeof(dtab) + (size_t)nchunks * 8 + 16, err);
+  if (!(hb = stage)) return err ? err->status : LT_ERR_NOMEM;
+  CHECK_CUDA_ST(cudaMemcpyAsync(hb, ds + hd.off_table, meta, cudaMemcpyDeviceToHost, s), err);
+  CHECK_CUDA_ST(cudaStreamSynchronize(s), err);
+  uint16_t *syms = (uint16_t *)c->lscratch;
+  uint8_t *lens = (uint8_t *)(syms + AC_NSYM);
+  for (int64_t i = 0; i < hd.nsym; i++) {
+    syms[i] = (uint16_t)(hb[3 * i] | hb[3 * i + 1] << 8);
+    lens[i] = hb[3 * i + 2];
+  }
+  if (ac_huff_dec_build(&c->dec, syms, lens, hd.nsym))
+    return BAD("Huffman table is not a valid prefix code");
+  const uint8_t *chunk_host = hb + (hd.off_chunks - hd.off_table);
+  if ((st = ac_parse_chunks(&hd, chunk_host, err))) return st;
+
+  /* device copies: decode table, chunk starts; scratch error word */
+  dtab *dt = (dtab *)dgrow(c, &c->dtab, sizeof(dtab), err);
+  uint16_t *dsorted = (uint16_t *)dgrow(c, &c->sorted, (size_t)hd.nsym * 2, err);
+  unsigned long long *cst =
+      (unsigned long long *)dgrow(c, &c->cstart, (size_t)nchunks * 8, err);
+  unsigned *errw = (unsigned *)dgrow(c, &c->errw, 16, err);
+  if (!dt || !dsorted || !cst || !errw) return err ? err->status : LT_ERR_NOMEM;
+  dtab *ht = (dtab *)(void *)(stage + meta16);
+  memcpy(ht->table, c->dec.table, sizeof ht->table);
+  memcpy(ht->first, c->dec.first, sizeof ht->first);
+  memcpy(ht->count, c->dec.count, sizeof ht->count);
+  memcpy(ht->offset, c->dec.offset, sizeof ht->offset);
+  unsigned long long *hcs = (unsigned long long *)(void *)(ht + 1);
+  unsigned long long at = 0;
+  for (unsigned ci = 0; ci < nchunks; ci++) {
+    hcs[ci] = at;
+    at += (ac_get_u32(chunk_host + 4 * ci) + 7) / 8;
+  }
+  CHECK_CUDA_ST(cudaMemcpyAsync(dt, ht, sizeof *ht, cudaMemcpyHostToDevice, s), err);
+  CHECK_CUDA_ST(cudaMemcpyAsync(cst, hcs, (size_t)nchunks * 8, cudaMemcpyHostToDevice, s), err);
+  CHECK_CUDA_ST(cudaMemcpyAsync(dsorted, c->dec.sorted, (size_t)hd.nsym * 2,
+                                cudaMemcpyHostToDevice, s), err);
+  CHECK_CUDA_ST(cudaMemsetAsync(errw, 0, 16, s), err);
+
+  /* checksum and list order */
+  if ((st = crc_queue(c, ds, len, 1, errw + 1, ds + AC_CRC_OFFSET, errw, err))) return st;
+  if (hd.nesc)
+    k_check_list<<<lt_cuda_blocks(hd.nesc, 256), 256, 0, s>>>(ds + hd.off_esc, hd.nesc, hd.n,
+                                                              errw);
+  if (hd.nout)
+    k_check_list<<<lt_cuda_blocks(hd.nout, 256), 256, 0, s>>>(ds + hd.off_outl, hd.nout, hd.n,
+                                                              errw);
+
+  /* Huffman, escapes, prefix sums and dequantisation, outliers */
+  int32_t *d = (int32_t *)(void *)dx;
+  k_decode<<<(nchunks + 127) / 128, 128, 0, s>>>(ds + hd.off_payload, hd.raw_bytes, dt, dsorted,
+                                                 (unsigned)hd.nsym, cst, ds + hd.off_chunks,
+                                                 nchunks, (unsigned)hd.chunk, n, d, errw);
+  if (hd.nesc)
+    k_escapes<<<lt_cuda_blocks(hd.nesc, 256), 256, 0, s>>>(ds + hd.off_esc, (unsigned)hd.nesc,
+                                                           n, d, errw);
+  ac_qp qp;
+  ac_qp_init(hd.eb, &qp); /* checked by the parser */
+  if (hd.pred == AC_PREDICTOR_LORENZO2D) {
+    const unsigned rows = (unsigned)(hd.n / hd.w), cols = (unsigned)(hd.n / hd.h);
+    k_rows<<<lt_cuda_blocks(rows, 128), 128, 0, s>>>(d, rows, (unsigned)hd.w);
+    k_cols<<<lt_cuda_blocks(cols, 128), 128, 0, s>>>(d, cols, (unsigned)hd.h, (unsigned)hd.w,
+                                                     qp.twoeb);
+  } else {
+    k_dequant<<<lt_cuda_blocks(n, 256), 256, 0, s>>>(d, n, qp.twoeb);
+  }
+  if (hd.nout)
+    k_outliers<<<lt_cuda_blocks(hd.nout, 256), 256, 0, s>>>(ds + hd.off_outl, (unsigned)hd.nout,
+                                                            n, dx);
+  CHECK_CUDA_ST(cudaGetLastError(), err);
+  unsigned ew = 0;
+  CHECK_CUDA_ST(cudaMemcpyAsync(stage, errw, 4, cudaMemcpyDeviceToHost, s), err);
+  CHECK_CUDA_ST(cudaStreamSynchronize(s), err);
+  memcpy(&ew, stage, 4);
+  if (ew & E_CRC) return BAD("checksum mismatch: the stream is corrupt or truncated");
+  if (ew & E_LIST) return BAD("escape or outlier indices out of order or out of range");
+  if (ew & E_CODE) return BAD("Huffman payload does not decode to its chunk sizes");
+  if (ew & E_ESC) return BAD("an escape does not sit on an escape symbol");
+  return LT_OK;
+}
