@@ -398,6 +398,7 @@ int cmd_bench_codec(int argc, char **argv) {
         printf("%-11s %3g %8.2f %10.3f %10.3f %10.4g %9.1f%%%s%s\n", "lorenzo-gpu", ebs[e],
                r.ratio, r.comp_gbs, r.decomp_gbs, r.max_err, 100 * kept,
                r.violations ? "  BOUND VIOLATED" : "", mism ? "  DIFFERS FROM CPU" : "");
+      if (!json) ac_cuda_profile_print(g, stdout);
       first = 0;
       if (r.violations || mism) rc = 1;
     }

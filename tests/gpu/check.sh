@@ -143,16 +143,25 @@ fi
 
 # ---- GPU codec speed and ratio on captured ResNet-20 activations, beside the CPU codec ----------
 data="$here/.data"
-if [ -f "$data/resnet20-cifar10-bn.onnx" ] && [ -f "$data/cifar10-test256.h5" ]; then
+if [ -f "$data/resnet20-cifar10-bn.onnx" ] && [ -f "$data/cifar10-test2048.h5" ]; then
   say "capturing ResNet-20 conv/linear inputs of 256 test images (CPU, training mode)"
   timeout "$(budget)" "$build/bin/actcomp_capture" "$data/resnet20-cifar10-bn.onnx" \
-    "$data/cifar10-test256.h5" test /tmp/lathe-acts256.h5 256 >"$out/capture.log" 2>&1 ||
+    "$data/cifar10-test2048.h5" test /tmp/lathe-acts256.h5 256 >"$out/capture.log" 2>&1 ||
     say "capture failed: $(tail -3 "$out/capture.log")"
   say "codec benchmark: GPU and CPU (1 thread), eb 0.01 0.05 0.1 0.3"
   timeout "$(budget)" "$build/bin/actcomp_bench_codec" --input /tmp/lathe-acts256.h5 \
     --codecs lorenzo --threads 1 --repeat 5 --device cuda >"$out/bench_codec.txt" \
     2>"$out/bench_codec.err" || { status=1; say "codec benchmark failed: $(tail -3 "$out/bench_codec.err")"; }
   cat "$out/bench_codec.txt"
+  # The same layers at batch 2048 (tensors of up to 134 MB): the per-call waits weigh less.
+  say "capture at batch 2048, codec benchmark at eb 0.1 and 0.3 (CPU: $(nproc) threads)"
+  timeout "$(budget)" "$build/bin/actcomp_capture" "$data/resnet20-cifar10-bn.onnx" \
+    "$data/cifar10-test2048.h5" test /tmp/lathe-acts2048.h5 2048 >>"$out/capture.log" 2>&1 &&
+    timeout "$(budget)" "$build/bin/actcomp_bench_codec" --input /tmp/lathe-acts2048.h5 \
+      --codecs lorenzo --threads "$(nproc)" --repeat 3 --eb 0.1,0.3 --device cuda \
+      >"$out/bench_codec2048.txt" 2>>"$out/bench_codec.err" ||
+    say "batch-2048 codec benchmark failed: $(tail -3 "$out/bench_codec.err")"
+  cat "$out/bench_codec2048.txt" 2>/dev/null
 else
   say "no tests/gpu/.data (run tests/gpu/fetch-debs.sh beside ../shared/data): codec benchmark skipped"
 fi
@@ -191,6 +200,10 @@ try:
     with open(os.path.join(out, "bench_codec.txt")) as f:
         lines = [l.rstrip() for l in f if l.startswith(("codec ", "lorenzo"))]
     print("codec on 256 images' ResNet-20 conv/linear inputs (CPU: 1 thread; GPU: device memory)")
+    print("\n".join(lines))
+    with open(os.path.join(out, "bench_codec2048.txt")) as f:
+        lines = [l.rstrip() for l in f if l.startswith("lorenzo")]
+    print("the same layers at batch 2048 (CPU: all cores)")
     print("\n".join(lines))
 except OSError:
     pass

