@@ -173,6 +173,12 @@ TEST_CASE(gpu_codec_matches_cpu_on_adversarial_values) {
   /* escapes: jumps far beyond the radius */
   for (int i = 0; i < N; i++) x[i] = (i % 5 == 0) ? 1e4f : 0.0f;
   twin("escapes", x, 3, s3, 0.01);
+  /* escapes on every other element: more than the encoder's first guess at its list size, so
+   * its second pass runs */
+  for (int i = 0; i < N; i++) x[i] = (i % 2) ? 1e4f : -1e4f;
+  twin("escape-dense", x, 2, s2, 0.01);
+  for (int i = 0; i < N; i++) x[i] = (i % 2) ? NAN : 1.0f;
+  twin("outlier-dense", x, 2, s2, 0.01);
   for (int i = 0; i < N; i++) x[i] = 0.0f;
   twin("zeros", x, 2, s2, 0.1);
   for (int i = 0; i < N; i++) x[i] = 3.25f;
