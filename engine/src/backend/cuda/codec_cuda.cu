@@ -247,18 +247,22 @@ __device__ __forceinline__ unsigned dcode(int32_t d) {
 
 /* Adds one per valid lane to bin code. Residual codes R and R ± 1 (most of them in activations)
  * are counted by warp ballots into the caller's registers (hot[0..2], lane 0's count is the
- * warp's); the others go to the block's shared window, or to global memory outside it. */
+ * warp's); lanes with other codes are grouped by code (match) and each group's first lane adds
+ * the group's size, to the block's shared window, or to global memory outside it. All 32 lanes
+ * must call it together. */
 __device__ __forceinline__ void hist_add(unsigned *sh, unsigned *g, unsigned code, bool valid,
                                          unsigned *hot) {
   const unsigned d = code - (AC_RADIUS - 1); /* 0, 1, 2 for the hot codes */
-  const bool is_hot = valid && d < 3;
+  const bool is_hot = valid && d < 3, other = valid && !is_hot;
   hot[0] += __popc(__ballot_sync(0xFFFFFFFFu, is_hot && d == 0));
   hot[1] += __popc(__ballot_sync(0xFFFFFFFFu, is_hot && d == 1));
   hot[2] += __popc(__ballot_sync(0xFFFFFFFFu, is_hot && d == 2));
-  if (!valid || is_hot) return;
+  if (!__ballot_sync(0xFFFFFFFFu, other)) return;
+  const unsigned peers = __match_any_sync(0xFFFFFFFFu, other ? code : 0xFFFFFFFFu);
+  if (!other || (threadIdx.x & 31) != (unsigned)(__ffs(peers) - 1)) return;
   const int b = (int)code - (AC_RADIUS - HWIN);
-  if (b >= 0 && b < 2 * HWIN) atomicAdd(&sh[b], 1u);
-  else atomicAdd(&g[code], 1u);
+  if (b >= 0 && b < 2 * HWIN) atomicAdd(&sh[b], __popc(peers));
+  else atomicAdd(&g[code], __popc(peers));
 }
 
 /* Flushes a block's shared window (and the warps' hot-code counts, already added into it) into
@@ -555,13 +559,28 @@ __device__ __forceinline__ uint8_t crc_byte(const uint8_t *s, unsigned long long
 }
 
 /* One thread per CRC_SEG-byte segment: its standard CRC-32C (initial and final inversion), 8
- * bytes a step from two aligned word loads when the buffer is 4-byte aligned (data offsets that
- * are multiples of 4 map to stream offsets that are: the skipped field is 4 bytes at 128). */
+ * bytes a step through slicing-by-8 tables. When the buffer is 4-byte aligned (data offsets that
+ * are multiples of 4 map to stream offsets that are: the skipped field is 4 bytes at 128), the
+ * block first stages its 128 segments in shared memory with coalesced word loads, rows padded by
+ * a word so that the threads' reads fall in different banks. */
+#define SEG_WORDS (CRC_SEG / 4)
 __global__ void __launch_bounds__(128) k_crc_seg(const uint8_t *s, unsigned long long n,
                                                  int skip, const crc_tabs *tabs, uint32_t *seg,
                                                  unsigned nseg) {
   __shared__ uint32_t t[8][256];
+  __shared__ uint32_t data[128 * (SEG_WORDS + 1)];
   for (unsigned j = threadIdx.x; j < 8 * 256; j += blockDim.x) (&t[0][0])[j] = (&tabs->t[0][0])[j];
+  const unsigned long long b0 = (unsigned long long)blockIdx.x * 128 * CRC_SEG;
+  const bool aligned = ((uintptr_t)s & 3) == 0;
+  if (aligned) { /* whole words of this block's range, coalesced */
+    const unsigned long long b1 = min(b0 + 128ull * CRC_SEG, n);
+    const unsigned words = (unsigned)((b1 - b0) / 4);
+    for (unsigned k = threadIdx.x; k < words; k += blockDim.x) {
+      const unsigned long long j = b0 + 4ull * k;
+      data[(k / SEG_WORDS) * (SEG_WORDS + 1) + k % SEG_WORDS] =
+          *(const uint32_t *)(s + (skip && j >= AC_CRC_OFFSET ? j + 4 : j));
+    }
+  }
   __syncthreads();
   const unsigned g = blockIdx.x * blockDim.x + threadIdx.x;
   if (g >= nseg) return;
@@ -569,14 +588,14 @@ __global__ void __launch_bounds__(128) k_crc_seg(const uint8_t *s, unsigned long
   const unsigned long long b = min(a + CRC_SEG, n);
   uint32_t crc = 0xFFFFFFFFu;
   unsigned long long j = a;
-  if (((uintptr_t)s & 3) == 0)
-    for (; j + 8 <= b; j += 8) {
-      const uint32_t lo = crc ^ *(const uint32_t *)(s + (skip && j >= AC_CRC_OFFSET ? j + 4 : j));
-      const unsigned long long j4 = j + 4;
-      const uint32_t hi = *(const uint32_t *)(s + (skip && j4 >= AC_CRC_OFFSET ? j4 + 4 : j4));
+  if (aligned) {
+    const uint32_t *row = data + threadIdx.x * (SEG_WORDS + 1);
+    for (unsigned k = 0; j + 8 <= b; j += 8, k += 2) {
+      const uint32_t lo = crc ^ row[k], hi = row[k + 1];
       crc = t[7][lo & 0xFF] ^ t[6][(lo >> 8) & 0xFF] ^ t[5][(lo >> 16) & 0xFF] ^ t[4][lo >> 24] ^
             t[3][hi & 0xFF] ^ t[2][(hi >> 8) & 0xFF] ^ t[1][(hi >> 16) & 0xFF] ^ t[0][hi >> 24];
     }
+  }
   for (; j < b; j++) crc = (crc >> 8) ^ t[0][(crc ^ crc_byte(s, j, skip)) & 0xFF];
   seg[g] = ~crc;
 }
