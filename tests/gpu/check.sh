@@ -162,6 +162,12 @@ if [ -f "$data/resnet20-cifar10-bn.onnx" ] && [ -f "$data/cifar10-test2048.h5" ]
       >"$out/bench_codec2048.txt" 2>>"$out/bench_codec.err" ||
     say "batch-2048 codec benchmark failed: $(tail -3 "$out/bench_codec.err")"
   cat "$out/bench_codec2048.txt" 2>/dev/null
+  if [ -n "${LATHE_AC_CUDA_PROFILE:-}" ] && [ "$(budget)" -gt 90 ]; then
+    say "the same, histogram without grouping (LATHE_AC_CUDA_HIST=plain), GPU rows only"
+    LATHE_AC_CUDA_HIST=plain timeout 60 "$build/bin/actcomp_bench_codec" \
+      --input /tmp/lathe-acts2048.h5 --codecs none --threads "$(nproc)" --repeat 3 --eb 0.1,0.3 \
+      --device cuda 2>&1 | grep -A2 "^lorenzo-gpu"
+  fi
 else
   say "no tests/gpu/.data (run tests/gpu/fetch-debs.sh beside ../shared/data): codec benchmark skipped"
 fi

@@ -77,6 +77,7 @@ struct ac_cuda {
   ac_huff_dec dec;
   /* LATHE_AC_CUDA_PROFILE=1: device time between stage marks, summed (ac_cuda_profile_print) */
   int prof;
+  int hist_plain; /* LATHE_AC_CUDA_HIST=plain: no grouping in hist_add */
   cudaEvent_t evt[2][8];
   double ms[2][8];
   int calls[2];
@@ -171,6 +172,8 @@ extern "C" ac_cuda *ac_cuda_new(lt_backend *be, lt_err *err) {
   c->be = be;
   const char *pe = getenv("LATHE_AC_CUDA_PROFILE");
   c->prof = pe && *pe && strcmp(pe, "0");
+  const char *ph = getenv("LATHE_AC_CUDA_HIST");
+  c->hist_plain = ph && !strcmp(ph, "plain");
   for (int d = 0; d < 2 && c->prof; d++)
     for (int k = 0; k < 8; k++) cudaEventCreate(&c->evt[d][k]);
   cudaDeviceGetAttribute(&c->sms, cudaDevAttrMultiProcessorCount, be->device);
@@ -248,8 +251,10 @@ __device__ __forceinline__ unsigned dcode(int32_t d) {
 /* Adds one per valid lane to bin code. Residual codes R and R ± 1 (most of them in activations)
  * are counted by warp ballots into the caller's registers (hot[0..2], lane 0's count is the
  * warp's); lanes with other codes are grouped by code (match) and each group's first lane adds
- * the group's size, to the block's shared window, or to global memory outside it. All 32 lanes
- * must call it together. */
+ * the group's size, to the block's shared window, or to global memory outside it (without MATCH
+ * every such lane adds its own one: LATHE_AC_CUDA_HIST=plain, for comparison). All 32 lanes must
+ * call it together. */
+template <bool MATCH>
 __device__ __forceinline__ void hist_add(unsigned *sh, unsigned *g, unsigned code, bool valid,
                                          unsigned *hot) {
   const unsigned d = code - (AC_RADIUS - 1); /* 0, 1, 2 for the hot codes */
@@ -257,12 +262,17 @@ __device__ __forceinline__ void hist_add(unsigned *sh, unsigned *g, unsigned cod
   hot[0] += __popc(__ballot_sync(0xFFFFFFFFu, is_hot && d == 0));
   hot[1] += __popc(__ballot_sync(0xFFFFFFFFu, is_hot && d == 1));
   hot[2] += __popc(__ballot_sync(0xFFFFFFFFu, is_hot && d == 2));
-  if (!__ballot_sync(0xFFFFFFFFu, other)) return;
-  const unsigned peers = __match_any_sync(0xFFFFFFFFu, other ? code : 0xFFFFFFFFu);
-  if (!other || (threadIdx.x & 31) != (unsigned)(__ffs(peers) - 1)) return;
+  unsigned add = 1;
+  if (MATCH) {
+    if (!__ballot_sync(0xFFFFFFFFu, other)) return;
+    const unsigned peers = __match_any_sync(0xFFFFFFFFu, other ? code : 0xFFFFFFFFu);
+    if ((threadIdx.x & 31) != (unsigned)(__ffs(peers) - 1)) return;
+    add = __popc(peers);
+  }
+  if (!other) return;
   const int b = (int)code - (AC_RADIUS - HWIN);
-  if (b >= 0 && b < 2 * HWIN) atomicAdd(&sh[b], __popc(peers));
-  else atomicAdd(&g[code], __popc(peers));
+  if (b >= 0 && b < 2 * HWIN) atomicAdd(&sh[b], add);
+  else atomicAdd(&g[code], add);
 }
 
 /* Flushes a block's shared window (and the warps' hot-code counts, already added into it) into
@@ -281,6 +291,7 @@ __device__ __forceinline__ void hot_flush(unsigned *sh, const unsigned *hot) {
 
 /* Predictor choice, pass 1: histograms of both predictors' codes over a sample, every pstride-th
  * of the planes (sampled elements e in [0, ns) map to plane (e / hw)·pstride). */
+template <bool MATCH>
 __global__ void __launch_bounds__(256) k_sample(const float *x, unsigned ns, unsigned pstride,
                                                 unsigned w, unsigned hw, dqp p,
                                                 unsigned *ghist) {
@@ -299,8 +310,8 @@ __global__ void __launch_bounds__(256) k_sample(const float *x, unsigned ns, uns
       cl = dcode(dresid(x, i, q, w, hw, p, 1));
       cn = dcode(q);
     }
-    hist_add(sh[0], ghist, cl, valid, hot[0]);
-    hist_add(sh[1], ghist + AC_NSYM, cn, valid, hot[1]);
+    hist_add<MATCH>(sh[0], ghist, cl, valid, hot[0]);
+    hist_add<MATCH>(sh[1], ghist + AC_NSYM, cn, valid, hot[1]);
   }
   hot_flush(sh[0], hot[0]);
   hot_flush(sh[1], hot[1]);
@@ -337,6 +348,7 @@ __global__ void __launch_bounds__(1024) k_choose(const unsigned *hist, unsigned 
 /* The main pass: the chosen predictor's code of every element (written to codes), their
  * histogram, and the escapes and outliers appended (unordered, sorted by index later) while
  * they fit their lists; gcnt counts them all, so the host sees when a list was too short. */
+template <bool MATCH>
 __global__ void __launch_bounds__(256) k_codes(const float *x, unsigned n, unsigned w,
                                                unsigned hw, dqp p, const unsigned *lorenzo_p,
                                                uint16_t *codes, unsigned *ghist, unsigned *gcnt,
@@ -373,7 +385,7 @@ __global__ void __launch_bounds__(256) k_codes(const float *x, unsigned n, unsig
       }
       codes[i] = (uint16_t)code;
     }
-    hist_add(sh, ghist, code, valid, hot);
+    hist_add<MATCH>(sh, ghist, code, valid, hot);
   }
   hot_flush(sh, hot);
   hist_flush(sh, ghist);
@@ -751,8 +763,9 @@ extern "C" lt_status ac_cuda_encode(ac_cuda *c, const float *dx, int ndim, const
   MARK(ENC, 0);
   CHECK_CUDA_ST(cudaMemsetAsync(hist, 0, (3 * AC_NSYM + CNT_WORDS) * sizeof(unsigned), s), err);
   const unsigned ns = (nplanes + pstride - 1) / pstride * uhw;
-  k_sample<<<min((ns + 255) / 256, (unsigned)c->sms * 4), 256, 0, s>>>(dx, ns, pstride, uw, uhw,
-                                                                       p, hist);
+  const unsigned sblocks = min((ns + 255) / 256, (unsigned)c->sms * 4);
+  if (c->hist_plain) k_sample<false><<<sblocks, 256, 0, s>>>(dx, ns, pstride, uw, uhw, p, hist);
+  else k_sample<true><<<sblocks, 256, 0, s>>>(dx, ns, pstride, uw, uhw, p, hist);
   k_choose<<<1, 1024, 0, s>>>(hist, cnt + CNT_PRED);
   CHECK_CUDA_ST(cudaGetLastError(), err);
   unsigned cap = n / 64 + 1024, cw[CNT_WORDS];
@@ -763,8 +776,13 @@ extern "C" lt_status ac_cuda_encode(ac_cuda *c, const float *dx, int ndim, const
     unsigned *oi = (unsigned *)dgrow(c, &c->oi, (size_t)cap * 4, err);
     unsigned *ov = (unsigned *)dgrow(c, &c->ov, (size_t)cap * 4, err);
     if (!ei || !ev || !oi || !ov) return err ? err->status : LT_ERR_NOMEM;
-    k_codes<<<min((n + 255) / 256, (unsigned)c->sms * 8), 256, 0, s>>>(
-        dx, n, uw, uhw, p, cnt + CNT_PRED, codes, hmain, cnt, ei, ev, cap, oi, ov, cap);
+    const unsigned cblocks = min((n + 255) / 256, (unsigned)c->sms * 8);
+    if (c->hist_plain)
+      k_codes<false><<<cblocks, 256, 0, s>>>(dx, n, uw, uhw, p, cnt + CNT_PRED, codes, hmain, cnt,
+                                             ei, ev, cap, oi, ov, cap);
+    else
+      k_codes<true><<<cblocks, 256, 0, s>>>(dx, n, uw, uhw, p, cnt + CNT_PRED, codes, hmain, cnt,
+                                            ei, ev, cap, oi, ov, cap);
     k_compact<<<lt_cuda_blocks(AC_NSYM, 256), 256, 0, s>>>(hmain, cnt + CNT_COMP, comp);
     CHECK_CUDA_ST(cudaGetLastError(), err);
     MARK(ENC, 1);
