@@ -59,6 +59,11 @@ lt_status ac_cuda_decode(ac_cuda *c, const uint8_t *ds, size_t len, float *dx, i
 /* CRC-32C (the stream's checksum function, ac_crc32c) of n device bytes, on the device. */
 lt_status ac_cuda_crc32c(ac_cuda *c, const uint8_t *d, size_t n, uint32_t *crc, lt_err *err);
 
+/* The device checksum's combination of segment CRCs (its table-driven GF(2) shifts and tree),
+ * run on the host against ac_crc32c over lengths around its boundaries: 0 when all agree, the
+ * number that do not, -1 when out of memory. Needs no device. */
+int ac_cuda_crc_combine_check(void);
+
 /* With LATHE_AC_CUDA_PROFILE=1 in the environment when the codec was made: the device time
  * between its stages, summed over the calls since the last print, one line per direction
  * (then reset). Nothing otherwise. */

@@ -483,15 +483,22 @@ __global__ void k_put_records(uint8_t *dst, const unsigned *idx, const unsigned 
 
 /* ---- CRC-32C on the device ------------------------------------------------------------------ */
 
-/* Slicing-by-8 tables and zlib's x2n_table (x^(2^k) mod P), built on the host and copied once
- * into the codec's device buffer crctab: 8 × 256 words, then 32. */
+/* Slicing-by-8 tables and the shift operators of the CRC combination, built on the host
+ * (crc_tabs_build) and copied once into the codec's device buffer crctab. Combining CRCs:
+ * crc(A‖B) = shift(crc(A), |B|) ⊕ crc(B), where shift multiplies by x^(8|B|) mod P in GF(2)
+ * (zlib's crc32_combine). The operator for any length is a product of at most five table
+ * entries: the length's remainder below a segment (tail), then its segment count's base-256
+ * digits (seg[L][d] = x^(8·CRC_SEG·d·256^L)); a piece of whole segments, as all but the last
+ * are, mostly takes one. */
 typedef struct crc_tabs {
   uint32_t t[8][256];
-  uint32_t x2n[32];
-  uint32_t op[32]; /* x^(8·CRC_SEG·2^k) mod P: the shift over 2^k whole segments */
+  uint32_t tail[CRC_SEG];
+  uint32_t seg[4][256];
 } crc_tabs;
 
-static uint32_t h_multmodp(uint32_t a, uint32_t b) {
+#define GF_ONE (1u << 31) /* x^0 in the reflected representation */
+
+__host__ __device__ static inline uint32_t gf_mul(uint32_t a, uint32_t b) {
   uint32_t m = 1u << 31, p = 0;
   for (;;) {
     if (a & m) {
@@ -502,6 +509,43 @@ static uint32_t h_multmodp(uint32_t a, uint32_t b) {
     b = b & 1 ? (b >> 1) ^ CRC_POLY : b >> 1;
   }
   return p;
+}
+
+/* x^(8·len) mod P, for len below CRC_SEG·256^4. */
+__host__ __device__ static inline uint32_t crc_shift(const crc_tabs *tb, unsigned long long len) {
+  uint32_t sh = tb->tail[len % CRC_SEG];
+  unsigned long long q = len / CRC_SEG;
+  for (int l = 0; l < 4 && q; l++, q >>= 8)
+    if (q & 255) sh = sh == GF_ONE ? tb->seg[l][q & 255] : gf_mul(tb->seg[l][q & 255], sh);
+  return sh;
+}
+
+/* (crc, len) ← (crc, len) ‖ (cr, lr): the CRC of the two pieces one after the other. */
+__host__ __device__ static inline void crc_join(const crc_tabs *tb, uint32_t *crc,
+                                                unsigned long long *len, uint32_t cr,
+                                                unsigned long long lr) {
+  if (!lr) return;
+  *crc = *len ? gf_mul(crc_shift(tb, lr), *crc) ^ cr : cr;
+  *len += lr;
+}
+
+static void crc_tabs_build(crc_tabs *h) {
+  for (uint32_t i = 0; i < 256; i++) {
+    uint32_t v = i;
+    for (int k = 0; k < 8; k++) v = v & 1 ? (v >> 1) ^ CRC_POLY : v >> 1;
+    h->t[0][i] = v;
+  }
+  for (int t = 1; t < 8; t++)
+    for (int i = 0; i < 256; i++) h->t[t][i] = (h->t[t - 1][i] >> 8) ^ h->t[0][h->t[t - 1][i] & 0xFF];
+  const uint32_t x8 = 1u << 23; /* x^8: one byte */
+  h->tail[0] = GF_ONE;
+  for (int r = 1; r < CRC_SEG; r++) h->tail[r] = gf_mul(x8, h->tail[r - 1]);
+  uint32_t unit = gf_mul(x8, h->tail[CRC_SEG - 1]); /* one segment */
+  for (int l = 0; l < 4; l++) {
+    h->seg[l][0] = GF_ONE;
+    for (int d = 1; d < 256; d++) h->seg[l][d] = gf_mul(unit, h->seg[l][d - 1]);
+    unit = gf_mul(unit, h->seg[l][255]); /* 256^(l+1) segments */
+  }
 }
 
 static const crc_tabs *crc_init(ac_cuda *c, lt_err *err) {
@@ -511,23 +555,7 @@ static const crc_tabs *crc_init(ac_cuda *c, lt_err *err) {
     lt_errorf(err, LT_ERR_NOMEM, "out of memory for CRC tables");
     return NULL;
   }
-  for (uint32_t i = 0; i < 256; i++) {
-    uint32_t v = i;
-    for (int k = 0; k < 8; k++) v = v & 1 ? (v >> 1) ^ CRC_POLY : v >> 1;
-    h->t[0][i] = v;
-  }
-  for (int t = 1; t < 8; t++)
-    for (int i = 0; i < 256; i++) h->t[t][i] = (h->t[t - 1][i] >> 8) ^ h->t[0][h->t[t - 1][i] & 0xFF];
-  uint32_t p = 1u << 30; /* x^1 */
-  h->x2n[0] = p;
-  for (int k = 1; k < 32; k++) h->x2n[k] = p = h_multmodp(p, p);
-  for (int k = 0; k < 32; k++) { /* zlib's x2nmodp(CRC_SEG << k, 3) */
-    unsigned long long len = (unsigned long long)CRC_SEG << k;
-    uint32_t v = 1u << 31;
-    for (unsigned j = 3; len; len >>= 1, j++)
-      if (len & 1) v = h_multmodp(h->x2n[j & 31], v);
-    h->op[k] = v;
-  }
+  crc_tabs_build(h);
   void *d = dgrow(c, &c->crctab, sizeof *h, err);
   cudaError_t e = d ? cudaMemcpy(d, h, sizeof *h, cudaMemcpyHostToDevice) : cudaSuccess;
   free(h);
@@ -537,31 +565,6 @@ static const crc_tabs *crc_init(ac_cuda *c, lt_err *err) {
     return NULL;
   }
   return (const crc_tabs *)d;
-}
-
-__device__ uint32_t d_multmodp(uint32_t a, uint32_t b) {
-  uint32_t m = 1u << 31, p = 0;
-  for (;;) {
-    if (a & m) {
-      p ^= b;
-      if ((a & (m - 1)) == 0) break;
-    }
-    m >>= 1;
-    b = b & 1 ? (b >> 1) ^ CRC_POLY : b >> 1;
-  }
-  return p;
-}
-
-/* x^(8·len) mod P: the operator that moves a CRC over len more bytes (zlib's x2nmodp(len, 3)). */
-__device__ uint32_t d_shift_op(const uint32_t *x2n, unsigned long long len) {
-  uint32_t p = 1u << 31;
-  unsigned k = 3;
-  while (len) {
-    if (len & 1) p = d_multmodp(x2n[k & 31], p);
-    len >>= 1;
-    k++;
-  }
-  return p;
 }
 
 /* Byte j of the checksummed data: the stream with its four CRC bytes left out (skip = 1), or
@@ -612,42 +615,26 @@ __global__ void __launch_bounds__(128) k_crc_seg(const uint8_t *s, unsigned long
   seg[g] = ~crc;
 }
 
-/* Combines CRCs of consecutive pieces, 256 per block, by a tree in shared memory: each piece is
- * (CRC, byte length), and crc(A‖B) = shift(crc(A), |B|) ⊕ crc(B), the shift being x^(8|B|) mod P.
- * Pieces of 2^k whole segments (all but those holding the last, short one) shift by the table
- * op[k]; others compute it (zlib's x2nmodp). Level 1 reads the segment CRCs (lens NULL: its
- * lengths come from the segment layout over n bytes), later levels the previous level's output.
- * With one block, the result goes to *out and, with cmp, is compared with the stored value. */
+/* Combines CRCs of consecutive pieces, TREE per block, by a tree in shared memory (crc_join);
+ * each piece is (CRC, byte length). Level 1 reads the segment CRCs (lens NULL: lengths from the
+ * segment layout over n bytes), later levels the previous level's output. With one block, the
+ * result goes to *out and, with cmp, is compared with the stored value. */
 #define TREE 256
 __global__ void __launch_bounds__(TREE) k_crc_tree(const crc_tabs *tabs, const uint32_t *in,
                                                    const unsigned long long *lens, unsigned nin,
                                                    unsigned long long n, uint32_t *crc_out,
                                                    unsigned long long *len_out, uint32_t *out,
                                                    const uint8_t *cmp, unsigned *errw) {
-  __shared__ uint32_t crc[TREE], x2n[32], op[32];
+  __shared__ uint32_t crc[TREE];
   __shared__ unsigned long long len[TREE];
   const unsigned t = threadIdx.x, g = blockIdx.x * TREE + t;
-  if (t < 32) {
-    x2n[t] = tabs->x2n[t];
-    op[t] = tabs->op[t];
-  }
   crc[t] = g < nin ? in[g] : 0u;
   len[t] = g >= nin ? 0ull
            : lens  ? lens[g]
                    : min((unsigned long long)CRC_SEG, n - (unsigned long long)g * CRC_SEG);
   __syncthreads();
   for (unsigned step = 1; step < TREE; step <<= 1) {
-    if (t % (2 * step) == 0) {
-      const unsigned long long lr = len[t + step];
-      if (lr) {
-        uint32_t sh;
-        const unsigned long long segs = lr / CRC_SEG;
-        if (lr % CRC_SEG == 0 && (segs & (segs - 1)) == 0) sh = op[__ffsll((long long)segs) - 1];
-        else sh = d_shift_op(x2n, lr);
-        crc[t] = len[t] ? d_multmodp(sh, crc[t]) ^ crc[t + step] : crc[t + step];
-        len[t] += lr;
-      }
-    }
+    if (t % (2 * step) == 0) crc_join(tabs, &crc[t], &len[t], crc[t + step], len[t + step]);
     __syncthreads();
   }
   if (t) return;
@@ -663,6 +650,67 @@ __global__ void __launch_bounds__(TREE) k_crc_tree(const crc_tabs *tabs, const u
                           (uint32_t)cmp[3] << 24;
     if (want != v) atomicOr(errw, (unsigned)E_CRC);
   }
+}
+
+/* The device's combination run on the host, over segment CRCs from the CPU's own CRC: the same
+ * pieces, the same pairing, the same crc_join. Returns how many of a set of lengths (around the
+ * segment, tree and digit boundaries) give a CRC other than ac_crc32c's of the whole; -1 when out
+ * of memory. No device needed. */
+extern "C" int ac_cuda_crc_combine_check(void) {
+  crc_tabs *tb = (crc_tabs *)malloc(sizeof *tb);
+  const size_t maxlen = (size_t)CRC_SEG * TREE * TREE + 3 * CRC_SEG + 7;
+  uint8_t *b = (uint8_t *)malloc(maxlen);
+  uint32_t *cr = (uint32_t *)malloc((maxlen / CRC_SEG + 2) * 4);
+  unsigned long long *ln = (unsigned long long *)malloc((maxlen / CRC_SEG + 2) * 8);
+  if (!tb || !b || !cr || !ln) {
+    free(tb), free(b), free(cr), free(ln);
+    return -1;
+  }
+  crc_tabs_build(tb);
+  uint64_t st = 0x9E3779B97F4A7C15ull;
+  for (size_t i = 0; i < maxlen; i++) {
+    st = st * 6364136223846793005ull + 1442695040888963407ull;
+    b[i] = (uint8_t)(st >> 56);
+  }
+  const size_t lens[] = {0, 1, 255, 256, 257, 1000, 256 * 255, 256 * 256, 256 * 256 + 1,
+                         256 * 257 + 13, 256 * 256 * 3 + 99, (size_t)CRC_SEG * TREE * TREE,
+                         maxlen};
+  int bad = 0;
+  for (size_t k = 0; k < sizeof lens / sizeof *lens; k++) {
+    const size_t m = lens[k];
+    unsigned nin = (unsigned)((m + CRC_SEG - 1) / CRC_SEG);
+    for (unsigned g = 0; g < nin; g++) {
+      const size_t a = (size_t)g * CRC_SEG, e = a + CRC_SEG < m ? a + CRC_SEG : m;
+      cr[g] = ac_crc32c(0, b + a, e - a);
+      ln[g] = e - a;
+    }
+    for (;;) { /* the levels of k_crc_tree, block by block, step by step */
+      const unsigned nb = nin ? (nin + TREE - 1) / TREE : 1;
+      for (unsigned blk = 0; blk < nb; blk++) {
+        uint32_t c[TREE];
+        unsigned long long l[TREE];
+        for (unsigned t = 0; t < TREE; t++) {
+          const unsigned g = blk * TREE + t;
+          c[t] = g < nin ? cr[g] : 0;
+          l[t] = g < nin ? ln[g] : 0;
+        }
+        for (unsigned step = 1; step < TREE; step <<= 1)
+          for (unsigned t = 0; t < TREE; t += 2 * step)
+            crc_join(tb, &c[t], &l[t], c[t + step], l[t + step]);
+        cr[blk] = c[0];
+        ln[blk] = l[0];
+      }
+      nin = nb;
+      if (nb == 1) break;
+    }
+    const uint32_t got = ln[0] ? cr[0] : 0, want = ac_crc32c(0, b, m);
+    if (got != want) {
+      fprintf(stderr, "  CRC combination over %zu bytes: %08x, expected %08x\n", m, got, want);
+      bad++;
+    }
+  }
+  free(tb), free(b), free(cr), free(ln);
+  return bad;
 }
 
 /* Queues the CRC of n bytes at s (skip: the stream's own CRC field left out) into *dcrc (device)
