@@ -128,6 +128,7 @@ cat "$out/codec.log"
 case $rc in 0) codec="pass" ;; *) codec="FAIL (exit $rc)"; status=1 ;; esac
 codec_cases=$(tail -1 "$out/codec.log")
 memcheck="not run (no compute-sanitizer)"
+command -v compute-sanitizer >/dev/null && memcheck="not run (under 200 s of the budget left)"
 if command -v compute-sanitizer >/dev/null && [ "$(budget)" -gt 200 ]; then
   say "GPU codec test under compute-sanitizer memcheck"
   timeout 100 compute-sanitizer --tool memcheck --error-exitcode 9 "$build/bin/gpu_test_codec" \
