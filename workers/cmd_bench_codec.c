@@ -253,6 +253,26 @@ static int run_one_gpu(lt_backend *be, ac_cuda *g, lt_ac_codec *cpu, const bench
 }
 #endif
 
+/* One result row, as text or as a JSON object (first: no comma before it); mismatches < 0 when
+ * the row has no CPU comparison. */
+static void print_row(int json, int first, const char *name, double eb, const bench_result *r,
+                      int64_t mismatches) {
+  double kept = r->zeros_in ? (double)r->zeros_kept / (double)r->zeros_in : 1.0;
+  if (json) {
+    printf("%s{\"codec\":\"%s\",\"eb\":%g,\"ratio\":%.4f,\"compress_gbs\":%.4f,"
+           "\"decompress_gbs\":%.4f,\"max_error\":%.6g,\"zeros_kept\":%.6f,\"violations\":%lld",
+           first ? "" : ",", name, eb, r->ratio, r->comp_gbs, r->decomp_gbs, r->max_err, kept,
+           (long long)r->violations);
+    if (mismatches >= 0) printf(",\"cpu_mismatches\":%lld", (long long)mismatches);
+    printf("}");
+    return;
+  }
+  const int nw = (int)strlen(name) > 8 ? (int)strlen(name) : 8; /* name and eb: 15 columns */
+  printf("%-*s %*g %8.2f %10.3f %10.3f %10.4g %9.1f%%%s%s\n", nw, name, 14 - nw, eb, r->ratio,
+         r->comp_gbs, r->decomp_gbs, r->max_err, 100 * kept,
+         r->violations ? "  BOUND VIOLATED" : "", mismatches > 0 ? "  DIFFERS FROM CPU" : "");
+}
+
 static int parse_list(const char *s, double *out, int cap) {
   int n = 0;
   while (*s && n < cap) {
@@ -348,17 +368,7 @@ int cmd_bench_codec(int argc, char **argv) {
       rc = run_one(c, kinds[ki], &s, eb, repeat, y, &r);
       lt_ac_codec_set_opts(c, &o);
       if (rc) break;
-      double kept = r.zeros_in ? (double)r.zeros_kept / (double)r.zeros_in : 1.0;
-      if (json)
-        printf("%s{\"codec\":\"%s\",\"eb\":%g,\"ratio\":%.4f,\"compress_gbs\":%.4f,"
-               "\"decompress_gbs\":%.4f,\"max_error\":%.6g,\"zeros_kept\":%.6f,"
-               "\"violations\":%lld}",
-               first ? "" : ",", lt_ac_kind_name(kinds[ki]), eb, r.ratio, r.comp_gbs,
-               r.decomp_gbs, r.max_err, kept, (long long)r.violations);
-      else
-        printf("%-8s %6g %8.2f %10.3f %10.3f %10.4g %9.1f%%%s\n", lt_ac_kind_name(kinds[ki]), eb,
-               r.ratio, r.comp_gbs, r.decomp_gbs, r.max_err, 100 * kept,
-               r.violations ? "  BOUND VIOLATED" : "");
+      print_row(json, first, lt_ac_kind_name(kinds[ki]), eb, &r, -1);
       first = 0;
       if (r.violations) rc = 1;
     }
@@ -387,17 +397,7 @@ int cmd_bench_codec(int argc, char **argv) {
       int64_t mism = 0;
       rc = run_one_gpu(be, g, c, &s, dx, dy, ebs[e], repeat, y, yc, &r, &mism);
       if (rc) break;
-      double kept = r.zeros_in ? (double)r.zeros_kept / (double)r.zeros_in : 1.0;
-      if (json)
-        printf("%s{\"codec\":\"lorenzo-gpu\",\"eb\":%g,\"ratio\":%.4f,\"compress_gbs\":%.4f,"
-               "\"decompress_gbs\":%.4f,\"max_error\":%.6g,\"zeros_kept\":%.6f,"
-               "\"violations\":%lld,\"cpu_mismatches\":%lld}",
-               first ? "" : ",", ebs[e], r.ratio, r.comp_gbs, r.decomp_gbs, r.max_err, kept,
-               (long long)r.violations, (long long)mism);
-      else
-        printf("%-11s %3g %8.2f %10.3f %10.3f %10.4g %9.1f%%%s%s\n", "lorenzo-gpu", ebs[e],
-               r.ratio, r.comp_gbs, r.decomp_gbs, r.max_err, 100 * kept,
-               r.violations ? "  BOUND VIOLATED" : "", mism ? "  DIFFERS FROM CPU" : "");
+      print_row(json, first, "lorenzo-gpu", ebs[e], &r, mism);
       if (!json) ac_cuda_profile_print(g, stdout);
       first = 0;
       if (r.violations || mism) rc = 1;
