@@ -3,6 +3,7 @@
 #include "actcomp/ac_internal.h"
 #include "lathe/actcomp.h"
 #include "test.h"
+#include "relu_field.h"
 
 #include <float.h>
 #include <stdint.h>
@@ -11,15 +12,7 @@ static lt_rng rng;
 
 /* Post-ReLU-like data: a smooth field through max(0, ·), so about half the values are 0. */
 static void fill_relu(float *x, int64_t planes, int64_t h, int64_t w) {
-  for (int64_t p = 0; p < planes; p++) {
-    float a = lt_rng_normal(&rng), b = lt_rng_normal(&rng), off = 0.3f * lt_rng_normal(&rng);
-    for (int64_t i = 0; i < h; i++)
-      for (int64_t j = 0; j < w; j++) {
-        float v = off + 0.8f * sinf(0.3f * a * (float)i + 0.2f * b * (float)j) +
-                  0.3f * lt_rng_normal(&rng);
-        x[(p * h + i) * w + j] = v > 0 ? v : 0;
-      }
-  }
+  ac_test_fill_relu(&rng, x, planes, h, w);
 }
 
 /* Checks a decode against the source: strict bound (in double), zeros exact, non-finite and

@@ -23,6 +23,7 @@
 #include "lathe/actcomp.h"
 #include "lathe/backend.h"
 #include "test.h"
+#include "../actcomp/relu_field.h"
 
 static lt_backend *gpu;
 static ac_cuda *gc;
@@ -129,15 +130,7 @@ static void twin(const char *what, const float *x, int ndim, const int64_t *shap
 }
 
 static void fill_relu(float *x, int64_t planes, int64_t h, int64_t w) {
-  for (int64_t p = 0; p < planes; p++) {
-    float a = lt_rng_normal(&rng), b = lt_rng_normal(&rng), off = 0.3f * lt_rng_normal(&rng);
-    for (int64_t i = 0; i < h; i++)
-      for (int64_t j = 0; j < w; j++) {
-        float v = off + 0.8f * sinf(0.3f * a * (float)i + 0.2f * b * (float)j) +
-                  0.3f * lt_rng_normal(&rng);
-        x[(p * h + i) * w + j] = v > 0 ? v : 0;
-      }
-  }
+  ac_test_fill_relu(&rng, x, planes, h, w);
 }
 
 TEST_CASE(gpu_codec_matches_cpu_on_activations) {
