@@ -1,9 +1,10 @@
 /* The LORENZO activation codec on device memory (backend/cuda/codec_cuda.cu; built with the CUDA
  * backend only). It reads and writes the very stream format of the CPU codec (codec.c): a stream
  * the GPU writes decodes on the CPU to the same floats, and the other way round; the streams may
- * differ in three ways only: the GPU picks the predictor on the whole tensor rather than on a
- * sample of planes, it writes Huffman chunks of AC_CUDA_CHUNK symbols (one decode thread each),
- * and it never runs the optional zstd pass (zstd-packed streams decode on the CPU).
+ * differ in three ways only: the GPU picks the predictor from another sample (every 16th plane
+ * whole, where the CPU takes the leading rows of 16 planes; the cost estimate is the same), it
+ * writes Huffman chunks of AC_CUDA_CHUNK symbols (one decode thread each), and it never runs the
+ * optional zstd pass (zstd-packed streams decode on the CPU).
  *
  * Usage (dx, ds: device pointers on the backend's device):
  *   ac_cuda *c = ac_cuda_new(be, &err);                       // be: lt_backend_get("cuda")
@@ -19,7 +20,8 @@
  * error word). Device memory comes from the backend (counted per category: the stream under the
  * caller's category, scratch under LT_MEM_WORKSPACE).
  *
- * Limits: fewer than 2^31 elements per tensor (the kernels' 32-bit indexing). */
+ * Limits: fewer than 2^31 elements per tensor (the kernels' 32-bit indexing). Escape and outlier
+ * lists start at n/64 + 1024 entries; a tensor with more runs the main pass a second time. */
 #ifndef LATHE_AC_CUDA_H
 #define LATHE_AC_CUDA_H
 
