@@ -229,7 +229,8 @@ static int run_one_gpu(lt_backend *be, ac_cuda *g, lt_ac_codec *cpu, const bench
         }
       }
       int same = !lt_ac_decode(cpu, hs.data, st[i].len, yc, t->n, &err) && !memcmp(y, yc, nb);
-      same = same && !lt_ac_encode(cpu, LT_AC_KIND_LORENZO, t->x, t->ndim, t->shape, eb, &cs, &err) &&
+      same = same &&
+             !lt_ac_encode(cpu, LT_AC_KIND_LORENZO, t->x, t->ndim, t->shape, eb, &cs, &err) &&
              !lt_ac_decode(cpu, cs.data, cs.len, yc, t->n, &err) && !memcmp(y, yc, nb);
       if (!same) {
         fprintf(stderr, "bench codec: lorenzo-gpu on %s differs from the CPU codec\n", t->name);

@@ -37,7 +37,9 @@ static void *dev_copy(const void *src, size_t bytes) {
   return d;
 }
 
-static void dev_free(void *d, size_t bytes) { gpu->vt->free(gpu, d, bytes ? bytes : 1, LT_MEM_DATA); }
+static void dev_free(void *d, size_t bytes) {
+  gpu->vt->free(gpu, d, bytes ? bytes : 1, LT_MEM_DATA);
+}
 
 /* |x - y| <= eb, zeros exact, non-quantisable values bit-exact; returns the violations. */
 static int64_t check_bound(const float *x, const float *y, int64_t n, double eb) {
@@ -141,7 +143,8 @@ TEST_CASE(gpu_codec_matches_cpu_on_activations) {
   const double ebs[4] = {0.01, 0.05, 0.1, 0.3};
   for (int e = 0; e < 4; e++) twin("post-ReLU 8x16x32x32", x, 4, shape, ebs[e]);
   /* smooth: Lorenzo wins */
-  for (int64_t i = 0; i < n; i++) x[i] = sinf(0.01f * (float)(i % 1024)) + 0.001f * (float)(i / 1024);
+  for (int64_t i = 0; i < n; i++)
+    x[i] = sinf(0.01f * (float)(i % 1024)) + 0.001f * (float)(i / 1024);
   twin("smooth", x, 4, shape, 0.01);
   /* dense random */
   for (int64_t i = 0; i < n; i++) x[i] = lt_rng_normal(&rng);

@@ -563,7 +563,8 @@ static lt_status lorenzo_encode(lt_ac_codec *c, const float *x, int ndim, const 
       ac_put_u32(ep + 8, c->outl[i].val[j]);
     }
 
-  ac_header_put(o, pred, flags, ndim, shape, eb, (uint32_t)chunk, nsym, nesc, nout, raw_bytes, stored);
+  ac_header_put(o, pred, flags, ndim, shape, eb, (uint32_t)chunk, nsym, nesc, nout, raw_bytes,
+                stored);
   out->len = (size_t)(ep - o);
   ac_put_u32(o + AC_CRC_OFFSET, ac_stream_checksum(o, out->len));
   return LT_OK;

@@ -64,9 +64,10 @@ typedef struct dbuf {
 struct ac_cuda {
   lt_backend *be;
   int sms;
-  dbuf hist, comp, encp, codes, cbits, coff, pay, ei, ev, oi, ov, sk, sv, tmp, crc, crctab, denc, dtab,
-      sorted, cstart, errw;
-  unsigned long long *h_comp; /* pinned: 4 counter pairs, then both compacted histograms */
+  dbuf hist, comp, encp, codes, cbits, coff, pay, ei, ev, oi, ov, sk, sv, tmp, crc, crctab, denc,
+      dtab, sorted, cstart, errw;
+  unsigned long long *h_comp; /* pinned: the counter words (4 × 8 bytes), then the compacted
+                                histogram; reused for the code's upload */
   uint8_t *h_small; /* pinned: header + table / chunk section staging */
   size_t h_small_cap;
   uint8_t len[AC_NSYM];
@@ -87,7 +88,7 @@ struct ac_cuda {
 #define DEC 1
 #define MARK(dir, k)                                                                               \
   do {                                                                                             \
-    if (c->prof) cudaEventRecord(c->evt[dir][k], lt_cuda_stream);                                   \
+    if (c->prof) cudaEventRecord(c->evt[dir][k], lt_cuda_stream);                                \
   } while (0)
 
 /* Adds the time between consecutive marks 0..last of one call. */
@@ -178,7 +179,7 @@ extern "C" ac_cuda *ac_cuda_new(lt_backend *be, lt_err *err) {
     for (int k = 0; k < 8; k++) cudaEventCreate(&c->evt[d][k]);
   cudaDeviceGetAttribute(&c->sms, cudaDevAttrMultiProcessorCount, be->device);
   if (c->sms < 1) c->sms = 1;
-  if (cudaMallocHost((void **)&c->h_comp, (2 * AC_NSYM + 4) * sizeof(unsigned long long)) !=
+  if (cudaMallocHost((void **)&c->h_comp, (AC_NSYM + 4) * sizeof(unsigned long long)) !=
       cudaSuccess) {
     free(c);
     lt_errorf(err, LT_ERR_NOMEM, "GPU codec: cannot allocate pinned host memory");
@@ -190,9 +191,9 @@ extern "C" ac_cuda *ac_cuda_new(lt_backend *be, lt_err *err) {
 extern "C" void ac_cuda_free(ac_cuda *c) {
   if (!c) return;
   if (lt_cuda_backend_enter(c->be, NULL) == LT_OK) cudaStreamSynchronize(lt_cuda_stream);
-  dbuf *all[] = {&c->hist, &c->comp, &c->encp, &c->codes, &c->cbits, &c->coff, &c->pay, &c->ei, &c->ev, &c->oi,
-                 &c->ov, &c->sk, &c->sv, &c->tmp, &c->crc, &c->crctab, &c->denc, &c->dtab,
-                 &c->sorted, &c->cstart, &c->errw};
+  dbuf *all[] = {&c->hist, &c->comp, &c->encp, &c->codes, &c->cbits, &c->coff, &c->pay,
+                 &c->ei, &c->ev, &c->oi, &c->ov, &c->sk, &c->sv, &c->tmp, &c->crc, &c->crctab,
+                 &c->denc, &c->dtab, &c->sorted, &c->cstart, &c->errw};
   for (size_t i = 0; i < sizeof all / sizeof *all; i++) dfree(c, all[i]);
   cudaFreeHost(c->h_comp);
   for (int d = 0; d < 2 && c->prof; d++)
@@ -536,7 +537,8 @@ static void crc_tabs_build(crc_tabs *h) {
     h->t[0][i] = v;
   }
   for (int t = 1; t < 8; t++)
-    for (int i = 0; i < 256; i++) h->t[t][i] = (h->t[t - 1][i] >> 8) ^ h->t[0][h->t[t - 1][i] & 0xFF];
+    for (int i = 0; i < 256; i++)
+      h->t[t][i] = (h->t[t - 1][i] >> 8) ^ h->t[0][h->t[t - 1][i] & 0xFF];
   const uint32_t x8 = 1u << 23; /* x^8: one byte */
   h->tail[0] = GF_ONE;
   for (int r = 1; r < CRC_SEG; r++) h->tail[r] = gf_mul(x8, h->tail[r - 1]);
@@ -727,7 +729,8 @@ static lt_status crc_queue(ac_cuda *c, const uint8_t *s, unsigned long long n, i
   uint8_t *buf = (uint8_t *)dgrow(c, &c->crc, (size_t)(nseg + 1) * 4 + 2 * lvl * 12, err);
   if (!buf) return err ? err->status : LT_ERR_NOMEM;
   uint32_t *seg = (uint32_t *)(void *)buf;
-  unsigned long long *l0 = (unsigned long long *)(void *)(buf + (((size_t)(nseg + 1) * 4 + 7) & ~(size_t)7));
+  const size_t seg_bytes = ((size_t)(nseg + 1) * 4 + 7) & ~(size_t)7;
+  unsigned long long *l0 = (unsigned long long *)(void *)(buf + seg_bytes);
   unsigned long long *l1 = l0 + lvl;
   uint32_t *c0 = (uint32_t *)(void *)(l1 + lvl), *c1 = c0 + lvl;
   if (nseg)
@@ -784,7 +787,8 @@ static int cmp_u16(const void *a, const void *b) {
 extern "C" lt_status ac_cuda_encode(ac_cuda *c, const float *dx, int ndim, const int64_t *shape,
                                     double eb, lt_mem_cat cat, ac_dstream *out, lt_err *err) {
   if (!c || !dx || !shape || !out)
-    return lt_errorf(err, LT_ERR_INVALID, "ac_cuda_encode: codec, data, shape and out are required");
+    return lt_errorf(err, LT_ERR_INVALID,
+                     "ac_cuda_encode: codec, data, shape and out are required");
   ac_cuda_stream_free(c, out);
   int64_t n64 = 0, h = 1, w = 1;
   lt_status st = check_dims(ndim, shape, &n64, &h, &w, err);
@@ -803,7 +807,8 @@ extern "C" lt_status ac_cuda_encode(ac_cuda *c, const float *dx, int ndim, const
   /* 1. predictor (on a sample, decided on the device), then the codes, their histogram (made
    * compact), escapes and outliers in one pass. The lists start at a sixty-fourth of the
    * elements and are made exact and the pass run again when that was too short (rare). */
-  unsigned *hist = (unsigned *)dgrow(c, &c->hist, (3 * AC_NSYM + CNT_WORDS) * sizeof(unsigned), err);
+  unsigned *hist =
+      (unsigned *)dgrow(c, &c->hist, (3 * AC_NSYM + CNT_WORDS) * sizeof(unsigned), err);
   unsigned long long *comp = (unsigned long long *)dgrow(c, &c->comp, AC_NSYM * 8, err);
   uint16_t *codes = (uint16_t *)dgrow(c, &c->codes, (size_t)n * 2, err);
   if (!hist || !comp || !codes) return err ? err->status : LT_ERR_NOMEM;
