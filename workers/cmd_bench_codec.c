@@ -120,6 +120,21 @@ static double bench_now(void) {
   return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
 }
 
+/* Adds one decode y of tensor t to r: largest error, zeros kept, and (bounded) elements off by
+ * more than eb. */
+static void tally(const bench_tensor *t, const float *y, int bounded, double eb,
+                  bench_result *r) {
+  for (int64_t j = 0; j < t->n; j++) {
+    double e = fabs((double)t->x[j] - (double)y[j]);
+    if (e > r->max_err) r->max_err = e;
+    if (bounded && !(e <= eb)) r->violations++;
+    if (t->x[j] == 0.0f) {
+      r->zeros_in++;
+      r->zeros_kept += y[j] == 0.0f;
+    }
+  }
+}
+
 static int run_one(lt_ac_codec *c, lt_ac_kind kind, const bench_set *s, double eb, int repeat,
                    float *y, bench_result *r) {
   lt_err err = {0};
@@ -144,16 +159,7 @@ static int run_one(lt_ac_codec *c, lt_ac_kind kind, const bench_set *s, double e
                 s->t[i].name, err.msg);
         rc = -1;
       }
-      if (rep == 0 && !rc)
-        for (int64_t j = 0; j < s->t[i].n; j++) {
-          double e = fabs((double)s->t[i].x[j] - (double)y[j]);
-          if (e > r->max_err) r->max_err = e;
-          if (kind == LT_AC_KIND_LORENZO && !(e <= eb)) r->violations++;
-          if (s->t[i].x[j] == 0.0f) {
-            r->zeros_in++;
-            r->zeros_kept += y[j] == 0.0f;
-          }
-        }
+      if (rep == 0 && !rc) tally(&s->t[i], y, kind == LT_AC_KIND_LORENZO, eb, r);
     }
     double t2 = bench_now();
     if (rep == 0) /* the first decode also ran the checks: time decoding again without them */
@@ -219,15 +225,7 @@ static int run_one_gpu(lt_backend *be, ac_cuda *g, lt_ac_codec *cpu, const bench
         rc = -1;
         break;
       }
-      for (int64_t j = 0; j < t->n; j++) {
-        double e = fabs((double)t->x[j] - (double)y[j]);
-        if (e > r->max_err) r->max_err = e;
-        if (!(e <= eb)) r->violations++;
-        if (t->x[j] == 0.0f) {
-          r->zeros_in++;
-          r->zeros_kept += y[j] == 0.0f;
-        }
-      }
+      tally(t, y, 1, eb, r);
       int same = !lt_ac_decode(cpu, hs.data, st[i].len, yc, t->n, &err) && !memcmp(y, yc, nb);
       same = same &&
              !lt_ac_encode(cpu, LT_AC_KIND_LORENZO, t->x, t->ndim, t->shape, eb, &cs, &err) &&

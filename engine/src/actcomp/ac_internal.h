@@ -18,6 +18,10 @@
                                 up to this: the GPU encoder writes smaller chunks, one decode
                                 thread each) */
 #define AC_CHUNK_MIN 1024
+/* A chunk size a stream may carry: a power of two in [AC_CHUNK_MIN, AC_CHUNK]. */
+static inline int ac_chunk_valid(int64_t chunk) {
+  return chunk >= AC_CHUNK_MIN && chunk <= AC_CHUNK && !(chunk & (chunk - 1));
+}
 #define AC_MULTI 8      /* most symbols one decode-table lookup yields */
 #define AC_GROUP 4           /* chunks decoded interleaved by one thread (breaks the
                                 load→lookup→shift dependency chain of a single bit stream) */

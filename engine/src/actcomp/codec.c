@@ -393,7 +393,7 @@ static lt_status lorenzo_encode(lt_ac_codec *c, const float *x, int ndim, const 
   plane_dims(ndim, shape, &h, &w);
   const int64_t plane = h * w, nplanes = n / plane;
   const int64_t chunk = c->opts.chunk ? c->opts.chunk : AC_CHUNK;
-  if (chunk < AC_CHUNK_MIN || chunk > AC_CHUNK || (chunk & (chunk - 1)))
+  if (!ac_chunk_valid(chunk))
     return lt_errorf(err, LT_ERR_INVALID, "chunk size %lld: give a power of two from %d to %d",
                      (long long)chunk, AC_CHUNK_MIN, AC_CHUNK);
   const int64_t nchunks = (n + chunk - 1) / chunk;
@@ -486,8 +486,7 @@ static lt_status lorenzo_encode(lt_ac_codec *c, const float *x, int ndim, const 
   if ((st = ac_buf_reserve(out, AC_HEADER_BYTES + table_bytes + chunk_bytes + pay_cap + tail_bytes,
                            err)))
     return st;
-  uint8_t *o = out->data;
-  memset(o, 0, AC_HEADER_BYTES);
+  uint8_t *o = out->data; /* the header is written last (ac_header_put) */
   uint8_t *tp = o + AC_HEADER_BYTES;
   for (int s = 0; s < AC_NSYM; s++)
     if (c->len[s]) {
@@ -597,7 +596,6 @@ uint32_t ac_stream_checksum(const uint8_t *src, size_t len) {
   return ac_crc32c(crc, src + AC_CRC_OFFSET + 4, len - AC_CRC_OFFSET - 4);
 }
 
-
 #define BAD(...) lt_errorf(err, LT_ERR_FORMAT, "activation stream: " __VA_ARGS__)
 
 lt_status ac_parse_header(const uint8_t *s, size_t len, ac_hdr *hd, lt_err *err) {
@@ -632,7 +630,7 @@ lt_status ac_parse_header(const uint8_t *s, size_t len, ac_hdr *hd, lt_err *err)
   ac_qp qp;
   if (ac_qp_init(hd->eb, &qp)) return BAD("error bound %g is not usable", hd->eb);
   const uint32_t chunk = ac_get_u32(s + 88);
-  if (chunk < AC_CHUNK_MIN || chunk > AC_CHUNK || (chunk & (chunk - 1)))
+  if (!ac_chunk_valid(chunk))
     return BAD("chunk size %u (expected a power of two from %d to %d)", chunk, AC_CHUNK_MIN,
                AC_CHUNK);
   hd->chunk = chunk;
