@@ -5,7 +5,7 @@
 // server must still be healthy and its store and database must hold nothing from refused input.
 import { readdirSync, readFileSync, existsSync, mkdirSync, writeFileSync } from 'node:fs';
 import path from 'node:path';
-import { startServer, api, raw, check, finish, makeH5, sleep } from './lib.mjs';
+import { startServer, api, raw, check, finish, makeH5, sleep, waitFor } from './lib.mjs';
 
 const ID = { job: 'job_0123456789abcdef', model: 'mdl_0123456789abcdef', dataset: 'ds_0123456789abcdef',
              artifact: 'art_0123456789abcdef', token: 'tok_0123456789abcdef', kind: 'inspect' };
@@ -145,7 +145,7 @@ try {
   got = await raw(srv, Buffer.concat([Buffer.from(`POST /api/v1/datasets?name=cut.h5 HTTP/1.1\r\nHost: x\r\n` +
     `Authorization: Bearer ${T.submit}\r\nContent-Type: application/octet-stream\r\nContent-Length: ${valid.length}\r\n\r\n`),
     valid.subarray(0, Math.floor(valid.length / 2))]), { closeAfterSend: true });
-  await sleep(300);
+  await waitFor(() => readdirSync(path.join(srv.data, 'tmp')).length === 0);
   const tmpLeft = readdirSync(path.join(srv.data, 'tmp'));
   const blobs = existsSync(path.join(srv.data, 'store')) ? readdirSync(path.join(srv.data, 'store')) : [];
   check(tmpLeft.length === 0, `interrupted upload leaves no temp file (left: ${tmpLeft})`);
@@ -233,9 +233,9 @@ try {
     // Half a body, then the server dies.
     const pending = raw(s2, Buffer.concat([Buffer.from(`POST /api/v1/datasets?name=k.h5 HTTP/1.1\r\nHost: x\r\n` +
       `Authorization: Bearer ${srv.tokens.submit}\r\nContent-Type: application/octet-stream\r\nContent-Length: ${valid.length}\r\n\r\n`),
-      valid.subarray(0, 1000)]), { ms: 1500 });
-    await sleep(300);
-    check(readdirSync(path.join(srv.data, 'tmp')).length === 1, 'the upload in flight has a temp file');
+      valid.subarray(0, 1000)]), { ms: 10000 });
+    check(await waitFor(() => readdirSync(path.join(srv.data, 'tmp')).length === 1),
+      'the upload in flight has a temp file');
     s2.proc.kill('SIGKILL');
     await pending;
     return r.json?.items?.length;

@@ -24,6 +24,17 @@ export function finish(name) {
 
 const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
 
+// Polls cond() every 50 ms until it holds or ms pass; returns its last value. For what another
+// process does in its own time (a loaded CI machine runs the sanitizer builds side by side).
+export async function waitFor(cond, ms = 10000) {
+  const end = Date.now() + ms;
+  for (;;) {
+    const v = await cond();
+    if (v || Date.now() >= end) return v;
+    await sleep(50);
+  }
+}
+
 // reuse: {data, tokens} of an earlier server, to restart on the same data folder.
 export async function startServer(extraArgs = [], env = {}, reuse = null) {
   const data = reuse ? reuse.data : mkdtempSync(path.join(os.tmpdir(), 'lathe-srv-test-'));
@@ -83,15 +94,15 @@ export async function api(srv, method, url, { token, body, json, headers = {} } 
 export function raw(srv, bytes, { ms = 2000, closeAfterSend = false } = {}) {
   return new Promise((resolve) => {
     const sock = net.connect(srv.port, '127.0.0.1');
-    let got = '';
-    const done = () => { sock.destroy(); resolve(got); };
+    let got = '', timer = null;
+    const done = () => { clearTimeout(timer); sock.destroy(); resolve(got); };
     sock.on('connect', () => {
       sock.write(bytes, () => { if (closeAfterSend) done(); });
     });
     sock.on('data', (d) => { got += d.toString('latin1'); });
     sock.on('error', done);
     sock.on('close', done);
-    setTimeout(done, ms);
+    timer = setTimeout(done, ms);
   });
 }
 
