@@ -145,8 +145,9 @@ PY
   ;;
 r20acc)
   [ -f "$CIFAR" ] || { echo "r20acc: $CIFAR absent, skipped"; continue; }
-  # Exact against adaptive (lossy batch-norm inputs, the configuration of the 15x figure) at the
-  # same budget, for each seed in turn; each run prints its line as it ends.
+  # Each configuration of $ACC_CONFIGS (by default exact, and adaptive with lossy batch-norm
+  # inputs: the configuration of the 15x figure) at the same budget, for each seed in turn; each
+  # run prints its line as it ends.
   for seed in $SEEDS; do
     for cfg in $ACC_CONFIGS; do
       mode=${cfg%%:*} rest=${cfg#*:} bn=${cfg#*:} eb=
