@@ -36,14 +36,17 @@ export async function waitFor(cond, ms = 10000) {
 }
 
 // reuse: {data, tokens} of an earlier server, to restart on the same data folder.
-export async function startServer(extraArgs = [], env = {}, reuse = null) {
+// host: the address to listen on; ready(port): whether the server answers (default: GET /healthz
+// over plain HTTP on 127.0.0.1 gives 200).
+export async function startServer(extraArgs = [], env = {}, reuse = null,
+                                  { host = '127.0.0.1', ready = null } = {}) {
   const data = reuse ? reuse.data : mkdtempSync(path.join(os.tmpdir(), 'lathe-srv-test-'));
   const tokens = reuse ? reuse.tokens : {};
   for (const scope of reuse ? [] : ['read', 'submit', 'admin', 'worker'])
     tokens[scope] = execFileSync(serverBin, ['token', 'create', '--data', data, '--scope', scope, '--name', scope]).toString().trim();
   for (let tries = 0; tries < 20; tries++) {
     const port = 18100 + Math.floor(Math.random() * 100);
-    const proc = spawn(serverBin, ['--listen', `127.0.0.1:${port}`, '--data', data, ...extraArgs], {
+    const proc = spawn(serverBin, ['--listen', `${host}:${port}`, '--data', data, ...extraArgs], {
       env: { ...process.env, LATHE_CLI: cliBin, ...env }, stdio: ['ignore', 'ignore', 'pipe'] });
     let log = '';
     proc.stderr.on('data', (d) => { log += d; });
@@ -52,8 +55,7 @@ export async function startServer(extraArgs = [], env = {}, reuse = null) {
     const base = `http://127.0.0.1:${port}`;
     for (let i = 0; i < 100 && !exited; i++) {
       try {
-        const r = await fetch(`${base}/healthz`);
-        if (r.status === 200) {
+        if (ready ? await ready(port) : (await fetch(`${base}/healthz`)).status === 200) {
           return { base, port, data, tokens, proc, log: () => log,
             async stop() {
               proc.kill('SIGTERM');
