@@ -2,8 +2,9 @@
 # The GPU check, for a bare NVIDIA machine (nvcc, CMake, gcc, PyTorch; no -dev packages, no
 # network): builds Lathe with the CUDA backend against the libraries fetched beforehand by
 # tests/gpu/fetch-debs.sh (unpacked here into a private prefix), runs the op conformance test of
-# the CUDA backend against the CPU one and the GPU activation codec's test against its CPU twin
-# (also under compute-sanitizer's memcheck when there), benchmarks the GPU codec on ResNet-20
+# the CUDA backend against the CPU one, the GPU activation codec's test against its CPU twin
+# (also under compute-sanitizer's memcheck when there) and the training loop on the GPU against
+# the CPU (tests/train/test_device_train.c), benchmarks the GPU codec on ResNet-20
 # activations captured here from the carried model and images (tests/gpu/.data) beside the CPU
 # codec, then ResNet-20 training and inference at batch 128 against PyTorch eager on the same GPU
 # in the same run, and prints a short table last.
@@ -14,8 +15,8 @@
 #                  (device tool: carry ["tests/gpu/.debs", "tests/gpu/.data"])
 #
 # OUT_DIR (default: $OUT when set, else /tmp/lathe-gpu-check) receives the build log, the test
-# output and both benchmarks' JSON lines. Exit status: 0 when the build and the conformance test
-# pass, 1 otherwise (the benchmark runs either way and its figures are printed).
+# output and both benchmarks' JSON lines. Exit status: 0 when the build and the tests pass, 1
+# otherwise (the benchmark runs either way and its figures are printed).
 set -uo pipefail
 t_start=$(date +%s)
 here=$(cd "$(dirname "$0")" && pwd)
@@ -103,7 +104,7 @@ timeout "$(budget)" cmake -S "$root" -B "$build" "${gen[@]}" -DCMAKE_BUILD_TYPE=
   >"$out/configure.log" 2>&1 || { tail -30 "$out/configure.log"; die "cmake configure (log: $out/configure.log)"; }
 grep -q "CUDA: found" "$out/configure.log" || die "CMake did not enable CUDA: $(grep 'CUDA' "$out/configure.log")"
 say "building ($(nproc) jobs)"
-timeout "$(budget)" cmake --build "$build" -j "$(nproc)" --target gpu_test_conformance gpu_test_codec gpu_bench_resnet20 actcomp_capture actcomp_bench_codec \
+timeout "$(budget)" cmake --build "$build" -j "$(nproc)" --target gpu_test_conformance gpu_test_codec train_test_device_train gpu_bench_resnet20 actcomp_capture actcomp_bench_codec \
   >"$out/build.log" 2>&1 || { tail -40 "$out/build.log"; die "build (log: $out/build.log)"; }
 say "built"
 
@@ -127,6 +128,14 @@ rc=$?
 cat "$out/codec.log"
 case $rc in 0) codec="pass" ;; *) codec="FAIL (exit $rc)"; status=1 ;; esac
 codec_cases=$(tail -1 "$out/codec.log")
+# ---- training through lt_train_run on the GPU against the CPU, and resume there ----------------
+say "training loop on the GPU: against the CPU, and resumed from checkpoints"
+LATHE_TEST_BACKEND=cuda timeout "$(budget)" "$build/bin/train_test_device_train" >"$out/train.log" 2>&1
+rc=$?
+cat "$out/train.log"
+case $rc in 0) train="pass" ;; *) train="FAIL (exit $rc)"; status=1 ;; esac
+train_cases="$(grep -m1 'differ from the CPU' "$out/train.log" | sed 's/^ *//'); $(tail -1 "$out/train.log")"
+
 memcheck="not run (no compute-sanitizer)"
 command -v compute-sanitizer >/dev/null && memcheck="not run (under 200 s of the budget left)"
 if command -v compute-sanitizer >/dev/null && [ "$(budget)" -gt 200 ]; then
@@ -187,9 +196,9 @@ PYTHONUNBUFFERED=1 run_bench pytorch "$PY" "$here/resnet20_torch.py" 128 "$steps
 
 # ---- the table, last ----------------------------------------------------------------------------
 echo
-"$PY" - "$out" "$conf" "$conf_cases" "$codec" "$codec_cases" "$memcheck" <<'PY'
+"$PY" - "$out" "$conf" "$conf_cases" "$codec" "$codec_cases" "$memcheck" "$train" "$train_cases" <<'PY'
 import json, os, sys
-out, conf, cases, codec, codec_cases, memcheck = sys.argv[1:7]
+out, conf, cases, codec, codec_cases, memcheck, train, train_cases = sys.argv[1:9]
 rows = []
 for name, label in (("lathe_fp32", "lathe (fp32 sgemm)"), ("lathe_tf32", "lathe (tf32 sgemm)"),
                     ("pytorch", "pytorch eager")):
@@ -203,6 +212,7 @@ dev = next((r["device"] for _, r in rows if r), "?")
 print(f"GPU: {dev}")
 print(f"op conformance (CUDA vs CPU): {conf} — {cases}")
 print(f"GPU codec vs CPU codec: {codec} — {codec_cases}; memcheck: {memcheck}")
+print(f"training loop (lt_train_run) on the GPU vs CPU: {train} — {train_cases}")
 try:
     with open(os.path.join(out, "bench_codec.txt")) as f:
         lines = [l.rstrip() for l in f if l.startswith(("codec ", "lorenzo"))]

@@ -11,6 +11,7 @@
 #include "lathe/backend.h"
 #include "lathe/loader.h"
 #include "lathe/train.h"
+#include "fake_device.h"
 #include "fault_pread.h"
 #include "test.h"
 
@@ -22,6 +23,7 @@ int cmd_gen_surrogate(int argc, char **argv);
 static const char *data_path = "train_mpi.h5";
 static const char *ref_path = "ref_weights.bin";
 static int rank, size;
+static lt_backend *train_be; /* cpu, or with --device the CPU posing as a device backend */
 
 /* A regression model without batch norm, so that its gradient over a batch is exactly the sum of
  * per-sample gradients and the multi-rank step can equal the single-process one:
@@ -91,7 +93,7 @@ static lt_status train_ckpt(lt_graph *g, lt_loader_pread_fn fn, void *user, int 
     c.on_epoch = stop_after;
     c.user = &stop_epoch;
   }
-  lt_status st = lt_train_run(g, lt_backend_get("cpu", err), &c, r, err);
+  lt_status st = lt_train_run(g, train_be, &c, r, err);
   lt_loader_close(ld);
   return st;
 }
@@ -180,6 +182,14 @@ TEST_CASE(train_mpi_unet_ranks_end_identical) {
   MPI_Bcast(w0, (int)n, MPI_FLOAT, 0, MPI_COMM_WORLD);
   CHECK_MSG(memcmp(w0, w, (size_t)n * sizeof(float)) == 0,
             "rank %d: unet parameters (batch-norm statistics included) differ from rank 0", rank);
+  /* and the running statistics moved from their initial zeros (on a device backend they come
+   * back from the executor's copies every step) */
+  double moved = 0;
+  for (int v = 0; v < g->n_values; v++)
+    if (g->values[v].data && strstr(g->values[v].name, "running_mean"))
+      for (int64_t i = 0; i < lt_tensor_numel(g->values[v].data); i++)
+        moved += fabs(lt_tensor_f32(g->values[v].data)[i]);
+  CHECK_MSG(moved > 0, "rank %d: the batch-norm running means never moved", rank);
   free(w0);
   free(w);
   lt_graph_free(g);
@@ -282,7 +292,12 @@ static int write_reference(void) {
 
 int main(int argc, char **argv) {
   lt_train_set_threads(1);
+  train_be = lt_backend_get("cpu", NULL);
   if (argc > 1 && !strcmp(argv[1], "--reference")) return write_reference();
+  /* --device: the ranks train through the device paths of the loop (parameters sent to the
+   * executor each step, gradients and running statistics brought back) against the same
+   * CPU reference */
+  if (argc > 1 && !strcmp(argv[1], "--device")) train_be = test_fake_device();
   MPI_Init(&argc, &argv);
   MPI_Comm_rank(MPI_COMM_WORLD, &rank);
   MPI_Comm_size(MPI_COMM_WORLD, &size);

@@ -39,6 +39,19 @@ typedef struct lt_node_ctx {
   uint64_t seed, step;
 } lt_node_ctx;
 
+/* One optimizer update of a parameter tensor in backend memory, with the arithmetic of
+ * train/optim.c (torch.optim's): SGD with momentum, dampening, Nesterov and L2 weight decay, or
+ * AdamW with decoupled weight decay. */
+typedef struct lt_optim_update {
+  int adamw;      /* 0: SGD, 1: AdamW */
+  float lr, weight_decay;
+  float momentum, dampening; /* SGD */
+  int nesterov;              /* SGD */
+  int first;                 /* SGD: the first update (the velocity starts as the gradient) */
+  float beta1, beta2, eps;   /* AdamW */
+  int64_t step;              /* AdamW: updates so far, this one included (bias correction) */
+} lt_optim_update;
+
 typedef struct lt_backend_vtbl {
   const char *name; /* "cpu", "cuda" */
   int (*supports)(lt_backend *be, const lt_graph *g, int node);
@@ -52,6 +65,12 @@ typedef struct lt_backend_vtbl {
   lt_status (*backward)(lt_backend *be, lt_node_ctx *ctx, lt_err *err);
   lt_status (*synchronize)(lt_backend *be, lt_err *err);
   void (*destroy)(lt_backend *be);
+  /* Device backends: applies u to the count floats at w (in place) with gradient g and state s0
+   * (SGD velocity, NULL without momentum; AdamW m) and s1 (AdamW v), all in backend memory.
+   * Queued on the backend's stream like a kernel. NULL on host backends, whose optimizer runs
+   * the CPU kernels itself (train/optim.c). */
+  lt_status (*optim_step)(lt_backend *be, const lt_optim_update *u, size_t count, float *w,
+                          const float *g, float *s0, float *s1, lt_err *err);
 } lt_backend_vtbl;
 
 struct lt_backend {

@@ -127,6 +127,10 @@ lt_status lt_exec_backward(lt_exec *ex, lt_err *err);
 void lt_exec_zero_grads(lt_exec *ex);
 lt_tensor *lt_exec_param_grad(lt_exec *ex, int value_id); /* NULL for non-trainable values and
                                                              parameters no output depends on */
+/* The tensor forward and backward read for a parameter value: the graph's own on host backends,
+ * the executor's device copy on device backends (what a device-side optimizer updates; see
+ * lt_exec_sync_params). NULL for values that are not parameters. */
+lt_tensor *lt_exec_param(lt_exec *ex, int value_id);
 /* Called after a node's forward (for feature-map losses, latency probes, activation capture). */
 typedef void (*lt_exec_hook)(void *user, lt_exec *ex, int node, const lt_tensor *out);
 void lt_exec_set_forward_hook(lt_exec *ex, lt_exec_hook fn, void *user);

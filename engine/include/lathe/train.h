@@ -52,7 +52,8 @@ typedef struct lt_optim_config {
 lt_optim_config lt_optim_config_default(lt_optim_kind kind);
 lt_status lt_optim_config_check(const lt_optim_config *c, lt_err *err);
 
-/* An optimizer over a fixed list of float32 parameter tensors (host memory). */
+/* An optimizer over a fixed list of float32 parameter tensors (host memory), which
+ * lt_optim_attach can move to a device backend. */
 typedef struct lt_optim {
   lt_optim_config cfg;
   int n;                /* parameters */
@@ -60,12 +61,25 @@ typedef struct lt_optim {
   int n_slots;          /* state tensors per parameter: 0 (plain SGD), 1 (velocity), 2 (m, v) */
   float **state;        /* (n * n_slots) each numel(params[i]) floats, owned, LT_MEM_OPTIMIZER */
   int64_t step;         /* updates taken so far */
+  /* Attached to a device backend: updates run there, on dparams and dstate; params and state
+   * are then the host mirror that checkpoints read and write (lt_optim_sync_to_host). */
+  lt_backend *be;       /* NULL: host */
+  lt_tensor **dparams;  /* (n) borrowed device tensors, or NULL */
+  float **dstate;       /* (n * n_slots) in be's memory, LT_MEM_OPTIMIZER, or NULL */
 } lt_optim;
 
 lt_optim *lt_optim_create(const lt_optim_config *c, int n, lt_tensor *const *params, lt_err *err);
 void lt_optim_free(lt_optim *o); /* accepts NULL and half-built optimizers */
-/* One update of every parameter with grads[i] (same shapes as params[i]) at learning rate lr. */
+/* One update of every parameter with grads[i] (same shapes as params[i]) at learning rate lr.
+ * Once attached, grads are tensors in the device backend's memory and dparams are updated. */
 lt_status lt_optim_step(lt_optim *o, lt_tensor *const *grads, float lr, lt_err *err);
+/* Moves the updates to device backend be (one with optim_step): dparams[i] is params[i]'s copy
+ * there (same shape; the executor's, lt_exec_param). The state is copied over from the host, so
+ * an optimizer loaded from a checkpoint carries on. Attaching a host backend does nothing. */
+lt_status lt_optim_attach(lt_optim *o, lt_backend *be, lt_tensor *const *dparams, lt_err *err);
+/* Attached: brings the device state back to the host mirror (before a checkpoint). The
+ * parameters themselves come back with lt_exec_sync_params. No-op when not attached. */
+lt_status lt_optim_sync_to_host(lt_optim *o, lt_err *err);
 
 /* ---- schedules ----------------------------------------------------------------------------- */
 

@@ -1250,6 +1250,13 @@ lt_tensor *lt_exec_output_grad(lt_exec *ex, int i) {
   return t->data ? t : NULL;
 }
 
+lt_tensor *lt_exec_param(lt_exec *ex, int v) {
+  if (v < 0 || v >= ex->g->n_values || ex->g->values[v].kind != LT_VALUE_PARAM ||
+      !ex->g->values[v].data)
+    return NULL;
+  return exec_tensor(ex, v);
+}
+
 lt_tensor *lt_exec_param_grad(lt_exec *ex, int v) {
   if (v < 0 || v >= ex->g->n_values || ex->g->values[v].kind != LT_VALUE_PARAM) return NULL;
   return ex->grad[v].data ? &ex->grad[v] : NULL;

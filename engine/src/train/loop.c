@@ -264,6 +264,52 @@ static lt_status loop_check_config(const lt_train_config *c, lt_err *err) {
   return st;
 }
 
+static lt_status loop_check_backend(const lt_backend *be, const lt_train_config *c, lt_err *err) {
+  if (be->device < 0) return LT_OK;
+  if (c->stash)
+    return lt_errorf(err, LT_ERR_UNSUPPORTED,
+                     "activation_compression keeps its compressed tensors in host memory and cannot "
+                     "train on %s yet; train with device cpu, or on %s without "
+                     "activation_compression",
+                     be->vt->name, be->vt->name);
+  if (!be->vt->optim_step)
+    return lt_errorf(err, LT_ERR_UNSUPPORTED,
+                     "backend %s has no device optimizer; train with device cpu", be->vt->name);
+  return LT_OK;
+}
+
+/* ---- training on a device backend ----------------------------------------------------------
+ *
+ * The executor keeps device copies of the parameters (lt_exec_param) and computes their
+ * gradients there. The in-memory loop attaches the optimizer to the device, so a step moves
+ * nothing but the batch, the logits and their gradient; the graph's host tensors and the
+ * optimizer's host state are brought up to date (loop_pull) only where something reads them:
+ * before a validation pass, a checkpoint, and at every epoch end (so the caller finds the trained
+ * weights and batch-norm running statistics in the graph). The loader loop keeps the parameters
+ * on the host instead (its gradients are all-reduced there): every step sends them to the
+ * executor it runs (one per local batch size) and brings back the gradients and the running
+ * statistics. On host backends all of this does nothing. */
+
+/* Moves opt's updates onto ex's device copies of the parameters ids (np of them). */
+static lt_status loop_attach(lt_backend *be, lt_exec *ex, lt_optim *opt, const int *ids, int np,
+                             lt_err *err) {
+  if (be->device < 0) return LT_OK;
+  const size_t bytes = (size_t)(np ? np : 1) * sizeof(lt_tensor *);
+  lt_tensor **dev = lt_alloc(LT_MEM_OTHER, bytes, err);
+  if (!dev) return LT_ERR_NOMEM;
+  for (int i = 0; i < np; i++) dev[i] = lt_exec_param(ex, ids[i]);
+  lt_status st = lt_optim_attach(opt, be, dev, err);
+  lt_free(LT_MEM_OTHER, dev, bytes);
+  return st;
+}
+
+/* The graph's parameters (running statistics included) and the optimizer state, brought back
+ * from ex's device copies. */
+static lt_status loop_pull(lt_exec *ex, lt_optim *opt, lt_err *err) {
+  lt_status st = lt_exec_sync_params(ex, 0, err);
+  return st ? st : lt_optim_sync_to_host(opt, err);
+}
+
 static lt_status loop_checkpoint(const lt_train_config *c, const lt_graph *g, const lt_optim *o,
                                  const lt_ckpt_meta *m, lt_err *err) {
   if (!c->checkpoint_path) return LT_OK;
@@ -281,11 +327,17 @@ static lt_status loop_checkpoint_rank0(const lt_train_config *c, const lt_graph 
 }
 
 /* The end of every optimizer step in both loops: a checkpoint when one is due or the run is
- * stopping (written by rank 0, agreed by all ranks), then the cancellation. */
-static lt_status loop_step_end(const lt_train_config *c, const lt_graph *g, const lt_optim *o,
-                               const lt_ckpt_meta *m, int stop, int rank, int multi, lt_err *err) {
+ * stopping (written by rank 0, agreed by all ranks; first brought back from ex's device copies
+ * when ex is given), then the cancellation. */
+static lt_status loop_step_end(const lt_train_config *c, const lt_graph *g, lt_optim *o,
+                               lt_exec *ex, const lt_ckpt_meta *m, int stop, int rank, int multi,
+                               lt_err *err) {
   int ckpt_due = c->checkpoint_every > 0 && m->step % c->checkpoint_every == 0;
   if (ckpt_due || stop) {
+    if (ex && c->checkpoint_path) {
+      lt_status st = loop_pull(ex, o, err);
+      if (st) return st;
+    }
     lt_ckpt_meta saved = *m;
     saved.epoch_step = m->epoch_step + 1;
     lt_status st = loop_checkpoint_rank0(c, g, o, &saved, rank, multi, err);
@@ -322,15 +374,6 @@ static lt_status loop_resume(const lt_train_config *c, lt_graph *g, lt_optim *o,
   return LT_OK;
 }
 
-static lt_status loop_check_backend(const lt_backend *be, lt_err *err) {
-  if (be->device >= 0)
-    return lt_errorf(err, LT_ERR_UNSUPPORTED,
-                     "training on %s needs device-side optimizer updates, which this build lacks; "
-                     "train with device cpu",
-                     be->vt->name);
-  return LT_OK;
-}
-
 static lt_status loop_run_loader(lt_graph *g, lt_backend *be, const lt_train_config *c,
                                  lt_train_result *r, lt_err *err);
 
@@ -352,7 +395,7 @@ lt_status lt_train_run(lt_graph *g, lt_backend *be, const lt_train_config *c, lt
   lt_status st = loop_check_config(c, err);
   if (!st) st = loop_task_make(g, c->train, &t, err);
   if (!st && c->val) st = loop_task_make(g, c->val, &(loop_task){0}, err);
-  if (!st) st = loop_check_backend(be, err);
+  if (!st) st = loop_check_backend(be, c, err);
   if (st) return st;
   const int B = c->batch_size;
   const int64_t spe = c->train->n / B;
@@ -394,7 +437,8 @@ lt_status lt_train_run(lt_graph *g, lt_backend *be, const lt_train_config *c, lt
       goto done;
     }
   }
-  if ((st = loop_batch_alloc(&b, B, &t, err))) goto done;
+  if ((st = loop_attach(be, ex, opt, ids, np, err)) || (st = loop_batch_alloc(&b, B, &t, err)))
+    goto done;
 
   double train_time = 0;
   int64_t train_samples = 0;
@@ -448,10 +492,11 @@ lt_status lt_train_run(lt_graph *g, lt_backend *be, const lt_train_config *c, lt
                              .val_accuracy = NAN};
       lt_mem_get_stats(&p.mem);
       int stop = c->on_step && c->on_step(c->user, &p);
-      if ((st = loop_step_end(c, g, opt, &m, stop, 0, 0, err))) goto done;
+      if ((st = loop_step_end(c, g, opt, ex, &m, stop, 0, 0, err))) goto done;
     }
     train_time += epoch_time;
     train_samples += epoch_samples;
+    if ((st = loop_pull(ex, opt, err))) goto done;
     r->train_loss = m.epoch_seen ? m.epoch_loss_sum / m.epoch_seen : NAN;
     r->train_accuracy = t.classify && m.epoch_seen ? (double)m.epoch_correct / m.epoch_seen : NAN;
     lt_train_progress p = {.epoch = m.epoch, .epochs = c->epochs, .step = m.step,
@@ -691,7 +736,7 @@ static lt_status loop_run_loader(lt_graph *g, lt_backend *be, const lt_train_con
   loop_source src = {0};
   lt_status st = loop_source_make(g, ld, &t, &src, err);
   if (!st && c->val) st = loop_task_make(g, c->val, &(loop_task){0}, err);
-  if (!st) st = loop_check_backend(be, err);
+  if (!st) st = loop_check_backend(be, c, err);
   if (!st && (c->batch_size < 1 || c->epochs < 1 || c->max_steps < 0 || c->checkpoint_every < 0))
     st = lt_errorf(err, LT_ERR_INVALID,
                    "batch size and epochs must be >= 1, max_steps and checkpoint_every >= 0");
@@ -805,6 +850,7 @@ agreed:
       if (n > 0) {
         lt_exec *ex = loop_exec_get(&cache, g, n, be, &xo, err);
         st = ex ? loop_stage(&t, &src, &c->batch, &lb, &b, err) : (err ? err->status : LT_ERR_NOMEM);
+        if (!st) st = lt_exec_sync_params(ex, 1, err); /* device: this step's weights */
         if (!st) st = loop_forward(ex, be, &b, n, err);
         if (!st) {
           int64_t correct = 0;
@@ -818,13 +864,14 @@ agreed:
                                    (size_t)n * t.k * sizeof(float), err);
         }
         if (!st) st = lt_exec_backward(ex, err);
+        if (!st) st = lt_exec_sync_params(ex, 0, err); /* device: the running statistics */
         for (int i = 0; i < np && !st; i++) {
           lt_tensor *gi = lt_exec_param_grad(ex, ids[i]);
           if (!gi)
             st = lt_errorf(err, LT_ERR_INTERNAL, "no gradient for trainable parameter %s",
                            g->values[ids[i]].name);
           else
-            memcpy(packed + off[i], gi->data, (size_t)lt_shape_numel(gi->ndim, gi->shape) * sizeof(float));
+            st = be->vt->to_host(be, packed + off[i], gi->data, lt_tensor_nbytes(gi), err);
         }
         for (int i = np; i < np + n_stats && !st; i++) {
           const float *v = params[i]->data;
@@ -867,7 +914,7 @@ agreed:
       int stop = c->on_step && c->on_step(c->user, &p);
       /* a stop seen by one rank (a signal arrives at different times) stops all of them */
       if (multi) stop = lt_loader_agree(stop ? LT_ERR_CANCELLED : LT_OK, err) != LT_OK;
-      if ((st = loop_step_end(c, g, opt, &m, stop, rank, multi, err))) goto done;
+      if ((st = loop_step_end(c, g, opt, NULL, &m, stop, rank, multi, err))) goto done;
     }
     train_time += epoch_time;
     train_samples += epoch_samples;

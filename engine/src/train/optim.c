@@ -3,6 +3,7 @@
  * per-element updates are the CPU kernels lt_cpu_sgd_step / lt_cpu_adamw_step; this file owns
  * the state buffers and the step count that checkpoints save. */
 #include "lathe/train.h"
+#include "lathe/backend.h"
 #include "backend/cpu/kernels.h"
 #include "backend/cpu/kernels_fused.h"
 
@@ -97,8 +98,71 @@ lt_optim *lt_optim_create(const lt_optim_config *c, int n, lt_tensor *const *par
   return o;
 }
 
+/* The device state buffers, freed (attached optimizers only). */
+static void optim_detach(lt_optim *o) {
+  if (!o->dstate) return;
+  for (int i = 0; i < o->n; i++)
+    for (int s = 0; s < o->n_slots; s++)
+      o->be->vt->free(o->be, o->dstate[i * o->n_slots + s], lt_tensor_nbytes(o->params[i]),
+                      LT_MEM_OPTIMIZER);
+  lt_free(LT_MEM_OTHER, o->dstate, optim_count(o->n, o->n_slots) * sizeof *o->dstate);
+  lt_free(LT_MEM_OTHER, o->dparams, optim_count(o->n, 1) * sizeof *o->dparams);
+  o->dstate = NULL;
+  o->dparams = NULL;
+  o->be = NULL;
+}
+
+lt_status lt_optim_attach(lt_optim *o, lt_backend *be, lt_tensor *const *dparams, lt_err *err) {
+  if (!be || be->device < 0) return LT_OK;
+  if (o->be)
+    return lt_errorf(err, LT_ERR_INVALID, "optimizer is already attached to %s", o->be->vt->name);
+  if (!be->vt->optim_step)
+    return lt_errorf(err, LT_ERR_UNSUPPORTED,
+                     "backend %s has no device optimizer; train with device cpu", be->vt->name);
+  for (int i = 0; i < o->n; i++)
+    if (!dparams[i] || dparams[i]->dtype != LT_F32 ||
+        !lt_shape_equal(dparams[i]->ndim, dparams[i]->shape, o->params[i]->ndim,
+                        o->params[i]->shape))
+      return lt_errorf(err, LT_ERR_INVALID,
+                       "device copy of parameter %d is missing or does not match its shape", i);
+  o->dparams = lt_calloc(LT_MEM_OTHER, optim_count(o->n, 1) * sizeof *o->dparams, err);
+  o->dstate = lt_calloc(LT_MEM_OTHER, optim_count(o->n, o->n_slots) * sizeof *o->dstate, err);
+  o->be = be;
+  if (!o->dparams || !o->dstate) {
+    optim_detach(o);
+    return LT_ERR_NOMEM;
+  }
+  for (int i = 0; i < o->n; i++) {
+    o->dparams[i] = dparams[i];
+    const size_t bytes = lt_tensor_nbytes(o->params[i]);
+    for (int s = 0; s < o->n_slots; s++) {
+      const int k = i * o->n_slots + s;
+      lt_status st = (o->dstate[k] = be->vt->alloc(be, bytes, LT_MEM_OPTIMIZER, err))
+                         ? be->vt->to_device(be, o->dstate[k], o->state[k], bytes, err)
+                         : (err ? err->status : LT_ERR_NOMEM);
+      if (st) {
+        optim_detach(o);
+        return lt_err_prefix(err, "moving the optimizer state to %s", be->vt->name);
+      }
+    }
+  }
+  return LT_OK;
+}
+
+lt_status lt_optim_sync_to_host(lt_optim *o, lt_err *err) {
+  for (int i = 0; o->be && i < o->n; i++)
+    for (int s = 0; s < o->n_slots; s++) {
+      const int k = i * o->n_slots + s;
+      lt_status st = o->be->vt->to_host(o->be, o->state[k], o->dstate[k],
+                                        lt_tensor_nbytes(o->params[i]), err);
+      if (st) return lt_err_prefix(err, "bringing the optimizer state back from the device");
+    }
+  return LT_OK;
+}
+
 void lt_optim_free(lt_optim *o) {
   if (!o) return;
+  optim_detach(o);
   if (o->state && o->params) {
     for (int i = 0; i < o->n; i++)
       for (int s = 0; s < o->n_slots; s++)
@@ -122,6 +186,22 @@ lt_status lt_optim_step(lt_optim *o, lt_tensor *const *grads, float lr, lt_err *
   }
   const lt_optim_config *c = &o->cfg;
   o->step++;
+  if (o->be) { /* attached: one queued update per tensor on the device */
+    lt_optim_update u = {.adamw = c->kind == LT_OPTIM_ADAMW, .lr = lr,
+                         .weight_decay = c->weight_decay, .momentum = c->momentum,
+                         .dampening = c->dampening, .nesterov = c->nesterov,
+                         .first = o->step == 1, .beta1 = c->beta1, .beta2 = c->beta2,
+                         .eps = c->eps, .step = o->step};
+    for (int i = 0; i < o->n; i++) {
+      float *s0 = o->n_slots ? o->dstate[i * o->n_slots] : NULL;
+      float *s1 = o->n_slots > 1 ? o->dstate[i * o->n_slots + 1] : NULL;
+      lt_status st = o->be->vt->optim_step(o->be, &u, (size_t)lt_tensor_numel(o->params[i]),
+                                           lt_tensor_f32(o->dparams[i]), lt_tensor_f32(grads[i]),
+                                           s0, s1, err);
+      if (st) return st;
+    }
+    return LT_OK;
+  }
   /* One parallel pass over all parameters: the tensors are cut into chunks of at most
    * OPTIM_CHUNK elements, dealt statically to the threads (one fork/join per step instead of
    * one per tensor; the update of each element is the same). */

@@ -541,9 +541,25 @@ static lt_status cuda_synchronize(lt_backend *be, lt_err *err) {
 /* Backends are process-wide singletons that live until exit. */
 static void cuda_destroy(lt_backend *be) {}
 
+/* The optimizer kernels (twins of lt_cpu_sgd_step / lt_cpu_adamw_step, checked against them by
+ * tests/gpu/test_cuda_conformance.c), queued on the backend's stream. */
+static lt_status cuda_optim_step(lt_backend *be, const lt_optim_update *u, size_t count, float *w,
+                                 const float *g, float *s0, float *s1, lt_err *err) {
+  lt_status st = cuda_enter(be, err);
+  if (st || !count) return st;
+  if (u->adamw)
+    lt_cuda_adamw_step(count, u->lr, u->beta1, u->beta2, u->eps, u->weight_decay, u->step, w, g,
+                       s0, s1);
+  else
+    lt_cuda_sgd_step(count, u->lr, u->momentum, u->dampening, u->weight_decay, u->nesterov, w, g,
+                     s0, u->first);
+  return lt_cuda_take_error(err) ? lt_err_prefix(err, "optimizer step") : LT_OK;
+}
+
 static const lt_backend_vtbl cuda_vtbl = {
     "cuda", cuda_supports, cuda_alloc, cuda_free, cuda_to_device, cuda_to_host, cuda_memset0,
-    cuda_workspace_bytes, cuda_forward, cuda_backward, cuda_synchronize, cuda_destroy};
+    cuda_workspace_bytes, cuda_forward, cuda_backward, cuda_synchronize, cuda_destroy,
+    cuda_optim_step};
 
 /* ---- lookup ------------------------------------------------------------------------------------ */
 
