@@ -233,6 +233,11 @@ for label, r in rows:
     ri = r["infer_images_per_s"] / torch["infer_images_per_s"] if torch else float("nan")
     print(f"{label:<28}  {r['train_images_per_s']:>11.0f}   {r['infer_images_per_s']:>11.0f}"
           f"   {rt:>13.2f}x   {ri:>13.2f}x")
+for label, r in rows:
+    if r and r.get("loop_train_images_per_s"):
+        lp = r["loop_train_images_per_s"]
+        print(f"{label} through lt_train_run (host batches with crop and flip, {r['loop_steps']} steps, "
+              f"the first included): {lp:.0f} img/s, {lp / r['train_images_per_s']:.2f}x the loop above")
 PY
 say "done in $(($(date +%s) - t_start)) s"
 exit $status

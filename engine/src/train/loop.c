@@ -334,7 +334,7 @@ static lt_status loop_step_end(const lt_train_config *c, const lt_graph *g, lt_o
                                lt_err *err) {
   int ckpt_due = c->checkpoint_every > 0 && m->step % c->checkpoint_every == 0;
   if (ckpt_due || stop) {
-    if (ex && c->checkpoint_path) {
+    if (ex && (stop || c->checkpoint_path)) { /* a stopped run leaves its weights in g */
       lt_status st = loop_pull(ex, o, err);
       if (st) return st;
     }
