@@ -7,7 +7,8 @@
  *
  * Inputs and labels are uploaded once (as the PyTorch side keeps its batch on the GPU); each
  * training step brings the loss back to the host, so steps are timed end to end. GFLOP/s counts
- * 2 flops per multiply-accumulate and a training step as 3 forward passes.
+ * 2 flops per multiply-accumulate and a training step as 3 forward passes. Then the same model
+ * trains through lt_train_run, as a train job does (loop_train_images_per_s, plus its keys).
  */
 #include <stdio.h>
 #include <stdlib.h>
