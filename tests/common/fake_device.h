@@ -2,22 +2,93 @@
  * with the CPU optimizer kernels (lt_cpu_sgd_step / lt_cpu_adamw_step, the twins of the CUDA
  * ones) as its optim_step. The executor and the training loops take every path they take on a
  * GPU (device copies of the parameters moved with to_device / to_host, no fusion, the optimizer
- * attached to the copies); only the kernels are the CPU's. test_fake_device_optim_calls counts
- * the optimizer updates it ran. Needs engine/src on the include path. */
+ * attached to the copies); only the kernels are the CPU's.
+ *
+ * Its memory is host memory, but the pointers it hands out are moved TEST_FAKE_DEVICE_OFFSET
+ * bytes away, into addresses nothing maps: host code that reads or writes "device" memory
+ * directly (as it could not on a GPU) crashes instead of silently working. The backend's own
+ * entry points move them back before running the CPU's.
+ *
+ * test_fake_device_optim_calls counts the optimizer updates it ran. Needs engine/src on the
+ * include path. */
 #ifndef LATHE_TEST_FAKE_DEVICE_H
 #define LATHE_TEST_FAKE_DEVICE_H
 
 #include "backend/cpu/kernels.h"
 #include "lathe/backend.h"
 
+#include <stdint.h>
+
+#define TEST_FAKE_DEVICE_OFFSET ((uintptr_t)1 << 46)
+
 static lt_backend_vtbl test_fake_device_vt;
 static lt_backend test_fake_device_be;
+static const lt_backend_vtbl *test_fake_device_cpu;
 static int64_t test_fake_device_optim_calls;
+
+static void *test_fake_device_host(const void *p) {
+  return p ? (void *)((uintptr_t)p - TEST_FAKE_DEVICE_OFFSET) : NULL;
+}
+
+static void *test_fake_device_alloc(lt_backend *be, size_t bytes, lt_mem_cat cat, lt_err *err) {
+  void *p = test_fake_device_cpu->alloc(be, bytes, cat, err);
+  return p ? (void *)((uintptr_t)p + TEST_FAKE_DEVICE_OFFSET) : NULL;
+}
+
+static void test_fake_device_free(lt_backend *be, void *p, size_t bytes, lt_mem_cat cat) {
+  test_fake_device_cpu->free(be, test_fake_device_host(p), bytes, cat);
+}
+
+static lt_status test_fake_device_to_device(lt_backend *be, void *dst, const void *src,
+                                            size_t bytes, lt_err *err) {
+  return test_fake_device_cpu->to_device(be, test_fake_device_host(dst), src, bytes, err);
+}
+
+static lt_status test_fake_device_to_host(lt_backend *be, void *dst, const void *src,
+                                          size_t bytes, lt_err *err) {
+  return test_fake_device_cpu->to_host(be, dst, test_fake_device_host(src), bytes, err);
+}
+
+static lt_status test_fake_device_memset0(lt_backend *be, void *p, size_t bytes, lt_err *err) {
+  return test_fake_device_cpu->memset0(be, test_fake_device_host(p), bytes, err);
+}
+
+/* The node's tensors with their data moved back to host addresses, in `keep` (6 arrays). */
+static void test_fake_device_unpoison(lt_node_ctx *c, lt_tensor keep[6][LT_MAX_IO]) {
+  lt_tensor **sets[6] = {c->in, c->out, c->dout, c->din, c->saved, c->aux};
+  for (int s = 0; s < 6; s++)
+    for (int i = 0; i < LT_MAX_IO; i++)
+      if (sets[s][i] && sets[s][i]->device >= 0) {
+        keep[s][i] = *sets[s][i];
+        keep[s][i].data = test_fake_device_host(keep[s][i].data);
+        keep[s][i].device = -1;
+        sets[s][i] = &keep[s][i];
+      }
+  c->ws = test_fake_device_host(c->ws);
+}
+
+static lt_status test_fake_device_forward(lt_backend *be, lt_node_ctx *ctx, lt_err *err) {
+  lt_node_ctx c = *ctx;
+  lt_tensor keep[6][LT_MAX_IO];
+  test_fake_device_unpoison(&c, keep);
+  return test_fake_device_cpu->forward(be, &c, err);
+}
+
+static lt_status test_fake_device_backward(lt_backend *be, lt_node_ctx *ctx, lt_err *err) {
+  lt_node_ctx c = *ctx;
+  lt_tensor keep[6][LT_MAX_IO];
+  test_fake_device_unpoison(&c, keep);
+  return test_fake_device_cpu->backward(be, &c, err);
+}
 
 static lt_status test_fake_device_optim_step(lt_backend *be, const lt_optim_update *u,
                                              size_t count, float *w, const float *g, float *s0,
                                              float *s1, lt_err *err) {
   (void)be, (void)err;
+  w = test_fake_device_host(w);
+  g = test_fake_device_host(g);
+  s0 = test_fake_device_host(s0);
+  s1 = test_fake_device_host(s1);
   if (u->adamw)
     lt_cpu_adamw_step(count, u->lr, u->beta1, u->beta2, u->eps, u->weight_decay, u->step, w, g, s0,
                       s1);
@@ -31,8 +102,16 @@ static lt_status test_fake_device_optim_step(lt_backend *be, const lt_optim_upda
 /* The backend, (re)initialised: a test may clear optim_step in test_fake_device_vt afterwards. */
 static lt_backend *test_fake_device(void) {
   lt_backend *cpu = lt_backend_get("cpu", NULL);
+  test_fake_device_cpu = cpu->vt;
   test_fake_device_vt = *cpu->vt;
   test_fake_device_vt.name = "cpu-as-device";
+  test_fake_device_vt.alloc = test_fake_device_alloc;
+  test_fake_device_vt.free = test_fake_device_free;
+  test_fake_device_vt.to_device = test_fake_device_to_device;
+  test_fake_device_vt.to_host = test_fake_device_to_host;
+  test_fake_device_vt.memset0 = test_fake_device_memset0;
+  test_fake_device_vt.forward = test_fake_device_forward;
+  test_fake_device_vt.backward = test_fake_device_backward;
   test_fake_device_vt.optim_step = test_fake_device_optim_step;
   test_fake_device_be = *cpu;
   test_fake_device_be.vt = &test_fake_device_vt;

@@ -35,17 +35,29 @@ static lt_backend *device_under_test(void) { return real ? real : test_fake_devi
 static void optimizer_case(lt_optim_kind kind) {
   enum { NP = 2, STEPS = 4 };
   const int64_t sizes[NP] = {37, 5};
-  lt_tensor *host[NP], *mirror[NP], *copy[NP], *grad[NP];
+  lt_backend *be = test_fake_device();
+  lt_err err = {0};
+  /* host: the plain optimizer's parameters; mirror: the attached one's host side, which stays
+   * put; copy and dgrad: the parameters and gradients in device memory */
+  lt_tensor *host[NP], *mirror[NP], *grad[NP], copy[NP], dgrad[NP], *cp[NP], *dg[NP];
+  float back[37];
   lt_rng r = lt_rng_make(7, kind);
   for (int i = 0; i < NP; i++) {
     host[i] = lt_tensor_new(LT_F32, 1, &sizes[i], LT_MEM_WEIGHTS, NULL);
     mirror[i] = lt_tensor_new(LT_F32, 1, &sizes[i], LT_MEM_WEIGHTS, NULL);
-    copy[i] = lt_tensor_new(LT_F32, 1, &sizes[i], LT_MEM_WEIGHTS, NULL);
     grad[i] = lt_tensor_new(LT_F32, 1, &sizes[i], LT_MEM_GRADIENTS, NULL);
-    REQUIRE(host[i] && mirror[i] && copy[i] && grad[i]);
+    REQUIRE(host[i] && mirror[i] && grad[i]);
+    const size_t bytes = lt_tensor_nbytes(host[i]);
+    copy[i] = dgrad[i] = *host[i];
+    copy[i].device = dgrad[i].device = 0;
+    copy[i].data = be->vt->alloc(be, bytes, LT_MEM_WEIGHTS, &err);
+    dgrad[i].data = be->vt->alloc(be, bytes, LT_MEM_GRADIENTS, &err);
+    REQUIRE(copy[i].data && dgrad[i].data);
+    cp[i] = &copy[i];
+    dg[i] = &dgrad[i];
     for (int64_t j = 0; j < sizes[i]; j++)
-      lt_tensor_f32(host[i])[j] = lt_tensor_f32(mirror[i])[j] = lt_tensor_f32(copy[i])[j] =
-          lt_rng_normal(&r);
+      lt_tensor_f32(host[i])[j] = lt_tensor_f32(mirror[i])[j] = lt_rng_normal(&r);
+    REQUIRE(be->vt->to_device(be, copy[i].data, host[i]->data, bytes, &err) == LT_OK);
   }
   lt_optim_config c = lt_optim_config_default(kind);
   if (kind == LT_OPTIM_SGD) {
@@ -53,24 +65,28 @@ static void optimizer_case(lt_optim_kind kind) {
     c.nesterov = 1;
     c.weight_decay = 5e-4f;
   }
-  lt_err err = {0};
   lt_optim *a = lt_optim_create(&c, NP, host, &err), *b = lt_optim_create(&c, NP, mirror, &err);
   REQUIRE(a && b);
-  REQUIRE(lt_optim_attach(b, test_fake_device(), copy, &err) == LT_OK);
-  CHECK(lt_optim_attach(b, test_fake_device(), copy, &err) == LT_ERR_INVALID); /* once only */
+  REQUIRE(lt_optim_attach(b, be, cp, &err) == LT_OK);
+  CHECK(lt_optim_attach(b, be, cp, &err) == LT_ERR_INVALID); /* once only */
   const int64_t calls0 = test_fake_device_optim_calls;
   for (int s = 0; s < STEPS; s++) {
-    for (int i = 0; i < NP; i++)
+    for (int i = 0; i < NP; i++) {
       for (int64_t j = 0; j < sizes[i]; j++) lt_tensor_f32(grad[i])[j] = lt_rng_normal(&r);
+      REQUIRE(be->vt->to_device(be, dgrad[i].data, grad[i]->data, lt_tensor_nbytes(grad[i]),
+                                &err) == LT_OK);
+    }
     REQUIRE(lt_optim_step(a, grad, 0.05f, &err) == LT_OK);
-    REQUIRE(lt_optim_step(b, grad, 0.05f, &err) == LT_OK);
+    REQUIRE(lt_optim_step(b, dg, 0.05f, &err) == LT_OK);
   }
   CHECK(test_fake_device_optim_calls - calls0 == STEPS * NP);
   /* The device copies took the host optimizer's updates bit for bit; the mirror did not move
    * until synced, and then holds the same state. */
   for (int i = 0; i < NP; i++) {
-    CHECK(memcmp(copy[i]->data, host[i]->data, lt_tensor_nbytes(host[i])) == 0);
-    CHECK(memcmp(mirror[i]->data, host[i]->data, lt_tensor_nbytes(host[i])) != 0);
+    const size_t bytes = lt_tensor_nbytes(host[i]);
+    REQUIRE(be->vt->to_host(be, back, copy[i].data, bytes, &err) == LT_OK);
+    CHECK(memcmp(back, host[i]->data, bytes) == 0);
+    CHECK(memcmp(mirror[i]->data, host[i]->data, bytes) != 0);
   }
   REQUIRE(b->n_slots == a->n_slots && b->n_slots > 0);
   CHECK(memcmp(b->state[0], a->state[0], lt_tensor_nbytes(host[0])) != 0);
@@ -81,9 +97,10 @@ static void optimizer_case(lt_optim_kind kind) {
   lt_optim_free(a);
   lt_optim_free(b);
   for (int i = 0; i < NP; i++) {
+    be->vt->free(be, copy[i].data, lt_tensor_nbytes(host[i]), LT_MEM_WEIGHTS);
+    be->vt->free(be, dgrad[i].data, lt_tensor_nbytes(host[i]), LT_MEM_GRADIENTS);
     lt_tensor_free(host[i]);
     lt_tensor_free(mirror[i]);
-    lt_tensor_free(copy[i]);
     lt_tensor_free(grad[i]);
   }
 }
