@@ -85,9 +85,9 @@ void ac_huff_enc_table(const uint8_t *len, uint32_t *enc);
 /* The same for the n used symbols syms (strictly increasing): enc[i] is symbol syms[i]'s entry. */
 void ac_huff_enc_list(const uint16_t *syms, int64_t n, const uint8_t *len, uint32_t *enc);
 int64_t ac_huff_chunk_bits(const uint16_t *codes, int64_t n, const uint32_t *enc);
-/* Writes the codes of one chunk at dst, never past dst_end; returns the bit count. */
-int64_t ac_huff_encode(const uint16_t *codes, int64_t n, const uint32_t *enc, uint8_t *dst,
-                       uint8_t *dst_end);
+/* Writes the n codes of one chunk at dst, which has room for the worst case of 2 bytes a symbol
+ * (nothing is written at or past dst + 2n); returns the bit count. */
+int64_t ac_huff_encode(const uint16_t *codes, int64_t n, const uint32_t *enc, uint8_t *dst);
 
 typedef struct ac_huff_dec {
   uint32_t table[1 << AC_TABLE_BITS]; /* (len << 16) | sym; len 0: long or invalid code */

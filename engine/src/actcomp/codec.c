@@ -501,15 +501,17 @@ static lt_status lorenzo_encode(lt_ac_codec *c, const float *x, int ndim, const 
   if (use_zstd && !(raw = scratch_get(&c->payload, raw_cap, err)))
     return err ? err->status : LT_ERR_NOMEM;
 
-  /* Huffman chunks, back to back. With several threads each encodes a contiguous run of chunks
-   * into its own region of raw (worst case 2 bytes a symbol, so regions start at twice the run's
-   * first symbol), then the runs move down to close the gaps. */
+  /* Huffman chunks, back to back. ac_huff_encode may touch the worst case, 2 bytes a symbol,
+   * from where a chunk starts; that start is at most twice the chunk's first symbol, so every
+   * write stays below twice the chunk's end. With several threads each encodes a contiguous run
+   * of chunks into its own region of raw (regions start at twice the run's first symbol, so they
+   * cannot overlap), then the runs move down to close the gaps. */
   size_t raw_bytes = 0;
   const int te = codec_threads(c, n, nchunks);
   if (te == 1) {
     for (int64_t ci = 0; ci < nchunks; ci++) {
       int64_t s0 = ci * chunk, m = n - s0 < chunk ? n - s0 : chunk;
-      int64_t bits = ac_huff_encode(codes + s0, m, c->enc, raw + raw_bytes, raw + raw_cap);
+      int64_t bits = ac_huff_encode(codes + s0, m, c->enc, raw + raw_bytes);
       cbits[ci] = (uint64_t)bits;
       raw_bytes += (size_t)(bits + 7) / 8;
     }
@@ -520,11 +522,10 @@ static lt_status lorenzo_encode(lt_ac_codec *c, const float *x, int ndim, const 
       const int tid = omp_get_thread_num();
       const int64_t c0 = nchunks * tid / te, c1 = nchunks * (tid + 1) / te;
       uint8_t *dst = raw + 2 * (size_t)(c0 * chunk);
-      uint8_t *end = c1 == nchunks ? raw + raw_cap : raw + 2 * (size_t)(c1 * chunk);
       size_t used = 0;
       for (int64_t ci = c0; ci < c1; ci++) {
         int64_t s0 = ci * chunk, m = n - s0 < chunk ? n - s0 : chunk;
-        int64_t bits = ac_huff_encode(codes + s0, m, c->enc, dst + used, end);
+        int64_t bits = ac_huff_encode(codes + s0, m, c->enc, dst + used);
         cbits[ci] = (uint64_t)bits;
         used += (size_t)(bits + 7) / 8;
       }

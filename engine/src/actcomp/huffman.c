@@ -158,41 +158,63 @@ int64_t ac_huff_chunk_bits(const uint16_t *codes, int64_t n, const uint32_t *enc
   return bits;
 }
 
-int64_t ac_huff_encode(const uint16_t *codes, int64_t n, const uint32_t *enc, uint8_t *dst,
-                       uint8_t *dst_end) {
+/* The code and the length of symbol s, read from its encoder entry as the entry's low 16 bits and
+ * its third byte (little-endian): two narrow loads where one load and two extractions would take
+ * an instruction more. The encode loop is bound by the instructions it issues, not by its acc/nb
+ * dependency chain: on Zen 5, encoding two chunks interleaved (two independent chains) measured
+ * no faster, while each instruction taken out of the loop counted. */
+static inline uint64_t enc_code(const uint32_t *enc, uint16_t s) {
+  uint16_t c;
+  memcpy(&c, &enc[s], 2);
+  return c;
+}
+
+static inline unsigned enc_len(const uint32_t *enc, uint16_t s) {
+  return ((const uint8_t *)&enc[s])[2];
+}
+
+/* Three codes of at most 16 bits on top of at most 7 pending bits fit in 64; the flush stores 8
+ * bytes and advances over the whole ones. */
+static inline void put3(const uint32_t *enc, const uint16_t *c, uint64_t *acc, unsigned *nb,
+                        uint8_t **p) {
+  uint64_t a = *acc;
+  unsigned k = *nb;
+  a |= enc_code(enc, c[0]) << k;
+  k += enc_len(enc, c[0]);
+  a |= enc_code(enc, c[1]) << k;
+  k += enc_len(enc, c[1]);
+  a |= enc_code(enc, c[2]) << k;
+  k += enc_len(enc, c[2]);
+  store_le64(*p, a);
+  *p += k >> 3;
+  *acc = a >> (k & ~7u); /* k <= 55 here */
+  *nb = k & 7;
+}
+
+int64_t ac_huff_encode(const uint16_t *codes, int64_t n, const uint32_t *enc, uint8_t *dst) {
   uint8_t *p = dst;
   uint64_t acc = 0;
-  int nb = 0; /* bits pending in acc, < 8 after each flush */
-  int64_t total = 0, i = 0;
-  /* Three codes of at most 16 bits on top of at most 7 pending bits fit in 64; a flush stores 8
-   * bytes and advances over the whole ones, so the stores stay inside [dst, dst_end). */
-  for (; i + 3 <= n && p + 8 <= dst_end; i += 3) {
-    uint32_t e0 = enc[codes[i]], e1 = enc[codes[i + 1]], e2 = enc[codes[i + 2]];
-    acc |= (uint64_t)(e0 & 0xffff) << nb;
-    nb += (int)(e0 >> 16);
-    acc |= (uint64_t)(e1 & 0xffff) << nb;
-    nb += (int)(e1 >> 16);
-    acc |= (uint64_t)(e2 & 0xffff) << nb;
-    nb += (int)(e2 >> 16);
-    store_le64(p, acc);
-    p += nb >> 3;
-    total += nb & ~7;
-    acc >>= nb & ~7; /* nb <= 55 here */
-    nb &= 7;
+  unsigned nb = 0; /* bits pending in acc, < 8 after each flush */
+  int64_t i = 0;
+  /* Before symbol i at most 2i bytes are complete, so the 8-byte store of a group starting at i
+   * ends by dst + 2n whenever i + 4 <= n: the stores need no check against the end. Two groups
+   * an iteration halve the loop overhead. */
+  for (; i + 7 <= n; i += 6) {
+    put3(enc, codes + i, &acc, &nb, &p);
+    put3(enc, codes + i + 3, &acc, &nb, &p);
   }
+  for (; i + 4 <= n; i += 3) put3(enc, codes + i, &acc, &nb, &p);
   for (; i < n; i++) {
-    uint32_t e = enc[codes[i]];
-    acc |= (uint64_t)(e & 0xffff) << nb;
-    nb += (int)(e >> 16);
+    acc |= enc_code(enc, codes[i]) << nb;
+    nb += enc_len(enc, codes[i]);
     while (nb >= 8) {
       *p++ = (uint8_t)acc;
       acc >>= 8;
       nb -= 8;
-      total += 8;
     }
   }
   if (nb) *p = (uint8_t)acc;
-  return total + nb;
+  return (int64_t)(p - dst) * 8 + nb;
 }
 
 /* ---- decoding -------------------------------------------------------------------------------- */
