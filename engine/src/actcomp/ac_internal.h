@@ -84,7 +84,6 @@ void ac_huff_lengths_pairs(int64_t *pairs, int64_t n, uint8_t *len, int64_t *scr
 void ac_huff_enc_table(const uint8_t *len, uint32_t *enc);
 /* The same for the n used symbols syms (strictly increasing): enc[i] is symbol syms[i]'s entry. */
 void ac_huff_enc_list(const uint16_t *syms, int64_t n, const uint8_t *len, uint32_t *enc);
-int64_t ac_huff_chunk_bits(const uint16_t *codes, int64_t n, const uint32_t *enc);
 /* Writes the n codes of one chunk at dst, which has room for the worst case of 2 bytes a symbol
  * (nothing is written at or past dst + 2n); returns the bit count. */
 int64_t ac_huff_encode(const uint16_t *codes, int64_t n, const uint32_t *enc, uint8_t *dst);

@@ -152,12 +152,6 @@ void ac_huff_enc_list(const uint16_t *syms, int64_t n, const uint8_t *len, uint3
   }
 }
 
-int64_t ac_huff_chunk_bits(const uint16_t *codes, int64_t n, const uint32_t *enc) {
-  int64_t bits = 0;
-  for (int64_t i = 0; i < n; i++) bits += enc[codes[i]] >> 16;
-  return bits;
-}
-
 /* The code and the length of symbol s, read from its encoder entry as the entry's low 16 bits and
  * its third byte (little-endian): two narrow loads where one load and two extractions would take
  * an instruction more. The encode loop is bound by the instructions it issues, not by its acc/nb
