@@ -85,16 +85,16 @@ TEST_CASE(stash_compact_forms_restore_what_backward_needs) {
   }
   lt_tensor t = lt_tensor_wrap(LT_F32, 4, shape, x), d = lt_tensor_wrap(LT_F32, 4, shape, y);
   void *h_in, *h_relu, *h_exact, *h_bn;
-  REQUIRE(p->store(p->user, &g, 0, 0, LT_SAVE_WEIGHT_INPUT, &t, &h_in, &err) == LT_OK);
-  REQUIRE(p->store(p->user, &g, 1, 0, LT_SAVE_RELU_OUTPUT, &t, &h_relu, &err) == LT_OK);
-  REQUIRE(p->store(p->user, &g, 2, 0, LT_SAVE_EXACT, &t, &h_exact, &err) == LT_OK);
-  REQUIRE(p->store(p->user, &g, 3, 0, LT_SAVE_BN_INPUT, &t, &h_bn, &err) == LT_OK);
+  REQUIRE(p->store(p->user, &g, 0, 0, LT_SAVE_WEIGHT_INPUT, &t, NULL, &h_in, &err) == LT_OK);
+  REQUIRE(p->store(p->user, &g, 1, 0, LT_SAVE_RELU_OUTPUT, &t, NULL, &h_relu, &err) == LT_OK);
+  REQUIRE(p->store(p->user, &g, 2, 0, LT_SAVE_EXACT, &t, NULL, &h_exact, &err) == LT_OK);
+  REQUIRE(p->store(p->user, &g, 3, 0, LT_SAVE_BN_INPUT, &t, NULL, &h_bn, &err) == LT_OK);
   uint8_t am[1001], am2[1001];
   for (int i = 0; i < 1001; i++) am[i] = (uint8_t)lt_rng_below(&rng, 4);
   int64_t ashape[1] = {1001};
   lt_tensor ta = lt_tensor_wrap(LT_U8, 1, ashape, am), da = lt_tensor_wrap(LT_U8, 1, ashape, am2);
   void *h_arg;
-  REQUIRE(p->store(p->user, &g, 4, 0, LT_SAVE_POOL_ARGMAX, &ta, &h_arg, &err) == LT_OK);
+  REQUIRE(p->store(p->user, &g, 4, 0, LT_SAVE_POOL_ARGMAX, &ta, NULL, &h_arg, &err) == LT_OK);
 
   lt_mem_get_stats(&m1);
   int64_t saved = m1.current[LT_MEM_SAVED] - m0.current[LT_MEM_SAVED];
@@ -158,7 +158,7 @@ TEST_CASE(stash_argmax_beyond_2x2_stays_exact_and_off_mode_keeps_everything) {
   int64_t shape[1] = {100};
   lt_tensor t = lt_tensor_wrap(LT_F32, 1, shape, x), d = lt_tensor_wrap(LT_F32, 1, shape, y);
   void *h;
-  REQUIRE(p->store(p->user, &g, 0, 0, LT_SAVE_WEIGHT_INPUT, &t, &h, &err) == LT_OK);
+  REQUIRE(p->store(p->user, &g, 0, 0, LT_SAVE_WEIGHT_INPUT, &t, NULL, &h, &err) == LT_OK);
   REQUIRE(p->load(p->user, h, &d, &err) == LT_OK);
   CHECK(!memcmp(x, y, sizeof x));
   p->release(p->user, h);
@@ -170,7 +170,7 @@ TEST_CASE(stash_argmax_beyond_2x2_stays_exact_and_off_mode_keeps_everything) {
   uint8_t am[9] = {0, 1, 2, 3, 8, 4, 0, 1, 2}, am2[9];
   int64_t as[1] = {9};
   lt_tensor ta = lt_tensor_wrap(LT_U8, 1, as, am), da = lt_tensor_wrap(LT_U8, 1, as, am2);
-  REQUIRE(p->store(p->user, &g, 0, 0, LT_SAVE_POOL_ARGMAX, &ta, &h, &err) == LT_OK);
+  REQUIRE(p->store(p->user, &g, 0, 0, LT_SAVE_POOL_ARGMAX, &ta, NULL, &h, &err) == LT_OK);
   REQUIRE(p->load(p->user, h, &da, &err) == LT_OK);
   CHECK(!memcmp(am, am2, 9));
   p->release(p->user, h);
@@ -179,7 +179,7 @@ TEST_CASE(stash_argmax_beyond_2x2_stays_exact_and_off_mode_keeps_everything) {
   for (int i = 0; i < 1001; i++) r[i] = i % 7 == 0 ? NAN : lt_rng_normal(&rng);
   int64_t rs[1] = {1001};
   lt_tensor tr = lt_tensor_wrap(LT_F32, 1, rs, r), dr = lt_tensor_wrap(LT_F32, 1, rs, r2);
-  REQUIRE(p->store(p->user, &g, 1, 0, LT_SAVE_RELU_OUTPUT, &tr, &h, &err) == LT_OK);
+  REQUIRE(p->store(p->user, &g, 1, 0, LT_SAVE_RELU_OUTPUT, &tr, NULL, &h, &err) == LT_OK);
   REQUIRE(p->load(p->user, h, &dr, &err) == LT_OK);
   int wrong = 0;
   for (int i = 0; i < 1001; i++) wrong += (r[i] > 0) != (r2[i] > 0);
@@ -192,7 +192,7 @@ TEST_CASE(stash_argmax_beyond_2x2_stays_exact_and_off_mode_keeps_everything) {
   tiny.eb = 1e-7;
   lt_ac_stash *st2 = lt_ac_stash_new(&tiny, &err);
   p = lt_ac_stash_policy(st2);
-  REQUIRE(p->store(p->user, &g, 0, 0, LT_SAVE_WEIGHT_INPUT, &t, &h, &err) == LT_OK);
+  REQUIRE(p->store(p->user, &g, 0, 0, LT_SAVE_WEIGHT_INPUT, &t, NULL, &h, &err) == LT_OK);
   REQUIRE(p->load(p->user, h, &d, &err) == LT_OK);
   CHECK(!memcmp(x, y, sizeof x));
   lt_ac_stash_step_end(st2);
@@ -225,7 +225,7 @@ TEST_CASE(stash_relative_mode_bound_follows_the_value_range) {
   int64_t shape[2] = {50, 100};
   lt_tensor t = lt_tensor_wrap(LT_F32, 2, shape, x), d = lt_tensor_wrap(LT_F32, 2, shape, y);
   void *h;
-  REQUIRE(p->store(p->user, &g, 0, 0, LT_SAVE_WEIGHT_INPUT, &t, &h, &err) == LT_OK);
+  REQUIRE(p->store(p->user, &g, 0, 0, LT_SAVE_WEIGHT_INPUT, &t, NULL, &h, &err) == LT_OK);
   double eb = lt_ac_stash_layer_eb(st, 0);
   CHECK_NEAR(eb, 0.05, 1e-6);
   REQUIRE(p->load(p->user, h, &d, &err) == LT_OK);
@@ -263,7 +263,7 @@ static double controller_ratio(const float *x, const float *dy_fixed, int n, int
     for (int64_t i = 0; i < ndy; i++) dy[i] = dy_fixed ? dy_fixed[i] : lt_rng_normal(&rng);
     lt_tensor t = lt_tensor_wrap(LT_F32, 4, xs, (void *)x), d = lt_tensor_wrap(LT_F32, 4, xs, xr);
     void *hd;
-    if (p->store(p->user, &g, 0, 0, LT_SAVE_WEIGHT_INPUT, &t, &hd, &err) ||
+    if (p->store(p->user, &g, 0, 0, LT_SAVE_WEIGHT_INPUT, &t, NULL, &hd, &err) ||
         p->load(p->user, hd, &d, &err)) {
       fprintf(stderr, "%s\n", err.msg);
       break;
@@ -357,9 +357,9 @@ static void bn_relu_conv(lt_ac_bn_mode bn_mode, double eb, double bn_eb) {
   lt_tensor tx = lt_tensor_wrap(LT_F32, 4, shape, xs), tr = lt_tensor_wrap(LT_F32, 4, shape, rs);
   lt_tensor to = lt_tensor_wrap(LT_F32, 4, shape, out);
   void *hb, *hr, *hc;
-  REQUIRE(p->store(p->user, g, nb, 0, LT_SAVE_BN_INPUT, &tx, &hb, &err) == LT_OK);
-  REQUIRE(p->store(p->user, g, nr, 0, LT_SAVE_RELU_OUTPUT, &tr, &hr, &err) == LT_OK);
-  REQUIRE(p->store(p->user, g, nc, 0, LT_SAVE_WEIGHT_INPUT, &tr, &hc, &err) == LT_OK);
+  REQUIRE(p->store(p->user, g, nb, 0, LT_SAVE_BN_INPUT, &tx, NULL, &hb, &err) == LT_OK);
+  REQUIRE(p->store(p->user, g, nr, 0, LT_SAVE_RELU_OUTPUT, &tr, NULL, &hr, &err) == LT_OK);
+  REQUIRE(p->store(p->user, g, nc, 0, LT_SAVE_WEIGHT_INPUT, &tr, NULL, &hc, &err) == LT_OK);
   lt_ac_stash_step_end(st);
   lt_ac_report rep;
   lt_ac_stash_report(st, &rep);
@@ -374,9 +374,9 @@ static void bn_relu_conv(lt_ac_bn_mode bn_mode, double eb, double bn_eb) {
    * keeps its sources). */
   for (int order = 0; order < 2; order++) {
     if (order == 1) { /* all three were released at the end of order 0 */
-      REQUIRE(p->store(p->user, g, nb, 0, LT_SAVE_BN_INPUT, &tx, &hb, &err) == LT_OK);
-      REQUIRE(p->store(p->user, g, nr, 0, LT_SAVE_RELU_OUTPUT, &tr, &hr, &err) == LT_OK);
-      REQUIRE(p->store(p->user, g, nc, 0, LT_SAVE_WEIGHT_INPUT, &tr, &hc, &err) == LT_OK);
+      REQUIRE(p->store(p->user, g, nb, 0, LT_SAVE_BN_INPUT, &tx, NULL, &hb, &err) == LT_OK);
+      REQUIRE(p->store(p->user, g, nr, 0, LT_SAVE_RELU_OUTPUT, &tr, NULL, &hr, &err) == LT_OK);
+      REQUIRE(p->store(p->user, g, nc, 0, LT_SAVE_WEIGHT_INPUT, &tr, NULL, &hc, &err) == LT_OK);
       p->release(p->user, hb);
       p->release(p->user, hr);
       hb = hr = NULL;
@@ -415,6 +415,75 @@ static void bn_relu_conv(lt_ac_bn_mode bn_mode, double eb, double bn_eb) {
   free(xs);
   free(rs);
   free(out);
+}
+
+/* The batch norm's own statistics (its forward's aux: mean and 1/σ) are what the stash codes
+ * the input against when the executor passes them: given a 1/σ four times the true one, the
+ * restored input's error shrinks fourfold with it; without aux the stash computes its own. */
+TEST_CASE(stash_bn_input_uses_the_forward_statistics) {
+  enum { N = 4, C = 3, HW = 256 };
+  const int64_t n = (int64_t)N * C * HW;
+  const double bn_eb = 0.2;
+  float *x = malloc(n * sizeof *x), *y = malloc(n * sizeof *y), mean[C], invstd[C];
+  for (int64_t i = 0; i < n; i++) {
+    int c = (int)(i / HW % C);
+    x[i] = (float)(2.0 * c - 1.0 + (0.5 + c) * lt_rng_normal(&rng));
+  }
+  for (int c = 0; c < C; c++) {
+    double s = 0, s2 = 0;
+    for (int b = 0; b < N; b++)
+      for (int i = 0; i < HW; i++) s += x[((int64_t)b * C + c) * HW + i];
+    const double m = s / ((double)N * HW);
+    for (int b = 0; b < N; b++)
+      for (int i = 0; i < HW; i++) {
+        const double d = x[((int64_t)b * C + c) * HW + i] - m;
+        s2 += d * d;
+      }
+    mean[c] = (float)m;
+    invstd[c] = (float)(1.0 / sqrt(s2 / ((double)N * HW) + 1e-5));
+  }
+  lt_ac_config cfg = lt_ac_config_default();
+  cfg.mode = LT_AC_FIXED;
+  cfg.bn_mode = LT_AC_BN_LOSSY;
+  cfg.bn_eb = bn_eb;
+  lt_err err = {0};
+  lt_ac_stash *st = lt_ac_stash_new(&cfg, &err);
+  REQUIRE(st);
+  const lt_stash_policy *p = lt_ac_stash_policy(st);
+  lt_node nodes[1];
+  lt_graph g = conv_graph(nodes, 1, 1);
+  /* (batch, channels, w) as a 1-d batch norm sees it, and (batch, channels, h, w) */
+  int64_t shape[2][4] = {{N, C, HW}, {N, C, 16, HW / 16}}, cshape[1] = {C};
+  for (int k = 0; k < 4; k++) {
+    const int dims = k < 2 ? 3 : 4, scale = k % 2 ? 4 : 1;
+    lt_tensor t = lt_tensor_wrap(LT_F32, dims, shape[dims - 3], x);
+    lt_tensor d = lt_tensor_wrap(LT_F32, dims, shape[dims - 3], y);
+    float inv[C];
+    for (int c = 0; c < C; c++) inv[c] = invstd[c] * (float)scale;
+    lt_tensor am = lt_tensor_wrap(LT_F32, 1, cshape, mean), ai = lt_tensor_wrap(LT_F32, 1, cshape, inv);
+    const lt_tensor *aux[LT_MAX_IO] = {&am, &ai};
+    for (int given = 0; given < 2; given++) {
+      void *h;
+      REQUIRE(p->store(p->user, &g, 3, 0, LT_SAVE_BN_INPUT, &t, given ? aux : NULL, &h, &err) ==
+              LT_OK);
+      REQUIRE(p->load(p->user, h, &d, &err) == LT_OK);
+      p->release(p->user, h);
+      double worst = 0; /* largest error of x̂ = (x - mean)/σ, true σ */
+      for (int64_t i = 0; i < n; i++) {
+        const double e = fabs((double)y[i] - x[i]) * invstd[i / HW % C];
+        worst = e > worst ? e : worst;
+      }
+      const double bound = given ? bn_eb / scale : bn_eb;
+      CHECK_MSG(worst <= bound * (1 + 1e-4), "%d-d, aux %s, 1/σ x%d: x̂ error %g beyond %g",
+                dims, given ? "given" : "absent", scale, worst, bound);
+      /* the bound is used, not just met: the error reaches most of it */
+      CHECK_MSG(worst > 0.5 * bound, "%d-d, aux %s, 1/σ x%d: x̂ error %g, bound %g", dims,
+                given ? "given" : "absent", scale, worst, bound);
+    }
+  }
+  lt_ac_stash_free(st);
+  free(x);
+  free(y);
 }
 
 TEST_CASE(stash_bn_input_normalised_and_conv_input_rebuilt_from_it) {
@@ -458,7 +527,7 @@ TEST_CASE(controller_first_window_exact_then_formula_bound) {
   int64_t exact_peak = 0;
   for (int step = 0; step < 4; step++) {
     void *h;
-    REQUIRE(p->store(p->user, &g, 0, 0, LT_SAVE_WEIGHT_INPUT, &t, &h, &err) == LT_OK);
+    REQUIRE(p->store(p->user, &g, 0, 0, LT_SAVE_WEIGHT_INPUT, &t, NULL, &h, &err) == LT_OK);
     p->observe(p->user, &g, 0, &t, &tdy, &tdw);
     p->release(p->user, h);
     lt_ac_stash_step_end(st);
@@ -488,7 +557,7 @@ TEST_CASE(controller_first_window_exact_then_formula_bound) {
   p = lt_ac_stash_policy(st);
   for (int step = 0; step < 2; step++) {
     void *h;
-    REQUIRE(p->store(p->user, &g, 0, 0, LT_SAVE_WEIGHT_INPUT, &t, &h, &err) == LT_OK);
+    REQUIRE(p->store(p->user, &g, 0, 0, LT_SAVE_WEIGHT_INPUT, &t, NULL, &h, &err) == LT_OK);
     p->observe(p->user, &g, 0, &t, &tdy, &tdw);
     p->release(p->user, h);
     lt_ac_stash_step_end(st);
@@ -528,7 +597,7 @@ TEST_CASE(controller_initial_eb_compresses_the_first_window) {
     if (step < 2) CHECK_NEAR(eb, 0.05, 1e-12); /* the first window, before any statistics */
     else CHECK(eb > 0 && fabs(eb - 0.05) > 1e-6); /* the formula's bound from then on */
     void *h;
-    REQUIRE(p->store(p->user, &g, 0, 0, LT_SAVE_WEIGHT_INPUT, &t, &h, &err) == LT_OK);
+    REQUIRE(p->store(p->user, &g, 0, 0, LT_SAVE_WEIGHT_INPUT, &t, NULL, &h, &err) == LT_OK);
     lt_ac_report rep;
     lt_ac_stash_report(st, &rep);
     CHECK_MSG(rep.peak_held < (int64_t)(n * sizeof *x) / 4, "step %d holds %lld of %lld", step,
@@ -640,6 +709,7 @@ int main(int argc, char **argv) {
   RUN(stash_compact_forms_restore_what_backward_needs);
   RUN(stash_argmax_beyond_2x2_stays_exact_and_off_mode_keeps_everything);
   RUN(stash_relative_mode_bound_follows_the_value_range);
+  RUN(stash_bn_input_uses_the_forward_statistics);
   RUN(stash_bn_input_normalised_and_conv_input_rebuilt_from_it);
   RUN(controller_first_window_exact_then_formula_bound);
   RUN(controller_initial_eb_compresses_the_first_window);

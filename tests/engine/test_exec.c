@@ -344,7 +344,8 @@ static int cp_keeps(void *u, const lt_graph *g, int node, int slot, lt_save_kind
   return ((copy_policy *)u)->keep_relu && kind == LT_SAVE_RELU_OUTPUT;
 }
 static lt_status cp_store(void *u, const lt_graph *g, int node, int slot, lt_save_kind kind,
-                          const lt_tensor *t, void **handle, lt_err *err) {
+                          const lt_tensor *t, const lt_tensor *const *aux, void **handle,
+                          lt_err *err) {
   copy_policy *p = u;
   p->stores++;
   p->kinds[kind]++;

@@ -56,9 +56,12 @@ typedef struct lt_stash_policy {
    * policy keeps a view), 0 when store() makes its own copy and the buffer can be reused. */
   int (*keeps_buffer)(void *user, const lt_graph *g, int node, int slot, lt_save_kind kind);
   /* Forward, right after node ran: keep what backward needs. *handle is the policy's token.
+   * aux: the node's op-private tensors as its forward left them (LT_MAX_IO entries, NULL past
+   * the op's count; a training batch norm's are its batch mean and 1/σ per channel), or NULL.
    * Bytes the policy holds must be counted under LT_MEM_SAVED (lt_alloc does that). */
   lt_status (*store)(void *user, const lt_graph *g, int node, int slot, lt_save_kind kind,
-                     const lt_tensor *t, void **handle, lt_err *err);
+                     const lt_tensor *t, const lt_tensor *const *aux, void **handle,
+                     lt_err *err);
   /* Backward: reconstruct the saved tensor into dst (shape and dtype already set). */
   lt_status (*load)(void *user, void *handle, lt_tensor *dst, lt_err *err);
   void (*release)(void *user, void *handle);

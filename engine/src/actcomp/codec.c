@@ -893,6 +893,13 @@ lt_status lt_ac_encode_affine(lt_ac_codec *c, const float *x, int ndim, const in
   int64_t n;
   lt_status st = ac_check_shape(ndim, shape, &n, err);
   if (st) return st;
+  /* Each plane (the last two dims) must lie inside one channel, which (batch, channels, w) does
+   * not: it is coded as (batch, channels, 1, w). */
+  const int64_t as4[4] = {shape[0], shape[1], 1, ndim == 3 ? shape[2] : 1};
+  if (ndim == 3) {
+    ndim = 4;
+    shape = as4;
+  }
   ac_affine af = {.off = off, .scale = scale, .nchan = shape[1], .hw = n / shape[0] / shape[1]};
   return lorenzo_encode(c, x, ndim, shape, eb, &af, out, err);
 }

@@ -329,11 +329,31 @@ static int bn_stats(const float *x, int64_t batch, int64_t nchan, int64_t hw, do
   return bad ? -1 : 0;
 }
 
+/* The batch statistics the batch norm's forward just computed (its aux: mean and 1/σ, nchan
+ * host floats each), into chan; 0, or -1 when they are not there or not finite. Reading them
+ * saves a pass over x, and a conv input rebuilt from them uses the very σ its forward did. */
+static int bn_stats_of_forward(const lt_tensor *const *aux, int64_t nchan, float *chan) {
+  if (!aux || !aux[0] || !aux[1]) return -1;
+  for (int k = 0; k < 2; k++)
+    if (aux[k]->dtype != LT_F32 || aux[k]->device >= 0 || lt_tensor_numel(aux[k]) != nchan)
+      return -1;
+  const float *mean = lt_tensor_f32(aux[0]), *invstd = lt_tensor_f32(aux[1]);
+  for (int64_t c = 0; c < nchan; c++) {
+    if (!isfinite(mean[c]) || !isfinite(invstd[c]) || !(invstd[c] > 0)) return -1;
+    chan[3 * c] = mean[c];
+    chan[3 * c + 1] = invstd[c];
+    chan[3 * c + 2] = 0;
+  }
+  return 0;
+}
+
 /* Stores a batch-norm input as FORM_BN_EXACT or FORM_BN_CODEC into e (data and chan allocated
- * here). Lossy: channel c gets |x̂ − x̂'| <= min(bn_eb, eb_conv/|γ_c|) where a conv rebuilds
- * ReLU(BN(x)) from this entry, eb_conv its bound. */
+ * here), with the forward's batch statistics (aux) or, without them, its own. Lossy: channel c
+ * gets |x̂ − x̂'| <= min(bn_eb, eb_conv/|γ_c|) where a conv rebuilds ReLU(BN(x)) from this entry,
+ * eb_conv its bound. */
 static lt_status store_bn(lt_ac_stash *st, const lt_graph *g, int node, const lt_tensor *t,
-                          ac_entry *e, double *eb_report, lt_err *err) {
+                          const lt_tensor *const *aux, ac_entry *e, double *eb_report,
+                          lt_err *err) {
   const lt_node *nd = node_at(g, node);
   const double eps = nd && nd->op == LT_OP_BATCHNORM && nd->a.eps > 0 ? nd->a.eps : 1e-5;
   e->batch = t->shape[0];
@@ -345,7 +365,8 @@ static lt_status store_bn(lt_ac_stash *st, const lt_graph *g, int node, const lt
     return err ? err->status : LT_ERR_NOMEM;
   }
   const float *x = lt_tensor_f32(t);
-  const int stats_ok = !bn_stats(x, e->batch, e->nchan, e->hw, eps, e->chan);
+  const int stats_ok = !bn_stats_of_forward(aux, e->nchan, e->chan) ||
+                       !bn_stats(x, e->batch, e->nchan, e->hw, eps, e->chan);
   const float *gamma = bn_gamma(g, node, e->nchan, 0);
   const double cons = stats_ok ? derived_consumer_eb(st, g, node) : 0;
   int lossy = stats_ok && st->cfg.bn_mode == LT_AC_BN_LOSSY && st->cfg.mode != LT_AC_OFF &&
@@ -695,7 +716,8 @@ static const ac_entry *relu_mask_of_input(const lt_ac_stash *st, const lt_graph 
 }
 
 static lt_status st_store(void *user, const lt_graph *g, int node, int slot, lt_save_kind kind,
-                          const lt_tensor *t, void **handle, lt_err *err) {
+                          const lt_tensor *t, const lt_tensor *const *aux, void **handle,
+                          lt_err *err) {
   lt_ac_stash *st = user;
   *handle = NULL;
   if (t->device >= 0)
@@ -718,7 +740,7 @@ static lt_status st_store(void *user, const lt_graph *g, int node, int slot, lt_
   lt_status rc = LT_OK;
   e->form = FORM_EXACT;
   if (on && f32 && kind == LT_SAVE_BN_INPUT && e->n > 0 && t->ndim >= 1) {
-    if ((rc = store_bn(st, g, node, t, e, &eb_used, err))) goto fail;
+    if ((rc = store_bn(st, g, node, t, aux, e, &eb_used, err))) goto fail;
   } else if (try_derive(st, g, node, slot, eb, e, &eb_used)) {
     /* nothing of its own */
   } else {

@@ -1079,7 +1079,8 @@ static lt_status exec_forward_nodes(lt_exec *ex, lt_err *err) {
     for (int s = 0; s < en->n_saves; s++) {
       exec_save *es = &en->saves[s];
       if (es->is_param) continue;
-      st = pol->store(pol->user, ex->g, i, s, es->kind, es->src, &es->handle, err);
+      st = pol->store(pol->user, ex->g, i, s, es->kind, es->src,
+                      (const lt_tensor *const *)ctx.aux, &es->handle, err);
       if (st) return lt_err_prefix(err, "stashing input of node '%s'", ex->g->nodes[i].name);
     }
   }
