@@ -237,7 +237,8 @@ TEST_CASE(device_training_matches_cpu_training) {
   REQUIRE(train(ref, lt_backend_get("cpu", NULL), &cr, &wr, &rr, &err) == LT_OK);
   const int64_t calls0 = test_fake_device_optim_calls;
   int np = lt_train_params(g, NULL, 0);
-  REQUIRE(train(g, device_under_test(), &cd, &wd, &rd, &err) == LT_OK);
+  lt_backend *dev = device_under_test();
+  REQUIRE(train(g, dev, &cd, &wd, &rd, &err) == LT_OK);
   /* Every update ran on the device, and the graph's own tensors stayed put through the first
    * epoch (on the CPU they move every step). */
   if (!real) CHECK(test_fake_device_optim_calls - calls0 == rd.steps * np);
@@ -249,7 +250,7 @@ TEST_CASE(device_training_matches_cpu_training) {
   const double tol = real ? 2e-3 : 1e-4;
   double d = params_diff(g, ref);
   printf("  %s: parameters after %lld steps differ from the CPU's by %.2e (tolerance %.0e); val "
-         "loss %.6f against %.6f\n", device_under_test()->vt->name, (long long)rd.steps, d, tol,
+         "loss %.6f against %.6f\n", dev->vt->name, (long long)rd.steps, d, tol,
          rd.val_loss, rr.val_loss);
   CHECK_MSG(d < tol, "device and CPU parameters differ by %g", d);
   CHECK_NEAR(rd.val_loss, rr.val_loss, tol * (1 + rr.val_loss));
@@ -268,21 +269,22 @@ TEST_CASE(device_checkpoints_resume_bit_exactly) {
   char a[512], b[512];
   snprintf(a, sizeof a, "%s/lathe_device_train_%d.full.h5", tmp, (int)getpid());
   snprintf(b, sizeof b, "%s/lathe_device_train_%d.h5", tmp, (int)getpid());
+  lt_backend *dev = device_under_test();
   lt_err err = {0};
   lt_train_result r;
   watch w = {0};
   lt_graph *full = model();
   lt_train_config c = config(LT_SCHED_CONSTANT, 3, a, NULL, &w);
-  REQUIRE(train(full, device_under_test(), &c, &w, &r, &err) == LT_OK);
+  REQUIRE(train(full, dev, &c, &w, &r, &err) == LT_OK);
 
   /* one epoch, then two more from its checkpoint */
   lt_graph *g = model();
   c = config(LT_SCHED_CONSTANT, 1, b, NULL, &w);
-  REQUIRE(train(g, device_under_test(), &c, &w, &r, &err) == LT_OK);
+  REQUIRE(train(g, dev, &c, &w, &r, &err) == LT_OK);
   lt_graph_free(g);
   g = model();
   c = config(LT_SCHED_CONSTANT, 3, b, b, &w);
-  REQUIRE(train(g, device_under_test(), &c, &w, &r, &err) == LT_OK);
+  REQUIRE(train(g, dev, &c, &w, &r, &err) == LT_OK);
   CHECK(same_params(g, full));
   lt_graph_free(g);
   unlink(b);
@@ -292,13 +294,13 @@ TEST_CASE(device_checkpoints_resume_bit_exactly) {
   w.stop_at = 9;
   c = config(LT_SCHED_CONSTANT, 3, b, NULL, &w);
   c.checkpoint_every = 4;
-  CHECK(train(g, device_under_test(), &c, &w, &r, &err) == LT_ERR_CANCELLED);
+  CHECK(train(g, dev, &c, &w, &r, &err) == LT_ERR_CANCELLED);
   lt_graph_free(g);
   g = model();
   w.stop_at = 0;
   c = config(LT_SCHED_CONSTANT, 3, b, b, &w);
   c.checkpoint_every = 4;
-  REQUIRE(train(g, device_under_test(), &c, &w, &r, &err) == LT_OK);
+  REQUIRE(train(g, dev, &c, &w, &r, &err) == LT_OK);
   CHECK(r.steps == 3 * (N_TRAIN / BATCH));
   CHECK(same_params(g, full));
   lt_graph_free(g);

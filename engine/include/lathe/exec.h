@@ -152,6 +152,9 @@ void lt_exec_set_fusion(lt_exec *ex, unsigned which); /* LT_FUSE_* bits that sta
 /* Copies parameters from the graph after an optimizer step on a device backend (no-op on CPU,
  * where the executor works on the graph's parameter tensors directly). */
 lt_status lt_exec_sync_params(lt_exec *ex, int to_device, lt_err *err);
+/* The same from the device for the non-trainable parameters alone: what a training forward
+ * updates (batch-norm running statistics). No-op on CPU. */
+lt_status lt_exec_pull_state(lt_exec *ex, lt_err *err);
 
 /* Per-op profile, off by default and free when off: wall time per node in forward and backward,
  * summed over steps and reported per op type ("BatchNorm2d+Relu" for a fused pair), plus the

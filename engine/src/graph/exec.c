@@ -1279,11 +1279,13 @@ void lt_exec_set_forward_hook(lt_exec *ex, lt_exec_hook fn, void *user) {
   ex->hook_user = user;
 }
 
-lt_status lt_exec_sync_params(lt_exec *ex, int to_device, lt_err *err) {
+/* Copies the graph's parameter values to or from the device copies; with state_only, just the
+ * non-trainable ones (what a training forward writes: batch-norm running statistics). */
+static lt_status exec_sync(lt_exec *ex, int to_device, int state_only, lt_err *err) {
   if (ex->be->device < 0) return LT_OK;
   for (int v = 0; v < ex->g->n_values; v++) {
     const lt_value *val = &ex->g->values[v];
-    if (lt_value_batched(val) || !val->data) continue;
+    if (lt_value_batched(val) || !val->data || (state_only && val->trainable)) continue;
     size_t bytes = lt_tensor_nbytes(val->data);
     lt_status st = to_device
                        ? ex->be->vt->to_device(ex->be, ex->val[v].data, val->data->data, bytes, err)
@@ -1292,6 +1294,12 @@ lt_status lt_exec_sync_params(lt_exec *ex, int to_device, lt_err *err) {
   }
   return LT_OK;
 }
+
+lt_status lt_exec_sync_params(lt_exec *ex, int to_device, lt_err *err) {
+  return exec_sync(ex, to_device, 0, err);
+}
+
+lt_status lt_exec_pull_state(lt_exec *ex, lt_err *err) { return exec_sync(ex, 0, 1, err); }
 
 void lt_exec_saved_bytes(const lt_exec *ex, int64_t *dense, int64_t *held) {
   if (dense) *dense = ex->saved_dense;

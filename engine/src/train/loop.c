@@ -864,7 +864,7 @@ agreed:
                                    (size_t)n * t.k * sizeof(float), err);
         }
         if (!st) st = lt_exec_backward(ex, err);
-        if (!st) st = lt_exec_sync_params(ex, 0, err); /* device: the running statistics */
+        if (!st) st = lt_exec_pull_state(ex, err); /* device: the running statistics */
         for (int i = 0; i < np && !st; i++) {
           lt_tensor *gi = lt_exec_param_grad(ex, ids[i]);
           if (!gi)
