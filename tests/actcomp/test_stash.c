@@ -4,6 +4,7 @@
  *
  * Usage: actcomp_test_stash [ACTS.h5]   (the file from capture_activations.py adds the
  * ResNet-20 layers to the gradient-error check) */
+#include "fake_device.h"
 #include "lathe/actcomp.h"
 #include "test.h"
 
@@ -85,16 +86,16 @@ TEST_CASE(stash_compact_forms_restore_what_backward_needs) {
   }
   lt_tensor t = lt_tensor_wrap(LT_F32, 4, shape, x), d = lt_tensor_wrap(LT_F32, 4, shape, y);
   void *h_in, *h_relu, *h_exact, *h_bn;
-  REQUIRE(p->store(p->user, &g, 0, 0, LT_SAVE_WEIGHT_INPUT, &t, NULL, &h_in, &err) == LT_OK);
-  REQUIRE(p->store(p->user, &g, 1, 0, LT_SAVE_RELU_OUTPUT, &t, NULL, &h_relu, &err) == LT_OK);
-  REQUIRE(p->store(p->user, &g, 2, 0, LT_SAVE_EXACT, &t, NULL, &h_exact, &err) == LT_OK);
-  REQUIRE(p->store(p->user, &g, 3, 0, LT_SAVE_BN_INPUT, &t, NULL, &h_bn, &err) == LT_OK);
+  REQUIRE(p->store(p->user, &g, 0, 0, LT_SAVE_WEIGHT_INPUT, &t, NULL, NULL, &h_in, &err) == LT_OK);
+  REQUIRE(p->store(p->user, &g, 1, 0, LT_SAVE_RELU_OUTPUT, &t, NULL, NULL, &h_relu, &err) == LT_OK);
+  REQUIRE(p->store(p->user, &g, 2, 0, LT_SAVE_EXACT, &t, NULL, NULL, &h_exact, &err) == LT_OK);
+  REQUIRE(p->store(p->user, &g, 3, 0, LT_SAVE_BN_INPUT, &t, NULL, NULL, &h_bn, &err) == LT_OK);
   uint8_t am[1001], am2[1001];
   for (int i = 0; i < 1001; i++) am[i] = (uint8_t)lt_rng_below(&rng, 4);
   int64_t ashape[1] = {1001};
   lt_tensor ta = lt_tensor_wrap(LT_U8, 1, ashape, am), da = lt_tensor_wrap(LT_U8, 1, ashape, am2);
   void *h_arg;
-  REQUIRE(p->store(p->user, &g, 4, 0, LT_SAVE_POOL_ARGMAX, &ta, NULL, &h_arg, &err) == LT_OK);
+  REQUIRE(p->store(p->user, &g, 4, 0, LT_SAVE_POOL_ARGMAX, &ta, NULL, NULL, &h_arg, &err) == LT_OK);
 
   lt_mem_get_stats(&m1);
   int64_t saved = m1.current[LT_MEM_SAVED] - m0.current[LT_MEM_SAVED];
@@ -158,7 +159,7 @@ TEST_CASE(stash_argmax_beyond_2x2_stays_exact_and_off_mode_keeps_everything) {
   int64_t shape[1] = {100};
   lt_tensor t = lt_tensor_wrap(LT_F32, 1, shape, x), d = lt_tensor_wrap(LT_F32, 1, shape, y);
   void *h;
-  REQUIRE(p->store(p->user, &g, 0, 0, LT_SAVE_WEIGHT_INPUT, &t, NULL, &h, &err) == LT_OK);
+  REQUIRE(p->store(p->user, &g, 0, 0, LT_SAVE_WEIGHT_INPUT, &t, NULL, NULL, &h, &err) == LT_OK);
   REQUIRE(p->load(p->user, h, &d, &err) == LT_OK);
   CHECK(!memcmp(x, y, sizeof x));
   p->release(p->user, h);
@@ -170,7 +171,7 @@ TEST_CASE(stash_argmax_beyond_2x2_stays_exact_and_off_mode_keeps_everything) {
   uint8_t am[9] = {0, 1, 2, 3, 8, 4, 0, 1, 2}, am2[9];
   int64_t as[1] = {9};
   lt_tensor ta = lt_tensor_wrap(LT_U8, 1, as, am), da = lt_tensor_wrap(LT_U8, 1, as, am2);
-  REQUIRE(p->store(p->user, &g, 0, 0, LT_SAVE_POOL_ARGMAX, &ta, NULL, &h, &err) == LT_OK);
+  REQUIRE(p->store(p->user, &g, 0, 0, LT_SAVE_POOL_ARGMAX, &ta, NULL, NULL, &h, &err) == LT_OK);
   REQUIRE(p->load(p->user, h, &da, &err) == LT_OK);
   CHECK(!memcmp(am, am2, 9));
   p->release(p->user, h);
@@ -179,7 +180,7 @@ TEST_CASE(stash_argmax_beyond_2x2_stays_exact_and_off_mode_keeps_everything) {
   for (int i = 0; i < 1001; i++) r[i] = i % 7 == 0 ? NAN : lt_rng_normal(&rng);
   int64_t rs[1] = {1001};
   lt_tensor tr = lt_tensor_wrap(LT_F32, 1, rs, r), dr = lt_tensor_wrap(LT_F32, 1, rs, r2);
-  REQUIRE(p->store(p->user, &g, 1, 0, LT_SAVE_RELU_OUTPUT, &tr, NULL, &h, &err) == LT_OK);
+  REQUIRE(p->store(p->user, &g, 1, 0, LT_SAVE_RELU_OUTPUT, &tr, NULL, NULL, &h, &err) == LT_OK);
   REQUIRE(p->load(p->user, h, &dr, &err) == LT_OK);
   int wrong = 0;
   for (int i = 0; i < 1001; i++) wrong += (r[i] > 0) != (r2[i] > 0);
@@ -192,7 +193,7 @@ TEST_CASE(stash_argmax_beyond_2x2_stays_exact_and_off_mode_keeps_everything) {
   tiny.eb = 1e-7;
   lt_ac_stash *st2 = lt_ac_stash_new(&tiny, &err);
   p = lt_ac_stash_policy(st2);
-  REQUIRE(p->store(p->user, &g, 0, 0, LT_SAVE_WEIGHT_INPUT, &t, NULL, &h, &err) == LT_OK);
+  REQUIRE(p->store(p->user, &g, 0, 0, LT_SAVE_WEIGHT_INPUT, &t, NULL, NULL, &h, &err) == LT_OK);
   REQUIRE(p->load(p->user, h, &d, &err) == LT_OK);
   CHECK(!memcmp(x, y, sizeof x));
   lt_ac_stash_step_end(st2);
@@ -225,7 +226,7 @@ TEST_CASE(stash_relative_mode_bound_follows_the_value_range) {
   int64_t shape[2] = {50, 100};
   lt_tensor t = lt_tensor_wrap(LT_F32, 2, shape, x), d = lt_tensor_wrap(LT_F32, 2, shape, y);
   void *h;
-  REQUIRE(p->store(p->user, &g, 0, 0, LT_SAVE_WEIGHT_INPUT, &t, NULL, &h, &err) == LT_OK);
+  REQUIRE(p->store(p->user, &g, 0, 0, LT_SAVE_WEIGHT_INPUT, &t, NULL, NULL, &h, &err) == LT_OK);
   double eb = lt_ac_stash_layer_eb(st, 0);
   CHECK_NEAR(eb, 0.05, 1e-6);
   REQUIRE(p->load(p->user, h, &d, &err) == LT_OK);
@@ -263,7 +264,7 @@ static double controller_ratio(const float *x, const float *dy_fixed, int n, int
     for (int64_t i = 0; i < ndy; i++) dy[i] = dy_fixed ? dy_fixed[i] : lt_rng_normal(&rng);
     lt_tensor t = lt_tensor_wrap(LT_F32, 4, xs, (void *)x), d = lt_tensor_wrap(LT_F32, 4, xs, xr);
     void *hd;
-    if (p->store(p->user, &g, 0, 0, LT_SAVE_WEIGHT_INPUT, &t, NULL, &hd, &err) ||
+    if (p->store(p->user, &g, 0, 0, LT_SAVE_WEIGHT_INPUT, &t, NULL, NULL, &hd, &err) ||
         p->load(p->user, hd, &d, &err)) {
       fprintf(stderr, "%s\n", err.msg);
       break;
@@ -357,9 +358,9 @@ static void bn_relu_conv(lt_ac_bn_mode bn_mode, double eb, double bn_eb) {
   lt_tensor tx = lt_tensor_wrap(LT_F32, 4, shape, xs), tr = lt_tensor_wrap(LT_F32, 4, shape, rs);
   lt_tensor to = lt_tensor_wrap(LT_F32, 4, shape, out);
   void *hb, *hr, *hc;
-  REQUIRE(p->store(p->user, g, nb, 0, LT_SAVE_BN_INPUT, &tx, NULL, &hb, &err) == LT_OK);
-  REQUIRE(p->store(p->user, g, nr, 0, LT_SAVE_RELU_OUTPUT, &tr, NULL, &hr, &err) == LT_OK);
-  REQUIRE(p->store(p->user, g, nc, 0, LT_SAVE_WEIGHT_INPUT, &tr, NULL, &hc, &err) == LT_OK);
+  REQUIRE(p->store(p->user, g, nb, 0, LT_SAVE_BN_INPUT, &tx, NULL, NULL, &hb, &err) == LT_OK);
+  REQUIRE(p->store(p->user, g, nr, 0, LT_SAVE_RELU_OUTPUT, &tr, NULL, NULL, &hr, &err) == LT_OK);
+  REQUIRE(p->store(p->user, g, nc, 0, LT_SAVE_WEIGHT_INPUT, &tr, NULL, NULL, &hc, &err) == LT_OK);
   lt_ac_stash_step_end(st);
   lt_ac_report rep;
   lt_ac_stash_report(st, &rep);
@@ -374,9 +375,9 @@ static void bn_relu_conv(lt_ac_bn_mode bn_mode, double eb, double bn_eb) {
    * keeps its sources). */
   for (int order = 0; order < 2; order++) {
     if (order == 1) { /* all three were released at the end of order 0 */
-      REQUIRE(p->store(p->user, g, nb, 0, LT_SAVE_BN_INPUT, &tx, NULL, &hb, &err) == LT_OK);
-      REQUIRE(p->store(p->user, g, nr, 0, LT_SAVE_RELU_OUTPUT, &tr, NULL, &hr, &err) == LT_OK);
-      REQUIRE(p->store(p->user, g, nc, 0, LT_SAVE_WEIGHT_INPUT, &tr, NULL, &hc, &err) == LT_OK);
+      REQUIRE(p->store(p->user, g, nb, 0, LT_SAVE_BN_INPUT, &tx, NULL, NULL, &hb, &err) == LT_OK);
+      REQUIRE(p->store(p->user, g, nr, 0, LT_SAVE_RELU_OUTPUT, &tr, NULL, NULL, &hr, &err) == LT_OK);
+      REQUIRE(p->store(p->user, g, nc, 0, LT_SAVE_WEIGHT_INPUT, &tr, NULL, NULL, &hc, &err) == LT_OK);
       p->release(p->user, hb);
       p->release(p->user, hr);
       hb = hr = NULL;
@@ -464,7 +465,7 @@ TEST_CASE(stash_bn_input_uses_the_forward_statistics) {
     const lt_tensor *aux[LT_MAX_IO] = {&am, &ai};
     for (int given = 0; given < 2; given++) {
       void *h;
-      REQUIRE(p->store(p->user, &g, 3, 0, LT_SAVE_BN_INPUT, &t, given ? aux : NULL, &h, &err) ==
+      REQUIRE(p->store(p->user, &g, 3, 0, LT_SAVE_BN_INPUT, &t, NULL, given ? aux : NULL, &h, &err) ==
               LT_OK);
       REQUIRE(p->load(p->user, h, &d, &err) == LT_OK);
       p->release(p->user, h);
@@ -527,7 +528,7 @@ TEST_CASE(controller_first_window_exact_then_formula_bound) {
   int64_t exact_peak = 0;
   for (int step = 0; step < 4; step++) {
     void *h;
-    REQUIRE(p->store(p->user, &g, 0, 0, LT_SAVE_WEIGHT_INPUT, &t, NULL, &h, &err) == LT_OK);
+    REQUIRE(p->store(p->user, &g, 0, 0, LT_SAVE_WEIGHT_INPUT, &t, NULL, NULL, &h, &err) == LT_OK);
     p->observe(p->user, &g, 0, &t, &tdy, &tdw);
     p->release(p->user, h);
     lt_ac_stash_step_end(st);
@@ -557,7 +558,7 @@ TEST_CASE(controller_first_window_exact_then_formula_bound) {
   p = lt_ac_stash_policy(st);
   for (int step = 0; step < 2; step++) {
     void *h;
-    REQUIRE(p->store(p->user, &g, 0, 0, LT_SAVE_WEIGHT_INPUT, &t, NULL, &h, &err) == LT_OK);
+    REQUIRE(p->store(p->user, &g, 0, 0, LT_SAVE_WEIGHT_INPUT, &t, NULL, NULL, &h, &err) == LT_OK);
     p->observe(p->user, &g, 0, &t, &tdy, &tdw);
     p->release(p->user, h);
     lt_ac_stash_step_end(st);
@@ -597,7 +598,7 @@ TEST_CASE(controller_initial_eb_compresses_the_first_window) {
     if (step < 2) CHECK_NEAR(eb, 0.05, 1e-12); /* the first window, before any statistics */
     else CHECK(eb > 0 && fabs(eb - 0.05) > 1e-6); /* the formula's bound from then on */
     void *h;
-    REQUIRE(p->store(p->user, &g, 0, 0, LT_SAVE_WEIGHT_INPUT, &t, NULL, &h, &err) == LT_OK);
+    REQUIRE(p->store(p->user, &g, 0, 0, LT_SAVE_WEIGHT_INPUT, &t, NULL, NULL, &h, &err) == LT_OK);
     lt_ac_report rep;
     lt_ac_stash_report(st, &rep);
     CHECK_MSG(rep.peak_held < (int64_t)(n * sizeof *x) / 4, "step %d holds %lld of %lld", step,
@@ -703,6 +704,178 @@ TEST_CASE(controller_observed_over_predicted_dw_error_on_resnet20_layers) {
   H5Fclose(f);
 }
 
+/* A device copy (on the fake device) of a host tensor, and back. */
+static lt_tensor dev_copy(lt_backend *be, const lt_tensor *h) {
+  lt_tensor d = *h;
+  d.data = be->vt->alloc(be, lt_tensor_nbytes(h), LT_MEM_ACTIVATIONS, NULL);
+  d.device = 0;
+  be->vt->to_device(be, d.data, h->data, lt_tensor_nbytes(h), NULL);
+  return d;
+}
+
+/* The stash bound to a device (the fake one: CPU twins behind moved pointers, so a host-side
+ * touch of device memory crashes) keeps and restores every form as the host stash does, in
+ * FIXED and RELATIVE modes: codec streams, masks, 2-bit argmax and its exact fallback, exact
+ * copies, batch-norm inputs with the forward's statistics (lossy 4-d, exact 2-d on a device)
+ * and a conv input rebuilt from them; entries live in device memory, and a bound stash refuses
+ * to move while it holds them. */
+TEST_CASE(device_stash_restores_what_the_host_stash_restores) {
+  enum { N = 4, C = 6, H = 8, W = 10, NA = 1001, NF = 37 };
+  const int64_t n = (int64_t)N * C * H * W;
+  lt_backend *dev = test_fake_device(), *cpu = lt_backend_get("cpu", NULL);
+  lt_err err = {0};
+  lt_graph *g = lt_graph_new();
+  REQUIRE(g);
+  int x = lt_graph_add_input(g, "x", LT_F32, 3, (int64_t[]){C, H, W});
+  lt_tensor *pt[4];
+  for (int i = 0; i < 4; i++) pt[i] = lt_tensor_new(LT_F32, 1, (int64_t[]){C}, LT_MEM_WEIGHTS, &err);
+  for (int c = 0; c < C; c++) {
+    lt_tensor_f32(pt[0])[c] = (c == 2 ? -1.0f : 1.0f) * (0.2f + 0.5f * c);
+    lt_tensor_f32(pt[1])[c] = 0.3f * (float)lt_rng_normal(&rng);
+    lt_tensor_f32(pt[2])[c] = 0;
+    lt_tensor_f32(pt[3])[c] = 1;
+  }
+  int pg = lt_graph_add_param(g, "bn.gamma", pt[0], 1), pb = lt_graph_add_param(g, "bn.beta", pt[1], 1);
+  int pm = lt_graph_add_param(g, "bn.rm", pt[2], 0), pv = lt_graph_add_param(g, "bn.rv", pt[3], 0);
+  lt_node_attrs ba = lt_attrs_default();
+  int y = lt_graph_add_node(g, LT_OP_BATCHNORM, "bn", (int[]){x, pg, pb, pm, pv}, 5, &ba, &err);
+  int r = lt_graph_add_node(g, LT_OP_RELU, "relu", (int[]){y}, 1, NULL, &err);
+  int w = lt_graph_add_param(g, "conv.w", lt_tensor_new(LT_F32, 4, (int64_t[]){5, C, 3, 3}, LT_MEM_WEIGHTS, &err), 1);
+  lt_node_attrs ca = lt_attrs_conv(3, 1, 1, 1, 1);
+  int o = lt_graph_add_node(g, LT_OP_CONV2D, "conv", (int[]){r, w}, 2, &ca, &err);
+  REQUIRE(y >= 0 && r >= 0 && o >= 0);
+  lt_graph_set_output(g, o);
+  const int nb = g->values[y].producer, nr = g->values[r].producer, nc = g->values[o].producer;
+
+  /* the batch norm's input with its batch statistics, ReLU(BN(x)), a plain conv input, argmax
+   * indices (2×2, then one of 3×3), a 2-d batch-norm input and a small exact tensor */
+  float *xs = malloc(n * sizeof *xs), *rs = malloc(n * sizeof *rs), *ps = malloc(n * sizeof *ps);
+  float mean[C], inv[C], x2[N * C * 12], f[NF];
+  for (int64_t i = 0; i < n; i++) {
+    const int c = (int)(i / (H * W) % C);
+    xs[i] = (float)(1.5 * c - 3.0 + (0.3 + c) * lt_rng_normal(&rng));
+    const float v = (float)lt_rng_normal(&rng);
+    ps[i] = v > 0.3f ? v : 0;
+  }
+  for (int c = 0; c < C; c++) {
+    double s1 = 0, s2 = 0;
+    for (int b = 0; b < N; b++)
+      for (int i = 0; i < H * W; i++) s1 += xs[((int64_t)b * C + c) * H * W + i];
+    const double m = s1 / (N * H * W);
+    for (int b = 0; b < N; b++)
+      for (int i = 0; i < H * W; i++) {
+        const double d = xs[((int64_t)b * C + c) * H * W + i] - m;
+        s2 += d * d;
+      }
+    mean[c] = (float)m;
+    inv[c] = (float)(1.0 / sqrt(s2 / (N * H * W) + ba.eps));
+  }
+  for (int64_t i = 0; i < n; i++) {
+    const int c = (int)(i / (H * W) % C);
+    const float v = lt_tensor_f32(pt[0])[c] * (xs[i] - mean[c]) * inv[c] + lt_tensor_f32(pt[1])[c];
+    rs[i] = v > 0 ? v : 0;
+  }
+  for (int i = 0; i < N * C * 12; i++) x2[i] = (float)(5 + lt_rng_normal(&rng));
+  for (int i = 0; i < NF; i++) f[i] = (float)lt_rng_normal(&rng);
+  uint8_t am[NA], am3[NA];
+  for (int i = 0; i < NA; i++) am[i] = am3[i] = (uint8_t)lt_rng_below(&rng, 4);
+  am3[NA / 2] = 5;
+  int64_t shape[4] = {N, C, H, W}, cshape[1] = {C}, ashape[1] = {NA}, s2d[2] = {N, C * 12},
+          fshape[1] = {NF};
+  lt_tensor host[9] = {
+      lt_tensor_wrap(LT_F32, 4, shape, xs),   lt_tensor_wrap(LT_F32, 4, shape, rs),
+      lt_tensor_wrap(LT_F32, 4, shape, rs),   lt_tensor_wrap(LT_F32, 4, shape, ps),
+      lt_tensor_wrap(LT_U8, 1, ashape, am),   lt_tensor_wrap(LT_U8, 1, ashape, am3),
+      lt_tensor_wrap(LT_F32, 2, s2d, x2),     lt_tensor_wrap(LT_F32, 1, fshape, f),
+      lt_tensor_wrap(LT_F32, 4, shape, ps)};
+  const int node[9] = {nb, nr, nc, 20, 21, 22, 23, 24, 25};
+  const lt_save_kind kind[9] = {LT_SAVE_BN_INPUT,     LT_SAVE_RELU_OUTPUT, LT_SAVE_WEIGHT_INPUT,
+                                LT_SAVE_WEIGHT_INPUT, LT_SAVE_POOL_ARGMAX, LT_SAVE_POOL_ARGMAX,
+                                LT_SAVE_BN_INPUT,     LT_SAVE_WEIGHT_INPUT, LT_SAVE_EXACT};
+  lt_tensor am_h = lt_tensor_wrap(LT_F32, 1, cshape, mean), ai_h = lt_tensor_wrap(LT_F32, 1, cshape, inv);
+
+  for (int mode = 0; mode < 2; mode++) {
+    lt_ac_config cfg = lt_ac_config_default();
+    cfg.mode = mode ? LT_AC_RELATIVE : LT_AC_FIXED;
+    cfg.eb = 0.05;
+    cfg.rel = 0.01;
+    cfg.bn_mode = LT_AC_BN_LOSSY;
+    float *back[2][9];
+    for (int side = 0; side < 2; side++) { /* 0: host, 1: device */
+      lt_backend *be = side ? dev : cpu;
+      lt_ac_stash *st = lt_ac_stash_new(&cfg, &err);
+      REQUIRE(st);
+      const lt_stash_policy *p = lt_ac_stash_policy(st);
+      REQUIRE(p->bind(p->user, be, &err) == LT_OK);
+      lt_tensor t[9], aux_t[2], par[2];
+      for (int i = 0; i < 9; i++) t[i] = side ? dev_copy(dev, &host[i]) : host[i];
+      aux_t[0] = side ? dev_copy(dev, &am_h) : am_h;
+      aux_t[1] = side ? dev_copy(dev, &ai_h) : ai_h;
+      par[0] = side ? dev_copy(dev, pt[0]) : *pt[0];
+      par[1] = side ? dev_copy(dev, pt[1]) : *pt[1];
+      const lt_tensor *aux[LT_MAX_IO] = {&aux_t[0], &aux_t[1]};
+      const lt_tensor *in[LT_MAX_IO] = {&t[0], &par[0], &par[1]};
+      const int64_t calls = test_fake_device_ac_calls;
+      void *h[9];
+      for (int i = 0; i < 9; i++)
+        REQUIRE(p->store(p->user, g, node[i], 0, kind[i], &t[i], i == 0 ? in : NULL,
+                         i == 0 ? aux : NULL, &h[i], &err) == LT_OK);
+      if (side) {
+        CHECK(test_fake_device_ac_calls - calls >= 6);
+        /* bound to the device while it holds entries: it stays there */
+        CHECK(p->bind(p->user, cpu, &err) == LT_ERR_INVALID);
+        CHECK_STR_CONTAINS(err.msg, "holds tensors");
+      }
+      lt_ac_report rep;
+      lt_ac_stash_report(st, &rep);
+      CHECK(rep.peak_held < rep.peak_dense / 2); /* small tensors: metadata weighs */
+      for (int i = 0; i < 9; i++) {
+        const size_t bytes = lt_tensor_nbytes(&host[i]);
+        back[side][i] = malloc(bytes);
+        lt_tensor d = t[i];
+        d.data = side ? be->vt->alloc(be, bytes, LT_MEM_ACTIVATIONS, NULL) : back[side][i];
+        REQUIRE(p->load(p->user, h[i], &d, &err) == LT_OK);
+        if (side) {
+          be->vt->to_host(be, back[side][i], d.data, bytes, NULL);
+          be->vt->free(be, d.data, bytes, LT_MEM_ACTIVATIONS);
+        }
+      }
+      for (int i = 0; i < 9; i++) p->release(p->user, h[i]);
+      if (side) {
+        CHECK(p->bind(p->user, cpu, &err) == LT_OK); /* nothing held now */
+        for (int i = 0; i < 9; i++) be->vt->free(be, t[i].data, lt_tensor_nbytes(&t[i]), LT_MEM_ACTIVATIONS);
+        for (int k = 0; k < 2; k++) {
+          be->vt->free(be, aux_t[k].data, lt_tensor_nbytes(&aux_t[k]), LT_MEM_ACTIVATIONS);
+          be->vt->free(be, par[k].data, lt_tensor_nbytes(&par[k]), LT_MEM_ACTIVATIONS);
+        }
+      }
+      lt_ac_stash_free(st);
+    }
+    /* The same values on both sides, except the 2-d batch-norm input: lossy on the host, exact
+     * on a device. Then what each form promises. */
+    for (int i = 0; i < 9; i++) {
+      if (i == 6) continue;
+      CHECK_MSG(!memcmp(back[0][i], back[1][i], lt_tensor_nbytes(&host[i])),
+                "mode %d, tensor %d: the device restored other values than the host", mode, i);
+    }
+    CHECK(!memcmp(back[1][6], x2, sizeof x2));
+    CHECK(!memcmp(back[1][4], am, NA) && !memcmp(back[1][5], am3, NA) && !memcmp(back[1][8], ps, n * 4));
+    int64_t bad = 0;
+    for (int64_t i = 0; i < n; i++) {
+      bad += (back[1][1][i] != 0) != (rs[i] > 0);       /* the mask: the sign pattern */
+      bad += rs[i] == 0 && back[1][2][i] != 0;         /* zeros exact */
+      bad += !(fabsf(back[1][2][i] - rs[i]) <= (mode ? 0.5f : 0.05f));
+      bad += !(fabsf(back[1][0][i] - xs[i]) <= 0.2f / inv[i / (H * W) % C] * 1.0001f);
+      bad += (ps[i] == 0) != (back[1][3][i] == 0);
+    }
+    CHECK_MSG(bad == 0, "mode %d: %lld elements out of their form's promise", mode, (long long)bad);
+    for (int side = 0; side < 2; side++)
+      for (int i = 0; i < 9; i++) free(back[side][i]);
+  }
+  free(xs), free(rs), free(ps);
+  lt_graph_free(g);
+}
+
 int main(int argc, char **argv) {
   rng = lt_rng_make(8, 2);
   acts_path = argc > 1 ? argv[1] : NULL;
@@ -711,6 +884,7 @@ int main(int argc, char **argv) {
   RUN(stash_relative_mode_bound_follows_the_value_range);
   RUN(stash_bn_input_uses_the_forward_statistics);
   RUN(stash_bn_input_normalised_and_conv_input_rebuilt_from_it);
+  RUN(device_stash_restores_what_the_host_stash_restores);
   RUN(controller_first_window_exact_then_formula_bound);
   RUN(controller_initial_eb_compresses_the_first_window);
   RUN(controller_observed_over_predicted_dw_error_on_relu_conv_stack);

@@ -9,15 +9,24 @@
  * directly (as it could not on a GPU) crashes instead of silently working. The backend's own
  * entry points move them back before running the CPU's.
  *
- * test_fake_device_optim_calls counts the optimizer updates it ran. Needs engine/src on the
- * include path. */
+ * Its activation-compression table (ac_dev.h) runs the stash's CPU twins and the CPU codec on
+ * the same moved pointers, so the device stash's routing is tested here: a host-side touch of a
+ * device entry crashes.
+ *
+ * test_fake_device_optim_calls counts the optimizer updates it ran, test_fake_device_ac_calls
+ * the stash operations. Needs engine/src on the include path. */
 #ifndef LATHE_TEST_FAKE_DEVICE_H
 #define LATHE_TEST_FAKE_DEVICE_H
 
+#include "actcomp/ac_dev.h"
 #include "backend/cpu/kernels.h"
+#include "lathe/actcomp.h"
 #include "lathe/backend.h"
+#include "ops/ops.h"
 
 #include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
 
 #define TEST_FAKE_DEVICE_OFFSET ((uintptr_t)1 << 46)
 
@@ -25,6 +34,7 @@ static lt_backend_vtbl test_fake_device_vt;
 static lt_backend test_fake_device_be;
 static const lt_backend_vtbl *test_fake_device_cpu;
 static int64_t test_fake_device_optim_calls;
+static int64_t test_fake_device_ac_calls;
 
 static void *test_fake_device_host(const void *p) {
   return p ? (void *)((uintptr_t)p - TEST_FAKE_DEVICE_OFFSET) : NULL;
@@ -99,6 +109,136 @@ static lt_status test_fake_device_optim_step(lt_backend *be, const lt_optim_upda
   return LT_OK;
 }
 
+static lt_status test_fake_device_copy(lt_backend *be, void *dst, const void *src, size_t bytes,
+                                       lt_err *err) {
+  (void)be, (void)err;
+  memcpy(test_fake_device_host(dst), test_fake_device_host(src), bytes);
+  return LT_OK;
+}
+
+static lt_status test_fake_device_accumulate(lt_backend *be, size_t count, const float *src,
+                                             float *dst, lt_err *err) {
+  (void)be, (void)err;
+  lt_op_cpu_pass_grad(count, test_fake_device_host(src), test_fake_device_host(dst), 1);
+  return LT_OK;
+}
+
+/* ---- the stash's table: CPU twins on moved pointers ------------------------------------------ */
+
+typedef struct test_fake_ac {
+  lt_backend *be;
+  lt_ac_codec *codec;
+  lt_ac_buf out;
+} test_fake_ac;
+
+static void *test_fake_ac_open(lt_backend *be, lt_err *err) {
+  test_fake_ac *c = calloc(1, sizeof *c);
+  if (!c || !(c->codec = lt_ac_codec_new(NULL, err))) {
+    free(c);
+    return NULL;
+  }
+  c->be = be;
+  return c;
+}
+
+static void test_fake_ac_close(void *ctx) {
+  test_fake_ac *c = ctx;
+  if (!c) return;
+  lt_ac_buf_free(&c->out);
+  lt_ac_codec_free(c->codec);
+  free(c);
+}
+
+static lt_status test_fake_ac_encode(void *ctx, const float *x, int ndim, const int64_t *shape,
+                                     double eb, const float *off, const float *scale,
+                                     uint8_t **data, size_t *bytes, lt_err *err) {
+  test_fake_ac *c = ctx;
+  test_fake_device_ac_calls++;
+  x = test_fake_device_host(x);
+  lt_status st = off ? lt_ac_encode_affine(c->codec, x, ndim, shape, eb, off, scale, &c->out, err)
+                     : lt_ac_encode(c->codec, LT_AC_KIND_LORENZO, x, ndim, shape, eb, &c->out, err);
+  if (st) return st;
+  if (!(*data = test_fake_device_alloc(c->be, c->out.len, LT_MEM_SAVED, err)))
+    return err ? err->status : LT_ERR_NOMEM;
+  memcpy(test_fake_device_host(*data), c->out.data, c->out.len);
+  *bytes = c->out.len;
+  return LT_OK;
+}
+
+static lt_status test_fake_ac_decode(void *ctx, const uint8_t *data, size_t bytes, float *y,
+                                     int64_t n, lt_err *err) {
+  test_fake_device_ac_calls++;
+  return lt_ac_decode(((test_fake_ac *)ctx)->codec, test_fake_device_host(data), bytes,
+                      test_fake_device_host(y), n, err);
+}
+
+static lt_status test_fake_ac_mask1_pack(void *ctx, const float *y, int64_t n, uint8_t *mask,
+                                         int64_t *nnz, lt_err *err) {
+  (void)ctx, (void)err;
+  test_fake_device_ac_calls++;
+  *nnz = ac_mask1_pack(test_fake_device_host(y), n, test_fake_device_host(mask));
+  return LT_OK;
+}
+
+static lt_status test_fake_ac_mask1_unpack(void *ctx, const uint8_t *mask, int64_t n, float *y,
+                                           lt_err *err) {
+  (void)ctx, (void)err;
+  test_fake_device_ac_calls++;
+  ac_mask1_unpack(test_fake_device_host(mask), n, test_fake_device_host(y));
+  return LT_OK;
+}
+
+static lt_status test_fake_ac_pack2(void *ctx, const uint8_t *a, int64_t n, uint8_t *p,
+                                    int *fits, lt_err *err) {
+  (void)ctx, (void)err;
+  test_fake_device_ac_calls++;
+  const uint8_t *h = test_fake_device_host(a);
+  *fits = 1;
+  for (int64_t i = 0; i < n && *fits; i++) *fits = h[i] <= 3;
+  if (*fits) lt_cpu_argmax_pack2((size_t)n, h, test_fake_device_host(p));
+  return LT_OK;
+}
+
+static lt_status test_fake_ac_unpack2(void *ctx, const uint8_t *p, int64_t n, uint8_t *a,
+                                      lt_err *err) {
+  (void)ctx, (void)err;
+  test_fake_device_ac_calls++;
+  lt_cpu_argmax_unpack2((size_t)n, test_fake_device_host(p), test_fake_device_host(a));
+  return LT_OK;
+}
+
+static lt_status test_fake_ac_chan_map(void *ctx, float *y, const float *z, int64_t batch,
+                                       int64_t nchan, int64_t hw, const float *a, const float *b,
+                                       const uint8_t *mask, lt_err *err) {
+  (void)ctx, (void)err;
+  test_fake_device_ac_calls++;
+  ac_chan_map(test_fake_device_host(y), test_fake_device_host(z), batch, nchan, hw, a, b,
+              test_fake_device_host(mask));
+  return LT_OK;
+}
+
+static lt_status test_fake_ac_count_zeros(void *ctx, const float *x, int64_t n, int64_t *zeros,
+                                          lt_err *err) {
+  (void)ctx, (void)err;
+  test_fake_device_ac_calls++;
+  *zeros = ac_count_zeros(test_fake_device_host(x), n);
+  return LT_OK;
+}
+
+static lt_status test_fake_ac_sum_pow(void *ctx, const float *x, int64_t n, int p, double *sum,
+                                      lt_err *err) {
+  (void)ctx, (void)err;
+  test_fake_device_ac_calls++;
+  *sum = ac_sum_pow(test_fake_device_host(x), n, p);
+  return LT_OK;
+}
+
+static const ac_dev_ops test_fake_ac_ops = {
+    test_fake_ac_open,        test_fake_ac_close,       test_fake_ac_encode,
+    test_fake_ac_decode,      test_fake_ac_mask1_pack,  test_fake_ac_mask1_unpack,
+    test_fake_ac_pack2,       test_fake_ac_unpack2,     test_fake_ac_chan_map,
+    test_fake_ac_count_zeros, test_fake_ac_sum_pow};
+
 /* The backend, (re)initialised: a test may clear optim_step in test_fake_device_vt afterwards. */
 static lt_backend *test_fake_device(void) {
   lt_backend *cpu = lt_backend_get("cpu", NULL);
@@ -113,6 +253,9 @@ static lt_backend *test_fake_device(void) {
   test_fake_device_vt.forward = test_fake_device_forward;
   test_fake_device_vt.backward = test_fake_device_backward;
   test_fake_device_vt.optim_step = test_fake_device_optim_step;
+  test_fake_device_vt.copy = test_fake_device_copy;
+  test_fake_device_vt.accumulate = test_fake_device_accumulate;
+  test_fake_device_vt.actcomp = &test_fake_ac_ops;
   test_fake_device_be = *cpu;
   test_fake_device_be.vt = &test_fake_device_vt;
   test_fake_device_be.device = 0;

@@ -344,8 +344,8 @@ static int cp_keeps(void *u, const lt_graph *g, int node, int slot, lt_save_kind
   return ((copy_policy *)u)->keep_relu && kind == LT_SAVE_RELU_OUTPUT;
 }
 static lt_status cp_store(void *u, const lt_graph *g, int node, int slot, lt_save_kind kind,
-                          const lt_tensor *t, const lt_tensor *const *aux, void **handle,
-                          lt_err *err) {
+                          const lt_tensor *t, const lt_tensor *const *in,
+                          const lt_tensor *const *aux, void **handle, lt_err *err) {
   copy_policy *p = u;
   p->stores++;
   p->kinds[kind]++;
@@ -357,6 +357,11 @@ static lt_status cp_store(void *u, const lt_graph *g, int node, int slot, lt_sav
                       : op == LT_OP_BATCHNORM                   ? LT_SAVE_BN_INPUT
                                                                 : LT_SAVE_EXACT;
   if (kind != want) p->observe_bad++;
+  /* The node's inputs come along: a conv/linear input is its first one, the weight the graph's. */
+  if (kind == LT_SAVE_WEIGHT_INPUT &&
+      (!in || !in[0] || in[0]->data != t->data || !in[1] ||
+       in[1]->data != g->values[g->nodes[node].in[1]].data->data))
+    p->observe_bad++;
   copy_handle *h = malloc(sizeof *h);
   if (p->keep_relu && kind == LT_SAVE_RELU_OUTPUT) { /* a view: nothing to copy */
     h->data = NULL;

@@ -4,9 +4,11 @@
 # tests/gpu/fetch-debs.sh (unpacked here into a private prefix), runs the op conformance test of
 # the CUDA backend against the CPU one, the GPU activation codec's test against its CPU twin
 # (also under compute-sanitizer's memcheck when there) and the training loop on the GPU against
-# the CPU (tests/train/test_device_train.c), benchmarks the GPU codec on ResNet-20
-# activations captured here from the carried model and images (tests/gpu/.data) beside the CPU
-# codec, then ResNet-20 training and inference at batch 128 against PyTorch eager on the same GPU
+# the CPU (tests/train/test_device_train.c; with activation compression's device stash too),
+# benchmarks the GPU codec on ResNet-20 activations captured here from the carried model and
+# images (tests/gpu/.data) beside the CPU codec, ResNet-20 training on those images with the
+# device stash against exact training (saved bytes on the GPU), then ResNet-20 training and
+# inference at batch 128 against PyTorch eager on the same GPU
 # in the same run, and prints a short table last.
 # Takes about 3-5 minutes on 16 cores; it stops itself with a message before 8.
 #
@@ -104,7 +106,7 @@ timeout "$(budget)" cmake -S "$root" -B "$build" "${gen[@]}" -DCMAKE_BUILD_TYPE=
   >"$out/configure.log" 2>&1 || { tail -30 "$out/configure.log"; die "cmake configure (log: $out/configure.log)"; }
 grep -q "CUDA: found" "$out/configure.log" || die "CMake did not enable CUDA: $(grep 'CUDA' "$out/configure.log")"
 say "building ($(nproc) jobs)"
-timeout "$(budget)" cmake --build "$build" -j "$(nproc)" --target gpu_test_conformance gpu_test_codec train_test_device_train gpu_bench_resnet20 actcomp_capture actcomp_bench_codec \
+timeout "$(budget)" cmake --build "$build" -j "$(nproc)" --target gpu_test_conformance gpu_test_codec train_test_device_train gpu_bench_resnet20 actcomp_capture actcomp_bench_codec actcomp_bench_device \
   >"$out/build.log" 2>&1 || { tail -40 "$out/build.log"; die "build (log: $out/build.log)"; }
 say "built"
 
@@ -135,6 +137,7 @@ rc=$?
 cat "$out/train.log"
 case $rc in 0) train="pass" ;; *) train="FAIL (exit $rc)"; status=1 ;; esac
 train_cases="$(grep -m1 'differ from the CPU' "$out/train.log" | sed 's/^ *//'); $(tail -1 "$out/train.log")"
+stash_cases=$(grep ' on cuda: parameters' "$out/train.log" | sed 's/^ *//')
 
 memcheck="not run (no compute-sanitizer)"
 command -v compute-sanitizer >/dev/null && memcheck="not run (under 200 s of the budget left)"
@@ -172,6 +175,11 @@ if [ -f "$data/resnet20-cifar10-bn.onnx" ] && [ -f "$data/cifar10-test2048.h5" ]
       >"$out/bench_codec2048.txt" 2>>"$out/bench_codec.err" ||
     say "batch-2048 codec benchmark failed: $(tail -3 "$out/bench_codec.err")"
   cat "$out/bench_codec2048.txt" 2>/dev/null
+  say "ResNet-20 on 2048 CIFAR-10 images, 3 epochs at batch 128: exact, then the device stash"
+  timeout "$(budget)" "$build/bin/actcomp_bench_device" "$data/cifar10-test2048.h5" test cuda 3 128 \
+    >"$out/bench_stash.txt" 2>"$out/bench_stash.err" ||
+    { status=1; say "device stash benchmark failed: $(tail -3 "$out/bench_stash.err")"; }
+  cat "$out/bench_stash.txt"
   if [ -n "${LATHE_AC_CUDA_PROFILE:-}" ] && [ "$(budget)" -gt 90 ]; then
     say "the same, histogram without grouping (LATHE_AC_CUDA_HIST=plain), GPU rows only"
     LATHE_AC_CUDA_HIST=plain timeout 60 "$build/bin/actcomp_bench_codec" \
@@ -196,9 +204,9 @@ PYTHONUNBUFFERED=1 run_bench pytorch "$PY" "$here/resnet20_torch.py" 128 "$steps
 
 # ---- the table, last ----------------------------------------------------------------------------
 echo
-"$PY" - "$out" "$conf" "$conf_cases" "$codec" "$codec_cases" "$memcheck" "$train" "$train_cases" <<'PY'
+"$PY" - "$out" "$conf" "$conf_cases" "$codec" "$codec_cases" "$memcheck" "$train" "$train_cases" "$stash_cases" <<'PY'
 import json, os, sys
-out, conf, cases, codec, codec_cases, memcheck, train, train_cases = sys.argv[1:9]
+out, conf, cases, codec, codec_cases, memcheck, train, train_cases, stash_cases = sys.argv[1:10]
 rows = []
 for name, label in (("lathe_fp32", "lathe (fp32 sgemm)"), ("lathe_tf32", "lathe (tf32 sgemm)"),
                     ("pytorch", "pytorch eager")):
@@ -213,6 +221,13 @@ print(f"GPU: {dev}")
 print(f"op conformance (CUDA vs CPU): {conf} — {cases}")
 print(f"GPU codec vs CPU codec: {codec} — {codec_cases}; memcheck: {memcheck}")
 print(f"training loop (lt_train_run) on the GPU vs CPU: {train} — {train_cases}")
+for line in stash_cases.splitlines():
+    print(f"  with the device stash: {line}")
+try:
+    with open(os.path.join(out, "bench_stash.txt")) as f:
+        print("".join(l for l in f if not l.startswith("{")), end="")
+except OSError:
+    pass
 try:
     with open(os.path.join(out, "bench_codec.txt")) as f:
         lines = [l.rstrip() for l in f if l.startswith(("codec ", "lorenzo"))]

@@ -33,6 +33,10 @@
  * SZ3's ratio at every bound with zeros exact, at 1.5+ GB/s compress and 2.3+ GB/s decompress
  * on one core.
  *
+ * On a device backend (CUDA) the executor binds the stash to it (lt_stash_policy.bind): the
+ * compressed entries then live in device memory and every data operation (codec, masks, affine
+ * maps, the controller's sums) runs there; a stash serves one backend at a time.
+ *
  * Not for: general-purpose float compression of files (no streaming, one tensor per stream), or
  * lossy storage of anything whose error reaches other layers' gradients (use LT_SAVE_EXACT).
  * ZFP and zstd streams are comparison codecs: their decoders are not hardened against hostile

@@ -71,6 +71,17 @@ typedef struct lt_backend_vtbl {
    * the CPU kernels itself (train/optim.c). */
   lt_status (*optim_step)(lt_backend *be, const lt_optim_update *u, size_t count, float *w,
                           const float *g, float *s0, float *s1, lt_err *err);
+  /* Device backends: bytes from src to dst, both in backend memory, queued on the stream. NULL
+   * on host backends (memcpy). */
+  lt_status (*copy)(lt_backend *be, void *dst, const void *src, size_t bytes, lt_err *err);
+  /* Device backends: dst[i] += src[i] over count floats in backend memory, queued. NULL on host
+   * backends. */
+  lt_status (*accumulate)(lt_backend *be, size_t count, const float *src, float *dst,
+                          lt_err *err);
+  /* Device backends that can hold the activation-compression stash: its data operations on
+   * their memory (the table of engine/src/actcomp/ac_dev.h). NULL elsewhere: the host stash
+   * needs none, and a device without it trains without activation compression only. */
+  const struct ac_dev_ops *actcomp;
 } lt_backend_vtbl;
 
 struct lt_backend {

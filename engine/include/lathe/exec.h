@@ -55,13 +55,18 @@ typedef struct lt_stash_policy {
   /* Plan time: 1 when the executor must keep this forward buffer alive until backward (the
    * policy keeps a view), 0 when store() makes its own copy and the buffer can be reused. */
   int (*keeps_buffer)(void *user, const lt_graph *g, int node, int slot, lt_save_kind kind);
+  /* Create time, optional: the backend whose memory every tensor offered to this policy lives
+   * in (the executor's). An error refuses the executor: the policy cannot work there. */
+  lt_status (*bind)(void *user, lt_backend *be, lt_err *err);
   /* Forward, right after node ran: keep what backward needs. *handle is the policy's token.
+   * in: the node's forward inputs as its kernel read them (LT_MAX_IO entries, NULL past the
+   * node's count; parameters are the executor's copies, in backend memory), or NULL.
    * aux: the node's op-private tensors as its forward left them (LT_MAX_IO entries, NULL past
    * the op's count; a training batch norm's are its batch mean and 1/σ per channel), or NULL.
    * Bytes the policy holds must be counted under LT_MEM_SAVED (lt_alloc does that). */
   lt_status (*store)(void *user, const lt_graph *g, int node, int slot, lt_save_kind kind,
-                     const lt_tensor *t, const lt_tensor *const *aux, void **handle,
-                     lt_err *err);
+                     const lt_tensor *t, const lt_tensor *const *in,
+                     const lt_tensor *const *aux, void **handle, lt_err *err);
   /* Backward: reconstruct the saved tensor into dst (shape and dtype already set). */
   lt_status (*load)(void *user, void *handle, lt_tensor *dst, lt_err *err);
   void (*release)(void *user, void *handle);

@@ -30,7 +30,17 @@
  * eb = ρ·√3·mean|G| / (δ_rms·√(N(1−R))), smoothed and clamped; the first window runs exact. On
  * sampled steps store() also keeps an exact copy of the input, and observe() measures the actual
  * dW error (E = X − X' through the layer's weight-gradient product) against the predicted
- * σ = eb·√(N(1−R)/3)·δ_rms. */
+ * σ = eb·√(N(1−R)/3)·δ_rms.
+ *
+ * On a device backend (bound by the executor through bind(); the CUDA backend, or the tests' fake
+ * device) the entries live in that device's memory, counted under its LT_MEM_SAVED, and every
+ * data operation goes through the backend's table (ac_dev.h): the codec, masks, the affine maps,
+ * zero counts and the controller's sums all run on the device, so a step moves no activation to
+ * the host. What comes to the host is small: the batch statistics and γ, β of each batch norm
+ * (a few floats a channel, which the entry keeps), and the scalars the controller reads.
+ * Exceptions, each a copy to the host: RELATIVE mode's value range, and sampled steps' exact
+ * input with the dW error measured by the host's product. */
+#include "actcomp/ac_dev.h"
 #include "actcomp/ac_internal.h"
 #include "backend/cpu/kernels.h"
 
@@ -66,11 +76,14 @@ typedef struct ac_entry {
   float *chan;
   double y_bound, y_rms; /* largest and RMS over channels of the bound a ReLU(γ·x̂+β) rebuilt
                             from this entry gets (INFINITY: γ unknown) */
+  float *gb;          /* FORM_BN_* on a device: γ then β (nchan each, host copies of the
+                         executor's parameters as the forward read them), LT_MEM_SAVED; NULL
+                         on the host, which reads the graph's */
   struct ac_entry *bn, *mask; /* FORM_DERIVED: the entries it is rebuilt from (one ref each) */
 } ac_entry;
 
 static size_t entry_held(const ac_entry *e) {
-  return e->bytes + sizeof *e + (size_t)e->nchan * 3 * sizeof(float);
+  return e->bytes + sizeof *e + (size_t)e->nchan * (e->gb ? 5 : 3) * sizeof(float);
 }
 
 typedef struct ac_layer {
@@ -99,10 +112,18 @@ typedef struct ac_layer {
 struct lt_ac_stash {
   lt_ac_config cfg;
   lt_stash_policy policy;
+  /* The device backend the executor bound (NULL: host memory), its operations and context. Entry
+   * data, zbuf and zdec are that backend's memory. */
+  lt_backend *be;
+  const ac_dev_ops *dops;
+  void *dctx;
+  float *stage;                /* (stage_cap) host staging of device data, LT_MEM_WORKSPACE */
+  int64_t stage_cap;
   lt_ac_codec *codec;
   lt_ac_buf tmp;               /* encoder output before the exact-size copy */
   const lt_graph *g;           /* the graph of the last store() (derived entries read γ, β) */
-  float *zbuf;                 /* (zcap) normalised 2-D batch-norm input, LT_MEM_WORKSPACE */
+  float *zbuf;                 /* (zcap) normalised 2-D batch-norm input (host only),
+                                  LT_MEM_WORKSPACE */
   int64_t zcap;
   /* The decoded z' of one FORM_BN_CODEC entry, kept from the conv input rebuilt from it (whose
    * backward runs first) to the batch norm's own backward, so each stream decodes once. */
@@ -139,6 +160,60 @@ lt_ac_config lt_ac_config_default(void) {
   };
   return c;
 }
+
+/* ---- memory of the bound backend ------------------------------------------------------------ */
+
+static void *mem_alloc(lt_ac_stash *st, size_t bytes, lt_mem_cat cat, lt_err *err) {
+  return st->be ? st->be->vt->alloc(st->be, bytes, cat, err) : lt_alloc(cat, bytes, err);
+}
+
+static void mem_free(lt_ac_stash *st, void *p, size_t bytes, lt_mem_cat cat) {
+  if (!p) return;
+  if (st->be) st->be->vt->free(st->be, p, bytes, cat);
+  else lt_free(cat, p, bytes);
+}
+
+static lt_status mem_copy(lt_ac_stash *st, void *dst, const void *src, size_t bytes,
+                          lt_err *err) {
+  if (!bytes) return LT_OK;
+  if (st->be) return st->be->vt->copy(st->be, dst, src, bytes, err);
+  memcpy(dst, src, bytes);
+  return LT_OK;
+}
+
+/* A float scratch of n elements in the bound backend's memory (*buf of *cap), grown as needed. */
+static float *mem_scratch(lt_ac_stash *st, float **buf, int64_t *cap, int64_t n, lt_err *err) {
+  if (n <= *cap) return *buf;
+  float *p = mem_alloc(st, (size_t)n * sizeof *p, LT_MEM_WORKSPACE, err);
+  if (!p) return NULL;
+  mem_free(st, *buf, (size_t)*cap * sizeof **buf, LT_MEM_WORKSPACE);
+  *buf = p;
+  *cap = n;
+  return p;
+}
+
+/* n floats of device memory at src, copied into the host staging buffer (offset `at` floats). */
+static const float *stage_in(lt_ac_stash *st, const void *src, int64_t n, int64_t at,
+                             lt_err *err) {
+  if (at + n > st->stage_cap) {
+    float *p = lt_alloc(LT_MEM_WORKSPACE, (size_t)(at + n) * sizeof *p, err);
+    if (!p) return NULL;
+    if (at) memcpy(p, st->stage, (size_t)at * sizeof *p);
+    lt_free(LT_MEM_WORKSPACE, st->stage, (size_t)st->stage_cap * sizeof *st->stage);
+    st->stage = p;
+    st->stage_cap = at + n;
+  }
+  if (st->be->vt->to_host(st->be, st->stage + at, src, (size_t)n * sizeof(float), err)) return NULL;
+  return st->stage + at;
+}
+
+/* A device operation's status: on failure, e->data may hold partial results (freed by the
+ * caller's cleanup). */
+#define DEV(call)                                                                                  \
+  do {                                                                                             \
+    lt_status rc_ = (call);                                                                        \
+    if (rc_) return rc_;                                                                           \
+  } while (0)
 
 /* ---- bookkeeping ----------------------------------------------------------------------------- */
 
@@ -184,14 +259,17 @@ static void value_range(const float *x, int64_t n, float *lo, float *hi) {
 }
 
 /* The bound a conv/linear input of this layer gets now (0 = keep exact). */
-static double weight_input_eb(const lt_ac_stash *st, const ac_layer *l, const lt_tensor *t) {
+static double weight_input_eb(lt_ac_stash *st, const ac_layer *l, const lt_tensor *t) {
   const lt_ac_config *c = &st->cfg;
   switch (c->mode) {
   case LT_AC_OFF: return 0;
   case LT_AC_FIXED: return c->eb;
   case LT_AC_RELATIVE: {
     float lo, hi;
-    value_range(lt_tensor_f32(t), lt_tensor_numel(t), &lo, &hi);
+    const float *x = lt_tensor_f32(t);
+    /* On a device the range is found on a host copy; without one the tensor stays exact. */
+    if (st->dops && !(x = stage_in(st, t->data, lt_tensor_numel(t), 0, NULL))) return 0;
+    value_range(x, lt_tensor_numel(t), &lo, &hi);
     double range = (double)hi - (double)lo;
     return isfinite(range) && range > 0 ? clampd(c->rel * range, c->eb_min, c->eb_max) : 0;
   }
@@ -246,7 +324,7 @@ static int derived_source(const lt_graph *g, int k, int *relu, int *bn) {
 
 /* The tightest bound among the conv/linear layers that will rebuild their input from batch-norm
  * node b's entry (0: none will). */
-static double derived_consumer_eb(const lt_ac_stash *st, const lt_graph *g, int b) {
+static double derived_consumer_eb(lt_ac_stash *st, const lt_graph *g, int b) {
   double eb = 0;
   for (int k = 0; g && k < g->n_nodes; k++) {
     int r, bb;
@@ -347,15 +425,55 @@ static int bn_stats_of_forward(const lt_tensor *const *aux, int64_t nchan, float
   return 0;
 }
 
+/* γ (beta 0) or β of batch-norm node `node` as host floats: on a device the entry's copies of the
+ * executor's (e->gb), on the host the graph's. NULL when unknown. */
+static const float *entry_param(const lt_ac_stash *st, const ac_entry *e, int beta) {
+  if (e->gb) return e->gb + (beta ? e->nchan : 0);
+  return st->be ? NULL : bn_gamma(st->g, e->node, e->nchan, beta);
+}
+
+/* On a device: the forward's batch statistics (aux, device memory) into e->chan, and γ, β (the
+ * node's inputs 1 and 2 as the executor holds them) into e->gb. Returns whether the statistics
+ * are usable; γ and β stay NULL when they are not there. */
+static int bn_fetch_device(lt_ac_stash *st, const lt_tensor *const *in,
+                           const lt_tensor *const *aux, ac_entry *e, lt_err *err) {
+  const int64_t nc = e->nchan;
+  int ok = aux && aux[0] && aux[1];
+  for (int k = 0; ok && k < 2; k++)
+    ok = aux[k]->dtype == LT_F32 && aux[k]->device >= 0 && lt_tensor_numel(aux[k]) == nc;
+  if (ok && stage_in(st, aux[0]->data, nc, 0, err) && stage_in(st, aux[1]->data, nc, nc, err)) {
+    const lt_tensor *both[2] = {&(lt_tensor){.dtype = LT_F32, .ndim = 1, .shape = {nc},
+                                              .data = st->stage, .device = -1},
+                                &(lt_tensor){.dtype = LT_F32, .ndim = 1, .shape = {nc},
+                                              .data = st->stage + nc, .device = -1}};
+    ok = !bn_stats_of_forward(both, nc, e->chan);
+  } else {
+    ok = 0;
+  }
+  int params = in && in[1] && in[2];
+  for (int k = 1; params && k < 3; k++)
+    params = in[k]->dtype == LT_F32 && in[k]->device >= 0 && lt_tensor_numel(in[k]) == nc;
+  if (ok && params && (e->gb = lt_alloc(LT_MEM_SAVED, (size_t)nc * 2 * sizeof(float), err))) {
+    if (st->be->vt->to_host(st->be, e->gb, in[1]->data, (size_t)nc * sizeof(float), err) ||
+        st->be->vt->to_host(st->be, e->gb + nc, in[2]->data, (size_t)nc * sizeof(float), err)) {
+      lt_free(LT_MEM_SAVED, e->gb, (size_t)nc * 2 * sizeof(float));
+      e->gb = NULL;
+    }
+  }
+  return ok;
+}
+
 /* Stores a batch-norm input as FORM_BN_EXACT or FORM_BN_CODEC into e (data and chan allocated
- * here), with the forward's batch statistics (aux) or, without them, its own. Lossy: channel c
- * gets |x̂ − x̂'| <= min(bn_eb, eb_conv/|γ_c|) where a conv rebuilds ReLU(BN(x)) from this entry,
- * eb_conv its bound. */
+ * here), with the forward's batch statistics (aux) or, without them on the host, its own. Lossy:
+ * channel c gets |x̂ − x̂'| <= min(bn_eb, eb_conv/|γ_c|) where a conv rebuilds ReLU(BN(x)) from
+ * this entry, eb_conv its bound. On a device, lossy needs ndim >= 3 (the device encoder maps
+ * whole tensors); 2-d inputs are kept exact there. */
 static lt_status store_bn(lt_ac_stash *st, const lt_graph *g, int node, const lt_tensor *t,
-                          const lt_tensor *const *aux, ac_entry *e, double *eb_report,
-                          lt_err *err) {
+                          const lt_tensor *const *in, const lt_tensor *const *aux, ac_entry *e,
+                          double *eb_report, lt_err *err) {
   const lt_node *nd = node_at(g, node);
   const double eps = nd && nd->op == LT_OP_BATCHNORM && nd->a.eps > 0 ? nd->a.eps : 1e-5;
+  const int dev = st->dops != NULL;
   e->batch = t->shape[0];
   e->nchan = t->ndim >= 2 ? t->shape[1] : 1;
   e->hw = e->n / (e->batch * e->nchan);
@@ -365,12 +483,13 @@ static lt_status store_bn(lt_ac_stash *st, const lt_graph *g, int node, const lt
     return err ? err->status : LT_ERR_NOMEM;
   }
   const float *x = lt_tensor_f32(t);
-  const int stats_ok = !bn_stats_of_forward(aux, e->nchan, e->chan) ||
-                       !bn_stats(x, e->batch, e->nchan, e->hw, eps, e->chan);
-  const float *gamma = bn_gamma(g, node, e->nchan, 0);
+  const int stats_ok = dev ? bn_fetch_device(st, in, aux, e, err)
+                           : !bn_stats_of_forward(aux, e->nchan, e->chan) ||
+                                 !bn_stats(x, e->batch, e->nchan, e->hw, eps, e->chan);
+  const float *gamma = entry_param(st, e, 0);
   const double cons = stats_ok ? derived_consumer_eb(st, g, node) : 0;
   int lossy = stats_ok && st->cfg.bn_mode == LT_AC_BN_LOSSY && st->cfg.mode != LT_AC_OFF &&
-              e->n >= AC_MIN_ELEMS;
+              e->n >= AC_MIN_ELEMS && (!dev || t->ndim >= 3);
   double ymax = 0, ysum = 0, xsum = 0;
   for (int64_t c = 0; lossy && c < e->nchan; c++) {
     double ebn = st->cfg.bn_eb;
@@ -407,42 +526,57 @@ static lt_status store_bn(lt_ac_stash *st, const lt_graph *g, int node, const lt
       off[c] = e->chan[3 * c];
       scale[c] = 1.0f / e->chan[3 * c + 2];
     }
-    ac_layer *lz = &st->layers[node];
-    const int ztry = zstd_begin(st, lz);
-    if (t->ndim >= 3) { /* the codec maps each row as it goes: no z copy of the tensor */
-      rc = lt_ac_encode_affine(st->codec, x, t->ndim, t->shape, 0.5, off, scale, &st->tmp, err);
-    } else {
-      if (e->n > st->zcap) {
-        float *z = lt_alloc(LT_MEM_WORKSPACE, (size_t)e->n * sizeof *z, err);
-        if (!z) return err ? err->status : LT_ERR_NOMEM;
-        lt_free(LT_MEM_WORKSPACE, st->zbuf, (size_t)st->zcap * sizeof *st->zbuf);
-        st->zbuf = z;
-        st->zcap = e->n;
+    if (dev) {
+      uint8_t *data = NULL;
+      size_t bytes = 0;
+      DEV(st->dops->encode(st->dctx, x, t->ndim, t->shape, 0.5, off, scale, &data, &bytes, err));
+      if (bytes < (size_t)e->dense) {
+        e->form = FORM_BN_CODEC;
+        e->data = data;
+        e->bytes = bytes;
+        *eb_report = sqrt(xsum / (double)e->nchan);
+        return LT_OK;
       }
-      for (int64_t b = 0; b < e->batch; b++)
-        for (int64_t c = 0; c < e->nchan; c++) {
-          const float *p = x + (b * e->nchan + c) * e->hw;
-          float *z = st->zbuf + (b * e->nchan + c) * e->hw;
-          for (int64_t i = 0; i < e->hw; i++) z[i] = (p[i] - off[c]) * scale[c];
+      mem_free(st, data, bytes, LT_MEM_SAVED);
+    } else {
+      ac_layer *lz = &st->layers[node];
+      const int ztry = zstd_begin(st, lz);
+      if (t->ndim >= 3) { /* the codec maps each row as it goes: no z copy of the tensor */
+        rc = lt_ac_encode_affine(st->codec, x, t->ndim, t->shape, 0.5, off, scale, &st->tmp, err);
+      } else {
+        if (e->n > st->zcap) {
+          float *z = lt_alloc(LT_MEM_WORKSPACE, (size_t)e->n * sizeof *z, err);
+          if (!z) return err ? err->status : LT_ERR_NOMEM;
+          lt_free(LT_MEM_WORKSPACE, st->zbuf, (size_t)st->zcap * sizeof *st->zbuf);
+          st->zbuf = z;
+          st->zcap = e->n;
         }
-      rc = lt_ac_encode(st->codec, LT_AC_KIND_LORENZO, st->zbuf, t->ndim, t->shape, 0.5,
-                        &st->tmp, err);
-    }
-    if (rc) return rc;
-    zstd_end(st, lz, ztry);
-    if (st->tmp.len < (size_t)e->dense) {
-      e->form = FORM_BN_CODEC;
-      e->bytes = st->tmp.len;
-      if (!(e->data = lt_alloc(LT_MEM_SAVED, e->bytes, err))) return err ? err->status : LT_ERR_NOMEM;
-      memcpy(e->data, st->tmp.data, e->bytes);
-      *eb_report = sqrt(xsum / (double)e->nchan); /* RMS normalised bound */
-      return LT_OK;
+        for (int64_t b = 0; b < e->batch; b++)
+          for (int64_t c = 0; c < e->nchan; c++) {
+            const float *p = x + (b * e->nchan + c) * e->hw;
+            float *z = st->zbuf + (b * e->nchan + c) * e->hw;
+            for (int64_t i = 0; i < e->hw; i++) z[i] = (p[i] - off[c]) * scale[c];
+          }
+        rc = lt_ac_encode(st->codec, LT_AC_KIND_LORENZO, st->zbuf, t->ndim, t->shape, 0.5,
+                          &st->tmp, err);
+      }
+      if (rc) return rc;
+      zstd_end(st, lz, ztry);
+      if (st->tmp.len < (size_t)e->dense) {
+        e->form = FORM_BN_CODEC;
+        e->bytes = st->tmp.len;
+        if (!(e->data = lt_alloc(LT_MEM_SAVED, e->bytes, err))) return err ? err->status : LT_ERR_NOMEM;
+        memcpy(e->data, st->tmp.data, e->bytes);
+        *eb_report = sqrt(xsum / (double)e->nchan); /* RMS normalised bound */
+        return LT_OK;
+      }
     }
   }
   /* Exact (with statistics when they are usable, so that a conv can rebuild from it). */
   if (!stats_ok) {
     lt_free(LT_MEM_SAVED, e->chan, (size_t)e->nchan * 3 * sizeof(float));
-    e->chan = NULL;
+    lt_free(LT_MEM_SAVED, e->gb, (size_t)e->nchan * 2 * sizeof(float));
+    e->chan = e->gb = NULL;
     e->nchan = 0;
   } else {
     for (int64_t c = 0; c < e->nchan; c++) e->chan[3 * c + 2] = 0;
@@ -451,9 +585,8 @@ static lt_status store_bn(lt_ac_stash *st, const lt_graph *g, int node, const lt
   e->y_rms = e->y_bound;
   e->form = stats_ok ? FORM_BN_EXACT : FORM_EXACT;
   e->bytes = (size_t)e->dense ? (size_t)e->dense : 1;
-  if (!(e->data = lt_alloc(LT_MEM_SAVED, e->bytes, err))) return err ? err->status : LT_ERR_NOMEM;
-  memcpy(e->data, t->data, (size_t)e->dense);
-  return LT_OK;
+  if (!(e->data = mem_alloc(st, e->bytes, LT_MEM_SAVED, err))) return err ? err->status : LT_ERR_NOMEM;
+  return mem_copy(st, e->data, t->data, (size_t)e->dense, err);
 }
 
 /* y[i] = a·z[i] + b over one plane (z may be y), then, with mask (the plane's bits start at bit
@@ -481,7 +614,7 @@ static void plane_map(float *y, const float *z, int64_t hw, float a, float b,
   if (avx512 && (!mask || bit % 8 == 0))
     i = plane_map_avx512(y, z, hw, a, b, mask ? mask + bit / 8 : NULL);
   for (; i < hw; i++) {
-    float v = z[i] * a + b;
+    float v = fmaf(z[i], a, b); /* as the vector path and the device (one rounding) */
     if (mask) {
       const int64_t k = bit + i;
       v = (mask[k >> 3] >> (k & 7)) & 1 && v > 0 ? v : 0;
@@ -495,29 +628,62 @@ static int have_avx512(void) {
   return __builtin_cpu_supports("avx512f");
 }
 
+void ac_chan_map(float *y, const float *z, int64_t batch, int64_t nchan, int64_t hw,
+                 const float *a, const float *b, const uint8_t *mask) {
+  const int avx512 = have_avx512();
+  const int64_t planes = batch * nchan;
+#pragma omp parallel for schedule(static) if (planes * hw >= 65536)
+  for (int64_t pl = 0; pl < planes; pl++) {
+    const int64_t c = pl % nchan;
+    plane_map(y + pl * hw, z + pl * hw, hw, a[c], b[c], mask, pl * hw, avx512);
+  }
+}
+
+/* The per-channel scale and offset of a restore, 2·nchan floats of st->aff (NULL when out of
+ * memory). */
+static float *aff_scratch(lt_ac_stash *st, int64_t nchan, lt_err *err) {
+  if (nchan > st->affcap) {
+    float *a = lt_alloc(LT_MEM_WORKSPACE, (size_t)nchan * 2 * sizeof *a, err);
+    if (!a) return NULL;
+    lt_free(LT_MEM_WORKSPACE, st->aff, (size_t)st->affcap * 2 * sizeof *st->aff);
+    st->aff = a;
+    st->affcap = nchan;
+  }
+  return st->aff;
+}
+
+/* y = a_c·z + b_c per channel, then the mask, on the stash's side of memory. */
+static lt_status chan_map(lt_ac_stash *st, float *y, const float *z, const ac_entry *bn,
+                          const float *a, const float *b, const uint8_t *mask, lt_err *err) {
+  if (st->dops)
+    return st->dops->chan_map(st->dctx, y, z, bn->batch, bn->nchan, bn->hw, a, b, mask, err);
+  ac_chan_map(y, z, bn->batch, bn->nchan, bn->hw, a, b, mask);
+  return LT_OK;
+}
+
+static lt_status decode(lt_ac_stash *st, const uint8_t *data, size_t bytes, float *y, int64_t n,
+                        lt_err *err) {
+  return st->dops ? st->dops->decode(st->dctx, data, bytes, y, n, err)
+                  : lt_ac_decode(st->codec, data, bytes, y, n, err);
+}
+
 /* Restores a batch-norm entry (x' = mean_c + z'·step_c) into y. */
 static lt_status load_bn(lt_ac_stash *st, const ac_entry *e, float *y, lt_err *err) {
-  if (e->form != FORM_BN_CODEC) {
-    memcpy(y, e->data, (size_t)e->dense);
-    return LT_OK;
-  }
+  if (e->form != FORM_BN_CODEC) return mem_copy(st, y, e->data, (size_t)e->dense, err);
   const float *z = y;
   if (st->zdec_of == e) { /* decoded already for the conv input rebuilt from it */
     z = st->zdec;
     st->zdec_of = NULL;
   } else {
-    lt_status rc = lt_ac_decode(st->codec, e->data, e->bytes, y, e->n, err);
-    if (rc) return rc;
+    DEV(decode(st, e->data, e->bytes, y, e->n, err));
   }
-  const int avx512 = have_avx512();
-  const int64_t planes = e->batch * e->nchan;
-#pragma omp parallel for schedule(static) if (e->n >= 65536)
-  for (int64_t pl = 0; pl < planes; pl++) {
-    const int64_t c = pl % e->nchan;
-    plane_map(y + pl * e->hw, z + pl * e->hw, e->hw, e->chan[3 * c + 2], e->chan[3 * c], NULL,
-              0, avx512);
+  float *a = aff_scratch(st, e->nchan, err), *b = a + e->nchan;
+  if (!a) return err ? err->status : LT_ERR_NOMEM;
+  for (int64_t c = 0; c < e->nchan; c++) {
+    a[c] = e->chan[3 * c + 2];
+    b[c] = e->chan[3 * c];
   }
-  return LT_OK;
+  return chan_map(st, y, z, e, a, b, NULL, err);
 }
 
 /* Rebuilds a conv input ReLU(γ·x̂' + β) from its BN entry and the ReLU's mask into y, in one pass
@@ -525,8 +691,7 @@ static lt_status load_bn(lt_ac_stash *st, const ac_entry *e, float *y, lt_err *e
  * y = g_c·x + (β_c − mean_c·g_c), g_c = γ_c/σ_c, from an exact copy; then the mask. */
 static lt_status load_derived(lt_ac_stash *st, const ac_entry *e, float *y, lt_err *err) {
   const ac_entry *bn = e->bn;
-  const float *gamma = bn_gamma(st->g, bn->node, bn->nchan, 0);
-  const float *beta = bn_gamma(st->g, bn->node, bn->nchan, 1);
+  const float *gamma = entry_param(st, bn, 0), *beta = entry_param(st, bn, 1);
   if (!gamma || !beta)
     return lt_errorf(err, LT_ERR_INTERNAL, "stash: batch-norm node %d lost its parameters",
                      bn->node);
@@ -537,30 +702,21 @@ static lt_status load_derived(lt_ac_stash *st, const ac_entry *e, float *y, lt_e
   if (coded) {
     if (st->zdec_of != bn) {
       st->zdec_of = NULL;
-      if (bn->n > st->zdec_cap) {
-        lt_free(LT_MEM_WORKSPACE, st->zdec, (size_t)st->zdec_cap * sizeof *st->zdec);
-        st->zdec = lt_alloc(LT_MEM_WORKSPACE, (size_t)bn->n * sizeof *st->zdec, NULL);
-        st->zdec_cap = st->zdec ? bn->n : 0;
-      }
-      float *dst = st->zdec && bn->refs > 1 ? st->zdec : y;
-      lt_status rc = lt_ac_decode(st->codec, bn->data, bn->bytes, dst, bn->n, err);
-      if (rc) return rc;
+      float *keep = bn->refs > 1 ? mem_scratch(st, &st->zdec, &st->zdec_cap, bn->n, NULL) : NULL;
+      float *dst = keep ? keep : y;
+      DEV(decode(st, bn->data, bn->bytes, dst, bn->n, err));
       if (dst == st->zdec) st->zdec_of = bn;
     }
     if (st->zdec_of == bn) z = st->zdec;
   }
-  const uint8_t *mask = e->mask->data;
-  const int avx512 = have_avx512();
-  const int64_t planes = bn->batch * bn->nchan;
-#pragma omp parallel for schedule(static) if (bn->n >= 65536)
-  for (int64_t pl = 0; pl < planes; pl++) {
-    const int64_t c = pl % bn->nchan;
+  float *a = aff_scratch(st, bn->nchan, err), *b = a + bn->nchan;
+  if (!a) return err ? err->status : LT_ERR_NOMEM;
+  for (int64_t c = 0; c < bn->nchan; c++) {
     const float g = gamma[c] * bn->chan[3 * c + 1];
-    const float a = coded ? g * bn->chan[3 * c + 2] : g;
-    const float b = coded ? beta[c] : beta[c] - bn->chan[3 * c] * g;
-    plane_map(y + pl * bn->hw, z + pl * bn->hw, bn->hw, a, b, mask, pl * bn->hw, avx512);
+    a[c] = coded ? g * bn->chan[3 * c + 2] : g;
+    b[c] = coded ? beta[c] : beta[c] - bn->chan[3 * c] * g;
   }
-  return LT_OK;
+  return chan_map(st, y, z, bn, a, b, e->mask->data, err);
 }
 
 /* ---- policy callbacks ------------------------------------------------------------------------ */
@@ -582,7 +738,7 @@ __attribute__((target("avx512f"))) static int64_t unpack_mask1_avx512(const uint
   return i;
 }
 
-static void unpack_mask1(const uint8_t *mask, int64_t n, float *y) {
+void ac_mask1_unpack(const uint8_t *mask, int64_t n, float *y) {
   const int avx512 = have_avx512();
   const int64_t nb = (n + 4095) / 4096;
 #pragma omp parallel for schedule(static) if (n >= 65536)
@@ -608,7 +764,8 @@ __attribute__((target("avx512f"))) static int64_t pack_mask1_avx512(const float 
   return nnz;
 }
 
-static int64_t pack_mask1(const float *y, int64_t n, uint8_t *mask, int avx512) {
+int64_t ac_mask1_pack(const float *y, int64_t n, uint8_t *mask) {
+  const int avx512 = have_avx512();
   const int64_t nb = (n + 4095) / 4096;
   int64_t nnz = 0;
 #pragma omp parallel for reduction(+ : nnz) schedule(static) if (n >= 65536)
@@ -640,7 +797,8 @@ __attribute__((target("avx512f"))) static int64_t count_zeros_avx512(const float
   return z;
 }
 
-static int64_t count_zeros(const float *x, int64_t n, int avx512) {
+int64_t ac_count_zeros(const float *x, int64_t n) {
+  const int avx512 = have_avx512();
   const int64_t nb = (n + 4095) / 4096;
   int64_t zeros = 0;
 #pragma omp parallel for reduction(+ : zeros) schedule(static) if (n >= 65536)
@@ -657,12 +815,12 @@ static int64_t count_zeros(const float *x, int64_t n, int avx512) {
   return zeros;
 }
 
-/* 2-bit argmax packing applies to 2×2 windows only: -1 when an index exceeds 3. */
-static int pack2(const uint8_t *a, int64_t n, uint8_t *p) {
-  for (int64_t i = 0; i < n; i++)
-    if (a[i] > 3) return -1;
-  lt_cpu_argmax_pack2((size_t)n, a, p);
-  return 0;
+/* Frees e and what it owns (not its sources). */
+static void entry_free(lt_ac_stash *st, ac_entry *e) {
+  mem_free(st, e->data, e->bytes, LT_MEM_SAVED);
+  lt_free(LT_MEM_SAVED, e->chan, (size_t)e->nchan * 3 * sizeof(float));
+  lt_free(LT_MEM_SAVED, e->gb, (size_t)e->nchan * 2 * sizeof(float));
+  lt_free(LT_MEM_SAVED, e, sizeof *e);
 }
 
 /* Frees e once nothing refers to it (its own handle and derived entries), with its sources. */
@@ -674,9 +832,7 @@ static void entry_unref(lt_ac_stash *st, ac_entry *e) {
   if (e->node >= 0 && e->node < st->n_layers && st->layers[e->node].cur == e)
     st->layers[e->node].cur = NULL;
   ac_entry *bn = e->bn, *mask = e->mask;
-  lt_free(LT_MEM_SAVED, e->data, e->bytes);
-  lt_free(LT_MEM_SAVED, e->chan, (size_t)e->nchan * 3 * sizeof(float));
-  lt_free(LT_MEM_SAVED, e, sizeof *e);
+  entry_free(st, e);
   entry_unref(st, bn);
   entry_unref(st, mask);
 }
@@ -691,7 +847,7 @@ static int try_derive(lt_ac_stash *st, const lt_graph *g, int node, int slot, do
   ac_entry *bn = st->layers[b].cur, *mask = st->layers[r].cur;
   if (!bn || !mask || (bn->form != FORM_BN_EXACT && bn->form != FORM_BN_CODEC) ||
       mask->form != FORM_MASK1 || bn->n != e->n || mask->n != e->n ||
-      !(bn->y_bound <= eb * (1 + 1e-9)) || !bn_gamma(g, b, bn->nchan, 1))
+      !(bn->y_bound <= eb * (1 + 1e-9)) || !entry_param(st, bn, 1))
     return 0;
   e->form = FORM_DERIVED;
   e->bn = bn;
@@ -715,15 +871,80 @@ static const ac_entry *relu_mask_of_input(const lt_ac_stash *st, const lt_graph 
   return m && m->form == FORM_MASK1 && m->n == n ? m : NULL;
 }
 
+/* Stores t as the codec's stream at bound eb when eb > 0 (and the stream is smaller), a 1-bit
+ * mask (ReLU outputs), 2-bit argmax (pool windows of 2×2) or an exact copy, into e. */
+static lt_status store_plain(lt_ac_stash *st, ac_layer *l, lt_save_kind kind, const lt_tensor *t,
+                             double eb, ac_entry *e, double *eb_used, lt_err *err) {
+  const int f32 = t->dtype == LT_F32, on = st->cfg.mode != LT_AC_OFF, dev = st->dops != NULL;
+  if (eb > 0 && e->n >= AC_MIN_ELEMS) {
+    uint8_t *data = NULL;
+    size_t bytes = 0;
+    if (dev) {
+      DEV(st->dops->encode(st->dctx, lt_tensor_f32(t), t->ndim, t->shape, eb, NULL, NULL, &data,
+                           &bytes, err));
+    } else {
+      const int ztry = zstd_begin(st, l);
+      DEV(lt_ac_encode(st->codec, LT_AC_KIND_LORENZO, lt_tensor_f32(t), t->ndim, t->shape, eb,
+                       &st->tmp, err));
+      zstd_end(st, l, ztry);
+      bytes = st->tmp.len;
+    }
+    if (bytes < (size_t)e->dense) {
+      if (!dev) {
+        if (!(data = lt_alloc(LT_MEM_SAVED, bytes, err))) return err ? err->status : LT_ERR_NOMEM;
+        memcpy(data, st->tmp.data, bytes);
+      }
+      e->form = FORM_CODEC;
+      e->data = data;
+      e->bytes = bytes;
+      *eb_used = eb;
+      return LT_OK;
+    }
+    /* incompressible (noise at a tiny bound): the exact copy is smaller */
+    if (dev) mem_free(st, data, bytes, LT_MEM_SAVED);
+  }
+  size_t bytes = (size_t)e->dense;
+  if (on && f32 && kind == LT_SAVE_RELU_OUTPUT) {
+    e->form = FORM_MASK1;
+    bytes = (size_t)(e->n + 7) / 8;
+  } else if (on && t->dtype == LT_U8 && kind == LT_SAVE_POOL_ARGMAX) {
+    e->form = FORM_PACK2;
+    bytes = (size_t)(e->n + 3) / 4;
+  }
+  e->bytes = bytes ? bytes : 1;
+  if (!(e->data = mem_alloc(st, e->bytes, LT_MEM_SAVED, err))) return err ? err->status : LT_ERR_NOMEM;
+  if (e->form == FORM_MASK1) {
+    if (dev) return st->dops->mask1_pack(st->dctx, lt_tensor_f32(t), e->n, e->data, &e->nnz, err);
+    e->nnz = ac_mask1_pack(lt_tensor_f32(t), e->n, e->data);
+    return LT_OK;
+  }
+  if (e->form == FORM_PACK2) {
+    int fits = 1;
+    if (dev) {
+      DEV(st->dops->pack2(st->dctx, t->data, e->n, e->data, &fits, err));
+    } else {
+      for (int64_t i = 0; i < e->n && fits; i++) fits = ((const uint8_t *)t->data)[i] <= 3;
+      if (fits) lt_cpu_argmax_pack2((size_t)e->n, t->data, e->data);
+    }
+    if (fits) return LT_OK;
+    /* Windows larger than 2×2: keep the indices exact. */
+    mem_free(st, e->data, e->bytes, LT_MEM_SAVED);
+    e->form = FORM_EXACT;
+    e->bytes = (size_t)e->dense ? (size_t)e->dense : 1;
+    if (!(e->data = mem_alloc(st, e->bytes, LT_MEM_SAVED, err))) return err ? err->status : LT_ERR_NOMEM;
+  }
+  return mem_copy(st, e->data, t->data, (size_t)e->dense, err);
+}
+
 static lt_status st_store(void *user, const lt_graph *g, int node, int slot, lt_save_kind kind,
-                          const lt_tensor *t, const lt_tensor *const *aux, void **handle,
-                          lt_err *err) {
+                          const lt_tensor *t, const lt_tensor *const *in,
+                          const lt_tensor *const *aux, void **handle, lt_err *err) {
   lt_ac_stash *st = user;
   *handle = NULL;
-  if (t->device >= 0)
-    return lt_errorf(err, LT_ERR_UNSUPPORTED,
-                     "activation compression runs on host tensors only; this build has no device "
-                     "codec: train on the CPU backend or set activation_compression.mode off");
+  if ((t->device >= 0) != (st->dops != NULL))
+    return lt_errorf(err, LT_ERR_INTERNAL,
+                     "stash: node %d offered a tensor in %s memory to a stash bound to %s", node,
+                     t->device >= 0 ? "device" : "host", st->be ? st->be->vt->name : "the host");
   ac_layer *l = layer_at(st, node, err);
   if (!l) return err ? err->status : LT_ERR_NOMEM;
   st->g = g;
@@ -740,52 +961,11 @@ static lt_status st_store(void *user, const lt_graph *g, int node, int slot, lt_
   lt_status rc = LT_OK;
   e->form = FORM_EXACT;
   if (on && f32 && kind == LT_SAVE_BN_INPUT && e->n > 0 && t->ndim >= 1) {
-    if ((rc = store_bn(st, g, node, t, aux, e, &eb_used, err))) goto fail;
+    if ((rc = store_bn(st, g, node, t, in, aux, e, &eb_used, err))) goto fail;
   } else if (try_derive(st, g, node, slot, eb, e, &eb_used)) {
     /* nothing of its own */
-  } else {
-    const uint8_t *src = t->data;
-    size_t bytes = (size_t)e->dense;
-    if (eb > 0 && e->n >= AC_MIN_ELEMS) {
-      const int ztry = zstd_begin(st, l);
-      rc = lt_ac_encode(st->codec, LT_AC_KIND_LORENZO, lt_tensor_f32(t), t->ndim, t->shape, eb,
-                        &st->tmp, err);
-      if (rc) goto fail;
-      zstd_end(st, l, ztry);
-      if (st->tmp.len < bytes) { /* incompressible (noise at a tiny bound): the exact copy is smaller */
-        e->form = FORM_CODEC;
-        src = st->tmp.data;
-        bytes = st->tmp.len;
-        eb_used = eb;
-      }
-    } else if (on && f32 && kind == LT_SAVE_RELU_OUTPUT) {
-      e->form = FORM_MASK1;
-      bytes = (size_t)(e->n + 7) / 8;
-    } else if (on && t->dtype == LT_U8 && kind == LT_SAVE_POOL_ARGMAX) {
-      e->form = FORM_PACK2;
-      bytes = (size_t)(e->n + 3) / 4;
-    }
-    e->data = lt_alloc(LT_MEM_SAVED, bytes ? bytes : 1, err);
-    if (!e->data) {
-      rc = err ? err->status : LT_ERR_NOMEM;
-      goto fail;
-    }
-    e->bytes = bytes ? bytes : 1;
-    if (e->form == FORM_MASK1) {
-      e->nnz = pack_mask1(lt_tensor_f32(t), e->n, e->data, have_avx512());
-    } else if (e->form == FORM_PACK2 && pack2(t->data, e->n, e->data)) {
-      /* Windows larger than 2×2: keep the indices exact. */
-      lt_free(LT_MEM_SAVED, e->data, e->bytes);
-      e->form = FORM_EXACT;
-      e->bytes = (size_t)e->dense ? (size_t)e->dense : 1;
-      if (!(e->data = lt_alloc(LT_MEM_SAVED, e->bytes, err))) {
-        rc = err ? err->status : LT_ERR_NOMEM;
-        goto fail;
-      }
-      memcpy(e->data, t->data, (size_t)e->dense);
-    } else if (e->form == FORM_EXACT || e->form == FORM_CODEC) {
-      memcpy(e->data, src, bytes);
-    }
+  } else if ((rc = store_plain(st, l, kind, t, eb, e, &eb_used, err))) {
+    goto fail;
   }
 
   l->eb_used = eb_used;
@@ -793,14 +973,27 @@ static lt_status st_store(void *user, const lt_graph *g, int node, int slot, lt_
     /* The zeros of a ReLU's output are the clear bits of the mask just stored for it. */
     const ac_entry *m = e->form == FORM_DERIVED ? e->mask : relu_mask_of_input(st, g, node, e->n);
     const float *x = lt_tensor_f32(t);
-    const int64_t zeros = m ? e->n - m->nnz : count_zeros(x, e->n, have_avx512());
+    int64_t zeros = m ? e->n - m->nnz : 0;
+    if (!m && st->dops) {
+      if ((rc = st->dops->count_zeros(st->dctx, x, e->n, &zeros, err))) goto fail;
+    } else if (!m) {
+      zeros = ac_count_zeros(x, e->n);
+    }
     l->zero_frac = e->n ? (double)zeros / (double)e->n : 0;
-    /* A sampled step keeps the original too, for observe() to measure the real dW error. */
+    /* A sampled step keeps the original too (on the host), for observe() to measure the real dW
+     * error. */
     if (eb_used > 0 && st->cfg.sample_every > 0 && st->step % st->cfg.sample_every == 0) {
       lt_free(LT_MEM_WORKSPACE, l->exact, (size_t)l->exact_n * sizeof *l->exact);
       l->exact = lt_alloc(LT_MEM_WORKSPACE, (size_t)e->n * sizeof *l->exact, NULL);
       l->exact_n = l->exact ? e->n : 0;
-      if (l->exact) memcpy(l->exact, x, (size_t)e->n * sizeof *x);
+      if (l->exact && st->be &&
+          st->be->vt->to_host(st->be, l->exact, x, (size_t)e->n * sizeof *x, NULL)) {
+        lt_free(LT_MEM_WORKSPACE, l->exact, (size_t)l->exact_n * sizeof *l->exact);
+        l->exact = NULL; /* no sample this step */
+        l->exact_n = 0;
+      } else if (l->exact && !st->be) {
+        memcpy(l->exact, x, (size_t)e->n * sizeof *x);
+      }
       l->exact_eb = eb_used;
     }
   }
@@ -825,9 +1018,7 @@ fail:
     entry_unref(st, e->bn);
     entry_unref(st, e->mask);
   }
-  lt_free(LT_MEM_SAVED, e->data, e->bytes);
-  lt_free(LT_MEM_SAVED, e->chan, (size_t)e->nchan * 3 * sizeof(float));
-  lt_free(LT_MEM_SAVED, e, sizeof *e);
+  entry_free(st, e);
   return rc;
 }
 
@@ -840,15 +1031,25 @@ static lt_status st_load(void *user, void *handle, lt_tensor *dst, lt_err *err) 
                      "stash: node %d restored into a %s tensor of %lld elements, stored %s of %lld",
                      e->node, lt_dtype_name(dst->dtype), (long long)lt_tensor_numel(dst),
                      lt_dtype_name(e->dtype), (long long)e->n);
+  if ((dst->device >= 0) != (st->dops != NULL))
+    return lt_errorf(err, LT_ERR_INTERNAL, "stash: node %d restored into %s memory", e->node,
+                     dst->device >= 0 ? "device" : "host");
+  const ac_dev_ops *d = st->dops;
   lt_status rc = LT_OK;
   switch (e->form) {
-  case FORM_CODEC: rc = lt_ac_decode(st->codec, e->data, e->bytes, lt_tensor_f32(dst), e->n, err); break;
+  case FORM_CODEC: rc = decode(st, e->data, e->bytes, lt_tensor_f32(dst), e->n, err); break;
   case FORM_BN_EXACT:
   case FORM_BN_CODEC: rc = load_bn(st, e, lt_tensor_f32(dst), err); break;
   case FORM_DERIVED: rc = load_derived(st, e, lt_tensor_f32(dst), err); break;
-  case FORM_MASK1: unpack_mask1(e->data, e->n, lt_tensor_f32(dst)); break;
-  case FORM_PACK2: lt_cpu_argmax_unpack2((size_t)e->n, e->data, dst->data); break;
-  default: memcpy(dst->data, e->data, (size_t)e->dense); break;
+  case FORM_MASK1:
+    if (d) rc = d->mask1_unpack(st->dctx, e->data, e->n, lt_tensor_f32(dst), err);
+    else ac_mask1_unpack(e->data, e->n, lt_tensor_f32(dst));
+    break;
+  case FORM_PACK2:
+    if (d) rc = d->unpack2(st->dctx, e->data, e->n, dst->data, err);
+    else lt_cpu_argmax_unpack2((size_t)e->n, e->data, dst->data);
+    break;
+  default: rc = mem_copy(st, dst->data, e->data, (size_t)e->dense, err); break;
   }
   return rc ? lt_err_prefix(err, "stash: node %d", e->node) : LT_OK;
 }
@@ -856,7 +1057,7 @@ static lt_status st_load(void *user, void *handle, lt_tensor *dst, lt_err *err) 
 static void st_release(void *user, void *handle) { entry_unref(user, handle); }
 
 /* Σ|x| (p 1) or Σx² (p 2) in double lanes (vectorised), threads over blocks of 4096. */
-static double sum_pow(const float *x, int64_t n, int p) {
+double ac_sum_pow(const float *x, int64_t n, int p) {
   const int64_t nb = (n + 4095) / 4096;
   double total = 0;
 #pragma omp parallel for reduction(+ : total) schedule(static) if (n >= 65536)
@@ -941,7 +1142,28 @@ static void st_observe(void *user, const lt_graph *g, int node, const lt_tensor 
   if (st->cfg.mode != LT_AC_ADAPTIVE && !sampled) return;
   const int64_t nw = lt_tensor_numel(dw), ndy = lt_tensor_numel(dy);
   const float *pw = lt_tensor_f32(dw), *pd = lt_tensor_f32(dy);
-  const double sum_g = sum_pow(pw, nw, 1), sum_d2 = sum_pow(pd, ndy, 2);
+  double sum_g, sum_d2;
+  lt_tensor hx, hdy, hdw; /* host copies of device tensors for a sampled step's product */
+  if (st->dops) {
+    const int64_t nx = sampled ? l->exact_n : 0;
+    if (st->dops->sum_pow(st->dctx, pw, nw, 1, &sum_g, NULL) ||
+        st->dops->sum_pow(st->dctx, pd, ndy, 2, &sum_d2, NULL) ||
+        (sampled && (!stage_in(st, x->data, nx, 0, NULL) ||
+                     !stage_in(st, dy->data, ndy, nx, NULL) ||
+                     !stage_in(st, dw->data, nw, nx + ndy, NULL))))
+      goto done; /* the device failed: no statistics this step (the next call reports it) */
+    if (sampled) {
+      hx = *x, hdy = *dy, hdw = *dw;
+      hx.data = st->stage;
+      hdy.data = st->stage + nx;
+      hdw.data = st->stage + nx + ndy;
+      hx.device = hdy.device = hdw.device = -1;
+      x = &hx, dy = &hdy, dw = &hdw;
+    }
+  } else {
+    sum_g = ac_sum_pow(pw, nw, 1);
+    sum_d2 = ac_sum_pow(pd, ndy, 2);
+  }
   const double mean_g = sum_g / (double)nw, drms = sqrt(sum_d2 / (double)ndy);
   /* Terms in each dW element: batch × output positions for conv and linear (dW is (S, ...)),
    * batch × input positions for a transposed conv (dW is (C, ...), one term per input). */
@@ -954,7 +1176,7 @@ static void st_observe(void *user, const lt_graph *g, int node, const lt_tensor 
   l->acc_r += l->zero_frac;
   l->acc_count++;
 
-  if (l->exact && l->exact_n == lt_tensor_numel(x)) {
+  if (sampled) {
     /* E = X − X', through the layer's dW product: the compression error of this dW. */
     float *diff = lt_alloc(LT_MEM_WORKSPACE, (size_t)l->exact_n * sizeof *diff, NULL);
     float *dg = lt_alloc(LT_MEM_WORKSPACE, (size_t)nw * sizeof *dg, NULL);
@@ -977,9 +1199,42 @@ static void st_observe(void *user, const lt_graph *g, int node, const lt_tensor 
     lt_free(LT_MEM_WORKSPACE, diff, (size_t)l->exact_n * sizeof *diff);
     lt_free(LT_MEM_WORKSPACE, dg, (size_t)nw * sizeof *dg);
   }
+done:
   lt_free(LT_MEM_WORKSPACE, l->exact, (size_t)l->exact_n * sizeof *l->exact);
   l->exact = NULL;
   l->exact_n = 0;
+}
+
+/* The executor's backend: the host's memory, or a device's through its operations table. A
+ * stash moves between backends only while it holds nothing. */
+static lt_status st_bind(void *user, lt_backend *be, lt_err *err) {
+  lt_ac_stash *st = user;
+  lt_backend *dev = be && be->device >= 0 ? be : NULL;
+  if (dev == st->be) return LT_OK;
+  if (st->cur_held)
+    return lt_errorf(err, LT_ERR_INVALID,
+                     "activation compression: this stash holds tensors of %s; one stash serves "
+                     "executors of one backend at a time",
+                     st->be ? st->be->vt->name : "the host");
+  void *ctx = NULL;
+  if (dev) {
+    if (!dev->vt->actcomp || !dev->vt->copy)
+      return lt_errorf(err, LT_ERR_UNSUPPORTED,
+                       "activation compression has no device form on backend %s; train on the "
+                       "CPU backend or set activation_compression.mode off",
+                       dev->vt->name);
+    if (!(ctx = dev->vt->actcomp->open(dev, err)))
+      return lt_err_prefix(err, "activation compression on %s", dev->vt->name);
+  }
+  mem_free(st, st->zdec, (size_t)st->zdec_cap * sizeof *st->zdec, LT_MEM_WORKSPACE);
+  st->zdec = NULL;
+  st->zdec_cap = 0;
+  st->zdec_of = NULL;
+  if (st->dops) st->dops->close(st->dctx);
+  st->be = dev;
+  st->dops = dev ? dev->vt->actcomp : NULL;
+  st->dctx = ctx;
+  return LT_OK;
 }
 
 /* ---- public API ------------------------------------------------------------------------------ */
@@ -1020,6 +1275,7 @@ lt_ac_stash *lt_ac_stash_new(const lt_ac_config *cfg, lt_err *err) {
     return NULL;
   }
   st->policy = (lt_stash_policy){.user = st,
+                                 .bind = st_bind,
                                  .keeps_buffer = st_keeps_buffer,
                                  .store = st_store,
                                  .load = st_load,
@@ -1037,8 +1293,10 @@ void lt_ac_stash_free(lt_ac_stash *st) {
   lt_free(LT_MEM_WORKSPACE, st->rep, (size_t)st->rep_cap * sizeof *st->rep);
   lt_ac_buf_free(&st->tmp);
   lt_free(LT_MEM_WORKSPACE, st->zbuf, (size_t)st->zcap * sizeof *st->zbuf);
-  lt_free(LT_MEM_WORKSPACE, st->zdec, (size_t)st->zdec_cap * sizeof *st->zdec);
+  mem_free(st, st->zdec, (size_t)st->zdec_cap * sizeof *st->zdec, LT_MEM_WORKSPACE);
   lt_free(LT_MEM_WORKSPACE, st->aff, (size_t)st->affcap * 2 * sizeof *st->aff);
+  lt_free(LT_MEM_WORKSPACE, st->stage, (size_t)st->stage_cap * sizeof *st->stage);
+  if (st->dops) st->dops->close(st->dctx);
   lt_ac_codec_free(st->codec);
   lt_free(LT_MEM_SAVED, st, sizeof *st);
 }

@@ -918,8 +918,14 @@ static lt_exec *exec_create(lt_graph *g, int batch, lt_mode mode, lt_backend *be
     lt_errorf(err, LT_ERR_INVALID, "a stash policy needs keeps_buffer, store, load and release");
     return NULL;
   }
-  if (pol && pol->observe && be->device >= 0) {
-    lt_errorf(err, LT_ERR_UNSUPPORTED, "stash observe() runs on host backends only for now");
+  if (pol && pol->observe && be->device >= 0 && !be->vt->accumulate) {
+    lt_errorf(err, LT_ERR_UNSUPPORTED,
+              "backend %s cannot add gradients in its memory (no accumulate): a stash policy "
+              "with observe() runs on host backends only there", be->vt->name);
+    return NULL;
+  }
+  if (pol && pol->bind && pol->bind(pol->user, be, err)) {
+    lt_err_prefix(err, "the stash policy on backend %s", be->vt->name);
     return NULL;
   }
   lt_exec *ex = calloc(1, sizeof *ex);
@@ -1080,7 +1086,8 @@ static lt_status exec_forward_nodes(lt_exec *ex, lt_err *err) {
       exec_save *es = &en->saves[s];
       if (es->is_param) continue;
       st = pol->store(pol->user, ex->g, i, s, es->kind, es->src,
-                      (const lt_tensor *const *)ctx.aux, &es->handle, err);
+                      (const lt_tensor *const *)ctx.in, (const lt_tensor *const *)ctx.aux,
+                      &es->handle, err);
       if (st) return lt_err_prefix(err, "stashing input of node '%s'", ex->g->nodes[i].name);
     }
   }
@@ -1146,15 +1153,23 @@ int lt_exec_set_batch_split(lt_exec *ex, int on) {
 void lt_exec_set_fusion(lt_exec *ex, unsigned which) { ex->fuse_off = ~which & LT_FUSE_ALL; }
 
 /* dW (and db) of an observed node went to scratch: show it to the policy, then add it to the
- * parameter gradients. Host memory only (checked at create). */
-static void exec_observe(lt_exec *ex, int i, lt_node_ctx *ctx) {
+ * parameter gradients (in the backend's memory: its accumulate on a device, checked at create). */
+static lt_status exec_observe(lt_exec *ex, int i, lt_node_ctx *ctx, lt_err *err) {
   const lt_stash_policy *pol = ex->opts.stash;
   const lt_node *n = &ex->g->nodes[i];
   pol->observe(pol->user, ex->g, i, ctx->saved[0], ctx->dout[0], ctx->din[1]);
-  for (int k = 1; k < n->n_in && k < 3; k++)
-    if (ctx->din[k])
-      lt_op_cpu_pass_grad((size_t)lt_tensor_numel(ctx->din[k]), lt_tensor_f32(ctx->din[k]),
-                          lt_tensor_f32(&ex->grad[n->in[k]]), 1);
+  for (int k = 1; k < n->n_in && k < 3; k++) {
+    if (!ctx->din[k]) continue;
+    const size_t count = (size_t)lt_tensor_numel(ctx->din[k]);
+    float *dst = lt_tensor_f32(&ex->grad[n->in[k]]);
+    if (ex->be->device < 0) {
+      lt_op_cpu_pass_grad(count, lt_tensor_f32(ctx->din[k]), dst, 1);
+    } else {
+      lt_status st = ex->be->vt->accumulate(ex->be, count, lt_tensor_f32(ctx->din[k]), dst, err);
+      if (st) return lt_err_prefix(err, "adding the weight gradient of node '%s'", n->name);
+    }
+  }
+  return LT_OK;
 }
 
 lt_status lt_exec_backward(lt_exec *ex, lt_err *err) {
@@ -1215,7 +1230,7 @@ lt_status lt_exec_backward(lt_exec *ex, lt_err *err) {
       c_nodes += dc;
     }
     if (st) return lt_err_prefix(err, "backward of node '%s'", n->name);
-    if (en->observed) exec_observe(ex, i, &ctx);
+    if (en->observed && (st = exec_observe(ex, i, &ctx, err))) return st;
     if (pol) exec_release_handles(ex, i);
   }
   if (prof) {

@@ -266,11 +266,10 @@ static lt_status loop_check_config(const lt_train_config *c, lt_err *err) {
 
 static lt_status loop_check_backend(const lt_backend *be, const lt_train_config *c, lt_err *err) {
   if (be->device < 0) return LT_OK;
-  if (c->stash)
+  if (c->stash && !be->vt->actcomp)
     return lt_errorf(err, LT_ERR_UNSUPPORTED,
-                     "activation_compression keeps its compressed tensors in host memory and cannot "
-                     "train on %s yet; train with device cpu, or on %s without "
-                     "activation_compression",
+                     "backend %s has no device form of activation_compression's stash; train with "
+                     "device cpu, or on %s without activation_compression",
                      be->vt->name, be->vt->name);
   if (!be->vt->optim_step)
     return lt_errorf(err, LT_ERR_UNSUPPORTED,

@@ -556,10 +556,27 @@ static lt_status cuda_optim_step(lt_backend *be, const lt_optim_update *u, size_
   return lt_cuda_take_error(err) ? lt_err_prefix(err, "optimizer step") : LT_OK;
 }
 
+/* Copies bytes from src to dst, both device memory, queued on the backend's stream. */
+static lt_status cuda_copy(lt_backend *be, void *dst, const void *src, size_t bytes, lt_err *err) {
+  lt_status st = cuda_enter(be, err);
+  if (st || !bytes) return st;
+  CHECK_CUDA_ST(cudaMemcpyAsync(dst, src, bytes, cudaMemcpyDeviceToDevice, cb(be)->stream), err);
+  return LT_OK;
+}
+
+/* dst += src over count device floats, queued (the identity's gradient kernel, accumulating). */
+static lt_status cuda_accumulate(lt_backend *be, size_t count, const float *src, float *dst,
+                                 lt_err *err) {
+  lt_status st = cuda_enter(be, err);
+  if (st || !count) return st;
+  lt_cuda_pass_grad(count, src, dst, 1);
+  return lt_cuda_take_error(err) ? lt_err_prefix(err, "accumulate") : LT_OK;
+}
+
 static const lt_backend_vtbl cuda_vtbl = {
     "cuda", cuda_supports, cuda_alloc, cuda_free, cuda_to_device, cuda_to_host, cuda_memset0,
     cuda_workspace_bytes, cuda_forward, cuda_backward, cuda_synchronize, cuda_destroy,
-    cuda_optim_step};
+    cuda_optim_step, cuda_copy, cuda_accumulate, &lt_cuda_ac_ops};
 
 /* ---- lookup ------------------------------------------------------------------------------------ */
 

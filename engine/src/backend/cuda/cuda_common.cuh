@@ -12,6 +12,10 @@
 extern thread_local cudaStream_t lt_cuda_stream;
 extern thread_local cublasHandle_t lt_cuda_cublas;
 
+/* The stash's data operations on this backend's memory (stash_cuda.cu): its vtable's actcomp. */
+struct ac_dev_ops;
+extern "C" const struct ac_dev_ops lt_cuda_ac_ops;
+
 /* Records the first failure (what, file, line) for lt_cuda_take_error. */
 void lt_cuda_record(const char *what, const char *file, int line);
 
