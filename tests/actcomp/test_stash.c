@@ -288,6 +288,42 @@ static double controller_ratio(const float *x, const float *dy_fixed, int n, int
   return ratio;
 }
 
+/* x (c, h, w) → BatchNorm → ReLU → 3×3 conv to s channels, with γ_c = ±(g0 + gs·c) (negative for
+ * channel 2), β_c random, running statistics 0 and 1. γ and β go to gam and bet, the three
+ * nodes' ids to nb, nr and nc; NULL when the graph cannot be built. */
+static lt_graph *bn_relu_conv_graph(int c, int h, int w, int s, float g0, float gs, float *gam,
+                                    float *bet, int *nb, int *nr, int *nc) {
+  lt_err err = {0};
+  lt_graph *g = lt_graph_new();
+  if (!g) return NULL;
+  int x = lt_graph_add_input(g, "x", LT_F32, 3, (int64_t[]){c, h, w});
+  lt_tensor *pt[4];
+  for (int i = 0; i < 4; i++) pt[i] = lt_tensor_new(LT_F32, 1, (int64_t[]){c}, LT_MEM_WEIGHTS, &err);
+  for (int k = 0; k < c; k++) {
+    gam[k] = (k == 2 ? -1.0f : 1.0f) * (g0 + gs * k);
+    bet[k] = 0.3f * (float)lt_rng_normal(&rng);
+    lt_tensor_f32(pt[0])[k] = gam[k];
+    lt_tensor_f32(pt[1])[k] = bet[k];
+    lt_tensor_f32(pt[2])[k] = 0.0f;
+    lt_tensor_f32(pt[3])[k] = 1.0f;
+  }
+  int pg = lt_graph_add_param(g, "bn.gamma", pt[0], 1), pb = lt_graph_add_param(g, "bn.beta", pt[1], 1);
+  int pm = lt_graph_add_param(g, "bn.rm", pt[2], 0), pv = lt_graph_add_param(g, "bn.rv", pt[3], 0);
+  lt_node_attrs ba = lt_attrs_default();
+  int y = lt_graph_add_node(g, LT_OP_BATCHNORM, "bn", (int[]){x, pg, pb, pm, pv}, 5, &ba, &err);
+  int r = lt_graph_add_node(g, LT_OP_RELU, "relu", (int[]){y}, 1, NULL, &err);
+  int wt = lt_graph_add_param(g, "conv.w", lt_tensor_new(LT_F32, 4, (int64_t[]){s, c, 3, 3}, LT_MEM_WEIGHTS, &err), 1);
+  lt_node_attrs ca = lt_attrs_conv(3, 1, 1, 1, 1);
+  int o = lt_graph_add_node(g, LT_OP_CONV2D, "conv", (int[]){r, wt}, 2, &ca, &err);
+  if (y < 0 || r < 0 || o < 0) {
+    lt_graph_free(g);
+    return NULL;
+  }
+  lt_graph_set_output(g, o);
+  *nb = g->values[y].producer, *nr = g->values[r].producer, *nc = g->values[o].producer;
+  return g;
+}
+
 /* x (n, c, h, w) → BatchNorm → ReLU → conv: the BN input is kept in the normalised domain and the
  * conv's input, ReLU(BN(x)), is rebuilt from it and the ReLU mask (nothing of its own), within
  * the conv's bound, zeros exact, whatever order backward releases the three entries in. */
@@ -295,31 +331,11 @@ static void bn_relu_conv(lt_ac_bn_mode bn_mode, double eb, double bn_eb) {
   enum { N = 4, C = 6, H = 12, W = 10, S = 5 };
   const int64_t n = (int64_t)N * C * H * W;
   lt_err err = {0};
-  lt_graph *g = lt_graph_new();
-  REQUIRE(g);
-  int x = lt_graph_add_input(g, "x", LT_F32, 3, (int64_t[]){C, H, W});
-  lt_tensor *pt[4];
-  for (int i = 0; i < 4; i++) pt[i] = lt_tensor_new(LT_F32, 1, (int64_t[]){C}, LT_MEM_WEIGHTS, &err);
   float gam[C], bet[C];
-  for (int c = 0; c < C; c++) {
-    /* |γ| from 0.1 (bound set by bn_eb) to 4 (set by eb/|γ|), one negative */
-    gam[c] = (c == 2 ? -1.0f : 1.0f) * (0.1f + 0.8f * c);
-    bet[c] = 0.3f * (float)lt_rng_normal(&rng);
-    lt_tensor_f32(pt[0])[c] = gam[c];
-    lt_tensor_f32(pt[1])[c] = bet[c];
-    lt_tensor_f32(pt[3])[c] = 1.0f;
-  }
-  int pg = lt_graph_add_param(g, "bn.gamma", pt[0], 1), pb = lt_graph_add_param(g, "bn.beta", pt[1], 1);
-  int pm = lt_graph_add_param(g, "bn.rm", pt[2], 0), pv = lt_graph_add_param(g, "bn.rv", pt[3], 0);
-  lt_node_attrs ba = lt_attrs_default();
-  int y = lt_graph_add_node(g, LT_OP_BATCHNORM, "bn", (int[]){x, pg, pb, pm, pv}, 5, &ba, &err);
-  int r = lt_graph_add_node(g, LT_OP_RELU, "relu", (int[]){y}, 1, NULL, &err);
-  int w = lt_graph_add_param(g, "conv.w", lt_tensor_new(LT_F32, 4, (int64_t[]){S, C, 3, 3}, LT_MEM_WEIGHTS, &err), 1);
-  lt_node_attrs ca = lt_attrs_conv(3, 1, 1, 1, 1);
-  int o = lt_graph_add_node(g, LT_OP_CONV2D, "conv", (int[]){r, w}, 2, &ca, &err);
-  REQUIRE(y >= 0 && r >= 0 && o >= 0);
-  lt_graph_set_output(g, o);
-  const int nb = g->values[y].producer, nr = g->values[r].producer, nc = g->values[o].producer;
+  int nb, nr, nc;
+  /* |γ| from 0.1 (bound set by bn_eb) to 4 (set by eb/|γ|), one negative */
+  lt_graph *g = bn_relu_conv_graph(C, H, W, S, 0.1f, 0.8f, gam, bet, &nb, &nr, &nc);
+  REQUIRE(g);
 
   /* Channels with different means and scales; the forward of BN and ReLU in double. */
   float *xs = malloc(n * sizeof *xs), *rs = malloc(n * sizeof *rs), *out = malloc(n * sizeof *out);
@@ -334,7 +350,7 @@ static void bn_relu_conv(lt_ac_bn_mode bn_mode, double eb, double bn_eb) {
     int c = (int)(i / (H * W) % C);
     var[c] += (xs[i] - mean[c]) * (xs[i] - mean[c]);
   }
-  for (int c = 0; c < C; c++) var[c] = var[c] / ((double)N * H * W) + ba.eps;
+  for (int c = 0; c < C; c++) var[c] = var[c] / ((double)N * H * W) + g->nodes[nb].a.eps;
   int64_t zeros = 0;
   for (int64_t i = 0; i < n; i++) {
     int c = (int)(i / (H * W) % C);
@@ -724,28 +740,11 @@ TEST_CASE(device_stash_restores_what_the_host_stash_restores) {
   const int64_t n = (int64_t)N * C * H * W;
   lt_backend *dev = test_fake_device(), *cpu = lt_backend_get("cpu", NULL);
   lt_err err = {0};
-  lt_graph *g = lt_graph_new();
+  float gam[C], bet[C];
+  int nb, nr, nc;
+  lt_graph *g = bn_relu_conv_graph(C, H, W, 5, 0.2f, 0.5f, gam, bet, &nb, &nr, &nc);
   REQUIRE(g);
-  int x = lt_graph_add_input(g, "x", LT_F32, 3, (int64_t[]){C, H, W});
-  lt_tensor *pt[4];
-  for (int i = 0; i < 4; i++) pt[i] = lt_tensor_new(LT_F32, 1, (int64_t[]){C}, LT_MEM_WEIGHTS, &err);
-  for (int c = 0; c < C; c++) {
-    lt_tensor_f32(pt[0])[c] = (c == 2 ? -1.0f : 1.0f) * (0.2f + 0.5f * c);
-    lt_tensor_f32(pt[1])[c] = 0.3f * (float)lt_rng_normal(&rng);
-    lt_tensor_f32(pt[2])[c] = 0;
-    lt_tensor_f32(pt[3])[c] = 1;
-  }
-  int pg = lt_graph_add_param(g, "bn.gamma", pt[0], 1), pb = lt_graph_add_param(g, "bn.beta", pt[1], 1);
-  int pm = lt_graph_add_param(g, "bn.rm", pt[2], 0), pv = lt_graph_add_param(g, "bn.rv", pt[3], 0);
-  lt_node_attrs ba = lt_attrs_default();
-  int y = lt_graph_add_node(g, LT_OP_BATCHNORM, "bn", (int[]){x, pg, pb, pm, pv}, 5, &ba, &err);
-  int r = lt_graph_add_node(g, LT_OP_RELU, "relu", (int[]){y}, 1, NULL, &err);
-  int w = lt_graph_add_param(g, "conv.w", lt_tensor_new(LT_F32, 4, (int64_t[]){5, C, 3, 3}, LT_MEM_WEIGHTS, &err), 1);
-  lt_node_attrs ca = lt_attrs_conv(3, 1, 1, 1, 1);
-  int o = lt_graph_add_node(g, LT_OP_CONV2D, "conv", (int[]){r, w}, 2, &ca, &err);
-  REQUIRE(y >= 0 && r >= 0 && o >= 0);
-  lt_graph_set_output(g, o);
-  const int nb = g->values[y].producer, nr = g->values[r].producer, nc = g->values[o].producer;
+  const lt_tensor *pt[2] = {g->values[g->nodes[nb].in[1]].data, g->values[g->nodes[nb].in[2]].data};
 
   /* the batch norm's input with its batch statistics, ReLU(BN(x)), a plain conv input, argmax
    * indices (2×2, then one of 3×3), a 2-d batch-norm input and a small exact tensor */
@@ -768,7 +767,7 @@ TEST_CASE(device_stash_restores_what_the_host_stash_restores) {
         s2 += d * d;
       }
     mean[c] = (float)m;
-    inv[c] = (float)(1.0 / sqrt(s2 / (N * H * W) + ba.eps));
+    inv[c] = (float)(1.0 / sqrt(s2 / (N * H * W) + g->nodes[nb].a.eps));
   }
   for (int64_t i = 0; i < n; i++) {
     const int c = (int)(i / (H * W) % C);
