@@ -71,7 +71,9 @@ typedef struct lt_stash_policy {
   lt_status (*load)(void *user, void *handle, lt_tensor *dst, lt_err *err);
   void (*release)(void *user, void *handle);
   /* Backward of a conv/linear node, after its weight gradient is computed: x is the (restored)
-   * saved input, dy the output gradient, dw the weight gradient of this step alone. Optional. */
+   * saved input, dy the output gradient, dw the weight gradient of this step alone, all in the
+   * backend's memory. Optional; on a device backend the executor needs the backend's
+   * accumulate (it adds dw to the parameter's gradient afterwards). */
   void (*observe)(void *user, const lt_graph *g, int node, const lt_tensor *x,
                   const lt_tensor *dy, const lt_tensor *dw);
 } lt_stash_policy;
