@@ -199,7 +199,10 @@ TEST_CASE(train_mpi_unet_ranks_end_identical) {
  * loader is replayed up to the saved position and the run ends where the uninterrupted one does
  * (up to float reassociation: the cost balance may assign samples to other ranks on the rerun). */
 TEST_CASE(train_mpi_resume_ends_at_reference) {
-  const char *ckpt = "resume_ckpt.h5";
+  /* Its own name per run kind: the np2, np4 and device runs share this directory and may run
+   * at the same time (ctest -j). */
+  char ckpt[64];
+  snprintf(ckpt, sizeof ckpt, "resume_ckpt.np%d%s.h5", size, train_be->device >= 0 ? ".device" : "");
   lt_graph *g = small_model();
   REQUIRE(g);
   lt_err err = {0};
