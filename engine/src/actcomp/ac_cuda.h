@@ -33,7 +33,9 @@
 extern "C" {
 #endif
 
-#define AC_CUDA_CHUNK 2048 /* symbols per Huffman chunk in GPU-written streams */
+#define AC_CUDA_CHUNK 1024 /* symbols per Huffman chunk in GPU-written streams: the smallest the
+                              format allows, for the most decode threads (4 bytes of chunk table
+                              each, about 1 % of a stream) */
 
 typedef struct ac_cuda ac_cuda;
 

@@ -1007,11 +1007,21 @@ __global__ void __launch_bounds__(128) k_decode(const uint8_t *pay, unsigned lon
   unsigned nbuf = 0, used = 0;
   bool bad = false;
   for (unsigned k = 0; k < m; k++) {
-    while (nbuf <= 56) {
-      const unsigned long long v = bytepos < size ? pay[bytepos] : 0;
+    /* Refill 32 bits at a time: four independent byte loads (the chunk's start is not aligned)
+     * wait for memory once, where a byte at a time waited for each. A code takes at most 16 bits,
+     * so a symbol starts with at least 16 in buf, and buf never holds more than 64. */
+    if (nbuf <= 32) {
+      unsigned long long v = 0;
+      if (bytepos + 4 <= size) {
+        v = (unsigned long long)pay[bytepos] | (unsigned long long)pay[bytepos + 1] << 8 |
+            (unsigned long long)pay[bytepos + 2] << 16 | (unsigned long long)pay[bytepos + 3] << 24;
+      } else {
+        for (unsigned b = 0; b < 4; b++)
+          if (bytepos + b < size) v |= (unsigned long long)pay[bytepos + b] << (8 * b);
+      }
       buf |= v << nbuf;
-      bytepos++;
-      nbuf += 8;
+      bytepos += 4;
+      nbuf += 32;
     }
     uint32_t e = t.table[buf & ((1u << AC_TABLE_BITS) - 1)];
     if (e < (1u << 16)) { /* long code or no code: canonical decode bit by bit */
