@@ -207,9 +207,9 @@ static const float *stage_in(lt_ac_stash *st, const void *src, int64_t n, int64_
   return st->stage + at;
 }
 
-/* A device operation's status: on failure, e->data may hold partial results (freed by the
- * caller's cleanup). */
-#define DEV(call)                                                                                  \
+/* Returns the call's status when it failed (host or device; the caller's cleanup frees what the
+ * entry holds). */
+#define TRY(call)                                                                                  \
   do {                                                                                             \
     lt_status rc_ = (call);                                                                        \
     if (rc_) return rc_;                                                                           \
@@ -410,12 +410,8 @@ static int bn_stats(const float *x, int64_t batch, int64_t nchan, int64_t hw, do
 /* The batch statistics the batch norm's forward just computed (its aux: mean and 1/σ, nchan
  * host floats each), into chan; 0, or -1 when they are not there or not finite. Reading them
  * saves a pass over x, and a conv input rebuilt from them uses the very σ its forward did. */
-static int bn_stats_of_forward(const lt_tensor *const *aux, int64_t nchan, float *chan) {
-  if (!aux || !aux[0] || !aux[1]) return -1;
-  for (int k = 0; k < 2; k++)
-    if (aux[k]->dtype != LT_F32 || aux[k]->device >= 0 || lt_tensor_numel(aux[k]) != nchan)
-      return -1;
-  const float *mean = lt_tensor_f32(aux[0]), *invstd = lt_tensor_f32(aux[1]);
+/* Mean and 1/σ (nchan host floats each) into chan; -1 when one is not finite or 1/σ <= 0. */
+static int bn_stats_take(const float *mean, const float *invstd, int64_t nchan, float *chan) {
   for (int64_t c = 0; c < nchan; c++) {
     if (!isfinite(mean[c]) || !isfinite(invstd[c]) || !(invstd[c] > 0)) return -1;
     chan[3 * c] = mean[c];
@@ -423,6 +419,27 @@ static int bn_stats_of_forward(const lt_tensor *const *aux, int64_t nchan, float
     chan[3 * c + 2] = 0;
   }
   return 0;
+}
+
+static int bn_stats_of_forward(const lt_tensor *const *aux, int64_t nchan, float *chan) {
+  if (!aux || !aux[0] || !aux[1]) return -1;
+  for (int k = 0; k < 2; k++)
+    if (aux[k]->dtype != LT_F32 || aux[k]->device >= 0 || lt_tensor_numel(aux[k]) != nchan)
+      return -1;
+  return bn_stats_take(lt_tensor_f32(aux[0]), lt_tensor_f32(aux[1]), nchan, chan);
+}
+
+/* 2·nchan floats of per-channel scratch (st->aff: offsets or scales, then the other), NULL
+ * when out of memory. */
+static float *aff_scratch(lt_ac_stash *st, int64_t nchan, lt_err *err) {
+  if (nchan > st->affcap) {
+    float *a = lt_alloc(LT_MEM_WORKSPACE, (size_t)nchan * 2 * sizeof *a, err);
+    if (!a) return NULL;
+    lt_free(LT_MEM_WORKSPACE, st->aff, (size_t)st->affcap * 2 * sizeof *st->aff);
+    st->aff = a;
+    st->affcap = nchan;
+  }
+  return st->aff;
 }
 
 /* γ (beta 0) or β of batch-norm node `node` as host floats: on a device the entry's copies of the
@@ -441,15 +458,8 @@ static int bn_fetch_device(lt_ac_stash *st, const lt_tensor *const *in,
   int ok = aux && aux[0] && aux[1];
   for (int k = 0; ok && k < 2; k++)
     ok = aux[k]->dtype == LT_F32 && aux[k]->device >= 0 && lt_tensor_numel(aux[k]) == nc;
-  if (ok && stage_in(st, aux[0]->data, nc, 0, err) && stage_in(st, aux[1]->data, nc, nc, err)) {
-    const lt_tensor *both[2] = {&(lt_tensor){.dtype = LT_F32, .ndim = 1, .shape = {nc},
-                                              .data = st->stage, .device = -1},
-                                &(lt_tensor){.dtype = LT_F32, .ndim = 1, .shape = {nc},
-                                              .data = st->stage + nc, .device = -1}};
-    ok = !bn_stats_of_forward(both, nc, e->chan);
-  } else {
-    ok = 0;
-  }
+  ok = ok && stage_in(st, aux[0]->data, nc, 0, err) && stage_in(st, aux[1]->data, nc, nc, err) &&
+       !bn_stats_take(st->stage, st->stage + nc, nc, e->chan);
   int params = in && in[1] && in[2];
   for (int k = 1; params && k < 3; k++)
     params = in[k]->dtype == LT_F32 && in[k]->device >= 0 && lt_tensor_numel(in[k]) == nc;
@@ -514,14 +524,9 @@ static lt_status store_bn(lt_ac_stash *st, const lt_graph *g, int node, const lt
   *eb_report = 0;
   if (lossy) {
     lt_status rc;
-    if (e->nchan > st->affcap) {
-      float *a = lt_alloc(LT_MEM_WORKSPACE, (size_t)e->nchan * 2 * sizeof *a, err);
-      if (!a) return err ? err->status : LT_ERR_NOMEM;
-      lt_free(LT_MEM_WORKSPACE, st->aff, (size_t)st->affcap * 2 * sizeof *st->aff);
-      st->aff = a;
-      st->affcap = e->nchan;
-    }
-    float *off = st->aff, *scale = st->aff + e->nchan;
+    float *off = aff_scratch(st, e->nchan, err);
+    if (!off) return err ? err->status : LT_ERR_NOMEM;
+    float *scale = off + e->nchan;
     for (int64_t c = 0; c < e->nchan; c++) {
       off[c] = e->chan[3 * c];
       scale[c] = 1.0f / e->chan[3 * c + 2];
@@ -529,7 +534,7 @@ static lt_status store_bn(lt_ac_stash *st, const lt_graph *g, int node, const lt
     if (dev) {
       uint8_t *data = NULL;
       size_t bytes = 0;
-      DEV(st->dops->encode(st->dctx, x, t->ndim, t->shape, 0.5, off, scale, &data, &bytes, err));
+      TRY(st->dops->encode(st->dctx, x, t->ndim, t->shape, 0.5, off, scale, &data, &bytes, err));
       if (bytes < (size_t)e->dense) {
         e->form = FORM_BN_CODEC;
         e->data = data;
@@ -639,19 +644,6 @@ void ac_chan_map(float *y, const float *z, int64_t batch, int64_t nchan, int64_t
   }
 }
 
-/* The per-channel scale and offset of a restore, 2·nchan floats of st->aff (NULL when out of
- * memory). */
-static float *aff_scratch(lt_ac_stash *st, int64_t nchan, lt_err *err) {
-  if (nchan > st->affcap) {
-    float *a = lt_alloc(LT_MEM_WORKSPACE, (size_t)nchan * 2 * sizeof *a, err);
-    if (!a) return NULL;
-    lt_free(LT_MEM_WORKSPACE, st->aff, (size_t)st->affcap * 2 * sizeof *st->aff);
-    st->aff = a;
-    st->affcap = nchan;
-  }
-  return st->aff;
-}
-
 /* y = a_c·z + b_c per channel, then the mask, on the stash's side of memory. */
 static lt_status chan_map(lt_ac_stash *st, float *y, const float *z, const ac_entry *bn,
                           const float *a, const float *b, const uint8_t *mask, lt_err *err) {
@@ -675,10 +667,11 @@ static lt_status load_bn(lt_ac_stash *st, const ac_entry *e, float *y, lt_err *e
     z = st->zdec;
     st->zdec_of = NULL;
   } else {
-    DEV(decode(st, e->data, e->bytes, y, e->n, err));
+    TRY(decode(st, e->data, e->bytes, y, e->n, err));
   }
-  float *a = aff_scratch(st, e->nchan, err), *b = a + e->nchan;
+  float *a = aff_scratch(st, e->nchan, err);
   if (!a) return err ? err->status : LT_ERR_NOMEM;
+  float *b = a + e->nchan;
   for (int64_t c = 0; c < e->nchan; c++) {
     a[c] = e->chan[3 * c + 2];
     b[c] = e->chan[3 * c];
@@ -704,13 +697,14 @@ static lt_status load_derived(lt_ac_stash *st, const ac_entry *e, float *y, lt_e
       st->zdec_of = NULL;
       float *keep = bn->refs > 1 ? mem_scratch(st, &st->zdec, &st->zdec_cap, bn->n, NULL) : NULL;
       float *dst = keep ? keep : y;
-      DEV(decode(st, bn->data, bn->bytes, dst, bn->n, err));
+      TRY(decode(st, bn->data, bn->bytes, dst, bn->n, err));
       if (dst == st->zdec) st->zdec_of = bn;
     }
     if (st->zdec_of == bn) z = st->zdec;
   }
-  float *a = aff_scratch(st, bn->nchan, err), *b = a + bn->nchan;
+  float *a = aff_scratch(st, bn->nchan, err);
   if (!a) return err ? err->status : LT_ERR_NOMEM;
+  float *b = a + bn->nchan;
   for (int64_t c = 0; c < bn->nchan; c++) {
     const float g = gamma[c] * bn->chan[3 * c + 1];
     a[c] = coded ? g * bn->chan[3 * c + 2] : g;
@@ -880,11 +874,11 @@ static lt_status store_plain(lt_ac_stash *st, ac_layer *l, lt_save_kind kind, co
     uint8_t *data = NULL;
     size_t bytes = 0;
     if (dev) {
-      DEV(st->dops->encode(st->dctx, lt_tensor_f32(t), t->ndim, t->shape, eb, NULL, NULL, &data,
+      TRY(st->dops->encode(st->dctx, lt_tensor_f32(t), t->ndim, t->shape, eb, NULL, NULL, &data,
                            &bytes, err));
     } else {
       const int ztry = zstd_begin(st, l);
-      DEV(lt_ac_encode(st->codec, LT_AC_KIND_LORENZO, lt_tensor_f32(t), t->ndim, t->shape, eb,
+      TRY(lt_ac_encode(st->codec, LT_AC_KIND_LORENZO, lt_tensor_f32(t), t->ndim, t->shape, eb,
                        &st->tmp, err));
       zstd_end(st, l, ztry);
       bytes = st->tmp.len;
@@ -921,7 +915,7 @@ static lt_status store_plain(lt_ac_stash *st, ac_layer *l, lt_save_kind kind, co
   if (e->form == FORM_PACK2) {
     int fits = 1;
     if (dev) {
-      DEV(st->dops->pack2(st->dctx, t->data, e->n, e->data, &fits, err));
+      TRY(st->dops->pack2(st->dctx, t->data, e->n, e->data, &fits, err));
     } else {
       for (int64_t i = 0; i < e->n && fits; i++) fits = ((const uint8_t *)t->data)[i] <= 3;
       if (fits) lt_cpu_argmax_pack2((size_t)e->n, t->data, e->data);
