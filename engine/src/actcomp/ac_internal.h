@@ -75,13 +75,15 @@ typedef struct ac_kernels {
 const ac_kernels *ac_kernels_get(lt_ac_simd s);
 
 /* Canonical Huffman. */
-/* Code lengths (0 = unused) for hist, limited to AC_MAXLEN. scratch holds 3*AC_NSYM int64. */
-void ac_huff_lengths(const uint64_t *hist, uint8_t *len, int64_t *scratch);
+/* Code lengths (0 = unused) for hist, limited to AC_MAXLEN; hist is read over symbols [lo, hi]
+ * only (zero outside), len written whole. scratch holds 3*AC_NSYM int64. */
+void ac_huff_lengths(const uint64_t *hist, int lo, int hi, uint8_t *len, int64_t *scratch);
 /* The same from n (weight, symbol) int64 pairs of the used symbols, in any order (sorted here);
  * scratch holds n int64. */
 void ac_huff_lengths_pairs(int64_t *pairs, int64_t n, uint8_t *len, int64_t *scratch);
-/* Encoder table: enc[s] = (len << 16) | bit-reversed canonical code, for LSB-first streams. */
-void ac_huff_enc_table(const uint8_t *len, uint32_t *enc);
+/* Encoder table: enc[s] = (len << 16) | bit-reversed canonical code, for LSB-first streams, for
+ * the symbols [lo, hi] (len must be zero outside them; enc there is left as it was). */
+void ac_huff_enc_table(const uint8_t *len, int lo, int hi, uint32_t *enc);
 /* The same for the n used symbols syms (strictly increasing): enc[i] is symbol syms[i]'s entry. */
 void ac_huff_enc_list(const uint16_t *syms, int64_t n, const uint8_t *len, uint32_t *enc);
 /* Writes the n codes of one chunk at dst, which has room for the worst case of 2 bytes a symbol

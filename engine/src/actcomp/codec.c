@@ -131,7 +131,8 @@ struct lt_ac_codec {
   const ac_kernels *k;
   ac_scratch codes;   /* uint16 (n): residual codes */
   ac_scratch rows;    /* int32 per thread: 3 rows of W+1 (zero row, current, previous) */
-  ac_scratch hist;    /* uint64 (threads, AC_NSYM) */
+  ac_scratch hist;    /* uint64 (threads, AC_NSYM), zero outside the range below */
+  int hd_lo, hd_hi, hd_t; /* symbols [hd_lo, hd_hi] of hist rows [0, hd_t) may be nonzero */
   ac_scratch sub;     /* uint32 (threads, 4, AC_NSYM): see hist_add */
   ac_scratch chunks;  /* uint64 (n_chunks): bit counts, then byte offsets */
   ac_scratch payload; /* raw Huffman payload when a zstd pass runs, either direction */
@@ -165,6 +166,41 @@ static void scratch_free(ac_scratch *s) {
   lt_free(LT_MEM_WORKSPACE, s->p, s->cap);
   s->p = NULL;
   s->cap = 0;
+}
+
+/* Clears what earlier encodes left in the per-thread histograms: only the symbols they touched. */
+static void hist_clean(lt_ac_codec *c) {
+  uint64_t *h = c->hist.p;
+  if (h && c->hd_lo <= c->hd_hi)
+    for (int i = 0; i < c->hd_t; i++)
+      memset(h + (size_t)i * AC_NSYM + c->hd_lo, 0,
+             (size_t)(c->hd_hi - c->hd_lo + 1) * sizeof *h);
+  c->hd_lo = AC_NSYM;
+  c->hd_hi = -1;
+  c->hd_t = 0;
+}
+
+/* Records that histogram rows [0, t) may hold counts in symbols [lo, hi]. */
+static void hist_dirty(lt_ac_codec *c, int t, int lo, int hi) {
+  if (lo > hi) return;
+  c->hd_lo = lo < c->hd_lo ? lo : c->hd_lo;
+  c->hd_hi = hi > c->hd_hi ? hi : c->hd_hi;
+  c->hd_t = t > c->hd_t ? t : c->hd_t;
+}
+
+/* The (t, AC_NSYM) histograms, every count zero. */
+static uint64_t *hist_get(lt_ac_codec *c, int t, lt_err *err) {
+  const size_t bytes = (size_t)t * AC_NSYM * sizeof(uint64_t);
+  if (c->hist.cap >= bytes) {
+    hist_clean(c);
+    return c->hist.p;
+  }
+  uint64_t *h = scratch_get(&c->hist, bytes, err);
+  if (h) memset(h, 0, bytes);
+  c->hd_lo = AC_NSYM;
+  c->hd_hi = -1;
+  c->hd_t = 0;
+  return h;
 }
 
 lt_ac_opts lt_ac_opts_default(void) {
@@ -258,20 +294,44 @@ static void plane_dims(int ndim, const int64_t *shape, int64_t *h, int64_t *w) {
 
 /* ---- encoder --------------------------------------------------------------------------------- */
 
+/* The symbols a histogram was given, [lo, hi] (lo > hi: none): the loops over the alphabet after
+ * counting (merge, code lengths, table, clean-up) run over this range, not all AC_NSYM symbols,
+ * which on tensors of a few thousand to a few hundred thousand elements cost more than the
+ * counting itself. */
+typedef struct ac_srange {
+  int lo, hi;
+} ac_srange;
+#define AC_SRANGE_EMPTY ((ac_srange){AC_NSYM, -1})
+
 /* Histogram of codes: straight into hist, or, with sub (4 × AC_NSYM uint32), round-robin into
  * four counters so that runs of one code do not serialise on one memory location. */
-static void hist_add(const uint16_t *cp, int64_t m, uint64_t *hist, uint32_t *sub) {
+static void hist_add(const uint16_t *cp, int64_t m, uint64_t *hist, uint32_t *sub,
+                     ac_srange *sr) {
   int64_t i = 0;
+  unsigned lo = (unsigned)sr->lo, hi = (unsigned)(sr->hi + 1); /* [lo, hi) here; sr->hi >= -1 */
+#define AC_SR_PUT(v) (lo = (v) < lo ? (v) : lo, hi = (v) + 1 > hi ? (v) + 1 : hi)
   if (sub) {
     uint32_t *s0 = sub, *s1 = sub + AC_NSYM, *s2 = sub + 2 * AC_NSYM, *s3 = sub + 3 * AC_NSYM;
     for (; i + 4 <= m; i += 4) {
-      s0[cp[i]]++;
-      s1[cp[i + 1]]++;
-      s2[cp[i + 2]]++;
-      s3[cp[i + 3]]++;
+      const unsigned a = cp[i], b = cp[i + 1], c = cp[i + 2], d = cp[i + 3];
+      s0[a]++;
+      s1[b]++;
+      s2[c]++;
+      s3[d]++;
+      AC_SR_PUT(a);
+      AC_SR_PUT(b);
+      AC_SR_PUT(c);
+      AC_SR_PUT(d);
     }
   }
-  for (; i < m; i++) hist[cp[i]]++;
+  for (; i < m; i++) {
+    const unsigned a = cp[i];
+    hist[a]++;
+    AC_SR_PUT(a);
+  }
+#undef AC_SR_PUT
+  sr->lo = (int)lo;
+  sr->hi = (int)hi - 1;
 }
 
 /* hist_add for codes dominated by a few values (R and R ± 1, residuals 0 and ±1: most codes of
@@ -279,7 +339,7 @@ static void hist_add(const uint16_t *cp, int64_t m, uint64_t *hist, uint32_t *su
  * are packed into a small buffer (register compress, then one store) and counted by hist_add.
  * Runs of one code then no longer chain increments on one counter, so no sub-histograms. */
 __attribute__((target("avx512f,avx512bw,avx512vbmi2"))) static void
-hist_add_avx512(const uint16_t *cp, int64_t m, uint64_t *hist) {
+hist_add_avx512(const uint16_t *cp, int64_t m, uint64_t *hist, ac_srange *sr) {
   uint16_t rest[1024 + 32];
   const __m512i r0 = _mm512_set1_epi16((short)AC_RADIUS), rm = _mm512_set1_epi16(AC_RADIUS - 1),
                 rp = _mm512_set1_epi16((short)(AC_RADIUS + 1));
@@ -298,12 +358,18 @@ hist_add_avx512(const uint16_t *cp, int64_t m, uint64_t *hist) {
       _mm512_storeu_si512((void *)(rest + nr), _mm512_maskz_compress_epi16(other, v));
       nr += __builtin_popcount(other);
     }
-    hist_add(rest, nr, hist, NULL);
+    hist_add(rest, nr, hist, NULL, sr);
   }
-  hist_add(cp + i, m - i, hist, NULL);
+  hist_add(cp + i, m - i, hist, NULL, sr);
   hist[AC_RADIUS] += c0;
   hist[AC_RADIUS - 1] += cm;
   hist[AC_RADIUS + 1] += cp1;
+  if (c0 | cm | cp1) {
+    const int lo = cm ? AC_RADIUS - 1 : c0 ? AC_RADIUS : AC_RADIUS + 1;
+    const int hi = cp1 ? AC_RADIUS + 1 : c0 ? AC_RADIUS : AC_RADIUS - 1;
+    sr->lo = lo < sr->lo ? lo : sr->lo;
+    sr->hi = hi > sr->hi ? hi : sr->hi;
+  }
 }
 
 static int cpu_has_vbmi2(void) {
@@ -330,7 +396,7 @@ static int cpu_has_vbmi2(void) {
 static void code_plane(const ac_kernels *k, const float *x, const ac_qp *qp, int pred,
                        int64_t h, int64_t rows, int64_t w, int64_t base, int32_t *rb,
                        uint16_t *codes, ac_list *outl, ac_list *esc, uint64_t *hist, uint32_t *sub,
-                       const ac_affine *af) {
+                       ac_srange *sr, const ac_affine *af) {
   float aff[2];
   const int64_t n = rows * w;
   if (af) { /* z = (x − off_c)·scale_c; a plane lies in one channel (hw is a multiple of it) */
@@ -353,8 +419,8 @@ static void code_plane(const ac_kernels *k, const float *x, const ac_qp *qp, int
       memset(L, 0, (size_t)n * sizeof *L);
       k->predict(q, L, L, L, n, codes + base, esc, base);
     }
-    if (k->level == LT_AC_SIMD_AVX512 && cpu_has_vbmi2()) hist_add_avx512(codes + base, n, hist);
-    else hist_add(codes + base, n, hist, sub);
+    if (k->level == LT_AC_SIMD_AVX512 && cpu_has_vbmi2()) hist_add_avx512(codes + base, n, hist, sr);
+    else hist_add(codes + base, n, hist, sub, sr);
     return;
   }
   int32_t *zero = rb, *cur = rb + (w + 1), *prev = cur + (w + 1);
@@ -373,7 +439,7 @@ static void code_plane(const ac_kernels *k, const float *x, const ac_qp *qp, int
     cur = tmp;
     up = prev;
   }
-  hist_add(codes + base, n, hist, sub);
+  hist_add(codes + base, n, hist, sub, sr);
 }
 
 /* Ints of row scratch one thread needs for planes of h×w (see code_plane). */
@@ -403,12 +469,11 @@ static lt_status lorenzo_encode(lt_ac_codec *c, const float *x, int ndim, const 
   uint16_t *codes = scratch_get(&c->codes, (size_t)n * sizeof *codes, err);
   const size_t rb_ints = plane_rows_ints(h, w);
   int32_t *rows = scratch_get(&c->rows, (size_t)t * rb_ints * sizeof *rows, err);
-  uint64_t *hist = scratch_get(&c->hist, (size_t)t * AC_NSYM * sizeof *hist, err);
+  uint64_t *hist = hist_get(c, t, err);
   /* (nchunks) bit counts, then (nchunks + 1) byte offsets */
   uint64_t *cbits = scratch_get(&c->chunks, (size_t)(2 * nchunks + 1) * sizeof *cbits, err);
   if (!codes || !rows || !hist || !cbits) return err ? err->status : LT_ERR_NOMEM;
   if ((st = lists_reset(c, t, err))) return st;
-  memset(hist, 0, (size_t)t * AC_NSYM * sizeof *hist);
 
   /* Predictor choice on a sample of planes (their leading rows), coded both ways with thread
    * 0's rows, lists and histogram; the cost estimate is the order-0 entropy of the codes plus
@@ -420,21 +485,22 @@ static lt_status lorenzo_encode(lt_ac_codec *c, const float *x, int ndim, const 
     double cost[2];
     const int preds[2] = {AC_PREDICTOR_LORENZO2D, AC_PREDICTOR_NONE};
     for (int pi = 0; pi < 2; pi++) {
-      memset(hist, 0, AC_NSYM * sizeof *hist);
+      ac_srange sr = AC_SRANGE_EMPTY;
       c->esc[0].n = c->outl[0].n = 0;
       int64_t total = 0;
       for (int64_t p = 0; p < nplanes; p += stride) {
         code_plane(k, x, &qp, preds[pi], h, rows_max, w, p * plane, rows, codes, &c->outl[0],
-                   &c->esc[0], hist, NULL, af);
+                   &c->esc[0], hist, NULL, &sr, af);
         total += rows_max * w;
       }
+      hist_dirty(c, 1, sr.lo, sr.hi);
       cost[pi] = 96.0 * (double)c->esc[0].n;
-      for (int sy = 0; sy < AC_NSYM; sy++)
+      for (int sy = sr.lo; sy <= sr.hi; sy++)
         if (hist[sy]) cost[pi] += (double)hist[sy] * log2((double)total / (double)hist[sy]) + 24;
+      hist_clean(c);
     }
     if (cost[1] < cost[0]) pred = AC_PREDICTOR_NONE;
     if ((st = lists_reset(c, t, err))) return st;
-    memset(hist, 0, (size_t)t * AC_NSYM * sizeof *hist);
   }
 
   /* Stage 1: prequantise and predict, one plane at a time; static scheduling gives each thread
@@ -445,22 +511,27 @@ static lt_status lorenzo_encode(lt_ac_codec *c, const float *x, int ndim, const 
   if (use_sub &&
       !(subs = scratch_get(&c->sub, (size_t)t * 4 * AC_NSYM * sizeof *subs, err)))
     return err ? err->status : LT_ERR_NOMEM;
-#pragma omp parallel num_threads(t)
+  int slo = AC_NSYM, shi = -1; /* the symbols coded, over all threads */
+#pragma omp parallel num_threads(t) reduction(min : slo) reduction(max : shi)
   {
     int tid = omp_get_thread_num();
     int32_t *rb = rows + (size_t)tid * rb_ints;
     uint64_t *hi = hist + (size_t)tid * AC_NSYM;
     uint32_t *sub = use_sub ? subs + (size_t)tid * 4 * AC_NSYM : NULL;
+    ac_srange sr = AC_SRANGE_EMPTY;
     if (sub) memset(sub, 0, 4 * AC_NSYM * sizeof *sub);
 #pragma omp for schedule(static) nowait
     for (int64_t p = 0; p < nplanes; p++)
       code_plane(k, x, &qp, pred, h, h, w, p * plane, rb, codes, &c->outl[tid], &c->esc[tid], hi,
-                 sub, af);
+                 sub, &sr, af);
     if (sub)
-      for (int sy = 0; sy < AC_NSYM; sy++)
+      for (int sy = sr.lo; sy <= sr.hi; sy++)
         hi[sy] += (uint64_t)sub[sy] + sub[AC_NSYM + sy] + sub[2 * AC_NSYM + sy] +
                   sub[3 * AC_NSYM + sy];
+    slo = sr.lo;
+    shi = sr.hi;
   }
+  hist_dirty(c, t, slo, shi);
   int64_t nout = 0, nesc = 0;
   for (int i = 0; i < t; i++) {
     if (c->outl[i].failed || c->esc[i].failed)
@@ -468,14 +539,14 @@ static lt_status lorenzo_encode(lt_ac_codec *c, const float *x, int ndim, const 
     nout += c->outl[i].n;
     nesc += c->esc[i].n;
     if (i)
-      for (int s = 0; s < AC_NSYM; s++) hist[s] += hist[(size_t)i * AC_NSYM + s];
+      for (int s = slo; s <= shi; s++) hist[s] += hist[(size_t)i * AC_NSYM + s];
   }
 
   /* Stage 2: the code. */
-  ac_huff_lengths(hist, c->len, c->lscratch);
-  ac_huff_enc_table(c->len, c->enc);
+  ac_huff_lengths(hist, slo, shi, c->len, c->lscratch);
+  ac_huff_enc_table(c->len, slo, shi, c->enc);
   int64_t nsym = 0;
-  for (int s = 0; s < AC_NSYM; s++) nsym += c->len[s] != 0;
+  for (int s = slo; s <= shi; s++) nsym += c->len[s] != 0;
 
   /* Stage 3: sections. The payload is at most 16 bits per symbol. */
   const size_t table_bytes = (size_t)nsym * 3, chunk_bytes = (size_t)nchunks * 4;
@@ -488,7 +559,7 @@ static lt_status lorenzo_encode(lt_ac_codec *c, const float *x, int ndim, const 
     return st;
   uint8_t *o = out->data; /* the header is written last (ac_header_put) */
   uint8_t *tp = o + AC_HEADER_BYTES;
-  for (int s = 0; s < AC_NSYM; s++)
+  for (int s = slo; s <= shi; s++)
     if (c->len[s]) {
       tp[0] = (uint8_t)s;
       tp[1] = (uint8_t)(s >> 8);

@@ -72,10 +72,12 @@ static int cmp_weight(const void *pa, const void *pb) {
   return a[1] < b[1] ? -1 : a[1] > b[1];
 }
 
-void ac_huff_lengths(const uint64_t *hist, uint8_t *len, int64_t *scratch) {
+void ac_huff_lengths(const uint64_t *hist, int lo, int hi, uint8_t *len, int64_t *scratch) {
   int64_t *pairs = scratch; /* (n, 2): weight, symbol */
   int64_t n = 0;
-  for (int64_t s = 0; s < AC_NSYM; s++)
+  lo = lo < 0 ? 0 : lo;
+  hi = hi >= AC_NSYM ? AC_NSYM - 1 : hi;
+  for (int64_t s = lo; s <= hi; s++)
     if (hist[s]) {
       pairs[2 * n] = (int64_t)hist[s];
       pairs[2 * n + 1] = s;
@@ -130,12 +132,14 @@ static void canonical_first(const uint32_t *count, uint32_t *first) {
   }
 }
 
-void ac_huff_enc_table(const uint8_t *len, uint32_t *enc) {
+void ac_huff_enc_table(const uint8_t *len, int lo, int hi, uint32_t *enc) {
   uint32_t count[AC_MAXLEN + 2] = {0}, first[AC_MAXLEN + 2] = {0};
-  for (int s = 0; s < AC_NSYM; s++) count[len[s]]++;
+  lo = lo < 0 ? 0 : lo;
+  hi = hi >= AC_NSYM ? AC_NSYM - 1 : hi;
+  for (int s = lo; s <= hi; s++) count[len[s]]++;
   count[0] = 0;
   canonical_first(count, first);
-  for (int s = 0; s < AC_NSYM; s++) {
+  for (int s = lo; s <= hi; s++) {
     int l = len[s];
     enc[s] = l ? ((uint32_t)l << 16) | bit_reverse(first[l]++, l) : 0;
   }
