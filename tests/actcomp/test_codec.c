@@ -416,6 +416,55 @@ TEST_CASE(codec_smaller_chunks_decode_identically) {
   free(y);
 }
 
+/* One codec reused across tensors writes exactly the bytes a fresh codec writes: its histograms
+ * are cleared only over the symbols the previous tensor used, so a wide range (noise at a fine
+ * bound, escapes with code 0) followed by a narrow one, a narrow one followed by a wide one, a
+ * tiny tensor, and large planes (row by row, with the four-way sub-histograms on two threads),
+ * on every SIMD level and on one then two threads (the histograms grow), must all match. */
+TEST_CASE(codec_reused_codec_writes_what_a_fresh_codec_writes) {
+  enum { NT = 6, NMAX = 4 * 200 * 800 };
+  float *x = malloc(NMAX * sizeof *x);
+  const int64_t shapes[NT][3] = {{16, 32, 32}, {16, 32, 32}, {7, 100, 100},
+                                 {1, 3, 5},    {4, 200, 800}, {16, 32, 32}};
+  const double ebs[NT] = {1e-4, 0.3, 0.01, 0.05, 0.02, 1e-3};
+  lt_ac_simd levels[3] = {LT_AC_SIMD_SCALAR, LT_AC_SIMD_AVX2, LT_AC_SIMD_AVX512};
+  lt_err err = {0};
+  lt_ac_buf fresh = {0}, out = {0};
+  for (int li = 0; li < 3; li++) {
+    lt_ac_opts o = {.threads = 1, .zstd_level = 0, .simd = levels[li]};
+    lt_ac_codec *reused = lt_ac_codec_new(&o, &err);
+    REQUIRE(reused);
+    for (int th = 1; th <= 2; th++)
+      for (int k = 0; k < NT; k++) {
+        const int64_t n = shapes[k][0] * shapes[k][1] * shapes[k][2];
+        lt_rng r = lt_rng_make(8, 100 + (uint64_t)k);
+        if (k == 2) /* escapes: jumps far beyond the radius */
+          for (int64_t i = 0; i < n; i++) x[i] = (i % 5 == 0) ? 1e4f : 0.0f;
+        else if (k == 4)
+          for (int64_t i = 0; i < n; i++) x[i] = (float)(i % 800) * 0.01f + lt_rng_normal(&r) * 0.05f;
+        else
+          for (int64_t i = 0; i < n; i++) x[i] = lt_rng_normal(&r) * (k == 0 ? 1.0f : 3.0f);
+        o.threads = th;
+        lt_ac_codec_set_opts(reused, &o);
+        lt_ac_codec *c = lt_ac_codec_new(&o, &err);
+        REQUIRE(c);
+        REQUIRE(lt_ac_encode(c, LT_AC_KIND_LORENZO, x, 3, shapes[k], ebs[k], &fresh, &err) ==
+                LT_OK);
+        REQUIRE(lt_ac_encode(reused, LT_AC_KIND_LORENZO, x, 3, shapes[k], ebs[k], &out, &err) ==
+                LT_OK);
+        CHECK_MSG(out.len == fresh.len && !memcmp(out.data, fresh.data, out.len),
+                  "tensor %d (simd %s, %d threads): the reused codec wrote %zu bytes, a fresh one "
+                  "%zu or other bytes",
+                  k, lt_ac_simd_name(levels[li]), th, out.len, fresh.len);
+        lt_ac_codec_free(c);
+      }
+    lt_ac_codec_free(reused);
+  }
+  lt_ac_buf_free(&fresh);
+  lt_ac_buf_free(&out);
+  free(x);
+}
+
 int main(void) {
   rng = lt_rng_make(8, 1);
   RUN(codec_bound_holds_on_random_tensors_every_simd_level);
@@ -423,6 +472,7 @@ int main(void) {
   RUN(codec_small_planes_decode_identically_on_every_simd_level);
   RUN(codec_affine_encode_equals_encoding_the_mapped_tensor);
   RUN(codec_constants_zeros_and_escapes_round_trip);
+  RUN(codec_reused_codec_writes_what_a_fresh_codec_writes);
   RUN(codec_rejects_bad_arguments_with_a_message);
   RUN(codec_every_truncation_and_bit_flip_is_rejected_or_bounded);
   RUN(comparison_codecs_round_trip);
