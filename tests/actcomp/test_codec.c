@@ -6,6 +6,7 @@
 #include "relu_field.h"
 
 #include <float.h>
+#include <zstd.h>
 #include <stdint.h>
 
 static lt_rng rng;
@@ -465,6 +466,130 @@ TEST_CASE(codec_reused_codec_writes_what_a_fresh_codec_writes) {
   free(x);
 }
 
+/* Replaces the payload of a stream that has neither escapes nor outliers (the payload runs to the
+ * end) by pay[0..plen), with its stored size and CRC updated; returns the new length. */
+static size_t splice_payload(uint8_t *dst, const uint8_t *s, size_t len, const uint8_t *pay,
+                             size_t plen) {
+  const size_t off = len - ac_get_u64(s + 120);
+  memcpy(dst, s, off);
+  memcpy(dst + off, pay, plen);
+  ac_put_u64(dst + 120, plen);
+  ac_put_u32(dst + AC_CRC_OFFSET, ac_stream_checksum(dst, off + plen));
+  return off + plen;
+}
+
+/* The zstd pass writes one frame per AC_ZSTD_SLICE bytes of Huffman payload, compressed and
+ * decompressed in parallel: the stream does not depend on the thread count and decodes to what
+ * the stream without zstd decodes to; a single frame (what earlier encoders wrote) still decodes;
+ * frame directories that do not add up, skippable frames and more than AC_ZSTD_MAX_FRAMES frames
+ * are refused. */
+TEST_CASE(codec_zstd_frames_are_parallel_and_checked) {
+  enum { P = 64, H = 128, W = 128, N = P * H * W };
+  float *x = malloc(N * sizeof *x), *y0 = malloc(N * sizeof *y0), *y = malloc(N * sizeof *y);
+  fill_relu(x, P, H, W);
+  int64_t shape[3] = {P, H, W};
+  lt_err err = {0};
+  lt_ac_buf plain = {0}, one = {0}, two = {0};
+  lt_ac_opts o = lt_ac_opts_default();
+  o.threads = 1;
+  o.zstd_level = 0;
+  lt_ac_codec *c = lt_ac_codec_new(&o, &err);
+  REQUIRE(c);
+  REQUIRE(lt_ac_encode(c, LT_AC_KIND_LORENZO, x, 3, shape, 0.01, &plain, &err) == LT_OK);
+  REQUIRE(lt_ac_decode(c, plain.data, plain.len, y0, N, &err) == LT_OK);
+  o.zstd_level = 1;
+  lt_ac_codec_set_opts(c, &o);
+  REQUIRE(lt_ac_encode(c, LT_AC_KIND_LORENZO, x, 3, shape, 0.01, &one, &err) == LT_OK);
+  o.threads = 2;
+  lt_ac_codec_set_opts(c, &o);
+  REQUIRE(lt_ac_encode(c, LT_AC_KIND_LORENZO, x, 3, shape, 0.01, &two, &err) == LT_OK);
+  REQUIRE(one.data[7] & AC_FLAG_ZSTD);
+  CHECK(one.len == two.len && !memcmp(one.data, two.data, one.len));
+  REQUIRE(ac_get_u64(one.data + 96) == 0 && ac_get_u64(one.data + 104) == 0);
+  const uint64_t raw_bytes = ac_get_u64(one.data + 112), stored = ac_get_u64(one.data + 120);
+  const uint8_t *frames = one.data + one.len - stored;
+  int nf = 0;
+  for (size_t at = 0; at < stored; nf++) {
+    size_t f = ZSTD_findFrameCompressedSize(frames + at, stored - at);
+    REQUIRE(!ZSTD_isError(f));
+    at += f;
+  }
+  CHECK_MSG(nf == (int)(raw_bytes / AC_ZSTD_SLICE) && nf >= 3, "%d frames for %llu bytes", nf,
+            (unsigned long long)raw_bytes);
+  for (int th = 1; th <= 2; th++) {
+    o.threads = th;
+    lt_ac_codec_set_opts(c, &o);
+    memset(y, 0xA5, N * sizeof *y);
+    REQUIRE(lt_ac_decode(c, one.data, one.len, y, N, &err) == LT_OK);
+    CHECK_MSG(!memcmp(y, y0, N * sizeof *y), "%d threads: the zstd stream decodes differently", th);
+  }
+
+  /* The raw Huffman payload, then other frame layouts of it spliced into the stream. */
+  uint8_t *raw = calloc(raw_bytes + 1, 1), *pay = malloc(2 * raw_bytes + 65536); /* a spare byte: one frame below holds raw_bytes + 1 */
+  uint8_t *s = malloc(one.len + 2 * raw_bytes + 65536);
+  REQUIRE(ZSTD_decompress(raw, raw_bytes, frames, stored) == raw_bytes);
+  size_t plen = ZSTD_compress(pay, 2 * raw_bytes, raw, raw_bytes, 1); /* one frame */
+  REQUIRE(!ZSTD_isError(plen));
+  size_t len = splice_payload(s, one.data, one.len, pay, plen);
+  memset(y, 0xA5, N * sizeof *y);
+  CHECK_MSG(lt_ac_decode(c, s, len, y, N, &err) == LT_OK, "one frame: %s", err.msg);
+  CHECK(!memcmp(y, y0, N * sizeof *y));
+
+  /* A skippable frame in front. */
+  static const uint8_t skip[12] = {0x50, 0x2A, 0x4D, 0x18, 4, 0, 0, 0, 1, 2, 3, 4};
+  memmove(pay + sizeof skip, pay, plen);
+  memcpy(pay, skip, sizeof skip);
+  len = splice_payload(s, one.data, one.len, pay, plen + sizeof skip);
+  CHECK(lt_ac_decode(c, s, len, y, N, &err) == LT_ERR_FORMAT);
+  CHECK_STR_CONTAINS(err.msg, "zstd frame 0");
+
+  /* Frames that hold one byte more or less than the header's raw size. */
+  for (int d = -1; d <= 1; d += 2) {
+    plen = ZSTD_compress(pay, 2 * raw_bytes, raw, raw_bytes + (size_t)d, 1);
+    REQUIRE(!ZSTD_isError(plen));
+    len = splice_payload(s, one.data, one.len, pay, plen);
+    CHECK(lt_ac_decode(c, s, len, y, N, &err) == LT_ERR_FORMAT);
+    CHECK_STR_CONTAINS(err.msg, "zstd frame");
+  }
+
+  /* AC_ZSTD_MAX_FRAMES + 1 small frames. */
+  const size_t nsl = AC_ZSTD_MAX_FRAMES + 1, sl = raw_bytes / nsl;
+  REQUIRE(sl > 0);
+  plen = 0;
+  for (size_t i = 0; i < nsl; i++) {
+    size_t l = i == nsl - 1 ? raw_bytes - i * sl : sl;
+    size_t z = ZSTD_compress(pay + plen, 2 * raw_bytes + 65536 - plen, raw + i * sl, l, 1);
+    REQUIRE(!ZSTD_isError(z));
+    plen += z;
+  }
+  len = splice_payload(s, one.data, one.len, pay, plen);
+  CHECK(lt_ac_decode(c, s, len, y, N, &err) == LT_ERR_FORMAT);
+  CHECK_STR_CONTAINS(err.msg, "zstd frames");
+
+  /* A frame cut short, and damage in the second frame's header, behind a repaired CRC. */
+  len = splice_payload(s, one.data, one.len, frames, stored - 1);
+  CHECK(lt_ac_decode(c, s, len, y, N, &err) == LT_ERR_FORMAT);
+  const size_t f0 = ZSTD_findFrameCompressedSize(frames, stored);
+  for (size_t i = 0; i < 8; i++)
+    for (int b = 0; b < 8; b++) {
+      memcpy(pay, frames, stored);
+      pay[f0 + i] ^= (uint8_t)(1u << b);
+      len = splice_payload(s, one.data, one.len, pay, stored);
+      lt_status st = lt_ac_decode(c, s, len, y, N, &err);
+      CHECK(st == LT_OK || st == LT_ERR_FORMAT);
+    }
+  free(raw);
+  free(pay);
+  free(s);
+  lt_ac_buf_free(&plain);
+  lt_ac_buf_free(&one);
+  lt_ac_buf_free(&two);
+  lt_ac_codec_free(c);
+  free(x);
+  free(y0);
+  free(y);
+}
+
 int main(void) {
   rng = lt_rng_make(8, 1);
   RUN(codec_bound_holds_on_random_tensors_every_simd_level);
@@ -480,5 +605,6 @@ int main(void) {
   RUN(codec_picks_lorenzo_on_smooth_data_and_no_prediction_on_sparse_relu);
   RUN(codec_scratch_is_counted_and_returned);
   RUN(codec_smaller_chunks_decode_identically);
+  RUN(codec_zstd_frames_are_parallel_and_checked);
   return test_summary();
 }

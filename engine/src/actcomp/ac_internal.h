@@ -18,6 +18,9 @@
                                 up to this: the GPU encoder writes smaller chunks, one decode
                                 thread each) */
 #define AC_CHUNK_MIN 1024
+#define AC_ZSTD_SLICE 65536      /* raw payload bytes per zstd frame (the last frame takes the
+                                    rest): frames are compressed and decompressed in parallel */
+#define AC_ZSTD_MAX_FRAMES 1024  /* most frames a stream may carry */
 /* A chunk size a stream may carry: a power of two in [AC_CHUNK_MIN, AC_CHUNK]. */
 static inline int ac_chunk_valid(int64_t chunk) {
   return chunk >= AC_CHUNK_MIN && chunk <= AC_CHUNK && !(chunk & (chunk - 1));

@@ -9,7 +9,8 @@
  *   120 u64 payload bytes as stored                 128 u32 CRC-32C     132 u32 reserved (0)
  *   table     entries × (u16 symbol, u8 length), symbols increasing
  *   chunks    ceil(n / chunk) × u32 bit count; chunk i starts at the byte after chunk i-1
- *   payload   Huffman bits (or one zstd frame of them)
+ *   payload   Huffman bits, or zstd frames of them: consecutive slices of AC_ZSTD_SLICE bytes
+ *             (the last takes the rest), each its own frame, so both directions run in parallel
  *   escapes   count × (u64 index, i32 residual), indices increasing
  *   outliers  count × (u64 index, u32 float bits), indices increasing
  * The CRC covers every byte but its own four. The decoder parses and checks all of it (sizes
@@ -143,8 +144,11 @@ struct lt_ac_codec {
   uint32_t enc[AC_NSYM];
   int64_t lscratch[3 * AC_NSYM];
   ac_huff_dec dec;
-  ZSTD_CCtx *zc;
-  ZSTD_DCtx *zd;
+  ac_scratch zframes; /* zstd frames being written: (slices) regions of compressBound bytes */
+  ac_scratch zdir;    /* decoding: (frames, 4) u64 source offset, size, raw offset, size */
+  ZSTD_CCtx **zc;     /* (n_zc) one per thread */
+  ZSTD_DCtx **zd;     /* (n_zd) */
+  int n_zc, n_zd;
 };
 
 static void *scratch_get(ac_scratch *s, size_t bytes, lt_err *err) {
@@ -212,14 +216,22 @@ lt_ac_codec *lt_ac_codec_new(const lt_ac_opts *opts, lt_err *err) {
   lt_ac_codec *c = lt_calloc(LT_MEM_WORKSPACE, sizeof *c, err);
   if (!c) return NULL;
   lt_ac_codec_set_opts(c, opts);
-  c->zc = ZSTD_createCCtx();
-  c->zd = ZSTD_createDCtx();
-  if (!c->zc || !c->zd) {
-    lt_ac_codec_free(c);
-    lt_errorf(err, LT_ERR_NOMEM, "zstd context allocation failed");
-    return NULL;
-  }
   return c;
+}
+
+/* At least k zstd compression (dir 0) or decompression (dir 1) contexts, one per thread. */
+static lt_status zstd_contexts(lt_ac_codec *c, int dir, int k, lt_err *err) {
+  int *have = dir ? &c->n_zd : &c->n_zc;
+  if (*have >= k) return LT_OK;
+  void **arr = realloc(dir ? (void *)c->zd : (void *)c->zc, (size_t)k * sizeof *arr);
+  if (!arr) return lt_errorf(err, LT_ERR_NOMEM, "zstd context table allocation failed");
+  if (dir) c->zd = (ZSTD_DCtx **)arr;
+  else c->zc = (ZSTD_CCtx **)arr;
+  for (; *have < k; ++*have) {
+    arr[*have] = dir ? (void *)ZSTD_createDCtx() : (void *)ZSTD_createCCtx();
+    if (!arr[*have]) return lt_errorf(err, LT_ERR_NOMEM, "zstd context allocation failed");
+  }
+  return LT_OK;
 }
 
 void lt_ac_codec_set_opts(lt_ac_codec *c, const lt_ac_opts *opts) {
@@ -254,8 +266,12 @@ void lt_ac_codec_free(lt_ac_codec *c) {
   scratch_free(&c->payload);
   scratch_free(&c->pranges);
   free_lists(c);
-  ZSTD_freeCCtx(c->zc);
-  ZSTD_freeDCtx(c->zd);
+  scratch_free(&c->zframes);
+  scratch_free(&c->zdir);
+  for (int i = 0; i < c->n_zc; i++) ZSTD_freeCCtx(c->zc[i]);
+  for (int i = 0; i < c->n_zd; i++) ZSTD_freeDCtx(c->zd[i]);
+  free(c->zc);
+  free(c->zd);
   lt_free(LT_MEM_WORKSPACE, c, sizeof *c);
 }
 
@@ -447,6 +463,43 @@ static size_t plane_rows_ints(int64_t h, int64_t w) {
   return h * w <= AC_PLANE_MAX ? (size_t)(2 * (h * w + w)) : (size_t)(3 * (w + 1));
 }
 
+/* The zstd pass: raw cut into slices of AC_ZSTD_SLICE bytes (the last takes the remainder, so
+ * the frames depend on the size alone, not on the thread count), each compressed as its own frame
+ * by one thread, the frames then placed back to back at pay. *stored is their total, or raw_bytes
+ * with raw copied to pay when they would not be smaller. */
+static lt_status zstd_pack(lt_ac_codec *c, const uint8_t *raw, size_t raw_bytes, uint8_t *pay,
+                           size_t *stored, lt_err *err) {
+  int64_t ns = (int64_t)(raw_bytes / AC_ZSTD_SLICE);
+  ns = ns < 1 ? 1 : ns > AC_ZSTD_MAX_FRAMES ? AC_ZSTD_MAX_FRAMES : ns;
+  const size_t slice = raw_bytes / (size_t)ns;
+  const size_t bound = ZSTD_compressBound(slice + raw_bytes % (size_t)ns);
+  const int tz = codec_threads(c, AC_PAR_MIN, ns);
+  size_t *zlen = scratch_get(&c->zdir, (size_t)ns * sizeof *zlen, err);
+  uint8_t *zb = scratch_get(&c->zframes, (size_t)ns * bound, err);
+  if (!zlen || !zb) return err ? err->status : LT_ERR_NOMEM;
+  lt_status st = zstd_contexts(c, 0, tz, err);
+  if (st) return st;
+  int failed = 0;
+#pragma omp parallel for num_threads(tz) schedule(static) reduction(| : failed)
+  for (int64_t i = 0; i < ns; i++) {
+    const size_t len = i == ns - 1 ? raw_bytes - (size_t)i * slice : slice;
+    zlen[i] = ZSTD_compressCCtx(c->zc[omp_get_thread_num()], zb + (size_t)i * bound, bound,
+                                raw + (size_t)i * slice, len, c->opts.zstd_level);
+    failed |= ZSTD_isError(zlen[i]) != 0;
+  }
+  size_t total = 0;
+  for (int64_t i = 0; i < ns && !failed; i++) total += zlen[i];
+  if (failed || total >= raw_bytes) {
+    memcpy(pay, raw, raw_bytes);
+    *stored = raw_bytes;
+    return LT_OK;
+  }
+  for (int64_t i = 0, at = 0; i < ns; at += (int64_t)zlen[i], i++)
+    memcpy(pay + at, zb + (size_t)i * bound, zlen[i]);
+  *stored = total;
+  return LT_OK;
+}
+
 static lt_status lorenzo_encode(lt_ac_codec *c, const float *x, int ndim, const int64_t *shape,
                                 double eb, const ac_affine *af, lt_ac_buf *out, lt_err *err) {
   int64_t n, h, w;
@@ -552,7 +605,7 @@ static lt_status lorenzo_encode(lt_ac_codec *c, const float *x, int ndim, const 
   const size_t table_bytes = (size_t)nsym * 3, chunk_bytes = (size_t)nchunks * 4;
   const size_t raw_cap = (size_t)n * 2 + 16;
   const int use_zstd = c->opts.zstd_level > 0;
-  const size_t pay_cap = use_zstd ? ZSTD_compressBound(raw_cap) : raw_cap;
+  const size_t pay_cap = raw_cap; /* zstd output is kept only when smaller than the raw bits */
   const size_t tail_bytes = (size_t)(nesc + nout) * 12;
   if ((st = ac_buf_reserve(out, AC_HEADER_BYTES + table_bytes + chunk_bytes + pay_cap + tail_bytes,
                            err)))
@@ -613,13 +666,9 @@ static lt_status lorenzo_encode(lt_ac_codec *c, const float *x, int ndim, const 
   size_t stored = raw_bytes;
   uint8_t flags = 0;
   if (use_zstd) {
-    size_t z = ZSTD_compressCCtx(c->zc, pay, pay_cap, raw, raw_bytes, c->opts.zstd_level);
-    if (!ZSTD_isError(z) && z < raw_bytes) {
-      stored = z;
-      flags |= AC_FLAG_ZSTD;
-    } else {
-      memcpy(pay, raw, raw_bytes);
-    }
+    st = zstd_pack(c, raw, raw_bytes, pay, &stored, err);
+    if (st) return st;
+    if (stored < raw_bytes) flags |= AC_FLAG_ZSTD;
   }
 
   uint8_t *ep = pay + stored;
@@ -835,6 +884,46 @@ static int decode_groups(const ac_huff_dec *dec, const ac_hdr *hd, const uint8_t
   return ac_huff_decode_group(dec, payload, hd->raw_bytes, ch, nch);
 }
 
+/* The zstd frames of the payload, decompressed in parallel into raw. Each frame's compressed and
+ * content sizes are read from its header first: at most AC_ZSTD_MAX_FRAMES frames, each with a
+ * declared content size of at least one byte (no skippable or size-less frames), exactly filling
+ * the stored bytes and, together, the raw payload size; each must then decode to its size. */
+static lt_status zstd_unpack(lt_ac_codec *c, const ac_hdr *hd, uint8_t *raw, lt_err *err) {
+  uint64_t *dir = scratch_get(&c->zdir, (size_t)AC_ZSTD_MAX_FRAMES * 4 * sizeof *dir, err);
+  if (!dir) return err ? err->status : LT_ERR_NOMEM;
+  int64_t nf = 0;
+  uint64_t at = 0, out = 0;
+  while (at < hd->stored_bytes) {
+    if (nf == AC_ZSTD_MAX_FRAMES) return BAD("more than %d zstd frames", AC_ZSTD_MAX_FRAMES);
+    const size_t fsz = ZSTD_findFrameCompressedSize(hd->payload + at, hd->stored_bytes - at);
+    if (ZSTD_isError(fsz) || fsz == 0) return BAD("zstd frame %lld is malformed", (long long)nf);
+    const unsigned long long csz = ZSTD_getFrameContentSize(hd->payload + at, fsz);
+    if (csz == ZSTD_CONTENTSIZE_UNKNOWN || csz == ZSTD_CONTENTSIZE_ERROR || csz == 0 ||
+        csz > hd->raw_bytes - out)
+      return BAD("zstd frame %lld does not declare a size within the payload", (long long)nf);
+    dir[4 * nf] = at;
+    dir[4 * nf + 1] = fsz;
+    dir[4 * nf + 2] = out;
+    dir[4 * nf + 3] = csz;
+    at += fsz;
+    out += csz;
+    nf++;
+  }
+  if (out != hd->raw_bytes) return BAD("zstd frames hold %llu bytes, the payload %llu",
+                                       (unsigned long long)out, (unsigned long long)hd->raw_bytes);
+  const int tz = codec_threads(c, AC_PAR_MIN, nf);
+  lt_status st = zstd_contexts(c, 1, tz, err);
+  if (st) return st;
+  int bad = 0;
+#pragma omp parallel for num_threads(tz) schedule(static) reduction(| : bad)
+  for (int64_t i = 0; i < nf; i++) {
+    size_t got = ZSTD_decompressDCtx(c->zd[omp_get_thread_num()], raw + dir[4 * i + 2],
+                                     dir[4 * i + 3], hd->payload + dir[4 * i], dir[4 * i + 1]);
+    bad |= ZSTD_isError(got) || got != dir[4 * i + 3];
+  }
+  return bad ? BAD("zstd payload does not decode") : LT_OK;
+}
+
 static lt_status lorenzo_decode(lt_ac_codec *c, const uint8_t *src, size_t len, float *x,
                                 int64_t n, lt_err *err) {
   ac_hdr hd;
@@ -854,12 +943,9 @@ static lt_status lorenzo_decode(lt_ac_codec *c, const uint8_t *src, size_t len, 
 
   const uint8_t *payload = hd.payload;
   if (hd.zstd) {
-    unsigned long long fcs = ZSTD_getFrameContentSize(hd.payload, hd.stored_bytes);
-    if (fcs != hd.raw_bytes) return BAD("zstd frame size does not match the payload size");
     uint8_t *raw = scratch_get(&c->payload, hd.raw_bytes, err);
     if (!raw) return err ? err->status : LT_ERR_NOMEM;
-    size_t got = ZSTD_decompressDCtx(c->zd, raw, hd.raw_bytes, hd.payload, hd.stored_bytes);
-    if (ZSTD_isError(got) || got != hd.raw_bytes) return BAD("zstd payload does not decode");
+    if ((st = zstd_unpack(c, &hd, raw, err))) return st;
     payload = raw;
   }
   uint64_t *cstart = scratch_get(&c->chunks, (size_t)(hd.nchunks + 1) * sizeof *cstart, err);
