@@ -1,10 +1,12 @@
 /* Writes valid streams of every codec kind into a folder: the seed corpus of fuzz_decode.
  * Usage: actcomp_fuzz_seeds DIR */
+#include "actcomp/ac_internal.h"
 #include "lathe/actcomp.h"
 
 #include <stdio.h>
 #include <stdlib.h>
 #include <sys/stat.h>
+#include <zstd.h>
 
 static int write_seed(const char *dir, const char *name, int mode, const lt_ac_buf *b) {
   char path[4096];
@@ -15,6 +17,48 @@ static int write_seed(const char *dir, const char *name, int mode, const lt_ac_b
   fwrite(&m, 1, 1, f);
   fwrite(b->data, 1, b->len, f);
   return fclose(f);
+}
+
+/* b with its payload (Huffman bits, raw or one zstd frame) replaced by nf zstd frames of it, the
+ * zstd flag set: the multi-frame form the encoder writes for payloads of AC_ZSTD_SLICE bytes and
+ * more, made here from a small stream so that the fuzzer's inputs stay small. */
+static int multi_frame(const lt_ac_buf *b, int nf, lt_ac_buf *out) {
+  ac_hdr hd;
+  lt_err err = {0};
+  if (ac_parse_header(b->data, b->len, &hd, &err)) return -1;
+  const uint8_t *pay = b->data + hd.off_payload;
+  uint8_t *raw = malloc(hd.raw_bytes + 1);
+  const size_t cap = (size_t)nf * ZSTD_compressBound(hd.raw_bytes);
+  uint8_t *z = malloc(cap);
+  size_t zl = 0;
+  int rc = !raw || !z;
+  if (!rc && hd.zstd)
+    rc = ZSTD_decompress(raw, hd.raw_bytes, pay, hd.stored_bytes) != hd.raw_bytes;
+  else if (!rc)
+    memcpy(raw, pay, hd.raw_bytes);
+  const size_t sl = hd.raw_bytes / (size_t)nf;
+  for (int i = 0; i < nf && !rc; i++) {
+    size_t n = i == nf - 1 ? hd.raw_bytes - (size_t)i * sl : sl;
+    size_t r = ZSTD_compress(z + zl, cap - zl, raw + (size_t)i * sl, n, 1);
+    rc = ZSTD_isError(r) != 0;
+    zl += rc ? 0 : r;
+  }
+  const size_t tail = b->len - hd.off_esc;
+  if (!rc) rc = ac_buf_reserve(out, hd.off_payload + zl + tail, &err) != LT_OK;
+  if (!rc) {
+    memcpy(out->data, b->data, hd.off_payload);
+    memcpy(out->data + hd.off_payload, z, zl);
+    memcpy(out->data + hd.off_payload + zl, b->data + hd.off_esc, tail);
+    out->len = hd.off_payload + zl + tail;
+    out->data[7] |= AC_FLAG_ZSTD;
+    ac_put_u64(out->data + 120, zl);
+    ac_put_u32(out->data + AC_CRC_OFFSET, ac_stream_checksum(out->data, out->len));
+    lt_ac_info info;
+    rc = lt_ac_stream_info(out->data, out->len, &info, &err) != LT_OK;
+  }
+  free(raw);
+  free(z);
+  return rc ? -1 : 0;
 }
 
 int main(int argc, char **argv) {
@@ -49,6 +93,19 @@ int main(int argc, char **argv) {
       }
     }
   }
+  /* Three frames: decoded like any zstd stream, each frame's sizes read first. */
+  lt_ac_buf m = {0};
+  rc |= lt_ac_encode(c, LT_AC_KIND_LORENZO, x, 4, shape, 0.001, &b, &err);
+  rc |= multi_frame(&b, 3, &m);
+  float y0[N], y1[N];
+  rc |= lt_ac_decode(c, b.data, b.len, y0, N, &err) || lt_ac_decode(c, m.data, m.len, y1, N, &err) ||
+        memcmp(y0, y1, sizeof y0);
+  for (int mode = 0; mode <= 1 && !rc; mode++) {
+    char name[64];
+    snprintf(name, sizeof name, "lorenzo-frames-%d", mode);
+    rc |= write_seed(argv[1], name, mode, &m);
+  }
+  lt_ac_buf_free(&m);
   rc |= lt_ac_encode(c, LT_AC_KIND_ZSTD, x, 4, shape, 0, &b, &err);
   rc |= write_seed(argv[1], "zstd", 0, &b);
   if (lt_ac_kind_available(LT_AC_KIND_ZFP)) {
