@@ -6,6 +6,7 @@
  * ResNet-20 layers to the gradient-error check) */
 #include "fake_device.h"
 #include "lathe/actcomp.h"
+#include "relu_field.h"
 #include "test.h"
 
 #include <hdf5.h>
@@ -510,6 +511,104 @@ TEST_CASE(stash_bn_input_normalised_and_conv_input_rebuilt_from_it) {
 }
 
 
+/* x (c, h, w) → ReLU → 3×3 conv to s channels; the two nodes' ids to nr and nc. */
+static lt_graph *relu_conv_graph(int c, int h, int w, int s, int *nr, int *nc) {
+  lt_err err = {0};
+  lt_graph *g = lt_graph_new();
+  if (!g) return NULL;
+  int x = lt_graph_add_input(g, "x", LT_F32, 3, (int64_t[]){c, h, w});
+  int r = lt_graph_add_node(g, LT_OP_RELU, "relu", (int[]){x}, 1, NULL, &err);
+  int wt = lt_graph_add_param(g, "conv.w", lt_tensor_new(LT_F32, 4, (int64_t[]){s, c, 3, 3}, LT_MEM_WEIGHTS, &err), 1);
+  lt_node_attrs ca = lt_attrs_conv(3, 1, 1, 1, 1);
+  int o = lt_graph_add_node(g, LT_OP_CONV2D, "conv", (int[]){r, wt}, 2, &ca, &err);
+  if (r < 0 || o < 0) {
+    lt_graph_free(g);
+    return NULL;
+  }
+  lt_graph_set_output(g, o);
+  *nr = g->values[r].producer, *nc = g->values[o].producer;
+  return g;
+}
+
+/* A conv input that is a ReLU output, with the ReLU's mask held, is coded as its non-zeros only:
+ * it restores exactly what the plain codec restores at the same bound (the element-wise
+ * reconstruction is the same), zeros exact, in fewer bytes than the plain stream, also after
+ * the mask's own handle is released; a tensor that is not zero everywhere the mask is clear (a
+ * NaN, or another tensor) falls back to the plain codec. Odd sizes over several threads' blocks. */
+TEST_CASE(stash_relu_output_conv_input_coded_as_its_non_zeros) {
+  enum { B = 3, C = 5, H = 67, W = 129, N = B * C * H * W };
+  int nr, nc;
+  lt_graph *g = relu_conv_graph(C, H, W, 4, &nr, &nc);
+  REQUIRE(g);
+  float *x = malloc(N * sizeof *x), *y = malloc(N * sizeof *y), *ref = malloc(N * sizeof *ref);
+  ac_test_fill_relu(&rng, x, B * C, H, W);
+  int64_t zeros = 0;
+  for (int64_t i = 0; i < N; i++) zeros += x[i] == 0.0f;
+  REQUIRE(zeros > N / 4 && zeros < 3 * N / 4);
+  const double eb = 0.02;
+  lt_err err = {0};
+  lt_ac_codec *codec = lt_ac_codec_new(NULL, &err);
+  lt_ac_buf plain = {0};
+  int64_t shape[4] = {B, C, H, W};
+  REQUIRE(lt_ac_encode(codec, LT_AC_KIND_LORENZO, x, 4, shape, eb, &plain, &err) == LT_OK);
+  REQUIRE(lt_ac_decode(codec, plain.data, plain.len, ref, N, &err) == LT_OK);
+  lt_tensor t = lt_tensor_wrap(LT_F32, 4, shape, x), d = lt_tensor_wrap(LT_F32, 4, shape, y);
+  for (int variant = 0; variant < 3; variant++) {
+    lt_ac_config cfg = lt_ac_config_default();
+    cfg.mode = LT_AC_FIXED;
+    cfg.eb = eb;
+    lt_ac_stash *st = lt_ac_stash_new(&cfg, &err);
+    REQUIRE(st);
+    const lt_stash_policy *p = lt_ac_stash_policy(st);
+    /* variant 1: a NaN where the mask is clear; variant 2: the mask of another tensor */
+    float *in = malloc(N * sizeof *in);
+    memcpy(in, x, N * sizeof *in);
+    int64_t z0 = 0;
+    while (x[z0] != 0.0f) z0++;
+    if (variant == 1) in[z0] = NAN;
+    lt_tensor ti = lt_tensor_wrap(LT_F32, 4, shape, in);
+    float *other = malloc(N * sizeof *other);
+    for (int64_t i = 0; i < N; i++) other[i] = x[(i + 7) % N];
+    lt_tensor to = lt_tensor_wrap(LT_F32, 4, shape, other);
+    void *hm, *hc;
+    REQUIRE(p->store(p->user, g, nr, 0, LT_SAVE_RELU_OUTPUT, variant == 2 ? &to : &t, NULL, NULL,
+                     &hm, &err) == LT_OK);
+    REQUIRE(p->store(p->user, g, nc, 0, LT_SAVE_WEIGHT_INPUT, &ti, NULL, NULL, &hc, &err) ==
+            LT_OK);
+    lt_ac_stash_step_end(st);
+    lt_ac_report rep;
+    lt_ac_stash_report(st, &rep);
+    int64_t held = -1;
+    for (int i = 0; i < rep.n_layers; i++)
+      if (rep.layers[i].node == nc) held = rep.layers[i].bytes_held;
+    p->release(p->user, hm); /* the conv's entry keeps the mask it needs */
+    memset(y, 0xA5, N * sizeof *y);
+    REQUIRE(p->load(p->user, hc, &d, &err) == LT_OK);
+    if (variant == 0) {
+      CHECK_MSG(held > 0 && held < (int64_t)plain.len * 95 / 100,
+                "held %lld bytes, the plain stream is %zu", (long long)held, plain.len);
+      CHECK(!memcmp(y, ref, N * sizeof *y));
+    } else {
+      CHECK_MSG(held >= (int64_t)plain.len, "variant %d held %lld bytes, the plain stream %zu",
+                variant, (long long)held, plain.len);
+      int64_t bad = 0;
+      for (int64_t i = 0; i < N; i++)
+        bad += isnan(in[i]) ? !isnan(y[i]) : !(fabs((double)in[i] - y[i]) <= eb) || (in[i] == 0 && y[i] != 0);
+      CHECK_MSG(bad == 0, "variant %d: %lld elements wrong", variant, (long long)bad);
+    }
+    p->release(p->user, hc);
+    lt_ac_stash_free(st);
+    free(in);
+    free(other);
+  }
+  lt_ac_buf_free(&plain);
+  lt_ac_codec_free(codec);
+  lt_graph_free(g);
+  free(x);
+  free(y);
+  free(ref);
+}
+
 TEST_CASE(controller_first_window_exact_then_formula_bound) {
   /* One step of statistics with window 1: eb = rho·√3·mean|G| / (δ_rms·√(N(1−R))). */
   enum { N = 2, C = 3, H = 6, W = 6, S = 4 };
@@ -883,6 +982,7 @@ int main(int argc, char **argv) {
   RUN(stash_relative_mode_bound_follows_the_value_range);
   RUN(stash_bn_input_uses_the_forward_statistics);
   RUN(stash_bn_input_normalised_and_conv_input_rebuilt_from_it);
+  RUN(stash_relu_output_conv_input_coded_as_its_non_zeros);
   RUN(device_stash_restores_what_the_host_stash_restores);
   RUN(controller_first_window_exact_then_formula_bound);
   RUN(controller_initial_eb_compresses_the_first_window);

@@ -385,10 +385,13 @@ TEST_CASE(device_stash_matches_the_host_stash) {
     CHECK(b.peak_dense == peak_dense);
     /* The device entries keep γ and β beside the statistics (8 bytes a channel); the fake
      * device's codec tries zstd on every stream, where the host stash stops trying it on nodes
-     * it does not pay for; a GPU's streams are sized by its own encoder (smaller Huffman chunks,
-     * no zstd pass). */
+     * it does not pay for; the host codes a conv input that is a ReLU output as its non-zeros
+     * alone (the mask holds the zeros), the device the whole tensor; a GPU's streams are sized by
+     * its own encoder (smaller Huffman chunks, no zstd pass). */
     CHECK(b.peak_held > 0 && (double)peak_dense / (double)b.peak_held > (m < 2 ? 2.5 : 1.3));
-    CHECK_NEAR((double)b.peak_held / (double)peak_host, 1.0, real ? 0.3 : 0.05);
+    const double held_ratio = (double)b.peak_held / (double)peak_host;
+    CHECK_MSG(held_ratio > 0.95 && held_ratio < (real ? 1.3 : 1.1),
+              "the device holds %.3fx the host's bytes", held_ratio);
     /* The same layers, with bounds and sampled dW errors of the same size. */
     CHECK(a.n_layers == b.n_layers);
     int sampled = 0;

@@ -4,6 +4,10 @@
  * What is kept for backward, and how:
  *   conv/linear inputs (LT_SAVE_WEIGHT_INPUT)  the LORENZO codec at the layer's current eb; their
  *                                              error stays in that layer's dW
+ *   conv/linear input that is a ReLU output    on the host, when that ReLU's mask is held: the
+ *   (each ResNet block's output)               codec over its non-zeros only, packed in order
+ *                                              (the zeros are the mask's clear bits, so exact and
+ *                                              free), restored by expanding them along the mask
  *   ReLU outputs (LT_SAVE_RELU_OUTPUT)         a 1-bit mask, restored as 1.0/0.0 (the same sign
  *                                              pattern, which is all ReLU backward reads)
  *   2×2 max-pool argmax (LT_SAVE_POOL_ARGMAX)  2 bits per window, exact copy if an index is > 3
@@ -55,7 +59,9 @@ enum {
   FORM_PACK2,
   FORM_BN_EXACT,  /* batch-norm input, exact copy, with per-channel statistics */
   FORM_BN_CODEC,  /* batch-norm input, normalised-domain codec stream, with the statistics */
-  FORM_DERIVED    /* conv input ReLU(BN(x)): rebuilt from a BN entry and a mask entry */
+  FORM_DERIVED,   /* conv input ReLU(BN(x)): rebuilt from a BN entry and a mask entry */
+  FORM_MASKED     /* conv input that is a ReLU output: a stream of its non-zeros, in the order
+                     of the mask entry's set bits (one ref) */
 };
 
 #define AC_MIN_ELEMS 128 /* smaller tensors stay exact: header and table outweigh the data */
@@ -79,7 +85,8 @@ typedef struct ac_entry {
   float *gb;          /* FORM_BN_* on a device: γ then β (nchan each, host copies of the
                          executor's parameters as the forward read them), LT_MEM_SAVED; NULL
                          on the host, which reads the graph's */
-  struct ac_entry *bn, *mask; /* FORM_DERIVED: the entries it is rebuilt from (one ref each) */
+  struct ac_entry *bn, *mask; /* FORM_DERIVED: the entries it is rebuilt from (one ref each);
+                                 FORM_MASKED: mask only */
 } ac_entry;
 
 static size_t entry_held(const ac_entry *e) {
@@ -130,6 +137,11 @@ struct lt_ac_stash {
   float *zdec;                 /* (zdec_cap) LT_MEM_WORKSPACE */
   int64_t zdec_cap;
   const struct ac_entry *zdec_of; /* the entry zdec holds, or NULL */
+  float *cbuf;                 /* (cbuf_cap) a FORM_MASKED entry's packed non-zeros (host),
+                                  LT_MEM_WORKSPACE */
+  int64_t cbuf_cap;
+  int64_t *moffs;              /* (moffs_cap) set bits before each mask block, LT_MEM_WORKSPACE */
+  int64_t moffs_cap;
   float *aff;                  /* (2 × affcap) per-channel offsets then scales, LT_MEM_WORKSPACE */
   int64_t affcap;
   ac_layer *layers;            /* (n_layers) indexed by node id, owned */
@@ -809,6 +821,170 @@ int64_t ac_count_zeros(const float *x, int64_t n) {
   return zeros;
 }
 
+/* ---- ReLU outputs packed along their mask (FORM_MASKED) -------------------------------------- */
+
+#define AC_MBLOCK 4096 /* mask elements per parallel block (a multiple of 64) */
+#define AC_MROW 1024   /* packed non-zeros per codec row: streams are (rows, 1, AC_MROW) */
+
+/* offs[b] = set bits of mask before block b (AC_MBLOCK elements), offs[nb] = all of them; bits
+ * past n are not counted. */
+static void mask_offsets(const uint8_t *mask, int64_t n, int64_t *offs) {
+  const int64_t nb = (n + AC_MBLOCK - 1) / AC_MBLOCK;
+#pragma omp parallel for schedule(static) if (n >= 65536)
+  for (int64_t b = 0; b < nb; b++) {
+    const int64_t i0 = b * AC_MBLOCK, i1 = i0 + AC_MBLOCK < n ? i0 + AC_MBLOCK : n;
+    int64_t c = 0, i = i0;
+    for (; i + 64 <= i1; i += 64) {
+      uint64_t v;
+      memcpy(&v, mask + i / 8, 8);
+      c += __builtin_popcountll(v);
+    }
+    for (; i < i1; i++) c += (mask[i >> 3] >> (i & 7)) & 1;
+    offs[b + 1] = c;
+  }
+  offs[0] = 0;
+  for (int64_t b = 0; b < nb; b++) offs[b + 1] += offs[b];
+}
+
+/* One block's elements with a set bit, in order, to *o (advanced); *nz records an element that
+ * is not zero where its bit is clear. A register compress then a full store writes up to 15
+ * floats past the packed ones, which later groups overwrite: it is used only while 16 floats
+ * fit before end (the block's output end), masked stores after, so nothing lands in another
+ * block's output. Returns the elements done (a multiple of 16). */
+__attribute__((target("avx512f"))) static int64_t pack_block_avx512(const float *x,
+                                                                  const uint8_t *mask, int64_t n,
+                                                                  float **o, const float *end,
+                                                                  int *nz) {
+  const __m512 zero = _mm512_setzero_ps();
+  float *p = *o;
+  __mmask16 bad = 0;
+  int64_t i = 0;
+  for (; i + 16 <= n; i += 16) {
+    __mmask16 m;
+    memcpy(&m, mask + i / 8, 2);
+    const __m512 v = _mm512_loadu_ps(x + i);
+    bad |= _mm512_mask_cmp_ps_mask((__mmask16)~m, v, zero, _CMP_NEQ_UQ);
+    if (p + 16 <= end) _mm512_storeu_ps(p, _mm512_maskz_compress_ps(m, v));
+    else _mm512_mask_compressstoreu_ps(p, m, v);
+    p += __builtin_popcount(m);
+  }
+  *o = p;
+  *nz |= bad != 0;
+  return i;
+}
+
+/* x's elements with a set mask bit, in order, into z (offs from mask_offsets). 0, or -1 when x
+ * is not exactly zero (or is NaN) somewhere its bit is clear: the mask is not this tensor's. */
+static int mask_pack_values(const float *x, const uint8_t *mask, int64_t n, const int64_t *offs,
+                            float *z) {
+  const int avx512 = have_avx512();
+  const int64_t nb = (n + AC_MBLOCK - 1) / AC_MBLOCK;
+  int nz = 0;
+#pragma omp parallel for schedule(static) reduction(| : nz) if (n >= 65536)
+  for (int64_t b = 0; b < nb; b++) {
+    const int64_t i0 = b * AC_MBLOCK, i1 = i0 + AC_MBLOCK < n ? i0 + AC_MBLOCK : n;
+    float *o = z + offs[b];
+    int64_t i = i0;
+    if (avx512) i += pack_block_avx512(x + i0, mask + i0 / 8, i1 - i0, &o, z + offs[b + 1], &nz);
+    for (; i < i1; i++) {
+      if ((mask[i >> 3] >> (i & 7)) & 1) *o++ = x[i];
+      else nz |= x[i] != 0.0f;
+    }
+  }
+  return nz ? -1 : 0;
+}
+
+/* y[i] = the next packed value where mask bit i is set, else 0. z must be readable 16 floats
+ * past its last packed value (the vector loads read whole groups). */
+__attribute__((target("avx512f"))) static int64_t unpack_block_avx512(const uint8_t *mask,
+                                                                    int64_t n, float *y,
+                                                                    const float **s) {
+  const float *p = *s;
+  int64_t i = 0;
+  for (; i + 16 <= n; i += 16) {
+    __mmask16 m;
+    memcpy(&m, mask + i / 8, 2);
+    _mm512_storeu_ps(y + i, _mm512_maskz_expand_ps(m, _mm512_loadu_ps(p)));
+    p += __builtin_popcount(m);
+  }
+  *s = p;
+  return i;
+}
+
+static void mask_unpack_values(const float *z, const uint8_t *mask, int64_t n,
+                               const int64_t *offs, float *y) {
+  const int avx512 = have_avx512();
+  const int64_t nb = (n + AC_MBLOCK - 1) / AC_MBLOCK;
+#pragma omp parallel for schedule(static) if (n >= 65536)
+  for (int64_t b = 0; b < nb; b++) {
+    const int64_t i0 = b * AC_MBLOCK, i1 = i0 + AC_MBLOCK < n ? i0 + AC_MBLOCK : n;
+    const float *s = z + offs[b];
+    int64_t i = i0 + (avx512 ? unpack_block_avx512(mask + i0 / 8, i1 - i0, y + i0, &s) : 0);
+    for (; i < i1; i++) y[i] = (mask[i >> 3] >> (i & 7)) & 1 ? *s++ : 0.0f;
+  }
+}
+
+/* Host scratch for a packed tensor of n elements: cbuf for rows × AC_MROW floats plus 16 (the
+ * unpack's vector reads), moffs for the block offsets. */
+static lt_status masked_scratch(lt_ac_stash *st, int64_t n, int64_t rows, lt_err *err) {
+  const int64_t nf = rows * AC_MROW + 16, nb = (n + AC_MBLOCK - 1) / AC_MBLOCK + 1;
+  if (nf > st->cbuf_cap) {
+    float *p = lt_alloc(LT_MEM_WORKSPACE, (size_t)nf * sizeof *p, err);
+    if (!p) return err ? err->status : LT_ERR_NOMEM;
+    lt_free(LT_MEM_WORKSPACE, st->cbuf, (size_t)st->cbuf_cap * sizeof *st->cbuf);
+    st->cbuf = p;
+    st->cbuf_cap = nf;
+  }
+  if (nb > st->moffs_cap) {
+    int64_t *p = lt_alloc(LT_MEM_WORKSPACE, (size_t)nb * sizeof *p, err);
+    if (!p) return err ? err->status : LT_ERR_NOMEM;
+    lt_free(LT_MEM_WORKSPACE, st->moffs, (size_t)st->moffs_cap * sizeof *st->moffs);
+    st->moffs = p;
+    st->moffs_cap = nb;
+  }
+  return LT_OK;
+}
+
+/* Stores the ReLU output t (a conv's input, host memory) as its non-zeros at bound eb, given the
+ * ReLU's mask entry m: sets *done when e holds it. Nothing is stored (and *done stays 0) when t
+ * has a non-zero where m's bit is clear, or when the stream would not be smaller than the plain
+ * codec's worst case, the dense tensor. */
+static lt_status store_masked(lt_ac_stash *st, ac_layer *l, const lt_tensor *t, double eb,
+                              ac_entry *m, ac_entry *e, int *done, lt_err *err) {
+  *done = 0;
+  const int64_t rows = (m->nnz + AC_MROW - 1) / AC_MROW;
+  TRY(masked_scratch(st, e->n, rows, err));
+  mask_offsets(m->data, e->n, st->moffs);
+  if (st->moffs[(e->n + AC_MBLOCK - 1) / AC_MBLOCK] != m->nnz ||
+      mask_pack_values(lt_tensor_f32(t), m->data, e->n, st->moffs, st->cbuf))
+    return LT_OK;
+  memset(st->cbuf + m->nnz, 0, (size_t)(rows * AC_MROW - m->nnz) * sizeof *st->cbuf);
+  const int ztry = zstd_begin(st, l);
+  TRY(lt_ac_encode(st->codec, LT_AC_KIND_LORENZO, st->cbuf, 3, (int64_t[]){rows, 1, AC_MROW}, eb,
+                   &st->tmp, err));
+  zstd_end(st, l, ztry);
+  if (st->tmp.len >= (size_t)e->dense) return LT_OK;
+  if (!(e->data = lt_alloc(LT_MEM_SAVED, st->tmp.len, err))) return err ? err->status : LT_ERR_NOMEM;
+  memcpy(e->data, st->tmp.data, st->tmp.len);
+  e->bytes = st->tmp.len;
+  e->form = FORM_MASKED;
+  e->mask = m;
+  m->refs++;
+  *done = 1;
+  return LT_OK;
+}
+
+/* Restores a FORM_MASKED entry into y: the stream's values expanded along the mask. */
+static lt_status load_masked(lt_ac_stash *st, const ac_entry *e, float *y, lt_err *err) {
+  const ac_entry *m = e->mask;
+  const int64_t rows = (m->nnz + AC_MROW - 1) / AC_MROW;
+  TRY(masked_scratch(st, e->n, rows, err));
+  TRY(lt_ac_decode(st->codec, e->data, e->bytes, st->cbuf, rows * AC_MROW, err));
+  mask_offsets(m->data, e->n, st->moffs);
+  mask_unpack_values(st->cbuf, m->data, e->n, st->moffs, y);
+  return LT_OK;
+}
+
 /* Frees e and what it owns (not its sources). */
 static void entry_free(lt_ac_stash *st, ac_entry *e) {
   mem_free(st, e->data, e->bytes, LT_MEM_SAVED);
@@ -958,8 +1134,15 @@ static lt_status st_store(void *user, const lt_graph *g, int node, int slot, lt_
     if ((rc = store_bn(st, g, node, t, in, aux, e, &eb_used, err))) goto fail;
   } else if (try_derive(st, g, node, slot, eb, e, &eb_used)) {
     /* nothing of its own */
-  } else if ((rc = store_plain(st, l, kind, t, eb, e, &eb_used, err))) {
-    goto fail;
+  } else {
+    int done = 0;
+    ac_entry *m = kind == LT_SAVE_WEIGHT_INPUT && f32 && eb > 0 && !st->dops
+                      ? (ac_entry *)relu_mask_of_input(st, g, node, e->n)
+                      : NULL;
+    if (m && m->nnz >= AC_MIN_ELEMS && (rc = store_masked(st, l, t, eb, m, e, &done, err)))
+      goto fail;
+    if (done) eb_used = eb;
+    else if ((rc = store_plain(st, l, kind, t, eb, e, &eb_used, err))) goto fail;
   }
 
   l->eb_used = eb_used;
@@ -1008,7 +1191,7 @@ static lt_status st_store(void *user, const lt_graph *g, int node, int slot, lt_
 fail:
   lt_err_prefix(err, "stash: node %d (%s)", node,
                 g && node < g->n_nodes && g->nodes[node].name ? g->nodes[node].name : "?");
-  if (e->form == FORM_DERIVED) {
+  if (e->form == FORM_DERIVED || e->form == FORM_MASKED) {
     entry_unref(st, e->bn);
     entry_unref(st, e->mask);
   }
@@ -1035,6 +1218,7 @@ static lt_status st_load(void *user, void *handle, lt_tensor *dst, lt_err *err) 
   case FORM_BN_EXACT:
   case FORM_BN_CODEC: rc = load_bn(st, e, lt_tensor_f32(dst), err); break;
   case FORM_DERIVED: rc = load_derived(st, e, lt_tensor_f32(dst), err); break;
+  case FORM_MASKED: rc = load_masked(st, e, lt_tensor_f32(dst), err); break;
   case FORM_MASK1:
     if (d) rc = d->mask1_unpack(st->dctx, e->data, e->n, lt_tensor_f32(dst), err);
     else ac_mask1_unpack(e->data, e->n, lt_tensor_f32(dst));
@@ -1288,6 +1472,8 @@ void lt_ac_stash_free(lt_ac_stash *st) {
   lt_ac_buf_free(&st->tmp);
   lt_free(LT_MEM_WORKSPACE, st->zbuf, (size_t)st->zcap * sizeof *st->zbuf);
   mem_free(st, st->zdec, (size_t)st->zdec_cap * sizeof *st->zdec, LT_MEM_WORKSPACE);
+  lt_free(LT_MEM_WORKSPACE, st->cbuf, (size_t)st->cbuf_cap * sizeof *st->cbuf);
+  lt_free(LT_MEM_WORKSPACE, st->moffs, (size_t)st->moffs_cap * sizeof *st->moffs);
   lt_free(LT_MEM_WORKSPACE, st->aff, (size_t)st->affcap * 2 * sizeof *st->aff);
   lt_free(LT_MEM_WORKSPACE, st->stage, (size_t)st->stage_cap * sizeof *st->stage);
   if (st->dops) st->dops->close(st->dctx);
