@@ -145,7 +145,8 @@ struct lt_ac_codec {
   int64_t lscratch[3 * AC_NSYM];
   ac_huff_dec dec;
   ac_scratch zframes; /* zstd frames being written: (slices) regions of compressBound bytes */
-  ac_scratch zdir;    /* decoding: (frames, 4) u64 source offset, size, raw offset, size */
+  ac_scratch zdir;    /* zstd frame sizes: (slices) size_t encoding; (frames, 4) u64 source
+                         offset, size, raw offset, size decoding */
   ZSTD_CCtx **zc;     /* (n_zc) one per thread */
   ZSTD_DCtx **zd;     /* (n_zd) */
   int n_zc, n_zd;
@@ -219,17 +220,22 @@ lt_ac_codec *lt_ac_codec_new(const lt_ac_opts *opts, lt_err *err) {
   return c;
 }
 
-/* At least k zstd compression (dir 0) or decompression (dir 1) contexts, one per thread. */
+/* At least k zstd compression contexts (dir 0) or decompression contexts (dir 1): one a thread. */
 static lt_status zstd_contexts(lt_ac_codec *c, int dir, int k, lt_err *err) {
-  int *have = dir ? &c->n_zd : &c->n_zc;
-  if (*have >= k) return LT_OK;
-  void **arr = realloc(dir ? (void *)c->zd : (void *)c->zc, (size_t)k * sizeof *arr);
-  if (!arr) return lt_errorf(err, LT_ERR_NOMEM, "zstd context table allocation failed");
-  if (dir) c->zd = (ZSTD_DCtx **)arr;
-  else c->zc = (ZSTD_CCtx **)arr;
-  for (; *have < k; ++*have) {
-    arr[*have] = dir ? (void *)ZSTD_createDCtx() : (void *)ZSTD_createCCtx();
-    if (!arr[*have]) return lt_errorf(err, LT_ERR_NOMEM, "zstd context allocation failed");
+  if (dir && c->n_zd < k) {
+    ZSTD_DCtx **a = realloc(c->zd, (size_t)k * sizeof *a);
+    if (!a) return lt_errorf(err, LT_ERR_NOMEM, "zstd context table allocation failed");
+    c->zd = a;
+    for (; c->n_zd < k; c->n_zd++)
+      if (!(a[c->n_zd] = ZSTD_createDCtx()))
+        return lt_errorf(err, LT_ERR_NOMEM, "zstd context allocation failed");
+  } else if (!dir && c->n_zc < k) {
+    ZSTD_CCtx **a = realloc(c->zc, (size_t)k * sizeof *a);
+    if (!a) return lt_errorf(err, LT_ERR_NOMEM, "zstd context table allocation failed");
+    c->zc = a;
+    for (; c->n_zc < k; c->n_zc++)
+      if (!(a[c->n_zc] = ZSTD_createCCtx()))
+        return lt_errorf(err, LT_ERR_NOMEM, "zstd context allocation failed");
   }
   return LT_OK;
 }
@@ -473,7 +479,7 @@ static lt_status zstd_pack(lt_ac_codec *c, const uint8_t *raw, size_t raw_bytes,
   ns = ns < 1 ? 1 : ns > AC_ZSTD_MAX_FRAMES ? AC_ZSTD_MAX_FRAMES : ns;
   const size_t slice = raw_bytes / (size_t)ns;
   const size_t bound = ZSTD_compressBound(slice + raw_bytes % (size_t)ns);
-  const int tz = codec_threads(c, AC_PAR_MIN, ns);
+  const int tz = codec_threads(c, AC_PAR_MIN, ns); /* no size cut-off: a slice is 64 KiB */
   size_t *zlen = scratch_get(&c->zdir, (size_t)ns * sizeof *zlen, err);
   uint8_t *zb = scratch_get(&c->zframes, (size_t)ns * bound, err);
   if (!zlen || !zb) return err ? err->status : LT_ERR_NOMEM;
