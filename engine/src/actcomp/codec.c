@@ -136,7 +136,7 @@ struct lt_ac_codec {
   int hd_lo, hd_hi, hd_t; /* symbols [hd_lo, hd_hi] of hist rows [0, hd_t) may be nonzero */
   ac_scratch sub;     /* uint32 (threads, 4, AC_NSYM): see hist_add */
   ac_scratch chunks;  /* uint64 (n_chunks): bit counts, then byte offsets */
-  ac_scratch payload; /* raw Huffman payload when a zstd pass runs, either direction */
+  ac_scratch payload; /* raw Huffman payload of a zstd-packed stream being decoded */
   ac_scratch pranges; /* int64 (threads, 2): planes each decode thread finished */
   ac_list *outl, *esc; /* (n_lists) per-thread lists */
   int n_lists;
@@ -469,12 +469,14 @@ static size_t plane_rows_ints(int64_t h, int64_t w) {
   return h * w <= AC_PLANE_MAX ? (size_t)(2 * (h * w + w)) : (size_t)(3 * (w + 1));
 }
 
-/* The zstd pass: raw cut into slices of AC_ZSTD_SLICE bytes (the last takes the remainder, so
- * the frames depend on the size alone, not on the thread count), each compressed as its own frame
- * by one thread, the frames then placed back to back at pay. *stored is their total, or raw_bytes
- * with raw copied to pay when they would not be smaller. */
-static lt_status zstd_pack(lt_ac_codec *c, const uint8_t *raw, size_t raw_bytes, uint8_t *pay,
-                           size_t *stored, lt_err *err) {
+/* The zstd pass over the raw Huffman bits at pay, in place: cut into slices of AC_ZSTD_SLICE
+ * bytes (the last takes the remainder, so the frames depend on the size alone, not on the thread
+ * count), each compressed as its own frame by one thread into scratch sized by the actual bits,
+ * the frames then copied back to back over pay. *stored is their total, or raw_bytes (pay left
+ * as it was) when they would not be smaller. */
+static lt_status zstd_pack(lt_ac_codec *c, uint8_t *pay, size_t raw_bytes, size_t *stored,
+                           lt_err *err) {
+  const uint8_t *raw = pay;
   int64_t ns = (int64_t)(raw_bytes / AC_ZSTD_SLICE);
   ns = ns < 1 ? 1 : ns > AC_ZSTD_MAX_FRAMES ? AC_ZSTD_MAX_FRAMES : ns;
   const size_t slice = raw_bytes / (size_t)ns;
@@ -496,7 +498,6 @@ static lt_status zstd_pack(lt_ac_codec *c, const uint8_t *raw, size_t raw_bytes,
   size_t total = 0;
   for (int64_t i = 0; i < ns && !failed; i++) total += zlen[i];
   if (failed || total >= raw_bytes) {
-    memcpy(pay, raw, raw_bytes);
     *stored = raw_bytes;
     return LT_OK;
   }
@@ -627,9 +628,7 @@ static lt_status lorenzo_encode(lt_ac_codec *c, const float *x, int ndim, const 
     }
   uint8_t *chunk_sec = tp;
   uint8_t *pay = chunk_sec + chunk_bytes;
-  uint8_t *raw = pay;
-  if (use_zstd && !(raw = scratch_get(&c->payload, raw_cap, err)))
-    return err ? err->status : LT_ERR_NOMEM;
+  uint8_t *raw = pay; /* the zstd pass, if any, then packs it in place (zstd_pack) */
 
   /* Huffman chunks, back to back. ac_huff_encode may touch the worst case, 2 bytes a symbol,
    * from where a chunk starts; that start is at most twice the chunk's first symbol, so every
@@ -672,7 +671,7 @@ static lt_status lorenzo_encode(lt_ac_codec *c, const float *x, int ndim, const 
   size_t stored = raw_bytes;
   uint8_t flags = 0;
   if (use_zstd) {
-    st = zstd_pack(c, raw, raw_bytes, pay, &stored, err);
+    st = zstd_pack(c, pay, raw_bytes, &stored, err);
     if (st) return st;
     if (stored < raw_bytes) flags |= AC_FLAG_ZSTD;
   }

@@ -133,13 +133,12 @@ struct lt_ac_stash {
                                   LT_MEM_WORKSPACE */
   int64_t zcap;
   /* The decoded z' of one FORM_BN_CODEC entry, kept from the conv input rebuilt from it (whose
-   * backward runs first) to the batch norm's own backward, so each stream decodes once. */
+   * backward runs first) to the batch norm's own backward, so each stream decodes once. Also a
+   * FORM_MASKED entry's packed non-zeros (host) on their way to or from the codec, which drops
+   * any z' held (decoded again if still wanted): one buffer, so no extra workspace. */
   float *zdec;                 /* (zdec_cap) LT_MEM_WORKSPACE */
   int64_t zdec_cap;
   const struct ac_entry *zdec_of; /* the entry zdec holds, or NULL */
-  float *cbuf;                 /* (cbuf_cap) a FORM_MASKED entry's packed non-zeros (host),
-                                  LT_MEM_WORKSPACE */
-  int64_t cbuf_cap;
   int64_t *moffs;              /* (moffs_cap) set bits before each mask block, LT_MEM_WORKSPACE */
   int64_t moffs_cap;
   float *aff;                  /* (2 × affcap) per-channel offsets then scales, LT_MEM_WORKSPACE */
@@ -924,25 +923,22 @@ static void mask_unpack_values(const float *z, const uint8_t *mask, int64_t n,
   }
 }
 
-/* Host scratch for a packed tensor of n elements: cbuf for rows × AC_MROW floats plus 16 (the
- * unpack's vector reads), moffs for the block offsets. */
-static lt_status masked_scratch(lt_ac_stash *st, int64_t n, int64_t rows, lt_err *err) {
-  const int64_t nf = rows * AC_MROW + 16, nb = (n + AC_MBLOCK - 1) / AC_MBLOCK + 1;
-  if (nf > st->cbuf_cap) {
-    float *p = lt_alloc(LT_MEM_WORKSPACE, (size_t)nf * sizeof *p, err);
-    if (!p) return err ? err->status : LT_ERR_NOMEM;
-    lt_free(LT_MEM_WORKSPACE, st->cbuf, (size_t)st->cbuf_cap * sizeof *st->cbuf);
-    st->cbuf = p;
-    st->cbuf_cap = nf;
-  }
+/* Host scratch for a packed tensor of n elements: zdec for rows × AC_MROW floats plus 16 (the
+ * unpack's vector reads; a z' it held is dropped), moffs for the block offsets. Returns the
+ * packed buffer, NULL on failure. */
+static float *masked_scratch(lt_ac_stash *st, int64_t n, int64_t rows, lt_err *err) {
+  const int64_t nb = (n + AC_MBLOCK - 1) / AC_MBLOCK + 1;
+  st->zdec_of = NULL;
+  float *z = mem_scratch(st, &st->zdec, &st->zdec_cap, rows * AC_MROW + 16, err);
+  if (!z) return NULL;
   if (nb > st->moffs_cap) {
     int64_t *p = lt_alloc(LT_MEM_WORKSPACE, (size_t)nb * sizeof *p, err);
-    if (!p) return err ? err->status : LT_ERR_NOMEM;
+    if (!p) return NULL;
     lt_free(LT_MEM_WORKSPACE, st->moffs, (size_t)st->moffs_cap * sizeof *st->moffs);
     st->moffs = p;
     st->moffs_cap = nb;
   }
-  return LT_OK;
+  return z;
 }
 
 /* Stores the ReLU output t (a conv's input, host memory) as its non-zeros at bound eb, given the
@@ -953,14 +949,15 @@ static lt_status store_masked(lt_ac_stash *st, ac_layer *l, const lt_tensor *t, 
                               ac_entry *m, ac_entry *e, int *done, lt_err *err) {
   *done = 0;
   const int64_t rows = (m->nnz + AC_MROW - 1) / AC_MROW;
-  TRY(masked_scratch(st, e->n, rows, err));
+  float *z = masked_scratch(st, e->n, rows, err);
+  if (!z) return err ? err->status : LT_ERR_NOMEM;
   mask_offsets(m->data, e->n, st->moffs);
   if (st->moffs[(e->n + AC_MBLOCK - 1) / AC_MBLOCK] != m->nnz ||
-      mask_pack_values(lt_tensor_f32(t), m->data, e->n, st->moffs, st->cbuf))
+      mask_pack_values(lt_tensor_f32(t), m->data, e->n, st->moffs, z))
     return LT_OK;
-  memset(st->cbuf + m->nnz, 0, (size_t)(rows * AC_MROW - m->nnz) * sizeof *st->cbuf);
+  memset(z + m->nnz, 0, (size_t)(rows * AC_MROW - m->nnz) * sizeof *z);
   const int ztry = zstd_begin(st, l);
-  TRY(lt_ac_encode(st->codec, LT_AC_KIND_LORENZO, st->cbuf, 3, (int64_t[]){rows, 1, AC_MROW}, eb,
+  TRY(lt_ac_encode(st->codec, LT_AC_KIND_LORENZO, z, 3, (int64_t[]){rows, 1, AC_MROW}, eb,
                    &st->tmp, err));
   zstd_end(st, l, ztry);
   if (st->tmp.len >= (size_t)e->dense) return LT_OK;
@@ -978,10 +975,11 @@ static lt_status store_masked(lt_ac_stash *st, ac_layer *l, const lt_tensor *t, 
 static lt_status load_masked(lt_ac_stash *st, const ac_entry *e, float *y, lt_err *err) {
   const ac_entry *m = e->mask;
   const int64_t rows = (m->nnz + AC_MROW - 1) / AC_MROW;
-  TRY(masked_scratch(st, e->n, rows, err));
-  TRY(lt_ac_decode(st->codec, e->data, e->bytes, st->cbuf, rows * AC_MROW, err));
+  float *z = masked_scratch(st, e->n, rows, err);
+  if (!z) return err ? err->status : LT_ERR_NOMEM;
+  TRY(lt_ac_decode(st->codec, e->data, e->bytes, z, rows * AC_MROW, err));
   mask_offsets(m->data, e->n, st->moffs);
-  mask_unpack_values(st->cbuf, m->data, e->n, st->moffs, y);
+  mask_unpack_values(z, m->data, e->n, st->moffs, y);
   return LT_OK;
 }
 
@@ -1472,7 +1470,6 @@ void lt_ac_stash_free(lt_ac_stash *st) {
   lt_ac_buf_free(&st->tmp);
   lt_free(LT_MEM_WORKSPACE, st->zbuf, (size_t)st->zcap * sizeof *st->zbuf);
   mem_free(st, st->zdec, (size_t)st->zdec_cap * sizeof *st->zdec, LT_MEM_WORKSPACE);
-  lt_free(LT_MEM_WORKSPACE, st->cbuf, (size_t)st->cbuf_cap * sizeof *st->cbuf);
   lt_free(LT_MEM_WORKSPACE, st->moffs, (size_t)st->moffs_cap * sizeof *st->moffs);
   lt_free(LT_MEM_WORKSPACE, st->aff, (size_t)st->affcap * 2 * sizeof *st->aff);
   lt_free(LT_MEM_WORKSPACE, st->stage, (size_t)st->stage_cap * sizeof *st->stage);
