@@ -476,7 +476,6 @@ static size_t plane_rows_ints(int64_t h, int64_t w) {
  * as it was) when they would not be smaller. */
 static lt_status zstd_pack(lt_ac_codec *c, uint8_t *pay, size_t raw_bytes, size_t *stored,
                            lt_err *err) {
-  const uint8_t *raw = pay;
   int64_t ns = (int64_t)(raw_bytes / AC_ZSTD_SLICE);
   ns = ns < 1 ? 1 : ns > AC_ZSTD_MAX_FRAMES ? AC_ZSTD_MAX_FRAMES : ns;
   const size_t slice = raw_bytes / (size_t)ns;
@@ -492,7 +491,7 @@ static lt_status zstd_pack(lt_ac_codec *c, uint8_t *pay, size_t raw_bytes, size_
   for (int64_t i = 0; i < ns; i++) {
     const size_t len = i == ns - 1 ? raw_bytes - (size_t)i * slice : slice;
     zlen[i] = ZSTD_compressCCtx(c->zc[omp_get_thread_num()], zb + (size_t)i * bound, bound,
-                                raw + (size_t)i * slice, len, c->opts.zstd_level);
+                                pay + (size_t)i * slice, len, c->opts.zstd_level);
     failed |= ZSTD_isError(zlen[i]) != 0;
   }
   size_t total = 0;
@@ -610,11 +609,10 @@ static lt_status lorenzo_encode(lt_ac_codec *c, const float *x, int ndim, const 
 
   /* Stage 3: sections. The payload is at most 16 bits per symbol. */
   const size_t table_bytes = (size_t)nsym * 3, chunk_bytes = (size_t)nchunks * 4;
-  const size_t raw_cap = (size_t)n * 2 + 16;
+  const size_t raw_cap = (size_t)n * 2 + 16; /* zstd frames replace the bits only when smaller */
   const int use_zstd = c->opts.zstd_level > 0;
-  const size_t pay_cap = raw_cap; /* zstd output is kept only when smaller than the raw bits */
   const size_t tail_bytes = (size_t)(nesc + nout) * 12;
-  if ((st = ac_buf_reserve(out, AC_HEADER_BYTES + table_bytes + chunk_bytes + pay_cap + tail_bytes,
+  if ((st = ac_buf_reserve(out, AC_HEADER_BYTES + table_bytes + chunk_bytes + raw_cap + tail_bytes,
                            err)))
     return st;
   uint8_t *o = out->data; /* the header is written last (ac_header_put) */
@@ -628,19 +626,18 @@ static lt_status lorenzo_encode(lt_ac_codec *c, const float *x, int ndim, const 
     }
   uint8_t *chunk_sec = tp;
   uint8_t *pay = chunk_sec + chunk_bytes;
-  uint8_t *raw = pay; /* the zstd pass, if any, then packs it in place (zstd_pack) */
 
   /* Huffman chunks, back to back. ac_huff_encode may touch the worst case, 2 bytes a symbol,
    * from where a chunk starts; that start is at most twice the chunk's first symbol, so every
    * write stays below twice the chunk's end. With several threads each encodes a contiguous run
-   * of chunks into its own region of raw (regions start at twice the run's first symbol, so they
+   * of chunks into its own region of pay (regions start at twice the run's first symbol, so they
    * cannot overlap), then the runs move down to close the gaps. */
   size_t raw_bytes = 0;
   const int te = codec_threads(c, n, nchunks);
   if (te == 1) {
     for (int64_t ci = 0; ci < nchunks; ci++) {
       int64_t s0 = ci * chunk, m = n - s0 < chunk ? n - s0 : chunk;
-      int64_t bits = ac_huff_encode(codes + s0, m, c->enc, raw + raw_bytes);
+      int64_t bits = ac_huff_encode(codes + s0, m, c->enc, pay + raw_bytes);
       cbits[ci] = (uint64_t)bits;
       raw_bytes += (size_t)(bits + 7) / 8;
     }
@@ -650,7 +647,7 @@ static lt_status lorenzo_encode(lt_ac_codec *c, const float *x, int ndim, const 
     {
       const int tid = omp_get_thread_num();
       const int64_t c0 = nchunks * tid / te, c1 = nchunks * (tid + 1) / te;
-      uint8_t *dst = raw + 2 * (size_t)(c0 * chunk);
+      uint8_t *dst = pay + 2 * (size_t)(c0 * chunk);
       size_t used = 0;
       for (int64_t ci = c0; ci < c1; ci++) {
         int64_t s0 = ci * chunk, m = n - s0 < chunk ? n - s0 : chunk;
@@ -662,7 +659,7 @@ static lt_status lorenzo_encode(lt_ac_codec *c, const float *x, int ndim, const 
     }
     for (int i = 0; i < te; i++) {
       const int64_t c0 = nchunks * i / te;
-      if (i) memmove(raw + raw_bytes, raw + 2 * (size_t)(c0 * chunk), run[i]);
+      if (i) memmove(pay + raw_bytes, pay + 2 * (size_t)(c0 * chunk), run[i]);
       raw_bytes += run[i];
     }
   }

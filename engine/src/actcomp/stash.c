@@ -1145,8 +1145,11 @@ static lt_status st_store(void *user, const lt_graph *g, int node, int slot, lt_
 
   l->eb_used = eb_used;
   if (kind == LT_SAVE_WEIGHT_INPUT && f32) {
-    /* The zeros of a ReLU's output are the clear bits of the mask just stored for it. */
-    const ac_entry *m = e->form == FORM_DERIVED ? e->mask : relu_mask_of_input(st, g, node, e->n);
+    /* The zeros of a ReLU's output are the clear bits of the mask just stored for it (the
+     * entry's own reference when it holds one). */
+    const ac_entry *m = e->form == FORM_DERIVED || e->form == FORM_MASKED
+                            ? e->mask
+                            : relu_mask_of_input(st, g, node, e->n);
     const float *x = lt_tensor_f32(t);
     int64_t zeros = m ? e->n - m->nnz : 0;
     if (!m && st->dops) {
