@@ -20,6 +20,17 @@ static void ob_tensor(pb_buf *out, uint32_t field, const char *name, int ndim, c
   pb_buf_free(&t);
 }
 
+/* TensorProto of int64 values (int64_data, packed), as Slice's starts/ends/axes/steps. */
+static void ob_tensor_i64(pb_buf *out, uint32_t field, const char *name, int n, const int64_t *v) {
+  pb_buf t = {0};
+  pb_put_int(&t, 1, n);
+  pb_put_int(&t, 2, 7); /* INT64 */
+  pb_put_packed_ints(&t, 7, v, (size_t)n);
+  pb_put_str(&t, 8, name);
+  pb_put_msg(out, field, &t);
+  pb_buf_free(&t);
+}
+
 /* NodeProto: op, name, inputs and outputs as NULL-terminated lists, attributes pre-encoded. */
 static void ob_node(pb_buf *graph, const char *op, const char *name, const char *const *in,
                     const char *const *out, const pb_buf *attrs) {

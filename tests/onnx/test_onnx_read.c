@@ -341,6 +341,48 @@ TEST_CASE(onnx_matmul_and_constant_first_sub_compute_by_hand) {
   lt_graph_free(gr);
 }
 
+/* Regression (CI fuzz crash-82276d0b, UBSan): a Slice step near INT64_MAX overflowed the
+ * ceil-division of the output length, in the importer and in the op; composed into one window,
+ * two such slices multiplied their steps. x (N,8) → Slice(start 0, step INT64_MAX) → a (N,1) →
+ * Slice(start -1, end INT64_MIN, step -INT64_MAX) → y (N,1) must be x[:, 0], run as a chain. */
+TEST_CASE(onnx_slice_with_extreme_steps_keeps_one_element) {
+  pb_buf g = {0}, m = {0};
+  const int64_t s0[1] = {0}, e0[1] = {8}, ax[1] = {1}, st0[1] = {INT64_MAX};
+  const int64_t s1[1] = {-1}, e1[1] = {INT64_MIN}, st1[1] = {-INT64_MAX};
+  ob_tensor_i64(&g, 5, "s0", 1, s0);
+  ob_tensor_i64(&g, 5, "e0", 1, e0);
+  ob_tensor_i64(&g, 5, "ax", 1, ax);
+  ob_tensor_i64(&g, 5, "st0", 1, st0);
+  ob_tensor_i64(&g, 5, "s1", 1, s1);
+  ob_tensor_i64(&g, 5, "e1", 1, e1);
+  ob_tensor_i64(&g, 5, "st1", 1, st1);
+  ob_node(&g, "Slice", "first", OB_LIST("x", "s0", "e0", "ax", "st0"), OB_LIST("a"), NULL);
+  ob_node(&g, "Slice", "back", OB_LIST("a", "s1", "e1", "ax", "st1"), OB_LIST("y"), NULL);
+  int64_t xd[2] = {-1, 8}, yd[2] = {-1, 1};
+  ob_valinfo(&g, 11, "x", 2, xd);
+  ob_valinfo(&g, 12, "y", 2, yd);
+  ob_model(&m, &g, 13);
+  lt_err err = {0};
+  lt_graph *gr = lt_onnx_load_buffer(m.data, m.len, NULL, &err);
+  pb_buf_free(&g);
+  pb_buf_free(&m);
+  CHECK_MSG(gr != NULL, "%s", err.msg);
+  if (!gr) return;
+  lt_backend *be = lt_backend_get("cpu", &err);
+  lt_exec *ex = be ? lt_exec_create(gr, 3, LT_MODE_INFER, be, NULL, &err) : NULL;
+  CHECK_MSG(ex != NULL, "%s", err.msg);
+  if (ex) {
+    float *x = lt_tensor_f32(lt_exec_input(ex, 0));
+    for (int i = 0; i < 24; i++) x[i] = (float)i;
+    CHECK(lt_exec_forward(ex, &err) == LT_OK);
+    const lt_tensor *y = lt_exec_output(ex, 0);
+    CHECK(y->ndim == 2 && y->shape[0] == 3 && y->shape[1] == 1);
+    for (int n = 0; n < 3; n++) CHECK_NEAR(lt_tensor_f32(y)[n], (float)(8 * n), 0);
+    lt_exec_free(ex);
+  }
+  lt_graph_free(gr);
+}
+
 /* Regression (fuzz oom-be4697c1): folded ConstantOfShape/Concat results, each under the
  * per-tensor cap, added up to gigabytes; the total held by folded constants is capped too. */
 TEST_CASE(onnx_folding_memory_is_bounded) {
@@ -440,6 +482,7 @@ int main(int argc, char **argv) {
   RUN(onnx_export_reimport_keeps_graph);
   RUN(onnx_export_with_duplicate_node_names_reimports);
   RUN(onnx_matmul_and_constant_first_sub_compute_by_hand);
+  RUN(onnx_slice_with_extreme_steps_keeps_one_element);
   RUN(onnx_folding_memory_is_bounded);
   if (data_dir && access(data_dir, R_OK) == 0) {
     RUN(onnx_shared_resnet20_files_import);

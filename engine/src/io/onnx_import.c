@@ -21,6 +21,7 @@
 #include "backend/cpu/kernels.h" /* lt_upsample_mode */
 #include "io/onnx_model.h"
 #include "lathe/onnx.h"
+#include "ops/ops.h"
 
 enum { ENT_UNDEF = 0, ENT_CONST, ENT_VALUE, ENT_UNAVAILABLE };
 
@@ -313,8 +314,7 @@ static int64_t slice_axis(int64_t d, int64_t *start, int64_t *end, int64_t step)
   }
   *start = s;
   *end = e;
-  int64_t len = step > 0 ? (e - s + step - 1) / step : (s - e + (-step) - 1) / (-step);
-  return len > 0 ? len : 0;
+  return lt_op_slice_len(s, e, step);
 }
 
 static void row_major_strides(int nd, const int64_t *shape, int64_t *st) {

@@ -116,13 +116,22 @@ void lt_op_slice_axis(int64_t dim, int64_t start, int64_t end, int64_t step, int
   if (step > 0) {
     start = start < 0 ? 0 : start > dim ? dim : start;
     end = end < 0 ? 0 : end > dim ? dim : end;
-    *len = end > start ? (end - start + step - 1) / step : 0;
   } else {
     start = start < 0 ? 0 : start > dim - 1 ? dim - 1 : start;
     end = end < -1 ? -1 : end > dim - 1 ? dim - 1 : end;
-    *len = start > end ? (start - end + (-step) - 1) / (-step) : 0;
   }
+  *len = lt_op_slice_len(start, end, step);
   *first = start;
+}
+
+int64_t lt_op_slice_len(int64_t start, int64_t end, int64_t step) {
+  /* ceil(distance / |step|) without forming distance + |step| - 1, which overflows for a step
+   * near INT64_MAX; |step| is taken unsigned so that INT64_MIN is a step too. start and end are
+   * clamped to [-1, dim], so their distance fits. */
+  int64_t dist = step > 0 ? end - start : start - end;
+  if (dist <= 0) return 0;
+  uint64_t mag = step > 0 ? (uint64_t)step : 0 - (uint64_t)step;
+  return (int64_t)(((uint64_t)dist - 1) / mag + 1);
 }
 
 /* The spatial attributes shared by conv and pool, with unset kernel taken from `kh, kw`. */

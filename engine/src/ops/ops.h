@@ -90,6 +90,10 @@ void lt_op_full_shape(const lt_value *v, int batch, int ndim, int64_t *shape);
 void lt_op_slice_axis(int64_t dim, int64_t start, int64_t end, int64_t step, int64_t *first,
                       int64_t *len);
 
+/* The number of elements a slice takes from start (included) towards end (excluded) in steps
+ * of step (non-zero); start and end already clamped to [-1, dim]. Any step, INT64_MIN too. */
+int64_t lt_op_slice_len(int64_t start, int64_t end, int64_t step);
+
 /* A strided window of a tensor with constant fill, as lt_cpu_window_fwd runs it: Slice and Pad
  * are each one, and so is a chain of Slices that may end in one Pad, composed node by node from
  * the chain's input (the inference executor runs such a chain as one copy, exec.c plan_window).

@@ -402,9 +402,11 @@ lt_status lt_op_window_then(lt_op_window *w, const lt_graph *g, const lt_node *n
     int64_t first[LT_MAX_DIMS], len[LT_MAX_DIMS];
     lt_status st = slice_plan(g, n, first, len, err);
     if (st) return st;
-    /* y index i of the slice reads index first + i * s of the window's output */
+    /* y index i of the slice reads index first + i * s of the window's output. A slice that
+     * keeps one element never steps, so its step is taken as 1: composed steps then stay within
+     * the input's extent instead of multiplying a huge step into an overflow. */
     for (int d = 0; d < r; d++) {
-      const int64_t s = n->a.ints[2 * r + d];
+      const int64_t s = len[d] > 1 ? n->a.ints[2 * r + d] : 1;
       w->start[d + 1] += first[d] * w->step[d + 1];
       w->step[d + 1] *= s;
       w->yshape[d + 1] = w->hi[d + 1] = len[d];
