@@ -7,6 +7,7 @@
  * reference) and engine.ref_resnet20_matches_pytorch, which runs fused by default. */
 #include "backend/cpu/kernels.h"
 #include "backend/cpu/kernels_fused.h"
+#include "lathe/actcomp.h"
 #include "lathe/backend.h"
 #include "lathe/exec.h"
 #include "test.h"
@@ -353,6 +354,58 @@ TEST_CASE(folded_batchnorm_matches_unfused_graph) {
   }
 }
 
+/* A fused head's own output shares its ReLU's buffer (exec.c plan_alias): with the fusion turned
+ * off at run time the head writes it and the ReLU overwrites it in place, which must give the
+ * unfused graph's results bit for bit, forward and backward. The plan then holds no more forward
+ * memory than the unfused one (before the sharing it held a third buffer at each fused head). */
+TEST_CASE(fusion_off_at_run_time_matches_unfused_graph_in_shared_buffers) {
+  static const int cases[][4] = {{1, 5, 4, 4}, {3, 17, 1, 1}, {2, 20, 5, 7}, {4, 8, 8, 8}};
+  for (int cs = 0; cs < 4; cs++) {
+    const int batch = cases[cs][0], c = cases[cs][1], h = cases[cs][2], w = cases[cs][3];
+    for (int mode = 0; mode < 2; mode++) {
+      lt_graph *g1 = build(c, h, w), *g2 = build(c, h, w);
+      REQUIRE(g1 && g2);
+      float *o1 = fbuf(1 << 16), *o2 = fbuf(1 << 16);
+      int f1 = -1, f2 = -1;
+      int64_t k1 = run_kinds(g1, batch, (lt_mode)mode, 0, 0, o1, &f1, NULL);
+      int64_t k2 = run_kinds(g2, batch, (lt_mode)mode, 1, 0, o2, &f2, NULL);
+      CHECK_MSG(f1 == 0 && f2 == 0, "fused pairs: %d and %d with the fusion off", f1, f2);
+      CHECK_MSG(k1 > 0 && k1 == k2 && same_bits(o1, o2, k1),
+                "batch %d, %d channels, %dx%d, %s: differs with the fusion off at run time",
+                batch, c, h, w, mode ? "train" : "infer");
+      free(o1), free(o2);
+      lt_graph_free(g1);
+      lt_graph_free(g2);
+    }
+  }
+  /* Forward memory (activations and saved arenas) of a training plan whose stash keeps nothing
+   * in its forward buffers (activation compression, batch-norm inputs lossy): fused against
+   * unfused planning, ResNet-block shapes. */
+  lt_graph *g = build(16, 32, 32);
+  REQUIRE(g);
+  lt_err err = {0};
+  int64_t fwd[2];
+  for (int no_fuse = 0; no_fuse < 2; no_fuse++) {
+    lt_ac_config cfg = lt_ac_config_default();
+    cfg.mode = LT_AC_FIXED;
+    cfg.eb = 0.01;
+    cfg.bn_mode = LT_AC_BN_LOSSY;
+    lt_ac_stash *sp = lt_ac_stash_new(&cfg, &err);
+    REQUIRE(sp);
+    lt_exec_opts o = {.no_fuse = no_fuse, .stash = lt_ac_stash_policy(sp)};
+    lt_exec *ex = lt_exec_create(g, 8, LT_MODE_TRAIN, lt_backend_get("cpu", NULL), &o, &err);
+    REQUIRE(ex);
+    lt_exec_plan_stats st;
+    lt_exec_plan_stats_get(ex, &st);
+    fwd[no_fuse] = st.activations + st.saved;
+    lt_exec_free(ex);
+    lt_ac_stash_free(sp);
+  }
+  CHECK_MSG(fwd[0] <= fwd[1], "forward memory: %lld bytes fused, %lld unfused", (long long)fwd[0],
+            (long long)fwd[1]);
+  lt_graph_free(g);
+}
+
 /* A forward hook sees each node's own output: the BN's, negative values included. */
 static int hook_negatives;
 static void hook(void *user, lt_exec *ex, int node, const lt_tensor *out) {
@@ -388,6 +441,7 @@ int main(void) {
   RUN(add_relu_matches_add_then_relu_bit_for_bit);
   RUN(fused_graph_matches_unfused_graph_bit_for_bit);
   RUN(folded_batchnorm_matches_unfused_graph);
+  RUN(fusion_off_at_run_time_matches_unfused_graph_in_shared_buffers);
   RUN(forward_hook_sees_unfused_outputs);
   return test_summary();
 }

@@ -82,6 +82,7 @@ struct lt_exec {
   lt_tensor *grad;   /* (n_values) gradients; data NULL where none */
   char *need_grad;   /* (n_values) */
   int *live_end;     /* (n_values) last step the value's buffer holds it; INT_MAX: dedicated */
+  int *alias;        /* (n_values) the value whose buffer this one shares (plan_alias), -1: none */
   exec_node *nodes;  /* (F) */
   exec_buf *bufs;    /* (n_bufs) */
   int n_bufs, cap_bufs;
@@ -332,6 +333,27 @@ static void plan_fusion(lt_exec *ex, int *first) {
     ex->fused_tail[j] = 1;
     int out = r->out[0];
     if (first[out] > i) first[out] = i;
+  }
+}
+
+/* Which values share another's buffer. A fused head's own output (the BatchNorm's or Add's,
+ * before its ReLU) is written only by a forward with the fusion off (a hook, lt_exec_set_fusion);
+ * its ReLU then reads it at its own step and overwrites it in place. So it shares the ReLU
+ * output's buffer, which already lives from the head's step (plan_fusion), instead of taking a
+ * third buffer beside the head's input and the ReLU's output at that step. Only when the ReLU's
+ * output is an arena buffer (not a graph output, whose memory a split forward swaps) that lives
+ * at least as long. Runs after plan_saves, which extends lifetimes. */
+static void plan_alias(lt_exec *ex, const int *first, const int *last) {
+  const lt_graph *g = ex->g;
+  for (int v = 0; v < g->n_values; v++) ex->alias[v] = -1;
+  for (int i = 0; i < ex->F; i++) {
+    const int j = ex->fuse_relu[i];
+    if (j < 0) continue;
+    const int v = g->nodes[i].out[0], o = g->nodes[j].out[0];
+    if (is_output(g, o) || is_output(g, v)) continue;
+    const int end_v = last[v] < first[v] ? first[v] : last[v];
+    const int end_o = last[o] < first[o] ? first[o] : last[o];
+    if (first[o] <= first[v] && end_v <= end_o) ex->alias[v] = o;
   }
 }
 
@@ -661,11 +683,14 @@ static lt_status exec_plan(lt_exec *ex, lt_err *err) {
   }
   if ((st = plan_saves(ex, last, aux_last, err))) goto done;
   if (ex->mode == LT_MODE_TRAIN && (st = plan_backward(ex, err))) goto done;
+  plan_alias(ex, first, last);
   /* Values: inputs and outputs dedicated, the rest in the activation or saved arena. */
   for (int v = 0; v < g->n_values; v++) {
     const lt_value *val = &g->values[v];
     if (!lt_value_batched(val)) continue;
-    if (val->kind == LT_VALUE_INPUT || is_output(g, v)) {
+    if (ex->alias[v] >= 0) {
+      ex->live_end[v] = -1; /* never holds its value after the forward */
+    } else if (val->kind == LT_VALUE_INPUT || is_output(g, v)) {
       ex->live_end[v] = INT_MAX;
       st = exec_add_buf(ex, &ex->val[v], 0, INT_MAX, ARENA_DEDICATED,
                         val->kind == LT_VALUE_INPUT ? LT_MEM_DATA : LT_MEM_ACTIVATIONS, err);
@@ -710,6 +735,8 @@ static lt_status exec_allocate_arenas(lt_exec *ex, lt_err *err) {
     exec_buf *eb = &ex->bufs[b];
     if (eb->arena != ARENA_DEDICATED) eb->t->data = (char *)ex->arena[eb->arena] + eb->offset;
   }
+  for (int v = 0; v < ex->g->n_values; v++)
+    if (ex->alias[v] >= 0) ex->val[v].data = ex->val[ex->alias[v]].data;
   if (ex->ws_bytes && !(ex->ws = exec_alloc(ex, ex->ws_bytes, LT_MEM_WORKSPACE, err)))
     return lt_err_prefix(err, "allocating %zu bytes of workspace", ex->ws_bytes);
   ex->arenas_ready = 1;
@@ -826,6 +853,7 @@ void lt_exec_free(lt_exec *ex) {
   free(ex->grad);
   free(ex->need_grad);
   free(ex->live_end);
+  free(ex->alias);
   free(ex->nodes);
   free(ex->bufs);
   free(ex->fuse_relu);
@@ -945,6 +973,7 @@ static lt_exec *exec_create(lt_graph *g, int batch, lt_mode mode, lt_backend *be
   ex->grad = calloc(nv, sizeof *ex->grad);
   ex->need_grad = calloc(nv, 1);
   ex->live_end = calloc(nv, sizeof *ex->live_end);
+  ex->alias = malloc(nv * sizeof *ex->alias);
   ex->nodes = calloc((size_t)ex->F + 1, sizeof *ex->nodes);
   ex->fuse_relu = calloc((size_t)ex->F + 1, sizeof *ex->fuse_relu);
   ex->fused_tail = calloc((size_t)ex->F + 1, 1);
@@ -959,7 +988,8 @@ static lt_exec *exec_create(lt_graph *g, int batch, lt_mode mode, lt_backend *be
   ex->win_skip = calloc((size_t)ex->F + 1, 1);
   ex->win = calloc((size_t)ex->F + 1, sizeof *ex->win);
   ex->prof = calloc(4 * (size_t)ex->F + 1, sizeof *ex->prof);
-  if (!ex->val || !ex->grad || !ex->need_grad || !ex->live_end || !ex->nodes || !ex->fuse_relu ||
+  if (!ex->val || !ex->grad || !ex->need_grad || !ex->live_end || !ex->alias || !ex->nodes ||
+      !ex->fuse_relu ||
       !ex->fused_tail || !ex->bwd_fused || !ex->prof || !ex->fold_bn || !ex->bn_folded ||
       !ex->fold || !ex->res_add || !ex->res_val || !ex->res_conv || !ex->win_tail ||
       !ex->win_skip || !ex->win) {

@@ -180,6 +180,7 @@ void lt_cpu_bn_bwd(int n, int c, int hw, const float *x, const float *dy, const 
 
 /* ---- pointwise activations (count elements) ------------------------------------------------ */
 
+/* y may be x. */
 void lt_cpu_relu_fwd(size_t count, const float *x, float *y);
 /* dx = dy where y > 0 (y is the forward output, or any tensor with the same sign pattern). */
 void lt_cpu_relu_bwd(size_t count, const float *y, const float *dy, float *dx, int accumulate);

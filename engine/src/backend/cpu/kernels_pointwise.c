@@ -14,8 +14,9 @@
 
 /* ---- activations --------------------------------------------------------------------------- */
 
-void lt_cpu_relu_fwd(size_t count, const float *restrict x, float *restrict y) {
-  /* written so that NaN passes through, as torch.relu does: a diverging run stays visible */
+void lt_cpu_relu_fwd(size_t count, const float *x, float *y) {
+  /* written so that NaN passes through, as torch.relu does: a diverging run stays visible; y may
+   * be x (the executor's unfused forward of a fused pair runs it in place) */
 #pragma omp parallel for simd schedule(static)
   for (size_t i = 0; i < count; i++)
     y[i] = x[i] < 0.0f ? 0.0f : x[i];
