@@ -336,25 +336,44 @@ static void plan_fusion(lt_exec *ex, int *first) {
   }
 }
 
-/* Which values share another's buffer. A fused head's own output (the BatchNorm's or Add's,
- * before its ReLU) is written only by a forward with the fusion off (a hook, lt_exec_set_fusion);
- * its ReLU then reads it at its own step and overwrites it in place. So it shares the ReLU
- * output's buffer, which already lives from the head's step (plan_fusion), instead of taking a
- * third buffer beside the head's input and the ReLU's output at that step. Only when the ReLU's
- * output is an arena buffer (not a graph output, whose memory a split forward swaps) that lives
- * at least as long. Runs after plan_saves, which extends lifetimes. */
+/* Which values share another's buffer: those a fused forward never writes. In an unfused forward
+ * (a hook, lt_exec_set_fusion) each is written at its producer's step and read once, by the node
+ * that the fused kernel stands in for, which writes its own output over it in place:
+ *   - a fused head's own output (the BatchNorm's or Add's, before its ReLU), read by the ReLU;
+ *   - an inference conv's output whose BatchNorm is folded into it, read by the BN;
+ *   - an inference conv's (or folded BN's) output whose residual Add runs in its epilogue, read
+ *     by the Add.
+ * Each shares the buffer of the value the fused kernel writes instead, followed to the end of such
+ * links (conv → BN → Add → ReLU is one buffer), which already lives from the fused writer's step
+ * (plan_fusion, plan_fold, plan_residual). Without this, every fused step held a dead buffer
+ * beside its input and output. Only when that buffer is in an arena (not a graph output, whose
+ * memory a split forward swaps) and lives at least as long. Runs after plan_saves, which extends
+ * lifetimes; without memory for its scratch it shares nothing. */
 static void plan_alias(lt_exec *ex, const int *first, const int *last) {
   const lt_graph *g = ex->g;
   for (int v = 0; v < g->n_values; v++) ex->alias[v] = -1;
+  int *next = malloc(sizeof *next * ((size_t)g->n_values + 1));
+  if (!next) return;
+  for (int v = 0; v < g->n_values; v++) next[v] = -1;
   for (int i = 0; i < ex->F; i++) {
-    const int j = ex->fuse_relu[i];
-    if (j < 0) continue;
-    const int v = g->nodes[i].out[0], o = g->nodes[j].out[0];
+    const int out = g->nodes[i].out[0];
+    if (ex->fuse_relu[i] >= 0) next[out] = g->nodes[ex->fuse_relu[i]].out[0];
+    if (ex->fold_bn[i] >= 0) next[out] = g->nodes[ex->fold_bn[i]].out[0];
+    if (ex->res_add[i] >= 0) {
+      const lt_node *a = &g->nodes[ex->res_add[i]];
+      next[a->in[0] == ex->res_val[i] ? a->in[1] : a->in[0]] = a->out[0];
+    }
+  }
+  for (int v = 0; v < g->n_values; v++) {
+    int o = next[v];
+    if (o < 0) continue;
+    for (int k = 0; next[o] >= 0 && k < g->n_values; k++) o = next[o];
     if (is_output(g, o) || is_output(g, v)) continue;
     const int end_v = last[v] < first[v] ? first[v] : last[v];
     const int end_o = last[o] < first[o] ? first[o] : last[o];
     if (first[o] <= first[v] && end_v <= end_o) ex->alias[v] = o;
   }
+  free(next);
 }
 
 /* Which inference BatchNorms fold into the Conv2d before them: the BN's input must be a conv

@@ -228,7 +228,8 @@ void lt_cpu_global_avgpool_bwd(int n, int c, int hw, const float *dy, float *dx,
 #define LT_KMAX_DIMS 6
 typedef enum lt_binary_op { LT_BIN_ADD, LT_BIN_SUB, LT_BIN_MUL, LT_BIN_DIV } lt_binary_op;
 
-/* a, b, y shapes have ndim dims each (callers pad with leading 1s); y's shape is the broadcast. */
+/* a, b, y shapes have ndim dims each (callers pad with leading 1s); y's shape is the broadcast.
+ * When all three shapes are equal, y may be a or b. */
 void lt_cpu_binary_fwd(lt_binary_op op, int ndim, const int64_t *ashape, const float *a,
                        const int64_t *bshape, const float *b, const int64_t *yshape, float *y);
 /* Gradients of a and b, reduced over broadcast dims. Needs a and b for MUL and DIV. */

@@ -9,7 +9,8 @@
 
 /* lt_cpu_bn_fwd_train / lt_cpu_bn_fwd_infer with y = relu(bn(x)) when relu is set. Reductions
  * have a fixed order (32 lanes per (image, channel) plane in float, planes summed in double), so
- * results depend neither on the thread count nor on the vector width. */
+ * results depend neither on the thread count nor on the vector width. The inference form may
+ * write y over x. */
 void lt_cpu_bn_fwd_train_ex(int n, int c, int hw, const float *x, const float *gamma,
                             const float *beta, float eps, float momentum, float *y,
                             float *save_mean, float *save_invstd, float *running_mean,
@@ -24,7 +25,7 @@ void lt_cpu_bn_bwd_ex(int n, int c, int hw, const float *x, const float *dy, con
                       const float *gamma, const float *save_mean, const float *save_invstd,
                       float *dx, int acc_dx, float *dgamma, float *dbeta, int acc_params);
 
-/* y = relu(a + b) elementwise (NaN passes through, as torch.relu). */
+/* y = relu(a + b) elementwise (NaN passes through, as torch.relu); y may be a or b. */
 void lt_cpu_add_relu_fwd(size_t count, const float *a, const float *b, float *y);
 /* Backward of y = relu(a + b): g = (y > 0 ? dy : 0), then da = g (+= with acc_a) and db = g (+=
  * with acc_b) in one pass; da or db may be NULL, and da == db is allowed. */

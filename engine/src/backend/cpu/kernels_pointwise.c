@@ -283,12 +283,13 @@ static void channel_stats(int n, int c, int hw, const float *x, int ch, double *
   *var = channel_reduce(n, c, hw, x, ch, 1, (float)m) / cnt;
 }
 
-/* y = x * scale + shift over channel ch, then max(y, 0) when relu (NaN passes, as torch.relu). */
+/* y = x * scale + shift over channel ch, then max(y, 0) when relu (NaN passes, as torch.relu).
+ * y may be x (an unfused inference forward runs a folded BatchNorm in place). */
 static void channel_affine(int n, int c, int hw, const float *x, int ch, float scale, float shift,
                            float *y, int relu) {
   for (int img = 0; img < n; img++) {
-    const float *restrict p = x + ((size_t)img * c + ch) * hw;
-    float *restrict q = y + ((size_t)img * c + ch) * hw;
+    const float *p = x + ((size_t)img * c + ch) * hw;
+    float *q = y + ((size_t)img * c + ch) * hw;
     if (relu) {
 #pragma omp simd
       for (int i = 0; i < hw; i++) {
@@ -413,8 +414,8 @@ void lt_cpu_bn_bwd(int n, int c, int hw, const float *x, const float *dy, const 
 
 /* ---- fused elementwise ----------------------------------------------------------------------- */
 
-void lt_cpu_add_relu_fwd(size_t count, const float *restrict a, const float *restrict b,
-                         float *restrict y) {
+void lt_cpu_add_relu_fwd(size_t count, const float *a, const float *b, float *y) {
+  /* y may be a or b: the executor's unfused forward runs a residual Add in place */
 #pragma omp parallel for simd schedule(static)
   for (size_t i = 0; i < count; i++) {
     const float v = a[i] + b[i];

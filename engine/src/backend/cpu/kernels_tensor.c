@@ -79,9 +79,10 @@ void lt_cpu_binary_fwd(lt_binary_op op, int ndim, const int64_t *ashape, const f
     return;
   }
   if (same_shapes(ndim, ashape, bshape, yshape)) {
+    /* y may be a or b (an unfused forward runs a residual Add in place): omp simd, not restrict */
     const int64_t total = prod(ndim, yshape);
-    const float *restrict ap = a, *restrict bp = b;
-    float *restrict yp = y;
+    const float *ap = a, *bp = b;
+    float *yp = y;
     switch (op) {
     case LT_BIN_ADD:
 #pragma omp parallel for simd schedule(static)
