@@ -16,7 +16,9 @@
  * output buffer then lives from the head node's step. The skipped ReLU still stores its output
  * in the stash at its own step. When the ReLU's saved output stays in its forward buffer (no
  * stash policy, or one that keeps it), the pair's backward runs as one too, at the head's step:
- * the ReLU's output and output gradient then live until that step.
+ * the ReLU's output and output gradient then live until that step. A value that a fused forward
+ * never writes (the head's own output here, a folded or epilogue-fused conv's below) shares the
+ * buffer written in its place (plan_alias); an unfused forward runs the pointwise nodes in place.
  *
  * Inference only (CPU): a BatchNorm whose input only it reads is folded into the Conv2d that
  * produces it (plan_fold), the residual Add runs in the Conv2d before it (plan_residual), a chain
