@@ -1010,10 +1010,9 @@ static lt_exec *exec_create(lt_graph *g, int batch, lt_mode mode, lt_backend *be
   ex->win = calloc((size_t)ex->F + 1, sizeof *ex->win);
   ex->prof = calloc(4 * (size_t)ex->F + 1, sizeof *ex->prof);
   if (!ex->val || !ex->grad || !ex->need_grad || !ex->live_end || !ex->alias || !ex->nodes ||
-      !ex->fuse_relu ||
-      !ex->fused_tail || !ex->bwd_fused || !ex->prof || !ex->fold_bn || !ex->bn_folded ||
-      !ex->fold || !ex->res_add || !ex->res_val || !ex->res_conv || !ex->win_tail ||
-      !ex->win_skip || !ex->win) {
+      !ex->fuse_relu || !ex->fused_tail || !ex->bwd_fused || !ex->prof || !ex->fold_bn ||
+      !ex->bn_folded || !ex->fold || !ex->res_add || !ex->res_val || !ex->res_conv ||
+      !ex->win_tail || !ex->win_skip || !ex->win) {
     lt_errorf(err, LT_ERR_NOMEM, "out of memory for an executor of %d values", g->n_values);
     goto fail;
   }
