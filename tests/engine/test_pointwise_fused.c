@@ -293,12 +293,11 @@ fail:
   return -1;
 }
 
-/* ReLU fusion alone: the fused and unfused runs compute the same operations in the same order. */
-static int64_t run(lt_graph *g, int batch, lt_mode mode, int no_fuse, float *out, int *fused) {
-  return run_kinds(g, batch, mode, no_fuse, LT_FUSE_RELU, out, fused, NULL);
-}
-
-TEST_CASE(fused_graph_matches_unfused_graph_bit_for_bit) {
+/* The graph planned with fusion and run with the fusion kinds `kinds` on, against the graph
+ * planned without it, bit for bit in inference and training: with the ReLU fusion alone both
+ * compute the same operations in the same order. fused_pairs: how many pairs the first runs
+ * fused. */
+static void check_same_bits(unsigned kinds, int fused_pairs) {
   static const int cases[][4] = {{1, 5, 4, 4}, {3, 17, 1, 1}, {2, 20, 5, 7}, {4, 8, 8, 8}};
   for (int cs = 0; cs < 4; cs++) {
     const int batch = cases[cs][0], c = cases[cs][1], h = cases[cs][2], w = cases[cs][3];
@@ -308,20 +307,22 @@ TEST_CASE(fused_graph_matches_unfused_graph_bit_for_bit) {
       REQUIRE(g1 && g2);
       float *o1 = fbuf(1 << 16), *o2 = fbuf(1 << 16);
       int f1 = -1, f2 = -1;
-      int64_t k1 = run(g1, batch, (lt_mode)mode, 0, o1, &f1);
-      int64_t k2 = run(g2, batch, (lt_mode)mode, 1, o2, &f2);
-      CHECK(k1 > 0 && k1 == k2);
-      /* stem bn+relu, bn1+relu1, add+relu2 fuse; two.bn feeds two nodes and stays apart */
-      CHECK_MSG(f1 == 3 && f2 == 0, "fused pairs: %d with fusion, %d without", f1, f2);
+      int64_t k1 = run_kinds(g1, batch, (lt_mode)mode, 0, kinds, o1, &f1, NULL);
+      int64_t k2 = run_kinds(g2, batch, (lt_mode)mode, 1, kinds, o2, &f2, NULL);
+      CHECK_MSG(f1 == fused_pairs && f2 == 0, "fused pairs: %d planned with fusion, %d without",
+                f1, f2);
       CHECK_MSG(k1 > 0 && k1 == k2 && same_bits(o1, o2, k1),
-                "batch %d, %d channels, %dx%d, %s: fused run differs", batch, c, h, w,
-                mode ? "train" : "infer");
+                "batch %d, %d channels, %dx%d, %s, fusions %u: differs from the unfused plan",
+                batch, c, h, w, mode ? "train" : "infer", kinds);
       free(o1), free(o2);
       lt_graph_free(g1);
       lt_graph_free(g2);
     }
   }
 }
+
+/* stem bn+relu, bn1+relu1, add+relu2 fuse; two.bn feeds two nodes and stays apart */
+TEST_CASE(fused_graph_matches_unfused_graph_bit_for_bit) { check_same_bits(LT_FUSE_RELU, 3); }
 
 /* Inference BatchNorm folding (with the ReLU fusion): every conv-BN pair folds, two.bn too (its
  * output feeds two nodes, but the conv's output only the BN); equal to the unfused run within
@@ -359,25 +360,7 @@ TEST_CASE(folded_batchnorm_matches_unfused_graph) {
  * unfused graph's results bit for bit, forward and backward. The plan then holds no more forward
  * memory than the unfused one (before the sharing it held a third buffer at each fused head). */
 TEST_CASE(fusion_off_at_run_time_matches_unfused_graph_in_shared_buffers) {
-  static const int cases[][4] = {{1, 5, 4, 4}, {3, 17, 1, 1}, {2, 20, 5, 7}, {4, 8, 8, 8}};
-  for (int cs = 0; cs < 4; cs++) {
-    const int batch = cases[cs][0], c = cases[cs][1], h = cases[cs][2], w = cases[cs][3];
-    for (int mode = 0; mode < 2; mode++) {
-      lt_graph *g1 = build(c, h, w), *g2 = build(c, h, w);
-      REQUIRE(g1 && g2);
-      float *o1 = fbuf(1 << 16), *o2 = fbuf(1 << 16);
-      int f1 = -1, f2 = -1;
-      int64_t k1 = run_kinds(g1, batch, (lt_mode)mode, 0, 0, o1, &f1, NULL);
-      int64_t k2 = run_kinds(g2, batch, (lt_mode)mode, 1, 0, o2, &f2, NULL);
-      CHECK_MSG(f1 == 0 && f2 == 0, "fused pairs: %d and %d with the fusion off", f1, f2);
-      CHECK_MSG(k1 > 0 && k1 == k2 && same_bits(o1, o2, k1),
-                "batch %d, %d channels, %dx%d, %s: differs with the fusion off at run time",
-                batch, c, h, w, mode ? "train" : "infer");
-      free(o1), free(o2);
-      lt_graph_free(g1);
-      lt_graph_free(g2);
-    }
-  }
+  check_same_bits(0, 0);
   /* Forward memory (activations and saved arenas), fused against unfused planning, ResNet-block
    * shapes: in training with a stash that keeps nothing in its forward buffers (activation
    * compression, batch-norm inputs lossy), and in inference, where the BNs fold into their convs
