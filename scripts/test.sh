@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Installs, builds and runs every test suite: the full suite on the normal build, then the
-# suites labelled `asan` (unit tests, fuzz seeds, server bad-input tests) on the sanitizer build.
+# suites labelled `asan` (unit tests, server bad-input tests) on the sanitizer build. The libFuzzer
+# targets carry their own sanitizers and run once, in the first pass.
 # Ends with one line "N passed, N failed[, N skipped]".
 set -uo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
