@@ -23,6 +23,38 @@ TEST_CASE(alloc_counts_current_and_peak_per_category) {
   CHECK(after.current[LT_MEM_SAVED] == before.current[LT_MEM_SAVED]);
 }
 
+/* lt_shrink keeps a block's first bytes and moves its count to another category: a large block
+ * (mapped) and a small one (heap), each filled and checked after the cut. */
+TEST_CASE(shrink_keeps_bytes_and_moves_the_count) {
+  const size_t sizes[2] = {(size_t)8 << 20, 3000};
+  for (int k = 0; k < 2; k++) {
+    lt_mem_stats before, mid, after;
+    lt_mem_get_stats(&before);
+    lt_err err = {0};
+    unsigned char *p = lt_alloc(LT_MEM_WORKSPACE, sizes[k], &err);
+    REQUIRE(p);
+    const size_t keep = sizes[k] / 7 + 5;
+    for (size_t i = 0; i < keep; i++) p[i] = (unsigned char)(i * 31 + 7);
+    unsigned char *q = lt_shrink(LT_MEM_WORKSPACE, p, sizes[k], LT_MEM_SAVED, keep);
+    REQUIRE(q);
+    lt_mem_get_stats(&mid);
+    CHECK(mid.current[LT_MEM_WORKSPACE] == before.current[LT_MEM_WORKSPACE]);
+    CHECK(mid.current[LT_MEM_SAVED] - before.current[LT_MEM_SAVED] == (int64_t)keep);
+    size_t bad = 0;
+    for (size_t i = 0; i < keep; i++) bad += q[i] != (unsigned char)(i * 31 + 7);
+    CHECK_MSG(bad == 0, "%zu of %zu bytes changed by the cut", bad, keep);
+    lt_free(LT_MEM_SAVED, q, keep);
+    lt_mem_get_stats(&after);
+    CHECK(after.current[LT_MEM_SAVED] == before.current[LT_MEM_SAVED]);
+  }
+  /* growing is refused, the block untouched */
+  lt_err err = {0};
+  void *p = lt_alloc(LT_MEM_OTHER, 100, &err);
+  REQUIRE(p);
+  CHECK(lt_shrink(LT_MEM_OTHER, p, 100, LT_MEM_SAVED, 200) == NULL);
+  lt_free(LT_MEM_OTHER, p, 100);
+}
+
 TEST_CASE(alloc_cap_refused_with_message) {
   lt_mem_set_cap(4096);
   lt_err err = {0};
@@ -115,6 +147,7 @@ TEST_CASE(busy_sampler_counts_other_processes_not_this_one) {
 
 int main(void) {
   RUN(alloc_counts_current_and_peak_per_category);
+  RUN(shrink_keeps_bytes_and_moves_the_count);
   RUN(alloc_cap_refused_with_message);
   RUN(philox_matches_published_known_answer);
   RUN(rng_is_a_function_of_its_key);

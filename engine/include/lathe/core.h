@@ -80,6 +80,11 @@ typedef struct lt_mem_stats {
 void *lt_alloc(lt_mem_cat cat, size_t bytes, lt_err *err);
 void *lt_calloc(lt_mem_cat cat, size_t bytes, lt_err *err);
 void lt_free(lt_mem_cat cat, void *p, size_t bytes); /* accepts NULL */
+/* Keeps the first `keep` bytes of a block from lt_alloc of `bytes` and hands the rest back; the
+ * block is counted under `to` from then on. Returns it (it may have moved: 16-byte aligned only
+ * then), or NULL with p untouched and still counted under `from`. Pass it to lt_free as
+ * (to, keep). */
+void *lt_shrink(lt_mem_cat from, void *p, size_t bytes, lt_mem_cat to, size_t keep);
 /* Counts bytes that live elsewhere (device memory, a codec's output) without allocating. */
 void lt_mem_account(lt_mem_cat cat, int64_t delta_bytes);
 void lt_mem_get_stats(lt_mem_stats *out);

@@ -127,7 +127,7 @@ struct lt_ac_stash {
   float *stage;                /* (stage_cap) host staging of device data, LT_MEM_WORKSPACE */
   int64_t stage_cap;
   lt_ac_codec *codec;
-  lt_ac_buf tmp;               /* encoder output before the exact-size copy */
+  lt_ac_buf tmp;               /* encoder output, handed to its entry (take_stream) */
   const lt_graph *g;           /* the graph of the last store() (derived entries read γ, β) */
   float *zbuf;                 /* (zcap) normalised 2-D batch-norm input (host only),
                                   LT_MEM_WORKSPACE */
@@ -374,6 +374,25 @@ static void zstd_end(lt_ac_stash *st, ac_layer *l, int tried) {
     l->zstd_from = st->step + AC_ZSTD_RECHECK;
 }
 
+/* The stream the encoder left in st->tmp as an entry's bytes: the buffer itself, cut to the
+ * stream's length (LT_MEM_SAVED from then on, *bytes long). st->tmp is then empty, so that no
+ * worst-case output buffer (the encoder reserves 2 bytes a symbol) stays held between stores, a
+ * third of a compressed step's workspace; the next encode reserves a fresh one, whose untouched
+ * pages cost nothing. Falls back to a copy when the cut fails. NULL when out of memory. */
+static uint8_t *take_stream(lt_ac_stash *st, size_t *bytes, lt_err *err) {
+  lt_ac_buf *b = &st->tmp;
+  *bytes = b->len;
+  uint8_t *p = lt_shrink(b->cat, b->data, b->cap, LT_MEM_SAVED, b->len);
+  if (!p) {
+    if (!(p = lt_alloc(LT_MEM_SAVED, b->len, err))) return NULL;
+    memcpy(p, b->data, b->len);
+    lt_free(b->cat, b->data, b->cap);
+  }
+  b->data = NULL;
+  b->len = b->cap = 0;
+  return p;
+}
+
 /* ---- batch-norm inputs ----------------------------------------------------------------------- */
 
 /* Per-channel mean and 1/σ (σ = √(var + eps), var biased, as batch norm computes them) of the
@@ -580,9 +599,7 @@ static lt_status store_bn(lt_ac_stash *st, const lt_graph *g, int node, const lt
       zstd_end(st, lz, ztry);
       if (st->tmp.len < (size_t)e->dense) {
         e->form = FORM_BN_CODEC;
-        e->bytes = st->tmp.len;
-        if (!(e->data = lt_alloc(LT_MEM_SAVED, e->bytes, err))) return err ? err->status : LT_ERR_NOMEM;
-        memcpy(e->data, st->tmp.data, e->bytes);
+        if (!(e->data = take_stream(st, &e->bytes, err))) return err ? err->status : LT_ERR_NOMEM;
         *eb_report = sqrt(xsum / (double)e->nchan); /* RMS normalised bound */
         return LT_OK;
       }
@@ -961,9 +978,7 @@ static lt_status store_masked(lt_ac_stash *st, ac_layer *l, const lt_tensor *t, 
                    &st->tmp, err));
   zstd_end(st, l, ztry);
   if (st->tmp.len >= (size_t)e->dense) return LT_OK;
-  if (!(e->data = lt_alloc(LT_MEM_SAVED, st->tmp.len, err))) return err ? err->status : LT_ERR_NOMEM;
-  memcpy(e->data, st->tmp.data, st->tmp.len);
-  e->bytes = st->tmp.len;
+  if (!(e->data = take_stream(st, &e->bytes, err))) return err ? err->status : LT_ERR_NOMEM;
   e->form = FORM_MASKED;
   e->mask = m;
   m->refs++;
@@ -1058,10 +1073,7 @@ static lt_status store_plain(lt_ac_stash *st, ac_layer *l, lt_save_kind kind, co
       bytes = st->tmp.len;
     }
     if (bytes < (size_t)e->dense) {
-      if (!dev) {
-        if (!(data = lt_alloc(LT_MEM_SAVED, bytes, err))) return err ? err->status : LT_ERR_NOMEM;
-        memcpy(data, st->tmp.data, bytes);
-      }
+      if (!dev && !(data = take_stream(st, &bytes, err))) return err ? err->status : LT_ERR_NOMEM;
       e->form = FORM_CODEC;
       e->data = data;
       e->bytes = bytes;

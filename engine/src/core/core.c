@@ -122,6 +122,17 @@ void lt_free(lt_mem_cat cat, void *p, size_t bytes) {
   lt_mem_account(cat, -(int64_t)bytes);
 }
 
+void *lt_shrink(lt_mem_cat from, void *p, size_t bytes, lt_mem_cat to, size_t keep) {
+  if (!p || keep > bytes) return NULL;
+  /* glibc shrinks in place (a split heap chunk, or mremap of a mapped one); the block may still
+   * move, and then only malloc's alignment is promised */
+  void *q = realloc(p, keep ? keep : 1);
+  if (!q) return NULL;
+  lt_mem_account(from, -(int64_t)bytes);
+  lt_mem_account(to, (int64_t)keep);
+  return q;
+}
+
 void lt_mem_get_stats(lt_mem_stats *out) {
   for (int i = 0; i < LT_MEM_COUNT; i++) {
     out->current[i] = atomic_load(&mem_current[i]);
