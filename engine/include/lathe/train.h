@@ -77,6 +77,9 @@ lt_status lt_optim_step(lt_optim *o, lt_tensor *const *grads, float lr, lt_err *
  * there (same shape; the executor's, lt_exec_param). The state is copied over from the host, so
  * an optimizer loaded from a checkpoint carries on. Attaching a host backend does nothing. */
 lt_status lt_optim_attach(lt_optim *o, lt_backend *be, lt_tensor *const *dparams, lt_err *err);
+/* LT_OK when an optimizer can run on be (a host backend, or a device one with optim_step): what
+ * lt_optim_attach refuses, for callers that check before they allocate. */
+lt_status lt_optim_check_backend(const lt_backend *be, lt_err *err);
 /* Attached: brings the device state back to the host mirror (before a checkpoint). The
  * parameters themselves come back with lt_exec_sync_params. No-op when not attached. */
 lt_status lt_optim_sync_to_host(lt_optim *o, lt_err *err);

@@ -271,10 +271,7 @@ static lt_status loop_check_backend(const lt_backend *be, const lt_train_config 
                      "backend %s has no device form of activation_compression's stash; train with "
                      "device cpu, or on %s without activation_compression",
                      be->vt->name, be->vt->name);
-  if (!be->vt->optim_step)
-    return lt_errorf(err, LT_ERR_UNSUPPORTED,
-                     "backend %s has no device optimizer; train with device cpu", be->vt->name);
-  return LT_OK;
+  return lt_optim_check_backend(be, err);
 }
 
 /* ---- training on a device backend ----------------------------------------------------------

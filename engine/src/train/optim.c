@@ -112,13 +112,18 @@ static void optim_detach(lt_optim *o) {
   o->be = NULL;
 }
 
+lt_status lt_optim_check_backend(const lt_backend *be, lt_err *err) {
+  if (!be || be->device < 0 || be->vt->optim_step) return LT_OK;
+  return lt_errorf(err, LT_ERR_UNSUPPORTED,
+                   "backend %s has no device optimizer; train with device cpu", be->vt->name);
+}
+
 lt_status lt_optim_attach(lt_optim *o, lt_backend *be, lt_tensor *const *dparams, lt_err *err) {
   if (!be || be->device < 0) return LT_OK;
   if (o->be)
     return lt_errorf(err, LT_ERR_INVALID, "optimizer is already attached to %s", o->be->vt->name);
-  if (!be->vt->optim_step)
-    return lt_errorf(err, LT_ERR_UNSUPPORTED,
-                     "backend %s has no device optimizer; train with device cpu", be->vt->name);
+  lt_status st = lt_optim_check_backend(be, err);
+  if (st) return st;
   for (int i = 0; i < o->n; i++)
     if (!dparams[i] || dparams[i]->dtype != LT_F32 ||
         !lt_shape_equal(dparams[i]->ndim, dparams[i]->shape, o->params[i]->ndim,
