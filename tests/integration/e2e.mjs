@@ -83,7 +83,14 @@ async function startServer(at) {
     const p = startProc(SERVER, ['--listen', `127.0.0.1:${want}`, '--data', data, '--lease-s', '2', '--backoff-ms', '200'], 'server');
     for (let i = 0; i < 100; i++) {
       if (p.exitCode !== null) break;
-      try { if ((await fetch(`http://127.0.0.1:${want}/healthz`)).status === 200) { port = want; base = `http://127.0.0.1:${want}`; server = p; return; } } catch {}
+      // our read token accepted: not another test's server on a port ours failed to bind
+      try {
+        const b = `http://127.0.0.1:${want}`;
+        if ((await fetch(`${b}/healthz`)).status === 200 &&
+            (await fetch(`${b}/api/v1/jobs`, { headers: { Authorization: `Bearer ${tokens.read}` } })).status === 200) {
+          port = want; base = b; server = p; return;
+        }
+      } catch {}
       await sleep(50);
     }
     try { process.kill(-p.pid, 'SIGKILL'); } catch {}

@@ -37,7 +37,11 @@ export async function waitFor(cond, ms = 10000) {
 
 // reuse: {data, tokens} of an earlier server, to restart on the same data folder.
 // host: the address to listen on; ready(port): whether the server answers (default: GET /healthz
-// over plain HTTP on 127.0.0.1 gives 200).
+// over plain HTTP on 127.0.0.1 gives 200, and this data folder's read token is accepted: another
+// test's server on the same port, which ours failed to bind, does not pass for ours).
+const ownServerUp = async (base, tokens) =>
+  (await fetch(`${base}/healthz`)).status === 200 &&
+  (await fetch(`${base}/api/v1/jobs`, { headers: { Authorization: `Bearer ${tokens.read}` } })).status === 200;
 export async function startServer(extraArgs = [], env = {}, reuse = null,
                                   { host = '127.0.0.1', ready = null } = {}) {
   const data = reuse ? reuse.data : mkdtempSync(path.join(os.tmpdir(), 'lathe-srv-test-'));
@@ -55,7 +59,7 @@ export async function startServer(extraArgs = [], env = {}, reuse = null,
     const base = `http://127.0.0.1:${port}`;
     for (let i = 0; i < 100 && !exited; i++) {
       try {
-        if (ready ? await ready(port) : (await fetch(`${base}/healthz`)).status === 200) {
+        if (ready ? await ready(port) : await ownServerUp(base, tokens)) {
           return { base, port, data, tokens, proc, log: () => log,
             async stop() {
               proc.kill('SIGTERM');
@@ -91,15 +95,20 @@ export async function api(srv, method, url, { token, body, json, headers = {} } 
 }
 
 // Sends raw bytes on a fresh connection; resolves with what came back when the server closes
-// or after ms. With closeAfterSend, the socket is destroyed right after writing (a client dying
-// mid-request).
-export function raw(srv, bytes, { ms = 2000, closeAfterSend = false } = {}) {
+// or after ms. With closeWhen, the socket is destroyed once the bytes are written and the
+// condition holds (polled as waitFor does, within ms): a client dying mid-request, after the
+// server has surely seen what it sent.
+export function raw(srv, bytes, { ms = 2000, closeWhen = null } = {}) {
   return new Promise((resolve) => {
     const sock = net.connect(srv.port, '127.0.0.1');
     let got = '', timer = null;
     const done = () => { clearTimeout(timer); sock.destroy(); resolve(got); };
     sock.on('connect', () => {
-      sock.write(bytes, () => { if (closeAfterSend) done(); });
+      sock.write(bytes, async () => {
+        if (!closeWhen) return;
+        await waitFor(closeWhen, ms);
+        done();
+      });
     });
     sock.on('data', (d) => { got += d.toString('latin1'); });
     sock.on('error', done);
