@@ -843,10 +843,13 @@ int64_t ac_count_zeros(const float *x, int64_t n) {
 #define AC_MBLOCK 4096 /* mask elements per parallel block (a multiple of 64) */
 #define AC_MROW 1024   /* packed non-zeros per codec row: streams are (rows, 1, AC_MROW) */
 
-/* offs[b] = set bits of mask before block b (AC_MBLOCK elements), offs[nb] = all of them; bits
- * past n are not counted. */
+/* The AC_MBLOCK-element blocks a mask of n bits is counted, packed and expanded in. */
+static int64_t mask_blocks(int64_t n) { return (n + AC_MBLOCK - 1) / AC_MBLOCK; }
+
+/* offs[b] = set bits of mask before block b, offs[mask_blocks(n)] = all of them; bits past n are
+ * not counted. */
 static void mask_offsets(const uint8_t *mask, int64_t n, int64_t *offs) {
-  const int64_t nb = (n + AC_MBLOCK - 1) / AC_MBLOCK;
+  const int64_t nb = mask_blocks(n);
 #pragma omp parallel for schedule(static) if (n >= 65536)
   for (int64_t b = 0; b < nb; b++) {
     const int64_t i0 = b * AC_MBLOCK, i1 = i0 + AC_MBLOCK < n ? i0 + AC_MBLOCK : n;
@@ -895,7 +898,7 @@ __attribute__((target("avx512f"))) static int64_t pack_block_avx512(const float 
 static int mask_pack_values(const float *x, const uint8_t *mask, int64_t n, const int64_t *offs,
                             float *z) {
   const int avx512 = have_avx512();
-  const int64_t nb = (n + AC_MBLOCK - 1) / AC_MBLOCK;
+  const int64_t nb = mask_blocks(n);
   int nz = 0;
 #pragma omp parallel for schedule(static) reduction(| : nz) if (n >= 65536)
   for (int64_t b = 0; b < nb; b++) {
@@ -931,7 +934,7 @@ __attribute__((target("avx512f"))) static int64_t unpack_block_avx512(const uint
 static void mask_unpack_values(const float *z, const uint8_t *mask, int64_t n,
                                const int64_t *offs, float *y) {
   const int avx512 = have_avx512();
-  const int64_t nb = (n + AC_MBLOCK - 1) / AC_MBLOCK;
+  const int64_t nb = mask_blocks(n);
 #pragma omp parallel for schedule(static) if (n >= 65536)
   for (int64_t b = 0; b < nb; b++) {
     const int64_t i0 = b * AC_MBLOCK, i1 = i0 + AC_MBLOCK < n ? i0 + AC_MBLOCK : n;
@@ -945,7 +948,7 @@ static void mask_unpack_values(const float *z, const uint8_t *mask, int64_t n,
  * unpack's vector reads; a z' it held is dropped), moffs for the block offsets. Returns the
  * packed buffer, NULL on failure. */
 static float *masked_scratch(lt_ac_stash *st, int64_t n, int64_t rows, lt_err *err) {
-  const int64_t nb = (n + AC_MBLOCK - 1) / AC_MBLOCK + 1;
+  const int64_t nb = mask_blocks(n) + 1;
   st->zdec_of = NULL;
   float *z = mem_scratch(st, &st->zdec, &st->zdec_cap, rows * AC_MROW + 16, err);
   if (!z) return NULL;
@@ -970,7 +973,7 @@ static lt_status store_masked(lt_ac_stash *st, ac_layer *l, const lt_tensor *t, 
   float *z = masked_scratch(st, e->n, rows, err);
   if (!z) return err ? err->status : LT_ERR_NOMEM;
   mask_offsets(m->data, e->n, st->moffs);
-  if (st->moffs[(e->n + AC_MBLOCK - 1) / AC_MBLOCK] != m->nnz ||
+  if (st->moffs[mask_blocks(e->n)] != m->nnz ||
       mask_pack_values(lt_tensor_f32(t), m->data, e->n, st->moffs, z))
     return LT_OK;
   memset(z + m->nnz, 0, (size_t)(rows * AC_MROW - m->nnz) * sizeof *z);
